@@ -1,0 +1,73 @@
+"""Clocks: the only module allowed to read wall time.
+
+Decision code takes `now` as an argument; loops and retries take a `Clock` so tests can freeze or
+accelerate time (the demo replays months in seconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Protocol
+
+__all__ = ["Clock", "SystemClock", "FrozenClock", "iso", "parse_iso"]
+
+
+class Clock(Protocol):
+    """Wall time in Unix seconds and an awaitable sleep."""
+
+    def time(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    """The real clock."""
+
+    def time(self) -> float:
+        return time.time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+
+
+@dataclass
+class FrozenClock:
+    """A clock that only moves when told to; `sleep` advances it and records the delay asked for."""
+
+    now: float = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+    sleeps: list[float] = field(default_factory=list)
+
+    def time(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += max(0.0, seconds)
+        await asyncio.sleep(0)
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def iso(ts: float | int | None) -> str | None:
+    """Unix seconds → ISO 8601 UTC (`2026-03-04T12:00:00Z`); None stays None."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_iso(text: str) -> int:
+    """ISO date or datetime (UTC assumed when no offset) → Unix seconds.
+
+    :raises ValueError: when `text` is not an ISO date.
+    """
+    t = text.strip()
+    if t.endswith("Z"):
+        t = t[:-1] + "+00:00"
+    dt = datetime.fromisoformat(t)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return int(dt.timestamp())

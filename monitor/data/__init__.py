@@ -1,0 +1,1 @@
+"""Bundled, sourced data files (entity registry, pools, prices)."""

@@ -1,0 +1,382 @@
+"""The shared vocabulary of treasury-monitor: frozen dataclasses, stdlib only.
+
+Every room (`watchers`, `alerts`, `storage`, `monitor`) may import this module and nothing else of
+`monitor`. Names follow DESIGN.md: Entity, ChainTx, EntityFlow, Attribution, MarketContext,
+Classification, Alert, Delivery, Cursor.
+
+Amounts are integers in base units (satoshis, wei, token base units) everywhere; floats are used only
+for prices and ratios. Times are integer Unix seconds (UTC).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+__all__ = [
+    "CHAINS",
+    "ENTITY_KINDS",
+    "ATTRIBUTION_KINDS",
+    "VERDICTS",
+    "SEVERITIES",
+    "SALE_VERDICTS",
+    "SATS_PER_BTC",
+    "severity_rank",
+    "format_btc",
+    "Fact",
+    "Profile",
+    "EntityAddress",
+    "Entity",
+    "TxInput",
+    "TxOutput",
+    "ChainTx",
+    "BalanceSnapshot",
+    "Cursor",
+    "Batch",
+    "Attribution",
+    "Destination",
+    "EntityFlow",
+    "FlowHistory",
+    "MarketContext",
+    "Classification",
+    "Alert",
+    "Delivery",
+]
+
+CHAINS = ("bitcoin", "ethereum")
+ENTITY_KINDS = ("miner", "sovereign", "exchange", "otc", "custodian", "other")
+#: Attribution kinds of a destination; `entity` means another tracked miner or sovereign.
+ATTRIBUTION_KINDS = ("self", "exchange", "otc", "custodian", "entity", "unknown")
+VERDICTS = (
+    "internal",
+    "custody_move",
+    "distress_sale",
+    "reallocation_sale",
+    "balance_sheet_sale",
+    "strategic_sale",
+    "production_sale",
+    "sovereign_sale",
+    "unknown_transfer",
+)
+#: Verdicts that mean coins most likely went to be sold.
+SALE_VERDICTS = frozenset(
+    {
+        "distress_sale",
+        "reallocation_sale",
+        "balance_sheet_sale",
+        "strategic_sale",
+        "production_sale",
+        "sovereign_sale",
+    }
+)
+SEVERITIES = ("info", "notice", "warning", "critical")
+SATS_PER_BTC = 100_000_000
+
+
+def severity_rank(severity: str) -> int:
+    """Position of a severity in `SEVERITIES` (info=0 ... critical=3)."""
+    return SEVERITIES.index(severity)
+
+
+def format_btc(sats: int, decimals: int = 8) -> str:
+    """Exact decimal string of a base-unit amount (`150000000` → `'1.50000000'`)."""
+    if decimals == 0:
+        return str(sats)
+    q = Decimal(sats).scaleb(-decimals)
+    return f"{q:.{decimals}f}"
+
+
+# --- entities -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One sourced figure: a value, where it came from and the date it describes."""
+
+    value: float
+    source: str
+    as_of: str  # ISO date (YYYY-MM-DD) the figure describes
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Facts about an entity that put its flows in context; every figure carries its source."""
+
+    holdings_btc: Fact | None = None
+    monthly_production_btc: Fact | None = None
+    cash_cost_usd: Fact | None = None  # cash cost per BTC mined
+    efficiency_j_th: Fact | None = None  # fleet efficiency, joules per terahash
+    strategy_tags: tuple[str, ...] = ()  # e.g. ai_hpc_pivot, convertible_repurchase, hodl
+    strategy_source: str = ""
+
+
+@dataclass(frozen=True)
+class EntityAddress:
+    """One address of an entity, with how it was learned and from what source."""
+
+    chain: str
+    address: str
+    source: str
+    learned_by: str = "config"  # config | registry | import | cospend | pool_payout | manual
+    label: str = ""
+    as_of: str = ""
+    evidence: str = ""  # e.g. the txid that proved co-ownership
+
+
+@dataclass(frozen=True)
+class Entity:
+    """A treasury holder or a counterparty (exchange, OTC desk, custodian) with its addresses."""
+
+    name: str
+    kind: str  # one of ENTITY_KINDS
+    addresses: tuple[EntityAddress, ...] = ()
+    profile: Profile = field(default_factory=Profile)
+    note: str = ""  # e.g. "no public treasury address; add yours in config.toml"
+    watch: bool = True  # counterparties are labels only: their own flows are not classified
+
+
+# --- chain data -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TxInput:
+    """One spent output: the address it paid (None for non-standard scripts) and its value."""
+
+    address: str | None
+    value: int
+    prev_txid: str = ""
+    prev_vout: int = 0
+
+
+@dataclass(frozen=True)
+class TxOutput:
+    """One created output (`n` is its index in the transaction)."""
+
+    address: str | None
+    value: int
+    n: int = 0
+
+
+@dataclass(frozen=True)
+class ChainTx:
+    """One normalised transaction (or, on EVM chains, one native transfer or token Transfer log)."""
+
+    chain: str
+    txid: str
+    block_height: int | None  # None while unconfirmed
+    block_time: int | None  # Unix seconds; for mempool txs the time first seen, when known
+    inputs: tuple[TxInput, ...]
+    outputs: tuple[TxOutput, ...]
+    fee: int
+    block_hash: str | None = None
+    asset: str = "BTC"
+    decimals: int = 8
+    is_coinbase: bool = False
+
+    @property
+    def is_confirmed(self) -> bool:
+        return self.block_height is not None
+
+    @property
+    def total_in(self) -> int:
+        return sum(i.value for i in self.inputs)
+
+    @property
+    def total_out(self) -> int:
+        return sum(o.value for o in self.outputs)
+
+
+@dataclass(frozen=True)
+class BalanceSnapshot:
+    """An address balance as a source reported it at a time (confirmed and mempool delta)."""
+
+    chain: str
+    address: str
+    at: int
+    confirmed: int
+    mempool_delta: int = 0
+    tx_count: int = 0
+    asset: str = "BTC"
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a source stopped for one key (an address, or `tip`); `state` is JSON owned by the source."""
+
+    source: str
+    key: str
+    state: str
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What one watcher pass returns: new or changed txs and the cursors to store with them.
+
+    `failed` names the keys (addresses) that could not be read this pass; their cursors are absent, so
+    they are retried next time. `gone` lists txids that left the chain and the mempool (reorg, RBF).
+    """
+
+    source: str
+    txs: tuple[ChainTx, ...] = ()
+    cursors: tuple[Cursor, ...] = ()
+    snapshots: tuple[BalanceSnapshot, ...] = ()
+    failed: tuple[str, ...] = ()
+    gone: tuple[str, ...] = ()
+    tip_height: int | None = None
+    requests: int = 0  # HTTP/RPC requests this pass made
+
+
+# --- decisions ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """Who a destination belongs to: `self`, `exchange:<name>`, ..., or `unknown`."""
+
+    kind: str
+    name: str = ""
+    path: tuple[str, ...] = ()  # txids of the hops that led there, when traced
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.name}" if self.name else self.kind
+
+    @classmethod
+    def parse(cls, text: str) -> Attribution:
+        """Inverse of `str()`: `'exchange:Binance'` → Attribution('exchange', 'Binance')."""
+        kind, _, name = text.partition(":")
+        if kind not in ATTRIBUTION_KINDS:
+            raise ValueError(f"unknown attribution kind {kind!r}")
+        return cls(kind, name)
+
+
+UNKNOWN = Attribution("unknown")
+
+
+@dataclass(frozen=True)
+class Destination:
+    """One output of an entity's spend that left the entity."""
+
+    address: str | None
+    value: int
+    n: int = 0
+    attribution: Attribution = UNKNOWN
+
+
+@dataclass(frozen=True)
+class EntityFlow:
+    """What one ChainTx did to one entity.
+
+    `spent` is the value of the entity's inputs, `change` what came back to its own addresses,
+    `fee_share` its share of the fee (pro rata to inputs), `out` = spent − change − fee_share, and
+    `received` what the entity got from outputs it did not fund itself.
+    """
+
+    chain: str
+    txid: str
+    entity: str
+    block_height: int | None
+    block_time: int | None
+    spent: int
+    change: int
+    received: int
+    fee_share: int
+    out: int
+    destinations: tuple[Destination, ...] = ()
+    asset: str = "BTC"
+    decimals: int = 8
+
+    @property
+    def direction(self) -> str:
+        """`out` when value left, `in` when value arrived, `internal` otherwise."""
+        if self.out > 0:
+            return "out"
+        if self.received > 0:
+            return "in"
+        return "internal"
+
+    @property
+    def net(self) -> int:
+        """Change of the entity's balance through this tx."""
+        return self.received + self.change - self.spent
+
+    @property
+    def is_confirmed(self) -> bool:
+        return self.block_height is not None
+
+
+@dataclass(frozen=True)
+class FlowHistory:
+    """An entity's recent outflows before the one being classified (from storage)."""
+
+    out_30d: int = 0  # base units sent out in the 30 days before, this flow excluded
+    count_30d: int = 0
+    recent_usd: tuple[float, ...] = ()  # USD sizes of the last transfers, oldest first
+    recent_out: tuple[int, ...] = ()  # base-unit sizes of the last transfers, oldest first
+
+
+@dataclass(frozen=True)
+class MarketContext:
+    """Market facts at a time: price, hashprice and how they were obtained."""
+
+    at: int
+    btc_usd: float | None = None
+    price_at: int | None = None  # time of the price observation used
+    price_source: str = ""
+    is_price_stale: bool = False
+    asset_usd: float | None = None  # USD price of the flow's asset (== btc_usd for BTC)
+    difficulty: float | None = None
+    height: int | None = None
+    subsidy_sat: int | None = None
+    avg_fees_sat: int | None = None
+    hashprice_usd: float | None = None  # USD per PH/s per day
+    context_source: str = ""
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The verdict on one EntityFlow, with severity and reasons that carry their numbers."""
+
+    chain: str
+    txid: str
+    entity: str
+    verdict: str
+    severity: str
+    reasons: tuple[str, ...]
+    out: int = 0
+    asset: str = "BTC"
+    usd_value: float | None = None
+    btc_usd: float | None = None
+    hashprice_usd: float | None = None
+    attribution: str = ""  # main destination's attribution, e.g. exchange:Binance
+    version: int = 1
+    status: str = "active"  # active | superseded | retracted
+    created_at: int = 0
+    id: int | None = None
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One delivery-worthy event (new, update, retraction, digest, test) and the channels it goes to."""
+
+    dedup_key: str
+    kind: str  # new | update | retraction | digest | test
+    channels: tuple[str, ...]
+    payload: dict[str, Any]  # the message model; renderers turn it into Slack/email/webhook bodies
+    created_at: int
+    status: str = "queued"  # queued | delivered | failed
+    id: int | None = None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One attempt to deliver one alert on one channel."""
+
+    alert_id: int
+    channel: str
+    attempt: int
+    at: int
+    status: str  # ok | retry | failed
+    error: str = ""
+    next_at: int | None = None
