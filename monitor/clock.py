@@ -10,17 +10,10 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Protocol
+
+from monitor.model import Clock
 
 __all__ = ["Clock", "SystemClock", "FrozenClock", "iso", "parse_iso"]
-
-
-class Clock(Protocol):
-    """Wall time in Unix seconds and an awaitable sleep."""
-
-    def time(self) -> float: ...
-
-    async def sleep(self, seconds: float) -> None: ...
 
 
 class SystemClock:
