@@ -1,0 +1,67 @@
+"""Entity flows: what one ChainTx did to each tracked entity it touches (pure, no I/O).
+
+For an entity E and a tx: `spent` is the value of E's inputs; E's own outputs are `change` up to what
+E spent net of its fee share, and anything beyond that is `received` (E got more than it put in, as in
+a payout or a co-spend); `out` = spent − change − fee_share is what left E. A consolidation or a spend
+back to E's own addresses therefore has out == 0. A tx touching two tracked entities yields a flow for
+each. The fee is shared pro rata to inputs, so a sole spender bears all of it.
+"""
+
+from __future__ import annotations
+
+from monitor.model import ChainTx, Destination, EntityFlow
+from monitor.registry import Registry
+
+__all__ = ["entity_flows"]
+
+
+def entity_flows(tx: ChainTx, registry: Registry) -> list[EntityFlow]:
+    """Flows of every tracked entity touched by `tx`, in order of first appearance."""
+    owners_in: list[str | None] = []
+    owners_out: list[str | None] = []
+    order: list[str] = []
+    for io, owners in ((tx.inputs, owners_in), (tx.outputs, owners_out)):
+        for item in io:
+            e = registry.entity_of(tx.chain, item.address)
+            name = e.name if e is not None and registry.is_tracked(e) else None
+            owners.append(name)
+            if name is not None and name not in order:
+                order.append(name)
+
+    total_in = tx.total_in
+    flows: list[EntityFlow] = []
+    for name in order:
+        spent = sum(i.value for i, o in zip(tx.inputs, owners_in) if o == name)
+        own_out = sum(o.value for o, w in zip(tx.outputs, owners_out) if w == name)
+        if spent == 0:
+            fee_share = change = out = 0
+            received = own_out
+            destinations: tuple[Destination, ...] = ()
+        else:
+            fee_share = tx.fee if spent == total_in else tx.fee * spent // total_in
+            change = min(own_out, spent - fee_share)
+            received = own_out - change
+            out = spent - fee_share - change
+            destinations = tuple(
+                Destination(address=o.address, value=o.value, n=o.n)
+                for o, w in zip(tx.outputs, owners_out)
+                if w != name and o.value > 0
+            ) if out > 0 else ()
+        flows.append(
+            EntityFlow(
+                chain=tx.chain,
+                txid=tx.txid,
+                entity=name,
+                block_height=tx.block_height,
+                block_time=tx.block_time,
+                spent=spent,
+                change=change,
+                received=received,
+                fee_share=fee_share,
+                out=out,
+                destinations=destinations,
+                asset=tx.asset,
+                decimals=tx.decimals,
+            )
+        )
+    return flows

@@ -1,0 +1,110 @@
+"""Schema of the treasury-monitor database, as forward migrations.
+
+One function per schema step, applied in order and recorded in `_sqlite_migrations` (sqlite-utils
+`Migrations`). A released step is never edited: change the schema by adding a new step.
+
+Amount columns (`*_units`) are TEXT holding exact decimal integers: satoshis fit in SQLite's 64-bit
+integers but wei and token base units do not, and one representation for every chain keeps reads
+simple. Times are integer Unix seconds (UTC).
+"""
+
+from __future__ import annotations
+
+from sqlite_utils import Database, Migrations
+
+__all__ = ["migrations"]
+
+migrations = Migrations("treasury_monitor")
+
+
+@migrations(name="001_foundation")
+def _foundation(db: Database) -> None:
+    db["entities"].create(
+        {"name": str, "kind": str, "note": str, "watch": int, "profile": str, "updated_at": int},
+        pk="name",
+    )
+    db["addresses"].create(
+        {
+            "chain": str,
+            "address": str,
+            "entity": str,
+            "learned_by": str,  # config | registry | import | cospend | pool_payout | manual
+            "source": str,
+            "label": str,
+            "as_of": str,
+            "evidence": str,
+            "status": str,  # active | candidate | rejected
+            "added_at": int,
+        },
+        pk=("chain", "address"),
+    )
+    db["addresses"].create_index(["entity"])
+    db["transactions"].create(
+        {
+            "chain": str,
+            "txid": str,
+            "block_height": int,
+            "block_hash": str,
+            "block_time": int,
+            "fee_units": str,
+            "asset": str,
+            "decimals": int,
+            "is_coinbase": int,
+            "inputs": str,  # JSON [[address, value_units, prev_txid, prev_vout], ...]
+            "outputs": str,  # JSON [[address, value_units, n], ...]
+            "status": str,  # mempool | confirmed | orphaned | replaced
+            "first_seen": int,
+            "updated_at": int,
+        },
+        pk=("chain", "txid"),
+    )
+    db["transactions"].create_index(["block_height"])
+    db["flows"].create(
+        {
+            "chain": str,
+            "txid": str,
+            "entity": str,
+            "asset": str,
+            "decimals": int,
+            "block_height": int,
+            "block_time": int,
+            "spent_units": str,
+            "change_units": str,
+            "received_units": str,
+            "fee_share_units": str,
+            "out_units": str,
+            "direction": str,  # out | in | internal
+            "status": str,  # mempool | confirmed | orphaned | replaced
+            "first_seen": int,
+            "updated_at": int,
+        },
+        pk=("chain", "txid", "entity"),
+    )
+    db["flows"].create_index(["entity", "first_seen"])
+    db["destinations"].create(
+        {
+            "chain": str,
+            "txid": str,
+            "entity": str,
+            "n": int,
+            "address": str,
+            "value_units": str,
+            "attribution": str,
+            "path": str,  # JSON list of txids when the attribution came from hop tracing
+        },
+        pk=("chain", "txid", "entity", "n"),
+    )
+    db["cursors"].create({"source": str, "key": str, "state": str, "updated_at": int}, pk=("source", "key"))
+    db["balance_snapshots"].create(
+        {
+            "chain": str,
+            "address": str,
+            "at": int,
+            "asset": str,
+            "confirmed_units": str,
+            "mempool_delta_units": str,
+            "tx_count": int,
+        },
+        pk=("chain", "address", "asset", "at"),
+    )
+

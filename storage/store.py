@@ -1,0 +1,409 @@
+"""Store: the sqlite-utils database (WAL, one writer) and its typed writes.
+
+`Store` is synchronous and owns one connection. Everything that must land together goes through
+`with store.batch():` — one SQLite transaction, so a tick's rows and its advanced cursors commit
+together or not at all. `AsyncStore` runs every call on one dedicated thread, so the asyncio loop never
+blocks on disk and there is exactly one writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlite_utils import Database
+
+from monitor.model import (
+    Attribution,
+    BalanceSnapshot,
+    ChainTx,
+    Cursor,
+    Destination,
+    Entity,
+    EntityAddress,
+    EntityFlow,
+    Fact,
+    Profile,
+    StorageError,
+    TxInput,
+    TxOutput,
+)
+from storage.migrations import migrations
+
+__all__ = ["Store", "AsyncStore", "tx_status_of"]
+
+T = TypeVar("T")
+
+
+def tx_status_of(tx: ChainTx) -> str:
+    """Stored status of a tx as a source reports it: `confirmed` or `mempool`."""
+    return "confirmed" if tx.is_confirmed else "mempool"
+
+
+def _profile_to_json(p: Profile) -> str:
+    return json.dumps(asdict(p), sort_keys=True)
+
+
+def _profile_from_json(text: str | None) -> Profile:
+    if not text:
+        return Profile()
+    d = json.loads(text)
+    facts = {
+        k: (Fact(**v) if isinstance(v, dict) else None)
+        for k, v in d.items()
+        if k not in ("strategy_tags", "strategy_source")
+    }
+    return Profile(**facts, strategy_tags=tuple(d.get("strategy_tags", ())), strategy_source=d.get("strategy_source", ""))
+
+
+class Store:
+    """The treasury-monitor database file."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            if self.path.parent and not self.path.parent.exists():
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            # check_same_thread=False: AsyncStore moves all use of this connection onto its one thread.
+            conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30.0)
+            self.db = Database(conn)
+            with self.db.ensure_autocommit_on():
+                self.db.execute("PRAGMA journal_mode=wal")
+                self.db.execute("PRAGMA synchronous=NORMAL")
+                self.db.execute("PRAGMA foreign_keys=ON")
+            migrations.apply(self.db)
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageError(f"cannot open database {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        """Close the connection (a WAL checkpoint happens on the last close)."""
+        self.db.close()
+
+    def applied_migrations(self) -> list[str]:
+        """Names of the schema steps applied to this file, in order."""
+        return [m.name for m in migrations.applied(self.db)]
+
+    @contextmanager
+    def batch(self) -> Iterator[Store]:
+        """One transaction: everything written inside commits together or not at all.
+
+        :raises StorageError: when SQLite refuses the write.
+        """
+        try:
+            with self.db.atomic():
+                yield self
+        except sqlite3.Error as exc:
+            raise StorageError(f"write to {self.path} failed: {exc}") from exc
+
+    # --- entities and addresses -----------------------------------------------------------------
+
+    def sync_entities(self, entities: Iterable[Entity], *, now: int) -> None:
+        """Record the configured and bundled entities and their addresses (rejected ones stay rejected)."""
+        with self.batch():
+            for e in entities:
+                self.db["entities"].upsert(
+                    {
+                        "name": e.name,
+                        "kind": e.kind,
+                        "note": e.note,
+                        "watch": int(e.watch),
+                        "profile": _profile_to_json(e.profile),
+                        "updated_at": now,
+                    },
+                    pk="name",
+                )
+                self.add_addresses(e.name, e.addresses, now=now)
+
+    def add_addresses(self, entity: str, addresses: Iterable[EntityAddress], *, now: int, status: str = "active") -> int:
+        """Add addresses to an entity; existing rows keep their status and origin. Returns how many were new."""
+        added = 0
+        for a in addresses:
+            existing = self.db.execute(
+                "select entity, status from addresses where chain = ? and address = ?", [a.chain, a.address]
+            ).fetchone()
+            if existing is not None:
+                continue
+            self.db["addresses"].insert(
+                {
+                    "chain": a.chain,
+                    "address": a.address,
+                    "entity": entity,
+                    "learned_by": a.learned_by,
+                    "source": a.source,
+                    "label": a.label,
+                    "as_of": a.as_of,
+                    "evidence": a.evidence,
+                    "status": status,
+                    "added_at": now,
+                }
+            )
+            added += 1
+        return added
+
+    def set_address_status(self, chain: str, address: str, status: str) -> bool:
+        """Set an address's status (active | candidate | rejected); False when it is unknown."""
+        cur = self.db.execute(
+            "update addresses set status = ? where chain = ? and address = ?", [status, chain, address]
+        )
+        return cur.rowcount > 0
+
+    def remove_address(self, chain: str, address: str) -> bool:
+        """Forget an address entirely; False when it is unknown."""
+        cur = self.db.execute("delete from addresses where chain = ? and address = ?", [chain, address])
+        return cur.rowcount > 0
+
+    def address_rows(self, *, entity: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        """Stored addresses with their origin, optionally for one entity and/or status."""
+        where, params = [], []
+        if entity is not None:
+            where.append("entity = ?")
+            params.append(entity)
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        sql = "select * from addresses" + (" where " + " and ".join(where) if where else "") + " order by entity, chain, address"
+        return [dict(r) for r in self._rows(sql, params)]
+
+    def learned_addresses(self) -> dict[str, list[EntityAddress]]:
+        """Active addresses learned at run time (import, clustering, pool payouts, manual), by entity."""
+        out: dict[str, list[EntityAddress]] = {}
+        for r in self._rows(
+            "select * from addresses where status = 'active' and learned_by not in ('config', 'registry') order by added_at, address"
+        ):
+            out.setdefault(r["entity"], []).append(
+                EntityAddress(
+                    chain=r["chain"],
+                    address=r["address"],
+                    source=r["source"] or "",
+                    learned_by=r["learned_by"],
+                    label=r["label"] or "",
+                    as_of=r["as_of"] or "",
+                    evidence=r["evidence"] or "",
+                )
+            )
+        return out
+
+    def entity_rows(self) -> list[dict[str, Any]]:
+        """Stored entities (name, kind, note, watch, profile JSON)."""
+        return [dict(r) for r in self._rows("select * from entities order by name")]
+
+    def entity_profile(self, name: str) -> Profile:
+        """The stored profile of an entity (empty when unknown)."""
+        row = self.db.execute("select profile from entities where name = ?", [name]).fetchone()
+        return _profile_from_json(row[0] if row else None)
+
+    # --- chain data -----------------------------------------------------------------------------
+
+    def save_tx(self, tx: ChainTx, *, now: int) -> bool:
+        """Insert or update a tx (a mempool tx that confirms is updated in place). True when it was new."""
+        old = self.db.execute("select first_seen from transactions where chain = ? and txid = ?", [tx.chain, tx.txid]).fetchone()
+        row = {
+            "chain": tx.chain,
+            "txid": tx.txid,
+            "block_height": tx.block_height,
+            "block_hash": tx.block_hash,
+            "block_time": tx.block_time,
+            "fee_units": str(tx.fee),
+            "asset": tx.asset,
+            "decimals": tx.decimals,
+            "is_coinbase": int(tx.is_coinbase),
+            "inputs": json.dumps([[i.address, str(i.value), i.prev_txid, i.prev_vout] for i in tx.inputs]),
+            "outputs": json.dumps([[o.address, str(o.value), o.n] for o in tx.outputs]),
+            "status": tx_status_of(tx),
+            "first_seen": old[0] if old else now,
+            "updated_at": now,
+        }
+        self.db["transactions"].upsert(row, pk=("chain", "txid"))
+        return old is None
+
+    def get_tx(self, chain: str, txid: str) -> ChainTx | None:
+        """A stored tx, or None."""
+        rows = self._rows("select * from transactions where chain = ? and txid = ?", [chain, txid])
+        return self._tx_from_row(rows[0]) if rows else None
+
+    @staticmethod
+    def _tx_from_row(r: dict[str, Any]) -> ChainTx:
+        return ChainTx(
+            chain=r["chain"],
+            txid=r["txid"],
+            block_height=r["block_height"],
+            block_time=r["block_time"],
+            block_hash=r["block_hash"],
+            inputs=tuple(TxInput(a, int(v), p or "", pv or 0) for a, v, p, pv in json.loads(r["inputs"])),
+            outputs=tuple(TxOutput(a, int(v), n) for a, v, n in json.loads(r["outputs"])),
+            fee=int(r["fee_units"]),
+            asset=r["asset"],
+            decimals=r["decimals"],
+            is_coinbase=bool(r["is_coinbase"]),
+        )
+
+    def tx_status(self, chain: str, txid: str) -> str | None:
+        """Stored status of a tx (mempool | confirmed | orphaned | replaced), or None when unknown."""
+        r = self.db.execute("select status from transactions where chain = ? and txid = ?", [chain, txid]).fetchone()
+        return r[0] if r else None
+
+    def set_tx_status(self, chain: str, txid: str, status: str, *, now: int) -> None:
+        """Mark a tx and its flows (e.g. `replaced`, `orphaned`, or `mempool` after a reorg)."""
+        self.db.execute(
+            "update transactions set status = ?, updated_at = ? where chain = ? and txid = ?", [status, now, chain, txid]
+        )
+        self.db.execute("update flows set status = ?, updated_at = ? where chain = ? and txid = ?", [status, now, chain, txid])
+
+    def save_flow(self, flow: EntityFlow, *, now: int, status: str | None = None) -> bool:
+        """Insert or update an entity flow and its destinations. True when it was new."""
+        old = self.db.execute(
+            "select first_seen from flows where chain = ? and txid = ? and entity = ?", [flow.chain, flow.txid, flow.entity]
+        ).fetchone()
+        self.db["flows"].upsert(
+            {
+                "chain": flow.chain,
+                "txid": flow.txid,
+                "entity": flow.entity,
+                "asset": flow.asset,
+                "decimals": flow.decimals,
+                "block_height": flow.block_height,
+                "block_time": flow.block_time,
+                "spent_units": str(flow.spent),
+                "change_units": str(flow.change),
+                "received_units": str(flow.received),
+                "fee_share_units": str(flow.fee_share),
+                "out_units": str(flow.out),
+                "direction": flow.direction,
+                "status": status or ("confirmed" if flow.is_confirmed else "mempool"),
+                "first_seen": old[0] if old else now,
+                "updated_at": now,
+            },
+            pk=("chain", "txid", "entity"),
+        )
+        self.db.execute(
+            "delete from destinations where chain = ? and txid = ? and entity = ?", [flow.chain, flow.txid, flow.entity]
+        )
+        self.db["destinations"].insert_all(
+            (
+                {
+                    "chain": flow.chain,
+                    "txid": flow.txid,
+                    "entity": flow.entity,
+                    "n": d.n,
+                    "address": d.address,
+                    "value_units": str(d.value),
+                    "attribution": str(d.attribution),
+                    "path": json.dumps(list(d.attribution.path)),
+                }
+                for d in flow.destinations
+            ),
+            pk=("chain", "txid", "entity", "n"),
+            replace=True,
+        )
+        return old is None
+
+    def get_flow(self, chain: str, txid: str, entity: str) -> EntityFlow | None:
+        """A stored flow with its destinations, or None."""
+        rows = self._rows("select * from flows where chain = ? and txid = ? and entity = ?", [chain, txid, entity])
+        return self._flow_from_row(rows[0]) if rows else None
+
+    def flows_of_tx(self, chain: str, txid: str) -> list[EntityFlow]:
+        """Every stored entity flow of one tx."""
+        return [self._flow_from_row(r) for r in self._rows("select * from flows where chain = ? and txid = ?", [chain, txid])]
+
+    def _flow_from_row(self, r: dict[str, Any]) -> EntityFlow:
+        dests = []
+        for d in self._rows(
+            "select * from destinations where chain = ? and txid = ? and entity = ? order by n",
+            [r["chain"], r["txid"], r["entity"]],
+        ):
+            att = Attribution.parse(d["attribution"])
+            path = tuple(json.loads(d["path"] or "[]"))
+            dests.append(Destination(d["address"], int(d["value_units"]), d["n"], Attribution(att.kind, att.name, path)))
+        return EntityFlow(
+            chain=r["chain"],
+            txid=r["txid"],
+            entity=r["entity"],
+            block_height=r["block_height"],
+            block_time=r["block_time"],
+            spent=int(r["spent_units"]),
+            change=int(r["change_units"]),
+            received=int(r["received_units"]),
+            fee_share=int(r["fee_share_units"]),
+            out=int(r["out_units"]),
+            destinations=tuple(dests),
+            asset=r["asset"],
+            decimals=r["decimals"],
+        )
+
+    # --- cursors and snapshots ------------------------------------------------------------------
+
+    def set_cursors(self, cursors: Iterable[Cursor], *, now: int) -> None:
+        """Store cursors (call inside the batch that stores the data they cover)."""
+        self.db["cursors"].upsert_all(
+            ({"source": c.source, "key": c.key, "state": c.state, "updated_at": now} for c in cursors),
+            pk=("source", "key"),
+        )
+
+    def cursors(self, source: str) -> dict[str, str]:
+        """Stored cursor states of a source, by key."""
+        return {r["key"]: r["state"] for r in self._rows("select key, state from cursors where source = ?", [source])}
+
+    def save_snapshots(self, snapshots: Iterable[BalanceSnapshot]) -> None:
+        """Record address balances as a source reported them."""
+        self.db["balance_snapshots"].upsert_all(
+            (
+                {
+                    "chain": s.chain,
+                    "address": s.address,
+                    "at": s.at,
+                    "asset": s.asset,
+                    "confirmed_units": str(s.confirmed),
+                    "mempool_delta_units": str(s.mempool_delta),
+                    "tx_count": s.tx_count,
+                }
+                for s in snapshots
+            ),
+            pk=("chain", "address", "asset", "at"),
+        )
+
+    def latest_balances(self) -> dict[tuple[str, str, str], int]:
+        """Latest confirmed balance per (chain, address, asset)."""
+        sql = """
+            select s.chain, s.address, s.asset, s.confirmed_units from balance_snapshots s
+            join (select chain, address, asset, max(at) as at from balance_snapshots group by chain, address, asset) m
+              on s.chain = m.chain and s.address = m.address and s.asset = m.asset and s.at = m.at
+        """
+        return {(r["chain"], r["address"], r["asset"]): int(r["confirmed_units"]) for r in self._rows(sql)}
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
+        cur = self.db.execute(sql, list(params))
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+    def query(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
+        """Rows of a read-only query as dicts (for storage.reads)."""
+        return self._rows(sql, params)
+
+
+class AsyncStore:
+    """Runs Store calls on one dedicated thread so the event loop never waits on disk."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Call `fn(store, *args, **kwargs)` on the store thread and await its result."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, self.store, *args, **kwargs))
+
+    async def close(self) -> None:
+        """Close the database on its thread and stop the thread."""
+        await self.run(Store.close)
+        self._executor.shutdown(wait=True)
