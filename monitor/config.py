@@ -1,0 +1,720 @@
+"""config.toml → one typed, frozen `Config`, checked completely before anything runs.
+
+Rules (STYLE.md rule 4):
+- TOML is parsed once (tomllib) into frozen dataclasses; an unknown key or section is an error.
+- Every problem is collected and raised together as `ConfigError(problems)`, each a line
+  `key.path: message` naming the key path and the bad value (`sources[0].timeout: expected a number,
+  got 'ten'`). Values that may be secrets are never echoed.
+- Secrets are written `{ env = "NAME" }` (or `{ file = "path" }`) and become `Secret`, which prints as
+  `***`; they are accepted only where a field says so.
+- Defaults are the `DEFAULT_*` constants below, and nowhere else.
+- Plain `http://` to a host other than loopback is allowed but logged as a warning (and kept in
+  `Config.warnings` so `check-config` can show it).
+
+Paths: `monitor.storage` is used as given, so a relative path is relative to the working directory of
+the process (as sqlite would take it), not to the config file. `{ file = "..." }` secrets are relative to
+the directory of the config file (`base_dir`), because they are usually shipped next to it.
+
+Adding a section (e.g. `[alerts]`): write a frozen dataclass, one `_parse_<section>(value, ctx)`
+function built from the shared helpers (`_check_keys`, `_take`, `_tables`, `_take_secret`), add the
+name to `SECTIONS` and a field to `Config`, and call the function in `parse_config`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import logging
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from monitor.model import ENTITY_KINDS, ConfigError, Entity, EntityAddress, Fact, Profile
+from monitor.registry import normalise_address
+from watchers.addresses import InvalidAddress, validate_address
+
+__all__ = [
+    "Config",
+    "SourceConfig",
+    "Secret",
+    "load_config",
+    "parse_config",
+    "NETWORKS",
+    "SECTIONS",
+    "SOURCE_TYPES",
+    "SOURCE_CHAINS",
+    "SOURCE_MODES",
+    "DEFAULT_NETWORK",
+    "DEFAULT_STORAGE",
+    "DEFAULT_CHAIN",
+    "DEFAULT_RATE_LIMIT",
+    "DEFAULT_TIMEOUT",
+    "DEFAULT_RETRIES",
+    "DEFAULT_POLL_INTERVAL",
+    "DEFAULT_MODE",
+    "DEFAULT_WATCH",
+]
+
+log = logging.getLogger(__name__)
+
+# --- defaults and allowed values: the one place they are written -----------------------------------
+
+DEFAULT_NETWORK = "mainnet"
+DEFAULT_STORAGE = "./treasury-monitor.db"
+DEFAULT_CHAIN = "bitcoin"
+DEFAULT_RATE_LIMIT = 1.0  # requests per second, per base URL
+DEFAULT_TIMEOUT = 10.0  # seconds per request
+DEFAULT_RETRIES = 3  # attempts per request, the first included
+DEFAULT_POLL_INTERVAL = 60.0  # seconds between polls of a source
+DEFAULT_MODE = "address"
+DEFAULT_WATCH = True
+
+NETWORKS = ("mainnet", "testnet", "signet", "regtest")
+SOURCE_TYPES = ("esplora",)
+SOURCE_CHAINS = ("bitcoin",)
+SOURCE_MODES = ("address", "block", "auto")
+#: Top-level sections, in the order they are parsed.
+SECTIONS = ("monitor", "sources", "entities")
+
+_MONITOR_KEYS = ("network", "storage")
+_SOURCE_KEYS = (
+    "name",
+    "type",
+    "chain",
+    "urls",
+    "rate_limit",
+    "timeout",
+    "retries",
+    "poll_interval",
+    "mode",
+    "headers",
+)
+_ENTITY_KEYS = ("name", "kind", "addresses", "note", "watch", "profile")
+_ADDRESS_KEYS = ("address", "source", "label", "as_of")
+_PROFILE_FACTS = ("holdings_btc", "monthly_production_btc", "cash_cost_usd", "efficiency_j_th")
+_PROFILE_KEYS = (*_PROFILE_FACTS, "strategy_tags", "strategy_source")
+_FACT_KEYS = ("value", "source", "as_of", "note")
+_SECRET_KEYS = ("env", "file")
+# Header names whose plain-string values are most likely credentials.
+_SENSITIVE_HEADER = re.compile(r"auth|token|key|secret|cookie|password", re.IGNORECASE)
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+# --- public types ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, repr=False)
+class Secret:
+    """A value read from the environment or a file; prints as `***` so reprs and logs never show it.
+
+    `ref` says where it came from (`env ESPLORA_TOKEN`, `file secrets/token`) and is safe to print.
+    `dataclasses.asdict` does copy the value: never serialise a Config with it.
+    """
+
+    _value: str
+    ref: str = ""
+
+    def reveal(self) -> str:
+        """The secret value itself, for the one place that sends it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "***"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceConfig:
+    """One chain source (`[[sources]]`): where to fetch from and how politely."""
+
+    name: str
+    type: str  # one of SOURCE_TYPES
+    urls: tuple[str, ...]  # base URLs, http(s), no trailing slash; tried in order (failover)
+    chain: str = DEFAULT_CHAIN
+    rate_limit: float = DEFAULT_RATE_LIMIT  # requests per second, per URL
+    timeout: float = DEFAULT_TIMEOUT  # seconds per request
+    retries: int = DEFAULT_RETRIES  # attempts per request, >= 1
+    poll_interval: float = DEFAULT_POLL_INTERVAL  # seconds
+    headers: tuple[tuple[str, str | Secret], ...] = ()
+    mode: str = DEFAULT_MODE  # address | block | auto
+
+    def revealed_headers(self) -> dict[str, str]:
+        """Headers with secrets revealed, to hand to the HTTP client (watchers cannot see `Secret`)."""
+        return {k: v.reveal() if isinstance(v, Secret) else v for k, v in self.headers}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """The whole validated configuration."""
+
+    network: str = DEFAULT_NETWORK  # one of NETWORKS; every address is checked against it
+    storage: Path = Path(DEFAULT_STORAGE)  # as given: relative to the working directory
+    sources: tuple[SourceConfig, ...] = ()
+    entities: tuple[Entity, ...] = ()
+    origin: str = "config.toml"  # the file (or label) this came from
+    warnings: tuple[str, ...] = ()  # non-fatal findings, also logged
+
+    def source(self, name: str) -> SourceConfig:
+        """The source called `name`.
+
+        :raises KeyError: when there is none.
+        """
+        for s in self.sources:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+
+# --- public functions -----------------------------------------------------------------------------
+
+
+def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a config file; `env` replaces `os.environ` for `{ env = ... }` secrets.
+
+    :raises ConfigError: listing every problem; a missing file or TOML syntax error names file and line.
+    """
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read the file ({exc.strerror or exc})") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{p}: line {line}: not UTF-8 text") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: {_toml_error(exc)}") from exc
+    return parse_config(data, base_dir=p.parent, env=env, origin=str(p))
+
+
+def parse_config(
+    data: dict,
+    *,
+    base_dir: Path,
+    env: Mapping[str, str] | None = None,
+    origin: str = "config.toml",
+) -> Config:
+    """Validate parsed TOML into a Config; `base_dir` anchors `{ file = ... }` secrets.
+
+    :raises ConfigError: listing every problem found, not only the first.
+    """
+    ctx = _Context(base_dir=Path(base_dir), env=os.environ if env is None else env, origin=origin)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: expected a TOML document (a table), got {_show(data)}")
+    _check_keys(data, SECTIONS, "", ctx.problems, what="section")
+    network, storage = _parse_monitor(data.get("monitor", {}), ctx)
+    sources = _parse_sources(data.get("sources", []), ctx)
+    entities = _parse_entities(data.get("entities", []), ctx, network)
+    if ctx.problems or network is None:
+        raise ConfigError(ctx.problems)
+    return Config(
+        network=network,
+        storage=storage,
+        sources=sources,
+        entities=entities,
+        origin=origin,
+        warnings=tuple(ctx.warnings),
+    )
+
+
+# --- shared helpers -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Context:
+    base_dir: Path
+    env: Mapping[str, str]
+    origin: str
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def warn(self, path: str, message: str) -> None:
+        line = f"{path}: {message}"
+        self.warnings.append(line)
+        log.warning("config %s", line)
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """A TOML value type: its name in messages, its test, and the conversion to the stored type."""
+
+    name: str
+    accepts: Callable[[Any], bool]
+    convert: Callable[[Any], Any] = lambda v: v
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+STRING = _Kind("a string", lambda v: isinstance(v, str))
+NUMBER = _Kind("a number", _is_number, float)
+INTEGER = _Kind("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool))
+BOOLEAN = _Kind("true or false", lambda v: isinstance(v, bool))
+TABLE = _Kind("a table", lambda v: isinstance(v, dict))
+ARRAY = _Kind("an array", lambda v: isinstance(v, list))
+STRINGS = _Kind("an array of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), tuple)
+
+_REQUIRED: Any = object()
+
+
+def _join(path: str, key: str) -> str:
+    """Key path of `key` inside `path`, quoting keys that are not bare TOML keys."""
+    k = key if _BARE_KEY.match(key) else '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"{path}.{k}" if path else k
+
+
+def _show(value: Any, limit: int = 120) -> str:
+    """A bad value as the user wrote it, short enough for one line."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, (date, datetime)):
+        return value.isoformat()
+    text = repr(value)
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return text
+
+
+def _type_name(value: Any) -> str:
+    """What a value is, without showing it (for values that may be secrets)."""
+    for kind, name in ((bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string")):
+        if isinstance(value, kind):
+            return name
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return "a date/time" if isinstance(value, (date, datetime)) else type(value).__name__
+
+
+def _check_keys(table: dict, allowed: tuple[str, ...], path: str, problems: list[str], *, what: str = "key") -> None:
+    """Record every key of `table` not in `allowed`, with the allowed keys and a near match."""
+    for key in table:
+        if key in allowed:
+            continue
+        close = difflib.get_close_matches(key, allowed, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        problems.append(f"{_join(path, key)}: unknown {what} (expected one of: {', '.join(allowed)}{hint})")
+
+
+def _take(
+    table: dict,
+    key: str,
+    kind: _Kind,
+    path: str,
+    problems: list[str],
+    default: Any = _REQUIRED,
+    *,
+    choices: tuple[str, ...] | None = None,
+    above: float | None = None,
+    at_least: float | None = None,
+    nonempty: bool = False,
+) -> Any:
+    """`table[key]` checked against `kind` and the constraints, converted; `default` when absent.
+
+    A problem is recorded (and `default`, or None for a required key, returned) when the key is
+    missing but required, has the wrong type, or breaks a constraint.
+    """
+    p = _join(path, key)
+    fallback = None if default is _REQUIRED else default
+    if key not in table:
+        if default is _REQUIRED:
+            problems.append(f"{p}: required key is missing")
+        return fallback
+    value = table[key]
+    if not kind.accepts(value):
+        problems.append(f"{p}: expected {kind.name}, got {_show(value)}")
+        return fallback
+    if nonempty and not (value.strip() if isinstance(value, str) else value):
+        problems.append(f"{p}: must not be empty")
+        return fallback
+    if choices is not None and value not in choices:
+        problems.append(f"{p}: {_show(value)} is not one of {', '.join(choices)}")
+        return fallback
+    if above is not None and not value > above:
+        problems.append(f"{p}: must be greater than {above:g}, got {_show(value)}")
+        return fallback
+    if at_least is not None and not value >= at_least:
+        problems.append(f"{p}: must be at least {at_least:g}, got {_show(value)}")
+        return fallback
+    return kind.convert(value)
+
+
+def _tables(value: Any, path: str, problems: list[str], *, section: bool = False) -> Iterator[tuple[str, dict]]:
+    """(path, table) for each table in an array of tables; records items that are not tables."""
+    if not isinstance(value, list):
+        want = f"an array of tables ([[{path}]])" if section else "an array of tables"
+        problems.append(f"{path}: expected {want}, got {_show(value)}")
+        return
+    for i, item in enumerate(value):
+        p = f"{path}[{i}]"
+        if isinstance(item, dict):
+            yield p, item
+        else:
+            problems.append(f"{p}: expected a table, got {_show(item)}")
+
+
+def _take_date(table: dict, key: str, path: str, problems: list[str]) -> str:
+    """An ISO date (`2026-03-01`, quoted or a TOML date) as a string; '' when absent."""
+    p = _join(path, key)
+    value = table.get(key, "")
+    if isinstance(value, datetime):
+        problems.append(f"{p}: expected a date (YYYY-MM-DD), got the date-time {_show(value)}")
+        return ""
+    if isinstance(value, date):
+        return value.isoformat()
+    if not isinstance(value, str):
+        problems.append(f"{p}: expected a date (YYYY-MM-DD), got {_show(value)}")
+        return ""
+    if value == "":
+        return ""
+    try:
+        if not _ISO_DATE.match(value):
+            raise ValueError
+        date.fromisoformat(value)
+    except ValueError:
+        problems.append(f"{p}: {_show(value)} is not a date (YYYY-MM-DD)")
+        return ""
+    return value
+
+
+def _take_secret(
+    table: dict, key: str, path: str, ctx: _Context, *, plain_ok: bool, default: Any = _REQUIRED
+) -> str | Secret | None:
+    """A secret written `{ env = "NAME" }` or `{ file = "path" }`, or a plain string where `plain_ok`.
+
+    Problems name the key and the variable or file, never the value.
+    """
+    p = _join(path, key)
+    if key not in table:
+        if default is _REQUIRED:
+            ctx.problems.append(f"{p}: required key is missing")
+            return None
+        return default
+    value = table[key]
+    if isinstance(value, str):
+        if plain_ok:
+            return value
+        ctx.problems.append(
+            f'{p}: a secret must not be written in the file; set an environment variable and write {{ env = "NAME" }}'
+        )
+        return None
+    if not isinstance(value, dict):
+        want = 'a string or { env = "NAME" }' if plain_ok else '{ env = "NAME" }'
+        ctx.problems.append(f"{p}: expected {want}, got {_type_name(value)}")
+        return None
+    _check_keys(value, _SECRET_KEYS, p, ctx.problems)
+    given = [k for k in _SECRET_KEYS if k in value]
+    if len(given) != 1:
+        ctx.problems.append(f'{p}: give exactly one of {{ env = "NAME" }} or {{ file = "path" }}')
+        return None
+    how = given[0]
+    ref = _take(value, how, STRING, p, ctx.problems, nonempty=True)
+    if ref is None:
+        return None
+    if how == "env":
+        secret = ctx.env.get(ref)
+        if secret is None:
+            ctx.problems.append(f"{p}: environment variable {ref} is not set")
+            return None
+        if not secret.strip():
+            ctx.problems.append(f"{p}: environment variable {ref} is empty")
+            return None
+        return Secret(secret, f"env {ref}")
+    file = Path(ref) if Path(ref).is_absolute() else ctx.base_dir / ref
+    try:
+        secret = file.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        ctx.problems.append(f"{p}: cannot read secret file {str(file)!r} ({reason})")
+        return None
+    if not secret:
+        ctx.problems.append(f"{p}: secret file {str(file)!r} is empty")
+        return None
+    return Secret(secret, f"file {ref}")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_url(value: str, path: str, ctx: _Context) -> str | None:
+    """A base URL: http(s), with a host, no credentials, query or fragment; trailing slash dropped."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        ctx.problems.append(f"{path}: {_show(value)} is not a valid URL")
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in value):
+        ctx.problems.append(f"{path}: {_show(value)} is not an http(s) URL")
+        return None
+    if parts.username is not None or parts.password is not None:
+        # Not echoed: the URL carries a credential.
+        ctx.problems.append(
+            f'{path}: must not embed credentials (user:password@); send them in headers with {{ env = "NAME" }}'
+        )
+        return None
+    if parts.query or parts.fragment:
+        ctx.problems.append(
+            f"{path}: a base URL must not carry a query string or fragment ({parts.scheme}://{parts.netloc}...)"
+        )
+        return None
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        ctx.warn(path, f"{_show(value)} is plain http to a non-loopback host; traffic can be read and altered in transit")
+    return value.rstrip("/")
+
+
+# --- sections -------------------------------------------------------------------------------------
+
+
+def _parse_monitor(value: Any, ctx: _Context) -> tuple[str | None, Path]:
+    """[monitor]: network (None when invalid, so addresses are not judged against a wrong one) and storage."""
+    if not isinstance(value, dict):
+        ctx.problems.append(f"monitor: expected a table ([monitor]), got {_show(value)}")
+        return None, Path(DEFAULT_STORAGE)
+    _check_keys(value, _MONITOR_KEYS, "monitor", ctx.problems)
+    before = len(ctx.problems)
+    network = _take(value, "network", STRING, "monitor", ctx.problems, DEFAULT_NETWORK, choices=NETWORKS)
+    if len(ctx.problems) > before:
+        network = None
+    storage = _take(value, "storage", STRING, "monitor", ctx.problems, DEFAULT_STORAGE, nonempty=True)
+    return network, Path(storage)
+
+
+def _parse_sources(value: Any, ctx: _Context) -> tuple[SourceConfig, ...]:
+    """[[sources]]: each chain source; names are unique."""
+    out: list[SourceConfig] = []
+    seen: dict[str, str] = {}
+    for path, t in _tables(value, "sources", ctx.problems, section=True):
+        pr = ctx.problems
+        _check_keys(t, _SOURCE_KEYS, path, pr)
+        name = _take(t, "name", STRING, path, pr, nonempty=True)
+        if name is not None:
+            if name in seen:
+                pr.append(f"{path}.name: {_show(name)} is already the name of {seen[name]}")
+            else:
+                seen[name] = path
+        out.append(
+            SourceConfig(
+                name=name,
+                type=_take(t, "type", STRING, path, pr, choices=SOURCE_TYPES),
+                chain=_take(t, "chain", STRING, path, pr, DEFAULT_CHAIN, choices=SOURCE_CHAINS),
+                urls=_parse_urls(t, path, ctx),
+                rate_limit=_take(t, "rate_limit", NUMBER, path, pr, DEFAULT_RATE_LIMIT, above=0),
+                timeout=_take(t, "timeout", NUMBER, path, pr, DEFAULT_TIMEOUT, above=0),
+                retries=_take(t, "retries", INTEGER, path, pr, DEFAULT_RETRIES, at_least=1),
+                poll_interval=_take(t, "poll_interval", NUMBER, path, pr, DEFAULT_POLL_INTERVAL, above=0),
+                mode=_take(t, "mode", STRING, path, pr, DEFAULT_MODE, choices=SOURCE_MODES),
+                headers=_parse_headers(t, path, ctx),
+            )
+        )
+    return tuple(out)
+
+
+def _parse_urls(t: dict, path: str, ctx: _Context) -> tuple[str, ...]:
+    """A source's `urls`: a non-empty array of distinct http(s) base URLs."""
+    raw = _take(t, "urls", ARRAY, path, ctx.problems)
+    if raw is None:
+        return ()
+    p = f"{path}.urls"
+    if not raw:
+        ctx.problems.append(f"{p}: must list at least one URL")
+        return ()
+    urls: list[str] = []
+    for i, item in enumerate(raw):
+        ip = f"{p}[{i}]"
+        if not isinstance(item, str):
+            ctx.problems.append(f"{ip}: expected a string, got {_show(item)}")
+            continue
+        url = _check_url(item, ip, ctx)
+        if url is None:
+            continue
+        if url in urls:
+            ctx.problems.append(f"{ip}: {_show(item)} is already listed at {p}[{urls.index(url)}]")
+            continue
+        urls.append(url)
+    return tuple(urls)
+
+
+def _parse_headers(t: dict, path: str, ctx: _Context) -> tuple[tuple[str, str | Secret], ...]:
+    """A source's `headers`: name → string or secret."""
+    raw = _take(t, "headers", TABLE, path, ctx.problems, {})
+    p = f"{path}.headers"
+    out: list[tuple[str, str | Secret]] = []
+    for name in raw:
+        hp = _join(p, name)
+        if not _HEADER_NAME.match(name):
+            ctx.problems.append(f"{hp}: {_show(name)} is not a valid HTTP header name")
+            continue
+        value = _take_secret(raw, name, p, ctx, plain_ok=True)
+        if value is None:
+            continue
+        text = value.reveal() if isinstance(value, Secret) else value
+        if "\r" in text or "\n" in text:
+            ctx.problems.append(f"{hp}: header value contains a line break")
+            continue
+        if isinstance(value, str) and _SENSITIVE_HEADER.search(name):
+            ctx.warn(hp, 'looks like a credential written in the file; prefer { env = "NAME" }')
+        out.append((name, value))
+    return tuple(out)
+
+
+def _parse_entities(value: Any, ctx: _Context, network: str | None) -> tuple[Entity, ...]:
+    """[[entities]]: names unique, each address valid on `network` and owned by one entity only.
+
+    With no valid network, addresses are checked for shape and duplicates only.
+    """
+    out: list[Entity] = []
+    names: dict[str, str] = {}
+    owners: dict[str, str] = {}  # canonical address → key path where it was first listed
+    for path, t in _tables(value, "entities", ctx.problems, section=True):
+        pr = ctx.problems
+        _check_keys(t, _ENTITY_KEYS, path, pr)
+        name = _take(t, "name", STRING, path, pr, nonempty=True)
+        if name is not None:
+            if name in names:
+                pr.append(f"{path}.name: {_show(name)} is already the name of {names[name]}")
+            else:
+                names[name] = path
+        kind = _take(t, "kind", STRING, path, pr, choices=ENTITY_KINDS)
+        addresses: list[EntityAddress] = []
+        raw = _take(t, "addresses", ARRAY, path, pr, [])
+        for i, item in enumerate(raw):
+            a = _parse_address(item, f"{path}.addresses[{i}]", ctx, network, f"{ctx.origin} {path}")
+            if a is None:
+                continue
+            where = f"{path}.addresses[{i}]"
+            if a.address in owners:
+                pr.append(f"{where}: {_show(a.address)} is already listed at {owners[a.address]}")
+                continue
+            owners[a.address] = where
+            addresses.append(a)
+        profile_raw = _take(t, "profile", TABLE, path, pr, None)
+        out.append(
+            Entity(
+                name=name,
+                kind=kind,
+                addresses=tuple(addresses),
+                profile=_parse_profile(profile_raw, f"{path}.profile", ctx) if profile_raw is not None else Profile(),
+                note=_take(t, "note", STRING, path, pr, ""),
+                watch=_take(t, "watch", BOOLEAN, path, pr, DEFAULT_WATCH),
+            )
+        )
+    return tuple(out)
+
+
+def _parse_address(
+    item: Any, path: str, ctx: _Context, network: str | None, default_source: str
+) -> EntityAddress | None:
+    """One entry of `addresses`: a string, or { address, source, label, as_of }."""
+    pr = ctx.problems
+    if isinstance(item, str):
+        text, apath, source, label, as_of = item, path, default_source, "", ""
+    elif isinstance(item, dict):
+        _check_keys(item, _ADDRESS_KEYS, path, pr)
+        apath = f"{path}.address"
+        text = _take(item, "address", STRING, path, pr)
+        source = _take(item, "source", STRING, path, pr, default_source, nonempty=True)
+        label = _take(item, "label", STRING, path, pr, "")
+        as_of = _take_date(item, "as_of", path, pr)
+        if text is None:
+            return None
+    else:
+        pr.append(f'{path}: expected an address string or {{ address = "...", source = "..." }}, got {_show(item)}')
+        return None
+    if network is None:
+        canonical = normalise_address("bitcoin", text)  # the network is reported as wrong: judge nothing against it
+    else:
+        try:
+            canonical = validate_address(text, network).address
+        except InvalidAddress as exc:
+            pr.append(f"{apath}: {_show(text)} is not a valid {network} Bitcoin address ({exc})")
+            return None
+    return EntityAddress(
+        chain="bitcoin", address=canonical, source=source, learned_by="config", label=label, as_of=as_of
+    )
+
+
+def _parse_profile(t: dict, path: str, ctx: _Context) -> Profile:
+    """[entities.profile]: sourced figures and strategy tags."""
+    pr = ctx.problems
+    _check_keys(t, _PROFILE_KEYS, path, pr)
+    return Profile(
+        holdings_btc=_take_fact(t, "holdings_btc", path, ctx, at_least=0),
+        monthly_production_btc=_take_fact(t, "monthly_production_btc", path, ctx, at_least=0),
+        cash_cost_usd=_take_fact(t, "cash_cost_usd", path, ctx, above=0),
+        efficiency_j_th=_take_fact(t, "efficiency_j_th", path, ctx, above=0),
+        strategy_tags=_take_tags(t, path, pr),
+        strategy_source=_take(t, "strategy_source", STRING, path, pr, ""),
+    )
+
+
+def _take_fact(t: dict, key: str, path: str, ctx: _Context, **bounds: float) -> Fact | None:
+    """A profile figure: a bare number (sourced to the config file) or { value, source, as_of, note }."""
+    if key not in t:
+        return None
+    value = t[key]
+    p = _join(path, key)
+    if isinstance(value, dict):
+        _check_keys(value, _FACT_KEYS, p, ctx.problems)
+        number = _take(value, "value", NUMBER, p, ctx.problems, **bounds)
+        source = _take(value, "source", STRING, p, ctx.problems, ctx.origin, nonempty=True)
+        as_of = _take_date(value, "as_of", p, ctx.problems)
+        note = _take(value, "note", STRING, p, ctx.problems, "")
+        return None if number is None else Fact(number, source, as_of, note)
+    if not _is_number(value):
+        ctx.problems.append(f"{p}: expected a number or {{ value = ..., source = ..., as_of = ... }}, got {_show(value)}")
+        return None
+    number = _take(t, key, NUMBER, path, ctx.problems, **bounds)
+    return None if number is None else Fact(number, ctx.origin, "")
+
+
+def _take_tags(t: dict, path: str, problems: list[str]) -> tuple[str, ...]:
+    """`strategy_tags`: distinct non-empty strings."""
+    tags = _take(t, "strategy_tags", STRINGS, path, problems, ())
+    p = f"{path}.strategy_tags"
+    out: list[str] = []
+    for i, tag in enumerate(tags):
+        if not tag.strip():
+            problems.append(f"{p}[{i}]: must not be empty")
+        elif tag in out:
+            problems.append(f"{p}[{i}]: {_show(tag)} is listed twice")
+        else:
+            out.append(tag)
+    return tuple(out)
+
+
+def _toml_error(exc: tomllib.TOMLDecodeError) -> str:
+    """`line N, column M: invalid TOML: <reason>` from tomllib's '<reason> (at line N, column M)'."""
+    text = str(exc)
+    m = re.search(r"^(.*) \(at line (\d+), column (\d+)\)$", text)
+    if m:
+        return f"line {m.group(2)}, column {m.group(3)}: invalid TOML: {m.group(1)}"
+    m = re.search(r"^(.*) \(at end of document\)$", text)
+    if m:
+        return f"end of file: invalid TOML: {m.group(1)}"
+    return f"invalid TOML: {text}"
