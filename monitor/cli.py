@@ -1,0 +1,201 @@
+"""The `treasury-monitor` command line: thin click commands over the library.
+
+Each command parses its options, calls one function of a room and prints. Domain errors become
+`click.ClickException` here and nowhere else; a bad config exits with status 2 and every problem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from monitor import __version__
+from monitor.clock import SystemClock, parse_iso
+from monitor.config import Config, load_config
+from monitor.model import ConfigError, MonitorError, format_btc
+
+__all__ = ["cli"]
+
+DEFAULT_CONFIG = "config.toml"
+CONFIG_ENV = "TREASURY_MONITOR_CONFIG"
+
+log = logging.getLogger("treasury_monitor")
+
+
+class _State:
+    def __init__(self, config_path: str, db: str | None):
+        self.config_path = config_path
+        self.db = db
+        self._config: Config | None = None
+
+    def config(self) -> Config:
+        """The validated config; on problems print them all and exit with status 2."""
+        if self._config is None:
+            try:
+                self._config = load_config(self.config_path)
+            except ConfigError as exc:
+                click.echo(f"error: invalid configuration ({self.config_path}):", err=True)
+                for p in exc.problems:
+                    click.echo(f"  {p}", err=True)
+                sys.exit(2)
+            for w in self._config.warnings:
+                click.echo(f"warning: {w}", err=True)
+        return self._config
+
+
+def _setup_logging(level: str, fmt: str) -> None:
+    from monitor.logs import configure_logging
+
+    configure_logging(level=level, fmt=fmt)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="treasury-monitor")
+@click.option("-c", "--config", "config_path", envvar=CONFIG_ENV, default=DEFAULT_CONFIG, show_default=True,
+              help=f"Config file (or ${CONFIG_ENV}).")
+@click.option("--db", type=click.Path(dir_okay=False), default=None, help="SQLite file; overrides [monitor].storage.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="warning", show_default=True)
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="Readable lines or JSON lines on stderr.")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str, db: str | None, log_level: str, log_format: str) -> None:
+    """Watch miner and sovereign Bitcoin treasuries and explain their sales."""
+    _setup_logging(log_level, log_format)
+    ctx.obj = _State(config_path, db)
+
+
+@cli.command("check-config")
+@click.pass_obj
+def check_config(state: _State) -> None:
+    """Validate the config file (the same checks `run` makes) and summarise it."""
+    cfg = state.config()
+    n_addr = sum(len(e.addresses) for e in cfg.entities)
+    click.echo(f"{state.config_path}: OK — network {cfg.network}, {len(cfg.sources)} source(s), "
+               f"{len(cfg.entities)} entit(ies), {n_addr} address(es), storage {cfg.storage}")
+
+
+def _run(coro):
+    try:
+        return asyncio.run(coro)
+    except MonitorError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+class _Progress:
+    """A progress line per address on stderr while a backfill pages through history."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self._last: tuple[str, int] | None = None
+
+    def __call__(self, key: str, fetched: int, total: int) -> None:
+        if not self.enabled:
+            return
+        width = 30
+        done = min(width, int(width * fetched / total)) if total else width
+        click.echo(f"\r  {key[:20]:<20} [{'#' * done}{'.' * (width - done)}] {fetched}/{total} txs", nl=False, err=True)
+        if fetched >= total:
+            click.echo("", err=True)
+
+
+async def _poll_all(state: _State, *, progress: _Progress | None) -> list:
+    from monitor.runtime import runtime
+
+    results = []
+    async with runtime(state.config(), db=state.db) as rt:
+        if not rt.sources:
+            raise click.ClickException("no [[sources]] configured")
+        for src in rt.sources:
+            results.append(await rt.pipeline.tick(src, progress=progress))
+    return results
+
+
+def _print_results(results: list) -> None:
+    for r in results:
+        failed = f", {len(r.failed)} failed (retried next time): {', '.join(r.failed[:3])}" if r.failed else ""
+        click.echo(f"{r.source}: {r.txs} txs ({r.new_txs} new), {r.flows} entity flows ({r.outflows} outflows), "
+                   f"{r.requests} requests{failed}")
+
+
+@cli.command()
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@click.pass_obj
+def backfill(state: _State, progress: bool | None) -> None:
+    """Fetch the whole history of every watched address into the database."""
+    show = sys.stderr.isatty() if progress is None else progress
+    _print_results(_run(_poll_all(state, progress=_Progress(show))))
+
+
+@cli.command()
+@click.pass_obj
+def poll(state: _State) -> None:
+    """One incremental pass over every source (what the daemon does each interval)."""
+    _print_results(_run(_poll_all(state, progress=None)))
+
+
+@cli.command()
+@click.option("--format", "fmt", type=click.Choice(["json", "jsonl", "csv"]), default="json", show_default=True)
+@click.option("--since", default=None, help="Only flows at or after this ISO date/time (UTC).")
+@click.option("--until", default=None, help="Only flows before this ISO date/time (UTC).")
+@click.option("--entity", default=None, help="Only this entity's flows.")
+@click.option("--direction", type=click.Choice(["out", "in", "internal"]), default=None)
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write to this file instead of stdout.")
+@click.pass_obj
+def export(state: _State, fmt: str, since: str | None, until: str | None, entity: str | None,
+           direction: str | None, out_path: str | None) -> None:
+    """Export stored entity flows as JSON, JSON lines or CSV (schema in README)."""
+    from monitor.export import export_flows
+
+    try:
+        since_ts = parse_iso(since) if since else None
+        until_ts = parse_iso(until) if until else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    cfg = state.config()
+    db = Path(state.db) if state.db else cfg.storage
+    if not db.exists():
+        raise click.ClickException(f"no database at {db}: run `treasury-monitor backfill` first")
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(open(out_path, "w", encoding="utf-8", newline="")) if out_path else sys.stdout
+        n = export_flows(db, out, fmt=fmt, since=since_ts, until=until_ts, entity=entity, direction=direction)
+    if out_path:
+        click.echo(f"wrote {n} flow record(s) to {out_path}", err=True)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def entities(state: _State, as_json: bool) -> None:
+    """Table of entities: kind, address counts, on-chain balance seen, flows."""
+    from monitor.runtime import build_registry, open_store
+    from storage.reads import entity_summaries
+
+    cfg = state.config()
+    store = open_store(cfg, state.db)
+    try:
+        reg = build_registry(cfg, store)
+        store.sync_entities(reg.entities.values(), now=int(SystemClock().time()))
+        rows = entity_summaries(store)
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'entity':<38} {'kind':<10} {'addrs':>5} {'balance BTC':>18}  flows out/in/internal")
+    for r in rows:
+        f = r["flows"]
+        bal = format_btc(r["balance_units"]) if r["addresses_with_balance"] else "-"
+        click.echo(f"{r['name'][:38]:<38} {r['kind']:<10} {r['addresses']:>5} {bal:>18}  "
+                   f"{f.get('out', 0)}/{f.get('in', 0)}/{f.get('internal', 0)}")
+
+
+def main() -> None:  # pragma: no cover - console entry point alias
+    cli()

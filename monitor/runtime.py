@@ -1,0 +1,105 @@
+"""Composition of the parts a command needs: config → store, registry, HTTP session and sources.
+
+The CLI's one-shot commands and the daemon build their parts here, so both run the same code
+(`check-config` loads exactly what `run` loads).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import AsyncIterator
+
+import aiohttp
+
+from monitor.clock import SystemClock
+from monitor.config import Config, Secret, SourceConfig
+from monitor.model import Clock, Entity
+from monitor.pipeline import Pipeline
+from monitor.registry import Registry, merge_entities
+from storage import AsyncStore, Store
+from watchers.esplora import EsploraSource
+from watchers.http import HttpClient
+
+__all__ = ["build_registry", "open_store", "Runtime", "runtime", "make_source"]
+
+log = logging.getLogger("treasury_monitor")
+
+
+def bundled_entities() -> list[Entity]:
+    """The bundled, sourced registry (miners, sovereigns, counterparties), or [] if not installed."""
+    try:
+        from monitor.bundled import load_bundled_entities
+    except ImportError:  # the bundled registry arrives with the classification work
+        return []
+    return load_bundled_entities()
+
+
+def build_registry(config: Config, store: Store | None = None, *, bundled: Iterable[Entity] | None = None) -> Registry:
+    """Bundled entities, config entities merged on top, plus addresses learned and stored at run time."""
+    base = list(bundled) if bundled is not None else bundled_entities()
+    reg = Registry(merge_entities(base, config.entities))
+    if store is not None:
+        for name, addrs in store.learned_addresses().items():
+            if name in reg:
+                reg = reg.with_addresses(name, addrs)
+    return reg
+
+
+def open_store(config: Config, db: str | Path | None = None) -> Store:
+    """Open (and migrate) the configured database, or `db` when given."""
+    return Store(Path(db) if db is not None else config.storage)
+
+
+def _headers(source: SourceConfig) -> dict[str, str]:
+    return {k: (v.reveal() if isinstance(v, Secret) else v) for k, v in source.headers}
+
+
+def make_source(source: SourceConfig, registry: Registry, session: aiohttp.ClientSession, clock: Clock):
+    """A watcher for one configured source, watching the registry's tracked addresses on its chain."""
+    if source.type == "esplora":
+        http = HttpClient(
+            source.name,
+            source.urls,
+            session,
+            clock=clock,
+            rate_limit=source.rate_limit,
+            timeout=source.timeout,
+            retries=max(0, source.retries - 1),  # config counts attempts, HttpClient counts retries
+            headers=_headers(source),
+        )
+        return EsploraSource(source.name, http, registry.watched_addresses(source.chain), clock=clock, chain=source.chain)
+    raise ValueError(f"source type {source.type!r} is not supported")
+
+
+@dataclass
+class Runtime:
+    """Everything a command needs, opened together and closed together."""
+
+    config: Config
+    store: AsyncStore
+    registry: Registry
+    clock: Clock
+    session: aiohttp.ClientSession
+    sources: list = field(default_factory=list)
+    pipeline: Pipeline | None = None
+
+
+@asynccontextmanager
+async def runtime(config: Config, *, db: str | Path | None = None, clock: Clock | None = None) -> AsyncIterator[Runtime]:
+    """Open store, registry, one shared HTTP session and the configured sources; close them on exit."""
+    clock = clock or SystemClock()
+    store = open_store(config, db)
+    registry = build_registry(config, store)
+    store.sync_entities(registry.entities.values(), now=int(clock.time()))
+    astore = AsyncStore(store)
+    session = aiohttp.ClientSession()
+    try:
+        sources = [make_source(s, registry, session, clock) for s in config.sources]
+        yield Runtime(config, astore, registry, clock, session, sources, Pipeline(registry, astore, clock))
+    finally:
+        await session.close()
+        await astore.close()

@@ -1,0 +1,113 @@
+"""Typed read queries for export, the CLI and the HTTP API (filters: since, entity, direction, ...).
+
+Reads return plain dicts of stored columns (amounts as exact integers); shaping them into the export
+schema is `monitor.export`'s job.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from storage.store import Store
+
+__all__ = ["flow_rows", "entity_summaries"]
+
+_PAGE = 500
+
+
+def flow_rows(
+    store: Store,
+    *,
+    since: int | None = None,
+    until: int | None = None,
+    entity: str | None = None,
+    direction: str | None = None,
+    chain: str | None = None,
+    include_internal: bool = True,
+) -> Iterator[dict[str, Any]]:
+    """Stored entity flows, oldest first, each with its destinations and entity kind.
+
+    `since`/`until` filter on the block time, or on the time first seen for unconfirmed flows.
+    Rows are read in pages so an export of a large history streams in constant memory.
+    """
+    where, params = [], []
+    at = "coalesce(f.block_time, f.first_seen)"
+    if since is not None:
+        where.append(f"{at} >= ?")
+        params.append(since)
+    if until is not None:
+        where.append(f"{at} < ?")
+        params.append(until)
+    if entity is not None:
+        where.append("f.entity = ?")
+        params.append(entity)
+    if direction is not None:
+        where.append("f.direction = ?")
+        params.append(direction)
+    if chain is not None:
+        where.append("f.chain = ?")
+        params.append(chain)
+    if not include_internal:
+        where.append("f.direction != 'internal'")
+    sql = (
+        "select f.*, e.kind as entity_kind from flows f left join entities e on e.name = f.entity"
+        + (" where " + " and ".join(where) if where else "")
+        + f" order by {at}, f.block_height, f.txid, f.entity limit ? offset ?"
+    )
+    offset = 0
+    while True:
+        rows = store.query(sql, [*params, _PAGE, offset])
+        if not rows:
+            return
+        keys = [(r["chain"], r["txid"], r["entity"]) for r in rows]
+        dests = _destinations(store, keys)
+        for r in rows:
+            r["destinations"] = dests.get((r["chain"], r["txid"], r["entity"]), [])
+            for k in ("spent_units", "change_units", "received_units", "fee_share_units", "out_units"):
+                r[k] = int(r[k])
+            yield r
+        offset += len(rows)
+
+
+def _destinations(store: Store, keys: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
+    out: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    txids = sorted({k[1] for k in keys})
+    for i in range(0, len(txids), 400):
+        chunk = txids[i : i + 400]
+        marks = ",".join("?" * len(chunk))
+        for d in store.query(f"select * from destinations where txid in ({marks}) order by n", chunk):
+            d["value_units"] = int(d["value_units"])
+            d["path"] = json.loads(d["path"] or "[]")
+            out.setdefault((d["chain"], d["txid"], d["entity"]), []).append(d)
+    return out
+
+
+def entity_summaries(store: Store) -> list[dict[str, Any]]:
+    """Per stored entity: kind, address counts (active/candidate/rejected), latest balance, flow counts."""
+    balances = store.latest_balances()
+    out = []
+    for e in store.entity_rows():
+        addrs = store.address_rows(entity=e["name"])
+        active = [a for a in addrs if a["status"] == "active"]
+        bal = sum(balances.get((a["chain"], a["address"], "BTC"), 0) for a in active if a["chain"] == "bitcoin")
+        seen = sum(1 for a in active if (a["chain"], a["address"], "BTC") in balances)
+        counts = store.query(
+            "select direction, count(*) as n from flows where entity = ? group by direction", [e["name"]]
+        )
+        out.append(
+            {
+                "name": e["name"],
+                "kind": e["kind"],
+                "note": e["note"],
+                "watch": bool(e["watch"]),
+                "addresses": len(active),
+                "candidates": sum(1 for a in addrs if a["status"] == "candidate"),
+                "rejected": sum(1 for a in addrs if a["status"] == "rejected"),
+                "addresses_with_balance": seen,
+                "balance_units": bal,
+                "flows": {c["direction"]: c["n"] for c in counts},
+            }
+        )
+    return out
