@@ -484,7 +484,9 @@ def _check_url(value: str, path: str, ctx: _Context) -> str | None:
         )
         return None
     if parts.scheme == "http" and not _is_loopback(parts.hostname):
-        ctx.warn(path, f"{_show(value)} is plain http to a non-loopback host; traffic can be read and altered in transit")
+        ctx.warn(
+            path, f"{_show(value)} is plain http to a non-loopback host; traffic can be read and altered in transit"
+        )
     return value.rstrip("/")
 
 
@@ -611,7 +613,7 @@ def _parse_entities(value: Any, ctx: _Context, network: str | None) -> tuple[Ent
             if a.address in owners:
                 pr.append(f"{where}: {_show(a.address)} is already listed at {owners[a.address]}")
                 continue
-            owners[a.address] = where
+            owners[a.address] = f"{where} (entity {_show(name)})" if name is not None else where
             addresses.append(a)
         profile_raw = _take(t, "profile", TABLE, path, pr, None)
         out.append(
@@ -687,7 +689,8 @@ def _take_fact(t: dict, key: str, path: str, ctx: _Context, **bounds: float) -> 
         note = _take(value, "note", STRING, p, ctx.problems, "")
         return None if number is None else Fact(number, source, as_of, note)
     if not _is_number(value):
-        ctx.problems.append(f"{p}: expected a number or {{ value = ..., source = ..., as_of = ... }}, got {_show(value)}")
+        want = "a number or { value = ..., source = ..., as_of = ... }"
+        ctx.problems.append(f"{p}: expected {want}, got {_show(value)}")
         return None
     number = _take(t, key, NUMBER, path, ctx.problems, **bounds)
     return None if number is None else Fact(number, ctx.origin, "")

@@ -1,0 +1,459 @@
+"""Tests for monitor/config.py: valid configs become typed objects, every bad one names key path and value.
+
+Config cases are small files in tests/data/config/ (valid*.toml load; each other file holds one kind of
+error, many_errors.toml several). Addresses there are real and sourced (DefiLlama-Adapters bitcoin-book at
+commit 1eb4e81d4d, via shared/data/addresses.csv), BIP-173 test vectors, or copies broken on purpose.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+
+from monitor import config as config_module
+from monitor.config import (
+    DEFAULT_CHAIN,
+    DEFAULT_MODE,
+    DEFAULT_POLL_INTERVAL,
+    DEFAULT_RATE_LIMIT,
+    DEFAULT_RETRIES,
+    DEFAULT_STORAGE,
+    DEFAULT_TIMEOUT,
+    Config,
+    Secret,
+    SourceConfig,
+    load_config,
+    parse_config,
+)
+from monitor.model import ConfigError, Entity, EntityAddress, Fact, Profile
+from monitor.registry import Registry
+
+DATA = Path(__file__).parent / "data" / "config"
+REPO = Path(__file__).parent.parent
+
+TOKEN = "s3cr3t-token-7f1c"  # must never appear in any printed form of a Config
+FILE_SECRET = "file-secret-value"
+EL_SALVADOR = "32ixEdVJWo3kmvJGMTZq5jAQVZZeuwnqzo"
+KRAKEN = "bc1qnhmemsqfhycvp6g50v732h7wfwdt68el4ux5ttu8xwsrzngmxv0qr55aga"
+EL_SALVADOR_SOURCE = (
+    "https://github.com/DefiLlama/DefiLlama-Adapters/blob/1eb4e81d4dd0fa8e2c27a428fe8120b37c985689"
+    "/projects/helper/bitcoin-book/index.js#L179"
+)
+
+
+def problems_of(name: str, env: dict[str, str] | None = None) -> list[str]:
+    """The problems a case file gives (the test fails if it loads)."""
+    with pytest.raises(ConfigError) as info:
+        load_config(DATA / name, env=env or {})
+    return info.value.problems
+
+
+@pytest.fixture
+def valid_path(tmp_path: Path) -> Path:
+    """valid.toml copied next to the secret file it reads."""
+    path = tmp_path / "config.toml"
+    shutil.copy(DATA / "valid.toml", path)
+    (tmp_path / "secret.txt").write_text(FILE_SECRET + "\n")
+    return path
+
+
+# --- valid configs --------------------------------------------------------------------------------
+
+
+def test_valid_config_parses_to_typed_objects(valid_path: Path):
+    cfg = load_config(valid_path, env={"ESPLORA_TOKEN": TOKEN})
+
+    assert cfg.network == "mainnet"
+    assert cfg.storage == Path("data/monitor.db")  # as given, not resolved against the config's directory
+    assert cfg.origin == str(valid_path)
+    assert cfg.warnings == ()
+
+    primary, fallback = cfg.sources
+    headers = dict(primary.headers)
+    assert primary == SourceConfig(
+        name="primary",
+        type="esplora",
+        chain="bitcoin",
+        urls=("https://blockstream.info/api", "http://127.0.0.1:3002"),  # trailing slash dropped
+        rate_limit=2.5,
+        timeout=5.0,
+        retries=4,
+        poll_interval=30.0,
+        mode="block",
+        headers=primary.headers,
+    )
+    assert isinstance(primary.timeout, float)
+    assert [k for k, _ in primary.headers] == ["Authorization", "X-Api-Key", "User-Agent"]
+    assert isinstance(headers["Authorization"], Secret) and headers["Authorization"].reveal() == TOKEN
+    assert headers["Authorization"].ref == "env ESPLORA_TOKEN"
+    assert isinstance(headers["X-Api-Key"], Secret) and headers["X-Api-Key"].reveal() == FILE_SECRET
+    assert headers["User-Agent"] == "treasury-monitor"
+    assert primary.revealed_headers() == {
+        "Authorization": TOKEN,
+        "X-Api-Key": FILE_SECRET,
+        "User-Agent": "treasury-monitor",
+    }
+    assert fallback == SourceConfig(name="fallback", type="esplora", urls=("https://mempool.space/api",))
+    assert cfg.source("fallback") is fallback
+
+    miner, kraken, sovereign = cfg.entities
+    assert miner == Entity(
+        name="Example Miner",
+        kind="miner",
+        addresses=(
+            # upper-case bech32 is stored in canonical (lower-case) form; a bare string is sourced to the file
+            EntityAddress(
+                chain="bitcoin",
+                address="bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4",
+                source=f"{valid_path} entities[0]",
+                learned_by="config",
+            ),
+            EntityAddress(
+                chain="bitcoin",
+                address=EL_SALVADOR,
+                source=EL_SALVADOR_SOURCE,
+                learned_by="config",
+                label="cold",
+                as_of="2026-03-01",  # a TOML date becomes its ISO string
+            ),
+        ),
+        profile=Profile(
+            holdings_btc=Fact(52850.0, "MARA Sep 2025 production update", "2025-09-30"),
+            monthly_production_btc=Fact(736.0, str(valid_path), ""),
+            cash_cost_usd=Fact(79995.5, str(valid_path), ""),
+            efficiency_j_th=Fact(20.0, "fleet", "", "target"),
+            strategy_tags=("convertible_repurchase", "ai_hpc_pivot"),
+            strategy_source="ChainCatcher 2026-04-03",
+        ),
+        note="test entity",
+        watch=True,
+    )
+    assert kraken.kind == "exchange" and kraken.watch is False
+    assert kraken.addresses == (EntityAddress("bitcoin", KRAKEN, "DefiLlama"),)
+    assert sovereign == Entity(name="No Address Sovereign", kind="sovereign")
+
+    # what the config yields is what the registry indexes
+    reg = Registry(cfg.entities)
+    assert reg.entity_of("bitcoin", EL_SALVADOR).name == "Example Miner"
+    assert reg.entity_of("bitcoin", KRAKEN.upper()).name == "Kraken"
+
+
+def test_minimal_config_takes_the_named_defaults():
+    cfg = load_config(DATA / "valid_minimal.toml", env={})
+    assert cfg.network == "mainnet"
+    assert cfg.storage == Path(DEFAULT_STORAGE)
+    (src,) = cfg.sources
+    assert (src.chain, src.rate_limit, src.timeout, src.retries, src.poll_interval, src.mode, src.headers) == (
+        DEFAULT_CHAIN,
+        DEFAULT_RATE_LIMIT,
+        DEFAULT_TIMEOUT,
+        DEFAULT_RETRIES,
+        DEFAULT_POLL_INTERVAL,
+        DEFAULT_MODE,
+        (),
+    )
+    assert (DEFAULT_RATE_LIMIT, DEFAULT_TIMEOUT, DEFAULT_RETRIES, DEFAULT_POLL_INTERVAL) == (1.0, 10.0, 3, 60.0)
+    assert cfg.entities == (Entity(name="M", kind="miner"),)
+    assert parse_config({}, base_dir=Path(".")) == Config()
+
+
+def test_testnet_addresses_are_right_on_a_testnet_config():
+    cfg = load_config(DATA / "valid_testnet.toml", env={})
+    assert cfg.network == "testnet"
+    assert cfg.entities[0].addresses[0].address == "tb1qw508d6qejxtdg4y5r3zarvary0c5xw7kxpjzsx"
+
+
+def test_repo_example_config_validates():
+    cfg = load_config(REPO / "config.toml", env={})
+    assert cfg.network == "mainnet" and cfg.warnings == ()
+    assert [s.name for s in cfg.sources] == ["blockstream"]
+    kinds = {e.kind for e in cfg.entities}
+    assert {"miner", "sovereign", "exchange"} <= kinds
+    for e in cfg.entities:
+        if e.kind == "miner":
+            assert e.addresses == () and "no public treasury address" in e.note.lower()
+        for a in e.addresses:  # only sourced addresses ship in the example
+            assert a.source.startswith("https://"), a
+    Registry(cfg.entities)
+
+
+# --- one error per file -----------------------------------------------------------------------------
+
+EXPECTED: list[tuple[str, list[str]]] = [
+    (
+        "invalid_address.toml",
+        [
+            "entities[2].addresses[0]: 'bc1qxyz' is not a valid mainnet Bitcoin address "
+            "(has an invalid bech32 length or separator)"
+        ],
+    ),
+    (
+        "testnet_address.toml",
+        [
+            "entities[0].addresses[1]: 'tb1qw508d6qejxtdg4y5r3zarvary0c5xw7kxpjzsx' is not a valid mainnet "
+            "Bitcoin address (is a testnet/signet address, not mainnet)"
+        ],
+    ),
+    (
+        "bad_checksum.toml",
+        [
+            "entities[0].addresses[0].address: '32ixEdVJWo3kmvJGMTZq5jAQVZZeuwnqzp' is not a valid mainnet "
+            "Bitcoin address (fails its base58 checksum)"
+        ],
+    ),
+    (
+        "duplicate_address.toml",
+        [
+            f"entities[1].addresses[1]: '{KRAKEN}' is already listed at entities[0].addresses[0] (entity 'Kraken')"
+        ],
+    ),
+    ("duplicate_name.toml", ["sources[1].name: 's' is already the name of sources[0]"]),
+    (
+        "unknown_key.toml",
+        [
+            "sources[1].urlz: unknown key (expected one of: name, type, chain, urls, rate_limit, timeout, "
+            "retries, poll_interval, mode, headers; did you mean 'urls'?)"
+        ],
+    ),
+    ("unknown_section.toml", ["classify: unknown section (expected one of: monitor, sources, entities)"]),
+    ("wrong_type.toml", ["sources[0].timeout: expected a number, got 'ten'"]),
+    ("bad_enum.toml", ["entities[1].kind: 'minor' is not one of miner, sovereign, exchange, otc, custodian, other"]),
+    ("bad_url.toml", ["sources[0].urls[0]: 'ftp://x' is not an http(s) URL"]),
+    (
+        "missing_required.toml",
+        [
+            "sources[0].name: required key is missing",
+            "sources[0].type: required key is missing",
+            "sources[0].urls: required key is missing",
+            "entities[0].kind: required key is missing",
+        ],
+    ),
+    (
+        "missing_env_secret.toml",
+        ["sources[0].headers.Authorization: environment variable TM_TEST_UNSET_TOKEN is not set"],
+    ),
+    (
+        "out_of_range.toml",
+        [
+            "sources[0].urls: must list at least one URL",
+            "sources[0].rate_limit: must be greater than 0, got 0",
+            "sources[0].timeout: must be greater than 0, got -1",
+            "sources[0].retries: must be at least 1, got 0",
+            "sources[0].poll_interval: must be greater than 0, got 0.0",
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize("name, expected", EXPECTED, ids=[name for name, _ in EXPECTED])
+def test_error_case_reports_key_path_and_bad_value(name: str, expected: list[str]):
+    assert problems_of(name) == expected
+
+
+def test_every_case_file_is_covered():
+    covered = {name for name, _ in EXPECTED} | {
+        "valid.toml",
+        "valid_minimal.toml",
+        "valid_testnet.toml",
+        "http_warning.toml",
+        "many_errors.toml",
+        "syntax_error.toml",
+        "unreadable_secret_file.toml",
+    }
+    assert {p.name for p in DATA.glob("*.toml")} == covered
+
+
+def test_all_errors_are_reported_at_once():
+    assert problems_of("many_errors.toml") == [
+        "monitor.storage: expected a string, got 5",
+        "sources[0].urls[1]: 'ftp://x' is not an http(s) URL",
+        "sources[0].retries: expected an integer, got 2.5",
+        "sources[0].mode: 'fast' is not one of address, block, auto",
+        "entities[0].colour: unknown key (expected one of: name, kind, addresses, note, watch, profile)",
+        "entities[0].kind: 'minor' is not one of miner, sovereign, exchange, otc, custodian, other",
+        "entities[0].addresses[0]: 'bc1qxyz' is not a valid mainnet Bitcoin address "
+        "(has an invalid bech32 length or separator)",
+        "entities[0].profile.holdings_btc: expected a number or { value = ..., source = ..., as_of = ... }, "
+        "got 'lots'",
+        "entities[0].profile.cash_cost_usd.value: must be greater than 0, got -1",
+    ]
+
+
+def test_config_error_message_is_one_problem_per_line():
+    with pytest.raises(ConfigError) as info:
+        load_config(DATA / "missing_required.toml", env={})
+    assert str(info.value).splitlines() == info.value.problems
+
+
+# --- files, syntax, secrets -----------------------------------------------------------------------
+
+
+def test_toml_syntax_error_names_file_and_line():
+    path = DATA / "syntax_error.toml"
+    assert problems_of("syntax_error.toml") == [f"{path}: line 3, column 11: invalid TOML: Invalid value"]
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path):
+    path = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == [f"{path}: no such file"]
+
+
+def test_non_utf8_file_names_the_line(tmp_path: Path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b'[monitor]\nstorage = "caf\xe9.db"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == [f"{path}: line 2: not UTF-8 text"]
+
+
+def test_secret_prints_as_stars_and_never_leaks_into_the_config(valid_path: Path):
+    cfg = load_config(valid_path, env={"ESPLORA_TOKEN": TOKEN})
+    secret = dict(cfg.sources[0].headers)["Authorization"]
+    assert repr(secret) == "***" and str(secret) == "***" and f"{secret}" == "***"
+    assert secret.reveal() == TOKEN
+    for text in (str(cfg), repr(cfg), repr(cfg.sources), str(cfg.sources[0].headers)):
+        assert TOKEN not in text and FILE_SECRET not in text
+    assert "***" in repr(cfg)
+
+
+def test_unreadable_secret_file_names_key_and_file_not_value():
+    (problem,) = problems_of("unreadable_secret_file.toml")
+    assert problem.startswith("sources[0].headers.Authorization: cannot read secret file ")
+    assert "no-such-secret.txt" in problem
+
+
+def test_empty_env_secret_is_an_error():
+    assert problems_of("missing_env_secret.toml", env={"TM_TEST_UNSET_TOKEN": "  "}) == [
+        "sources[0].headers.Authorization: environment variable TM_TEST_UNSET_TOKEN is empty"
+    ]
+
+
+def test_env_defaults_to_the_process_environment(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("TM_TEST_UNSET_TOKEN", TOKEN)
+    cfg = load_config(DATA / "missing_env_secret.toml")
+    assert cfg.sources[0].revealed_headers() == {"Authorization": TOKEN}
+
+
+def test_secret_table_must_name_exactly_one_way():
+    data = {
+        "sources": [
+            {
+                "name": "s",
+                "type": "esplora",
+                "urls": ["https://blockstream.info/api"],
+                "headers": {"A": {"env": "X", "file": "y"}, "B": {"environ": "X"}, "C": 5},
+            }
+        ]
+    }
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, base_dir=Path("."), env={"X": TOKEN})
+    assert info.value.problems == [
+        'sources[0].headers.A: give exactly one of { env = "NAME" } or { file = "path" }',
+        "sources[0].headers.B.environ: unknown key (expected one of: env, file; did you mean 'env'?)",
+        'sources[0].headers.B: give exactly one of { env = "NAME" } or { file = "path" }',
+        'sources[0].headers.C: expected a string or { env = "NAME" }, got an integer',
+    ]
+
+
+def test_plain_string_where_a_secret_is_required_is_refused_without_echoing_it():
+    # No field requires a secret yet (Slack webhook URLs, SMTP passwords will); they use this helper.
+    ctx = config_module._Context(base_dir=Path("."), env={"HOOK": TOKEN}, origin="t")
+    assert config_module._take_secret({"url": TOKEN}, "url", "alerts.slack", ctx, plain_ok=False) is None
+    assert ctx.problems == [
+        'alerts.slack.url: a secret must not be written in the file; set an environment variable and write '
+        '{ env = "NAME" }'
+    ]
+    ok = config_module._take_secret({"url": {"env": "HOOK"}}, "url", "alerts.slack", ctx, plain_ok=False)
+    assert isinstance(ok, Secret) and ok.reveal() == TOKEN and len(ctx.problems) == 1
+
+
+def test_url_with_credentials_is_refused_without_echoing_them():
+    data = {"sources": [{"name": "s", "type": "esplora", "urls": [f"https://user:{TOKEN}@host/api"]}]}
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, base_dir=Path("."))
+    (problem,) = info.value.problems
+    assert problem.startswith("sources[0].urls[0]: must not embed credentials") and TOKEN not in problem
+
+
+# --- warnings -------------------------------------------------------------------------------------
+
+
+def test_plain_http_to_a_remote_host_warns(caplog: pytest.LogCaptureFixture):
+    with caplog.at_level(logging.WARNING, logger="monitor.config"):
+        cfg = load_config(DATA / "http_warning.toml", env={})
+    expected = (
+        "sources[0].urls[0]: 'http://esplora.example.com/api' is plain http to a non-loopback host; "
+        "traffic can be read and altered in transit"
+    )
+    assert cfg.warnings == (expected,)
+    assert [r.getMessage() for r in caplog.records] == [f"config {expected}"]
+    assert cfg.sources[0].urls == ("http://esplora.example.com/api", "http://localhost:3002", "http://[::1]:3002")
+
+
+def test_https_and_loopback_do_not_warn(valid_path: Path, caplog: pytest.LogCaptureFixture):
+    with caplog.at_level(logging.WARNING, logger="monitor.config"):
+        load_config(valid_path, env={"ESPLORA_TOKEN": TOKEN})
+    assert caplog.records == []
+
+
+def test_plain_credential_header_warns_without_showing_the_value(caplog: pytest.LogCaptureFixture):
+    data = {
+        "sources": [
+            {"name": "s", "type": "esplora", "urls": ["https://x.test/api"], "headers": {"Authorization": TOKEN}}
+        ]
+    }
+    with caplog.at_level(logging.WARNING, logger="monitor.config"):
+        cfg = parse_config(data, base_dir=Path("."))
+    assert cfg.warnings == (
+        'sources[0].headers.Authorization: looks like a credential written in the file; prefer { env = "NAME" }',
+    )
+    assert TOKEN not in caplog.text
+
+
+# --- cross-section rules --------------------------------------------------------------------------
+
+
+def test_a_wrong_network_is_reported_once_and_addresses_are_not_judged_against_a_guess():
+    data = {
+        "monitor": {"network": "mainet"},
+        "entities": [{"name": "T", "kind": "other", "addresses": ["tb1qw508d6qejxtdg4y5r3zarvary0c5xw7kxpjzsx"]}],
+    }
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, base_dir=Path("."))
+    assert info.value.problems == ["monitor.network: 'mainet' is not one of mainnet, testnet, signet, regtest"]
+
+
+def test_sections_of_the_wrong_shape():
+    data = {"monitor": [], "sources": {"name": "s"}, "entities": [5]}
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, base_dir=Path("."))
+    assert info.value.problems == [
+        "monitor: expected a table ([monitor]), got []",
+        "sources: expected an array of tables ([[sources]]), got a table",
+        "entities[0]: expected a table, got 5",
+    ]
+
+
+def test_address_table_checks_its_own_keys_and_dates():
+    data = {
+        "entities": [
+            {
+                "name": "E",
+                "kind": "miner",
+                "addresses": [{"address": EL_SALVADOR, "labl": "x", "as_of": "2026-13-01"}, {"source": "s"}],
+            }
+        ]
+    }
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, base_dir=Path("."))
+    assert info.value.problems == [
+        "entities[0].addresses[0].labl: unknown key (expected one of: address, source, label, as_of; "
+        "did you mean 'label'?)",
+        "entities[0].addresses[0].as_of: '2026-13-01' is not a date (YYYY-MM-DD)",
+        "entities[0].addresses[1].address: required key is missing",
+    ]
