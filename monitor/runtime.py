@@ -16,7 +16,7 @@ from typing import AsyncIterator
 import aiohttp
 
 from monitor.clock import SystemClock
-from monitor.config import Config, Secret, SourceConfig
+from monitor.config import Config, SourceConfig
 from monitor.model import Clock, Entity
 from monitor.pipeline import Pipeline
 from monitor.registry import Registry, merge_entities
@@ -54,10 +54,6 @@ def open_store(config: Config, db: str | Path | None = None) -> Store:
     return Store(Path(db) if db is not None else config.storage)
 
 
-def _headers(source: SourceConfig) -> dict[str, str]:
-    return {k: (v.reveal() if isinstance(v, Secret) else v) for k, v in source.headers}
-
-
 def make_source(source: SourceConfig, registry: Registry, session: aiohttp.ClientSession, clock: Clock):
     """A watcher for one configured source, watching the registry's tracked addresses on its chain."""
     if source.type == "esplora":
@@ -69,7 +65,7 @@ def make_source(source: SourceConfig, registry: Registry, session: aiohttp.Clien
             rate_limit=source.rate_limit,
             timeout=source.timeout,
             retries=max(0, source.retries - 1),  # config counts attempts, HttpClient counts retries
-            headers=_headers(source),
+            headers=source.revealed_headers(),
         )
         return EsploraSource(source.name, http, registry.watched_addresses(source.chain), clock=clock, chain=source.chain)
     raise ValueError(f"source type {source.type!r} is not supported")

@@ -1,0 +1,54 @@
+"""The CLI in process (click's CliRunner) and once as a real subprocess."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from monitor.cli import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+CASES = Path(__file__).parent / "data" / "config"
+
+
+def run(*args, **kw):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False, **kw)
+
+
+def test_check_config_ok_on_the_example():
+    r = run("-c", str(ROOT / "config.toml"), "check-config")
+    assert r.exit_code == 0, r.output
+    assert "OK" in r.output
+
+
+def test_bad_config_exits_2_naming_the_key_and_value():
+    r = run("-c", str(CASES / "invalid_address.toml"), "check-config")
+    assert r.exit_code == 2
+    assert "entities[" in r.stderr and "addresses[" in r.stderr and "not a valid mainnet Bitcoin address" in r.stderr
+
+
+def test_every_command_has_help():
+    for cmd in cli.commands:
+        r = run(cmd, "--help")
+        assert r.exit_code == 0 and "Usage:" in r.output, cmd
+
+
+def test_python_dash_m_monitor_runs_and_exits_2_on_bad_config():
+    p = subprocess.run([sys.executable, "-m", "monitor", "-c", str(CASES / "testnet_address.toml"), "check-config"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert p.returncode == 2, p.stderr
+    assert "testnet" in p.stderr
+
+
+def test_export_without_database_is_a_clear_error(tmp_path):
+    r = CliRunner().invoke(cli, ["-c", str(ROOT / "config.toml"), "--db", str(tmp_path / "none.db"), "export"])
+    assert r.exit_code == 1 and "run `treasury-monitor backfill` first" in r.output
+
+
+def test_entities_json_lists_config_entities(tmp_path):
+    r = run("-c", str(ROOT / "config.toml"), "--db", str(tmp_path / "t.db"), "entities", "--json")
+    assert r.exit_code == 0, r.output
+    names = {e["name"] for e in json.loads(r.output)}
+    assert "El Salvador" in names
