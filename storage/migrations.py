@@ -108,3 +108,22 @@ def _foundation(db: Database) -> None:
         pk=("chain", "address", "asset", "at"),
     )
 
+
+
+@migrations(name="002_prices")
+def _prices(db: Database) -> None:
+    # Hourly (or daily) candles per pair, as each price source reported them; close is what is used.
+    db["price_candles"].create(
+        {
+            "pair": str,  # e.g. BTC-USD, ETH-USD
+            "granularity": int,  # seconds: 3600 hourly, 86400 daily
+            "start": int,  # candle open time, Unix seconds
+            "open": float,
+            "high": float,
+            "low": float,
+            "close": float,
+            "source": str,
+            "fetched_at": int,
+        },
+        pk=("pair", "granularity", "start"),
+    )
