@@ -13,7 +13,7 @@ from aiohttp import web
 
 from monitor.clock import FrozenClock
 from monitor.model import MalformedError, RateLimitedError, SourceError, TransientError
-from watchers.http import HttpClient, RequestTally, parse_retry_after
+from watchers.http import HttpClient, RequestTally, http_status, parse_retry_after
 
 SECRET = "Bearer sk-live-0123456789abcdef"
 
@@ -206,6 +206,7 @@ async def test_404_is_permanent_not_retried(script_server, session):
         await client.get_json("/tx/00")
     assert not isinstance(info.value, (TransientError, MalformedError))
     assert "status=404" in str(info.value) and "Transaction not found" in str(info.value)
+    assert http_status(info.value) == 404
     assert client.stats.requests == 1 and clock.sleeps == []
     assert client.stats.errors == {"http_4xx": 1}
 

@@ -53,6 +53,7 @@ __all__ = [
     "HttpStats",
     "RequestTally",
     "parse_retry_after",
+    "http_status",
     "DEFAULT_FAILBACK_AFTER",
     "DEFAULT_MAX_BODY",
 ]
@@ -108,10 +109,17 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     return max(0.0, seconds)
 
 
-def _error(cls: type[SourceError], kind: str, message: str, **kwargs: Any) -> SourceError:
+def _error(cls: type[SourceError], kind: str, message: str, *, status: int | None = None, **kwargs: Any) -> SourceError:
     exc = cls(message, **kwargs)
-    exc.kind = kind  # type: ignore[attr-defined]  # read by the retry loop for stats
+    # `kind` feeds the error counters; `status` lets callers tell a 404 ("no such tx") from other answers.
+    exc.kind = kind  # type: ignore[attr-defined]
+    exc.status = status  # type: ignore[attr-defined]
     return exc
+
+
+def http_status(exc: BaseException) -> int | None:
+    """The HTTP status behind a SourceError raised by HttpClient, or None (timeout, connection, body)."""
+    return getattr(exc, "status", None)
 
 
 def _kind(exc: SourceError) -> str:
@@ -298,10 +306,12 @@ class HttpClient:
                     retry_after = parse_retry_after(resp.headers.get("Retry-After"), self._clock.time())
                     raise _error(RateLimitedError, "rate_limited",
                                  self._scrub(f"{where} status=429 retry_after={retry_after} body={excerpt!r}"),
-                                 retry_after=retry_after)
+                                 status=429, retry_after=retry_after)
                 if status >= 500:
-                    raise _error(TransientError, "http_5xx", self._scrub(f"{where} status={status} body={excerpt!r}"))
-                raise _error(SourceError, "http_4xx", self._scrub(f"{where} status={status} body={excerpt!r}"))
+                    raise _error(TransientError, "http_5xx", self._scrub(f"{where} status={status} body={excerpt!r}"),
+                                 status=status)
+                raise _error(SourceError, "http_4xx", self._scrub(f"{where} status={status} body={excerpt!r}"),
+                             status=status)
         except SourceError:
             raise
         except TimeoutError as exc:  # asyncio.TimeoutError and aiohttp's timeout errors
