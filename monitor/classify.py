@@ -1,0 +1,391 @@
+"""The classifier: what an entity's outflow most likely is, how much it matters, and why (pure).
+
+`classify(flow, entity, ctx, history, thresholds, now=...)` returns a Classification whose reasons are
+sentences that each carry their numbers and sources.
+
+Verdict precedence (first match wins):
+ 1. `internal`        nothing left the entity: `flow.out == 0`, or every destination is attributed `self`.
+ 2. The destinations (own `self` outputs excluded) are grouped: sale (`exchange`, `otc`), `custodian`,
+    `entity` (another tracked entity), `unknown`. The group holding the most value decides; on a tie the
+    order just given wins (a possible sale is not hidden behind an unknown output).
+    - custodian → `custody_move` (a sale is not implied).
+    - entity    → `unknown_transfer`: coins moved between tracked treasuries are not a sale by themselves;
+                  the receiving entity's own later flows are classified on their own.
+    - unknown   → `unknown_transfer`: hop tracing may attribute it later and re-classify.
+ 3. sale group, sovereign → `sovereign_sale`.
+ 4. sale group, miner (or any other tracked treasury):
+    a. the 30-day total out (this flow included) is within `production_multiple` × monthly production
+       → `production_sale` (routine, even below cost: miners sell output to pay power; severity notes it);
+    b. large and tagged `convertible_repurchase` / `debt_repurchase` → `balance_sheet_sale` (even below
+       cost: the sale funds a deliberate liability buy-back, ChainCatcher 2026-04-03 on MARA);
+    c. price below the entity's cash cost → `distress_sale`;
+    d. large, tagged `ai_hpc_pivot`, at or above cost (or cost not comparable) → `reallocation_sale`;
+    e. large, at or above cost → `strategic_sale`;
+    f. otherwise (not large, no production figure to call it routine) → `production_sale`, saying so.
+    "Large" means beyond `production_multiple` × monthly production, or a 30-day total of at least
+    `large_share_of_holdings` of holdings, or, when the entity has neither figure, a USD value of at least
+    `large_usd_fallback`.
+    "Hashprice below fleet breakeven" needs the fleet's power price, which no bundled source gives; the
+    breakeven power price at the current hashprice is reported as a reason instead.
+
+Severity (info < notice < warning < critical) is the highest step reached by the USD value of this flow,
+the 30-day total as a share of holdings, and the 30-day total as a multiple of monthly production; one
+step more when selling accelerates (this transfer at least `acceleration_factor` × the median of up to
+the previous `acceleration_window` transfers, needing at least `acceleration_min_count` of them; with
+fewer than five, the median of those there are). Then per verdict: `internal` is info; `production_sale`
+is info, notice when below cost; `custody_move` is at most warning; `distress_sale` at least notice.
+
+A missing or stale price (`ctx.is_price_stale`) never blocks a classification: the reasons say so (with
+the price's age), the USD value, the cost comparison and the USD severity step are skipped, and
+acceleration is measured in coins instead of dollars.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from decimal import Decimal
+
+from monitor.bundled import is_sector_default, short_source
+from monitor.context import breakeven_power_usd_per_kwh
+from monitor.model import SEVERITIES, Classification, Entity, EntityFlow, Fact, FlowHistory, MarketContext
+
+__all__ = ["Thresholds", "classify", "BTC_ASSETS", "CONVERTIBLE_TAGS", "AI_HPC_TAGS"]
+
+#: Assets measured against BTC production and holdings (BTC itself and 1:1 wrapped BTC tokens).
+BTC_ASSETS = frozenset({"BTC", "WBTC", "CBBTC", "TBTC"})
+CONVERTIBLE_TAGS = frozenset({"convertible_repurchase", "debt_repurchase"})
+AI_HPC_TAGS = frozenset({"ai_hpc_pivot"})
+_SALE_KINDS = frozenset({"exchange", "otc"})
+_GROUP_ORDER = ("sale", "custodian", "entity", "unknown")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Tunable limits of the classifier (config `[classify]`); the defaults are documented per field."""
+
+    #: Routine when the 30-day total out, this flow included, is at most this × monthly production.
+    production_multiple: float = 1.5
+    #: A 30-day total of at least this share of holdings is a large sale (10%).
+    large_share_of_holdings: float = 0.10
+    #: With no production and no holdings figure, a flow worth at least this many USD is large.
+    large_usd_fallback: float = 10_000_000.0
+    #: USD value of this flow → notice / warning / critical ($1M / $10M / $50M: Bhutan's clips were
+    #: $5-10M and its March 2026 transfers $35-45M; MARA's 15,133 BTC averaged ~$70M a day of selling).
+    usd_notice: float = 1_000_000.0
+    usd_warning: float = 10_000_000.0
+    usd_critical: float = 50_000_000.0
+    #: 30-day total as a share of holdings → notice / warning / critical (2% / 5% / 25%).
+    share_notice: float = 0.02
+    share_warning: float = 0.05
+    share_critical: float = 0.25
+    #: 30-day total as a multiple of monthly production → notice / warning / critical (1.5× / 3× / 10×).
+    production_notice: float = 1.5
+    production_warning: float = 3.0
+    production_critical: float = 10.0
+    #: Acceleration: this transfer ≥ factor × median of up to `window` previous ones, given ≥ min_count.
+    acceleration_window: int = 5
+    acceleration_min_count: int = 2
+    acceleration_factor: float = 1.5
+
+    def __post_init__(self) -> None:
+        for name in ("usd", "share", "production"):
+            steps = [getattr(self, f"{name}_{s}") for s in ("notice", "warning", "critical")]
+            if not all(x > 0 for x in steps) or steps != sorted(steps):
+                raise ValueError(f"{name} steps must be positive and ascending (notice <= warning <= critical): {steps}")
+        if not self.production_multiple > 0 or not 0 < self.large_share_of_holdings <= 1:
+            raise ValueError("production_multiple must be > 0 and large_share_of_holdings in (0, 1]")
+        if self.large_usd_fallback <= 0 or self.acceleration_factor < 1:
+            raise ValueError("large_usd_fallback must be > 0 and acceleration_factor >= 1")
+        if not 1 <= self.acceleration_min_count <= self.acceleration_window:
+            raise ValueError("need 1 <= acceleration_min_count <= acceleration_window")
+
+
+# --- formatting -----------------------------------------------------------------------------------
+
+
+def _amount(units: int, decimals: int, asset: str) -> str:
+    q = Decimal(units).scaleb(-decimals)
+    if abs(q) >= 100:
+        return f"{q:,.2f} {asset}"
+    # Small amounts keep their significant digits, so change of 9.99999 never reads as 10.00.
+    text = f"{q:,.8f}".rstrip("0")
+    whole, _, frac = text.partition(".")
+    return f"{whole}.{frac.ljust(2, '0')} {asset}"
+
+
+def _price(usd: float) -> str:
+    return f"${usd:,.0f}"
+
+
+def _money(usd: float) -> str:
+    if abs(usd) >= 1e9:
+        return f"${usd / 1e9:,.2f}B"
+    if abs(usd) >= 1e6:
+        return f"${usd / 1e6:,.1f}M"
+    return f"${usd:,.0f}"
+
+
+def _num(v: float) -> str:
+    return f"{int(v):,}" if float(v).is_integer() else f"{v:,.2f}"
+
+
+def _age(seconds: float) -> str:
+    s = abs(seconds)
+    if s < 3600:
+        return f"{s / 60:.0f} min"
+    if s < 86400:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 86400:.1f} d"
+
+
+def _cite(fact: Fact) -> str:
+    return f"{short_source(fact)}, as of {fact.as_of}"
+
+
+def _step(value: float | None, notice: float, warning: float, critical: float) -> int:
+    if value is None:
+        return 0
+    return 3 if value >= critical else 2 if value >= warning else 1 if value >= notice else 0
+
+
+# --- the classifier -------------------------------------------------------------------------------
+
+
+def classify(
+    flow: EntityFlow,
+    entity: Entity,
+    ctx: MarketContext,
+    history: FlowHistory,
+    thresholds: Thresholds = Thresholds(),
+    *,
+    now: int,
+) -> Classification:
+    """Verdict, severity and reasons for one outgoing (or internal) EntityFlow of a tracked entity.
+
+    :raises ValueError: for an incoming flow (not a sale: do not classify it), a flow of another entity,
+        or an entity that is a counterparty (exchange, OTC desk, custodian).
+    """
+    if flow.entity != entity.name:
+        raise ValueError(f"flow belongs to {flow.entity!r}, not {entity.name!r}")
+    if entity.kind not in ("miner", "sovereign", "other"):
+        raise ValueError(f"{entity.name} is a counterparty ({entity.kind}); its flows are not classified")
+    if flow.direction == "in":
+        raise ValueError(f"flow {flow.txid} is incoming to {entity.name}; only outflows are classified")
+    t = thresholds
+    name, asset, dec, profile = entity.name, flow.asset, flow.decimals, entity.profile
+    reasons: list[str] = []
+
+    def result(verdict: str, severity: int, usd: float | None = None, attribution: str = "") -> Classification:
+        return Classification(
+            chain=flow.chain,
+            txid=flow.txid,
+            entity=name,
+            verdict=verdict,
+            severity=SEVERITIES[severity],
+            reasons=tuple(reasons),
+            out=flow.out,
+            asset=asset,
+            usd_value=usd,
+            btc_usd=ctx.btc_usd if price_ok else None,
+            hashprice_usd=ctx.hashprice_usd if price_ok else None,
+            attribution=attribution,
+            created_at=now,
+        )
+
+    # Price state first: every later USD figure depends on it.
+    price_ok = ctx.btc_usd is not None and not ctx.is_price_stale
+    is_btc = asset.upper() in BTC_ASSETS
+    asset_usd = ctx.asset_usd if ctx.asset_usd is not None else (ctx.btc_usd if is_btc else None)
+
+    # 1. internal
+    self_value = sum(d.value for d in flow.destinations if d.attribution.kind == "self")
+    moved = max(0, flow.out - self_value)
+    if flow.out == 0 or moved == 0 or (flow.destinations and all(d.attribution.kind == "self" for d in flow.destinations)):
+        if flow.out == 0:
+            reasons.append(
+                f"all value stayed with {name}: {_amount(flow.spent, dec, asset)} spent, "
+                f"{_amount(flow.change, dec, asset)} came back as change, fee {_amount(flow.fee_share, dec, asset)}"
+            )
+        else:
+            reasons.append(f"{_amount(flow.out, dec, asset)} went to {name}'s own addresses (attributed self)")
+        usd = flow.out / 10**dec * asset_usd if price_ok and asset_usd is not None else None
+        return result("internal", 0, usd, "self")
+
+    # 2. group the destinations
+    groups: dict[str, int] = dict.fromkeys(_GROUP_ORDER, 0)
+    by_attr: dict[str, tuple[str, int]] = {}
+    for d in flow.destinations:
+        kind = d.attribution.kind
+        if kind == "self":
+            continue
+        group = "sale" if kind in _SALE_KINDS else kind if kind in groups else "unknown"
+        groups[group] += d.value
+        key = str(d.attribution)
+        prev = by_attr.get(key, (group, 0))
+        by_attr[key] = (group, prev[1] + d.value)
+    if not by_attr:
+        groups["unknown"] = moved
+        by_attr["unknown"] = ("unknown", moved)
+    main_group = max(_GROUP_ORDER, key=lambda g: (groups[g], -_GROUP_ORDER.index(g)))
+    main_attr = max((a for a, (g, _) in by_attr.items() if g == main_group), key=lambda a: by_attr[a][1])
+    total_dest = sum(groups.values()) or 1
+    split = ", ".join(
+        f"{v / total_dest:.0%} to {a}" for a, (_, v) in sorted(by_attr.items(), key=lambda kv: -kv[1][1])
+    )
+
+    usd_value = moved / 10**dec * asset_usd if price_ok and asset_usd is not None else None
+    worth = f" (≈ {_money(usd_value)})" if usd_value is not None else ""
+    reasons.append(f"{_amount(moved, dec, asset)}{worth} left {name}: {split}")
+
+    # Price sentence.
+    if ctx.btc_usd is None:
+        reasons.append(
+            "no BTC price for the transaction time: the USD value, the cost comparison and the USD "
+            "severity step are skipped"
+        )
+    elif ctx.is_price_stale:
+        age = _age(ctx.at - ctx.price_at) if ctx.price_at is not None else "an unknown time"
+        when = "before" if ctx.price_at is not None and ctx.price_at <= ctx.at else "after"
+        reasons.append(
+            f"price {_price(ctx.btc_usd)} ({ctx.price_source or 'unknown source'}) is stale: observed {age} "
+            f"{when} the transaction, beyond the staleness bound, so the USD value, the cost comparison "
+            f"and the USD severity step are skipped"
+        )
+
+    # Measures.
+    total_30d = history.out_30d + moved
+    total_coins = total_30d / 10**dec
+    prod, hold, cost = profile.monthly_production_btc, profile.holdings_btc, profile.cash_cost_usd
+    multiple = total_coins / prod.value if is_btc and prod is not None and prod.value > 0 else None
+    share = total_coins / hold.value if is_btc and hold is not None and hold.value > 0 else None
+    if multiple is not None:
+        reasons.append(
+            f"{_amount(total_30d, dec, asset)} in 30 days is {multiple:.1f}× {name}'s monthly production of "
+            f"{_num(prod.value)} BTC ({_cite(prod)})"
+        )
+    if share is not None:
+        reasons.append(
+            f"{_amount(total_30d, dec, asset)} in 30 days is {share:.1%} of {name}'s holdings of "
+            f"{_num(hold.value)} BTC ({_cite(hold)})"
+        )
+    elif is_btc and hold is not None and hold.value == 0:
+        reasons.append(f"{name}'s holdings were reported as 0 BTC ({_cite(hold)}): these coins came in since")
+    if not is_btc:
+        reasons.append(f"{asset} is not BTC: production and holdings comparisons are skipped")
+
+    below: bool | None = None
+    if price_ok and cost is not None and cost.value > 0 and entity.kind != "sovereign":
+        gap = (ctx.btc_usd - cost.value) / cost.value
+        below = gap < 0
+        whose = f"{name}'s cash cost {_price(cost.value)} ({_cite(cost)}"
+        whose += f"; sector average of listed miners, not {name}'s own)" if is_sector_default(cost) else ")"
+        reasons.append(f"price {_price(ctx.btc_usd)} is {abs(gap):.1%} {'below' if below else 'above'} {whose}")
+    elif price_ok and cost is None and entity.kind == "miner":
+        reasons.append(f"no cash-cost figure for {name}: the price cannot be compared with its cost")
+    if entity.kind == "miner":
+        hp = _hashprice_reason(entity, ctx)
+        if hp:
+            reasons.append(hp)
+
+    # Acceleration: in USD when this flow and enough earlier ones have dollar sizes, otherwise in coins.
+    accelerating = False
+    recent_usd = history.recent_usd[-t.acceleration_window:]
+    if usd_value is not None and len(recent_usd) >= t.acceleration_min_count:
+        prev_sizes, this_size, fmt = recent_usd, usd_value, _money
+    else:
+        prev_sizes, this_size = history.recent_out[-t.acceleration_window:], moved
+        fmt = lambda units: _amount(int(units), dec, asset)  # noqa: E731
+    if len(prev_sizes) >= t.acceleration_min_count:
+        med = statistics.median(prev_sizes)
+        if med > 0 and this_size >= t.acceleration_factor * med:
+            accelerating = True
+            reasons.append(
+                f"{fmt(this_size)} is {this_size / med:.1f}× the median of the previous {len(prev_sizes)} "
+                f"transfers ({fmt(med)}): selling accelerates"
+            )
+
+    # Severity factors.
+    usd_step = _step(usd_value, t.usd_notice, t.usd_warning, t.usd_critical)
+    share_step = _step(share, t.share_notice, t.share_warning, t.share_critical)
+    prod_step = _step(multiple, t.production_notice, t.production_warning, t.production_critical)
+    severity = min(3, max(usd_step, share_step, prod_step) + (1 if accelerating else 0))
+
+    # 2b. non-sale groups
+    if main_group == "custodian":
+        reasons.insert(1, f"to {main_attr}, a custodian: custody, a sale is not implied")
+        return result("custody_move", min(severity, 2), usd_value, main_attr)
+    if main_group == "entity":
+        other = main_attr.partition(":")[2]
+        reasons.insert(
+            1,
+            f"to {other}, another tracked entity: not a sale by itself; {other}'s own flows are classified separately",
+        )
+        return result("unknown_transfer", severity, usd_value, main_attr)
+    if main_group == "unknown":
+        reasons.insert(1, "destination not attributed yet (unknown): hop tracing may attribute it and update this verdict")
+        return result("unknown_transfer", severity, usd_value, main_attr)
+
+    # 3. sovereign sale
+    if entity.kind == "sovereign":
+        reasons.insert(1, f"{name} is a sovereign sending to {main_attr}: coins sent to an exchange or OTC desk are usually sold")
+        return result("sovereign_sale", severity, usd_value, main_attr)
+
+    # 4. miner (or other tracked treasury) sale
+    tags = set(profile.strategy_tags)
+    routine = multiple <= t.production_multiple if multiple is not None else None
+    if multiple is not None and multiple > t.production_multiple:
+        large, why_large = True, f"beyond {t.production_multiple:g}× monthly production"
+    elif share is not None and share >= t.large_share_of_holdings:
+        large, why_large = True, f"at least {t.large_share_of_holdings:.0%} of holdings"
+    elif multiple is not None or share is not None:
+        large, why_large = False, ""
+    elif usd_value is not None:
+        large = usd_value >= t.large_usd_fallback
+        why_large = f"no production or holdings figure, and at least {_money(t.large_usd_fallback)}"
+    else:
+        # Nothing to measure the size against: err towards the alerting verdicts, and say so.
+        large, why_large = True, "size not measurable without a price or a production or holdings figure, so taken as large"
+
+    def tag_reason(tag: str) -> str:
+        return f"{name} is tagged {tag} ({profile.strategy_source})" if profile.strategy_source else f"{name} is tagged {tag}"
+
+    if routine:
+        reasons.insert(1, f"within {t.production_multiple:g}× monthly production over 30 days: a routine sale of production")
+        return result("production_sale", 1 if below else 0, usd_value, main_attr)
+    conv = sorted(tags & CONVERTIBLE_TAGS)
+    if large and conv:
+        reasons.insert(1, f"a large sale ({why_large}) by a miner that sells BTC to buy back debt: {tag_reason(conv[0])}")
+        return result("balance_sheet_sale", severity, usd_value, main_attr)
+    if below:
+        reasons.insert(1, f"selling {'beyond production ' if multiple is not None else ''}below cash cost: distress")
+        return result("distress_sale", max(1, severity), usd_value, main_attr)
+    if large and tags & AI_HPC_TAGS:
+        basis = "at or above cost" if below is False else "cost not comparable"
+        reasons.insert(1, f"a large sale ({why_large}), {basis}, by a miner pivoting to AI/HPC: {tag_reason('ai_hpc_pivot')}")
+        return result("reallocation_sale", severity, usd_value, main_attr)
+    if large:
+        basis = "at or above cost" if below is False else "cost not comparable"
+        reasons.insert(1, f"a large sale ({why_large}), {basis}, with no known strategy tag: a treasury reallocation")
+        return result("strategic_sale", severity, usd_value, main_attr)
+    if not is_btc:
+        presumed = f"a {asset} transfer worth less than {_money(t.large_usd_fallback)}"
+    elif share is not None:
+        presumed = f"no monthly production figure; {share:.1%} of holdings is under the {t.large_share_of_holdings:.0%} large-sale bar"
+    else:
+        presumed = f"no production or holdings figure and the value is under {_money(t.large_usd_fallback)}"
+    reasons.insert(1, f"{presumed}: treated as a routine sale of production")
+    return result("production_sale", 1 if below else 0, usd_value, main_attr)
+
+
+def _hashprice_reason(entity: Entity, ctx: MarketContext) -> str | None:
+    if ctx.hashprice_usd is None or ctx.is_price_stale:
+        return None
+    eff = entity.profile.efficiency_j_th
+    text = f"hashprice ${ctx.hashprice_usd:,.2f}/PH/day"
+    if eff is not None and eff.value > 0:
+        text += (
+            f"; at {_num(eff.value)} J/TH ({_cite(eff)}) {entity.name}'s fleet breaks even at "
+            f"${breakeven_power_usd_per_kwh(ctx.hashprice_usd, eff.value):.3f}/kWh"
+        )
+    return text
