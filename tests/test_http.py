@@ -312,3 +312,18 @@ def test_parse_retry_after():
     assert parse_retry_after("soon", now) is None
     assert parse_retry_after(None, now) is None
     assert parse_retry_after("inf", now) is None
+
+
+async def test_parse_errors_are_retried_like_garbled_bodies(script_server, session):
+    clock = FrozenClock()
+    script_server.then(200, '{"error": "try later"}').then(200, '{"height": 7}')
+
+    def parse(data):
+        if "height" not in data:
+            raise MalformedError("height: missing")
+        return data["height"]
+
+    client = make_client(session, [script_server.url], clock)
+    assert await client.get_json("/h", parse=parse) == 7
+    assert client.stats.errors == {"malformed": 1} and client.stats.requests == 2
+    assert await client.get_text("/t", parse=str.upper) == '{"OK": TRUE}'

@@ -234,7 +234,7 @@ class EsploraSource:
     async def _poll_address(self, address: str, cursor: str | None, tally: RequestTally, progress) -> _Result:
         old = self._load_state(address, cursor)
         q = quote(address, safe="")
-        stats = parse_address_stats(await self.http.get_json(f"/address/{q}", tally=tally), address)
+        stats = await self.http.get_json(f"/address/{q}", parse=lambda d: parse_address_stats(d, address), tally=tally)
         snapshot = stats.snapshot(chain=self.chain, at=int(self._clock.time()))
         key = _stats_key(stats)
         if old is not None and old.stats == key and old.tail is None:
@@ -271,11 +271,14 @@ class EsploraSource:
         return _Result(new_txs, snapshot, gone, state)
 
     async def _page(self, address: str, path: str, tally: RequestTally, prefix: str) -> list[ChainTx]:
-        txs = parse_txs(await self.http.get_json(path, tally=tally), chain=self.chain, prefix=prefix)
-        for i, tx in enumerate(txs):
-            if not _touches(tx, address):
-                raise MalformedError(f"{prefix}[{i}]: tx {tx.txid} does not touch address {address}")
-        return txs
+        def parse(data: Any) -> list[ChainTx]:
+            txs = parse_txs(data, chain=self.chain, prefix=prefix)
+            for i, tx in enumerate(txs):
+                if not _touches(tx, address):
+                    raise MalformedError(f"{prefix}[{i}]: tx {tx.txid} does not touch address {address}")
+            return txs
+
+        return await self.http.get_json(path, parse=parse, tally=tally)
 
     async def _walk_head(self, address: str, q: str, old: _State | None, tally: RequestTally, report) -> _Head:
         first = await self._page(address, f"/address/{q}/txs", tally, "txs")
@@ -378,40 +381,47 @@ class EsploraSource:
 
     async def tip_height(self, *, tally: RequestTally | None = None) -> int:
         """Height of the chain tip (`/blocks/tip/height`). :raises SourceError:"""
-        return parse_height(await self.http.get_text("/blocks/tip/height", tally=tally), "tip height")
+        return await self.http.get_text("/blocks/tip/height", parse=lambda t: parse_height(t, "tip height"), tally=tally)
 
     async def tip_hash(self, *, tally: RequestTally | None = None) -> str:
         """Hash of the chain tip (`/blocks/tip/hash`). :raises SourceError:"""
-        return parse_hash(await self.http.get_text("/blocks/tip/hash", tally=tally), "tip hash")
+        return await self.http.get_text("/blocks/tip/hash", parse=lambda t: parse_hash(t, "tip hash"), tally=tally)
 
     async def block_hash(self, height: int, *, tally: RequestTally | None = None) -> str:
         """Hash of the block at `height` on the current chain (`/block-height/:h`). :raises SourceError:"""
-        return parse_hash(await self.http.get_text(f"/block-height/{int(height)}", tally=tally), "block hash")
+        return await self.http.get_text(f"/block-height/{int(height)}", parse=lambda t: parse_hash(t, "block hash"),
+                                        tally=tally)
 
     async def get_tx(self, txid: str, *, tally: RequestTally | None = None) -> ChainTx:
         """One tx by txid (`/tx/:txid`); a 404 means unknown to the chain and the mempool. :raises SourceError:"""
         _check_hex(txid)
-        tx = parse_tx(await self.http.get_json(f"/tx/{txid}", tally=tally), chain=self.chain)
-        if tx.txid != txid:
-            raise MalformedError(f"txid: expected {txid}, got {tx.txid}")
-        return tx
+        def parse(data: Any) -> ChainTx:
+            tx = parse_tx(data, chain=self.chain)
+            if tx.txid != txid:
+                raise MalformedError(f"txid: expected {txid}, got {tx.txid}")
+            return tx
+
+        return await self.http.get_json(f"/tx/{txid}", parse=parse, tally=tally)
 
     async def get_block(self, block_hash: str, *, tally: RequestTally | None = None) -> dict[str, Any]:
         """Validated header fields of a block (`/block/:hash`): id, height, timestamp, difficulty, ... :raises SourceError:"""
         _check_hex(block_hash)
-        block = parse_block(await self.http.get_json(f"/block/{block_hash}", tally=tally))
-        if block["id"] != block_hash:
-            raise MalformedError(f"id: expected {block_hash}, got {block['id']}")
-        return block
+        def parse(data: Any) -> dict[str, Any]:
+            block = parse_block(data)
+            if block["id"] != block_hash:
+                raise MalformedError(f"id: expected {block_hash}, got {block['id']}")
+            return block
+
+        return await self.http.get_json(f"/block/{block_hash}", parse=parse, tally=tally)
 
     async def utxos(self, address: str, *, tally: RequestTally | None = None) -> list[Utxo]:
         """Unspent outputs of an address (`/address/:a/utxo`). :raises SourceError:"""
-        return parse_utxos(await self.http.get_json(f"/address/{quote(address, safe='')}/utxo", tally=tally))
+        return await self.http.get_json(f"/address/{quote(address, safe='')}/utxo", parse=parse_utxos, tally=tally)
 
     async def outspends(self, txid: str, *, tally: RequestTally | None = None) -> list[Outspend]:
         """Spending status of each output of a tx (`/tx/:txid/outspends`). :raises SourceError:"""
         _check_hex(txid)
-        return parse_outspends(await self.http.get_json(f"/tx/{txid}/outspends", tally=tally))
+        return await self.http.get_json(f"/tx/{txid}/outspends", parse=parse_outspends, tally=tally)
 
 
 @dataclass

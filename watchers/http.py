@@ -5,7 +5,7 @@ One `aiohttp.ClientSession` per process is created by the caller and shared by e
 
 - 2xx: success. The body is decoded (JSON, text or bytes); a body that does not decode (garbage,
   truncated JSON, NaN, invalid UTF-8) is a `MalformedError`, retried like a transient failure because
-  the next answer may be fine.
+  the next answer may be fine. So is a shape error raised by the caller's `parse` validator.
 - 429: `RateLimitedError(retry_after)`. The body (an HTML or JSON notice) is never parsed as data.
   `Retry-After` (seconds or an HTTP date, capped at `max_retry_after`) blocks that base URL until then
   for every caller of this client; without it the wait is exponential with *equal* jitter (at least
@@ -123,7 +123,10 @@ def http_status(exc: BaseException) -> int | None:
 
 
 def _kind(exc: SourceError) -> str:
-    return getattr(exc, "kind", type(exc).__name__)
+    kind = getattr(exc, "kind", None)
+    if kind is None:  # raised by a caller's `parse` (watchers.validate)
+        kind = "malformed" if isinstance(exc, MalformedError) else type(exc).__name__
+    return kind
 
 
 def _excerpt(body: bytes) -> str:
@@ -211,13 +214,23 @@ class HttpClient:
         """The base URL the next call starts with (credentials and query removed)."""
         return self._shown[self.base_urls[self._active]]
 
-    async def get_json(self, path: str, *, tally: RequestTally | None = None) -> Any:
-        """GET `path` and decode JSON. :raises SourceError: (Transient, RateLimited, Malformed or permanent)."""
-        return await self._call(path, _decode_json, tally)
+    async def get_json(self, path: str, *, parse: Callable[[Any], T] | None = None,
+                       tally: RequestTally | None = None) -> Any:
+        """GET `path`, decode JSON and apply `parse` (a validator raising MalformedError) inside the retry loop.
 
-    async def get_text(self, path: str, *, tally: RequestTally | None = None) -> str:
-        """GET `path` as UTF-8 text. :raises SourceError: (Transient, RateLimited, Malformed or permanent)."""
-        return await self._call(path, _decode_text, tally)
+        A shape error from `parse` is retried and fails over like a garbled body: another attempt or
+        another provider may answer correctly. :raises SourceError: (Transient, RateLimited, Malformed, permanent)
+        """
+        if parse is None:
+            return await self._call(path, _decode_json, tally)
+        return await self._call(path, lambda body: parse(_decode_json(body)), tally)
+
+    async def get_text(self, path: str, *, parse: Callable[[str], T] | None = None,
+                       tally: RequestTally | None = None) -> Any:
+        """GET `path` as UTF-8 text, then `parse` it inside the retry loop (see get_json). :raises SourceError:"""
+        if parse is None:
+            return await self._call(path, _decode_text, tally)
+        return await self._call(path, lambda body: parse(_decode_text(body)), tally)
 
     async def get_bytes(self, path: str, *, tally: RequestTally | None = None) -> bytes:
         """GET `path` as raw bytes. :raises SourceError: (Transient, RateLimited or permanent)."""
