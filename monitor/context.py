@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from monitor.bundled import SCENARIO_PRICES
 from monitor.model import SATS_PER_BTC, Entity, Fact, MarketContext
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "MinerBelowCost",
     "Scenario",
     "scenarios",
+    "default_scenario_prices",
 ]
 
 HALVING_INTERVAL = 210_000
@@ -201,3 +203,12 @@ def scenarios(
             )
         )
     return out
+
+
+def default_scenario_prices(today: float | None = None) -> list[tuple[str, float]]:
+    """The default scenarios as (label, price): CoinShares' $100k and $80k cases, today's price when
+    known, and the all-time high (`monitor.bundled.SCENARIO_PRICES`, each with its source)."""
+    fixed = [(s.label, s.price.value) for s in SCENARIO_PRICES]
+    if today is None:
+        return fixed
+    return fixed[:2] + [(f"today (${today:,.0f})", today)] + fixed[2:]

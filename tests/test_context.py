@@ -19,6 +19,7 @@ from monitor.context import (
     build_context,
     hashprice_usd_per_ph_day,
     network_hashrate,
+    default_scenario_prices,
     scenarios,
 )
 from monitor.model import Entity, Fact, Profile
@@ -204,3 +205,10 @@ def test_scenarios():
     assert [b.name for b in now.below_cost] == ["C", "A"]  # most underwater first; sovereigns never listed
     assert now.below_cost[1].gap_pct == pytest.approx(14.49, abs=0.01)
     assert now.fleet_breakeven == (("A", 20.0, pytest.approx(now.hashprice / 480, rel=1e-9)),)
+
+
+def test_default_scenario_prices():
+    # CoinShares via ChainCatcher 2026-04-03 ($100k, below $80k); ATH ~$124,500 Oct 2025 (tokenpost/signalplus).
+    assert [p for _, p in default_scenario_prices()] == [100_000, 80_000, 124_500]
+    labels, prices = zip(*default_scenario_prices(68_400))
+    assert prices == (100_000, 80_000, 68_400, 124_500) and labels[2] == "today ($68,400)"
