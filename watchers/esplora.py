@@ -40,8 +40,15 @@ Cursor state (JSON, per address), version 1:
      "tail": null,                               # unfinished backfill: continue after this txid
      "fetched": 120}                             # confirmed txs read by the backfill (progress)
 
+Costs (requests per address per poll, retries included in `Batch.requests`): unchanged 1; new mempool
+tx or new block with ≤ 25 new txs 2; each further 25 new confirmed txs +1; each vanished tx +1; a
+backfill of N confirmed txs 2 + ceil((N - 25) / 25) (+1 when N is a positive multiple of 25). `fetch_tip=True`
+adds one `/blocks/tip/height` per poll and fills `Batch.tip_height`.
+
 Limits: Esplora shows at most 50 mempool txs per address; when the mempool count is larger, txs not
-shown are not declared gone (they are kept in the cursor until seen again or confirmed).
+shown are not declared gone (they are kept in the cursor until seen again or confirmed). A replacement
+that leaves the address's stats unchanged (an RBF fee bump that only touches another party's change)
+is seen when one of them confirms.
 """
 
 from __future__ import annotations
