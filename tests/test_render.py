@@ -210,7 +210,8 @@ def test_slack_limits_are_respected_by_truncation():
     flow = make_flow()
     flow["classification"]["reasons"] = [f"reason {i} " + "x&y " * 300 for i in range(300)]
     flow["destinations"] = [
-        {"address": f"bc1q{i:040d}", "n": i, "value_units": 1000 + i, "value_amount": "0.00001000", "attribution": "unknown"}
+        {"address": f"bc1q{i:040d}", "n": i, "value_units": 1000 + i, "value_amount": "0.00001000",
+         "attribution": "unknown"}
         for i in range(400)
     ]
     payload = make_payload(title="T" * 400, flow=flow, changes=["c" * 5000] * 40)

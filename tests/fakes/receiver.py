@@ -10,7 +10,8 @@ It records every request and answers from a script, then with a default reply (2
         rx.drop()                                      # close one connection without answering
         rx.script(Reply(400, "invalid_payload"))       # any replies, consumed in order
         ...
-        reqs = await rx.wait_for(1)                    # RecordedRequest(method, path, query, headers, body, json, status)
+        reqs = await rx.wait_for(1)                    # [RecordedRequest(method, path, query, headers,
+                                                       #                  body, json, status)]
 
 Refused connections: `Receiver()` whose `url()` is asked before `start()` reserves its port, so a
 client can be pointed at a port where nothing listens yet; `await rx.stop()` then `await rx.start()`
@@ -26,6 +27,7 @@ and tests grep the logs for them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 from collections import deque
@@ -36,7 +38,7 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-__all__ = ["Receiver", "Reply", "RecordedRequest", "free_port", "block_kit_problems"]
+__all__ = ["Receiver", "Reply", "OK", "RecordedRequest", "free_port", "block_kit_problems"]
 
 
 def free_port() -> int:
@@ -55,6 +57,9 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     drop: bool = False
+
+
+OK = Reply()
 
 
 @dataclass(frozen=True)
@@ -82,7 +87,7 @@ class Receiver:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
-        default: Reply = Reply(),
+        default: Reply = OK,
         on_request: Callable[[RecordedRequest], Reply | None] | None = None,
     ):
         self.host = host
@@ -118,9 +123,9 @@ class Receiver:
             return self
         app = web.Application(client_max_size=16 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app, access_log=None)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self._port, reuse_address=True, shutdown_timeout=1.0)
+        site = web.TCPSite(runner, self.host, self._port, reuse_address=True)
         try:
             await site.start()
         except BaseException:
@@ -166,7 +171,7 @@ class Receiver:
         headers = {"Retry-After": retry_after} if retry_after is not None else {}
         self.script(*[Reply(429, "rate_limited", headers)] * times)
 
-    def delay(self, seconds: float, times: int = 1, reply: Reply = Reply()) -> None:
+    def delay(self, seconds: float, times: int = 1, reply: Reply = OK) -> None:
         """Hold the next `times` answers `seconds` (real time; a client timeout is what tests want)."""
         self.script(*[Reply(reply.status, reply.body, reply.headers, delay=seconds)] * times)
 
@@ -221,10 +226,8 @@ class Receiver:
             self.requests.append(recorded)
             self._arrived.notify_all()
         if reply.delay > 0:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._release.wait(), reply.delay)
-            except TimeoutError:
-                pass
         if reply.drop:
             if request.transport is not None:
                 request.transport.abort()
