@@ -21,7 +21,7 @@ from monitor.model import format_btc
 from storage import Store
 from storage.reads import flow_rows
 
-__all__ = ["SCHEMA", "FLOW_FIELDS", "CSV_FIELDS", "flow_record", "write_json", "write_jsonl", "write_csv", "FORMATS", "flow_records", "export_flows"]
+__all__ = ["SCHEMA", "FLOW_FIELDS", "CSV_FIELDS", "flow_record", "write_json", "write_jsonl", "write_csv", "FORMATS", "CLASSIFICATION_FIELDS", "classification_record", "flow_records", "export_flows"]
 
 SCHEMA = "treasury-monitor.flow/1"
 
@@ -96,8 +96,47 @@ def flow_record(row: dict[str, Any], classification: dict[str, Any] | None = Non
         }
         for d in row.get("destinations", [])
     ]
-    rec["classification"] = classification if classification is not None else row.get("classification")
+    c = classification if classification is not None else row.get("classification")
+    rec["classification"] = classification_record(c) if c is not None else None
     return rec
+
+
+#: Fields of `classification` in a flow record.
+CLASSIFICATION_FIELDS = (
+    "verdict",
+    "severity",
+    "reasons",
+    "usd_value",
+    "btc_usd",
+    "hashprice_usd",
+    "price_source",
+    "price_at",
+    "price_stale",
+    "attribution",
+    "version",
+    "status",
+    "classified_at",
+)
+
+
+def classification_record(c: dict[str, Any]) -> dict[str, Any]:
+    """The `classification` object of a flow record from a stored classification row."""
+    ctx = c.get("context") or {}
+    return {
+        "verdict": c["verdict"],
+        "severity": c["severity"],
+        "reasons": list(c["reasons"]),
+        "usd_value": c["usd_value"],
+        "btc_usd": c["btc_usd"],
+        "hashprice_usd": c["hashprice_usd"],
+        "price_source": ctx.get("price_source") or None,
+        "price_at": iso(ctx.get("price_at")),
+        "price_stale": bool(ctx.get("is_price_stale", False)),
+        "attribution": c.get("attribution") or None,
+        "version": c["version"],
+        "status": c["status"],
+        "classified_at": iso(c["created_at"]),
+    }
 
 
 def write_json(records: Iterable[dict[str, Any]], out: io.TextIOBase) -> int:

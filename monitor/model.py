@@ -298,6 +298,7 @@ class Batch:
     source: str
     txs: tuple[ChainTx, ...] = ()
     cursors: tuple[Cursor, ...] = ()
+    chain: str = "bitcoin"
     snapshots: tuple[BalanceSnapshot, ...] = ()
     failed: tuple[str, ...] = ()
     gone: tuple[str, ...] = ()

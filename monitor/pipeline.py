@@ -1,9 +1,12 @@
 """The pipeline: one tick end to end, shared by `poll`, `backfill`, the daemon and the demo.
 
 A tick reads a source's stored cursors, asks the source for a Batch, turns its transactions into entity
-flows, attributes their destinations, and commits everything — transactions, flows, balance snapshots
-and the advanced cursors — in ONE storage transaction. A crash before the commit repeats the tick (all
-writes are idempotent upserts keyed by chain, txid and entity); after it, nothing is repeated.
+flows, attributes their destinations, gets the market context of each outflow (price, difficulty,
+fees), and then, in ONE storage transaction on the store thread: stores transactions and flows,
+classifies each outflow against the entity's stored history, stores the classifications (versioned),
+retracts what left the chain and the mempool, queues the alerts the rules ask for, and advances the
+cursors. A crash before the commit repeats the tick (every write is an idempotent upsert keyed by chain,
+txid and entity, and an unchanged classification writes nothing); after it, nothing is repeated.
 """
 
 from __future__ import annotations
@@ -11,18 +14,52 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from monitor.attribution import attribute
+from monitor.classify import Thresholds, classify
 from monitor.flows import entity_flows
-from monitor.model import Batch, Clock, EntityFlow
+from monitor.market import Market, context_json
+from monitor.model import Batch, Classification, Clock, EntityFlow, FlowHistory, MarketContext
 from monitor.registry import Registry
 from storage import AsyncStore, Store
 from watchers import Source
 
-__all__ = ["TickResult", "Pipeline", "commit_batch"]
+__all__ = ["TickResult", "Pipeline", "Decision", "commit_batch", "flow_history", "HISTORY_DAYS"]
 
 log = logging.getLogger("treasury_monitor.pipeline")
+
+#: Window of the "30-day cumulative out" the classifier compares with monthly production and holdings.
+HISTORY_DAYS = 30
+#: Verdicts that are not transfers away from the treasury and do not count toward sales history.
+_NOT_SALES = frozenset({"internal", "custody_move"})
+_RECENT = 5
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One classification made in a tick: the flow, the stored classification and what it replaced."""
+
+    flow: EntityFlow
+    classification: Classification
+    previous: Classification | None
+    context: MarketContext
+
+    @property
+    def is_new(self) -> bool:
+        """A first classification of this flow."""
+        return self.previous is None
+
+    @property
+    def is_changed(self) -> bool:
+        """A new version that differs from the previous active one."""
+        return self.previous is not None and self.previous.id != self.classification.id
+
+
+class AlertHook(Protocol):
+    """Queues alerts inside the tick's transaction (the alert router implements it)."""
+
+    def __call__(self, store: Store, decisions: list[Decision], retracted: list[Classification], *, now: int) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -35,20 +72,78 @@ class TickResult:
     flows: int = 0
     new_flows: int = 0
     outflows: int = 0
+    classified: int = 0
+    retracted: int = 0
+    alerts: int = 0
     failed: tuple[str, ...] = ()
     requests: int = 0
     tip_height: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    decisions: tuple[Decision, ...] = field(default=(), repr=False)
 
 
-def commit_batch(store: Store, batch: Batch, flows: list[EntityFlow], *, now: int) -> TickResult:
-    """Write a batch and its flows in one transaction (runs on the store thread)."""
+def _at(flow: EntityFlow, now: int) -> int:
+    return flow.block_time if flow.block_time is not None else now
+
+
+def flow_history(store: Store, flow: EntityFlow, *, now: int, days: int = HISTORY_DAYS) -> FlowHistory:
+    """The entity's sales history before this flow, from storage (30-day total, recent sizes)."""
+    at = _at(flow, now)
+    rows = [
+        r
+        for r in store.outflow_history(flow.entity, since=at - days * 86400, before=(at, flow.txid))
+        if r["verdict"] not in _NOT_SALES
+    ]
+    recent = rows[-_RECENT:]
+    return FlowHistory(
+        out_30d=sum(int(r["out_units"]) for r in rows),
+        count_30d=len(rows),
+        recent_usd=tuple(float(r["usd_value"]) for r in recent if r["usd_value"] is not None)
+        if all(r["usd_value"] is not None for r in recent)
+        else (),
+        recent_out=tuple(int(r["out_units"]) for r in recent),
+    )
+
+
+def _missing_context(flow: EntityFlow, now: int) -> MarketContext:
+    return MarketContext(at=_at(flow, now))
+
+
+def commit_batch(
+    store: Store,
+    batch: Batch,
+    flows: list[EntityFlow],
+    contexts: dict[tuple[str, str, str], MarketContext],
+    registry: Registry,
+    *,
+    now: int,
+    thresholds: Thresholds = Thresholds(),
+    alert_hook: AlertHook | None = None,
+) -> TickResult:
+    """Write a batch, classify its outflows and queue alerts, all in one transaction (store thread)."""
     new_txs = new_flows = 0
+    decisions: list[Decision] = []
+    retracted: list[Classification] = []
+    alerts = 0
     with store.batch():
         for tx in batch.txs:
             new_txs += store.save_tx(tx, now=now)
         for f in flows:
             new_flows += store.save_flow(f, now=now)
+        # Oldest first, so each flow's history includes the earlier flows of the same batch.
+        for f in sorted((f for f in flows if f.direction != "in"), key=lambda f: (_at(f, now), f.txid)):
+            entity = registry.get(f.entity)
+            ctx = contexts.get((f.chain, f.txid, f.entity)) or _missing_context(f, now)
+            c = classify(f, entity, ctx, flow_history(store, f, now=now), thresholds, now=now)
+            stored, prev = store.save_classification(c, context=context_json(ctx), now=now)
+            decisions.append(Decision(f, stored, prev, ctx))
+        for txid in batch.gone:
+            before = store.tx_status(batch.chain, txid)
+            if before is None or before in ("orphaned", "replaced"):
+                continue
+            store.set_tx_status(batch.chain, txid, "orphaned" if before == "confirmed" else "replaced", now=now)
+            retracted.extend(store.retract(batch.chain, txid, now=now))
+        if alert_hook is not None:
+            alerts = alert_hook(store, decisions, retracted, now=now)
         store.save_snapshots(batch.snapshots)
         store.set_cursors(batch.cursors, now=now)
     return TickResult(
@@ -58,36 +153,67 @@ def commit_batch(store: Store, batch: Batch, flows: list[EntityFlow], *, now: in
         flows=len(flows),
         new_flows=new_flows,
         outflows=sum(1 for f in flows if f.direction == "out"),
+        classified=sum(1 for d in decisions if d.is_new or d.is_changed),
+        retracted=len(retracted),
+        alerts=alerts,
         failed=batch.failed,
         requests=batch.requests,
         tip_height=batch.tip_height,
+        decisions=tuple(decisions),
     )
 
 
 class Pipeline:
-    """Flows → attribution → storage for the batches of any source."""
+    """Flows → attribution → context → classification → storage (+ alerts) for any source's batches."""
 
-    def __init__(self, registry: Registry, store: AsyncStore, clock: Clock):
+    def __init__(
+        self,
+        registry: Registry,
+        store: AsyncStore,
+        clock: Clock,
+        *,
+        market: Market | None = None,
+        thresholds: Thresholds = Thresholds(),
+        alert_hook: AlertHook | None = None,
+    ):
         self.registry = registry
         self.store = store
         self.clock = clock
+        self.market = market
+        self.thresholds = thresholds
+        self.alert_hook = alert_hook
 
     def flows_of(self, batch: Batch) -> list[EntityFlow]:
         """Attributed entity flows of every tx in a batch (pure)."""
         return [attribute(f, self.registry) for tx in batch.txs for f in entity_flows(tx, self.registry)]
 
     async def process(self, batch: Batch) -> TickResult:
-        """Commit one batch with its flows; returns what was stored."""
+        """Classify and commit one batch; returns what was stored."""
         flows = self.flows_of(batch)
-        return await self.store.run(commit_batch, batch, flows, now=int(self.clock.time()))
+        contexts: dict[tuple[str, str, str], MarketContext] = {}
+        if self.market is not None:
+            hashes = {tx.txid: tx.block_hash for tx in batch.txs}
+            contexts = await self.market.contexts((f, hashes.get(f.txid)) for f in flows if f.direction != "in")
+        return await self.store.run(
+            commit_batch,
+            batch,
+            flows,
+            contexts,
+            self.registry,
+            now=int(self.clock.time()),
+            thresholds=self.thresholds,
+            alert_hook=self.alert_hook,
+        )
 
-    async def tick(self, source: Source, *, progress: Callable[..., None] | None = None) -> TickResult:
+    async def tick(self, source: Source, *, progress: Callable[..., Any] | None = None) -> TickResult:
         """Poll one source from its stored cursors and process what it returns."""
         cursors = await self.store.run(Store.cursors, source.name)
         kwargs = {"progress": progress} if progress is not None else {}
         batch = await source.poll(cursors, **kwargs)
         result = await self.process(batch)
         if result.failed:
-            log.warning("source=%s tick stored %d txs; %d keys failed and will be retried: %s",
-                        source.name, result.txs, len(result.failed), ", ".join(result.failed[:5]))
+            log.warning(
+                "source=%s tick stored %d txs; %d keys failed and will be retried: %s",
+                source.name, result.txs, len(result.failed), ", ".join(result.failed[:5]),
+            )
         return result

@@ -127,3 +127,38 @@ def _prices(db: Database) -> None:
         },
         pk=("pair", "granularity", "start"),
     )
+
+
+@migrations(name="003_classifications")
+def _classifications(db: Database) -> None:
+    # Versioned: a re-classification adds a row with version + 1 and marks the previous one superseded.
+    db["classifications"].create(
+        {
+            "id": int,
+            "chain": str,
+            "txid": str,
+            "entity": str,
+            "version": int,
+            "verdict": str,
+            "severity": str,
+            "reasons": str,  # JSON list of sentences
+            "out_units": str,
+            "asset": str,
+            "usd_value": float,
+            "btc_usd": float,
+            "hashprice_usd": float,
+            "attribution": str,
+            "context": str,  # JSON: the MarketContext used (price source and time, staleness, difficulty, ...)
+            "status": str,  # active | superseded | retracted
+            "created_at": int,
+        },
+        pk="id",
+    )
+    db["classifications"].create_index(["chain", "txid", "entity", "version"], unique=True)
+    db["classifications"].create_index(["entity", "status"])
+    # Every stored classification, update and retraction gets a monotonically increasing event id, so a
+    # consumer (/api/events?after=ID) resumes exactly where it stopped.
+    db["events"].create(
+        {"id": int, "kind": str, "classification_id": int, "created_at": int},
+        pk="id",
+    )

@@ -27,7 +27,7 @@ def flow_rows(
     chain: str | None = None,
     include_internal: bool = True,
 ) -> Iterator[dict[str, Any]]:
-    """Stored entity flows, oldest first, each with its destinations and entity kind.
+    """Stored entity flows, oldest first, each with destinations, entity kind and newest classification.
 
     `since`/`until` filter on the block time, or on the time first seen for unconfirmed flows.
     Rows are read in pages so an export of a large history streams in constant memory.
@@ -63,8 +63,10 @@ def flow_rows(
             return
         keys = [(r["chain"], r["txid"], r["entity"]) for r in rows]
         dests = _destinations(store, keys)
+        classes = _latest_classifications(store, keys)
         for r in rows:
             r["destinations"] = dests.get((r["chain"], r["txid"], r["entity"]), [])
+            r["classification"] = classes.get((r["chain"], r["txid"], r["entity"]))
             for k in ("spent_units", "change_units", "received_units", "fee_share_units", "out_units"):
                 r[k] = int(r[k])
             yield r
@@ -81,6 +83,21 @@ def _destinations(store: Store, keys: list[tuple[str, str, str]]) -> dict[tuple[
             d["value_units"] = int(d["value_units"])
             d["path"] = json.loads(d["path"] or "[]")
             out.setdefault((d["chain"], d["txid"], d["entity"]), []).append(d)
+    return out
+
+
+def _latest_classifications(store: Store, keys: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    out: dict[tuple[str, str, str], dict[str, Any]] = {}
+    txids = sorted({k[1] for k in keys})
+    for i in range(0, len(txids), 400):
+        chunk = txids[i : i + 400]
+        marks = ",".join("?" * len(chunk))
+        for c in store.query(
+            f"select * from classifications where txid in ({marks}) order by version", chunk
+        ):  # ascending versions: the newest one per flow wins
+            c["reasons"] = json.loads(c["reasons"])
+            c["context"] = json.loads(c["context"] or "{}")
+            out[(c["chain"], c["txid"], c["entity"])] = c
     return out
 
 

@@ -25,6 +25,7 @@ from monitor.model import (
     Attribution,
     BalanceSnapshot,
     ChainTx,
+    Classification,
     Cursor,
     Destination,
     Entity,
@@ -337,6 +338,124 @@ class Store:
             destinations=tuple(dests),
             asset=r["asset"],
             decimals=r["decimals"],
+        )
+
+    # --- classifications and events -------------------------------------------------------------
+
+    @staticmethod
+    def _cls_from_row(r: dict[str, Any]) -> Classification:
+        return Classification(
+            chain=r["chain"],
+            txid=r["txid"],
+            entity=r["entity"],
+            verdict=r["verdict"],
+            severity=r["severity"],
+            reasons=tuple(json.loads(r["reasons"])),
+            out=int(r["out_units"]),
+            asset=r["asset"],
+            usd_value=r["usd_value"],
+            btc_usd=r["btc_usd"],
+            hashprice_usd=r["hashprice_usd"],
+            attribution=r["attribution"] or "",
+            version=r["version"],
+            status=r["status"],
+            created_at=r["created_at"],
+            id=r["id"],
+        )
+
+    def latest_classification(self, chain: str, txid: str, entity: str) -> Classification | None:
+        """The newest classification of a flow (active, or retracted), or None."""
+        rows = self._rows(
+            "select * from classifications where chain = ? and txid = ? and entity = ? order by version desc limit 1",
+            [chain, txid, entity],
+        )
+        return self._cls_from_row(rows[0]) if rows else None
+
+    def classification_by_id(self, cid: int) -> Classification | None:
+        """One classification row by id."""
+        rows = self._rows("select * from classifications where id = ?", [cid])
+        return self._cls_from_row(rows[0]) if rows else None
+
+    def classification_context(self, cid: int) -> dict[str, Any]:
+        """The market context stored with a classification."""
+        row = self.db.execute("select context from classifications where id = ?", [cid]).fetchone()
+        return json.loads(row[0]) if row and row[0] else {}
+
+    def save_classification(
+        self, c: Classification, *, context: dict[str, Any], now: int
+    ) -> tuple[Classification, Classification | None]:
+        """Store `c` as the flow's active classification, versioned.
+
+        Returns (stored, previous). When the newest stored classification is active and has the same
+        verdict, severity and attribution, nothing is written and (that one, that one) is returned, so
+        re-processing a tick is harmless. Otherwise the previous one (if any) is marked superseded, a
+        new row with version + 1 is added, and an event is recorded.
+        """
+        prev = self.latest_classification(c.chain, c.txid, c.entity)
+        if (
+            prev is not None
+            and prev.status == "active"
+            and (prev.verdict, prev.severity, prev.attribution) == (c.verdict, c.severity, c.attribution)
+        ):
+            return prev, prev
+        if prev is not None and prev.status == "active":
+            self.db.execute("update classifications set status = 'superseded' where id = ?", [prev.id])
+        version = (prev.version + 1) if prev is not None else 1
+        row = {
+            "chain": c.chain,
+            "txid": c.txid,
+            "entity": c.entity,
+            "version": version,
+            "verdict": c.verdict,
+            "severity": c.severity,
+            "reasons": json.dumps(list(c.reasons), ensure_ascii=False),
+            "out_units": str(c.out),
+            "asset": c.asset,
+            "usd_value": c.usd_value,
+            "btc_usd": c.btc_usd,
+            "hashprice_usd": c.hashprice_usd,
+            "attribution": c.attribution,
+            "context": json.dumps(context, sort_keys=True),
+            "status": "active",
+            "created_at": now,
+        }
+        cid = self.db["classifications"].insert(row).last_pk
+        stored = self.classification_by_id(cid)
+        assert stored is not None
+        self.add_event("classification" if prev is None else "update", cid, now=now)
+        return stored, prev
+
+    def retract(self, chain: str, txid: str, *, now: int) -> list[Classification]:
+        """Mark the active classifications of a tx retracted (replaced or orphaned); returns them."""
+        rows = self._rows(
+            "select * from classifications where chain = ? and txid = ? and status = 'active'", [chain, txid]
+        )
+        out = []
+        for r in rows:
+            self.db.execute("update classifications set status = 'retracted' where id = ?", [r["id"]])
+            self.add_event("retraction", r["id"], now=now)
+            out.append(self._cls_from_row({**r, "status": "retracted"}))
+        return out
+
+    def add_event(self, kind: str, classification_id: int, *, now: int) -> int:
+        """Append an event (classification | update | retraction); returns its id."""
+        return self.db["events"].insert({"kind": kind, "classification_id": classification_id, "created_at": now}).last_pk
+
+    def outflow_history(self, entity: str, *, since: int, before: tuple[int, str]) -> list[dict[str, Any]]:
+        """An entity's earlier outflows with their active classification, oldest first.
+
+        Only flows at (time, txid) before `before` and at or after `since`; time is the block time, or
+        the time first seen while unconfirmed. Retracted classifications are left out.
+        """
+        at = "coalesce(f.block_time, f.first_seen)"
+        return self._rows(
+            f"""select {at} as at, f.txid, f.out_units, c.verdict, c.usd_value from flows f
+                join classifications c on c.chain = f.chain and c.txid = f.txid and c.entity = f.entity
+                     and c.status = 'active'
+                where f.entity = ? and f.direction = 'out' and f.status in ('confirmed', 'mempool')
+                  and {at} >= ? and ({at} < ? or ({at} = ? and f.txid < ?))
+                order by {at}, f.txid""",
+            [entity, since, before[0], before[0], before[1]],
         )
 
     # --- cursors and snapshots ------------------------------------------------------------------

@@ -1,0 +1,170 @@
+"""Market data for classification: the price and the chain's difficulty and fees at a flow's time.
+
+`Market.contexts(flows)` gathers, for each flow, the BTC price at its block time (or the time it was
+first seen), the difficulty and height of its block (the tip's for mempool flows) and the average fees
+of recent blocks, and builds a MarketContext with `monitor.context.build_context`. Chain facts come from
+a `ChainInfo` (an Esplora source, a node, or the simulated chain) and are cached per block hash forever,
+since a block's header and coinbase never change.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Protocol
+
+from monitor.context import avg_fees_sat, build_context
+from monitor.model import Clock, EntityFlow, MarketContext, SourceError
+
+__all__ = ["Market", "ChainInfo", "PriceLookup", "BlockFacts", "context_json", "pair_of"]
+
+log = logging.getLogger("treasury_monitor.market")
+
+#: Blocks of coinbase history averaged for the fee estimate (one day).
+FEE_WINDOW = 144
+
+
+@dataclass(frozen=True)
+class BlockFacts:
+    """What classification needs of a block: height, difficulty, and its coinbase's total output."""
+
+    hash: str
+    height: int
+    difficulty: float
+    time: int
+    coinbase_total_sat: int | None = None
+
+
+class ChainInfo(Protocol):
+    """Chain facts by block hash, and the current tip."""
+
+    async def block_facts(self, block_hash: str) -> BlockFacts: ...
+
+    async def tip_hash(self) -> str: ...
+
+
+class PriceQuoteLike(Protocol):
+    price: float | None
+    at: int | None
+    source: str
+    is_stale: bool
+
+
+class PriceLookup(Protocol):
+    """The price of a pair at a time (`monitor.prices.PriceService` implements it)."""
+
+    async def price_at(self, pair: str, at: int) -> PriceQuoteLike: ...
+
+
+def pair_of(asset: str) -> str:
+    """Price pair of an asset: BTC and wrapped BTC use BTC-USD, ETH and stETH ETH-USD."""
+    a = asset.upper()
+    if a in ("BTC", "WBTC", "CBBTC", "TBTC"):
+        return "BTC-USD"
+    if a in ("ETH", "STETH", "WETH"):
+        return "ETH-USD"
+    return f"{a}-USD"
+
+
+STABLECOINS = frozenset({"USDT", "USDC", "DAI"})
+
+
+def context_json(ctx: MarketContext) -> dict[str, Any]:
+    """A MarketContext as stored with its classification."""
+    return asdict(ctx)
+
+
+class Market:
+    """Builds the MarketContext of flows from a price lookup and chain facts; both are optional."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        prices: PriceLookup | None = None,
+        chain: ChainInfo | None = None,
+        staleness: int = 7200,
+    ):
+        self.clock = clock
+        self.prices = prices
+        self.chain = chain
+        self.staleness = staleness
+        self._facts: OrderedDict[str, BlockFacts] = OrderedDict()
+
+    async def _block(self, block_hash: str) -> BlockFacts | None:
+        if block_hash in self._facts:
+            return self._facts[block_hash]
+        assert self.chain is not None
+        try:
+            facts = await self.chain.block_facts(block_hash)
+        except SourceError as exc:
+            log.warning("block=%s chain facts unavailable, hashprice left out: %s", block_hash, exc)
+            return None
+        self._facts[block_hash] = facts
+        while len(self._facts) > 4 * FEE_WINDOW:
+            self._facts.popitem(last=False)
+        return facts
+
+    def _avg_fees(self, height: int) -> int | None:
+        window = [
+            (f.height, f.coinbase_total_sat)
+            for f in self._facts.values()
+            if f.coinbase_total_sat is not None and height - FEE_WINDOW < f.height <= height
+        ]
+        return avg_fees_sat(window) if window else None
+
+    async def context_for(self, flow: EntityFlow, *, block_hash: str | None) -> MarketContext:
+        """MarketContext at a flow's time (block time, or now for an unconfirmed flow)."""
+        now = int(self.clock.time())
+        at = flow.block_time if flow.block_time is not None else now
+        facts = None
+        if self.chain is not None:
+            h = block_hash
+            if h is None:
+                try:
+                    h = await self.chain.tip_hash()
+                except SourceError as exc:
+                    log.warning("tip unavailable, hashprice left out: %s", exc)
+            if h is not None:
+                facts = await self._block(h)
+        btc = asset = None
+        price_at = None
+        source = ""
+        if self.prices is not None:
+            q = await self.prices.price_at("BTC-USD", at)
+            btc, price_at, source = q.price, q.at, q.source
+            pair = pair_of(flow.asset)
+            if flow.asset.upper() in STABLECOINS:
+                asset = 1.0
+            elif pair == "BTC-USD":
+                asset = btc
+            else:
+                aq = await self.prices.price_at(pair, at)
+                asset = aq.price
+        if btc is None:
+            price_at = None
+        ctx = build_context(
+            at,
+            btc_usd=btc,
+            price_at=price_at,
+            price_source=source or "none",
+            staleness_bound=self.staleness,
+            difficulty=facts.difficulty if facts else None,
+            height=facts.height if facts else None,
+            avg_fees_sat=self._avg_fees(facts.height) if facts else None,
+            asset_usd=asset,
+        )
+        if pair_of(flow.asset) != "BTC-USD":
+            # build_context falls back to the BTC price; another asset must use its own or none.
+            ctx = replace(ctx, asset_usd=asset)
+        return ctx
+
+    async def contexts(self, flows: Iterable[tuple[EntityFlow, str | None]]) -> dict[tuple[str, str, str], MarketContext]:
+        """MarketContext per (chain, txid, entity) for (flow, block hash) pairs."""
+        out = {}
+        for flow, block_hash in flows:
+            out[(flow.chain, flow.txid, flow.entity)] = await self.context_for(flow, block_hash=block_hash)
+        return out
+
