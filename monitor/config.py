@@ -36,13 +36,19 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from monitor.model import ENTITY_KINDS, ConfigError, Entity, EntityAddress, Fact, Profile
+from alerts.router import DEFAULT_RULE_VERDICTS, Rule
+from monitor.classify import Thresholds
+from monitor.model import ENTITY_KINDS, SEVERITIES, VERDICTS, ConfigError, Entity, EntityAddress, Fact, Profile
 from monitor.registry import normalise_address
 from watchers.addresses import InvalidAddress, validate_address
 
 __all__ = [
     "Config",
     "SourceConfig",
+    "PricesConfig",
+    "AlertsConfig",
+    "ChannelConfig",
+    "DaemonConfig",
     "Secret",
     "load_config",
     "parse_config",
@@ -75,13 +81,29 @@ DEFAULT_RETRIES = 3  # attempts per request, the first included
 DEFAULT_POLL_INTERVAL = 60.0  # seconds between polls of a source
 DEFAULT_MODE = "address"
 DEFAULT_WATCH = True
+DEFAULT_PRICE_SOURCES = ("coinbase", "kraken", "coingecko")
+DEFAULT_PRICE_STALENESS = 7200  # seconds between a price observation and the time it is used for
+DEFAULT_EXPLORER_URL = "https://mempool.space/tx/{txid}"
+DEFAULT_ALERT_MAX_AGE = 86_400  # seconds: older flows (backfills) are classified but not alerted
+DEFAULT_GIVE_UP_AFTER = 86_400.0  # seconds an undelivered alert is retried before it is marked failed
+DEFAULT_RETRY_BASE = 5.0  # seconds, first backoff step of the outbox
+DEFAULT_RETRY_CAP = 900.0  # seconds, longest backoff step of the outbox
+DEFAULT_DISPATCH_INTERVAL = 2.0  # seconds between outbox passes in the daemon
+DEFAULT_HTTP_HOST = "127.0.0.1"
+DEFAULT_HTTP_PORT = 8787
+DEFAULT_SHUTDOWN_GRACE = 10.0  # seconds to flush the outbox on SIGTERM
+DEFAULT_UNHEALTHY_AFTER = 600.0  # seconds a source may fail before /healthz reports 503
+DEFAULT_DIGEST_HOUR = 8  # UTC hour of the daily digest; -1 disables it
+DEFAULT_PRICE_INTERVAL = 600.0  # seconds between price refreshes in the daemon
 
 NETWORKS = ("mainnet", "testnet", "signet", "regtest")
+PRICE_SOURCES = ("coinbase", "kraken", "coingecko", "csv")
+CHANNEL_TYPES = ("slack", "email", "webhook", "console")
 SOURCE_TYPES = ("esplora",)
 SOURCE_CHAINS = ("bitcoin",)
 SOURCE_MODES = ("address", "block", "auto")
 #: Top-level sections, in the order they are parsed.
-SECTIONS = ("monitor", "sources", "entities")
+SECTIONS = ("monitor", "sources", "entities", "classify", "prices", "alerts", "daemon")
 
 _MONITOR_KEYS = ("network", "storage")
 _SOURCE_KEYS = (
@@ -102,6 +124,28 @@ _PROFILE_FACTS = ("holdings_btc", "monthly_production_btc", "cash_cost_usd", "ef
 _PROFILE_KEYS = (*_PROFILE_FACTS, "strategy_tags", "strategy_source")
 _FACT_KEYS = ("value", "source", "as_of", "note")
 _SECRET_KEYS = ("env", "file")
+_CLASSIFY_KEYS = tuple(f.name for f in __import__("dataclasses").fields(Thresholds))
+_PRICE_KEYS = ("sources", "csv", "staleness", "refresh_interval")
+_ALERTS_KEYS = ("explorer_url", "max_age", "give_up_after", "retry_base", "retry_cap", "dispatch_interval", "channels", "rules")
+_RULE_KEYS = ("name", "entities", "kinds", "verdicts", "min_severity", "min_usd", "channels")
+#: Settings per channel type: key → (kind, how): "plain", "secret" (must be { env } / { file }), "either".
+_CHANNEL_SETTINGS: dict[str, dict[str, tuple[str, str]]] = {
+    "slack": {"webhook_url": ("string", "secret"), "timeout": ("number", "plain")},
+    "email": {
+        "host": ("string", "plain"),
+        "port": ("integer", "plain"),
+        "sender": ("string", "plain"),
+        "recipients": ("strings", "plain"),
+        "username": ("string", "either"),
+        "password": ("string", "secret"),
+        "security": ("string", "plain"),
+        "timeout": ("number", "plain"),
+    },
+    "webhook": {"url": ("string", "secret"), "secret": ("string", "secret"), "timeout": ("number", "plain")},
+    "console": {"stream": ("string", "plain")},
+}
+_CHANNEL_REQUIRED = {"slack": ("webhook_url",), "email": ("host", "sender", "recipients"), "webhook": ("url", "secret"), "console": ()}
+_DAEMON_KEYS = ("host", "port", "token", "shutdown_grace", "unhealthy_after", "digest_hour", "digest_channels")
 # Header names whose plain-string values are most likely credentials.
 _SENSITIVE_HEADER = re.compile(r"auth|token|key|secret|cookie|password", re.IGNORECASE)
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -154,6 +198,74 @@ class SourceConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PricesConfig:
+    """[prices]: where BTC/USD (and ETH/USD) come from, in failover order."""
+
+    sources: tuple[str, ...] = DEFAULT_PRICE_SOURCES
+    csv: Path | None = None  # offline series for the `csv` source (date,close or time,open,high,low,close)
+    staleness: int = DEFAULT_PRICE_STALENESS
+    refresh_interval: float = DEFAULT_PRICE_INTERVAL
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChannelConfig:
+    """One [[alerts.channels]] entry; secret settings stay `Secret` until `revealed_settings()`."""
+
+    name: str
+    type: str
+    settings: tuple[tuple[str, Any], ...] = ()
+    min_interval: float | None = None
+
+    def revealed_settings(self) -> dict[str, Any]:
+        """Settings with secrets revealed, for building the channel (never log the result)."""
+        out = {k: (v.reveal() if isinstance(v, Secret) else v) for k, v in self.settings}
+        if self.min_interval is not None:
+            out["min_interval"] = self.min_interval
+        return out
+
+    def secret_values(self) -> list[str]:
+        """The revealed secret values, so logs can redact them."""
+        return [v.reveal() for _, v in self.settings if isinstance(v, Secret)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AlertsConfig:
+    """[alerts]: channels, routing rules and outbox behaviour."""
+
+    explorer_url: str | None = DEFAULT_EXPLORER_URL
+    max_age: int = DEFAULT_ALERT_MAX_AGE
+    give_up_after: float = DEFAULT_GIVE_UP_AFTER
+    retry_base: float = DEFAULT_RETRY_BASE
+    retry_cap: float = DEFAULT_RETRY_CAP
+    dispatch_interval: float = DEFAULT_DISPATCH_INTERVAL
+    channels: tuple[ChannelConfig, ...] = ()
+    rules: tuple[Rule, ...] = ()
+
+    def channel(self, name: str) -> ChannelConfig:
+        """The channel called `name`.
+
+        :raises KeyError: when there is none.
+        """
+        for c in self.channels:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DaemonConfig:
+    """[daemon]: the HTTP endpoint, shutdown grace, health bound and daily digest."""
+
+    host: str = DEFAULT_HTTP_HOST
+    port: int = DEFAULT_HTTP_PORT
+    token: Secret | None = None  # bearer token; required when `host` is not loopback
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+    unhealthy_after: float = DEFAULT_UNHEALTHY_AFTER
+    digest_hour: int = DEFAULT_DIGEST_HOUR
+    digest_channels: tuple[str, ...] = ()  # default: every channel of every rule
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """The whole validated configuration."""
 
@@ -163,6 +275,10 @@ class Config:
     entities: tuple[Entity, ...] = ()
     origin: str = "config.toml"  # the file (or label) this came from
     warnings: tuple[str, ...] = ()  # non-fatal findings, also logged
+    classify: Thresholds = field(default_factory=Thresholds)
+    prices: PricesConfig = field(default_factory=PricesConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
 
     def source(self, name: str) -> SourceConfig:
         """The source called `name`.
@@ -709,6 +825,195 @@ def _take_tags(t: dict, path: str, problems: list[str]) -> tuple[str, ...]:
         else:
             out.append(tag)
     return tuple(out)
+
+
+def _section(value: Any, name: str, ctx: _Context) -> dict | None:
+    if not isinstance(value, dict):
+        ctx.problems.append(f"{name}: expected a table ([{name}]), got {_show(value)}")
+        return None
+    return value
+
+
+def _parse_classify(value: Any, ctx: _Context) -> Thresholds:
+    """[classify]: the classifier's thresholds (monitor.classify.Thresholds), each optional."""
+    t = _section(value, "classify", ctx)
+    if t is None:
+        return Thresholds()
+    _check_keys(t, _CLASSIFY_KEYS, "classify", ctx.problems)
+    defaults = Thresholds()
+    kwargs = {}
+    for key in _CLASSIFY_KEYS:
+        default = getattr(defaults, key)
+        kind = INTEGER if isinstance(default, int) and not isinstance(default, bool) else NUMBER
+        v = _take(t, key, kind, "classify", ctx.problems, default, above=0)
+        if v is not None:
+            kwargs[key] = int(v) if kind is INTEGER else v
+    try:
+        return Thresholds(**kwargs)
+    except ValueError as exc:
+        ctx.problems.append(f"classify: {exc}")
+        return defaults
+
+
+def _parse_prices(value: Any, ctx: _Context) -> PricesConfig:
+    """[prices]: price sources in failover order, the offline CSV, staleness."""
+    t = _section(value, "prices", ctx)
+    if t is None:
+        return PricesConfig()
+    pr = ctx.problems
+    _check_keys(t, _PRICE_KEYS, "prices", pr)
+    sources = _take(t, "sources", STRINGS, "prices", pr, DEFAULT_PRICE_SOURCES)
+    for i, name in enumerate(sources):
+        if name not in PRICE_SOURCES:
+            pr.append(f"prices.sources[{i}]: {_show(name)} is not one of {', '.join(PRICE_SOURCES)}")
+    csv = _take(t, "csv", STRING, "prices", pr, None, nonempty=True)
+    csv_path = None
+    if csv is not None:
+        csv_path = Path(csv) if Path(csv).is_absolute() else ctx.base_dir / csv
+        if not csv_path.is_file():
+            pr.append(f"prices.csv: {_show(csv)} is not a readable file")
+    elif "csv" in sources:
+        pr.append("prices.csv: required when prices.sources lists \"csv\"")
+    return PricesConfig(
+        sources=tuple(sources),
+        csv=csv_path,
+        staleness=_take(t, "staleness", INTEGER, "prices", pr, DEFAULT_PRICE_STALENESS, above=0),
+        refresh_interval=_take(t, "refresh_interval", NUMBER, "prices", pr, DEFAULT_PRICE_INTERVAL, above=0),
+    )
+
+
+def _parse_alerts(value: Any, ctx: _Context) -> AlertsConfig:
+    """[alerts] with [[alerts.channels]] and [[alerts.rules]]; rules must name defined channels."""
+    t = _section(value, "alerts", ctx)
+    if t is None:
+        return AlertsConfig()
+    pr = ctx.problems
+    _check_keys(t, _ALERTS_KEYS, "alerts", pr)
+    explorer = _take(t, "explorer_url", STRING, "alerts", pr, DEFAULT_EXPLORER_URL)
+    if explorer == "":
+        explorer = None
+    elif explorer is not None and "{txid}" not in explorer:
+        pr.append(f"alerts.explorer_url: {_show(explorer)} must contain {{txid}} (or be \"\" for no links)")
+    channels = _parse_channels(t.get("channels", []), ctx)
+    names = {c.name for c in channels}
+    rules = _parse_rules(t.get("rules", []), ctx, names)
+    return AlertsConfig(
+        explorer_url=explorer,
+        max_age=_take(t, "max_age", INTEGER, "alerts", pr, DEFAULT_ALERT_MAX_AGE, at_least=0),
+        give_up_after=_take(t, "give_up_after", NUMBER, "alerts", pr, DEFAULT_GIVE_UP_AFTER, above=0),
+        retry_base=_take(t, "retry_base", NUMBER, "alerts", pr, DEFAULT_RETRY_BASE, above=0),
+        retry_cap=_take(t, "retry_cap", NUMBER, "alerts", pr, DEFAULT_RETRY_CAP, above=0),
+        dispatch_interval=_take(t, "dispatch_interval", NUMBER, "alerts", pr, DEFAULT_DISPATCH_INTERVAL, above=0),
+        channels=channels,
+        rules=rules,
+    )
+
+
+_SETTING_KINDS = {"string": STRING, "number": NUMBER, "integer": INTEGER, "strings": STRINGS}
+
+
+def _parse_channels(value: Any, ctx: _Context) -> tuple[ChannelConfig, ...]:
+    out: list[ChannelConfig] = []
+    seen: dict[str, str] = {}
+    for path, t in _tables(value, "alerts.channels", ctx.problems, section=True):
+        pr = ctx.problems
+        name = _take(t, "name", STRING, path, pr, nonempty=True)
+        type_ = _take(t, "type", STRING, path, pr, choices=CHANNEL_TYPES)
+        if name is not None:
+            if name in seen:
+                pr.append(f"{path}.name: {_show(name)} is already the name of {seen[name]}")
+            else:
+                seen[name] = path
+        if type_ is None:
+            continue
+        spec = _CHANNEL_SETTINGS[type_]
+        _check_keys(t, ("name", "type", "min_interval", *spec), path, pr)
+        settings: list[tuple[str, Any]] = []
+        for key, (kind, how) in spec.items():
+            if key not in t:
+                if key in _CHANNEL_REQUIRED[type_]:
+                    pr.append(f"{_join(path, key)}: required for a {type_} channel")
+                continue
+            if how == "plain":
+                v = _take(t, key, _SETTING_KINDS[kind], path, pr, None)
+            else:
+                v = _take_secret(t, key, path, ctx, plain_ok=(how == "either"))
+            if v is not None:
+                settings.append((key, v))
+        if type_ == "email":
+            sec = dict(settings).get("security", "starttls")
+            if sec not in ("starttls", "tls", "none"):
+                pr.append(f"{path}.security: {_show(sec)} is not one of starttls, tls, none")
+            elif sec == "none" and "password" in dict(settings):
+                pr.append(f"{path}.security: \"none\" would send the password in clear text; use starttls or tls")
+        min_interval = _take(t, "min_interval", NUMBER, path, pr, None, at_least=0)
+        out.append(ChannelConfig(name=name, type=type_, settings=tuple(settings), min_interval=min_interval))
+    return tuple(out)
+
+
+def _parse_rules(value: Any, ctx: _Context, channel_names: set[str]) -> tuple[Rule, ...]:
+    out: list[Rule] = []
+    for path, t in _tables(value, "alerts.rules", ctx.problems, section=True):
+        pr = ctx.problems
+        _check_keys(t, _RULE_KEYS, path, pr)
+        name = _take(t, "name", STRING, path, pr, path, nonempty=True)
+        channels = _take(t, "channels", STRINGS, path, pr)
+        for i, ch in enumerate(channels or ()):
+            if ch not in channel_names:
+                pr.append(f"{path}.channels[{i}]: {_show(ch)} is not a channel defined in [[alerts.channels]]")
+        if channels is not None and not channels:
+            pr.append(f"{path}.channels: must name at least one channel")
+        kinds = _take(t, "kinds", STRINGS, path, pr, ())
+        for i, k in enumerate(kinds):
+            if k not in ENTITY_KINDS:
+                pr.append(f"{path}.kinds[{i}]: {_show(k)} is not one of {', '.join(ENTITY_KINDS)}")
+        verdicts = _take(t, "verdicts", STRINGS, path, pr, DEFAULT_RULE_VERDICTS)
+        for i, v in enumerate(verdicts):
+            if v not in VERDICTS:
+                pr.append(f"{path}.verdicts[{i}]: {_show(v)} is not one of {', '.join(VERDICTS)}")
+        out.append(
+            Rule(
+                name=name,
+                channels=tuple(channels or ()),
+                entities=_take(t, "entities", STRINGS, path, pr, ()),
+                kinds=kinds,
+                verdicts=verdicts,
+                min_severity=_take(t, "min_severity", STRING, path, pr, "info", choices=SEVERITIES),
+                min_usd=_take(t, "min_usd", NUMBER, path, pr, None, at_least=0),
+            )
+        )
+    return tuple(out)
+
+
+def _parse_daemon(value: Any, ctx: _Context, alerts: AlertsConfig) -> DaemonConfig:
+    """[daemon]: HTTP bind (a token is required off loopback), grace, health bound, digest."""
+    t = _section(value, "daemon", ctx)
+    if t is None:
+        return DaemonConfig()
+    pr = ctx.problems
+    _check_keys(t, _DAEMON_KEYS, "daemon", pr)
+    host = _take(t, "host", STRING, "daemon", pr, DEFAULT_HTTP_HOST, nonempty=True)
+    port = _take(t, "port", INTEGER, "daemon", pr, DEFAULT_HTTP_PORT, at_least=0)
+    if port is not None and port > 65535:
+        pr.append(f"daemon.port: {port} is not a TCP port")
+    token = _take_secret(t, "token", "daemon", ctx, plain_ok=False, default=None)
+    digest_channels = _take(t, "digest_channels", STRINGS, "daemon", pr, ())
+    names = {c.name for c in alerts.channels}
+    for i, ch in enumerate(digest_channels):
+        if ch not in names:
+            pr.append(f"daemon.digest_channels[{i}]: {_show(ch)} is not a channel defined in [[alerts.channels]]")
+    digest_hour = _take(t, "digest_hour", INTEGER, "daemon", pr, DEFAULT_DIGEST_HOUR, at_least=-1)
+    if digest_hour is not None and digest_hour > 23:
+        pr.append(f"daemon.digest_hour: {digest_hour} is not an hour (0-23, or -1 to disable)")
+    return DaemonConfig(
+        host=host,
+        port=port,
+        token=token if isinstance(token, Secret) else None,
+        shutdown_grace=_take(t, "shutdown_grace", NUMBER, "daemon", pr, DEFAULT_SHUTDOWN_GRACE, at_least=0),
+        unhealthy_after=_take(t, "unhealthy_after", NUMBER, "daemon", pr, DEFAULT_UNHEALTHY_AFTER, above=0),
+        digest_hour=digest_hour,
+        digest_channels=digest_channels,
+    )
 
 
 def _toml_error(exc: tomllib.TOMLDecodeError) -> str:

@@ -162,3 +162,54 @@ def _classifications(db: Database) -> None:
         {"id": int, "kind": str, "classification_id": int, "created_at": int},
         pk="id",
     )
+
+
+@migrations(name="004_alerts")
+def _alerts(db: Database) -> None:
+    db["alerts"].create(
+        {
+            "id": int,
+            "dedup_key": str,  # chain:txid:entity:verdict — receivers drop a resend by it
+            "kind": str,  # new | update | retraction | digest | test
+            "chain": str,
+            "txid": str,
+            "entity": str,
+            "classification_id": int,
+            "payload": str,  # JSON message model (see alerts.render)
+            "status": str,  # queued | delivered | failed (derived from its channels)
+            "created_at": int,
+            "updated_at": int,
+        },
+        pk="id",
+    )
+    db["alerts"].create_index(["status"])
+    db["alerts"].create_index(["chain", "txid", "entity"])
+    # Delivery state per (alert, channel): idempotent per pair; `sending` marks an attempt in flight.
+    db["alert_channels"].create(
+        {
+            "alert_id": int,
+            "channel": str,
+            "status": str,  # queued | sending | delivered | failed
+            "attempts": int,
+            "next_at": int,
+            "last_error": str,
+            "delivered_at": int,
+        },
+        pk=("alert_id", "channel"),
+    )
+    db["alert_channels"].create_index(["status", "next_at"])
+    # One row per attempt (a Delivery).
+    db["deliveries"].create(
+        {
+            "id": int,
+            "alert_id": int,
+            "channel": str,
+            "attempt": int,
+            "at": int,
+            "status": str,  # sending | ok | retry | failed | interrupted
+            "error": str,
+            "next_at": int,
+        },
+        pk="id",
+    )
+    db["deliveries"].create_index(["alert_id", "channel"])

@@ -12,7 +12,7 @@ from typing import Any
 
 from storage.store import Store
 
-__all__ = ["flow_rows", "entity_summaries"]
+__all__ = ["flow_rows", "flow_row", "entity_summaries"]
 
 _PAGE = 500
 
@@ -25,6 +25,8 @@ def flow_rows(
     entity: str | None = None,
     direction: str | None = None,
     chain: str | None = None,
+    txid: str | None = None,
+    verdict: str | None = None,
     include_internal: bool = True,
 ) -> Iterator[dict[str, Any]]:
     """Stored entity flows, oldest first, each with destinations, entity kind and newest classification.
@@ -49,6 +51,15 @@ def flow_rows(
     if chain is not None:
         where.append("f.chain = ?")
         params.append(chain)
+    if txid is not None:
+        where.append("f.txid = ?")
+        params.append(txid)
+    if verdict is not None:
+        where.append(
+            "(select c.verdict from classifications c where c.chain = f.chain and c.txid = f.txid"
+            " and c.entity = f.entity order by c.version desc limit 1) = ?"
+        )
+        params.append(verdict)
     if not include_internal:
         where.append("f.direction != 'internal'")
     sql = (
@@ -71,6 +82,11 @@ def flow_rows(
                 r[k] = int(r[k])
             yield r
         offset += len(rows)
+
+
+def flow_row(store: Store, chain: str, txid: str, entity: str) -> dict[str, Any] | None:
+    """One stored flow with destinations, entity kind and newest classification, or None."""
+    return next((r for r in flow_rows(store, chain=chain, txid=txid, entity=entity)), None)
 
 
 def _destinations(store: Store, keys: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], list[dict[str, Any]]]:

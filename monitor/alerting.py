@@ -1,0 +1,109 @@
+"""Alerting glue: the pipeline's alert hook (rules → queued alerts) and the outbox over storage.
+
+`AlertPlanner` runs inside a tick's storage transaction: for each new or changed classification and each
+retraction it asks `alerts.router` for a Route, builds the message model (the flow's export record plus
+kind, dedup key, changes and an explorer link) and queues it with `storage.alerts.queue_alert`, so the
+alert commits together with the classification that caused it. `StoreQueue` exposes the durable queue to
+`alerts.outbox.Dispatcher` through the async store thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from alerts.router import Route, Rule, route_classification, route_retraction
+from monitor.export import flow_record
+from monitor.model import Alert, Classification, Delivery
+from monitor.pipeline import Decision
+from monitor.registry import Registry
+from storage import AsyncStore, Store
+from storage import alerts as outbox_store
+from storage.reads import flow_row
+
+__all__ = ["AlertSettings", "AlertPlanner", "StoreQueue", "alert_payload"]
+
+DEFAULT_EXPLORER = "https://mempool.space/tx/{txid}"
+#: Flows older than this (block time) are classified but not alerted: a backfill of years of history
+#: must not page anyone.
+DEFAULT_MAX_AGE = 86_400
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    """How alerts are planned (config `[alerts]`)."""
+
+    rules: tuple[Rule, ...] = ()
+    explorer_url: str | None = DEFAULT_EXPLORER  # `{txid}` is replaced; None for no link
+    max_age: int = DEFAULT_MAX_AGE
+
+
+def alert_payload(route: Route, record: dict, *, explorer_url: str | None) -> dict:
+    """The message model renderers take (documented in `alerts.render`)."""
+    url = explorer_url.format(txid=record["txid"].split(":")[0]) if explorer_url else None
+    return {
+        "kind": route.kind,
+        "dedup_key": route.dedup_key,
+        "changes": list(route.changes),
+        "explorer_url": url,
+        "flow": record,
+    }
+
+
+class AlertPlanner:
+    """The pipeline's alert hook: queue what the rules ask for, in the tick's transaction."""
+
+    def __init__(self, registry: Registry, settings: AlertSettings):
+        self.registry = registry
+        self.settings = settings
+
+    def _is_live(self, c: Classification, block_time: int | None, now: int) -> bool:
+        return block_time is None or now - block_time <= self.settings.max_age
+
+    def _queue(self, store: Store, route: Route, c: Classification, *, now: int) -> int:
+        row = flow_row(store, c.chain, c.txid, c.entity)
+        if row is None:
+            return 0
+        payload = alert_payload(route, flow_record(row), explorer_url=self.settings.explorer_url)
+        alert = Alert(route.dedup_key, route.kind, route.channels, payload, created_at=now)
+        outbox_store.queue_alert(store, alert, chain=c.chain, txid=c.txid, entity=c.entity, classification_id=c.id, now=now)
+        return 1
+
+    def __call__(self, store: Store, decisions: list[Decision], retracted: list[Classification], *, now: int) -> int:
+        queued = 0
+        for d in decisions:
+            if not (d.is_new or d.is_changed) or not self._is_live(d.classification, d.flow.block_time, now):
+                continue
+            c = d.classification
+            kind = self.registry.get(c.entity).kind
+            heard = outbox_store.alerted_channels(store, c.chain, c.txid, c.entity)
+            route = route_classification(self.settings.rules, c, d.previous, entity_kind=kind, already_alerted=heard)
+            if route is not None:
+                queued += self._queue(store, route, c, now=now)
+        for c in retracted:
+            status = store.tx_status(c.chain, c.txid) or "gone"
+            why = "the transaction was replaced (RBF)" if status == "replaced" else "its block was orphaned by a reorg"
+            heard = outbox_store.alerted_channels(store, c.chain, c.txid, c.entity)
+            route = route_retraction(c, already_alerted=heard, why=why)
+            if route is not None:
+                queued += self._queue(store, route, c, now=now)
+        return queued
+
+
+class StoreQueue:
+    """`alerts.outbox.OutboxQueue` over the async store."""
+
+    def __init__(self, store: AsyncStore):
+        self.store = store
+
+    async def due(self, now: int, limit: int) -> Sequence[outbox_store.Pending]:
+        return await self.store.run(outbox_store.due, now=now, limit=limit)
+
+    async def begin(self, alert_id: int, channel: str, now: int) -> int:
+        return await self.store.run(outbox_store.begin_attempt, alert_id, channel, now=now)
+
+    async def finish(self, delivery: Delivery) -> None:
+        await self.store.run(outbox_store.finish_attempt, delivery)
+
+    async def recover(self, now: int) -> int:
+        return await self.store.run(outbox_store.recover_in_flight, now=now)
