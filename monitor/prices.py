@@ -17,20 +17,78 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
 
 from monitor.model import Clock, SourceError
 from storage.prices import StoredCandle, candle_at, save_candles
 from storage.store import AsyncStore
-from watchers.prices import FailoverPrices
+from watchers.prices import (
+    CoinbasePrices,
+    CoinGeckoPrices,
+    CsvPriceSource,
+    FailoverPrices,
+    KrakenPrices,
+    PriceSource,
+    make_http,
+)
 
-__all__ = ["PriceQuote", "PriceService", "HOUR", "DAY", "DEFAULT_STALENESS"]
+__all__ = [
+    "PriceQuote",
+    "PriceService",
+    "build_price_sources",
+    "BUNDLED_BTC_USD",
+    "SOURCE_NAMES",
+    "HOUR",
+    "DAY",
+    "DEFAULT_STALENESS",
+]
 
 HOUR = 3600
 DAY = 86400
 #: Seconds a candle may have ended before the asked time and still count as fresh.
 DEFAULT_STALENESS = 7200
 _BLOCK = {HOUR: DAY, DAY: 30 * DAY}
+#: The bundled SIMULATED daily BTC/USD series (see monitor/data/PRICES.md).
+BUNDLED_BTC_USD = Path(__file__).resolve().parent / "data" / "btc_usd_daily.csv"
+SOURCE_NAMES = ("coinbase", "kraken", "coingecko", "csv")
+
+
+def build_price_sources(
+    names: Sequence[str],
+    session: aiohttp.ClientSession,
+    *,
+    clock: Clock,
+    csv_path: str | Path | None = None,
+    base_urls: Mapping[str, Sequence[str]] | None = None,
+    headers: Mapping[str, Mapping[str, str]] | None = None,
+) -> FailoverPrices:
+    """FailoverPrices over the named sources, in order (`coinbase`, `kraken`, `coingecko`, `csv`).
+
+    Network sources get an HttpClient with their documented public rate limit; `base_urls` and `headers`
+    (e.g. `{"coingecko": {"x-cg-demo-api-key": ...}}`) override per source. `csv` reads `csv_path`,
+    the bundled simulated series by default, and answers `spot` as of `clock` (replay-safe).
+    :raises ValueError: for an unknown source name.
+    """
+    sources: list[PriceSource] = []
+    for name in names:
+        if name == "csv":
+            sources.append(CsvPriceSource(csv_path or BUNDLED_BTC_USD, clock=clock))
+            continue
+        if name not in SOURCE_NAMES:
+            raise ValueError(f"unknown price source {name!r}; expected some of {SOURCE_NAMES}")
+        http = make_http(name, session, clock=clock, base_urls=(base_urls or {}).get(name),
+                         headers=dict((headers or {}).get(name, {})) or None)
+        if name == "coinbase":
+            sources.append(CoinbasePrices(http))
+        elif name == "kraken":
+            sources.append(KrakenPrices(http, clock=clock))
+        else:
+            sources.append(CoinGeckoPrices(http))
+    return FailoverPrices(sources)
 
 
 @dataclass(frozen=True)

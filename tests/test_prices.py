@@ -18,7 +18,7 @@ import pytest
 from fakes.price_apis import PriceApis
 from monitor.clock import FrozenClock
 from monitor.model import MalformedError, RateLimitedError, SourceError, TransientError
-from monitor.prices import PriceService
+from monitor.prices import PriceService, build_price_sources
 from storage.prices import candle_at, candles_between, latest_candle, save_candles
 from storage.store import AsyncStore, Store
 from watchers.http import http_status
@@ -339,6 +339,8 @@ async def test_failover_when_the_first_source_500s(apis, sources, caplog):
     recovered = [r for r in caplog.records if "price source recovered" in r.getMessage()]
     assert len(failing) == 1 and "source=coinbase" in failing[0].getMessage()  # the first failure only
     assert len(recovered) == 1 and "source=coinbase" in recovered[0].getMessage()
+    switches = [r.getMessage() for r in caplog.records if "price failover" in r.getMessage()]
+    assert switches == ["price failover call=candles from=kraken to=coinbase"]  # not one line per call
 
 
 @pytest.mark.parametrize(
@@ -585,3 +587,14 @@ async def test_make_http_defaults_and_rate_limit(apis, session, clock):
     await gk.spot("BTC-USD")
     await gk.spot("BTC-USD")
     assert clock.sleeps == [pytest.approx(5.0)]
+
+
+async def test_build_price_sources_in_config_order(apis, session, clock, astore):
+    prices = build_price_sources(["kraken", "csv"], session, clock=clock, base_urls={"kraken": [apis.url]})
+    assert prices.names == ("kraken", "csv")
+    svc = PriceService(astore, prices, clock)
+    apis.fail("kraken", times=50)  # Kraken down (retries included): the bundled CSV answers with its daily close
+    q = await svc.price_at("BTC-USD", ts("2026-03-05T09:00:00"))
+    assert q.source == "csv" and q.granularity == D and q.price == dict(_bundled_rows())["2026-03-05"]
+    with pytest.raises(ValueError):
+        build_price_sources(["binance"], session, clock=clock)

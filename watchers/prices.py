@@ -48,8 +48,8 @@ sits a few minutes into the hour, so its "close" is the price near the end of th
 
 `CsvPriceSource` reads `date,close` (daily) or `time,open,high,low,close` files (offline demo, replay).
 `FailoverPrices` tries sources in order; a source that fails (any `SourceError`, malformed answers
-included) or has no data for the range falls through to the next. It logs the first failure of a source
-and its recovery, not every attempt.
+included) or has no data for the range falls through to the next. It logs state changes only: the first
+failure of a source, its recovery, and a change of the source that answers.
 """
 
 from __future__ import annotations
@@ -588,6 +588,7 @@ class FailoverPrices:
         self.sources = tuple(sources)
         self._log = log or logging.getLogger("watchers.prices")
         self._failing: dict[str, bool] = {s.name: False for s in self.sources}
+        self._serving: dict[str, str] = {}  # call kind → the source that answered last
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -605,6 +606,12 @@ class FailoverPrices:
         if self._failing[source.name]:
             self._failing[source.name] = False
             self._log.info("price source recovered source=%s call=%s", source.name, what)
+
+    def _served(self, kind: str, source: str) -> None:
+        previous = self._serving.get(kind)
+        if previous is not None and previous != source:
+            self._log.info("price failover call=%s from=%s to=%s", kind, previous, source)
+        self._serving[kind] = source
 
     async def fetch(self, pair: str, start: int, end: int, granularity: int) -> SourcedCandles:
         """Candles from the first source that has some for the range.
@@ -625,9 +632,7 @@ class FailoverPrices:
             self._answered(source, what)
             answered = True
             if candles:
-                if errors:
-                    self._log.info("price failover answered source=%s after=%s", source.name,
-                                   ",".join(e.split(":")[0] for e in errors))
+                self._served("candles", source.name)
                 return SourcedCandles(source.name, tuple(candles))
         if answered:
             return SourcedCandles("", ())
@@ -648,6 +653,7 @@ class FailoverPrices:
                 errors.append(f"{source.name}: {type(exc).__name__}: {exc}")
                 continue
             self._answered(source, f"spot {pair}")
+            self._served("spot", source.name)
             return Spot(price, at, source.name)
         raise SourceError(f"every price source failed (spot {pair}): " + " | ".join(errors))
 
