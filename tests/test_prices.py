@@ -9,13 +9,13 @@ import math
 import re
 import subprocess
 import sys
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from fakes.price_apis import PriceApis
+from fakes.price_apis import PriceApis, price
 from monitor.clock import FrozenClock
 from monitor.model import MalformedError, RateLimitedError, SourceError, TransientError
 from monitor.prices import PriceService, build_price_sources
@@ -238,8 +238,6 @@ async def test_coingecko_points_become_candles(apis, sources):
     start = NOW - 48 * H
     got = await sources["coingecko"].candles("BTC-USD", start, start + 5 * H, H)
     assert [c.start for c in got] == [start + k * H for k in range(5)]
-    from fakes.price_apis import price
-
     for c in got:  # one point per hour, 181 s into it: open = high = low = close = that point
         p = price("BTC-USD", c.start + 181)
         assert (c.open, c.high, c.low, c.close) == (p, p, p, p)
