@@ -21,7 +21,7 @@ from storage import AsyncStore, Store
 from storage import alerts as outbox_store
 from storage.reads import flow_row
 
-__all__ = ["AlertSettings", "AlertPlanner", "StoreQueue", "alert_payload"]
+__all__ = ["AlertSettings", "AlertPlanner", "StoreQueue", "alert_payload", "sample_alert"]
 
 DEFAULT_EXPLORER = "https://mempool.space/tx/{txid}"
 #: Flows older than this (block time) are classified but not alerted: a backfill of years of history
@@ -107,3 +107,45 @@ class StoreQueue:
 
     async def recover(self, now: int) -> int:
         return await self.store.run(outbox_store.recover_in_flight, now=now)
+
+
+def sample_alert(now: int, channels: tuple[str, ...]) -> Alert:
+    """A clearly labelled test alert with a realistic flow record (for `alerts test`)."""
+    txid = "0" * 64
+    record = {
+        "schema": "treasury-monitor.flow/1",
+        "chain": "bitcoin",
+        "txid": txid,
+        "entity": "TEST (treasury-monitor alerts test)",
+        "entity_kind": "miner",
+        "direction": "out",
+        "status": "confirmed",
+        "block_height": None,
+        "block_time": None,
+        "seen_at": None,
+        "asset": "BTC",
+        "decimals": 8,
+        **{f"{k}_units": v for k, v in (("spent", 125_000_100_000), ("change", 0), ("received", 0), ("fee_share", 100_000), ("out", 125_000_000_000))},
+        **{f"{k}_amount": v for k, v in (("spent", "1250.00100000"), ("change", "0.00000000"), ("received", "0.00000000"), ("fee_share", "0.00100000"), ("out", "1250.00000000"))},
+        "destinations": [
+            {"address": None, "n": 0, "value_units": 125_000_000_000, "value_amount": "1250.00000000", "attribution": "exchange:Example"}
+        ],
+        "classification": {
+            "verdict": "distress_sale",
+            "severity": "info",
+            "reasons": ["This is a test alert sent by `treasury-monitor alerts test`; no coins moved."],
+            "usd_value": None,
+            "btc_usd": None,
+            "hashprice_usd": None,
+            "price_source": None,
+            "price_at": None,
+            "price_stale": False,
+            "attribution": "exchange:Example",
+            "version": 1,
+            "status": "active",
+            "classified_at": None,
+        },
+    }
+    key = f"test:{now}"
+    payload = {"kind": "test", "dedup_key": key, "changes": [], "explorer_url": None, "flow": record}
+    return Alert(key, "test", channels, payload, created_at=now)

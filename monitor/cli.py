@@ -199,3 +199,131 @@ def entities(state: _State, as_json: bool) -> None:
 
 def main() -> None:  # pragma: no cover - console entry point alias
     cli()
+
+
+# --- alerts -----------------------------------------------------------------------------------------
+
+
+@cli.group()
+def alerts() -> None:
+    """Alert channels and the durable outbox: test, list, retry, dispatch."""
+
+
+@alerts.command("test")
+@click.option("--channel", "channel_name", required=True, help="A channel name from [[alerts.channels]].")
+@click.pass_obj
+def alerts_test(state: _State, channel_name: str) -> None:
+    """Send a clearly labelled sample alert to one channel, now, and say how it went."""
+    import aiohttp
+
+    from monitor.alerting import sample_alert
+    from monitor.runtime import build_channels
+
+    cfg = state.config()
+    if channel_name not in {c.name for c in cfg.alerts.channels}:
+        known = ", ".join(c.name for c in cfg.alerts.channels) or "none configured"
+        raise click.ClickException(f"no channel named {channel_name!r} (channels: {known})")
+
+    async def send() -> None:
+        clock = SystemClock()
+        async with aiohttp.ClientSession() as session:
+            channels = build_channels(cfg, session, clock)
+            await channels[channel_name].send(sample_alert(int(clock.time()), (channel_name,)))
+
+    try:
+        asyncio.run(send())
+    except MonitorError as exc:
+        raise click.ClickException(f"{channel_name}: {exc}") from exc
+    click.echo(f"{channel_name}: sample alert delivered")
+
+
+def _open_existing_store(state: _State):
+    from storage import Store
+
+    cfg = state.config()
+    db = Path(state.db) if state.db else cfg.storage
+    if not db.exists():
+        raise click.ClickException(f"no database at {db}: nothing has been stored yet")
+    return Store(db)
+
+
+@alerts.command("list")
+@click.option("--status", type=click.Choice(["queued", "delivered", "failed"]), default=None)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def alerts_list(state: _State, status: str | None, as_json: bool) -> None:
+    """Stored alerts with their per-channel delivery state."""
+    from monitor.clock import iso
+    from storage.alerts import alert_rows
+
+    store = _open_existing_store(state)
+    try:
+        rows = alert_rows(store, status=status)
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps([
+            {k: r[k] for k in ("id", "dedup_key", "kind", "entity", "txid", "status", "created_at", "channels")} for r in rows
+        ], indent=2))
+        return
+    if not rows:
+        click.echo("no alerts" + (f" with status {status}" if status else ""))
+        return
+    for r in rows:
+        c = (r["payload"].get("flow") or {}).get("classification") or {}
+        click.echo(f"#{r['id']:<5} {r['status']:<9} {r['kind']:<10} {iso(r['created_at'])}  {r['entity']}  "
+                   f"{c.get('verdict', '-')}/{c.get('severity', '-')}  {r['dedup_key']}")
+        for ch in r["channels"]:
+            err = f" — {ch['last_error']}" if ch["last_error"] and ch["status"] != "delivered" else ""
+            click.echo(f"        {ch['channel']}: {ch['status']} after {ch['attempts']} attempt(s){err}")
+
+
+@alerts.command("retry")
+@click.argument("alert_id", type=int)
+@click.pass_obj
+def alerts_retry(state: _State, alert_id: int) -> None:
+    """Queue a failed alert's channels again (the dispatcher or daemon sends it)."""
+    from storage.alerts import retry_alert
+
+    store = _open_existing_store(state)
+    try:
+        n = retry_alert(store, alert_id, now=int(SystemClock().time()))
+    finally:
+        store.close()
+    if not n:
+        raise click.ClickException(f"alert {alert_id} has no failed channel to retry (see `alerts list`)")
+    click.echo(f"alert {alert_id}: {n} channel(s) queued again")
+
+
+@alerts.command("dispatch")
+@click.option("--until-empty/--forever", default=True, show_default=True,
+              help="Stop when nothing is left to deliver now, or keep dispatching until interrupted.")
+@click.pass_obj
+def alerts_dispatch(state: _State, until_empty: bool) -> None:
+    """Deliver queued alerts (what the daemon does in the background)."""
+    import aiohttp
+
+    from monitor.runtime import build_channels, make_dispatcher
+    from storage import AsyncStore
+
+    cfg = state.config()
+
+    async def go() -> tuple[int, int]:
+        clock = SystemClock()
+        astore = AsyncStore(_open_existing_store(state))
+        try:
+            async with aiohttp.ClientSession() as session:
+                d = make_dispatcher(cfg, astore, build_channels(cfg, session, clock), clock)
+                await d.recover()
+                while True:
+                    n = await d.dispatch_once()
+                    if n == 0:
+                        if until_empty:
+                            break
+                        await clock.sleep(cfg.alerts.dispatch_interval)
+                return d.delivered, d.failed
+        finally:
+            await astore.close()
+
+    delivered, failed = _run(go())
+    click.echo(f"delivered {delivered}, failed {failed}")

@@ -202,7 +202,7 @@ class PricesConfig:
     """[prices]: where BTC/USD (and ETH/USD) come from, in failover order."""
 
     sources: tuple[str, ...] = DEFAULT_PRICE_SOURCES
-    csv: Path | None = None  # offline series for the `csv` source (date,close or time,open,high,low,close)
+    csv: Path | None = None  # series for the `csv` source (date,close or time,open,high,low,close); None: the bundled simulated BTC/USD series
     staleness: int = DEFAULT_PRICE_STALENESS
     refresh_interval: float = DEFAULT_PRICE_INTERVAL
 
@@ -336,6 +336,10 @@ def parse_config(
     network, storage = _parse_monitor(data.get("monitor", {}), ctx)
     sources = _parse_sources(data.get("sources", []), ctx)
     entities = _parse_entities(data.get("entities", []), ctx, network)
+    classify = _parse_classify(data.get("classify", {}), ctx)
+    prices = _parse_prices(data.get("prices", {}), ctx)
+    alerts = _parse_alerts(data.get("alerts", {}), ctx)
+    daemon = _parse_daemon(data.get("daemon", {}), ctx, alerts)
     if ctx.problems or network is None:
         raise ConfigError(ctx.problems)
     return Config(
@@ -345,6 +349,10 @@ def parse_config(
         entities=entities,
         origin=origin,
         warnings=tuple(ctx.warnings),
+        classify=classify,
+        prices=prices,
+        alerts=alerts,
+        daemon=daemon,
     )
 
 
@@ -872,8 +880,6 @@ def _parse_prices(value: Any, ctx: _Context) -> PricesConfig:
         csv_path = Path(csv) if Path(csv).is_absolute() else ctx.base_dir / csv
         if not csv_path.is_file():
             pr.append(f"prices.csv: {_show(csv)} is not a readable file")
-    elif "csv" in sources:
-        pr.append("prices.csv: required when prices.sources lists \"csv\"")
     return PricesConfig(
         sources=tuple(sources),
         csv=csv_path,

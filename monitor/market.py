@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from monitor.context import avg_fees_sat, build_context
 from monitor.model import Clock, EntityFlow, MarketContext, SourceError
 
-__all__ = ["Market", "ChainInfo", "PriceLookup", "BlockFacts", "context_json", "pair_of"]
+__all__ = ["Market", "ChainInfo", "SourceChainInfo", "PriceLookup", "BlockFacts", "context_json", "pair_of"]
 
 log = logging.getLogger("treasury_monitor.market")
 
@@ -45,11 +45,27 @@ class ChainInfo(Protocol):
     async def tip_hash(self) -> str: ...
 
 
+class SourceChainInfo:
+    """ChainInfo over a source that can read blocks (`get_block`, `coinbase_total`, `tip_hash`)."""
+
+    def __init__(self, source: Any):
+        self.source = source
+
+    async def block_facts(self, block_hash: str) -> BlockFacts:
+        b = await self.source.get_block(block_hash)
+        coinbase = await self.source.coinbase_total(block_hash)
+        return BlockFacts(block_hash, int(b["height"]), float(b["difficulty"]), int(b["timestamp"]), coinbase)
+
+    async def tip_hash(self) -> str:
+        return await self.source.tip_hash()
+
+
 class PriceQuoteLike(Protocol):
     price: float | None
-    at: int | None
+    at: int | None  # start of the candle used
     source: str
     is_stale: bool
+    age: int | None  # seconds between the end of that candle and the asked time (0 when it contains it)
 
 
 class PriceLookup(Protocol):
@@ -134,7 +150,9 @@ class Market:
         source = ""
         if self.prices is not None:
             q = await self.prices.price_at("BTC-USD", at)
-            btc, price_at, source = q.price, q.at, q.source
+            # The observation time that matters is how far the candle is from `at`: 0 when it contains it.
+            btc, source = q.price, q.source
+            price_at = at - q.age if q.age is not None else None
             pair = pair_of(flow.asset)
             if flow.asset.upper() in STABLECOINS:
                 asset = 1.0

@@ -24,7 +24,7 @@ from storage import AsyncStore, Store
 from watchers.esplora import EsploraSource
 from watchers.http import HttpClient
 
-__all__ = ["build_registry", "open_store", "Runtime", "runtime", "make_source"]
+__all__ = ["build_registry", "open_store", "Runtime", "runtime", "make_source", "build_channels", "make_dispatcher", "make_planner"]
 
 log = logging.getLogger("treasury_monitor")
 
@@ -71,6 +71,54 @@ def make_source(source: SourceConfig, registry: Registry, session: aiohttp.Clien
     raise ValueError(f"source type {source.type!r} is not supported")
 
 
+def build_channels(config: Config, session: aiohttp.ClientSession, clock: Clock) -> dict[str, object]:
+    """Every configured alert channel, ready to send; their secrets are registered for log redaction."""
+    from alerts.channels import build_channel
+    from monitor.logs import redact
+
+    out = {}
+    for c in config.alerts.channels:
+        redact(*c.secret_values())
+        out[c.name] = build_channel(c.type, c.name, c.revealed_settings(), session=session, clock=clock)
+    return out
+
+
+def make_dispatcher(config: Config, store: AsyncStore, channels: dict[str, object], clock: Clock):
+    """The outbox dispatcher over the store, with the configured retry policy."""
+    from alerts.outbox import Dispatcher, RetryPolicy
+    from monitor.alerting import StoreQueue
+
+    a = config.alerts
+    policy = RetryPolicy(base=a.retry_base, cap=a.retry_cap, give_up_after=a.give_up_after)
+    return Dispatcher(StoreQueue(store), channels, clock, policy=policy)
+
+
+def make_prices(config: Config, store: AsyncStore, session: aiohttp.ClientSession, clock: Clock):
+    """The price service: cached candles, then the configured sources in failover order."""
+    from monitor.prices import PriceService, build_price_sources
+
+    sources = build_price_sources(config.prices.sources, session, clock=clock, csv_path=config.prices.csv)
+    return PriceService(store, sources, clock, staleness=config.prices.staleness)
+
+
+def make_market(config: Config, store: AsyncStore, session: aiohttp.ClientSession, clock: Clock, sources: list):
+    """Market context for classification: prices, and chain facts from the first source that reads blocks."""
+    from monitor.market import Market, SourceChainInfo
+
+    chain = next((SourceChainInfo(s) for s in sources if hasattr(s, "coinbase_total")), None)
+    return Market(clock, prices=make_prices(config, store, session, clock), chain=chain, staleness=config.prices.staleness)
+
+
+def make_planner(config: Config, registry: Registry):
+    """The pipeline's alert hook for the configured rules (None when no rule is configured)."""
+    from monitor.alerting import AlertPlanner, AlertSettings
+
+    a = config.alerts
+    if not a.rules:
+        return None
+    return AlertPlanner(registry, AlertSettings(rules=a.rules, explorer_url=a.explorer_url, max_age=a.max_age))
+
+
 @dataclass
 class Runtime:
     """Everything a command needs, opened together and closed together."""
@@ -82,6 +130,8 @@ class Runtime:
     session: aiohttp.ClientSession
     sources: list = field(default_factory=list)
     pipeline: Pipeline | None = None
+    channels: dict = field(default_factory=dict)
+    dispatcher: object | None = None
 
 
 @asynccontextmanager
@@ -95,7 +145,17 @@ async def runtime(config: Config, *, db: str | Path | None = None, clock: Clock 
     session = aiohttp.ClientSession()
     try:
         sources = [make_source(s, registry, session, clock) for s in config.sources]
-        yield Runtime(config, astore, registry, clock, session, sources, Pipeline(registry, astore, clock))
+        pipeline = Pipeline(
+            registry,
+            astore,
+            clock,
+            market=make_market(config, astore, session, clock, sources),
+            thresholds=config.classify,
+            alert_hook=make_planner(config, registry),
+        )
+        channels = build_channels(config, session, clock)
+        dispatcher = make_dispatcher(config, astore, channels, clock)
+        yield Runtime(config, astore, registry, clock, session, sources, pipeline, channels, dispatcher)
     finally:
         await session.close()
         await astore.close()

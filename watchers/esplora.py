@@ -421,6 +421,18 @@ class EsploraSource:
 
         return await self.http.get_json(f"/block/{block_hash}", parse=parse, tally=tally)
 
+    async def coinbase_total(self, block_hash: str, *, tally: RequestTally | None = None) -> int:
+        """Total output value of a block's coinbase (first tx of `/block/:hash/txs/0`). :raises SourceError:"""
+        _check_hex(block_hash)
+
+        def parse(data: Any) -> int:
+            txs = parse_txs(data)
+            if not txs or not txs[0].is_coinbase:
+                raise MalformedError("[0]: the first transaction of a block must be its coinbase")
+            return txs[0].total_out
+
+        return await self.http.get_json(f"/block/{block_hash}/txs/0", parse=parse, tally=tally)
+
     async def utxos(self, address: str, *, tally: RequestTally | None = None) -> list[Utxo]:
         """Unspent outputs of an address (`/address/:a/utxo`). :raises SourceError:"""
         return await self.http.get_json(f"/address/{quote(address, safe='')}/utxo", parse=parse_utxos, tally=tally)

@@ -1,0 +1,178 @@
+"""End to end over real HTTP and a real SQLite file: backfill → poll → classify → alert → export.
+
+A SimChain is served by the local Esplora server; the CLI runs in a worker thread (it has its own event
+loop) exactly as a user runs it; alerts go to a local Slack-compatible receiver.
+"""
+
+import asyncio
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from fakes.receiver import Receiver, block_kit_problems
+
+from monitor.cli import cli
+from monitor.export import CLASSIFICATION_FIELDS, CSV_FIELDS, FLOW_FIELDS
+from monitor.sim.chain import SimChain
+from monitor.sim.esplora_server import EsploraServer
+
+ROOT = Path(__file__).resolve().parent.parent
+PRICES = ROOT / "monitor" / "data" / "btc_usd_daily.csv"
+COIN = 100_000_000
+MARCH_5_2026 = 1_772_668_800
+
+
+def write_config(tmp_path: Path, url: str, addrs: dict[str, str]) -> Path:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f"""
+[monitor]
+storage = "{tmp_path / 'tm.db'}"
+
+[[sources]]
+name = "local"
+type = "esplora"
+urls = ["{url}"]
+rate_limit = 200.0
+timeout = 5.0
+
+[prices]
+sources = ["csv"]
+csv = "{PRICES}"
+
+[[entities]]
+name = "Test Miner"
+kind = "miner"
+addresses = [{{ address = "{addrs['hot']}", source = "test fixture" }}, {{ address = "{addrs['cold']}", source = "test fixture" }}]
+[entities.profile]
+holdings_btc = {{ value = 1000, source = "test fixture", as_of = "2026-03-01" }}
+monthly_production_btc = {{ value = 50, source = "test fixture", as_of = "2026-03-01" }}
+cash_cost_usd = {{ value = 79995, source = "CoinShares Q1 2026 (sector average)", as_of = "2025-12-31" }}
+strategy_tags = ["convertible_repurchase"]
+
+[[entities]]
+name = "Test Exchange"
+kind = "exchange"
+watch = false
+addresses = [{{ address = "{addrs['exchange']}", source = "test fixture" }}]
+
+[alerts]
+max_age = 100000000
+
+[[alerts.channels]]
+name = "slack"
+type = "slack"
+webhook_url = {{ env = "TM_TEST_SLACK_URL" }}
+min_interval = 0
+
+[[alerts.rules]]
+name = "sales"
+min_severity = "notice"
+channels = ["slack"]
+""")
+    return cfg
+
+
+async def cli_run(*args, env=None):
+    result = await asyncio.to_thread(CliRunner().invoke, cli, [str(a) for a in args], env=env)
+    return result
+
+
+@pytest.fixture
+def chain():
+    return SimChain(start_time=MARCH_5_2026)
+
+
+async def test_backfill_poll_classify_alert_export(tmp_path, chain, monkeypatch):
+    addrs = {k: chain.address(f"e2e-{k}") for k in ("hot", "cold", "exchange", "stranger")}
+    for i in range(30):
+        chain.fund(addrs["hot"], 10 * COIN + i)
+    chain.pay([addrs["hot"]], [(addrs["cold"], 50 * COIN)], fee=2_000)  # internal move, with change
+    chain.mine()
+    async with EsploraServer(chain) as server, Receiver() as slack:
+        monkeypatch.setenv("TM_TEST_SLACK_URL", slack.url("/services/T000/B000/secret-token"))
+        cfg = write_config(tmp_path, server.url, addrs)
+        r = await cli_run("-c", cfg, "backfill", "--no-progress")
+        assert r.exit_code == 0, r.output
+        assert "local: 31 txs (31 new)" in r.output
+
+        # a sale to the exchange, with change back to the hot wallet
+        sale = chain.pay([addrs["hot"]], [(addrs["exchange"], 120 * COIN)], fee=5_000)
+        chain.mine()
+        before = len(server.requests)
+        r = await cli_run("-c", cfg, "poll")
+        assert r.exit_code == 0, r.output
+        # only the address whose stats changed reads its first page; nothing old is downloaded again
+        new_paths = server.requests[before:]
+        assert sum(p.startswith("/address/") and p.endswith("/txs") for p in new_paths) == 1
+        assert not any("/txs/chain/" in p for p in new_paths)
+
+        r = await cli_run("-c", cfg, "alerts", "dispatch")
+        assert r.exit_code == 0 and "delivered 1" in r.output, r.output
+        [req] = await slack.wait_for(1)
+        assert block_kit_problems(req.json) == []
+        text = json.dumps(req.json)
+        assert "120.00000000" in text.replace(",", "") and "Test Miner" in text
+        assert sale.txid in text
+
+        r = await cli_run("-c", cfg, "export", "--format", "json", "--entity", "Test Miner", "--direction", "out")
+        assert r.exit_code == 0, r.output
+        [rec] = json.loads(r.output)
+        assert tuple(rec) == FLOW_FIELDS
+        assert rec["txid"] == sale.txid and rec["out_units"] == 120 * COIN and rec["out_amount"] == "120.00000000"
+        assert rec["fee_share_units"] == 5_000 and rec["spent_units"] - rec["change_units"] - 5_000 == 120 * COIN
+        assert rec["destinations"] == [{"address": addrs["exchange"], "n": 0, "value_units": 120 * COIN,
+                                        "value_amount": "120.00000000", "attribution": "exchange:Test Exchange"}]
+        c = rec["classification"]
+        assert tuple(c) == CLASSIFICATION_FIELDS
+        assert c["verdict"] in ("balance_sheet_sale", "distress_sale") and c["price_source"] == "csv"
+        assert c["btc_usd"] and c["usd_value"] == pytest.approx(120 * c["btc_usd"])
+        assert c["hashprice_usd"] and 20 < c["hashprice_usd"] < 60
+        assert any("cash cost" in reason for reason in c["reasons"])
+        assert rec["block_time"].endswith("Z") and rec["status"] == "confirmed"
+
+        r = await cli_run("-c", cfg, "export", "--format", "jsonl")
+        lines = [json.loads(x) for x in r.output.splitlines()]
+        assert len(lines) == 32 and all(tuple(x) == FLOW_FIELDS for x in lines)  # 30 fundings, 1 move, 1 sale
+        assert [x["direction"] for x in lines].count("in") == 30
+        assert {x["direction"] for x in lines} == {"in", "internal", "out"}
+        move = next(x for x in lines if x["direction"] == "internal")
+        assert move["out_units"] == 0 and move["classification"]["verdict"] == "internal"
+
+        out = tmp_path / "flows.csv"
+        r = await cli_run("-c", cfg, "export", "--format", "csv", "--out", out, "--since", "2026-03-01")
+        rows = list(csv.DictReader(io.StringIO(out.read_text())))
+        assert tuple(rows[0]) == CSV_FIELDS and len(rows) == 32
+        sale_row = next(x for x in rows if x["txid"] == sale.txid)
+        assert sale_row["out_amount"] == "120.00000000" and sale_row["verdict"] == c["verdict"]
+
+        r = await cli_run("-c", cfg, "entities")
+        assert "Test Miner" in r.output
+
+        # the secret webhook path never shows in what the user sees
+        r = await cli_run("-c", cfg, "alerts", "list")
+        assert r.exit_code == 0 and "delivered" in r.output and "secret-token" not in r.output
+
+
+async def test_mempool_tx_is_stored_once_and_updated_when_it_confirms(tmp_path, chain, monkeypatch):
+    addrs = {k: chain.address(f"e2e2-{k}") for k in ("hot", "cold", "exchange")}
+    chain.fund(addrs["hot"], 50 * COIN)
+    chain.mine()
+    async with EsploraServer(chain) as server, Receiver() as slack:
+        monkeypatch.setenv("TM_TEST_SLACK_URL", slack.url("/hook"))
+        cfg = write_config(tmp_path, server.url, addrs)
+        assert (await cli_run("-c", cfg, "backfill", "--no-progress")).exit_code == 0
+        tx = chain.pay([addrs["hot"]], [(addrs["exchange"], 10 * COIN)], fee=1_000)
+        r = await cli_run("-c", cfg, "poll")
+        assert "1 txs (1 new)" in r.output, r.output
+        chain.mine()
+        r = await cli_run("-c", cfg, "poll")
+        assert "1 txs (0 new)" in r.output, r.output
+        r = await cli_run("-c", cfg, "export", "--format", "jsonl", "--direction", "out")
+        [rec] = [json.loads(x) for x in r.output.splitlines()]
+        assert rec["txid"] == tx.txid and rec["status"] == "confirmed" and rec["block_height"] == chain.height
+        # classified once (same verdict when it confirmed), alerted once
+        r = await cli_run("-c", cfg, "alerts", "list", "--json")
+        assert len(json.loads(r.output)) == 1

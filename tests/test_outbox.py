@@ -1,0 +1,185 @@
+"""The durable outbox: deliveries to real receivers, retries, Retry-After, give-up, listing, retry."""
+
+import aiohttp
+import pytest
+from fakes.receiver import Receiver
+
+from alerts.channels import SlackChannel, WebhookChannel, verify_signature
+from alerts.outbox import Dispatcher, RetryPolicy
+from monitor.alerting import StoreQueue, sample_alert
+from monitor.clock import FrozenClock
+from storage import AsyncStore, Store
+from storage import alerts as ob
+
+SECRET = "whsec-test-0123456789"
+
+
+class Harness:
+    def __init__(self, db_path, clock):
+        self.store = Store(db_path)
+        self.astore = AsyncStore(self.store)
+        self.clock = clock
+
+    def queue(self, channels=("slack",), *, n=1):
+        ids = []
+        for i in range(n):
+            a = sample_alert(int(self.clock.time()) + i, channels)
+            with self.store.batch():
+                ids.append(ob.queue_alert(self.store, a, chain="bitcoin", txid=f"{i:064x}", entity="TEST", now=int(self.clock.time())))
+        return ids
+
+    def dispatcher(self, channels, **policy):
+        return Dispatcher(StoreQueue(self.astore), channels, self.clock, policy=RetryPolicy(**policy))
+
+    async def drain(self, d, *, max_passes=50, step=None):
+        """Run passes, jumping the frozen clock to the next due time between them."""
+        for _ in range(max_passes):
+            await d.dispatch_once()
+            nxt = await self.astore.run(ob.next_due_at)
+            if nxt is None:
+                return
+            if step is not None:
+                await step()
+            if nxt > self.clock.time():
+                self.clock.now = nxt
+
+
+@pytest.fixture
+async def session():
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+@pytest.fixture
+async def h(db_path):
+    h = Harness(db_path, FrozenClock())
+    yield h
+    await h.astore.close()
+
+
+async def test_500_three_times_then_200_is_delivered_once(h, session):
+    async with Receiver() as rx:
+        rx.fail(3)
+        [aid] = h.queue()
+        d = h.dispatcher({"slack": SlackChannel("slack", rx.url("/hook"), session)})
+        await h.drain(d)
+        reqs = [r for r in rx.requests if r.status == 200]
+        assert len(reqs) == 1 and len(rx.requests) == 4
+        attempts = await h.astore.run(ob.deliveries_of, aid)
+        assert [x.status for x in attempts] == ["retry", "retry", "retry", "ok"]
+        assert all("500" in x.error for x in attempts[:3])
+        assert (await h.astore.run(ob.alert_rows))[0]["status"] == "delivered"
+
+
+async def test_429_retry_after_is_honoured(h, session):
+    async with Receiver() as rx:
+        rx.rate_limit(retry_after="2")
+        [aid] = h.queue()
+        d = h.dispatcher({"slack": SlackChannel("slack", rx.url("/hook"), session)}, base=0.001, cap=0.001)
+        t0 = h.clock.time()
+        await d.dispatch_once()
+        [first] = await h.astore.run(ob.deliveries_of, aid)
+        assert first.status == "retry" and first.next_at - t0 >= 2  # backoff would have been ~0 s
+        await d.dispatch_once()  # not due yet: nothing is sent
+        assert len(rx.requests) == 1
+        await h.drain(d)
+        assert [r.status for r in rx.requests] == [429, 200]
+
+
+async def test_receiver_down_then_up_is_delivered_after_it_comes_up(h, session):
+    rx = Receiver()
+    url = rx.url("/hook")  # port reserved; nothing listens yet: connection refused
+    [aid] = h.queue()
+    d = h.dispatcher({"slack": SlackChannel("slack", url, session)})
+    passes = 0
+
+    async def maybe_start():
+        nonlocal passes
+        passes += 1
+        if passes == 4:
+            await rx.start()
+
+    try:
+        await h.drain(d, step=maybe_start)
+        attempts = await h.astore.run(ob.deliveries_of, aid)
+        assert [a.status for a in attempts][-1] == "ok" and len(attempts) >= 4
+        assert all(a.status == "retry" for a in attempts[:-1])
+        assert len(rx.requests) == 1
+    finally:
+        await rx.stop()
+
+
+async def test_timeouts_are_retried(h, session):
+    async with Receiver() as rx:
+        rx.delay(5.0)
+        [aid] = h.queue()
+        d = h.dispatcher({"slack": SlackChannel("slack", rx.url("/hook"), session, timeout=0.2)})
+        await h.drain(d)
+        attempts = await h.astore.run(ob.deliveries_of, aid)
+        assert [a.status for a in attempts] == ["retry", "ok"]
+
+
+async def test_give_up_after_age_marks_failed_and_list_shows_it(h, session):
+    async with Receiver() as rx:
+        rx.fail(1000)
+        [aid] = h.queue()
+        d = h.dispatcher({"slack": SlackChannel("slack", rx.url("/hook"), session)}, give_up_after=3600, base=60, cap=600)
+        await h.drain(d, max_passes=200)
+        rows = await h.astore.run(ob.alert_rows, status="failed")
+        assert [r["id"] for r in rows] == [aid]
+        assert "gave up" in rows[0]["channels"][0]["last_error"]
+        assert h.clock.time() - rows[0]["created_at"] >= 3600
+        # `alerts retry` requeues it, and once the receiver recovers it is delivered
+        rx.clear()
+        assert await h.astore.run(ob.retry_alert, aid, now=int(h.clock.time())) == 1
+        await h.drain(d)
+        assert (await h.astore.run(ob.alert_rows))[0]["status"] == "delivered"
+
+
+async def test_permanent_error_fails_at_once_and_other_channels_still_deliver(h, session):
+    async with Receiver() as slack, Receiver() as hook:
+        slack.script(*[__import__("fakes.receiver", fromlist=["Reply"]).Reply(400, "invalid_payload")])
+        [aid] = h.queue(("slack", "hook"))
+        d = h.dispatcher({
+            "slack": SlackChannel("slack", slack.url("/hook"), session),
+            "hook": WebhookChannel("hook", hook.url("/in"), SECRET, session, clock=h.clock),
+        })
+        await h.drain(d)
+        [row] = await h.astore.run(ob.alert_rows)
+        states = {c["channel"]: c["status"] for c in row["channels"]}
+        assert states == {"slack": "failed", "hook": "delivered"} and row["status"] == "failed"
+        [req] = hook.requests
+        assert verify_signature(SECRET, req.headers["X-Timestamp"], req.body, req.headers["X-Signature"], now=int(h.clock.time()))
+        assert req.headers["X-Dedup-Key"] == row["dedup_key"]
+
+
+async def test_unknown_channel_fails_with_a_clear_error(h, session):
+    [aid] = h.queue(("gone",))
+    d = h.dispatcher({})
+    await h.drain(d)
+    [row] = await h.astore.run(ob.alert_rows)
+    assert row["status"] == "failed" and "not configured" in row["channels"][0]["last_error"]
+
+
+async def test_in_flight_pairs_are_recovered_once(h, session):
+    async with Receiver() as rx:
+        [aid] = h.queue()
+        # a previous process committed "sending" and died before recording the outcome
+        await h.astore.run(ob.begin_attempt, aid, "slack", now=int(h.clock.time()))
+        d = h.dispatcher({"slack": SlackChannel("slack", rx.url("/hook"), session)})
+        assert await d.dispatch_once() == 0  # in flight: not due until recovered
+        assert await d.recover() == 1
+        await h.drain(d)
+        attempts = await h.astore.run(ob.deliveries_of, aid)
+        assert [a.status for a in attempts] == ["interrupted", "ok"]
+        assert len(rx.requests) == 1
+
+
+async def test_a_failing_channel_does_not_delay_the_others(h, session):
+    async with Receiver() as slow, Receiver() as fast:
+        slow.fail(1000)
+        h.queue(("slow", "fast"), n=5)
+        d = h.dispatcher({"slow": SlackChannel("slow", slow.url("/"), session), "fast": SlackChannel("fast", fast.url("/"), session)})
+        await d.dispatch_once()
+        assert len(fast.requests) == 5
+        assert len(slow.requests) == 1  # after the first failure the rest wait for the next pass
