@@ -54,6 +54,7 @@ __all__ = [
     "TxOutput",
     "ChainTx",
     "BalanceSnapshot",
+    "WatchedUtxo",
     "Cursor",
     "Batch",
     "Attribution",
@@ -279,6 +280,18 @@ class BalanceSnapshot:
 
 
 @dataclass(frozen=True)
+class WatchedUtxo:
+    """An unspent output paying a watched address (block mode keeps this set to see spends in raw blocks)."""
+
+    chain: str
+    txid: str
+    vout: int
+    address: str
+    value: int
+    height: int | None = None
+
+
+@dataclass(frozen=True)
 class Cursor:
     """Where a source stopped for one key (an address, or `tip`); `state` is JSON owned by the source."""
 
@@ -304,6 +317,8 @@ class Batch:
     gone: tuple[str, ...] = ()
     tip_height: int | None = None
     requests: int = 0  # HTTP/RPC requests this pass made
+    utxos_added: tuple[WatchedUtxo, ...] = ()  # block mode: outputs to watched addresses created
+    utxos_spent: tuple[tuple[str, int], ...] = ()  # block mode: (txid, vout) of watched outputs spent
 
 
 # --- decisions ------------------------------------------------------------------------------------

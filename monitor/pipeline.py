@@ -23,6 +23,7 @@ from monitor.market import Market, context_json
 from monitor.model import Batch, Classification, Clock, EntityFlow, FlowHistory, MarketContext
 from monitor.registry import Registry
 from storage import AsyncStore, Store
+from storage.utxos import apply_utxo_changes
 from watchers import Source
 
 __all__ = ["TickResult", "Pipeline", "Decision", "commit_batch", "flow_history", "HISTORY_DAYS"]
@@ -145,6 +146,8 @@ def commit_batch(
         if alert_hook is not None:
             alerts = alert_hook(store, decisions, retracted, now=now)
         store.save_snapshots(batch.snapshots)
+        if batch.utxos_added or batch.utxos_spent:
+            apply_utxo_changes(store, batch.chain, batch.utxos_added, batch.utxos_spent)
         store.set_cursors(batch.cursors, now=now)
     return TickResult(
         source=batch.source,

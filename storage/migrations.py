@@ -213,3 +213,14 @@ def _alerts(db: Database) -> None:
         pk="id",
     )
     db["deliveries"].create_index(["alert_id", "channel"])
+
+
+@migrations(name="005_watched_utxos")
+def _watched_utxos(db: Database) -> None:
+    # Block mode's set of unspent outputs paying watched addresses: raw blocks carry no prevouts, so a
+    # spend of a watched address is recognised by the outpoint it consumes.
+    db["watched_utxos"].create(
+        {"chain": str, "txid": str, "vout": int, "address": str, "value_units": str, "height": int},
+        pk=("chain", "txid", "vout"),
+    )
+    db["watched_utxos"].create_index(["chain", "address"])
