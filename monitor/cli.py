@@ -10,16 +10,15 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
 import click
 
 from monitor import __version__
+from monitor.cli_common import State, open_existing_store, run_async
 from monitor.clock import SystemClock, parse_iso
-from monitor.config import Config, load_config
-from monitor.model import ConfigError, MonitorError, format_btc
+from monitor.model import MonitorError
 
 __all__ = ["cli"]
 
@@ -27,27 +26,6 @@ DEFAULT_CONFIG = "config.toml"
 CONFIG_ENV = "TREASURY_MONITOR_CONFIG"
 
 log = logging.getLogger("treasury_monitor")
-
-
-class _State:
-    def __init__(self, config_path: str, db: str | None):
-        self.config_path = config_path
-        self.db = db
-        self._config: Config | None = None
-
-    def config(self) -> Config:
-        """The validated config; on problems print them all and exit with status 2."""
-        if self._config is None:
-            try:
-                self._config = load_config(self.config_path)
-            except ConfigError as exc:
-                click.echo(f"error: invalid configuration ({self.config_path}):", err=True)
-                for p in exc.problems:
-                    click.echo(f"  {p}", err=True)
-                sys.exit(2)
-            for w in self._config.warnings:
-                click.echo(f"warning: {w}", err=True)
-        return self._config
 
 
 def _setup_logging(level: str, fmt: str) -> None:
@@ -68,24 +46,17 @@ def _setup_logging(level: str, fmt: str) -> None:
 def cli(ctx: click.Context, config_path: str, db: str | None, log_level: str, log_format: str) -> None:
     """Watch miner and sovereign Bitcoin treasuries and explain their sales."""
     _setup_logging(log_level, log_format)
-    ctx.obj = _State(config_path, db)
+    ctx.obj = State(config_path, db)
 
 
 @cli.command("check-config")
 @click.pass_obj
-def check_config(state: _State) -> None:
+def check_config(state: State) -> None:
     """Validate the config file (the same checks `run` makes) and summarise it."""
     cfg = state.config()
     n_addr = sum(len(e.addresses) for e in cfg.entities)
     click.echo(f"{state.config_path}: OK — network {cfg.network}, {len(cfg.sources)} source(s), "
                f"{len(cfg.entities)} entit(ies), {n_addr} address(es), storage {cfg.storage}")
-
-
-def _run(coro):
-    try:
-        return asyncio.run(coro)
-    except MonitorError as exc:
-        raise click.ClickException(str(exc)) from exc
 
 
 class _Progress:
@@ -105,7 +76,7 @@ class _Progress:
             click.echo("", err=True)
 
 
-async def _poll_all(state: _State, *, progress: _Progress | None) -> list:
+async def _poll_all(state: State, *, progress: _Progress | None) -> list:
     from monitor.runtime import runtime
 
     results = []
@@ -127,17 +98,17 @@ def _print_results(results: list) -> None:
 @cli.command()
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @click.pass_obj
-def backfill(state: _State, progress: bool | None) -> None:
+def backfill(state: State, progress: bool | None) -> None:
     """Fetch the whole history of every watched address into the database."""
     show = sys.stderr.isatty() if progress is None else progress
-    _print_results(_run(_poll_all(state, progress=_Progress(show))))
+    _print_results(run_async(_poll_all(state, progress=_Progress(show))))
 
 
 @cli.command()
 @click.pass_obj
-def poll(state: _State) -> None:
+def poll(state: State) -> None:
     """One incremental pass over every source (what the daemon does each interval)."""
-    _print_results(_run(_poll_all(state, progress=None)))
+    _print_results(run_async(_poll_all(state, progress=None)))
 
 
 @cli.command()
@@ -149,7 +120,7 @@ def poll(state: _State) -> None:
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write to this file instead of stdout.")
 @click.pass_obj
-def export(state: _State, fmt: str, since: str | None, until: str | None, entity: str | None,
+def export(state: State, fmt: str, since: str | None, until: str | None, entity: str | None,
            direction: str | None, out_path: str | None) -> None:
     """Export stored entity flows as JSON, JSON lines or CSV (schema in README)."""
     from monitor.export import export_flows
@@ -170,35 +141,6 @@ def export(state: _State, fmt: str, since: str | None, until: str | None, entity
         click.echo(f"wrote {n} flow record(s) to {out_path}", err=True)
 
 
-@cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.pass_obj
-def entities(state: _State, as_json: bool) -> None:
-    """Table of entities: kind, address counts, on-chain balance seen, flows."""
-    from monitor.runtime import build_registry, open_store
-    from storage.reads import entity_summaries
-
-    cfg = state.config()
-    store = open_store(cfg, state.db)
-    try:
-        reg = build_registry(cfg, store)
-        store.sync_entities(reg.entities.values(), now=int(SystemClock().time()))
-        rows = entity_summaries(store)
-    finally:
-        store.close()
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    click.echo(f"{'entity':<38} {'kind':<10} {'addrs':>5} {'balance BTC':>18}  flows out/in/internal")
-    for r in rows:
-        f = r["flows"]
-        bal = format_btc(r["balance_units"]) if r["addresses_with_balance"] else "-"
-        click.echo(f"{r['name'][:38]:<38} {r['kind']:<10} {r['addresses']:>5} {bal:>18}  "
-                   f"{f.get('out', 0)}/{f.get('in', 0)}/{f.get('internal', 0)}")
-
-
-def main() -> None:  # pragma: no cover - console entry point alias
-    cli()
 
 
 # --- alerts -----------------------------------------------------------------------------------------
@@ -212,7 +154,7 @@ def alerts() -> None:
 @alerts.command("test")
 @click.option("--channel", "channel_name", required=True, help="A channel name from [[alerts.channels]].")
 @click.pass_obj
-def alerts_test(state: _State, channel_name: str) -> None:
+def alerts_test(state: State, channel_name: str) -> None:
     """Send a clearly labelled sample alert to one channel, now, and say how it went."""
     import aiohttp
 
@@ -237,26 +179,16 @@ def alerts_test(state: _State, channel_name: str) -> None:
     click.echo(f"{channel_name}: sample alert delivered")
 
 
-def _open_existing_store(state: _State):
-    from storage import Store
-
-    cfg = state.config()
-    db = Path(state.db) if state.db else cfg.storage
-    if not db.exists():
-        raise click.ClickException(f"no database at {db}: nothing has been stored yet")
-    return Store(db)
-
-
 @alerts.command("list")
 @click.option("--status", type=click.Choice(["queued", "delivered", "failed"]), default=None)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
-def alerts_list(state: _State, status: str | None, as_json: bool) -> None:
+def alerts_list(state: State, status: str | None, as_json: bool) -> None:
     """Stored alerts with their per-channel delivery state."""
     from monitor.clock import iso
     from storage.alerts import alert_rows
 
-    store = _open_existing_store(state)
+    store = open_existing_store(state)
     try:
         rows = alert_rows(store, status=status)
     finally:
@@ -281,11 +213,11 @@ def alerts_list(state: _State, status: str | None, as_json: bool) -> None:
 @alerts.command("retry")
 @click.argument("alert_id", type=int)
 @click.pass_obj
-def alerts_retry(state: _State, alert_id: int) -> None:
+def alerts_retry(state: State, alert_id: int) -> None:
     """Queue a failed alert's channels again (the dispatcher or daemon sends it)."""
     from storage.alerts import retry_alert
 
-    store = _open_existing_store(state)
+    store = open_existing_store(state)
     try:
         n = retry_alert(store, alert_id, now=int(SystemClock().time()))
     finally:
@@ -299,7 +231,7 @@ def alerts_retry(state: _State, alert_id: int) -> None:
 @click.option("--until-empty/--forever", default=True, show_default=True,
               help="Stop when nothing is left to deliver now, or keep dispatching until interrupted.")
 @click.pass_obj
-def alerts_dispatch(state: _State, until_empty: bool) -> None:
+def alerts_dispatch(state: State, until_empty: bool) -> None:
     """Deliver queued alerts (what the daemon does in the background)."""
     import aiohttp
 
@@ -310,7 +242,7 @@ def alerts_dispatch(state: _State, until_empty: bool) -> None:
 
     async def go() -> tuple[int, int]:
         clock = SystemClock()
-        astore = AsyncStore(_open_existing_store(state))
+        astore = AsyncStore(open_existing_store(state))
         try:
             async with aiohttp.ClientSession() as session:
                 d = make_dispatcher(cfg, astore, build_channels(cfg, session, clock), clock)
@@ -325,5 +257,15 @@ def alerts_dispatch(state: _State, until_empty: bool) -> None:
         finally:
             await astore.close()
 
-    delivered, failed = _run(go())
+    delivered, failed = run_async(go())
     click.echo(f"delivered {delivered}, failed {failed}")
+
+
+def _register_groups() -> None:
+    # Command groups that live in their own modules (they import monitor.cli_common, not this module).
+    from monitor.cli_entities import entities
+
+    cli.add_command(entities)
+
+
+_register_groups()

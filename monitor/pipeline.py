@@ -13,20 +13,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from monitor.attribution import attribute
 from monitor.classify import Thresholds, classify
 from monitor.flows import entity_flows
 from monitor.market import Market, context_json
-from monitor.model import Batch, Classification, Clock, EntityFlow, FlowHistory, MarketContext
+from monitor.model import Attribution, Batch, Classification, Clock, EntityFlow, FlowHistory, MarketContext
 from monitor.registry import Registry
 from storage import AsyncStore, Store
 from storage.utxos import apply_utxo_changes
 from watchers import Source
 
-__all__ = ["TickResult", "Pipeline", "Decision", "commit_batch", "flow_history", "HISTORY_DAYS"]
+__all__ = ["TickResult", "Pipeline", "Decision", "commit_batch", "reattribute_flow", "flow_history", "HISTORY_DAYS"]
 
 log = logging.getLogger("treasury_monitor.pipeline")
 
@@ -166,6 +166,41 @@ def commit_batch(
     )
 
 
+def reattribute_flow(
+    store: Store,
+    chain: str,
+    txid: str,
+    entity: str,
+    attributions: dict[int, Attribution],
+    registry: Registry,
+    *,
+    now: int,
+    thresholds: Thresholds = Thresholds(),
+    alert_hook: AlertHook | None = None,
+) -> Decision | None:
+    """Re-attribute destinations of a stored flow (by output index), re-classify, queue an update (store thread).
+
+    The market context of the flow's newest classification is reused, so only the attribution changes
+    the verdict. Returns the Decision, or None when the flow is unknown.
+    """
+    with store.batch():
+        flow = store.get_flow(chain, txid, entity)
+        if flow is None:
+            return None
+        dests = tuple(replace(d, attribution=attributions.get(d.n, d.attribution)) for d in flow.destinations)
+        flow = replace(flow, destinations=dests)
+        store.save_flow(flow, now=now, status=store.tx_status(chain, txid))
+        prev = store.latest_classification(chain, txid, entity)
+        ctx_data = store.classification_context(prev.id) if prev is not None and prev.id is not None else {}
+        ctx = MarketContext(**ctx_data) if ctx_data else _missing_context(flow, now)
+        c = classify(flow, registry.get(entity), ctx, flow_history(store, flow, now=now), thresholds, now=now)
+        stored, previous = store.save_classification(c, context=context_json(ctx), now=now)
+        decision = Decision(flow, stored, previous, ctx)
+        if alert_hook is not None:
+            alert_hook(store, [decision], [], now=now)
+    return decision
+
+
 class Pipeline:
     """Flows → attribution → context → classification → storage (+ alerts) for any source's batches."""
 
@@ -202,6 +237,20 @@ class Pipeline:
             batch,
             flows,
             contexts,
+            self.registry,
+            now=int(self.clock.time()),
+            thresholds=self.thresholds,
+            alert_hook=self.alert_hook,
+        )
+
+    async def reattribute(self, chain: str, txid: str, entity: str, attributions: dict[int, Attribution]) -> Decision | None:
+        """Re-attribute a stored flow's destinations (e.g. after hop tracing) and re-classify it."""
+        return await self.store.run(
+            reattribute_flow,
+            chain,
+            txid,
+            entity,
+            attributions,
             self.registry,
             now=int(self.clock.time()),
             thresholds=self.thresholds,
