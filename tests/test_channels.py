@@ -10,14 +10,11 @@ import base64
 import datetime
 import email
 import email.policy
-import importlib.util
 import io
 import ipaddress
 import logging
 import ssl
-import sys
 import traceback
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -27,6 +24,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from fakes.receiver import Receiver, Reply, block_kit_problems, free_port
 
 from alerts.channels import REGISTRY, Channel, build_channel
 from alerts.channels.console import ConsoleChannel
@@ -38,22 +37,6 @@ from alerts.ratelimit import MinInterval, RateLimitedChannel
 from alerts.render import render_webhook
 from monitor.clock import FrozenClock
 from monitor.model import Alert, ConfigError, DeliveryError
-
-
-def _load_fake(name: str):
-    # tests/ is not importable as a package (importlib mode, and bitcoinlib ships a `tests` package).
-    if name in sys.modules:
-        return sys.modules[name]
-    path = Path(__file__).parent / "fakes" / f"{name.split('_', 1)[1]}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_rx = _load_fake("fakes_receiver")
-Receiver, Reply, block_kit_problems, free_port = _rx.Receiver, _rx.Reply, _rx.block_kit_problems, _rx.free_port
 
 TXID = "4f" * 32
 DEDUP = f"bitcoin:{TXID}:MARA:balance_sheet_sale"
@@ -312,7 +295,8 @@ async def test_webhook_dedup_header_is_safe_for_any_key(receiver, session, clock
     await channel.send(make_alert(dedup_key=key))
     [req] = receiver.requests
     assert "X-Evil" not in req.headers
-    assert req.headers["X-Dedup-Key"] == "bitcoin:ab:Druk%20Holding%20%E2%80%93%20Bhutan%0D%0AX-Evil:%201:sovereign_sale"
+    assert req.headers["X-Dedup-Key"] == (
+        "bitcoin:ab:Druk%20Holding%20%E2%80%93%20Bhutan%0D%0AX-Evil:%201:sovereign_sale")
     assert req.json["dedup_key"] == key
     assert dedup_header(DEDUP) == DEDUP  # ordinary keys are sent as they are
 
@@ -675,9 +659,9 @@ async def test_build_channel_from_settings(session, clock, receiver):
     hook = build_channel("webhook", "hook", {"url": receiver.url("/h"), "secret": HMAC_SECRET, "timeout": 3},
                          session=session, clock=clock)
     assert isinstance(hook, WebhookChannel)
-    mail = build_channel("email", "mail", {"host": "127.0.0.1", "port": 25, "sender": "a@b.c",
-                                           "recipients": ["d@e.f"], "security": "none", "min_interval": 0})
-    assert isinstance(mail, EmailChannel)
+    mail = build_channel("email", "mail", {"host": "127.0.0.1", "sender": "a@b.c", "recipients": ["d@e.f"],
+                                           "security": "tls", "min_interval": 0})
+    assert isinstance(mail, EmailChannel) and mail.port == 465  # the port follows `security` when absent
     console = build_channel("console", "c", {"stream": "stdout"})
     assert isinstance(console, ConsoleChannel)
     await slack.send(make_alert())

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import re
-import sys
-from pathlib import Path
 
 import pytest
+
+from fakes.receiver import block_kit_problems
 
 from alerts.render import (
     SLACK_BLOCKS_MAX,
@@ -25,19 +24,6 @@ from alerts.render import (
 )
 
 
-def _load_fake(name: str):
-    # tests/ is not importable as a package (importlib mode, and bitcoinlib ships a `tests` package).
-    if name in sys.modules:
-        return sys.modules[name]
-    path = Path(__file__).parent / "fakes" / f"{name.split('_', 1)[1]}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-block_kit_problems = _load_fake("fakes_receiver").block_kit_problems
 
 TXID = "4f" * 32
 DEDUP = f"bitcoin:{TXID}:MARA:balance_sheet_sale"

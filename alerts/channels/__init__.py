@@ -9,7 +9,7 @@ and at most the host.
 
     type      class            settings (constructor keywords)                     shared resources
     slack     SlackChannel     webhook_url, timeout                                session[, clock]
-    email     EmailChannel     host, port, sender, recipients, username, password,
+    email     EmailChannel     host, [port], sender, recipients, username, password,
                                security (starttls | tls | none), timeout, tls_context
     webhook   WebhookChannel   url, secret, timeout                                session, clock
     console   ConsoleChannel   stream ("stdout" | "stderr" | a text stream)
@@ -90,6 +90,8 @@ def build_channel(
         raise ConfigError(f"channels.{name}.type: unknown channel type {type_!r} (known: {', '.join(REGISTRY)})")
     settings = dict(settings)
     min_interval = settings.pop("min_interval", DEFAULT_MIN_INTERVAL.get(type_, 0.0))
+    if type_ == "email":
+        settings.setdefault("port", None)  # EmailChannel picks 587 / 465 / 25 from `security`
     if type_ == "console" and isinstance(settings.get("stream"), str):
         if settings["stream"] not in _STREAMS:
             raise ConfigError(f"channels.{name}.stream: must be stdout or stderr")

@@ -1,7 +1,8 @@
 """Email channel: sends an alert as multipart/alternative (text + HTML) through SMTP with aiosmtplib.
 
 Security modes: `starttls` (port 587; the upgrade is required, a server without STARTTLS is a permanent
-error), `tls` (implicit TLS, port 465), `none` (plain SMTP, for a local relay only).
+error), `tls` (implicit TLS, port 465), `none` (plain SMTP, port 25, for a local relay only); `port=None`
+picks the mode's port.
 
 Every message carries `Message-ID` (stable for one Alert, so a resend after a crash has the same id)
 and `X-Treasury-Monitor-Dedup-Key`; receivers and mail filters can drop a duplicate by either.
@@ -30,11 +31,13 @@ from alerts.channels.http import safe_cause, scrub
 from alerts.render import payload_of, render_email
 from monitor.model import Alert, DeliveryError
 
-__all__ = ["EmailChannel", "SECURITY_MODES", "DEDUP_HEADER"]
+__all__ = ["EmailChannel", "SECURITY_MODES", "DEFAULT_PORTS", "DEDUP_HEADER"]
 
 log = logging.getLogger(__name__)
 
 SECURITY_MODES = ("starttls", "tls", "none")
+#: The port for each security mode when none is configured (submission, submissions, relay).
+DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
 DEDUP_HEADER = "X-Treasury-Monitor-Dedup-Key"
 KIND_HEADER = "X-Treasury-Monitor-Kind"
 _UNSAFE = re.compile("[\x00-\x1f\x7f]+")
@@ -64,7 +67,7 @@ class EmailChannel:
         self,
         name: str,
         host: str,
-        port: int,
+        port: int | None,
         sender: str,
         recipients: Sequence[str] | str,
         *,
@@ -81,7 +84,7 @@ class EmailChannel:
             raise ValueError("recipients: none given")
         self.name = name
         self.host = host
-        self.port = port
+        self.port = port if port is not None else DEFAULT_PORTS[security]
         self.sender = sender
         self.recipients = recipients
         self.security = security
