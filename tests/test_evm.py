@@ -107,20 +107,25 @@ async def rpc(w3: AsyncWeb3, method: str, *params: Any) -> Any:
 
 async def send_eth(w3: AsyncWeb3, sender: str, to: str, value: int, **extra: Any) -> dict:
     tx_hash = await w3.eth.send_transaction({"from": sender, "to": to, "value": value, **extra})
-    return await w3.eth.get_transaction_receipt(tx_hash)
+    return await mined(w3, tx_hash)
+
+
+async def mined(w3: AsyncWeb3, tx_hash: Any) -> dict:
+    # anvil automines each transaction, but may answer the send before the block is written.
+    return await w3.eth.wait_for_transaction_receipt(tx_hash, timeout=10, poll_latency=0.01)
 
 
 async def deploy_token(w3: AsyncWeb3, owner: str, symbol: str, decimals: int, supply: int):
     factory = w3.eth.contract(abi=ARTIFACT["abi"], bytecode=ARTIFACT["bytecode"])
     tx_hash = await factory.constructor(f"Test {symbol}", symbol, decimals, supply).transact({"from": owner})
-    receipt = await w3.eth.get_transaction_receipt(tx_hash)
+    receipt = await mined(w3, tx_hash)
     assert receipt["status"] == 1
     return w3.eth.contract(address=receipt["contractAddress"], abi=ARTIFACT["abi"])
 
 
 async def token_transfer(contract, sender: str, to: str, value: int) -> dict:
     tx_hash = await contract.functions.transfer(to, value).transact({"from": sender})
-    receipt = await contract.w3.eth.get_transaction_receipt(tx_hash)
+    receipt = await mined(contract.w3, tx_hash)
     assert receipt["status"] == 1
     return receipt
 
@@ -421,14 +426,14 @@ async def test_reorg_keeps_a_transfer_that_the_new_branch_includes_again(anvil, 
         "maxFeePerGas": 3 * 10**9, "maxPriorityFeePerGas": 10**9,
     })
     tx_hash = await w3.eth.send_raw_transaction(signed.raw_transaction)
-    first_receipt = await w3.eth.get_transaction_receipt(tx_hash)
+    first_receipt = await mined(w3, tx_hash)
     source = sources(anvil.url)
     before = await source.poll({})
     assert [t.block_height for t in before.txs] == [first_receipt["blockNumber"]]
 
     await rpc(w3, "evm_revert", snapshot)
     await rpc(w3, "evm_mine")  # the new branch has another block first ...
-    await w3.eth.send_raw_transaction(signed.raw_transaction)  # ... then the same tx again
+    await mined(w3, await w3.eth.send_raw_transaction(signed.raw_transaction))  # ... then the same tx again
     after = await source.poll({c.key: c.state for c in before.cursors})
 
     assert after.gone == ()
