@@ -13,26 +13,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # the anvil helper lives in tests/fakes
 
 from web3 import AsyncHTTPProvider, AsyncWeb3  # noqa: E402
 
+import fakes.anvil as anvil  # noqa: E402
 from monitor.clock import SystemClock  # noqa: E402
 from watchers.evm import EvmSource  # noqa: E402
-
-
-def _load_anvil():
-    spec = importlib.util.spec_from_file_location("_fakes_anvil", REPO / "tests" / "fakes" / "anvil.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 async def build_chain(w3: AsyncWeb3, blocks: int, per_block: int, watched: str, others: list[str]) -> None:
@@ -66,7 +59,6 @@ async def timed_poll(url: str, watched: str, first: int, last: int, per_request:
 
 
 async def main(blocks: int, per_block: int) -> None:
-    anvil = _load_anvil()
     node = anvil.start_anvil()
     print(f"anvil ready in {node.started_in_s * 1000:.0f} ms")
     w3 = AsyncWeb3(AsyncHTTPProvider(node.url))

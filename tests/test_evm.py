@@ -7,10 +7,8 @@ error translation are checked against a real chain behind it.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from aiohttp.test_utils import TestServer
 from eth_account import Account
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
+import fakes.anvil as _anvil
 from monitor.clock import FrozenClock
 from monitor.model import ChainTx, SourceError, TxInput, TxOutput
 from watchers.evm import (
@@ -38,19 +37,6 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
 
-def _load_fake(name: str):
-    # Tests run with --import-mode=importlib (tests/ is not on sys.path): load the helper by path.
-    module_name = f"_fakes_{name}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, HERE / "fakes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_anvil = _load_fake("anvil")
 anvil = _anvil.anvil  # the fixture: a fresh anvil node per test
 DEV_KEYS = _anvil.DEV_KEYS
 ARTIFACT = json.loads((REPO / "contracts" / "TestToken.json").read_text())

@@ -4,8 +4,10 @@ anvil comes from the npm package `@foundry-rs/anvil-linux-amd64` pinned in the r
 (the binary is inside the package; no download at install time). CI installs it with
 `.ci/install-node-deps.sh`; on a fresh clone the first test that needs it runs `npm ci` once.
 
-Use from a test module (tests are imported with `--import-mode=importlib`, so load this file by path,
-see tests/test_evm.py) through the `anvil` fixture, which yields an `AnvilNode` for one test:
+Use from a test module (pytest puts tests/ on the path) through the `anvil` fixture, which yields an
+`AnvilNode` for one test:
+
+    from fakes.anvil import anvil  # noqa: F401  (a fixture)
 
     def test_x(anvil):
         anvil.url        # http://127.0.0.1:PORT
