@@ -22,7 +22,7 @@ from web3 import AsyncHTTPProvider, AsyncWeb3
 
 import fakes.anvil as _anvil
 from monitor.clock import FrozenClock
-from monitor.model import ChainTx, SourceError, TxInput, TxOutput
+from monitor.model import ChainTx, SourceError, TransientError, TxInput, TxOutput
 from watchers.evm import (
     DEFAULT_TOKENS,
     HASH_WINDOW,
@@ -507,3 +507,12 @@ async def test_rate_limit_waits_for_retry_after(anvil, w3, sources, proxy):
     batch = await source.poll({})
     assert batch.failed == ()
     assert clock.sleeps and clock.sleeps[0] >= 3
+
+
+async def test_errors_do_not_show_the_url_path_that_may_hold_an_api_key(sources):
+    port = _anvil.free_port()  # nothing listens there
+    source = sources(f"http://127.0.0.1:{port}/v3/SECRETKEY123", retries=0)
+    with pytest.raises(TransientError) as caught:
+        await source.start()
+    assert "SECRETKEY123" not in str(caught.value)
+    assert str(port) in str(caught.value)  # the host stays visible

@@ -242,6 +242,8 @@ def _translate(exc: BaseException, what: str) -> SourceError:
         if exc.status >= 500 or exc.status == 408:
             return TransientError(f"{what}: HTTP {exc.status} {exc.message}")
         return SourceError(f"{what}: HTTP {exc.status} {exc.message}")
+    if isinstance(exc, aiohttp.InvalidURL):
+        return SourceError(f"{what}: invalid node URL {str(exc)[:80]}")
     if isinstance(exc, (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError)):
         return TransientError(f"{what}: {type(exc).__name__}: {_short(exc)}")
     if isinstance(exc, TooManyRequests):
@@ -802,12 +804,16 @@ class EvmSource:
             self._requests += 1
             try:
                 return await make()
-            except (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError, Web3Exception,
+            except (SourceError, aiohttp.ClientError, TimeoutError, asyncio.TimeoutError, Web3Exception,
                     ValueError, TypeError, KeyError) as exc:
                 error = _translate(exc, what)
                 cause: BaseException = exc
+            if self.url in str(error):  # the URL may carry an API key (Infura, Alchemy paths)
+                error.args = (str(error).replace(self.url, self._shown_url()), *error.args[1:])
             retryable = isinstance(error, (TransientError, MalformedError)) and not isinstance(error, _RangeTooLarge)
             if not retryable or attempt >= self.retries:
+                if error is cause:
+                    raise error
                 raise error from cause
             step = min(self.backoff_cap, self.backoff_base * 2 ** attempt)
             delay = self._random.uniform(0, step)
