@@ -89,6 +89,8 @@ class Dispatcher:
         self.attempts = 0
         self.latencies: list[float] = []  # queued → delivered, seconds (for metrics)
         self._failing: dict[str, str] = {}
+        # One pass at a time: two overlapping passes would both see the same pairs due and send twice.
+        self._pass = asyncio.Lock()
 
     async def recover(self) -> int:
         """Requeue pairs a previous process left in flight; returns how many."""
@@ -99,6 +101,10 @@ class Dispatcher:
 
     async def dispatch_once(self) -> int:
         """One pass over what is due now; returns the number of attempts made."""
+        async with self._pass:
+            return await self._dispatch()
+
+    async def _dispatch(self) -> int:
         now = int(self.clock.time())
         pending = await self.queue.due(now, self.batch)
         by_channel: dict[str, list[PendingLike]] = {}

@@ -18,7 +18,7 @@ import click
 from monitor import __version__
 from monitor.cli_common import State, open_existing_store, run_async
 from monitor.clock import SystemClock, parse_iso
-from monitor.model import MonitorError
+from monitor.model import ConfigError, MonitorError
 
 __all__ = ["cli"]
 
@@ -259,6 +259,66 @@ def alerts_dispatch(state: State, until_empty: bool) -> None:
 
     delivered, failed = run_async(go())
     click.echo(f"delivered {delivered}, failed {failed}")
+
+
+@cli.command()
+@click.option("--host", default=None, help="HTTP bind address (default [daemon].host, 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="HTTP port (default [daemon].port, 8787; 0 picks a free one).")
+@click.pass_obj
+def run(state: State, host: str | None, port: int | None) -> None:
+    """Run the daemon: poll sources, classify, alert, serve /healthz, /metrics and the JSON API."""
+    from monitor.daemon import Daemon, check_bind
+
+    cfg = state.config()
+    h = host if host is not None else cfg.daemon.host
+    try:
+        check_bind(h, cfg.daemon.token)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    code = run_async(Daemon(cfg, db=state.db, host=h, port=port).run())
+    sys.exit(code)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def status(state: State, as_json: bool) -> None:
+    """Per source: cursor keys, last success, lag and last error; alerts queued and failed."""
+    from monitor.clock import iso
+    from storage.alerts import status_counts
+    from storage.reads import source_health_rows
+
+    store = open_existing_store(state)
+    try:
+        now = SystemClock().time()
+        health = {r["source"]: r for r in source_health_rows(store)}
+        cfg = state.config()
+        sources = []
+        for s in cfg.sources:
+            h = health.get(s.name, {})
+            cursors = store.cursors(s.name)
+            sources.append({
+                "source": s.name,
+                "cursor_keys": len(cursors),
+                "last_success": iso(h.get("last_success_at")),
+                "lag_seconds": round(now - h["last_success_at"]) if h.get("last_success_at") else None,
+                "failing_since": iso(h.get("failing_since")),
+                "last_error": h.get("last_error") or None,
+                "tip_height": h.get("tip_height"),
+            })
+        alerts_by_status = status_counts(store)
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps({"sources": sources, "alerts": alerts_by_status}, indent=2))
+        return
+    for s in sources:
+        err = f"; failing since {s['failing_since']}: {s['last_error']}" if s["failing_since"] else ""
+        lag = f"{s['lag_seconds']} s ago" if s["lag_seconds"] is not None else "never"
+        click.echo(f"{s['source']}: {s['cursor_keys']} cursor(s), last success {lag}"
+                   f"{', tip ' + str(s['tip_height']) if s['tip_height'] else ''}{err}")
+    click.echo("alerts: " + ", ".join(f"{k} {v}" for k, v in sorted(alerts_by_status.items())) if alerts_by_status else "alerts: none")
 
 
 def _register_groups() -> None:

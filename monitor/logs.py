@@ -61,3 +61,5 @@ def configure_logging(*, level: str = "warning", fmt: str = "text", stream=None)
     handler._treasury_monitor = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # APScheduler logs every job run at INFO: state changes are what matter, so keep it at WARNING.
+    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, root.level))

@@ -224,3 +224,99 @@ def _watched_utxos(db: Database) -> None:
         pk=("chain", "txid", "vout"),
     )
     db["watched_utxos"].create_index(["chain", "address"])
+
+
+@migrations(name="007_source_health")
+def _source_health(db: Database) -> None:
+    # What `status` and /healthz report about each source, kept across restarts.
+    db["source_health"].create(
+        {
+            "source": str,
+            "last_success_at": int,
+            "last_error": str,
+            "last_error_at": int,
+            "failing_since": int,
+            "polls": int,
+            "errors": int,
+            "tip_height": int,
+            "updated_at": int,
+        },
+        pk="source",
+    )
+
+
+@migrations(name="006_discovery")
+def _discovery(db: Database) -> None:
+    # Why an address was learned or proposed: one row per (address, kind, txid) — the pool payouts that
+    # paid it, the co-spend that proved it, the change heuristics that picked it, an import or a manual add.
+    db["address_evidence"].create(
+        {
+            "id": int,
+            "chain": str,
+            "address": str,
+            "entity": str,
+            "kind": str,  # pool_payout | cospend | change | import | manual
+            "txid": str,  # "" when the evidence is not a tx (import, manual)
+            "block_height": int,
+            "block_time": int,
+            "value_units": str,  # what the tx paid the address (pool payouts), or ""
+            "detail": str,  # JSON: pool, coinbase txids, heuristics, file and row, ...
+            "created_at": int,
+        },
+        pk="id",
+    )
+    db["address_evidence"].create_index(["chain", "address", "kind", "txid"], unique=True)
+    db["address_evidence"].create_index(["entity", "kind"])
+    # Blocks attributed to a mining pool (coinbase paying a pools-v2 payout address, or carrying its tag).
+    db["pool_blocks"].create(
+        {
+            "chain": str,
+            "txid": str,  # the coinbase
+            "pool": str,
+            "pool_address": str,
+            "block_height": int,
+            "block_hash": str,
+            "block_time": int,
+            "reward_units": str,  # what the coinbase paid the pool's addresses
+            "matched_by": str,  # address | tag | address+tag
+            "tag": str,  # the pool tag found in the coinbase scriptSig, "" when not looked up or absent
+            "tag_pool": str,  # pool the tag names when it disagrees with the address, else ""
+            "created_at": int,
+        },
+        pk=("chain", "txid"),
+    )
+    db["pool_blocks"].create_index(["pool", "block_time"])
+    # Txs whose co-spent inputs were NOT merged (CoinJoin-shaped, or mixing two known entities).
+    db["discovery_flags"].create(
+        {"id": int, "chain": str, "txid": str, "entity": str, "kind": str, "detail": str, "created_at": int},
+        pk="id",
+    )
+    db["discovery_flags"].create_index(["chain", "txid", "kind"], unique=True)
+    # Hop tracing of unknown destinations: one row per (flow, output), resumable after a restart.
+    db["traces"].create(
+        {
+            "chain": str,
+            "txid": str,  # the flow's tx
+            "entity": str,
+            "n": int,  # the destination's output index
+            "address": str,
+            "value_units": str,
+            "status": str,  # pending | attributed | ended | exhausted | gave_up
+            "hops": int,  # txs on the path so far, the flow's own tx being hop 1
+            "path": str,  # JSON list of txids, the flow's tx first
+            "tip_txid": str,  # the coins are now in output tip_vout of tip_txid
+            "tip_vout": int,
+            "tip_value_units": str,
+            "tip_address": str,
+            "attempts": int,  # checks that found the coins unspent
+            "next_at": int,
+            "result": str,  # what ended the trace, in words
+            "attribution": str,  # e.g. exchange:Binance when attributed
+            "created_at": int,
+            "updated_at": int,
+        },
+        pk=("chain", "txid", "entity", "n"),
+    )
+    db["traces"].create_index(["status", "next_at"])
+    # Small resumable state of discovery jobs (e.g. the co-spend scan's position in `transactions`).
+    db["discovery_state"].create({"key": str, "value": str, "updated_at": int}, pk="key")

@@ -12,7 +12,7 @@ from typing import Any
 
 from storage.store import Store
 
-__all__ = ["flow_rows", "flow_row", "entity_summaries"]
+__all__ = ["flow_rows", "flow_row", "entity_summaries", "events_after", "last_event_id", "save_source_health", "source_health_rows"]
 
 _PAGE = 500
 
@@ -144,3 +144,33 @@ def entity_summaries(store: Store) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def events_after(store: Store, after: int, *, limit: int = 500) -> list[dict[str, Any]]:
+    """Events with id > `after`, oldest first, each with the classification it refers to (decoded)."""
+    rows = store.query(
+        """select e.id as event_id, e.kind as event_kind, e.created_at as event_at, c.* from events e
+           join classifications c on c.id = e.classification_id where e.id > ? order by e.id limit ?""",
+        [after, limit],
+    )
+    for r in rows:
+        r["reasons"] = json.loads(r["reasons"])
+        r["context"] = json.loads(r["context"] or "{}")
+        if r["event_kind"] == "retraction":
+            r["status"] = "retracted"
+    return rows
+
+
+def last_event_id(store: Store) -> int:
+    """The newest event id (0 when there is none)."""
+    return store.db.execute("select coalesce(max(id), 0) from events").fetchone()[0]
+
+
+def save_source_health(store: Store, row: dict[str, Any]) -> None:
+    """Upsert one source's health row (keys as the source_health table)."""
+    store.db["source_health"].upsert(row, pk="source")
+
+
+def source_health_rows(store: Store) -> list[dict[str, Any]]:
+    """Stored health of every source."""
+    return store.query("select * from source_health order by source")

@@ -183,3 +183,12 @@ async def test_a_failing_channel_does_not_delay_the_others(h, session):
         await d.dispatch_once()
         assert len(fast.requests) == 5
         assert len(slow.requests) == 1  # after the first failure the rest wait for the next pass
+
+
+async def test_overlapping_passes_never_send_twice(h, session):
+    async with Receiver() as rx:
+        rx.delay(0.2, times=3)
+        h.queue(n=3)
+        d = h.dispatcher({"slack": SlackChannel("slack", rx.url("/hook"), session)})
+        await __import__("asyncio").gather(d.dispatch_once(), d.dispatch_once(), d.dispatch_once())
+        assert len(rx.requests) == 3

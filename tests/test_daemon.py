@@ -1,0 +1,373 @@
+"""The daemon for real: subprocess `treasury-monitor run` against the local Esplora server and receivers.
+
+Covers: alert end to end, /healthz, /metrics (parsed with prometheus_client), SIGTERM → exit 0 with the
+outbox flushed, kill -9 mid-tick → same rows and alerts as an uninterrupted run, a failing source →
+503 then recovery, /api/events resumed across a restart, and the bearer-token rules.
+"""
+
+import asyncio
+import inspect
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+from fakes.receiver import Receiver, free_port
+from prometheus_client.parser import text_string_to_metric_families
+
+from monitor.clock import SystemClock
+from monitor.config import load_config
+from monitor.daemon import Daemon
+from monitor.sim.chain import SimChain
+from monitor.sim.esplora_server import EsploraServer
+
+ROOT = Path(__file__).resolve().parent.parent
+PRICES = ROOT / "monitor" / "data" / "btc_usd_daily.csv"
+COIN = 100_000_000
+MARCH_5_2026 = 1_772_668_800
+
+
+def write_config(path: Path, urls: list[str], addrs: dict[str, str], *, port: int, db: Path, extra: str = "",
+                 interval: float = 0.3, sources: list[tuple[str, str]] | None = None) -> Path:
+    srcs = sources or [("local", urls[0])]
+    source_toml = "\n".join(f"""
+[[sources]]
+name = "{n}"
+type = "esplora"
+urls = ["{u}"]
+rate_limit = 500.0
+timeout = 2.0
+retries = 1
+poll_interval = {interval}
+""" for n, u in srcs)
+    path.write_text(f"""
+[monitor]
+storage = "{db}"
+{source_toml}
+[prices]
+sources = ["csv"]
+csv = "{PRICES}"
+
+[[entities]]
+name = "Test Miner"
+kind = "miner"
+addresses = [{", ".join(f'"{a}"' for k, a in addrs.items() if k.startswith("hot"))}]
+[entities.profile]
+monthly_production_btc = {{ value = 50, source = "test fixture", as_of = "2026-03-01" }}
+holdings_btc = {{ value = 1000, source = "test fixture", as_of = "2026-03-01" }}
+cash_cost_usd = {{ value = 79995, source = "CoinShares Q1 2026 (sector average)", as_of = "2025-12-31" }}
+
+[[entities]]
+name = "Test Exchange"
+kind = "exchange"
+addresses = ["{addrs['exchange']}"]
+
+[alerts]
+max_age = 100000000
+dispatch_interval = 0.2
+retry_base = 0.2
+retry_cap = 1.0
+
+[[alerts.channels]]
+name = "slack"
+type = "slack"
+webhook_url = {{ env = "TM_SLACK_URL" }}
+min_interval = 0
+
+[[alerts.rules]]
+name = "all"
+min_severity = "info"
+channels = ["slack"]
+
+[daemon]
+port = {port}
+shutdown_grace = 5
+unhealthy_after = 1.5
+digest_hour = -1
+{extra}
+""")
+    return path
+
+
+def start_daemon(cfg: Path, env: dict, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "monitor", "-c", str(cfg), "--log-level", "info", "run", *extra],
+                            cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+async def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    async with aiohttp.ClientSession() as s:
+        while True:
+            if proc is not None and proc.poll() is not None:
+                raise AssertionError(f"daemon exited early ({proc.returncode}): {proc.stderr.read()}")
+            try:
+                async with s.get(url) as r:
+                    await r.read()
+                    return
+            except aiohttp.ClientError:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+
+
+async def until(pred, timeout=20.0, step=0.1):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        v = pred()
+        if inspect.isawaitable(v):
+            v = await v
+        if v:
+            return v
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(step)
+
+
+async def wait_exit(proc: subprocess.Popen, timeout: float) -> int:
+    return await asyncio.to_thread(proc.wait, timeout)
+
+
+def chain_with_wallet(n_hot=1):
+    chain = SimChain(start_time=MARCH_5_2026)
+    addrs = {f"hot{i}": chain.address(f"daemon-hot-{i}") for i in range(n_hot)}
+    addrs["exchange"] = chain.address("daemon-exchange")
+    for i in range(n_hot):
+        chain.fund(addrs[f"hot{i}"], 500 * COIN)
+    chain.mine()
+    return chain, addrs
+
+
+async def test_run_alerts_health_metrics_and_sigterm(tmp_path):
+    chain, addrs = chain_with_wallet()
+    port = free_port()
+    async with EsploraServer(chain) as server, Receiver() as slack:
+        cfg = write_config(tmp_path / "c.toml", [server.url], addrs, port=port, db=tmp_path / "d.db")
+        proc = start_daemon(cfg, {"TM_SLACK_URL": slack.url("/hook/secret-abc")})
+        try:
+            base = f"http://127.0.0.1:{port}"
+            await wait_http(base + "/healthz", proc=proc)
+            await until(lambda: len([p for p in server.requests if p.startswith("/address/")]) >= 2)
+            sale = chain.pay([addrs["hot0"]], [(addrs["exchange"], 42 * COIN)], fee=3_000)
+            chain.mine()
+            reqs = await slack.wait_for(1, timeout=20)
+            assert sale.txid in json.dumps(reqs[0].json)
+            async with aiohttp.ClientSession() as s:
+                async with s.get(base + "/healthz") as r:
+                    body = await r.json()
+                    assert r.status == 200 and body["sources"]["local"]["healthy"] is True
+                async with s.get(base + "/metrics") as r:
+                    text = await r.text()
+                fams = {f.name: f for f in text_string_to_metric_families(text)}
+                polls = {s.labels["source"]: s.value for s in fams["treasury_monitor_polls"].samples}
+                assert polls["local"] >= 1
+                alerts = {s.labels["status"]: s.value for s in fams["treasury_monitor_alerts"].samples}
+                assert alerts["delivered"] == 1
+                assert any(s.value >= 1 for s in fams["treasury_monitor_classifications"].samples)
+                assert fams["treasury_monitor_delivery_latency_seconds"].type == "histogram"
+                async with s.get(base + "/api/flows?direction=out") as r:
+                    [flow] = await r.json()
+                    assert flow["txid"] == sale.txid and flow["classification"]["verdict"]
+            # one more sale, then SIGTERM right away: the tick finishes and the outbox is flushed
+            chain.pay([addrs["hot0"]], [(addrs["exchange"], 7 * COIN)], fee=3_000)
+            chain.mine()
+            n = len(server.requests)
+            await until(lambda: len(server.requests) > n + 1)
+            proc.send_signal(signal.SIGTERM)
+            code = await wait_exit(proc, 15)
+            assert code == 0, proc.stderr.read()
+            db = sqlite3.connect(tmp_path / "d.db")
+            assert db.execute("select count(*) from alert_channels where status != 'delivered'").fetchone()[0] == 0
+            assert "secret-abc" not in proc.stderr.read()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def hot_cursors(db_path: Path, addrs: dict[str, str]) -> int:
+    """Cursors of the test's hot wallets (bundled sovereign addresses are polled too, and fail here)."""
+    hot = {a for k, a in addrs.items() if k.startswith("hot")}
+    rows = sqlite3.connect(db_path).execute("select key from cursors").fetchall()
+    return sum(1 for (k,) in rows if k in hot)
+
+
+def snapshot(db_path: Path) -> dict:
+    db = sqlite3.connect(db_path)
+    q = lambda sql: sorted(db.execute(sql).fetchall())  # noqa: E731
+    return {
+        "txs": q("select txid, block_height, status, fee_units from transactions"),
+        "flows": q("select txid, entity, out_units, change_units, received_units, direction, status from flows"),
+        "classes": q("select txid, entity, verdict, severity, version, status from classifications"),
+        "alerts": q("select dedup_key, kind from alerts"),
+        "cursors": q("select source, key from cursors"),
+    }
+
+
+async def test_kill_9_mid_tick_then_restart_equals_an_uninterrupted_run(tmp_path):
+    chain, addrs = chain_with_wallet(n_hot=12)
+    for i in range(12):
+        for j in range(4):
+            chain.pay([addrs[f"hot{i}"]], [(addrs["exchange"], (j + 1) * COIN)], fee=1_000 + j)
+        chain.mine()
+    async with EsploraServer(chain) as server, Receiver() as slack:
+        env = {"TM_SLACK_URL": slack.url("/hook")}
+        # reference: an uninterrupted run
+        port = free_port()
+        ref_cfg = write_config(tmp_path / "ref.toml", [server.url], addrs, port=port, db=tmp_path / "ref.db")
+        proc = start_daemon(ref_cfg, env)
+        await wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
+        await until(lambda: hot_cursors(tmp_path / "ref.db", addrs) == 12, timeout=40)
+        proc.send_signal(signal.SIGTERM)
+        assert await wait_exit(proc, 15) == 0
+        ref = snapshot(tmp_path / "ref.db")
+        ref_deliveries = len(slack.requests)
+        assert ref_deliveries == len(ref["alerts"]) == 48  # one delivery per alert when nothing crashes
+        slack.clear()
+        # the same work, killed with SIGKILL while ticks run (slow answers keep a tick in flight)
+        server.faults.add(r"^/address/", "slow", times=None, delay=0.05)
+        port = free_port()
+        cfg = write_config(tmp_path / "k.toml", [server.url], addrs, port=port, db=tmp_path / "k.db")
+        kills = 0
+        for wait in (0.8, 1.3, 0.6):
+            proc = start_daemon(cfg, env)
+            await wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
+            await asyncio.sleep(wait)
+            proc.send_signal(signal.SIGKILL)
+            await wait_exit(proc, 10)
+            kills += 1
+        server.faults.clear()
+        proc = start_daemon(cfg, env)
+        await wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
+        await until(lambda: hot_cursors(tmp_path / "k.db", addrs) == 12, timeout=40)
+        await until(lambda: sqlite3.connect(tmp_path / "k.db").execute(
+            "select count(*) from alert_channels where status != 'delivered'").fetchone()[0] == 0, timeout=20)
+        proc.send_signal(signal.SIGTERM)
+        assert await wait_exit(proc, 15) == 0
+        assert snapshot(tmp_path / "k.db") == ref
+        bodies = [json.dumps(r.json, sort_keys=True) for r in slack.requests]
+        assert len(set(bodies)) == ref_deliveries  # every alert arrived
+        assert len(bodies) - len(set(bodies)) <= kills  # at most one resend per crash
+
+
+async def test_failing_source_goes_503_and_recovers_while_others_keep_polling(tmp_path):
+    chain, addrs = chain_with_wallet()
+    port = free_port()
+    dead = free_port()
+    async with EsploraServer(chain) as good, Receiver() as slack:
+        bad = EsploraServer(chain, port=dead)
+        cfg = write_config(tmp_path / "c.toml", [good.url], addrs, port=port, db=tmp_path / "d.db",
+                           sources=[("good", good.url), ("bad", f"http://127.0.0.1:{dead}/api")], interval=0.2)
+        os.environ["TM_SLACK_URL"] = slack.url("/hook")
+        try:
+            daemon = Daemon(load_config(cfg), clock=SystemClock())
+            task = asyncio.create_task(daemon.run(install_signals=False))
+            base = f"http://127.0.0.1:{port}"
+            await wait_http(base + "/healthz")
+            async with aiohttp.ClientSession() as s:
+                async def status():
+                    async with s.get(base + "/healthz") as r:
+                        return r.status, await r.json()
+                code, body = await until(lambda: _is(status, 503), timeout=10)
+                assert body["sources"]["bad"]["healthy"] is False and body["sources"]["good"]["healthy"] is True
+                assert body["sources"]["bad"]["last_error"]
+                n = daemon.states["good"].polls
+                await until(lambda: daemon.states["good"].polls > n + 2)
+                await bad.start()  # the source comes back
+                await until(lambda: _is(status, 200), timeout=10)
+            daemon.request_stop()
+            assert await task == 0
+        finally:
+            del os.environ["TM_SLACK_URL"]
+            await bad.stop()
+
+
+def _is(status_coro, code):
+    async def check():
+        c, body = await status_coro()
+        return (c, body) if c == code else None
+    return check()
+
+
+async def test_events_consumer_resumes_across_a_restart(tmp_path):
+    chain, addrs = chain_with_wallet()
+    port = free_port()
+    async with EsploraServer(chain) as server, Receiver() as slack:
+        cfg = write_config(tmp_path / "c.toml", [server.url], addrs, port=port, db=tmp_path / "d.db")
+        env = {"TM_SLACK_URL": slack.url("/hook")}
+        base = f"http://127.0.0.1:{port}"
+        seen: list[int] = []
+
+        async def consume(s):
+            after = seen[-1] if seen else 0
+            async with s.get(f"{base}/api/events?after={after}") as r:
+                body = await r.json()
+            seen.extend(e["id"] for e in body["events"])
+            return body
+
+        proc = start_daemon(cfg, env)
+        async with aiohttp.ClientSession() as s:
+            await wait_http(base + "/healthz", proc=proc)
+            for k in range(3):
+                chain.pay([addrs["hot0"]], [(addrs["exchange"], (k + 1) * COIN)], fee=2_000)
+                chain.mine()
+            await until(lambda: slack.requests and len(slack.requests) >= 3, timeout=20)
+            await consume(s)
+            proc.send_signal(signal.SIGTERM)
+            assert await wait_exit(proc, 15) == 0
+            # while the consumer and the daemon are down, more happens
+            for k in range(2):
+                chain.pay([addrs["hot0"]], [(addrs["exchange"], (k + 10) * COIN)], fee=2_000)
+                chain.mine()
+            proc = start_daemon(cfg, env)
+            try:
+                await wait_http(base + "/healthz", proc=proc)
+                await until(lambda: len(slack.requests) >= 5, timeout=20)
+                body = await consume(s)
+                assert len(seen) == len(set(seen)) == 5 and seen == sorted(seen)
+                assert {e["kind"] for e in body["events"]} == {"classification"}
+                # Server-Sent Events from the start replay the same ids in order
+                got = []
+                async with s.get(f"{base}/api/events/stream?after=0") as r:
+                    assert r.headers["Content-Type"].startswith("text/event-stream")
+                    async for line in r.content:
+                        if line.startswith(b"id: "):
+                            got.append(int(line[4:]))
+                            if len(got) == 5:
+                                break
+                assert got == seen
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                await wait_exit(proc, 15)
+
+
+async def test_non_loopback_bind_needs_a_token_and_requests_need_it(tmp_path):
+    chain, addrs = chain_with_wallet()
+    async with EsploraServer(chain) as server, Receiver() as slack:
+        port = free_port()
+        cfg = write_config(tmp_path / "c.toml", [server.url], addrs, port=port, db=tmp_path / "d.db",
+                           extra='host = "0.0.0.0"')
+        p = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "monitor", "-c", str(cfg), "run"],
+                                    cwd=ROOT, env={**os.environ, "TM_SLACK_URL": slack.url("/h")},
+                                    capture_output=True, text=True, timeout=60)
+        assert p.returncode == 2 and "daemon.token" in p.stderr
+        cfg = write_config(tmp_path / "t.toml", [server.url], addrs, port=port, db=tmp_path / "d.db",
+                           extra='host = "0.0.0.0"\ntoken = { env = "TM_TOKEN" }')
+        proc = start_daemon(cfg, {"TM_SLACK_URL": slack.url("/h"), "TM_TOKEN": "tok-123456"})
+        try:
+            base = f"http://127.0.0.1:{port}"
+            await wait_http(base + "/healthz", proc=proc)
+            async with aiohttp.ClientSession() as s:
+                for path in ("/healthz", "/metrics", "/api/flows", "/api/events"):
+                    async with s.get(base + path) as r:
+                        assert r.status == 401, path
+                async with s.get(base + "/api/flows", headers={"Authorization": "Bearer wrong"}) as r:
+                    assert r.status == 401
+                async with s.get(base + "/api/flows", headers={"Authorization": "Bearer tok-123456"}) as r:
+                    assert r.status == 200
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            await wait_exit(proc, 15)
