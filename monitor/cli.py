@@ -321,6 +321,37 @@ def status(state: State, as_json: bool) -> None:
     click.echo("alerts: " + ", ".join(f"{k} {v}" for k, v in sorted(alerts_by_status.items())) if alerts_by_status else "alerts: none")
 
 
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def scenarios(state: State, as_json: bool) -> None:
+    """Hashprice, breakeven power price and which tracked miners are below cash cost at price scenarios."""
+    from monitor import scenarios_cmd as sc
+    from monitor.runtime import build_registry
+
+    cfg = state.config()
+    db = Path(state.db) if state.db else cfg.storage
+    inp = sc.inputs_from_store(db)
+    miners = [e for e in build_registry(cfg).entities.values() if e.kind == "miner"]
+    table = sc.scenario_table(inp, miners)
+    doc = sc.as_json(inp, table)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    i = doc["inputs"]
+    click.echo(f"difficulty {i['difficulty'] / 1e12:.2f} T at height {i['height']} ({i['chain_source']}); "
+               f"today ${i['today_usd']:,.0f} ({i['today_source']})")
+    for s in doc["scenarios"]:
+        q = s["quoted_hashprice"]
+        quoted = f" (CoinShares quoted ~${q['value']:.0f})" if q else ""
+        click.echo(f"\n{s['label']}: BTC ${s['btc_usd']:,.0f} → hashprice ${s['hashprice_usd_per_ph_day']:.2f}/PH/day{quoted}")
+        click.echo("  breakeven power: " + ", ".join(
+            f"{b['j_per_th']:g} J/TH ${b['usd_per_kwh']:.3f}/kWh" for b in s["breakeven_usd_per_kwh"]))
+        below = s["below_cash_cost"]
+        click.echo("  below cash cost: " + (", ".join(
+            f"{b['miner']} (cost ${b['cash_cost_usd']:,.0f}, {b['gap_pct']:.1f}% under)" for b in below) or "none"))
+
+
 def _register_groups() -> None:
     # Command groups that live in their own modules (they import monitor.cli_common, not this module).
     from monitor.cli_entities import entities
