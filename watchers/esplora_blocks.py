@@ -1,0 +1,812 @@
+"""Esplora REST source, block mode: each new block read once as raw bytes and matched against the watched set.
+
+Why: address mode costs at least one request per watched address per poll. Block mode costs one request
+per poll (`/blocks/tip/hash`) plus, per new block, `/block-height/:h` and `/block/:hash/raw` (one request
+whatever the block's size), plus `/tx/:txid` per matching tx, whatever the number of watched addresses.
+
+How a block is matched (`watchers.rawblock.scan_block`): outputs against a dict of the watched
+addresses' output scripts (script bytes → address, built once), inputs against the watched UTXO set
+(36-byte outpoint → WatchedUtxo). Raw blocks carry no prevouts, so the UTXO set of the watched
+addresses is kept here: given at start (`utxos=`, the stored set), seeded for addresses that have no
+state yet, and updated from every block. For each matching tx, `/tx/:txid` gives the exact input
+addresses, values and fee, so the ChainTx (and the flows computed from it) equal address mode's.
+`Batch.utxos_added` / `utxos_spent` carry the net UTXO changes of the pass; the pipeline stores them
+with the cursor in one transaction.
+
+Per poll:
+1. `GET /blocks/tip/hash`. Equal to the cursor's hash: done (1 request).
+2. Otherwise walk up by height from the cursor: `/block-height/:h`, then the block once. When its
+   previous hash is the cursor's hash the block is matched and applied; when not (or `/block-height`
+   is 404 because the chain got shorter), that is a reorg: walk back comparing the cursor's stored
+   hashes with `/block-height/:h` down to the fork point, undo the orphaned blocks' UTXO changes, then
+   read the new branch. At most `max_blocks` blocks per poll (default 50): a long catch-up spreads
+   over polls and the cursor advances with the data.
+3. Matching txs of orphaned blocks that are not in the new branch are looked up with `/tx/:txid`: still
+   known (back in the mempool, block fields None, or already confirmed in a block not read yet) → returned
+   as they are now; 404 → `Batch.gone`. Txs returned unconfirmed this way are kept in the cursor
+   (`pending`) and looked up again after each new block until they confirm or vanish.
+4. When the walk reached the tip: seed addresses not seeded yet (below), then stop.
+
+Blocks are read as `/block/:hash/raw`. A server that answers it 404/400 while `/block/:hash` exists
+lacks the endpoint: the source logs it once and falls back, for the rest of its life, to
+`/block/:hash` + `/block/:hash/txs/:start` (25 txs a page, about 160 requests for a 4,000-tx block;
+those pages carry prevouts, so matching txs need no `/tx` request there). Matching is the same.
+
+Seeding (one time per address, when the walk is at the tip): `GET /address/:a/utxo` and
+`GET /address/:a/txs/mempool` (2 requests per address, at most `max_seed` addresses per poll). Esplora's
+utxo list includes mempool outputs and omits outputs spent by mempool txs; block mode needs the
+*confirmed* set, so unconfirmed outputs are left out (they are seen when their block is read) and
+confirmed outputs spent by one of the address's mempool txs (shown up to 50) are put back. The tip hash is
+read again after seeding; if it moved, the answers may straddle two blocks and are thrown away (retried
+next poll). A seeded address's stored UTXOs that the server no longer lists are removed. Until an
+address is seeded, block mode sees its receipts but not spends of outputs it held before. Electrs
+refuses `/utxo` for addresses with more than 500 UTXOs (a 4xx error): such an address is logged and
+stays unseeded. With `history=True`, each new address first gets an address-mode backfill of its whole
+history (an embedded `EsploraSource`, cursor keys `history:<address>`, `max_pages` pages per address per
+poll; costs in `watchers.esplora`), and is seeded when that is finished.
+
+Start: a source with no cursor starts at the current tip (`/blocks/tip/hash` + `/block/:hash`), or,
+when given `start_height`, just below that height (`/block-height/:h` + `/block/:hash` for its parent's
+hash) and walks up from there.
+
+Mempool: block mode does not watch the mempool. Esplora has no cheap way to (`/mempool/recent` shows 10
+txs without scripts; `/mempool/txids` lists every txid, each needing `/tx`), so unconfirmed txs of
+watched addresses come from an address-mode source, mempool.space push or a node. The only unconfirmed
+txs block mode returns are orphaned ones back in the mempool (step 3).
+
+Cursor, key `tip` (JSON), version 1:
+
+    {"v": 1, "seq": 7, "height": 880300, "hash": "<tip hash>",
+     "blocks": [[880201, "<hash>", [[txid, vout, address, value], ...],                 # outputs added
+                                   [[txid, vout, address, value, height, spender], ...]],  # watched spent
+                ...],                                  # the last 100 blocks, lowest first
+     "pending": ["<txid>", ...]}                       # orphaned txs returned unconfirmed
+
+The per-block UTXO deltas of the last 100 blocks are kept in the cursor (not recomputed), so a reorg
+after a restart can still be undone; a reorg deeper than 100 blocks cannot, and makes the source restart
+from the tip and re-seed every address (logged as an error). Key `seeded`: `{"v": 1, "addresses": [...]}`,
+written only when it changes. `seq` changes with every returned tip cursor: when the stored cursor is
+not the one returned last time (the pipeline did not commit that batch), the in-memory UTXO set is rolled
+back to what was committed before polling again.
+
+One block-mode source per chain: the stored watched UTXO set is per chain.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import quote
+
+from monitor.model import Batch, ChainTx, Clock, Cursor, MalformedError, SourceError, WatchedUtxo
+from watchers.addresses import InvalidAddress, _b58decode_check, _segwit_decode
+from watchers.esplora import EsploraSource
+from watchers.http import HttpClient, RequestTally, http_status
+from watchers.rawblock import BlockHeader, outpoint_key, outpoint_of_key, scan_block
+from watchers.validate import assert_hex, parse_txs
+
+__all__ = [
+    "EsploraBlockSource",
+    "choose_mode",
+    "address_script",
+    "AUTO_THRESHOLD",
+    "CURSOR_VERSION",
+    "DEFAULT_MAX_BLOCKS",
+    "DEFAULT_MAX_SEED",
+    "KEEP_BLOCKS",
+]
+
+CURSOR_VERSION = 1
+#: Block hashes (and their UTXO deltas) remembered for reorgs.
+KEEP_BLOCKS = 100
+#: Blocks read per poll at most (a catch-up spreads over polls).
+DEFAULT_MAX_BLOCKS = 50
+#: Addresses seeded per poll at most (2 requests each).
+DEFAULT_MAX_SEED = 200
+#: Watched-address count from which `mode = "auto"` picks block mode.
+AUTO_THRESHOLD = 50
+_BLOCK_PAGE = 25  # electrs: txs per /block/:hash/txs/:start page
+_MISSING = object()
+
+
+def choose_mode(mode: str, n_addresses: int, threshold: int = AUTO_THRESHOLD) -> tuple[str, str]:
+    """`address` or `block` for a configured mode (`address`, `block`, `auto`), and a log line saying why."""
+    if mode in ("address", "block"):
+        return mode, f"mode={mode} (configured) for {n_addresses} watched addresses"
+    if mode != "auto":
+        raise ValueError(f"unknown mode {mode!r} (address, block, auto)")
+    if n_addresses >= threshold:
+        return "block", (
+            f"mode=block (auto): {n_addresses} watched addresses >= {threshold}; address mode would cost at least "
+            f"{n_addresses} requests per poll, block mode costs 1 per poll + 2 per new block + 1 per matching tx "
+            f"whatever the number of addresses (unconfirmed txs need push or an address-mode source)"
+        )
+    return "address", (
+        f"mode=address (auto): {n_addresses} watched addresses < {threshold}; {n_addresses} requests per quiet "
+        f"poll is affordable and address mode also sees unconfirmed txs"
+    )
+
+
+def address_script(address: str) -> bytes:
+    """Output script of an already validated address (checksummed decode, no bitcoinlib: ~40 µs, not ~1 ms).
+
+    Addresses reaching a source were validated with `watchers.addresses.validate_address` when the config
+    and registry were loaded; this only converts. The script does not depend on the network.
+    :raises InvalidAddress:
+    """
+    a = address.strip()
+    low = a.lower()
+    if low.startswith(("bc1", "tb1", "bcrt1")):
+        _, witver, prog = _segwit_decode(a)
+        return bytes([witver + 0x50 if witver else 0, len(prog)]) + prog
+    payload = _b58decode_check(a)
+    if len(payload) != 21:
+        raise InvalidAddress("has a base58 payload of the wrong length")
+    if payload[0] in (0x00, 0x6F):
+        return b"\x76\xa9\x14" + payload[1:] + b"\x88\xac"
+    if payload[0] in (0x05, 0xC4):
+        return b"\xa9\x14" + payload[1:] + b"\x87"
+    raise InvalidAddress(f"has an unknown base58 version byte {payload[0]}")
+
+
+def _norm(address: str) -> str:
+    low = address.strip().lower()
+    return low if low.startswith(("bc1", "tb1", "bcrt1")) else address.strip()
+
+
+# --- cursor state ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Delta:
+    """UTXO changes one block made: outputs added, and watched outputs spent (with the spending txid)."""
+
+    height: int
+    hash: str
+    added: list[WatchedUtxo] = field(default_factory=list)
+    spent: list[tuple[WatchedUtxo, str]] = field(default_factory=list)
+
+    def txids(self) -> list[str]:
+        """Matching txids of the block, each once."""
+        return list(dict.fromkeys([u.txid for u in self.added] + [s for _, s in self.spent]))
+
+    def dump(self) -> list[Any]:
+        return [self.height, self.hash,
+                [[u.txid, u.vout, u.address, u.value] for u in self.added],
+                [[u.txid, u.vout, u.address, u.value, u.height, s] for u, s in self.spent]]
+
+    @classmethod
+    def load(cls, item: Any, chain: str) -> _Delta:
+        height, h, added, spent = item
+        return cls(
+            int(height), assert_hex(h, "blocks.hash"),
+            [WatchedUtxo(chain, assert_hex(t, "added.txid"), int(v), str(a), int(val), int(height)) for t, v, a, val in added],
+            [(WatchedUtxo(chain, assert_hex(t, "spent.txid"), int(v), str(a), int(val), None if uh is None else int(uh)),
+              assert_hex(s, "spent.spender")) for t, v, a, val, uh, s in spent],
+        )
+
+
+@dataclass
+class _Tip:
+    """Decoded `tip` cursor (see the module docstring)."""
+
+    height: int
+    hash: str
+    blocks: list[_Delta]
+    pending: list[str] = field(default_factory=list)
+    orphaned: list[str] = field(default_factory=list)
+    seq: int = 0
+
+    def dumps(self) -> str:
+        return json.dumps({"v": CURSOR_VERSION, "seq": self.seq, "height": self.height, "hash": self.hash,
+                           "blocks": [d.dump() for d in self.blocks[-KEEP_BLOCKS:]], "pending": self.pending,
+                           "orphaned": self.orphaned}, separators=(",", ":"))
+
+    @classmethod
+    def loads(cls, text: str, chain: str) -> _Tip:
+        d = json.loads(text)
+        if not isinstance(d, dict) or d.get("v") != CURSOR_VERSION:
+            raise ValueError("unknown cursor version")
+        blocks = [_Delta.load(x, chain) for x in d["blocks"]]
+        tip = cls(int(d["height"]), assert_hex(d["hash"], "hash"), blocks,
+                  [assert_hex(t, "pending") for t in d.get("pending", [])],
+                  [assert_hex(t, "orphaned") for t in d.get("orphaned", [])], int(d.get("seq", 0)))
+        if not blocks or (blocks[-1].height, blocks[-1].hash) != (tip.height, tip.hash):
+            raise ValueError("the last stored block is not the tip")
+        return tip
+
+    def hash_at(self, height: int) -> str | None:
+        for d in reversed(self.blocks):
+            if d.height == height:
+                return d.hash
+        return None
+
+
+@dataclass
+class _Read:
+    """One block as read: its header, its matching txs (scan matches) and any ChainTx the read already gave."""
+
+    header: BlockHeader
+    matches: list[Any]
+    known: dict[str, ChainTx] = field(default_factory=dict)
+
+
+@dataclass
+class _PageMatch:
+    """A match found on `/block/:hash/txs` pages (same fields `_apply` reads from rawblock.TxMatch)."""
+
+    index: int
+    txid: str
+    spends: list[tuple[str, int]]
+    receipts: list[tuple[int, int, str]]  # (n, value, address)
+
+
+class _Stop(Exception):
+    """The walk stops before the current block (a race with the server's chain); retried next poll."""
+
+
+@dataclass
+class _Run:
+    """What one poll collected."""
+
+    tally: RequestTally
+    txs: dict[str, ChainTx] = field(default_factory=dict)
+    order: dict[str, tuple[int, int]] = field(default_factory=dict)  # txid -> (height, index) for sorting
+    gone: set[str] = field(default_factory=set)
+    orphaned: dict[str, None] = field(default_factory=dict)
+    net: dict[bytes, WatchedUtxo | None] = field(default_factory=dict)
+    cursors: list[Cursor] = field(default_factory=list)
+    snapshots: list[Any] = field(default_factory=list)
+    blocks_read: int = 0
+    error: SourceError | None = None
+    changed: bool = False
+
+
+# --- the source -----------------------------------------------------------------------------------
+
+
+class EsploraBlockSource:
+    """Esplora REST in block mode: `poll` reads each new block once and returns the txs touching watched addresses."""
+
+    def __init__(
+        self,
+        name: str,
+        http: HttpClient,
+        addresses: Sequence[str],
+        *,
+        clock: Clock,
+        chain: str = "bitcoin",
+        utxos: Iterable[WatchedUtxo] = (),
+        start_height: int | None = None,
+        max_blocks: int = DEFAULT_MAX_BLOCKS,
+        max_seed: int = DEFAULT_MAX_SEED,
+        history: bool = False,
+        max_pages: int = 40,
+        log: logging.Logger | None = None,
+    ):
+        self.name = name
+        self.chain = chain
+        self.http = http
+        self._clock = clock
+        self._log = log or logging.getLogger("watchers.esplora_blocks")
+        self._api = EsploraSource(name, http, (), clock=clock, chain=chain)
+        self._start_height = start_height
+        self._max_blocks = max(1, max_blocks)
+        self._max_seed = max(1, max_seed)
+        self._history = history
+        self._max_pages = max_pages
+        self.watched_addresses: tuple[str, ...] = ()
+        self._scripts: dict[bytes, str] = {}  # output script -> watched address (as given)
+        self._by_norm: dict[str, str] = {}  # normalised address -> watched address (as given)
+        self.watch(addresses)
+        # The stored watched UTXO set, keyed for scan_block; only addresses watched now are kept.
+        self._utxos: dict[bytes, WatchedUtxo] = {
+            outpoint_key(u.txid, u.vout): u for u in utxos if u.chain == chain and _norm(u.address) in self._by_norm
+        }
+        self._journal: list[tuple[bytes, Any]] = []  # (key, previous value) of uncommitted memory changes
+        self._returned: str | None = None  # tip cursor returned last time, while its batch may be uncommitted
+        self._seeded: set[str] = set()
+        self._seeded_text: Any = _MISSING
+        self._raw_ok = True
+        self._failing: str | None = None
+        self._history_now: dict[str, str] = {}  # history cursors returned by this poll's backfill
+
+    def watch(self, addresses: Iterable[str]) -> None:
+        """Watch more addresses from now on (they are seeded at the next poll that reaches the tip).
+
+        :raises InvalidAddress: for an address that does not decode.
+        """
+        new = []
+        for a in addresses:
+            n = _norm(a)
+            if n in self._by_norm:
+                continue
+            self._scripts[address_script(a)] = a
+            self._by_norm[n] = a
+            new.append(a)
+        self.watched_addresses = self.watched_addresses + tuple(new)
+
+    @property
+    def utxo_count(self) -> int:
+        """Watched UTXOs held in memory."""
+        return len(self._utxos)
+
+    # --- memory of the UTXO set -------------------------------------------------------------------
+
+    def _put(self, run: _Run, u: WatchedUtxo) -> None:
+        key = outpoint_key(u.txid, u.vout)
+        self._journal.append((key, self._utxos.get(key, _MISSING)))
+        self._utxos[key] = u
+        run.net[key] = u
+
+    def _drop(self, run: _Run, key: bytes) -> None:
+        old = self._utxos.pop(key, _MISSING)
+        if old is _MISSING:
+            return
+        self._journal.append((key, old))
+        run.net[key] = None
+
+    def _rollback(self) -> None:
+        for key, old in reversed(self._journal):
+            if old is _MISSING:
+                self._utxos.pop(key, None)
+            else:
+                self._utxos[key] = old
+        self._journal.clear()
+
+    def _begin(self, cursors: Mapping[str, str]) -> None:
+        if self._journal and cursors.get("tip") != self._returned:
+            self._log.warning("block mode: the last batch was not stored; rolling back %d in-memory UTXO changes "
+                              "source=%s", len(self._journal), self.name)
+            self._rollback()
+        self._journal.clear()
+        self._returned = None
+        text = cursors.get("seeded")
+        if text != self._seeded_text:
+            self._seeded = set()
+            if text is not None:
+                try:
+                    d = json.loads(text)
+                    self._seeded = {_norm(a) for a in d["addresses"]} if d.get("v") == CURSOR_VERSION else set()
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    self._log.warning("block mode: seeded cursor unreadable, re-seeding source=%s", self.name)
+            self._seeded_text = text
+
+    # --- polling ----------------------------------------------------------------------------------
+
+    async def poll(self, cursors: Mapping[str, str], *, progress=None) -> Batch:
+        """Txs of new blocks touching watched addresses, UTXO changes and the advanced cursor (see module docstring).
+
+        Never raises a SourceError: a failure before any progress gives `failed=("tip",)` and no cursor; a
+        failure in the middle of a walk returns what was read before it, with the cursor just after it.
+        """
+        self._begin(cursors)
+        run = _Run(RequestTally())
+        seeded_before = set(self._seeded)
+        tip_state = self._load_tip(cursors.get("tip"))
+        try:
+            tip = await self._api.tip_hash(tally=run.tally)
+            if tip_state is None:
+                tip_state = await self._start(tip, run)
+                run.changed = True
+        except SourceError as exc:
+            self._note_failure(exc)
+            return Batch(source=self.name, chain=self.chain, failed=("tip",), requests=run.tally.requests)
+        except Exception:  # a bug must not kill the daemon's job; CancelledError passes through
+            self._log.exception("block mode poll failed (bug) source=%s", self.name)
+            return Batch(source=self.name, chain=self.chain, failed=("tip",), requests=run.tally.requests)
+
+        seq = tip_state.seq
+        await self._guard(run, self._advance(tip_state, tip, run))
+        # Orphaned txs are remembered in the cursor until looked up, so a failure here loses none of them.
+        tip_state.orphaned.extend(t for t in run.orphaned if t not in tip_state.orphaned)
+        if run.error is None:
+            await self._guard(run, self._after_walk(tip_state, tip, cursors, run, progress))
+        if run.error is not None:
+            self._note_failure(run.error)
+        else:
+            self._note_success()
+
+        cursors_out = list(run.cursors)
+        if run.changed or self._journal:
+            tip_state.seq = seq + 1
+            text = tip_state.dumps()
+            cursors_out.append(Cursor(self.name, "tip", text))
+            self._returned = text
+        if self._seeded != seeded_before or (self._seeded - set(self._by_norm)):
+            self._seeded &= set(self._by_norm)
+            seeded_text = json.dumps({"v": CURSOR_VERSION, "addresses": sorted(self._seeded)}, separators=(",", ":"))
+            cursors_out.append(Cursor(self.name, "seeded", seeded_text))
+            self._seeded_text = seeded_text
+        txs = sorted(run.txs.values(), key=lambda t: run.order.get(t.txid, (float("inf"), 0)))
+        return Batch(
+            source=self.name,
+            chain=self.chain,
+            txs=tuple(txs),
+            cursors=tuple(cursors_out),
+            snapshots=tuple(run.snapshots),
+            gone=tuple(sorted(run.gone - run.txs.keys())),
+            tip_height=tip_state.height if tip_state.hash == tip else None,
+            requests=run.tally.requests,
+            utxos_added=tuple(u for u in run.net.values() if u is not None),
+            utxos_spent=tuple(outpoint_of_key(k) for k, u in run.net.items() if u is None),
+        )
+
+    async def _guard(self, run: _Run, step) -> None:
+        """Run one step of the poll; a failure stops the poll but keeps what was read before it."""
+        try:
+            await step
+        except SourceError as exc:
+            run.error = exc
+        except Exception as exc:  # a bug must not lose the blocks already read; CancelledError passes through
+            self._log.exception("block mode poll stopped (bug) source=%s", self.name)
+            run.error = SourceError(f"unexpected {type(exc).__name__}: {exc}")
+
+    async def _after_walk(self, st: _Tip, tip: str, cursors: Mapping[str, str], run: _Run, progress) -> None:
+        await self._resolve_orphans(st, run)
+        await self._check_pending(st, run)
+        if st.hash == tip:
+            if self._history:
+                await self._backfill(cursors, run, progress)
+            await self._seed(tip, cursors, run)
+
+    def _load_tip(self, text: str | None) -> _Tip | None:
+        if text is None:
+            return None
+        try:
+            return _Tip.loads(text, self.chain)
+        except (ValueError, KeyError, TypeError, IndexError, MalformedError) as exc:
+            self._log.error("block mode cursor unreadable; restarting from the tip and re-seeding source=%s error=%s",
+                            self.name, exc)
+            self._seeded = set()
+            return None
+
+    async def _start(self, tip: str, run: _Run, *, at_tip: bool = False) -> _Tip:
+        if self._start_height is None or at_tip:
+            block = await self._api.get_block(tip, tally=run.tally)
+            height, h = block["height"], tip
+            where = "the current tip"
+        else:
+            # The parent of the start block, read from the start block itself: works for height 0 and for
+            # servers whose history begins at the start height.
+            first = await self._api.get_block(await self._api.block_hash(self._start_height, tally=run.tally),
+                                              tally=run.tally)
+            height, h = self._start_height - 1, first["previousblockhash"] or "00" * 32
+            where = f"height {self._start_height}"
+        self._log.info("block mode starts at %s source=%s height=%d hash=%s", where, self.name, height, h)
+        return _Tip(height, h, [_Delta(height, h)])
+
+    # --- walking the chain --------------------------------------------------------------------------
+
+    async def _hash_at(self, height: int, run: _Run) -> str | None:
+        try:
+            return await self._api.block_hash(height, tally=run.tally)
+        except SourceError as exc:
+            if http_status(exc) == 404:
+                return None
+            raise
+
+    async def _advance(self, st: _Tip, tip: str, run: _Run) -> None:
+        budget = self._max_blocks
+        cache: dict[str, _Read] = {}
+        while st.hash != tip and budget > 0:
+            h = st.height + 1
+            nxt = await self._hash_at(h, run)
+            if nxt is not None:
+                blk = cache.get(nxt)
+                if blk is None:
+                    try:
+                        blk = cache[nxt] = await self._read(nxt, h, run)
+                    except _Stop:
+                        return
+                if blk.header.prev_hash == st.hash:
+                    try:
+                        await self._apply(st, blk, h, run)
+                    except _Stop:
+                        return
+                    budget -= 1
+                    continue
+            fork = await self._find_fork(st, run)
+            if fork == st.height:
+                return  # our tip is still on the best chain: the server's tip moved while we walked
+            if fork is None:
+                await self._deep_reorg(st, run)
+                return
+            self._undo_to(st, fork, run)
+
+    async def _find_fork(self, st: _Tip, run: _Run) -> int | None:
+        """Highest stored height whose hash the server still has there, or None (deeper than we remember)."""
+        for d in reversed(st.blocks):
+            if await self._hash_at(d.height, run) == d.hash:
+                return d.height
+        return None
+
+    def _undo_to(self, st: _Tip, fork: int, run: _Run) -> None:
+        """Undo the UTXO changes of the stored blocks above `fork`; their matching txs become orphan candidates."""
+        undone = []
+        while st.blocks and st.blocks[-1].height > fork:
+            d = st.blocks.pop()
+            for u, _ in reversed(d.spent):
+                self._put(run, u)
+            for u in reversed(d.added):
+                self._drop(run, outpoint_key(u.txid, u.vout))
+            for t in d.txids():
+                run.orphaned[t] = None
+                run.txs.pop(t, None)
+            undone.append(d)
+        self._log.warning("block mode reorg source=%s depth=%d fork_height=%d orphaned=%s", self.name, len(undone),
+                          fork, ",".join(d.hash for d in reversed(undone)))
+        if st.blocks:
+            st.height, st.hash = st.blocks[-1].height, st.blocks[-1].hash
+        run.changed = True
+
+    async def _deep_reorg(self, st: _Tip, run: _Run) -> None:
+        self._log.error("block mode reorg deeper than the %d blocks remembered source=%s: restarting from the tip "
+                        "and re-seeding every address; blocks in between are not read (use an address-mode backfill)",
+                        KEEP_BLOCKS, self.name)
+        self._undo_to(st, st.blocks[0].height - 1, run)
+        tip = await self._api.tip_hash(tally=run.tally)
+        fresh = await self._start(tip, run, at_tip=True)
+        st.height, st.hash, st.blocks = fresh.height, fresh.hash, fresh.blocks
+        self._seeded = set()
+        run.changed = True
+
+    async def _read(self, block_hash: str, height: int, run: _Run) -> _Read:
+        if self._raw_ok:
+            try:
+                raw = await self.http.get_bytes(f"/block/{block_hash}/raw", tally=run.tally)
+            except SourceError as exc:
+                if http_status(exc) not in (400, 404):
+                    raise
+                try:
+                    await self._api.get_block(block_hash, tally=run.tally)
+                except SourceError as exc2:
+                    if http_status(exc2) == 404:
+                        raise _Stop() from exc2  # the block itself is gone: a reorg under our feet
+                    raise
+                self._raw_ok = False
+                self._log.warning("block mode: %s has no /block/:hash/raw (HTTP %s); reading blocks as 25-tx "
+                                  "pages from now on (about tx_count/25 requests per block) source=%s",
+                                  self.http.active_url, http_status(exc), self.name)
+            else:
+                scan = scan_block(raw, self._scripts, self._utxos)
+                if scan.header.hash != block_hash:
+                    raise MalformedError(f"/block/{block_hash}/raw: the header hashes to {scan.header.hash}")
+                run.blocks_read += 1
+                return _Read(scan.header, scan.matches)
+        return await self._read_pages(block_hash, height, run)
+
+    async def _read_pages(self, block_hash: str, height: int, run: _Run) -> _Read:
+        try:
+            info = await self._api.get_block(block_hash, tally=run.tally)
+        except SourceError as exc:
+            if http_status(exc) == 404:
+                raise _Stop() from exc
+            raise
+        if info["height"] != height:
+            raise _Stop()
+        header = BlockHeader(block_hash, info["version"], info["previousblockhash"] or "00" * 32,
+                             info["merkle_root"], info["timestamp"], info["bits"], info["nonce"])
+        txs: list[ChainTx] = []
+        for start in range(0, info["tx_count"], _BLOCK_PAGE):
+            path = f"/block/{block_hash}/txs/{start}"
+            txs.extend(await self.http.get_json(path, parse=lambda d: parse_txs(d, chain=self.chain), tally=run.tally))
+        if len(txs) != info["tx_count"]:
+            raise MalformedError(f"/block/{block_hash}/txs: {len(txs)} txs, the block has {info['tx_count']}")
+        created: set[bytes] = set()
+        matches: list[Any] = []
+        known: dict[str, ChainTx] = {}
+        for index, tx in enumerate(txs):
+            spends = [] if tx.is_coinbase else [
+                (i.prev_txid, i.prev_vout) for i in tx.inputs
+                if (k := outpoint_key(i.prev_txid, i.prev_vout)) in self._utxos or k in created]
+            receipts = [(o.n, o.value, self._by_norm[_norm(o.address)]) for o in tx.outputs
+                        if o.address is not None and _norm(o.address) in self._by_norm]
+            if spends or receipts:
+                matches.append(_PageMatch(index, tx.txid, spends, receipts))
+                known[tx.txid] = tx
+                created.update(outpoint_key(tx.txid, n) for n, _, _ in receipts)
+        run.blocks_read += 1
+        return _Read(header, matches, known)
+
+    async def _apply(self, st: _Tip, blk: _Read, height: int, run: _Run) -> None:
+        """Fetch the matching txs, then update the UTXO set and the cursor (nothing changes if a fetch fails)."""
+        h = blk.header
+        fetched: list[ChainTx] = []
+        for m in blk.matches:
+            tx = blk.known.get(m.txid)
+            if tx is None:
+                try:
+                    tx = await self._api.get_tx(m.txid, tally=run.tally)
+                except SourceError as exc:
+                    if http_status(exc) == 404:
+                        raise _Stop() from exc  # the block was orphaned between reading it and now
+                    raise
+                _check_same(tx, m)
+            if (tx.block_height, tx.block_hash, tx.block_time) != (height, h.hash, h.time):
+                tx = replace(tx, block_height=height, block_hash=h.hash, block_time=h.time)
+            fetched.append(tx)
+        delta = _Delta(height, h.hash)
+        for m, tx in zip(blk.matches, fetched):
+            for prev_txid, prev_vout in _spends(m):
+                key = outpoint_key(prev_txid, prev_vout)
+                u = self._utxos.get(key)
+                if u is not None:
+                    delta.spent.append((u, m.txid))
+                    self._drop(run, key)
+            for n, value, address in _receipts(m):
+                u = WatchedUtxo(self.chain, m.txid, n, address, value, height)
+                delta.added.append(u)
+                self._put(run, u)
+            run.txs[tx.txid] = tx
+            run.order[tx.txid] = (height, m.index)
+            run.orphaned.pop(tx.txid, None)
+            for waiting in (st.pending, st.orphaned):
+                if tx.txid in waiting:
+                    waiting.remove(tx.txid)
+        st.blocks.append(delta)
+        del st.blocks[:-KEEP_BLOCKS]
+        st.height, st.hash = height, h.hash
+        run.changed = True
+
+    async def _resolve_orphans(self, st: _Tip, run: _Run) -> None:
+        """Matching txs of orphaned blocks not seen again in the new branch: current state, or gone."""
+        for txid in list(st.orphaned):
+            try:
+                tx = await self._api.get_tx(txid, tally=run.tally)
+            except SourceError as exc:
+                if http_status(exc) != 404:
+                    raise
+                run.gone.add(txid)
+            else:
+                run.txs[txid] = tx
+                if not tx.is_confirmed and txid not in st.pending:
+                    st.pending.append(txid)
+            st.orphaned.remove(txid)
+            run.changed = True
+
+    async def _check_pending(self, st: _Tip, run: _Run) -> None:
+        """After new blocks: a pending (orphaned, unconfirmed) tx that vanished goes to `gone`."""
+        if not st.pending or not run.blocks_read:
+            return
+        for txid in list(st.pending):
+            if txid in run.txs:
+                continue
+            try:
+                tx = await self._api.get_tx(txid, tally=run.tally)
+            except SourceError as exc:
+                if http_status(exc) != 404:
+                    raise
+                run.gone.add(txid)
+                st.pending.remove(txid)
+                run.changed = True
+                continue
+            if tx.is_confirmed:  # in a block not read yet: matched there
+                st.pending.remove(txid)
+                run.changed = True
+
+    # --- seeding and history ------------------------------------------------------------------------
+
+    def _unseeded(self) -> list[str]:
+        return [a for a in self.watched_addresses if _norm(a) not in self._seeded]
+
+    async def _backfill(self, cursors: Mapping[str, str], run: _Run, progress) -> None:
+        todo = [a for a in self._unseeded() if not _history_done(cursors.get(f"history:{a}"))][: self._max_seed]
+        if not todo:
+            return
+        hist = EsploraSource(self.name, self.http, todo, clock=self._clock, chain=self.chain, max_pages=self._max_pages)
+        batch = await hist.poll({a: cursors[f"history:{a}"] for a in todo if f"history:{a}" in cursors},
+                                progress=progress)
+        run.tally.requests += batch.requests
+        for tx in batch.txs:
+            if tx.txid not in run.txs:
+                run.txs[tx.txid] = tx
+        run.gone |= set(batch.gone)
+        run.snapshots.extend(batch.snapshots)
+        for c in batch.cursors:
+            run.cursors.append(Cursor(self.name, f"history:{c.key}", c.state))
+        self._history_now = {c.key: c.state for c in batch.cursors}
+
+    async def _seed(self, tip: str, cursors: Mapping[str, str], run: _Run) -> None:
+        todo = self._unseeded()
+        if self._history:
+            fresh = self._history_now
+            todo = [a for a in todo if _history_done(fresh.get(a, cursors.get(f"history:{a}")))]
+            self._history_now = {}
+        todo = todo[: self._max_seed]
+        if not todo:
+            return
+        answers: dict[str, dict[bytes, WatchedUtxo]] = {}
+        for a in todo:
+            try:
+                answers[a] = await self._seed_one(a, run)
+            except SourceError as exc:
+                self._log.warning("block mode: seeding failed, retried next poll source=%s address=%s error=%s",
+                                  self.name, a, exc)
+        if not answers:
+            return
+        if await self._api.tip_hash(tally=run.tally) != tip:
+            self._log.info("block mode: a block arrived while seeding; seeding again next poll source=%s", self.name)
+            return
+        wanted = {_norm(a) for a in answers}
+        held: dict[str, list[bytes]] = {}
+        for key, u in self._utxos.items():
+            n = _norm(u.address)
+            if n in wanted:
+                held.setdefault(n, []).append(key)
+        count = 0
+        for a, found in answers.items():
+            for key in held.get(_norm(a), ()):
+                if key not in found:
+                    self._drop(run, key)  # spent while nobody watched (or stale): the server no longer lists it
+            for key, u in found.items():
+                if self._utxos.get(key) != u:
+                    self._put(run, u)
+            count += len(found)
+            self._seeded.add(_norm(a))
+        run.changed = True
+        self._log.info("block mode seeded source=%s addresses=%d utxos=%d unseeded_left=%d", self.name, len(answers),
+                       count, len(self._unseeded()))
+
+    async def _seed_one(self, address: str, run: _Run) -> dict[bytes, WatchedUtxo]:
+        """The confirmed UTXO set of one address now (see the module docstring for the mempool correction)."""
+        utxos = await self._api.utxos(address, tally=run.tally)
+        path = f"/address/{quote(address, safe='')}/txs/mempool"
+        mempool = await self.http.get_json(path, parse=lambda d: parse_txs(d, chain=self.chain), tally=run.tally)
+        out: dict[bytes, WatchedUtxo] = {}
+        for u in utxos:
+            if u.block_height is not None:
+                out[outpoint_key(u.txid, u.vout)] = WatchedUtxo(self.chain, u.txid, u.vout, address, u.value, u.block_height)
+        unconfirmed = {t.txid for t in mempool}
+        me = _norm(address)
+        for t in mempool:
+            for i in t.inputs:
+                if i.address is not None and _norm(i.address) == me and i.prev_txid not in unconfirmed:
+                    out[outpoint_key(i.prev_txid, i.prev_vout)] = WatchedUtxo(
+                        self.chain, i.prev_txid, i.prev_vout, address, i.value, None)
+        return out
+
+    # --- logs ---------------------------------------------------------------------------------------
+
+    def _note_failure(self, exc: SourceError) -> None:
+        reason = f"{type(exc).__name__}: {exc}"
+        if self._failing is None:
+            self._log.warning("block mode poll stopped, retried next poll source=%s error=%s", self.name, reason)
+        else:
+            self._log.debug("block mode still failing source=%s error=%s", self.name, reason)
+        self._failing = reason
+
+    def _note_success(self) -> None:
+        if self._failing is not None:
+            self._log.info("block mode recovered source=%s", self.name)
+            self._failing = None
+
+
+def _spends(m: Any) -> list[tuple[str, int]]:
+    if isinstance(m, _PageMatch):
+        return m.spends
+    return [(s.prev_txid, s.prev_vout) for s in m.spends]
+
+
+def _receipts(m: Any) -> list[tuple[int, int, str]]:
+    if isinstance(m, _PageMatch):
+        return m.receipts
+    return [(r.n, r.value, r.label) for r in m.receipts]
+
+
+def _check_same(tx: ChainTx, m: Any) -> None:
+    """The `/tx` answer must be the tx the raw block holds: same output count and matched values."""
+    if len(tx.outputs) != m.n_outputs or any(tx.outputs[r.n].value != r.value for r in m.receipts):
+        raise MalformedError(f"/tx/{m.txid}: outputs differ from the raw block's")
+
+
+def _history_done(state: str | None) -> bool:
+    if state is None:
+        return False
+    try:
+        return json.loads(state).get("tail", "x") is None
+    except (ValueError, AttributeError):
+        return False
