@@ -314,6 +314,27 @@ async def test_orphaned_tx_back_in_the_mempool_is_unconfirmed_then_confirmed_or_
     assert h.stored_utxos() == confirmed_utxos(h.chain, [miner])
 
 
+async def test_block_read_before_the_reorg_is_matched_against_the_undone_utxo_set(h):
+    # The first new-branch block the walk reads (at old tip + 1) is read before the fork is known; it must be
+    # matched after the orphaned block is undone, or a re-mined spend of a restored output is missed.
+    miner, exchange = h.chain.address("miner"), h.chain.address("exchange", "p2pkh")
+    h.chain.fund(miner, 5 * COIN)
+    src = h.blocks([miner])
+    await h.catch_up(src)
+    sale = h.chain.pay([], [(exchange, 5 * COIN - 1_000)], inputs=[outpoint(h.chain, miner, 0)], fee=1_000)
+    h.chain.mine()
+    await h.poll(src)
+    assert h.stored_utxos() == set()
+    h.chain.reorg(1, new_blocks=0)  # the sale returns to the mempool
+    h.chain.mine(txs=[])
+    block = h.chain.mine(txs=[sale.txid])[0]  # re-mined one block higher than before
+    batch = await h.poll(src)
+    assert [(t.txid, t.block_hash) for t in batch.txs] == [(sale.txid, block.hash)] and batch.gone == ()
+    assert h.stored_utxos() == confirmed_utxos(h.chain, [miner]) == set()
+    state = json.loads(h.cursors()["tip"])
+    assert state["blocks"][-1][3] and state["blocks"][-1][3][0][5] == sale.txid  # the spend is in the new block's delta
+
+
 # --- request counts -----------------------------------------------------------------------------------
 
 

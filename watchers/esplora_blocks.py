@@ -85,7 +85,7 @@ from monitor.model import Batch, ChainTx, Clock, Cursor, MalformedError, SourceE
 from watchers.addresses import InvalidAddress, _b58decode_check, _segwit_decode
 from watchers.esplora import EsploraSource
 from watchers.http import HttpClient, RequestTally, http_status
-from watchers.rawblock import BlockHeader, outpoint_key, outpoint_of_key, scan_block
+from watchers.rawblock import BlockHeader, outpoint_key, outpoint_of_key, parse_header, scan_block
 from watchers.validate import assert_hex, parse_txs
 
 __all__ = [
@@ -227,11 +227,15 @@ class _Tip:
 
 @dataclass
 class _Read:
-    """One block as read: its header, its matching txs (scan matches) and any ChainTx the read already gave."""
+    """One block as read: its header and either its raw bytes or its txs from `/txs` pages.
+
+    Matching waits until the block is applied: a block read while looking for a fork must be matched
+    against the UTXO set as it is after the orphaned blocks are undone, not before.
+    """
 
     header: BlockHeader
-    matches: list[Any]
-    known: dict[str, ChainTx] = field(default_factory=dict)
+    raw: bytes | None = None
+    txs: list[ChainTx] | None = None
 
 
 @dataclass
@@ -572,11 +576,11 @@ class EsploraBlockSource:
                                   "pages from now on (about tx_count/25 requests per block) source=%s",
                                   self.http.active_url, http_status(exc), self.name)
             else:
-                scan = scan_block(raw, self._scripts, self._utxos)
-                if scan.header.hash != block_hash:
-                    raise MalformedError(f"/block/{block_hash}/raw: the header hashes to {scan.header.hash}")
+                header = parse_header(raw)
+                if header.hash != block_hash:
+                    raise MalformedError(f"/block/{block_hash}/raw: the header hashes to {header.hash}")
                 run.blocks_read += 1
-                return _Read(scan.header, scan.matches)
+                return _Read(header, raw=raw)
         return await self._read_pages(block_hash, height, run)
 
     async def _read_pages(self, block_hash: str, height: int, run: _Run) -> _Read:
@@ -596,10 +600,17 @@ class EsploraBlockSource:
             txs.extend(await self.http.get_json(path, parse=lambda d: parse_txs(d, chain=self.chain), tally=run.tally))
         if len(txs) != info["tx_count"]:
             raise MalformedError(f"/block/{block_hash}/txs: {len(txs)} txs, the block has {info['tx_count']}")
+        run.blocks_read += 1
+        return _Read(header, txs=txs)
+
+    def _match(self, blk: _Read) -> tuple[list[Any], dict[str, ChainTx]]:
+        """Matching txs of a block against the watched set now, and the ChainTx the pages already gave."""
+        if blk.raw is not None:
+            return scan_block(blk.raw, self._scripts, self._utxos).matches, {}
         created: set[bytes] = set()
         matches: list[Any] = []
         known: dict[str, ChainTx] = {}
-        for index, tx in enumerate(txs):
+        for index, tx in enumerate(blk.txs or ()):
             spends = [] if tx.is_coinbase else [
                 (i.prev_txid, i.prev_vout) for i in tx.inputs
                 if (k := outpoint_key(i.prev_txid, i.prev_vout)) in self._utxos or k in created]
@@ -609,15 +620,15 @@ class EsploraBlockSource:
                 matches.append(_PageMatch(index, tx.txid, spends, receipts))
                 known[tx.txid] = tx
                 created.update(outpoint_key(tx.txid, n) for n, _, _ in receipts)
-        run.blocks_read += 1
-        return _Read(header, matches, known)
+        return matches, known
 
     async def _apply(self, st: _Tip, blk: _Read, height: int, run: _Run) -> None:
         """Fetch the matching txs, then update the UTXO set and the cursor (nothing changes if a fetch fails)."""
         h = blk.header
+        matches, known = self._match(blk)
         fetched: list[ChainTx] = []
-        for m in blk.matches:
-            tx = blk.known.get(m.txid)
+        for m in matches:
+            tx = known.get(m.txid)
             if tx is None:
                 try:
                     tx = await self._api.get_tx(m.txid, tally=run.tally)
@@ -630,7 +641,7 @@ class EsploraBlockSource:
                 tx = replace(tx, block_height=height, block_hash=h.hash, block_time=h.time)
             fetched.append(tx)
         delta = _Delta(height, h.hash)
-        for m, tx in zip(blk.matches, fetched):
+        for m, tx in zip(matches, fetched):
             for prev_txid, prev_vout in _spends(m):
                 key = outpoint_key(prev_txid, prev_vout)
                 u = self._utxos.get(key)
