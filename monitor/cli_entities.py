@@ -8,7 +8,6 @@ seen, flows). Subcommands: `import`, `add`, `remove`, `show`, `candidates`, `acc
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 

@@ -1,6 +1,7 @@
 """Discovery jobs: co-spend learning against storage, and one pass of every discovery job.
 
-`learn_and_commit` is what the pipeline calls per batch inside its tick transaction (store thread);
+`learn_from_txs` (monitor.cluster, pure) runs before a tick's flows are computed and `commit_learned`
+stores its result inside the tick transaction; `learn_and_commit` does both on the store thread;
 `learn_from_stored` does the same over txs already stored (resumable position), for the CLI and a
 daemon job; `discover_once` runs co-spend learning, pool payout following and hop tracing once.
 """
@@ -12,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from monitor.cluster import LearnResult, apply_learned, learn_from_txs
+from monitor.cluster import CHANGE_MIN_VOTES, COINJOIN_MIN_EQUAL, LearnResult, apply_learned, learn_from_txs
 from monitor.model import ChainTx
 from monitor.pools import DEFAULT_POOL_OWNERS, FollowResult, PoolIndex, follow_pool_payouts
 from monitor.registry import Registry
@@ -20,7 +21,7 @@ from monitor.tracing import DEFAULT_MAX_HOPS, DEFAULT_VALUE_FLOOR_SAT, trace_pen
 from storage import Store
 from storage.discovery import get_state, rejected_addresses, save_learned, set_state, transactions_after
 
-__all__ = ["Committed", "learn_and_commit", "learn_from_stored", "DiscoveryResult", "discover_once"]
+__all__ = ["Committed", "commit_learned", "learn_and_commit", "learn_from_stored", "DiscoveryResult", "discover_once"]
 
 log = logging.getLogger("treasury_monitor.discovery")
 
@@ -38,20 +39,28 @@ class Committed:
     proposed: tuple[Any, ...] = ()  # change candidates stored as candidates
 
 
-def learn_and_commit(store: Store, txs: Iterable[ChainTx], registry: Registry, *, now: int) -> Committed:
-    """Learn from `txs` (co-spend, flags, change) and store it, in the caller's transaction (store thread).
+def commit_learned(store: Store, result: LearnResult, *, now: int) -> Committed:
+    """Store what `learn_from_txs` found, in the caller's transaction (store thread).
 
-    Rejected addresses are skipped; learned addresses are stored active with an evidence row, change
-    candidates as candidates, flags in `discovery_flags`.
+    Rejected and already-stored addresses are skipped; learned addresses are stored active with an
+    evidence row, change candidates as candidates, flags in `discovery_flags`.
     """
-    result = learn_from_txs(txs, registry, rejected=rejected_addresses(store))
     added = tuple(item for item, outcome in save_learned(store, result.learned, result.flags, now=now) if outcome == "added")
     proposed = tuple(item for item, outcome in save_learned(store, result.candidates, now=now, status="candidate")
                      if outcome == "added")
     return Committed(result, added, proposed)
 
 
-def learn_from_stored(store: Store, registry: Registry, *, now: int, limit: int = 2_000) -> Committed:
+def learn_and_commit(store: Store, txs: Iterable[ChainTx], registry: Registry, *, now: int,
+                     min_equal: int = COINJOIN_MIN_EQUAL, change_min_votes: int = CHANGE_MIN_VOTES) -> Committed:
+    """Learn from `txs` (co-spend, flags, change; rejected addresses skipped) and store it (store thread)."""
+    result = learn_from_txs(txs, registry, rejected=rejected_addresses(store), min_equal=min_equal,
+                            change_min_votes=change_min_votes)
+    return commit_learned(store, result, now=now)
+
+
+def learn_from_stored(store: Store, registry: Registry, *, now: int, limit: int = 2_000,
+                      min_equal: int = COINJOIN_MIN_EQUAL, change_min_votes: int = CHANGE_MIN_VOTES) -> Committed:
     """Co-spend learning over stored txs not scanned yet (position kept in `discovery_state`).
 
     The scan waits at a mempool tx (it may confirm) unless that tx is older than two weeks.
@@ -67,7 +76,7 @@ def learn_from_stored(store: Store, registry: Registry, *, now: int, limit: int 
             if status == "confirmed":
                 txs.append(tx)
             new_pos = rowid
-        committed = learn_and_commit(store, txs, registry, now=now)
+        committed = learn_and_commit(store, txs, registry, now=now, min_equal=min_equal, change_min_votes=change_min_votes)
         set_state(store, _COSPEND_KEY, new_pos, now=now)
     return committed
 

@@ -145,15 +145,17 @@ def _csv_rows(text: str) -> list[LabelRow]:
     if "address" not in index:
         raise LabelImportError([f"line 1: no address column in the header {header!r} (expected one of "
                                 f"{', '.join(_ALIASES['address'])})"])
+    def get(fields: list[str], key: str) -> str:
+        return _text(fields[index[key]]) if key in index and index[key] < len(fields) else ""
+
     out = []
     row = 0
     for fields in reader:
         if not any(f.strip() for f in fields):
             continue
         row += 1
-        get = lambda k: _text(fields[index[k]]) if k in index and index[k] < len(fields) else ""  # noqa: E731
-        out.append(LabelRow(row, get("address"), get("label"), get("entity"), get("source"), get("chain"),
-                            get("as_of"), line=reader.line_num))
+        out.append(LabelRow(row, *(get(fields, k) for k in ("address", "label", "entity", "source", "chain", "as_of")),
+                            line=reader.line_num))
     return out
 
 

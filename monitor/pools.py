@@ -263,6 +263,13 @@ async def coinbase_scriptsig(source: Any, txid: str) -> bytes | None:
     ChainTx does not keep scriptSigs; this is one request per coinbase. None when the source cannot
     answer (no HTTP client, or an error: the block stays attributed by address).
     """
+    own = getattr(source, "coinbase_scriptsig", None)
+    if own is not None:  # a source that knows how (the natural home of this request is watchers/)
+        try:
+            return await own(txid)
+        except SourceError as exc:
+            log.warning("coinbase scriptsig lookup failed txid=%s error=%s", txid, exc)
+            return None
     http = getattr(source, "http", None)
     if http is None:
         return None

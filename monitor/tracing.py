@@ -37,7 +37,7 @@ from monitor.attribution import attribute_address
 from monitor.model import SATS_PER_BTC, Attribution, ChainTx, SourceError
 from monitor.registry import Registry
 from storage import AsyncStore, Store
-from storage.discovery import TraceState, due_traces, queue_traces, save_trace, trace_rows
+from storage.discovery import TraceState, due_traces, queue_traces, save_trace
 
 __all__ = [
     "DEFAULT_MAX_HOPS",
@@ -217,7 +217,3 @@ async def trace_pending(
         await store.run(_save, outcome.state, now=now)
     return attributed
 
-
-def traces_of(store: Store, entity: str | None = None) -> list[TraceState]:
-    """Stored traces (for `entities show` and the report)."""
-    return trace_rows(store, entity=entity)
