@@ -388,7 +388,7 @@ async def test_rbf_replacement_is_reflected(env):
     assert await c.json(f"/tx/{sale.txid}/status") == {"confirmed": False}
     assert await c.json(f"/address/{exch}/txs") == []
     assert (await c.json(f"/address/{exch}"))["mempool_stats"]["tx_count"] == 0
-    assert [t["txid"] for t in await c.json(f"/address/{miner}/txs")][0] == cancel.txid
+    assert (await c.json(f"/address/{miner}/txs"))[0]["txid"] == cancel.txid
     assert (await c.json(f"/tx/{cancel.txid}"))["fee"] == 3_000
     chain.mine()
     assert (await c.json(f"/tx/{cancel.txid}/status"))["confirmed"] is True
@@ -435,10 +435,10 @@ async def faulty():
     chain = SimChain(seed=9)
     chain.mine(3)
     faults = Faults()
-    async with EsploraServer(chain, faults=faults) as server:
-        # force_close: a fresh connection per request, so aiohttp does not silently retry a reset.
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
-            yield chain, server, Client(session, server)
+    # force_close: a fresh connection per request, so only aiohttp's own single retry hides a reset.
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with EsploraServer(chain, faults=faults) as server, aiohttp.ClientSession(connector=connector) as session:
+        yield chain, server, Client(session, server)
 
 
 async def test_429_blockstream_body_with_retry_after_then_recovers(faulty):

@@ -364,7 +364,7 @@ def test_reorg_default_reconfirms_and_can_drop_or_replace(chain):
 
 def test_reorg_drops_spends_of_orphaned_coinbases(chain):
     miner = chain.address("miner")
-    (b1,) = chain.mine(coinbase_to=miner)
+    chain.mine(coinbase_to=miner)
     spend = chain.pay([miner], [(chain.address("x"), COIN)])
     chain.reorg(1, include_mempool=False)
     assert chain.tx(spend.txid) is None and chain.mempool == []

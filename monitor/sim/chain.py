@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 
 from watchers.addresses import address_to_script, script_to_address, script_type
@@ -40,23 +40,23 @@ __all__ = [
     "HALVING_INTERVAL",
     "NULL_TXID",
     "Outpoint",
+    "SimBlock",
+    "SimChain",
+    "SimTx",
     "SimTxIn",
     "SimTxOut",
-    "SimTx",
-    "SimBlock",
-    "TxStatus",
     "Spend",
+    "TxStatus",
     "Utxo",
-    "SimChain",
-    "sha256d",
-    "hash160",
-    "varint",
-    "push_data",
-    "merkle_root",
-    "subsidy",
     "bits_from_difficulty",
     "difficulty_from_bits",
+    "hash160",
+    "merkle_root",
+    "push_data",
+    "sha256d",
+    "subsidy",
     "target_from_bits",
+    "varint",
 ]
 
 COIN = 100_000_000
@@ -937,6 +937,8 @@ class SimChain:
         `time` is the first block's timestamp (default: previous block + block_interval), later ones
         follow at block_interval. The coinbase pays subsidy + fees: `coinbase_outputs` first, the rest
         to `coinbase_to` (default the address of label "sim-miner"). `difficulty` is set_difficulty().
+        No consensus limits are enforced (block weight, coinbase maturity, locktimes): tests may build
+        blocks larger than 4M weight units on purpose.
 
         :raises ValueError: a listed tx is not in the mempool or has a parent that is neither confirmed
             nor listed before it.

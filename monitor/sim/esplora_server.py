@@ -29,7 +29,7 @@ import asyncio
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from aiohttp import web
 
@@ -38,24 +38,24 @@ from watchers.addresses import NETWORKS, InvalidAddress, script_type, validate_a
 
 __all__ = [
     "API_PREFIX",
-    "CHAIN_TXS_PER_PAGE",
-    "MAX_MEMPOOL_TXS",
-    "BLOCK_LIMIT",
-    "FAULT_KINDS",
     "BLOCKSTREAM_429_BODY",
+    "BLOCK_LIMIT",
+    "CHAIN_KEY",
+    "CHAIN_TXS_PER_PAGE",
+    "FAULTS_KEY",
+    "FAULT_KINDS",
+    "MAX_MEMPOOL_TXS",
     "MEMPOOL_429_BODY",
+    "REQUESTS_KEY",
+    "EsploraServer",
     "FaultRule",
     "Faults",
-    "EsploraServer",
-    "make_app",
-    "CHAIN_KEY",
-    "FAULTS_KEY",
-    "REQUESTS_KEY",
-    "script_asm",
-    "esplora_script_type",
-    "tx_json",
-    "status_json",
     "block_json",
+    "esplora_script_type",
+    "make_app",
+    "script_asm",
+    "status_json",
+    "tx_json",
 ]
 
 API_PREFIX = "/api"
@@ -643,7 +643,7 @@ def make_app(chain: SimChain, faults: Faults | None = None) -> web.Application:
         if rule.delay > 0:
             try:
                 await asyncio.wait_for(stopping.wait(), rule.delay)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         return await _fault_response(rule, request, normal)
 
@@ -675,7 +675,7 @@ class EsploraServer:
         """Base URL ending in /api, e.g. http://127.0.0.1:41234/api."""
         return f"http://{self.host}:{self.port}{API_PREFIX}"
 
-    async def start(self) -> EsploraServer:
+    async def start(self) -> Self:
         """Bind and serve; `port=0` picks a free port (see `.port`)."""
         self._runner = web.AppRunner(self.app, handle_signals=False, shutdown_timeout=1.0, access_log=None)
         await self._runner.setup()
@@ -691,7 +691,7 @@ class EsploraServer:
             await self._runner.cleanup()
             self._runner = None
 
-    async def __aenter__(self) -> EsploraServer:
+    async def __aenter__(self) -> Self:
         return await self.start()
 
     async def __aexit__(self, *exc) -> None:
