@@ -200,22 +200,22 @@ async def test_block_mode_and_address_mode_give_identical_flows_on_300_blocks(h)
     assert first.txs == () and {(u.txid, u.vout) for u in first.utxos_added} == {
         (t, v) for t, v, _, _ in confirmed_utxos(h.chain, watched)}
     block_txs = {}
-    polls = 0
+    polls_per_catch_up = []
 
-    async def maybe_poll(k: int) -> None:
-        nonlocal polls
-        if k % 9 == 0 and not 100 < k < 230:  # a 130-block gap: caught up over several capped polls
-            for b in await h.catch_up(src):
-                polls += 1
-                block_txs.update({t.txid: t for t in b.txs})
+    async def poll_to_tip() -> None:
+        batches = await h.catch_up(src)
+        polls_per_catch_up.append(len(batches))
+        for b in batches:
+            block_txs.update({t.txid: t for t in b.txs})
 
-    # SimChain is synchronous: collect polls between blocks by running the history in slices.
+    # Poll every 30 blocks, except for a 150-block gap that the 50-block cap spreads over several polls.
     for start in range(0, 300, 30):
         build_history(h.chain, rng, 30, ents, noise, exchange)
-        await maybe_poll(start)
+        if not 90 <= start < 210:
+            await poll_to_tip()
     h.chain.mine()
-    for b in await h.catch_up(src):
-        block_txs.update({t.txid: t for t in b.txs})
+    await poll_to_tip()
+    assert max(polls_per_catch_up) == 3 and min(polls_per_catch_up) == 1  # the gap: 150 blocks, 3 polls of 50
     assert h.chain.height - 880_000 >= 300 and h.chain.mempool == []
 
     addr_src = EsploraSource("address", h.http(), watched, clock=h.clock, max_pages=1000)

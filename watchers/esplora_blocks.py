@@ -153,8 +153,12 @@ def address_script(address: str) -> bytes:
 
 
 def _norm(address: str) -> str:
-    low = address.strip().lower()
-    return low if low.startswith(("bc1", "tb1", "bcrt1")) else address.strip()
+    # Returns the same object when the address is already canonical: one string per address, not two.
+    a = address.strip()
+    low = a.lower()
+    if low.startswith(("bc1", "tb1", "bcrt1")):
+        return a if low == a else low
+    return a
 
 
 # --- cursor state ---------------------------------------------------------------------------------
