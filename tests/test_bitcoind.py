@@ -14,6 +14,7 @@ from decimal import Decimal
 import aiohttp
 import pytest
 
+import fakes.bcoin as _bcoin
 from builders import entity
 from monitor.clock import FrozenClock
 from monitor.flows import entity_flows
@@ -36,6 +37,7 @@ from watchers.esplora import EsploraSource
 from watchers.http import HttpClient
 
 COIN = 100_000_000
+bcoin = _bcoin.bcoin  # fixture: a real bcoin regtest node (installed into a cache dir on first use)
 
 
 class Harness:
@@ -603,3 +605,34 @@ def test_core_rendering_helpers():
     assert core_asm(bytes.fromhex("6a04deadbeef")) == "OP_RETURN -1874767326"  # ≤ 4-byte pushes are numbers
     assert core_descriptor(bytes.fromhex("6a"), None).startswith("raw(6a)#")
     assert format_core_version(250100) == "25.1" and format_core_version(210100) == "0.21.1"
+
+
+# --- a real node: bcoin in regtest ---------------------------------------------------------------------------
+
+
+async def test_real_bcoin_node_auth_rpc_shapes_and_the_older_node_error(bcoin):
+    """bcoin speaks Core-style JSON-RPC but predates getblock verbosity 3: the source must say what it needs."""
+    hashes = bcoin.rpc("generatetoaddress", [3, bcoin.address])
+    clock = FrozenClock()
+    async with aiohttp.ClientSession() as session:
+        wrong = BitcoindRpc(bcoin.url, session, clock=clock, user="x", password="not-the-key")
+        with pytest.raises(SourceError) as err:
+            await wrong.call("getblockcount")
+        assert str(err.value) == (f"bitcoind at 127.0.0.1:{bcoin.port} rejected the RPC credentials "
+                                  "(check rpcuser/rpcpassword or the cookie file)")
+        rpc = BitcoindRpc(bcoin.url, session, clock=clock, user="x", password=bcoin.api_key)
+        info = await rpc.call("getblockchaininfo")
+        assert (info["chain"], info["blocks"], info["bestblockhash"]) == ("regtest", 3, hashes[-1])
+        assert await rpc.call("getblockhash", 3) == hashes[-1]
+        block = await rpc.call("getblock", hashes[-1], True, True)  # bcoin's (verbose, details) form
+        assert btc_to_sats(block["tx"][0]["vout"][0]["value"], "value") == 50 * COIN  # regtest subsidy, exact
+        source = BitcoindSource("bcoin", rpc, [bcoin.address], clock=clock, network="regtest")
+        assert await source.tip_hash() == hashes[-1]
+        with pytest.raises(SourceError) as err:
+            await source.poll({})
+        assert not isinstance(err.value, (TransientError, MalformedError))
+        assert str(err.value) == (
+            "Bitcoin Core 23.0 or newer is needed (getblock verbosity 3 returns prevouts); "
+            f"bitcoind at 127.0.0.1:{bcoin.port} (/bcoin:v1.0.2/) answered getblock verbosity 3 with error -3: "
+            "Param #1 must be a boolean."
+        )

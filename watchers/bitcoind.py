@@ -823,7 +823,8 @@ class BitcoindSource:
 
     def _check_chain(self, info: dict) -> tuple[int, str]:
         p = "getblockchaininfo"
-        ibd = assert_bool(require(info, "initialblockdownload", p), f"{p}.initialblockdownload")
+        # Core has reported it since 0.16; a node without the field is taken as synced.
+        ibd = assert_bool(info.get("initialblockdownload", False), f"{p}.initialblockdownload")
         if ibd:
             progress = info.get("verificationprogress")
             pct = f"{float(progress) * 100:.1f}% verified" if isinstance(progress, (int, Decimal)) and not isinstance(progress, bool) else "progress unknown"
