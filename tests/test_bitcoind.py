@@ -329,6 +329,61 @@ async def test_same_height_reorg_and_orphans_wait_for_the_tip(h):
     assert h.state(core)["hash"] == c.tip.hash
 
 
+async def test_unresolved_prevout_is_retried_next_poll_and_txindex_resolves_it(h):
+    c = h.chain
+    a = c.address("res")
+    c.fund(a, COIN)
+    core = h.core([a])
+    await h.poll(core)
+    tx = c.pay([a], [(c.address("res2"), 1_000)], fee=100)
+    h.node.mutate = lambda m, p, r: None if m == "gettxout" else r  # the coin seems gone (a race with a block)
+    batch = await h.poll(core)
+    assert batch.txs == ()  # neither returned nor called irrelevant: tried again next poll
+    h.node.txindex = True  # with txindex the parent is found by getrawtransaction
+    batch = await h.poll(core)
+    assert [t.txid for t in batch.txs] == [tx.txid] and batch.txs[0].inputs[0].value == COIN
+
+
+async def test_mempool_backlog_is_spread_over_polls(h, caplog):
+    caplog.set_level(logging.INFO)
+    c = h.chain
+    a = c.address("bl")
+    core = h.core([a], max_mempool_txs=2)
+    c.fund(a, COIN)
+    await h.poll(core)
+    txids = {c.fund(a, 1_000 + i, confirmed=False).txid for i in range(5)}
+    got = set()
+    for _ in range(3):
+        got |= {t.txid for t in (await h.poll(core)).txs}
+    assert got == txids
+    assert "examined=2 left_for_next_polls=3" in caplog.text
+
+
+async def test_mempool_can_be_switched_off(h):
+    c = h.chain
+    a = c.address("off")
+    c.fund(a, COIN)
+    core = h.core([a], mempool=False)
+    await h.poll(core)
+    tx = c.pay([a], [(c.address("off2"), 1_000)], fee=100)
+    batch = await h.poll(core)
+    assert batch.txs == () and "getrawmempool" not in h.node.methods
+    c.mine()
+    assert [t.txid for t in (await h.poll(core)).txs] == [tx.txid]
+
+
+async def test_new_addresses_make_the_mempool_be_examined_again(h):
+    c = h.chain
+    a, b = c.address("old"), c.address("LATER")
+    c.fund_many([(a, COIN), (b, COIN)])
+    core = h.core([a])
+    await h.poll(core)
+    tx = c.pay([b], [(c.address("z"), 1_000)], fee=100)
+    assert (await h.poll(core)).txs == ()
+    core.set_addresses([a, b.upper()])  # bech32 is case-insensitive
+    assert [t.txid for t in (await h.poll(core)).txs] == [tx.txid]
+
+
 # --- errors ---------------------------------------------------------------------------------------------------
 
 
@@ -362,7 +417,6 @@ async def test_cookie_file_and_a_node_restart(h, tmp_path):
         node.rotate_cookie()  # the node restarted and wrote a new cookie: re-read once, no error
         assert (await rpc.call("getblockcount")) == h.chain.height
         token = cookie.read_text().split(":", 1)[1]
-        cookie.write_text("__cookie__:stale")
         node.rotate_cookie()
         cookie.write_text("__cookie__:" + "0" * 64)  # a wrong cookie stays wrong after the re-read
         with pytest.raises(SourceError, match="rejected the RPC credentials") as err:
