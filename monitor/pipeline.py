@@ -18,11 +18,14 @@ from typing import Any, Protocol
 
 from monitor.attribution import attribute
 from monitor.classify import Thresholds, classify
+from monitor.cluster import LearnResult, apply_learned, learn_from_txs
+from monitor.discovery import commit_learned
 from monitor.flows import entity_flows
 from monitor.market import Market, context_json
 from monitor.model import Attribution, Batch, Classification, Clock, EntityFlow, FlowHistory, MarketContext
 from monitor.registry import Registry
 from storage import AsyncStore, Store
+from storage.discovery import rejected_addresses
 from storage.utxos import apply_utxo_changes
 from watchers import Source
 
@@ -105,6 +108,20 @@ def flow_history(store: Store, flow: EntityFlow, *, now: int, days: int = HISTOR
     )
 
 
+def _keep_traced(store: Store, flow: EntityFlow) -> EntityFlow:
+    """The flow, keeping stored attributions found by hop tracing where it would now say `unknown`."""
+    if not any(d.attribution.kind == "unknown" for d in flow.destinations):
+        return flow
+    old = store.get_flow(flow.chain, flow.txid, flow.entity)
+    traced = {d.n: d.attribution for d in (old.destinations if old else ()) if d.attribution.path}
+    if not traced:
+        return flow
+    return replace(flow, destinations=tuple(
+        replace(d, attribution=traced[d.n]) if d.attribution.kind == "unknown" and d.n in traced else d
+        for d in flow.destinations
+    ))
+
+
 def _missing_context(flow: EntityFlow, now: int) -> MarketContext:
     return MarketContext(at=_at(flow, now))
 
@@ -119,6 +136,7 @@ def commit_batch(
     now: int,
     thresholds: Thresholds = Thresholds(),
     alert_hook: AlertHook | None = None,
+    learned: LearnResult | None = None,
 ) -> TickResult:
     """Write a batch, classify its outflows and queue alerts, all in one transaction (store thread)."""
     new_txs = new_flows = 0
@@ -128,6 +146,9 @@ def commit_batch(
     with store.batch():
         for tx in batch.txs:
             new_txs += store.save_tx(tx, now=now)
+        if learned is not None and (learned.learned or learned.flags or learned.candidates):
+            commit_learned(store, learned, now=now)
+        flows = [_keep_traced(store, f) for f in flows]
         for f in flows:
             new_flows += store.save_flow(f, now=now)
         # Oldest first, so each flow's history includes the earlier flows of the same batch.
@@ -213,7 +234,11 @@ class Pipeline:
         market: Market | None = None,
         thresholds: Thresholds = Thresholds(),
         alert_hook: AlertHook | None = None,
+        learn_cospend: bool = True,
+        on_registry_change: Callable[[Registry], None] | None = None,
     ):
+        self.learn_cospend = learn_cospend
+        self.on_registry_change = on_registry_change
         self.registry = registry
         self.store = store
         self.clock = clock
@@ -226,7 +251,17 @@ class Pipeline:
         return [attribute(f, self.registry) for tx in batch.txs for f in entity_flows(tx, self.registry)]
 
     async def process(self, batch: Batch) -> TickResult:
-        """Classify and commit one batch; returns what was stored."""
+        """Learn co-spent addresses, classify and commit one batch; returns what was stored."""
+        learned = None
+        if self.learn_cospend and batch.txs:
+            # Addresses co-spent with a watched one belong to its entity: learn them before computing
+            # flows, so their inputs count in this very tick (a rejected address is never learned again).
+            rejected = await self.store.run(rejected_addresses)
+            learned = learn_from_txs(batch.txs, self.registry, rejected=rejected)
+            if learned.learned:
+                self.registry = apply_learned(self.registry, learned.learned)
+                if self.on_registry_change is not None:
+                    self.on_registry_change(self.registry)
         flows = self.flows_of(batch)
         contexts: dict[tuple[str, str, str], MarketContext] = {}
         if self.market is not None:
@@ -241,6 +276,7 @@ class Pipeline:
             now=int(self.clock.time()),
             thresholds=self.thresholds,
             alert_hook=self.alert_hook,
+            learned=learned,
         )
 
     async def reattribute(self, chain: str, txid: str, entity: str, attributions: dict[int, Attribution]) -> Decision | None:

@@ -145,6 +145,13 @@ async def runtime(config: Config, *, db: str | Path | None = None, clock: Clock 
     session = aiohttp.ClientSession()
     try:
         sources = [make_source(s, registry, session, clock) for s in config.sources]
+
+        def rewatch(reg: Registry) -> None:
+            # learned addresses (co-spend) are watched from the next poll of every source of their chain
+            for src in sources:
+                if hasattr(src, "set_addresses"):
+                    src.set_addresses(reg.watched_addresses(src.chain))
+
         pipeline = Pipeline(
             registry,
             astore,
@@ -152,6 +159,7 @@ async def runtime(config: Config, *, db: str | Path | None = None, clock: Clock 
             market=make_market(config, astore, session, clock, sources),
             thresholds=config.classify,
             alert_hook=make_planner(config, registry),
+            on_registry_change=rewatch,
         )
         channels = build_channels(config, session, clock)
         dispatcher = make_dispatcher(config, astore, channels, clock)

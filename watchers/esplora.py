@@ -175,6 +175,10 @@ class EsploraSource:
         self._log = log or logging.getLogger("watchers.esplora")
         self._failing: dict[str, str] = {}  # address → reason, while it fails
 
+    def set_addresses(self, addresses: Sequence[str]) -> None:
+        """Watch this address list from the next poll on (e.g. after co-spend learned new ones)."""
+        self.addresses = tuple(dict.fromkeys(addresses))
+
     # --- polling ----------------------------------------------------------------------------------
 
     async def poll(self, cursors: Mapping[str, str], *, progress=None) -> Batch:
