@@ -49,6 +49,7 @@ __all__ = [
     "AlertsConfig",
     "ChannelConfig",
     "DaemonConfig",
+    "DiscoveryConfig",
     "Secret",
     "load_config",
     "parse_config",
@@ -95,6 +96,11 @@ DEFAULT_SHUTDOWN_GRACE = 10.0  # seconds to flush the outbox on SIGTERM
 DEFAULT_UNHEALTHY_AFTER = 600.0  # seconds a source may fail before /healthz reports 503
 DEFAULT_DIGEST_HOUR = 8  # UTC hour of the daily digest; -1 disables it
 DEFAULT_PRICE_INTERVAL = 600.0  # seconds between price refreshes in the daemon
+DEFAULT_DISCOVERY_INTERVAL = 600.0  # seconds between pool-payout following / hop-tracing passes
+DEFAULT_POOL_OWNERS = {"MARA Pool": "MARA"}  # pools-v2 pool name → the miner whose own pool it is
+DEFAULT_POOL_MIN_PAYOUTS = 2  # a recipient paid this often by its pool is proposed as a candidate
+DEFAULT_TRACE_MAX_HOPS = 5
+DEFAULT_TRACE_VALUE_FLOOR_BTC = 0.1  # branches smaller than this are not followed
 
 NETWORKS = ("mainnet", "testnet", "signet", "regtest")
 PRICE_SOURCES = ("coinbase", "kraken", "coingecko", "csv")
@@ -103,7 +109,7 @@ SOURCE_TYPES = ("esplora",)
 SOURCE_CHAINS = ("bitcoin",)
 SOURCE_MODES = ("address", "block", "auto")
 #: Top-level sections, in the order they are parsed.
-SECTIONS = ("monitor", "sources", "entities", "classify", "prices", "alerts", "daemon")
+SECTIONS = ("monitor", "sources", "entities", "classify", "prices", "alerts", "daemon", "discovery")
 
 _MONITOR_KEYS = ("network", "storage")
 _SOURCE_KEYS = (
@@ -145,6 +151,17 @@ _CHANNEL_SETTINGS: dict[str, dict[str, tuple[str, str]]] = {
     "console": {"stream": ("string", "plain")},
 }
 _CHANNEL_REQUIRED = {"slack": ("webhook_url",), "email": ("host", "sender", "recipients"), "webhook": ("url", "secret"), "console": ()}
+_DISCOVERY_KEYS = (
+    "cospend",
+    "pools",
+    "trace",
+    "interval",
+    "pool_owners",
+    "pool_min_payouts",
+    "pool_auto_accept_payouts",
+    "trace_max_hops",
+    "trace_value_floor_btc",
+)
 _DAEMON_KEYS = ("host", "port", "token", "shutdown_grace", "unhealthy_after", "digest_hour", "digest_channels")
 # Header names whose plain-string values are most likely credentials.
 _SENSITIVE_HEADER = re.compile(r"auth|token|key|secret|cookie|password", re.IGNORECASE)
@@ -253,6 +270,21 @@ class AlertsConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DiscoveryConfig:
+    """[discovery]: learning addresses (co-spend, pool payouts) and tracing unknown destinations."""
+
+    cospend: bool = True
+    pools: bool = True
+    trace: bool = True
+    interval: float = DEFAULT_DISCOVERY_INTERVAL
+    pool_owners: tuple[tuple[str, str], ...] = tuple(DEFAULT_POOL_OWNERS.items())
+    pool_min_payouts: int = DEFAULT_POOL_MIN_PAYOUTS
+    pool_auto_accept_payouts: int | None = None  # accept candidates paid at least this often; None: never
+    trace_max_hops: int = DEFAULT_TRACE_MAX_HOPS
+    trace_value_floor_btc: float = DEFAULT_TRACE_VALUE_FLOOR_BTC
+
+
+@dataclass(frozen=True, kw_only=True)
 class DaemonConfig:
     """[daemon]: the HTTP endpoint, shutdown grace, health bound and daily digest."""
 
@@ -279,6 +311,7 @@ class Config:
     prices: PricesConfig = field(default_factory=PricesConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
 
     def source(self, name: str) -> SourceConfig:
         """The source called `name`.
@@ -340,6 +373,7 @@ def parse_config(
     prices = _parse_prices(data.get("prices", {}), ctx)
     alerts = _parse_alerts(data.get("alerts", {}), ctx)
     daemon = _parse_daemon(data.get("daemon", {}), ctx, alerts)
+    discovery = _parse_discovery(data.get("discovery", {}), ctx)
     if ctx.problems or network is None:
         raise ConfigError(ctx.problems)
     return Config(
@@ -353,6 +387,7 @@ def parse_config(
         prices=prices,
         alerts=alerts,
         daemon=daemon,
+        discovery=discovery,
     )
 
 
@@ -1019,6 +1054,34 @@ def _parse_daemon(value: Any, ctx: _Context, alerts: AlertsConfig) -> DaemonConf
         unhealthy_after=_take(t, "unhealthy_after", NUMBER, "daemon", pr, DEFAULT_UNHEALTHY_AFTER, above=0),
         digest_hour=digest_hour,
         digest_channels=digest_channels,
+    )
+
+
+def _parse_discovery(value: Any, ctx: _Context) -> DiscoveryConfig:
+    """[discovery]: co-spend learning, pool payout following, hop tracing."""
+    t = _section(value, "discovery", ctx)
+    if t is None:
+        return DiscoveryConfig()
+    pr = ctx.problems
+    _check_keys(t, _DISCOVERY_KEYS, "discovery", pr)
+    owners_raw = _take(t, "pool_owners", TABLE, "discovery", pr, dict(DEFAULT_POOL_OWNERS))
+    owners = []
+    for pool, miner in owners_raw.items():
+        if not isinstance(miner, str) or not miner.strip():
+            pr.append(f"{_join('discovery.pool_owners', pool)}: expected the name of the miner that owns the pool")
+        else:
+            owners.append((pool, miner))
+    auto = _take(t, "pool_auto_accept_payouts", INTEGER, "discovery", pr, 0, at_least=0)
+    return DiscoveryConfig(
+        cospend=_take(t, "cospend", BOOLEAN, "discovery", pr, True),
+        pools=_take(t, "pools", BOOLEAN, "discovery", pr, True),
+        trace=_take(t, "trace", BOOLEAN, "discovery", pr, True),
+        interval=_take(t, "interval", NUMBER, "discovery", pr, DEFAULT_DISCOVERY_INTERVAL, above=0),
+        pool_owners=tuple(owners),
+        pool_min_payouts=_take(t, "pool_min_payouts", INTEGER, "discovery", pr, DEFAULT_POOL_MIN_PAYOUTS, at_least=1),
+        pool_auto_accept_payouts=auto or None,
+        trace_max_hops=_take(t, "trace_max_hops", INTEGER, "discovery", pr, DEFAULT_TRACE_MAX_HOPS, at_least=1),
+        trace_value_floor_btc=_take(t, "trace_value_floor_btc", NUMBER, "discovery", pr, DEFAULT_TRACE_VALUE_FLOOR_BTC, at_least=0),
     )
 
 

@@ -163,6 +163,10 @@ class Daemon:
             self.scheduler.add_job(self._guarded, "interval", args=("prices", self.refresh_prices), id="prices",
                                    seconds=self.config.prices.refresh_interval, max_instances=1, coalesce=True,
                                    next_run_time=now)
+        disc = self.config.discovery
+        if (disc.pools or disc.trace) and self._discovery_source() is not None:
+            self.scheduler.add_job(self._guarded, "interval", args=("discovery", self.discover), id="discovery",
+                                   seconds=disc.interval, max_instances=1, coalesce=True)
         if self.config.daemon.digest_hour >= 0:
             self.scheduler.add_job(self._guarded, "cron", args=("digest", self.digest), id="digest",
                                    hour=self.config.daemon.digest_hour, minute=0, max_instances=1, coalesce=True)
@@ -320,6 +324,37 @@ class Daemon:
             self.metrics.latency.observe(lat)
         if len(d.latencies) > 1000:
             del d.latencies[:-1000]
+
+    def _discovery_source(self):
+        """The first source that can follow coins (outspends and get_tx: Esplora)."""
+        assert self.rt is not None
+        return next((s for s in self.rt.sources if hasattr(s, "outspends") and hasattr(s, "get_tx")), None)
+
+    async def discover(self) -> None:
+        """Follow pool payouts to miners' wallets and trace unknown destinations hop by hop."""
+        from monitor.discovery import discover_once
+        from monitor.model import SATS_PER_BTC
+
+        assert self.rt is not None and self.rt.pipeline is not None
+        d = self.config.discovery
+        pipeline = self.rt.pipeline
+        result = await discover_once(
+            store=self.rt.store, registry=pipeline.registry, pipeline=pipeline, source=self._discovery_source(),
+            now=int(self.clock.time()), cospend=False, pools=d.pools, trace=d.trace, owners=dict(d.pool_owners),
+            min_payouts=d.pool_min_payouts, auto_accept_payouts=d.pool_auto_accept_payouts,
+            max_hops=d.trace_max_hops, value_floor_sat=int(d.trace_value_floor_btc * SATS_PER_BTC),
+        )
+        if d.pool_auto_accept_payouts:
+            # auto-accepted pool payout wallets are watched from now on
+            from monitor.runtime import build_registry
+
+            reg = await self.rt.store.run(lambda store: build_registry(self.config, store))
+            pipeline.registry = reg
+            if pipeline.on_registry_change is not None:
+                pipeline.on_registry_change(reg)
+        if result.traced:
+            self.events.set()
+            await self.dispatch()
 
     async def refresh_prices(self) -> None:
         """Fetch recent BTC/USD candles into the cache."""

@@ -218,7 +218,7 @@ EXPECTED: list[tuple[str, list[str]]] = [
             "retries, poll_interval, mode, headers; did you mean 'urls'?)"
         ],
     ),
-    ("unknown_section.toml", ["reporting: unknown section (expected one of: monitor, sources, entities, classify, prices, alerts, daemon)"]),
+    ("unknown_section.toml", ["reporting: unknown section (expected one of: monitor, sources, entities, classify, prices, alerts, daemon, discovery)"]),
     ("wrong_type.toml", ["sources[0].timeout: expected a number, got 'ten'"]),
     ("bad_enum.toml", ["entities[1].kind: 'minor' is not one of miner, sovereign, exchange, otc, custodian, other"]),
     ("bad_url.toml", ["sources[0].urls[0]: 'ftp://x' is not an http(s) URL"]),
