@@ -23,8 +23,8 @@ first ones given: put the most important first), the rest are logged once as rel
 
 `ZmqPush` subscribes to Core's `zmqpubhashblock` and `zmqpubrawtx` (pyzmq, an optional dependency:
 `pip install 'treasury-monitor[zmq]'`). Core sends multipart messages `[topic, body, sequence]`, the
-sequence a 4-byte little-endian counter per topic. `hashblock` always wakes; `rawtx` wakes only when the
-tx touches a watched address: an output script equal to a watched address's script, an input spending an
+sequence a 4-byte little-endian counter per topic. `hashblock` always wakes; `rawtx` (parsed with
+`watchers.rawblock.parse_tx`) wakes only when the tx touches a watched address: an output script equal to a watched address's script, an input spending an
 output seen paying a watched address (kept in memory), or an input whose scriptSig/witness reveals a
 watched address (P2PKH, P2WPKH, P2SH-*, P2WSH reveal their key or script; a taproot key-path spend does
 not, so such a spend of an output created before push started is found by the next poll, not woken). A
@@ -46,8 +46,9 @@ from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence
 
 import aiohttp
 
-from monitor.model import Clock, SourceError
+from monitor.model import Clock, MalformedError, SourceError
 from watchers.addresses import InvalidAddress, address_to_script
+from watchers.rawblock import RawTx, parse_tx
 
 __all__ = [
     "Wake",
@@ -55,8 +56,7 @@ __all__ = [
     "ZmqPush",
     "DEFAULT_CAP",
     "MEMPOOL_SPACE_WS",
-    "parse_raw_tx",
-    "RawTx",
+    "input_scripts",
 ]
 
 Wake = Callable[[str], "Awaitable[None] | None"]
@@ -259,80 +259,6 @@ def _txid_of(tx: Any) -> str:
 # --- raw transactions ------------------------------------------------------------------------------------
 
 
-class RawTx:
-    """The parts of a serialized tx that push needs: txid, inputs (outpoint, scriptSig, witness), outputs."""
-
-    __slots__ = ("txid", "inputs", "outputs")
-
-    def __init__(self, txid: str, inputs: list[tuple[str, int, bytes, list[bytes]]], outputs: list[tuple[int, bytes]]):
-        self.txid = txid
-        self.inputs = inputs
-        self.outputs = outputs
-
-
-def _varint(b: memoryview, i: int) -> tuple[int, int]:
-    first = b[i]
-    if first < 0xFD:
-        return first, i + 1
-    width = {0xFD: 2, 0xFE: 4, 0xFF: 8}[first]
-    if i + 1 + width > len(b):
-        raise ValueError("truncated varint")
-    return int.from_bytes(b[i + 1 : i + 1 + width], "little"), i + 1 + width
-
-
-def _take(b: memoryview, i: int, n: int) -> tuple[bytes, int]:
-    if n < 0 or i + n > len(b):
-        raise ValueError("truncated transaction")
-    return bytes(b[i : i + n]), i + n
-
-
-def parse_raw_tx(raw: bytes) -> RawTx:
-    """Parse a serialized tx (BIP-144 witness form or legacy) and compute its txid. :raises ValueError:"""
-    b = memoryview(raw)
-    i = 4
-    segwit = len(b) > 6 and b[4] == 0 and b[5] == 1
-    if segwit:
-        i = 6
-    body_start = i
-    n_in, i = _varint(b, i)
-    if n_in == 0 or n_in > 100_000:
-        raise ValueError(f"implausible input count {n_in}")
-    ins: list[tuple[str, int, bytes, list[bytes]]] = []
-    for _ in range(n_in):
-        prev, i = _take(b, i, 32)
-        vout = int.from_bytes(_take(b, i, 4)[0], "little")
-        i += 4
-        size, i = _varint(b, i)
-        script, i = _take(b, i, size)
-        i += 4  # sequence
-        ins.append((prev[::-1].hex(), vout, script, []))
-    n_out, i = _varint(b, i)
-    if n_out > 100_000:
-        raise ValueError(f"implausible output count {n_out}")
-    outs: list[tuple[int, bytes]] = []
-    for _ in range(n_out):
-        value = int.from_bytes(_take(b, i, 8)[0], "little")
-        i += 8
-        size, i = _varint(b, i)
-        script, i = _take(b, i, size)
-        outs.append((value, script))
-    body_end = i
-    if segwit:
-        for k in range(n_in):
-            items, i = _varint(b, i)
-            stack = []
-            for _ in range(items):
-                size, i = _varint(b, i)
-                item, i = _take(b, i, size)
-                stack.append(item)
-            ins[k][3].extend(stack)
-    if i + 4 != len(b):
-        raise ValueError(f"{len(b) - i - 4} unexpected bytes at the end of the transaction")
-    stripped = bytes(b[0:4]) + bytes(b[body_start:body_end]) + bytes(b[i : i + 4])
-    txid = hashlib.sha256(hashlib.sha256(stripped).digest()).digest()[::-1].hex()
-    return RawTx(txid, ins, outs)
-
-
 def _hash160(data: bytes) -> bytes:
     return hashlib.new("ripemd160", hashlib.sha256(data).digest()).digest()
 
@@ -433,18 +359,18 @@ class ZmqPush:
         self.messages = 0
 
     def _match(self, tx: RawTx) -> str | None:
-        for n, (_, script) in enumerate(tx.outputs):
-            address = self._scripts.get(script)
+        for n, out in enumerate(tx.outputs):
+            address = self._scripts.get(out.script)
             if address is not None:
                 self._outpoints[(tx.txid, n)] = address
                 if len(self._outpoints) > self._max_outpoints:
                     self._outpoints.popitem(last=False)
                 return address
-        for prev_txid, vout, script_sig, witness in tx.inputs:
-            address = self._outpoints.get((prev_txid, vout))
+        for txin in tx.inputs:
+            address = self._outpoints.get((txin.prev_txid, txin.prev_vout))
             if address is not None:
                 return address
-            for s in input_scripts(script_sig, witness):
+            for s in input_scripts(txin.script_sig, txin.witness):
                 address = self._scripts.get(s)
                 if address is not None:
                     return address
@@ -457,8 +383,8 @@ class ZmqPush:
             return f"{self.name} rawblock"
         if topic == "rawtx":
             try:
-                tx = parse_raw_tx(body)
-            except (ValueError, IndexError, KeyError) as exc:
+                tx = parse_tx(body)
+            except MalformedError as exc:
                 self._log.debug("push %s ignored an unparsable rawtx (%s)", self.name, exc)
                 return None
             address = self._match(tx)
