@@ -382,6 +382,8 @@ async def test_new_addresses_make_the_mempool_be_examined_again(h):
     assert (await h.poll(core)).txs == ()
     core.set_addresses([a, b.upper()])  # bech32 is case-insensitive
     assert [t.txid for t in (await h.poll(core)).txs] == [tx.txid]
+    core.set_addresses([b, a])  # the same set again: nothing is examined again
+    assert (await h.poll(core)).requests == 1
 
 
 # --- errors ---------------------------------------------------------------------------------------------------

@@ -638,9 +638,15 @@ class BitcoindSource:
         return self._watched
 
     def set_addresses(self, addresses: Iterable[str]) -> None:
-        """Replace the watched set (e.g. after clustering found new addresses); mempool txs are re-examined."""
-        self._watched = frozenset(_norm(a) for a in addresses)
-        self._irrelevant.clear()
+        """Replace the watched set (e.g. after clustering found new addresses).
+
+        When addresses were added, mempool txs found irrelevant before are examined again (capped per
+        poll by `max_mempool_txs`); an unchanged or shrunk set costs nothing.
+        """
+        new = frozenset(_norm(a) for a in addresses)
+        if not new <= self._watched:
+            self._irrelevant.clear()
+        self._watched = new
 
     @property
     def node_version(self) -> int | None:
