@@ -457,3 +457,74 @@ def test_address_table_checks_its_own_keys_and_dates():
         "entities[0].addresses[0].as_of: '2026-13-01' is not a date (YYYY-MM-DD)",
         "entities[0].addresses[1].address: required key is missing",
     ]
+
+
+# --- sections added for classification, prices, alerts, daemon and discovery ----------------------
+
+from monitor.config import parse_config as _parse  # noqa: E402
+
+
+def _problems(data, env=None):
+    with pytest.raises(ConfigError) as e:
+        _parse(data, base_dir=Path("."), env=env or {})
+    return e.value.problems
+
+
+def test_full_alerts_daemon_discovery_sections_parse_to_typed_objects():
+    env = {"SLACK_URL": "https://hooks.slack.com/services/T/B/x", "SMTP_PW": "pw-123456", "HOOK": "https://h.example/in",
+           "HOOK_SECRET": "s3cr3t-value", "TOKEN": "tok-abcdef"}
+    c = _parse({
+        "classify": {"usd_critical": 60_000_000, "acceleration_window": 4},
+        "prices": {"sources": ["kraken", "csv"], "staleness": 3600},
+        "alerts": {
+            "max_age": 3600,
+            "channels": [
+                {"name": "ops", "type": "slack", "webhook_url": {"env": "SLACK_URL"}, "min_interval": 0.5},
+                {"name": "mail", "type": "email", "host": "smtp.example.com", "port": 587, "sender": "tm@example.com",
+                 "recipients": ["a@example.com"], "username": "tm", "password": {"env": "SMTP_PW"}},
+                {"name": "hook", "type": "webhook", "url": {"env": "HOOK"}, "secret": {"env": "HOOK_SECRET"}},
+                {"name": "out", "type": "console"},
+            ],
+            "rules": [{"name": "sales", "kinds": ["miner"], "verdicts": ["distress_sale"], "min_severity": "warning",
+                       "min_usd": 1e6, "channels": ["ops", "mail"]}],
+        },
+        "daemon": {"host": "0.0.0.0", "port": 9000, "token": {"env": "TOKEN"}, "digest_channels": ["mail"]},
+        "discovery": {"pool_owners": {"Foundry USA": "Some Miner"}, "pool_auto_accept_payouts": 5},
+    }, base_dir=Path("."), env=env)
+    assert c.classify.usd_critical == 60_000_000 and c.classify.acceleration_window == 4
+    assert c.prices.sources == ("kraken", "csv") and c.prices.csv is None and c.prices.staleness == 3600
+    assert [ch.name for ch in c.alerts.channels] == ["ops", "mail", "hook", "out"]
+    assert c.alerts.channel("ops").revealed_settings() == {"webhook_url": env["SLACK_URL"], "min_interval": 0.5}
+    assert c.alerts.rules[0].min_severity == "warning" and c.alerts.rules[0].channels == ("ops", "mail")
+    assert c.daemon.token.reveal() == "tok-abcdef" and c.daemon.port == 9000
+    assert c.discovery.pool_owners == (("Foundry USA", "Some Miner"),) and c.discovery.pool_auto_accept_payouts == 5
+    text = repr(c) + str(c)
+    for secret in env.values():
+        assert secret not in text
+
+
+@pytest.mark.parametrize("data, expected", [
+    ({"alerts": {"channels": [{"name": "ops", "type": "slack", "webhook_url": "https://hooks.slack.com/x"}]}},
+     'alerts.channels[0].webhook_url: a secret must not be written in the file'),
+    ({"alerts": {"rules": [{"name": "r", "channels": ["nope"]}]}},
+     "alerts.rules[0].channels[0]: 'nope' is not a channel defined in [[alerts.channels]]"),
+    ({"alerts": {"channels": [{"name": "m", "type": "email", "host": "h", "sender": "s", "recipients": ["r"],
+                               "security": "none", "password": {"env": "PW"}}]}},
+     'alerts.channels[0].security: "none" would send the password in clear text'),
+    ({"alerts": {"channels": [{"name": "x", "type": "pager"}]}}, "alerts.channels[0].type: 'pager' is not one of"),
+    ({"alerts": {"rules": [{"name": "r", "channels": [], "verdicts": ["panic_sale"]}]}},
+     "alerts.rules[0].verdicts[0]: 'panic_sale' is not one of"),
+    ({"alerts": {"explorer_url": "https://mempool.space/tx/"}}, "alerts.explorer_url: 'https://mempool.space/tx/' must contain {txid}"),
+    ({"classify": {"usd_notice": 5e7, "usd_warning": 1e7}}, "classify:"),
+    ({"classify": {"usd_notice": -1}}, "classify.usd_notice: must be greater than 0"),
+    ({"prices": {"sources": ["bloomberg"]}}, "prices.sources[0]: 'bloomberg' is not one of coinbase, kraken, coingecko, csv"),
+    ({"prices": {"csv": "/nonexistent/prices.csv"}}, "prices.csv: '/nonexistent/prices.csv' is not a readable file"),
+    ({"daemon": {"port": 70000}}, "daemon.port: 70000 is not a TCP port"),
+    ({"daemon": {"digest_hour": 24}}, "daemon.digest_hour: 24 is not an hour"),
+    ({"daemon": {"token": "plain"}}, "daemon.token: a secret must not be written in the file"),
+    ({"discovery": {"pool_owners": {"MARA Pool": 3}}}, 'discovery.pool_owners."MARA Pool": expected the name of the miner'),
+    ({"discovery": {"trace_max_hops": 0}}, "discovery.trace_max_hops: must be at least 1"),
+])
+def test_section_errors_name_the_key(data, expected):
+    problems = _problems(data, env={"PW": "pw"})
+    assert any(expected in p for p in problems), problems
