@@ -181,6 +181,26 @@ async def test_mempool_push_shrinks_to_the_servers_maximum(chain, caplog):
     assert "tracking the first 10, the other 20 rely on polling" in caplog.text
 
 
+async def test_mempool_push_sends_a_grown_address_list_on_the_live_connection(chain):
+    a, b = chain.address("grow-a"), chain.address("grow-b")
+    chain.fund(chain.address("payer"), COIN)
+    wakes = Wakes()
+    async with MempoolWsServer(chain) as srv, aiohttp.ClientSession() as session:
+        push = MempoolPush(srv.url, [a], session=session, clock=FrozenClock())
+        async with Running(push, wakes):
+            await srv.wait_tracking()
+            push.set_addresses([a, b])
+            await until(lambda: len(srv.received) == 2, "the new address list")
+            assert srv.received[1] == {"track-addresses": [a, b]}
+            chain.pay([chain.address("payer")], [(b, 1_000)], fee=100)
+            await srv.sync()
+            assert b in await wakes.next()
+            push.set_addresses([b, a])  # same addresses, other order: the list changes, so it is sent
+            push.set_addresses([b, a])  # unchanged: nothing sent
+            await until(lambda: len(srv.received) == 3, "the reordered list")
+        assert push.connections == 1 and len(srv.received) == 3
+
+
 def test_valid_address_follows_the_backend_pattern(chain):
     assert valid_address(chain.address("x")) == chain.address("x")
     assert valid_address(chain.address("x").upper()) == chain.address("x")
@@ -274,6 +294,23 @@ async def test_zmq_wakes_on_hashblock_and_on_rawtx_touching_a_watched_address(ch
         f"zmq hashblock {block.hash}",
     ]
     assert wakes.pending() == 0 and push.messages == 5
+
+
+async def test_zmq_set_addresses_takes_effect_with_the_next_message(chain, pub):
+    old, new, payer = chain.address("z-old"), chain.address("z-new"), chain.address("z-payer")
+    chain.fund(payer, COIN)
+    first = chain.pay([payer], [(new, 1_000)], fee=100)
+    second = chain.pay([payer], [(new, 2_000)], fee=100)
+    wakes = Wakes()
+    push = ZmqPush(pub.url, [old])
+    async with Running(push, wakes):
+        await pub.subscribed()
+        await pub.send("rawtx", first.raw)  # `new` is not watched yet: no wake
+        await until(lambda: push.messages == 1, "the first message")
+        push.set_addresses([old, new])
+        await pub.send("rawtx", second.raw)
+        assert await wakes.next() == f"zmq rawtx {second.txid} touches {new}"
+    assert wakes.reasons == [f"zmq rawtx {second.txid} touches {new}"]
 
 
 async def test_zmq_taproot_spend_is_caught_only_through_a_seen_output(chain, pub):

@@ -130,14 +130,29 @@ class MempoolPush:
         self._session = session
         self._clock = clock
         self.cap = max(0, cap)
-        all_addresses = list(dict.fromkeys(a.strip() for a in addresses if a.strip()))
-        self.tracked: tuple[str, ...] = tuple(all_addresses[: self.cap])
-        self.untracked: tuple[str, ...] = tuple(all_addresses[self.cap :])
+        self.tracked: tuple[str, ...] = ()
+        self.untracked: tuple[str, ...] = ()
+        self._changed = asyncio.Event()
+        self._split(addresses)
         self._heartbeat = heartbeat
         self._backoff = _Backoff(backoff_base, backoff_cap, rng or random.Random())
         self._log = log or logging.getLogger("watchers.push")
         self.connections = 0  # successful connections so far
         self.wakes = 0
+
+    def _split(self, addresses: Iterable[str]) -> bool:
+        all_addresses = list(dict.fromkeys(a.strip() for a in addresses if a.strip()))
+        tracked = tuple(all_addresses[: self.cap])
+        changed = tracked != self.tracked
+        self.tracked, self.untracked = tracked, tuple(all_addresses[self.cap :])
+        return changed
+
+    def set_addresses(self, addresses: Iterable[str]) -> None:
+        """Track another address list (e.g. a grown cluster); a live connection sends it at once."""
+        if self._split(addresses):
+            self._log.info("push %s now tracks %d addresses (%d more rely on polling)",
+                           self.name, len(self.tracked), len(self.untracked))
+            self._changed.set()
 
     async def run(self, wake: Wake, stop: asyncio.Event) -> None:
         """Track, wake, reconnect until `stop` is set (never raises for network trouble)."""
@@ -153,6 +168,7 @@ class MempoolPush:
         while not stop.is_set():
             try:
                 async with self._session.ws_connect(self.url, heartbeat=self._heartbeat, autoping=True) as ws:
+                    self._changed.clear()
                     await ws.send_str(json.dumps({"track-addresses": list(self.tracked)}))
                     self.connections += 1
                     self._backoff.reset()
@@ -182,15 +198,23 @@ class MempoolPush:
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse, wake: Wake, stop: asyncio.Event) -> str:
         stopper = asyncio.ensure_future(stop.wait())
+        changer = asyncio.ensure_future(self._changed.wait())
+        receiver: asyncio.Future | None = None
         try:
             while True:
-                receiver = asyncio.ensure_future(ws.receive())
-                done, _ = await asyncio.wait({receiver, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                if receiver not in done:
-                    receiver.cancel()
-                    await asyncio.gather(receiver, return_exceptions=True)
+                if receiver is None:
+                    receiver = asyncio.ensure_future(ws.receive())
+                done, _ = await asyncio.wait({receiver, stopper, changer}, return_when=asyncio.FIRST_COMPLETED)
+                if stopper in done:
                     return "stopped"
+                if changer in done:
+                    self._changed.clear()
+                    changer = asyncio.ensure_future(self._changed.wait())
+                    await ws.send_str(json.dumps({"track-addresses": list(self.tracked)}))
+                if receiver not in done:
+                    continue
                 msg = receiver.result()
+                receiver = None
                 if msg.type == aiohttp.WSMsgType.TEXT:
                     reason = self._handle(msg.data, ws)
                     if isinstance(reason, str):
@@ -202,8 +226,10 @@ class MempoolPush:
                 elif msg.type == aiohttp.WSMsgType.ERROR:
                     return f"websocket error {ws.exception()!r}"
         finally:
-            stopper.cancel()
-            await asyncio.gather(stopper, return_exceptions=True)
+            pending = [t for t in (stopper, changer, receiver) if t is not None]
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     def _handle(self, text: str, ws: aiohttp.ClientWebSocketResponse) -> str | Awaitable[None] | None:
         """A wake reason for a push message, a coroutine re-sending a shrunk address list, or None."""
@@ -344,19 +370,26 @@ class ZmqPush:
         self._heartbeat_ms = int(heartbeat * 1000)
         self._log = log or logging.getLogger("watchers.push")
         self._scripts: dict[bytes, str] = {}
-        bad = []
-        for a in addresses:
-            try:
-                self._scripts[address_to_script(a.strip(), network)] = a.strip()
-            except InvalidAddress as exc:
-                bad.append(f"{a} ({exc})")
-        if bad:
-            self._log.warning("push %s ignores %d address(es) not valid on %s: %s", name, len(bad), network, "; ".join(bad[:5]))
+        self.set_addresses(addresses)
         self._outpoints: OrderedDict[tuple[str, int], str] = OrderedDict()
         self._max_outpoints = max_outpoints
         self._seq: dict[tuple[str, str], int] = {}
         self.wakes = 0
         self.messages = 0
+
+    def set_addresses(self, addresses: Iterable[str]) -> None:
+        """Watch another address list (takes effect with the next message)."""
+        scripts: dict[bytes, str] = {}
+        bad = []
+        for a in addresses:
+            try:
+                scripts[address_to_script(a.strip(), self.network)] = a.strip()
+            except InvalidAddress as exc:
+                bad.append(f"{a} ({exc})")
+        if bad:
+            self._log.warning("push %s ignores %d address(es) not valid on %s: %s",
+                              self.name, len(bad), self.network, "; ".join(bad[:5]))
+        self._scripts = scripts
 
     def _match(self, tx: RawTx) -> str | None:
         for n, out in enumerate(tx.outputs):
