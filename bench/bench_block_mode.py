@@ -316,7 +316,7 @@ async def main(quick: bool) -> None:
     print()
     for n, _, ad, bl, how in rows[:-1]:
         print(f"one-time start at {n:,}: address-mode backfill {ad['warm_requests']:,} requests; "
-              f"block-mode start + seeding {bl['warm_requests']:,} requests (2 per address + 3)")
+              f"block-mode start + seeding {bl['warm_requests']:,} requests (2 per address, plus tip checks)")
     print(f"block mode at {big:,} addresses, seeded cursor given: start {rows[-1][3]['warm_requests']} requests; "
           f"construction + start + measured poll {startup:.1f}s wall (mostly decoding {big:,} addresses)\n")
 

@@ -399,6 +399,28 @@ async def test_seeding_costs_two_requests_per_new_address_and_is_redone_when_a_b
     assert h.stored_utxos() == confirmed_utxos(h.chain, [a, b])
 
 
+async def test_watch_adds_an_address_that_is_seeded_alone_and_unwatched_ones_leave_the_seeded_cursor(h):
+    a, b, gone = h.chain.address("a"), h.chain.address("b", "p2tr"), h.chain.address("gone")
+    h.chain.fund_many([(a, COIN), (b, 2 * COIN), (gone, 3 * COIN)])
+    src = h.blocks([a, gone])
+    await h.poll(src)
+    assert sorted(json.loads(h.cursors()["seeded"])["addresses"]) == sorted([a, gone])
+
+    src = h.blocks([a])  # restarted without `gone`: the seeded cursor is pruned, nothing is re-seeded
+    n = len(h.server.requests)
+    batch = await h.poll(src)
+    assert json.loads(h.cursors()["seeded"])["addresses"] == [a] and paths(h.server, n) == ["/blocks/tip/hash"]
+    assert batch.utxos_added == ()
+
+    src.watch([b, a])  # learned at runtime (e.g. by clustering); `a` is already watched
+    assert src.watched_addresses == (a, b)
+    n = len(h.server.requests)
+    batch = await h.poll(src)
+    assert paths(h.server, n) == ["/blocks/tip/hash", f"/address/{b}/utxo", f"/address/{b}/txs/mempool", "/blocks/tip/hash"]
+    assert {(u.address, u.value) for u in batch.utxos_added} == {(b, 2 * COIN)}
+    assert sorted(json.loads(h.cursors()["seeded"])["addresses"]) == sorted([a, b])
+
+
 async def test_history_option_backfills_new_addresses_in_address_mode_first(h):
     a = h.chain.address("a")
     for i in range(30):

@@ -309,6 +309,12 @@ class EsploraBlockSource:
         self.watched_addresses: tuple[str, ...] = ()
         self._scripts: dict[bytes, str] = {}  # output script -> watched address (as given)
         self._by_norm: dict[str, str] = {}  # normalised address -> watched address (as given)
+        # Seeded addresses (normalised) and, kept incrementally so a poll costs nothing per address, the
+        # watched ones still to seed (normalised → as given), in watch order.
+        self._seeded: set[str] = set()
+        self._to_seed: dict[str, str] = {}
+        self._seeded_text: Any = _MISSING
+        self._seeded_dirty = False
         self.watch(addresses)
         # The stored watched UTXO set, keyed for scan_block; only addresses watched now are kept.
         self._utxos: dict[bytes, WatchedUtxo] = {
@@ -316,8 +322,6 @@ class EsploraBlockSource:
         }
         self._journal: list[tuple[bytes, Any]] = []  # (key, previous value) of uncommitted memory changes
         self._returned: str | None = None  # tip cursor returned last time, while its batch may be uncommitted
-        self._seeded: set[str] = set()
-        self._seeded_text: Any = _MISSING
         self._raw_ok = True
         self._failing: str | None = None
         self._history_now: dict[str, str] = {}  # history cursors returned by this poll's backfill
@@ -334,6 +338,8 @@ class EsploraBlockSource:
                 continue
             self._scripts[address_script(a)] = a
             self._by_norm[n] = a
+            if n not in self._seeded:
+                self._to_seed[n] = a
             new.append(a)
         self.watched_addresses = self.watched_addresses + tuple(new)
 
@@ -373,15 +379,21 @@ class EsploraBlockSource:
         self._journal.clear()
         self._returned = None
         text = cursors.get("seeded")
-        if text != self._seeded_text:
-            self._seeded = set()
+        if text != self._seeded_text:  # first poll, or the last seeded cursor returned was not stored
+            seeded: set[str] = set()
             if text is not None:
                 try:
                     d = json.loads(text)
-                    self._seeded = {_norm(a) for a in d["addresses"]} if d.get("v") == CURSOR_VERSION else set()
+                    seeded = {_norm(a) for a in d["addresses"]} if d.get("v") == CURSOR_VERSION else set()
                 except (ValueError, KeyError, TypeError, AttributeError):
                     self._log.warning("block mode: seeded cursor unreadable, re-seeding source=%s", self.name)
+            self._set_seeded(seeded)
             self._seeded_text = text
+            self._seeded_dirty = bool(seeded - self._by_norm.keys())  # prune addresses no longer watched
+
+    def _set_seeded(self, seeded: set[str]) -> None:
+        self._seeded = seeded
+        self._to_seed = {n: a for n, a in self._by_norm.items() if n not in seeded}
 
     # --- polling ----------------------------------------------------------------------------------
 
@@ -393,7 +405,6 @@ class EsploraBlockSource:
         """
         self._begin(cursors)
         run = _Run(RequestTally())
-        seeded_before = set(self._seeded)
         tip_state = self._load_tip(cursors.get("tip"))
         try:
             tip = await self._api.tip_hash(tally=run.tally)
@@ -424,11 +435,12 @@ class EsploraBlockSource:
             text = tip_state.dumps()
             cursors_out.append(Cursor(self.name, "tip", text))
             self._returned = text
-        if self._seeded != seeded_before or (self._seeded - set(self._by_norm)):
-            self._seeded &= set(self._by_norm)
+        if self._seeded_dirty:
+            self._seeded &= self._by_norm.keys()
             seeded_text = json.dumps({"v": CURSOR_VERSION, "addresses": sorted(self._seeded)}, separators=(",", ":"))
             cursors_out.append(Cursor(self.name, "seeded", seeded_text))
             self._seeded_text = seeded_text
+            self._seeded_dirty = False
         txs = sorted(run.txs.values(), key=lambda t: run.order.get(t.txid, (float("inf"), 0)))
         return Batch(
             source=self.name,
@@ -469,7 +481,8 @@ class EsploraBlockSource:
         except (ValueError, KeyError, TypeError, IndexError, MalformedError) as exc:
             self._log.error("block mode cursor unreadable; restarting from the tip and re-seeding source=%s error=%s",
                             self.name, exc)
-            self._seeded = set()
+            self._set_seeded(set())
+            self._seeded_dirty = True
             return None
 
     async def _start(self, tip: str, run: _Run, *, at_tip: bool = False) -> _Tip:
@@ -559,7 +572,8 @@ class EsploraBlockSource:
         tip = await self._api.tip_hash(tally=run.tally)
         fresh = await self._start(tip, run, at_tip=True)
         st.height, st.hash, st.blocks = fresh.height, fresh.hash, fresh.blocks
-        self._seeded = set()
+        self._set_seeded(set())
+        self._seeded_dirty = True
         run.changed = True
 
     async def _read(self, block_hash: str, height: int, run: _Run) -> _Read:
@@ -706,7 +720,7 @@ class EsploraBlockSource:
     # --- seeding and history ------------------------------------------------------------------------
 
     def _unseeded(self) -> list[str]:
-        return [a for a in self.watched_addresses if _norm(a) not in self._seeded]
+        return list(self._to_seed.values())
 
     async def _backfill(self, cursors: Mapping[str, str], run: _Run, progress) -> None:
         todo = [a for a in self._unseeded() if not _history_done(cursors.get(f"history:{a}"))][: self._max_seed]
@@ -762,9 +776,11 @@ class EsploraBlockSource:
                     self._put(run, u)
             count += len(found)
             self._seeded.add(_norm(a))
+            self._to_seed.pop(_norm(a), None)
+            self._seeded_dirty = True
         run.changed = True
         self._log.info("block mode seeded source=%s addresses=%d utxos=%d unseeded_left=%d", self.name, len(answers),
-                       count, len(self._unseeded()))
+                       count, len(self._to_seed))
 
     async def _seed_one(self, address: str, run: _Run) -> dict[bytes, WatchedUtxo]:
         """The confirmed UTXO set of one address now (see the module docstring for the mempool correction)."""
