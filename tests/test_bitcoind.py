@@ -12,15 +12,21 @@ import random
 from decimal import Decimal
 
 import aiohttp
-import pytest
-
 import fakes.bcoin as _bcoin
+import pytest
 from builders import entity
+
 from monitor.clock import FrozenClock
 from monitor.flows import entity_flows
 from monitor.model import MalformedError, SourceError, TransientError
 from monitor.registry import Registry
-from monitor.sim.bitcoind_server import BitcoindServer, RawNumber, core_asm, core_descriptor, descriptor_checksum
+from monitor.sim.bitcoind_server import (
+    BitcoindServer,
+    RawNumber,
+    core_asm,
+    core_descriptor,
+    descriptor_checksum,
+)
 from monitor.sim.chain import SimChain
 from monitor.sim.esplora_server import EsploraServer
 from watchers import Source
@@ -631,7 +637,7 @@ def test_btc_to_sats_is_exact():
     assert btc_to_sats(Decimal("1E-8"), "v") == 1
     assert btc_to_sats(Decimal("0E-8"), "v") == 0
     for bad, text in [(Decimal("0.000000001"), "not a whole number"), (0.1, "a float"), (True, "True"),
-                      ("1.0", "'1.0'"), (Decimal("-1"), "outside"), (Decimal("NaN"), "not a whole number")]:
+                      ("1.0", "'1.0'"), (Decimal(-1), "outside"), (Decimal("NaN"), "not a whole number")]:
         with pytest.raises(MalformedError, match=text):
             btc_to_sats(bad, "x.value")
 

@@ -9,6 +9,8 @@ import sys
 
 import aiohttp
 import pytest
+import zmq
+import zmq.asyncio
 
 from monitor.clock import FrozenClock
 from monitor.model import SourceError
@@ -16,9 +18,6 @@ from monitor.sim.chain import COIN, SimChain
 from monitor.sim.mempool_ws import MempoolWsServer, valid_address
 from watchers.push import MempoolPush, ZmqPush, input_scripts
 from watchers.rawblock import parse_tx
-
-zmq = pytest.importorskip("zmq")
-import zmq.asyncio  # noqa: E402
 
 WAIT = 5.0  # a safety timeout only: every wait below ends as soon as the awaited event happens
 
@@ -65,7 +64,7 @@ async def until(predicate, what: str) -> None:
 
     try:
         await asyncio.wait_for(loop(), WAIT)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise AssertionError(f"timed out waiting for {what}") from None
 
 
@@ -150,7 +149,7 @@ async def test_mempool_push_backs_off_while_the_server_is_down(chain, caplog):
             finally:
                 await srv.stop()
     steps = clock.sleeps[:6]
-    assert all(lo / 2 <= s <= lo for s, lo in zip(steps, [1, 2, 4, 8, 8, 8]))  # capped exponential, jittered
+    assert all(lo / 2 <= s <= lo for s, lo in zip(steps, [1, 2, 4, 8, 8, 8], strict=True))  # capped exponential, jittered
     assert caplog.text.count("disconnected") == 1  # the first failure only; the rest at debug level
 
 

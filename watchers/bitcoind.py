@@ -76,10 +76,11 @@ import itertools
 import json
 import logging
 import random
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import aiohttp
 from yarl import URL
@@ -389,7 +390,8 @@ class BitcoindRpc:
         if not calls:
             return []
         ids = [next(self._ids) for _ in calls]
-        payload = [{"jsonrpc": "1.0", "id": i, "method": m, "params": list(p)} for i, (m, p) in zip(ids, calls)]
+        payload = [{"jsonrpc": "1.0", "id": i, "method": m, "params": list(p)}
+                   for i, (m, p) in zip(ids, calls, strict=True)]
         label = f"batch of {len(calls)} ({calls[0][0]}...)"
         replies = await self._post(payload, label, tally)
         if not isinstance(replies, list):
@@ -400,7 +402,7 @@ class BitcoindRpc:
             if isinstance(r, dict) and "id" in r:
                 by_id[r["id"]] = r
         out: list[Any] = []
-        for i, (method, _) in zip(ids, calls):
+        for i, (method, _) in zip(ids, calls, strict=True):
             reply = by_id.get(i)
             if reply is None:
                 raise _error(MalformedError, f"bitcoind at {self.where}: {label}: no reply for {method} (id {i})",
@@ -912,7 +914,7 @@ class BitcoindSource:
         stored = [(h, b) for h, b, _ in state.blocks if h <= tip_height]
         answers = await self.rpc.batch([("getblockhash", [h]) for h, _ in stored], tally=tally)
         current: dict[int, str] = {}
-        for (h, _), a in zip(stored, answers):
+        for (h, _), a in zip(stored, answers, strict=True):
             if isinstance(a, SourceError):
                 raise a
             current[h] = assert_hex(a, f"getblockhash {h}")
@@ -940,7 +942,7 @@ class BitcoindSource:
         again: set[str] = set()
         for chunk in _chunks(txids, RPC_BATCH):
             answers = await self.rpc.batch([("getrawtransaction", [t, 1]) for t in chunk], tally=tally)
-            for t, a in zip(chunk, answers):
+            for t, a in zip(chunk, answers, strict=True):
                 if isinstance(a, SourceError):
                     if rpc_code(a) == RPC_INVALID_ADDRESS_OR_KEY:
                         gone.add(t)
@@ -959,7 +961,7 @@ class BitcoindSource:
         raw: dict[str, dict] = {}
         for chunk in _chunks(txids, RPC_BATCH):
             answers = await self.rpc.batch([("getrawtransaction", [t, verbosity]) for t in chunk], tally=tally)
-            for t, a in zip(chunk, answers):
+            for t, a in zip(chunk, answers, strict=True):
                 if isinstance(a, SourceError):
                     if rpc_code(a) == RPC_INVALID_ADDRESS_OR_KEY:
                         continue  # left the mempool since the snapshot: a block or `gone` will tell
@@ -985,7 +987,7 @@ class BitcoindSource:
         missing_parents: set[str] = set()
         for chunk in _chunks(utxo_keys, RPC_BATCH):
             answers = await self.rpc.batch([("gettxout", [p, n, False]) for p, n in chunk], tally=tally)
-            for (p, n), a in zip(chunk, answers):
+            for (p, n), a in zip(chunk, answers, strict=True):
                 if isinstance(a, SourceError):
                     raise a
                 if a is None:
@@ -1035,7 +1037,7 @@ class BitcoindSource:
         found: dict[str, dict] = {}
         for chunk in _chunks(txids, RPC_BATCH):
             answers = await self.rpc.batch([("getrawtransaction", [t, 1]) for t in chunk], tally=tally)
-            for t, a in zip(chunk, answers):
+            for t, a in zip(chunk, answers, strict=True):
                 if isinstance(a, SourceError):
                     if rpc_code(a) == RPC_INVALID_ADDRESS_OR_KEY:
                         continue

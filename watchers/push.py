@@ -42,7 +42,8 @@ import logging
 import random
 import re
 from collections import OrderedDict
-from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import aiohttp
 
@@ -183,7 +184,7 @@ class MempoolPush:
                 reason = f"connection closed ({closed_by})"
             except asyncio.CancelledError:
                 raise
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as exc:
+            except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
                 reason = f"{type(exc).__name__}: {exc}"
             if failing is None:
                 self._log.warning("push %s disconnected url=%s reason=%s; reconnecting", self.name, self.url, reason)

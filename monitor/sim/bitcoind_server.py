@@ -40,13 +40,21 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from aiohttp import web
 
-from monitor.sim.chain import COIN, SimBlock, SimChain, SimTx, SimTxOut, target_from_bits
+from monitor.sim.chain import (
+    COIN,
+    SimBlock,
+    SimChain,
+    SimTx,
+    SimTxOut,
+    target_from_bits,
+)
 
 __all__ = [
     "BitcoindServer",
