@@ -24,6 +24,8 @@ from storage.reads import flow_row
 __all__ = ["AlertSettings", "AlertPlanner", "StoreQueue", "alert_payload", "sample_alert"]
 
 DEFAULT_EXPLORER = "https://mempool.space/tx/{txid}"
+#: Explorers of the other chains (the configured `explorer_url` is Bitcoin's).
+CHAIN_EXPLORERS = {"ethereum": "https://etherscan.io/tx/{txid}"}
 #: Flows older than this (block time) are classified but not alerted: a backfill of years of history
 #: must not page anyone.
 DEFAULT_MAX_AGE = 86_400
@@ -40,6 +42,8 @@ class AlertSettings:
 
 def alert_payload(route: Route, record: dict, *, explorer_url: str | None) -> dict:
     """The message model renderers take (documented in `alerts.render`)."""
+    if record["chain"] != "bitcoin" and explorer_url:
+        explorer_url = CHAIN_EXPLORERS.get(record["chain"])
     url = explorer_url.format(txid=record["txid"].split(":")[0]) if explorer_url else None
     return {
         "kind": route.kind,

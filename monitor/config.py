@@ -105,8 +105,12 @@ DEFAULT_TRACE_VALUE_FLOOR_BTC = 0.1  # branches smaller than this are not follow
 NETWORKS = ("mainnet", "testnet", "signet", "regtest")
 PRICE_SOURCES = ("coinbase", "kraken", "coingecko", "csv")
 CHANNEL_TYPES = ("slack", "email", "webhook", "console")
-SOURCE_TYPES = ("esplora",)
-SOURCE_CHAINS = ("bitcoin",)
+SOURCE_TYPES = ("esplora", "evm")
+SOURCE_CHAINS = ("bitcoin", "ethereum")
+#: The chain each source type serves.
+SOURCE_TYPE_CHAINS = {"esplora": ("bitcoin",), "evm": ("ethereum",)}
+DEFAULT_EVM_CONFIRMATIONS = 12
+DEFAULT_MAX_LOG_RANGE = 2000
 SOURCE_MODES = ("address", "block", "auto")
 #: Top-level sections, in the order they are parsed.
 SECTIONS = ("monitor", "sources", "entities", "classify", "prices", "alerts", "daemon", "discovery")
@@ -124,7 +128,11 @@ _SOURCE_KEYS = (
     "mode",
     "headers",
 )
-_ENTITY_KEYS = ("name", "kind", "addresses", "note", "watch", "profile")
+#: Keys of an evm source: the common ones, then its own (it has one RPC `url`, no `urls`).
+_EVM_SOURCE_KEYS = ("name", "type", "chain", "timeout", "retries", "poll_interval",
+                    "url", "chain_id", "confirmations", "max_log_range", "start_block", "tokens")
+_TOKEN_KEYS = ("symbol", "address", "decimals")
+_ENTITY_KEYS = ("name", "kind", "addresses", "ethereum", "note", "watch", "profile")
 _ADDRESS_KEYS = ("address", "source", "label", "as_of")
 _PROFILE_FACTS = ("holdings_btc", "monthly_production_btc", "cash_cost_usd", "efficiency_j_th")
 _PROFILE_KEYS = (*_PROFILE_FACTS, "strategy_tags", "strategy_source")
@@ -208,6 +216,17 @@ class SourceConfig:
     poll_interval: float = DEFAULT_POLL_INTERVAL  # seconds
     headers: tuple[tuple[str, str | Secret], ...] = ()
     mode: str = DEFAULT_MODE  # address | block | auto
+    # EVM sources (type "evm"): one JSON-RPC URL (may carry an API key, so it may be a secret)
+    url: str | Secret | None = None
+    chain_id: int | None = None
+    confirmations: int = DEFAULT_EVM_CONFIRMATIONS
+    max_log_range: int = DEFAULT_MAX_LOG_RANGE
+    start_block: int | None = None
+    tokens: tuple[tuple[str, str, int], ...] | None = None  # (symbol, address, decimals); None: the defaults for chain id 1
+
+    def revealed_url(self) -> str | None:
+        """The EVM RPC URL with its secret revealed (never log it)."""
+        return self.url.reveal() if isinstance(self.url, Secret) else self.url
 
     def revealed_headers(self) -> dict[str, str]:
         """Headers with secrets revealed, to hand to the HTTP client (watchers cannot see `Secret`)."""
@@ -672,19 +691,27 @@ def _parse_sources(value: Any, ctx: _Context) -> tuple[SourceConfig, ...]:
     seen: dict[str, str] = {}
     for path, t in _tables(value, "sources", ctx.problems, section=True):
         pr = ctx.problems
-        _check_keys(t, _SOURCE_KEYS, path, pr)
+        # the allowed keys depend on the type, which is judged (and reported) after the name
+        _check_keys(t, _EVM_SOURCE_KEYS if t.get("type") == "evm" else _SOURCE_KEYS, path, pr)
         name = _take(t, "name", STRING, path, pr, nonempty=True)
         if name is not None:
             if name in seen:
                 pr.append(f"{path}.name: {_show(name)} is already the name of {seen[name]}")
             else:
                 seen[name] = path
+        type_ = _take(t, "type", STRING, path, pr, choices=SOURCE_TYPES)
+        chain_default = SOURCE_TYPE_CHAINS.get(type_, (DEFAULT_CHAIN,))[0]
+        chain = _take(t, "chain", STRING, path, pr, chain_default, choices=SOURCE_CHAINS)
+        if type_ is not None and chain is not None and chain not in SOURCE_TYPE_CHAINS[type_]:
+            pr.append(f"{path}.chain: a {type_} source serves {', '.join(SOURCE_TYPE_CHAINS[type_])}, not {chain!r}")
+        evm = _parse_evm_source(t, path, ctx) if type_ == "evm" else {}
         out.append(
             SourceConfig(
                 name=name,
-                type=_take(t, "type", STRING, path, pr, choices=SOURCE_TYPES),
-                chain=_take(t, "chain", STRING, path, pr, DEFAULT_CHAIN, choices=SOURCE_CHAINS),
-                urls=_parse_urls(t, path, ctx),
+                type=type_,
+                chain=chain,
+                urls=_parse_urls(t, path, ctx) if type_ != "evm" else (),
+                **evm,
                 rate_limit=_take(t, "rate_limit", NUMBER, path, pr, DEFAULT_RATE_LIMIT, above=0),
                 timeout=_take(t, "timeout", NUMBER, path, pr, DEFAULT_TIMEOUT, above=0),
                 retries=_take(t, "retries", INTEGER, path, pr, DEFAULT_RETRIES, at_least=1),
@@ -694,6 +721,40 @@ def _parse_sources(value: Any, ctx: _Context) -> tuple[SourceConfig, ...]:
             )
         )
     return tuple(out)
+
+
+def _parse_evm_source(t: dict, path: str, ctx: _Context) -> dict[str, Any]:
+    """The keys of an evm source: url (may be a secret), chain_id, confirmations, ranges, tokens."""
+    from watchers.evm import validate_evm_address
+
+    pr = ctx.problems
+    url = _take_secret(t, "url", path, ctx, plain_ok=True)
+    if isinstance(url, str):
+        url = _check_url(url, f"{path}.url", ctx)
+    out: dict[str, Any] = {
+        "url": url,
+        "chain_id": _take(t, "chain_id", INTEGER, path, pr, at_least=1),
+        "confirmations": _take(t, "confirmations", INTEGER, path, pr, DEFAULT_EVM_CONFIRMATIONS, at_least=0),
+        "max_log_range": _take(t, "max_log_range", INTEGER, path, pr, DEFAULT_MAX_LOG_RANGE, at_least=1),
+        "start_block": _take(t, "start_block", INTEGER, path, pr, None, at_least=0),
+    }
+    if "tokens" in t:
+        tokens = []
+        for tp, tok in _tables(t["tokens"], f"{path}.tokens", pr):
+            _check_keys(tok, _TOKEN_KEYS, tp, pr)
+            symbol = _take(tok, "symbol", STRING, tp, pr, nonempty=True)
+            addr = _take(tok, "address", STRING, tp, pr)
+            decimals = _take(tok, "decimals", INTEGER, tp, pr, at_least=0)
+            if addr is not None:
+                try:
+                    addr = validate_evm_address(addr)
+                except ValueError as exc:
+                    pr.append(f"{tp}.address: {exc}")
+                    addr = None
+            if symbol and addr and decimals is not None:
+                tokens.append((symbol, addr, decimals))
+        out["tokens"] = tuple(tokens)
+    return out
 
 
 def _parse_urls(t: dict, path: str, ctx: _Context) -> tuple[str, ...]:
@@ -774,6 +835,16 @@ def _parse_entities(value: Any, ctx: _Context, network: str | None) -> tuple[Ent
                 continue
             owners[a.address] = f"{where} (entity {_show(name)})" if name is not None else where
             addresses.append(a)
+        for i, item in enumerate(_take(t, "ethereum", ARRAY, path, pr, [])):
+            a = _parse_evm_address(item, f"{path}.ethereum[{i}]", ctx, f"{ctx.origin} {path}")
+            if a is None:
+                continue
+            key = a.address.lower()
+            if key in owners:
+                pr.append(f"{path}.ethereum[{i}]: {_show(a.address)} is already listed at {owners[key]}")
+                continue
+            owners[key] = f"{path}.ethereum[{i}] (entity {_show(name)})" if name is not None else f"{path}.ethereum[{i}]"
+            addresses.append(a)
         profile_raw = _take(t, "profile", TABLE, path, pr, None)
         out.append(
             Entity(
@@ -818,6 +889,33 @@ def _parse_address(
     return EntityAddress(
         chain="bitcoin", address=canonical, source=source, learned_by="config", label=label, as_of=as_of
     )
+
+
+def _parse_evm_address(item: Any, path: str, ctx: _Context, default_source: str) -> EntityAddress | None:
+    """One entry of `ethereum`: a string, or { address, source, label, as_of }; EIP-55 checked."""
+    from watchers.evm import validate_evm_address
+
+    pr = ctx.problems
+    if isinstance(item, str):
+        text, apath, source, label, as_of = item, path, default_source, "", ""
+    elif isinstance(item, dict):
+        _check_keys(item, _ADDRESS_KEYS, path, pr)
+        apath = f"{path}.address"
+        text = _take(item, "address", STRING, path, pr)
+        source = _take(item, "source", STRING, path, pr, default_source, nonempty=True)
+        label = _take(item, "label", STRING, path, pr, "")
+        as_of = _take_date(item, "as_of", path, pr)
+        if text is None:
+            return None
+    else:
+        pr.append(f'{path}: expected an address string or {{ address = "0x...", source = "..." }}, got {_show(item)}')
+        return None
+    try:
+        canonical = validate_evm_address(text)
+    except ValueError as exc:
+        pr.append(f"{apath}: {_show(text)} is not a valid Ethereum address ({exc})")
+        return None
+    return EntityAddress(chain="ethereum", address=canonical, source=source, learned_by="config", label=label, as_of=as_of)
 
 
 def _parse_profile(t: dict, path: str, ctx: _Context) -> Profile:

@@ -47,6 +47,8 @@ def entity_flows(tx: ChainTx, registry: Registry) -> list[EntityFlow]:
                 for o, w in zip(tx.outputs, owners_out)
                 if w != name and o.value > 0
             ) if out > 0 else ()
+        if out == 0 and received == 0 and change == 0:
+            continue  # only paid a fee (e.g. the gas of an EVM token transfer, reported on its own)
         flows.append(
             EntityFlow(
                 chain=tx.chain,

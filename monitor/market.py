@@ -136,7 +136,8 @@ class Market:
         now = int(self.clock.time())
         at = flow.block_time if flow.block_time is not None else now
         facts = None
-        if self.chain is not None:
+        # difficulty, subsidy and fees (hashprice) are Bitcoin facts; other chains get prices only
+        if self.chain is not None and flow.chain == "bitcoin":
             h = block_hash
             if h is None:
                 try:

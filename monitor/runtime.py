@@ -68,6 +68,28 @@ def make_source(source: SourceConfig, registry: Registry, session: aiohttp.Clien
             headers=source.revealed_headers(),
         )
         return EsploraSource(source.name, http, registry.watched_addresses(source.chain), clock=clock, chain=source.chain)
+    if source.type == "evm":
+        from watchers.evm import DEFAULT_TOKENS, EvmSource, Token
+
+        tokens = (
+            tuple(Token(sym, addr, dec) for sym, addr, dec in source.tokens)
+            if source.tokens is not None
+            else (DEFAULT_TOKENS if source.chain_id == 1 else ())
+        )
+        return EvmSource(
+            source.name,
+            source.revealed_url(),
+            chain=source.chain,
+            chain_id=source.chain_id,
+            watched=registry.watched_addresses(source.chain),
+            tokens=tokens,
+            confirmations=source.confirmations,
+            max_log_range=source.max_log_range,
+            start_block=source.start_block,
+            timeout=source.timeout,
+            retries=max(0, source.retries - 1),
+            clock=clock,
+        )
     raise ValueError(f"source type {source.type!r} is not supported")
 
 
@@ -165,5 +187,8 @@ async def runtime(config: Config, *, db: str | Path | None = None, clock: Clock 
         dispatcher = make_dispatcher(config, astore, channels, clock)
         yield Runtime(config, astore, registry, clock, session, sources, pipeline, channels, dispatcher)
     finally:
+        for src in locals().get("sources", []):
+            if hasattr(src, "close"):
+                await src.close()
         await session.close()
         await astore.close()

@@ -272,7 +272,7 @@ def test_all_errors_are_reported_at_once():
         "sources[0].urls[1]: 'ftp://x' is not an http(s) URL",
         "sources[0].retries: expected an integer, got 2.5",
         "sources[0].mode: 'fast' is not one of address, block, auto",
-        "entities[0].colour: unknown key (expected one of: name, kind, addresses, note, watch, profile)",
+        "entities[0].colour: unknown key (expected one of: name, kind, addresses, ethereum, note, watch, profile)",
         "entities[0].kind: 'minor' is not one of miner, sovereign, exchange, otc, custodian, other",
         "entities[0].addresses[0]: 'bc1qxyz' is not a valid mainnet Bitcoin address "
         "(has an invalid bech32 length or separator)",

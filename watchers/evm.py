@@ -439,6 +439,11 @@ class EvmSource:
             self._w3 = AsyncWeb3(provider, middleware=[])
         return self._w3
 
+    def set_addresses(self, addresses: Iterable[str]) -> None:
+        """Watch this address list from the next poll on."""
+        self.watched = tuple(validate_evm_address(a) for a in addresses)
+        self._watched_lower = frozenset(a.lower() for a in self.watched)
+
     async def start(self) -> None:
         """Connect and check the node's chain id against the configured one.
 
@@ -498,7 +503,7 @@ class EvmSource:
             elif message != self.last_error:
                 self.log.warning("evm poll failed again source=%s error=%s", self.name, message)
             self.last_error = message
-            return Batch(source=self.name, failed=(CURSOR_KEY,), requests=self._requests)
+            return Batch(source=self.name, chain=self.chain, failed=(CURSOR_KEY,), requests=self._requests)
         if self.last_error is not None:
             self.log.info("evm poll recovered source=%s after=%s", self.name, self.last_error)
             self.last_error = None
@@ -546,6 +551,7 @@ class EvmSource:
     def _batch(self, txs: tuple[ChainTx, ...], gone: tuple[str, ...], state: _State, head: int) -> Batch:
         return Batch(
             source=self.name,
+            chain=self.chain,
             txs=txs,
             cursors=(Cursor(self.name, CURSOR_KEY, state.dump()),),
             gone=gone,
