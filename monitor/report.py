@@ -594,7 +594,7 @@ def _latest_context(data: Sequence[_EntityData]) -> tuple[dict[str, Any], dict[s
 
 
 def _scenario_section(store: Store, data: Sequence[_EntityData], scenario_prices: Sequence[tuple[str, float]] | None,
-                      today: float | None) -> str:
+                      today: tuple[int, float] | None) -> str:
     found = _latest_context(data)
     if found is None:
         return "<p class='muted'>No stored classification carries a difficulty yet, so the scenario table cannot be computed.</p>"
@@ -606,7 +606,12 @@ def _scenario_section(store: Store, data: Sequence[_EntityData], scenario_prices
         miners.append(Entity(e["name"], "miner", profile=store.entity_profile(e["name"])))
     on_chain = {d.name for d in data}
     tracked = [m for m in miners if m.name in on_chain] or miners
-    prices = list(scenario_prices) if scenario_prices is not None else default_scenario_prices(today)
+    if scenario_prices is not None:
+        prices = list(scenario_prices)
+    else:
+        fixed = default_scenario_prices()
+        latest = [(f"latest price in the data (${today[1]:,.0f}, {_date(today[0])})", today[1])] if today else []
+        prices = fixed[:2] + latest + fixed[2:]
     effs = [(label, f.value) for label, f in ASIC_EFFICIENCIES if f.value in (13.5, 16.0, 21.5)]
     result = price_scenarios(prices, ctx["difficulty"], ctx["height"], ctx.get("avg_fees_sat") or 0,
                              [v for _, v in effs], tracked)
@@ -681,7 +686,7 @@ def build_report(
     until: int | None = None,
     entity: str | None = None,
     scenarios: Sequence[tuple[str, float]] | None = None,
-    simulated: bool = False,
+    simulated: bool | None = None,
     sources: Sequence[str] = (),
     prices: Sequence[tuple[int, float]] | None = None,
     now: int | None = None,
@@ -690,15 +695,18 @@ def build_report(
 ) -> str:
     """The whole report as one self-contained HTML page.
 
-    `scenarios` are (label, BTC price) pairs for the scenario table (default: CoinShares' cases, today's
-    price and the all-time high). `simulated=True` puts a banner on top listing `sources` (the public
-    figures a simulated dataset follows). `prices` are (Unix time, USD) points to draw instead of the
+    `scenarios` are (label, BTC price) pairs for the scenario table (default: CoinShares' cases, the latest
+    price in the data and the all-time high). `simulated=True` puts a banner on top listing `sources` (the
+    public figures a simulated dataset follows); None (default) shows it when any stored address says
+    SIMULATED in its source, as the demo scenario's invented addresses do. `prices` are (Unix time, USD) points to draw instead of the
     cached candles. `now` is printed as the generation time.
     """
     data = _load(store, entity)
     lo, hi = _period(data, since, until)
     series = _price_series(store, lo, hi, data, prices)
-    today = series[-1][1] if series else None
+    today = series[-1] if series else None
+    if simulated is None:
+        simulated = any("SIMULATED" in (a.get("source") or "") for a in store.address_rows(status="active"))
     summaries = [_summary(d, since, until) for d in data]
     ids = {d.name: f"entity-{i}" for i, d in enumerate(data)}
     multiple = Thresholds().production_multiple
@@ -718,7 +726,8 @@ def build_report(
         out.append(
             "<div class='banner' role='note'><strong>SIMULATED DATA.</strong> The transactions, blocks and addresses "
             "in this report are invented (a simulated chain); none is a real address of the entity it is attached to. "
-            "The simulation follows these published figures:" + (f"<ul>{items}</ul>" if items else " (none given)")
+            "The simulation follows published figures" + (f":<ul>{items}</ul>" if items else
+                                                            " (listed by the scenario that made it).")
             + "</div>"
         )
     nav = "".join(f"<a href='#{ids[d.name]}'>{_e(d.name)}</a>" for d in data)

@@ -220,7 +220,7 @@ def test_hostile_strings_are_escaped_in_html_and_charts(store, page):
 
 def test_simulated_banner_only_when_asked(store, page):
     assert "SIMULATED DATA" in page and "MARA: sold 15,133 BTC" in Page(page).all_text
-    plain = build_report(store, entity="Sov")
+    plain = build_report(store, entity="Sov")  # no stored address says SIMULATED: no banner
     p = Page(plain)
     assert "SIMULATED DATA" not in plain and p.errors == []
     assert [h for h in p.h2 if "(" in h] == ["Sov (sovereign)"] and len(p.imgs) == 3

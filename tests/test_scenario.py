@@ -8,7 +8,6 @@ import datetime as dt
 import functools
 import re
 import statistics
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -276,7 +275,7 @@ async def test_pipeline_driven_step_by_step_retracts_accelerates_and_reports(tmp
         alerts = alert_rows(store)
         retractions = {(a["entity"], a["txid"]) for a in alerts if a["kind"] == "retraction"}
         assert retractions == {(n, x) for n, e in sc.expected.items() for x in e.retracted_txids}
-        html_text = build_report(store, simulated=True, sources=sc.sources, now=sc.end_time)
+        html_text = build_report(store, sources=sc.sources, now=sc.end_time)  # simulated: detected
         png = render_png(store, entity="Bhutan")
     finally:
         store.close()

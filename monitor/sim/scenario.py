@@ -23,9 +23,10 @@ sale, a reshuffle), not one per ten minutes: block times jump forward in simulat
 sees block times), so the full scenario is ~240 blocks and ~500 transactions. Difficulty stays realistic
 (`DIFFICULTY`): 150.5 T, chosen (not sourced) so that with ~0.02 BTC of fees per block (one "other
 users" transaction per block pays it) the hashprice at the March prices of the bundled, simulated BTC/USD
-series ($66.7k-71.2k; $68.4k-69.3k during MARA's window) is $28.1-29.9 per PH/s per day, inside the
-$28-30 CoinShares reported for early March 2026. Coingeek reported 144.4 T after a +14.7% adjustment
-(and 125.86 T in February); at 144.4 T the same prices give ~$30-31, just above the reported range.
+series ($67.0k-71.2k; $68.4k-69.3k during MARA's window) is $28.2-29.9 per PH/s per day ($28.7-29.1
+during MARA's window), inside the $28-30 CoinShares reported for early March 2026. Coingeek reported
+144.4 T after a +14.7% adjustment (and 125.86 T in February); at 144.4 T, $68-70k gives $29.8-30.7,
+partly above the reported range.
 
 Prices are the bundled SIMULATED daily series `monitor/data/btc_usd_daily.csv` (see PRICES.md): a path
 through published anchors, $68,000-70,000 during March 4-25.
@@ -41,12 +42,17 @@ Using it (the demo drives the real daemon against it):
         if step.observe: ... make sure the daemon polls before the next step ...
     scenario.expected["MARA"].sold_sat          # what the monitor should have concluded
 
-`scale` < 1 shrinks the number of payouts and tranches (for tests); totals, balances and the published
-figures stay exact at every scale. Everything is deterministic for a (seed, scale): txids are known in
-`scenario.txids` before the chain is served, and `ScenarioRun` checks that the replay reproduces them.
+`scale` < 1 shrinks the number of payouts and tranches (for tests); the published figures (sale totals,
+reported balances, transfer sizes) stay exact at every scale. Everything is deterministic for a (seed,
+scale): txids are known in `scenario.txids` before the chain is served, and `ScenarioRun` checks that the
+replay reproduces them. A different seed changes tranche sizes, fees and addresses, not the figures.
 
-The expected verdicts are the classifier's documented precedence (monitor/classify.py) applied to the
-scripted numbers with the bundled profiles, the default `Thresholds` and the bundled daily prices.
+Expected outcome (`scenario.expected[name]`, an `ExpectedEntity`): opening, received and final balances,
+`sold_sat` (active flows with a sale verdict), `custody_sat`, and every outflow and internal move as an
+`ExpectedFlow` (txid, time, destinations, price, verdict, active/retracted, whether "selling accelerates"
+is among its reasons). The verdicts are the classifier's documented precedence (monitor/classify.py)
+applied to the scripted numbers with the bundled profiles, the default `Thresholds` and the bundled daily
+prices; they hold when the monitor polls at least after every `observe` step (and at the end).
 """
 
 from __future__ import annotations
@@ -168,7 +174,8 @@ FIGURES: tuple[Figure, ...] = (
            "left; a $7M sale via QCP before 2026-03-09, when 175 BTC moved and ~5,400 BTC remained; single "
            "transactions in March rising to $35-45M",
            "opening 5,984.85 BTC (5,700 + the two QCP transfers); transfers of 100.82 and 184.03 BTC, $7M, "
-           "175 BTC, then $24M, $35M and $45M at the day's price, main wallet → exchange/OTC",
+           "175 BTC, then $24M, $35M and $45M at the day's price, main wallet → exchange/OTC; it ends March "
+           "at ~3,916 BTC, -71% from the 13,295 BTC peak (the article says 'about 66%' at its date)",
            f"{_CHAINCATCHER}; Arkham via grafa.com, 24newslatest.com, businesshonor.com (2026-02-05) and "
            "gadgets360.com (2026-03-09) (via economics.md §5)"),
     Figure("CleanSpark", "sticks to mining; treasury 13,011 BTC and 629 BTC mined (Sep 2025)",
@@ -177,7 +184,7 @@ FIGURES: tuple[Figure, ...] = (
     Figure("market", "BTC 'hovers between $68,000 and $70,000' in March; hashprice $28-30 per PH/s per day in "
            "early March 2026",
            "prices from the bundled simulated daily series (monitor/data/PRICES.md, anchored on published "
-           "prices); difficulty 150.5 T (chosen) and ~0.02 BTC fees per block give $28.1-29.9 in March",
+           "prices); difficulty 150.5 T (chosen) and ~0.02 BTC fees per block give $28.2-29.9 in March",
            f"{_CHAINCATCHER}; CoinShares Q1-2026 mining report (via tokenpost.com/news/insights/19340; "
            "t.signalplus.com)"),
 )
