@@ -276,7 +276,13 @@ def run(state: State, host: str | None, port: int | None) -> None:
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    code = run_async(Daemon(cfg, db=state.db, host=h, port=port).run())
+    try:
+        code = asyncio.run(Daemon(cfg, db=state.db, host=h, port=port).run())
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except MonitorError as exc:
+        raise click.ClickException(str(exc)) from exc
     sys.exit(code)
 
 

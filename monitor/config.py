@@ -105,10 +105,11 @@ DEFAULT_TRACE_VALUE_FLOOR_BTC = 0.1  # branches smaller than this are not follow
 NETWORKS = ("mainnet", "testnet", "signet", "regtest")
 PRICE_SOURCES = ("coinbase", "kraken", "coingecko", "csv")
 CHANNEL_TYPES = ("slack", "email", "webhook", "console")
-SOURCE_TYPES = ("esplora", "evm")
+SOURCE_TYPES = ("esplora", "evm", "bitcoind")
 SOURCE_CHAINS = ("bitcoin", "ethereum")
 #: The chain each source type serves.
-SOURCE_TYPE_CHAINS = {"esplora": ("bitcoin",), "evm": ("ethereum",)}
+SOURCE_TYPE_CHAINS = {"esplora": ("bitcoin",), "evm": ("ethereum",), "bitcoind": ("bitcoin",)}
+DEFAULT_PUSH_CAP = 1500  # mempool.space stops pushing past about 1,500 addresses per connection
 DEFAULT_EVM_CONFIRMATIONS = 12
 DEFAULT_MAX_LOG_RANGE = 2000
 SOURCE_MODES = ("address", "block", "auto")
@@ -127,7 +128,13 @@ _SOURCE_KEYS = (
     "poll_interval",
     "mode",
     "headers",
+    "push_url",
+    "push_cap",
 )
+#: Keys of a bitcoind source (Bitcoin Core JSON-RPC): one `url`, credentials by cookie file or secrets.
+_BITCOIND_SOURCE_KEYS = ("name", "type", "chain", "timeout", "retries", "poll_interval",
+                         "url", "network", "cookie_file", "rpc_user", "rpc_password", "max_blocks",
+                         "max_mempool_txs", "mempool", "start_height", "zmq_hashblock", "zmq_rawtx")
 #: Keys of an evm source: the common ones, then its own (it has one RPC `url`, no `urls`).
 _EVM_SOURCE_KEYS = ("name", "type", "chain", "timeout", "retries", "poll_interval",
                     "url", "chain_id", "confirmations", "max_log_range", "start_block", "tokens")
@@ -223,6 +230,21 @@ class SourceConfig:
     max_log_range: int = DEFAULT_MAX_LOG_RANGE
     start_block: int | None = None
     tokens: tuple[tuple[str, str, int], ...] | None = None  # (symbol, address, decimals); None: the defaults for chain id 1
+
+    # Esplora push (mempool.space websocket)
+    push_url: str | None = None
+    push_cap: int = DEFAULT_PUSH_CAP
+    # bitcoind sources (type "bitcoind")
+    network: str | None = None  # checked against the node's chain; default [monitor].network
+    cookie_file: Path | None = None
+    rpc_user: str | Secret | None = None
+    rpc_password: Secret | None = None
+    max_blocks: int = 20
+    max_mempool_txs: int = 10_000
+    mempool: bool = True
+    start_height: int | None = None
+    zmq_hashblock: str | None = None
+    zmq_rawtx: str | None = None
 
     def revealed_url(self) -> str | None:
         """The EVM RPC URL with its secret revealed (never log it)."""
@@ -692,7 +714,8 @@ def _parse_sources(value: Any, ctx: _Context) -> tuple[SourceConfig, ...]:
     for path, t in _tables(value, "sources", ctx.problems, section=True):
         pr = ctx.problems
         # the allowed keys depend on the type, which is judged (and reported) after the name
-        _check_keys(t, _EVM_SOURCE_KEYS if t.get("type") == "evm" else _SOURCE_KEYS, path, pr)
+        keys = {"evm": _EVM_SOURCE_KEYS, "bitcoind": _BITCOIND_SOURCE_KEYS}.get(t.get("type"), _SOURCE_KEYS)
+        _check_keys(t, keys, path, pr)
         name = _take(t, "name", STRING, path, pr, nonempty=True)
         if name is not None:
             if name in seen:
@@ -704,14 +727,19 @@ def _parse_sources(value: Any, ctx: _Context) -> tuple[SourceConfig, ...]:
         chain = _take(t, "chain", STRING, path, pr, chain_default, choices=SOURCE_CHAINS)
         if type_ is not None and chain is not None and chain not in SOURCE_TYPE_CHAINS[type_]:
             pr.append(f"{path}.chain: a {type_} source serves {', '.join(SOURCE_TYPE_CHAINS[type_])}, not {chain!r}")
-        evm = _parse_evm_source(t, path, ctx) if type_ == "evm" else {}
+        if type_ == "evm":
+            extra = _parse_evm_source(t, path, ctx)
+        elif type_ == "bitcoind":
+            extra = _parse_bitcoind_source(t, path, ctx)
+        else:
+            extra = _parse_push(t, path, ctx)
         out.append(
             SourceConfig(
                 name=name,
                 type=type_,
                 chain=chain,
-                urls=_parse_urls(t, path, ctx) if type_ != "evm" else (),
-                **evm,
+                urls=_parse_urls(t, path, ctx) if type_ in (None, "esplora") else (),
+                **extra,
                 rate_limit=_take(t, "rate_limit", NUMBER, path, pr, DEFAULT_RATE_LIMIT, above=0),
                 timeout=_take(t, "timeout", NUMBER, path, pr, DEFAULT_TIMEOUT, above=0),
                 retries=_take(t, "retries", INTEGER, path, pr, DEFAULT_RETRIES, at_least=1),
@@ -721,6 +749,55 @@ def _parse_sources(value: Any, ctx: _Context) -> tuple[SourceConfig, ...]:
             )
         )
     return tuple(out)
+
+
+def _parse_push(t: dict, path: str, ctx: _Context) -> dict[str, Any]:
+    """An Esplora source's optional mempool.space websocket push: `push_url` (ws/wss), `push_cap`."""
+    pr = ctx.problems
+    url = _take(t, "push_url", STRING, path, pr, None, nonempty=True)
+    if url is not None and urlsplit(url).scheme not in ("ws", "wss"):
+        pr.append(f"{path}.push_url: {_show(url)} is not a ws:// or wss:// URL")
+        url = None
+    return {"push_url": url, "push_cap": _take(t, "push_cap", INTEGER, path, pr, DEFAULT_PUSH_CAP, at_least=1)}
+
+
+def _parse_bitcoind_source(t: dict, path: str, ctx: _Context) -> dict[str, Any]:
+    """A bitcoind source: url (no credentials in it), cookie file or user/password secrets, ZMQ."""
+    pr = ctx.problems
+    url = _take(t, "url", STRING, path, pr)
+    if url is not None:
+        url = _check_url(url, f"{path}.url", ctx)
+    cookie = _take(t, "cookie_file", STRING, path, pr, None, nonempty=True)
+    user = _take_secret(t, "rpc_user", path, ctx, plain_ok=True, default=None)
+    password = _take_secret(t, "rpc_password", path, ctx, plain_ok=False, default=None)
+    if cookie is not None and (user is not None or password is not None):
+        pr.append(f"{path}: give either cookie_file or rpc_user/rpc_password, not both")
+    if (user is None) != (password is None) and cookie is None:
+        pr.append(f"{path}: rpc_user and rpc_password go together")
+    cookie_path = None
+    if cookie is not None:
+        cookie_path = Path(cookie).expanduser()
+        if not cookie_path.is_absolute():
+            cookie_path = ctx.base_dir / cookie_path
+    zmq = {}
+    for key in ("zmq_hashblock", "zmq_rawtx"):
+        v = _take(t, key, STRING, path, pr, None, nonempty=True)
+        if v is not None and not re.match(r"^(tcp|ipc)://", v):
+            pr.append(f"{path}.{key}: {_show(v)} is not a ZMQ endpoint (tcp://host:port)")
+            v = None
+        zmq[key] = v
+    return {
+        "url": url,
+        "network": _take(t, "network", STRING, path, pr, None, choices=NETWORKS),
+        "cookie_file": cookie_path,
+        "rpc_user": user,
+        "rpc_password": password if isinstance(password, Secret) else None,
+        "max_blocks": _take(t, "max_blocks", INTEGER, path, pr, 20, at_least=1),
+        "max_mempool_txs": _take(t, "max_mempool_txs", INTEGER, path, pr, 10_000, at_least=0),
+        "mempool": _take(t, "mempool", BOOLEAN, path, pr, True),
+        "start_height": _take(t, "start_height", INTEGER, path, pr, None, at_least=0),
+        **zmq,
+    }
 
 
 def _parse_evm_source(t: dict, path: str, ctx: _Context) -> dict[str, Any]:

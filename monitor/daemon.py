@@ -34,7 +34,7 @@ from monitor.clock import SystemClock, iso
 from monitor.config import Config
 from monitor.httpapi import start_http
 from monitor.metrics import Metrics
-from monitor.model import Clock, ConfigError, MonitorError
+from monitor.model import Clock, ConfigError, MonitorError, SourceError, TransientError
 from monitor.runtime import Runtime, runtime
 from storage import Store
 from storage import alerts as outbox_store
@@ -126,6 +126,9 @@ class Daemon:
         self._inflight: set[asyncio.Task] = set()
         self._stack = contextlib.AsyncExitStack()
         self._http = None
+        self._push_tasks: list[asyncio.Task] = []
+        self._push_stop = asyncio.Event()
+        self.pushes: list = []
         self.bound_port: int | None = None
         self.started_at = self.clock.time()
 
@@ -144,6 +147,14 @@ class Daemon:
             self.states[st.name] = st
         for src in self.rt.sources:
             self.states.setdefault(src.name, SourceState(src.name))
+        for src in self.rt.sources:
+            if hasattr(src, "start"):
+                try:
+                    await src.start()  # e.g. an EVM node's chain id against the config
+                except TransientError as exc:
+                    log.warning("source=%s not reachable at start (polling will retry): %s", src.name, exc)
+                except SourceError as exc:
+                    raise ConfigError(f"sources: {src.name}: {exc}") from exc
         await self.rt.dispatcher.recover()
         self._http, self.bound_port = await start_http(self, self.host, self.port)
         log.warning("treasury-monitor listening on http://%s:%s (sources: %s)", self.host, self.bound_port,
@@ -171,6 +182,29 @@ class Daemon:
             self.scheduler.add_job(self._guarded, "cron", args=("digest", self.digest), id="digest",
                                    hour=self.config.daemon.digest_hour, minute=0, max_instances=1, coalesce=True)
         self.scheduler.start()
+        self._start_pushes()
+
+    def _start_pushes(self) -> None:
+        """Push sources wake a source's poll job at once; polling stays the source of truth."""
+        from monitor.runtime import make_pushes
+
+        assert self.rt is not None
+        self._push_stop = asyncio.Event()
+        self.pushes = make_pushes(self.config, self.rt.registry, self.rt.session, self.clock)
+        for name, push in self.pushes:
+            def wake(reason: str = "", _name: str = name) -> None:
+                self.wake(_name, reason)
+
+            self._push_tasks.append(asyncio.create_task(push.run(wake, self._push_stop), name=f"push:{name}"))
+
+    def wake(self, source: str, reason: str = "") -> None:
+        """Run a source's poll job now (push notification); coalesced with a run already due."""
+        if self.scheduler is None or self._stopping:
+            return
+        job = self.scheduler.get_job(f"poll:{source}")
+        if job is not None:
+            log.info("source=%s woken by push: %s", source, reason)
+            job.modify(next_run_time=self._now_dt())
 
     def _now_dt(self) -> datetime:
         return datetime.fromtimestamp(self.clock.time(), tz=timezone.utc)
@@ -213,6 +247,11 @@ class Daemon:
         deadline = self.clock.time() + grace
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+        self._push_stop.set()
+        for t in self._push_tasks:
+            t.cancel()
+        if self._push_tasks:
+            await asyncio.gather(*self._push_tasks, return_exceptions=True)
         pending = [t for t in self._inflight if not t.done()]
         if pending:
             await asyncio.wait(pending, timeout=max(0.1, grace))

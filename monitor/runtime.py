@@ -24,7 +24,7 @@ from storage import AsyncStore, Store
 from watchers.esplora import EsploraSource
 from watchers.http import HttpClient
 
-__all__ = ["build_registry", "open_store", "Runtime", "runtime", "make_source", "build_channels", "make_dispatcher", "make_planner"]
+__all__ = ["make_pushes", "build_registry", "open_store", "Runtime", "runtime", "make_source", "build_channels", "make_dispatcher", "make_planner"]
 
 log = logging.getLogger("treasury_monitor")
 
@@ -54,7 +54,8 @@ def open_store(config: Config, db: str | Path | None = None) -> Store:
     return Store(Path(db) if db is not None else config.storage)
 
 
-def make_source(source: SourceConfig, registry: Registry, session: aiohttp.ClientSession, clock: Clock):
+def make_source(source: SourceConfig, registry: Registry, session: aiohttp.ClientSession, clock: Clock,
+                network: str = "mainnet"):
     """A watcher for one configured source, watching the registry's tracked addresses on its chain."""
     if source.type == "esplora":
         http = HttpClient(
@@ -68,6 +69,31 @@ def make_source(source: SourceConfig, registry: Registry, session: aiohttp.Clien
             headers=source.revealed_headers(),
         )
         return EsploraSource(source.name, http, registry.watched_addresses(source.chain), clock=clock, chain=source.chain)
+    if source.type == "bitcoind":
+        from watchers.bitcoind import BitcoindRpc, BitcoindSource
+
+        user = source.rpc_user.reveal() if hasattr(source.rpc_user, "reveal") else source.rpc_user
+        rpc = BitcoindRpc(
+            source.url,
+            session,
+            clock=clock,
+            user=user,
+            password=source.rpc_password.reveal() if source.rpc_password is not None else None,
+            cookie_file=source.cookie_file,
+            timeout=source.timeout,
+            retries=max(0, source.retries - 1),
+        )
+        return BitcoindSource(
+            source.name,
+            rpc,
+            registry.watched_addresses(source.chain),
+            clock=clock,
+            network=source.network or network,
+            start_height=source.start_height,
+            max_blocks=source.max_blocks,
+            max_mempool_txs=source.max_mempool_txs,
+            mempool=source.mempool,
+        )
     if source.type == "evm":
         from watchers.evm import DEFAULT_TOKENS, EvmSource, Token
 
@@ -141,6 +167,24 @@ def make_planner(config: Config, registry: Registry):
     return AlertPlanner(registry, AlertSettings(rules=a.rules, explorer_url=a.explorer_url, max_age=a.max_age))
 
 
+def make_pushes(config: Config, registry: Registry, session: aiohttp.ClientSession, clock: Clock) -> list[tuple[str, object]]:
+    """(source name, push) pairs: ZMQ from a node, mempool.space websocket for an Esplora source."""
+    out: list[tuple[str, object]] = []
+    for s in config.sources:
+        addrs = registry.watched_addresses(s.chain)
+        if s.type == "bitcoind" and (s.zmq_hashblock or s.zmq_rawtx):
+            from watchers.push import ZmqPush
+
+            endpoints = {k: v for k, v in (("hashblock", s.zmq_hashblock), ("rawtx", s.zmq_rawtx)) if v}
+            out.append((s.name, ZmqPush(endpoints, addrs, network=s.network or config.network, name=f"{s.name}-zmq")))
+        if s.type == "esplora" and s.push_url:
+            from watchers.push import MempoolPush
+
+            out.append((s.name, MempoolPush(s.push_url, addrs, session=session, clock=clock, cap=s.push_cap,
+                                            name=f"{s.name}-push")))
+    return out
+
+
 @dataclass
 class Runtime:
     """Everything a command needs, opened together and closed together."""
@@ -166,7 +210,7 @@ async def runtime(config: Config, *, db: str | Path | None = None, clock: Clock 
     astore = AsyncStore(store)
     session = aiohttp.ClientSession()
     try:
-        sources = [make_source(s, registry, session, clock) for s in config.sources]
+        sources = [make_source(s, registry, session, clock, config.network) for s in config.sources]
 
         def rewatch(reg: Registry) -> None:
             # learned addresses (co-spend) are watched from the next poll of every source of their chain
