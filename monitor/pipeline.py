@@ -151,6 +151,13 @@ def commit_batch(
         flows = [_keep_traced(store, f) for f in flows]
         for f in flows:
             new_flows += store.save_flow(f, now=now)
+        # Retract first: a replacement in this same batch must not count the tx it replaced in its history.
+        for txid in batch.gone:
+            before = store.tx_status(batch.chain, txid)
+            if before is None or before in ("orphaned", "replaced"):
+                continue
+            store.set_tx_status(batch.chain, txid, "orphaned" if before == "confirmed" else "replaced", now=now)
+            retracted.extend(store.retract(batch.chain, txid, now=now))
         # Oldest first, so each flow's history includes the earlier flows of the same batch.
         for f in sorted((f for f in flows if f.direction != "in"), key=lambda f: (_at(f, now), f.txid)):
             entity = registry.get(f.entity)
@@ -158,12 +165,6 @@ def commit_batch(
             c = classify(f, entity, ctx, flow_history(store, f, now=now), thresholds, now=now)
             stored, prev = store.save_classification(c, context=context_json(ctx), now=now)
             decisions.append(Decision(f, stored, prev, ctx))
-        for txid in batch.gone:
-            before = store.tx_status(batch.chain, txid)
-            if before is None or before in ("orphaned", "replaced"):
-                continue
-            store.set_tx_status(batch.chain, txid, "orphaned" if before == "confirmed" else "replaced", now=now)
-            retracted.extend(store.retract(batch.chain, txid, now=now))
         if alert_hook is not None:
             alerts = alert_hook(store, decisions, retracted, now=now)
         store.save_snapshots(batch.snapshots)
