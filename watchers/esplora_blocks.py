@@ -325,6 +325,7 @@ class EsploraBlockSource:
         self._raw_ok = True
         self._failing: str | None = None
         self._history_now: dict[str, str] = {}  # history cursors returned by this poll's backfill
+        self._seed_failing: set[str] = set()  # addresses whose seeding failed (logged once)
 
     def watch(self, addresses: Iterable[str]) -> None:
         """Watch more addresses from now on (they are seeded at the next poll that reaches the tip).
@@ -338,7 +339,7 @@ class EsploraBlockSource:
                 continue
             self._scripts[address_script(a)] = a
             self._by_norm[n] = a
-            if n not in self._seeded:
+            if self._seeded_text is not _MISSING and n not in self._seeded:  # else the first poll builds it
                 self._to_seed[n] = a
             new.append(a)
         self.watched_addresses = self.watched_addresses + tuple(new)
@@ -753,8 +754,9 @@ class EsploraBlockSource:
             try:
                 answers[a] = await self._seed_one(a, run)
             except SourceError as exc:
-                self._log.warning("block mode: seeding failed, retried next poll source=%s address=%s error=%s",
-                                  self.name, a, exc)
+                log = self._log.debug if a in self._seed_failing else self._log.warning
+                log("block mode: seeding failed, retried next poll source=%s address=%s error=%s", self.name, a, exc)
+                self._seed_failing.add(a)
         if not answers:
             return
         if await self._api.tip_hash(tally=run.tally) != tip:
@@ -777,6 +779,9 @@ class EsploraBlockSource:
             count += len(found)
             self._seeded.add(_norm(a))
             self._to_seed.pop(_norm(a), None)
+            self._seed_failing.discard(a)
+        if not self._to_seed:
+            self._to_seed = {}  # a dict never shrinks by popping: let the big one go
             self._seeded_dirty = True
         run.changed = True
         self._log.info("block mode seeded source=%s addresses=%d utxos=%d unseeded_left=%d", self.name, len(answers),
