@@ -44,17 +44,17 @@ _DATA_DIR = tempfile.mkdtemp(prefix="bench-bcl-")
 os.environ["BCL_DATA_DIR"] = _DATA_DIR  # bitcoinlib reads providers.json from here; must precede its import
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import aiohttp  # noqa: E402
+import aiohttp
 
-from monitor.clock import SystemClock  # noqa: E402
-from monitor.model import Cursor, WatchedUtxo  # noqa: E402
-from monitor.sim.chain import COIN, SimChain  # noqa: E402
-from monitor.sim.esplora_server import EsploraServer  # noqa: E402
-from watchers import esplora_blocks  # noqa: E402
-from watchers.esplora import EsploraSource  # noqa: E402
-from watchers.esplora_blocks import EsploraBlockSource  # noqa: E402
-from watchers.http import HttpClient  # noqa: E402
-from watchers.rawblock import outpoint_key, parse_block, scan_block  # noqa: E402
+from monitor.clock import SystemClock
+from monitor.model import WatchedUtxo
+from monitor.sim.chain import COIN, SimChain
+from monitor.sim.esplora_server import EsploraServer
+from watchers import esplora_blocks
+from watchers.esplora import EsploraSource
+from watchers.esplora_blocks import EsploraBlockSource
+from watchers.http import HttpClient
+from watchers.rawblock import outpoint_key, parse_block, scan_block
 
 KINDS = ("p2wpkh", "p2pkh", "p2sh", "p2tr", "p2wsh")
 
@@ -285,9 +285,9 @@ async def main(quick: bool) -> None:
     for n in sizes:
         watched = watched_for(world, n)
         naive = measure_naive(srv, world, watched)
-        addr = await measure_async(srv, lambda http: EsploraSource("addr", http, watched, clock=SystemClock(),
-                                                                   max_pages=1000), world)
-        block = await measure_async(srv, lambda http: EsploraBlockSource("blk", http, watched, clock=SystemClock()),
+        addr = await measure_async(srv, lambda http, w=watched: EsploraSource("addr", http, w, clock=SystemClock(),
+                                                                              max_pages=1000), world)
+        block = await measure_async(srv, lambda http, w=watched: EsploraBlockSource("blk", http, w, clock=SystemClock()),
                                     world)
         rows.append((n, naive, addr, block, "measured"))
 

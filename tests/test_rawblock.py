@@ -225,7 +225,7 @@ def test_scan_of_nothing_watched_returns_no_matches_but_still_checks_the_bytes(c
 @pytest.mark.parametrize("func", [parse_block, lambda raw: scan_block(raw, {b"\x00\x14" + b"\x00" * 20}, {b"\x00" * 36: 1})])
 def test_every_truncation_and_corruption_is_malformed_never_an_index_error(chain, func):
     raw = chain.blocks[1].raw()
-    for cut in list(range(0, 200)) + list(range(200, len(raw), 7)):
+    for cut in list(range(200)) + list(range(200, len(raw), 7)):
         with pytest.raises(MalformedError):
             func(raw[:cut])
     with pytest.raises(MalformedError):

@@ -81,22 +81,36 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote
 
-from monitor.model import Batch, ChainTx, Clock, Cursor, MalformedError, SourceError, WatchedUtxo
+from monitor.model import (
+    Batch,
+    ChainTx,
+    Clock,
+    Cursor,
+    MalformedError,
+    SourceError,
+    WatchedUtxo,
+)
 from watchers.addresses import InvalidAddress, _b58decode_check, _segwit_decode
 from watchers.esplora import EsploraSource
 from watchers.http import HttpClient, RequestTally, http_status
-from watchers.rawblock import BlockHeader, outpoint_key, outpoint_of_key, parse_header, scan_block
+from watchers.rawblock import (
+    BlockHeader,
+    outpoint_key,
+    outpoint_of_key,
+    parse_header,
+    scan_block,
+)
 from watchers.validate import assert_hex, parse_txs
 
 __all__ = [
-    "EsploraBlockSource",
-    "choose_mode",
-    "address_script",
     "AUTO_THRESHOLD",
     "CURSOR_VERSION",
     "DEFAULT_MAX_BLOCKS",
     "DEFAULT_MAX_SEED",
     "KEEP_BLOCKS",
+    "EsploraBlockSource",
+    "address_script",
+    "choose_mode",
 ]
 
 CURSOR_VERSION = 1
@@ -415,7 +429,7 @@ class EsploraBlockSource:
         except SourceError as exc:
             self._note_failure(exc)
             return Batch(source=self.name, chain=self.chain, failed=("tip",), requests=run.tally.requests)
-        except Exception:  # a bug must not kill the daemon's job; CancelledError passes through
+        except Exception:  # noqa: BLE001 -- a bug must not kill the daemon's job; CancelledError passes through
             self._log.exception("block mode poll failed (bug) source=%s", self.name)
             return Batch(source=self.name, chain=self.chain, failed=("tip",), requests=run.tally.requests)
 
@@ -462,7 +476,7 @@ class EsploraBlockSource:
             await step
         except SourceError as exc:
             run.error = exc
-        except Exception as exc:  # a bug must not lose the blocks already read; CancelledError passes through
+        except Exception as exc:  # noqa: BLE001 -- a bug must not lose the blocks already read (CancelledError passes)
             self._log.exception("block mode poll stopped (bug) source=%s", self.name)
             run.error = SourceError(f"unexpected {type(exc).__name__}: {exc}")
 
