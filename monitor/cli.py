@@ -358,6 +358,60 @@ def scenarios(state: State, as_json: bool) -> None:
             f"{b['miner']} (cost ${b['cash_cost_usd']:,.0f}, {b['gap_pct']:.1f}% under)" for b in below) or "none"))
 
 
+@cli.command()
+@click.option("--speed", type=float, default=None,
+              help="Simulated seconds per real second (default: the ~90-day episode in about 30 s).")
+@click.option("--seed", type=int, default=None, help="Scenario seed (tranche sizes, fees, addresses; not the figures).")
+@click.option("--scale", type=click.FloatRange(0.05, 1.0), default=1.0, show_default=True,
+              help="Shrink the number of payouts and tranches (totals stay the published ones).")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default="report.html", show_default=True,
+              help="Where to write the HTML report.")
+@click.pass_obj
+def demo(state: State, speed: float | None, seed: int | None, scale: float, out_path: str) -> None:
+    """Offline demo: a SIMULATED chain of the 2026 sell-off, watched by the real daemon, then a report."""
+    from monitor.demo import DEFAULT_SEED, DEFAULT_SPEED, run_demo
+
+    result = run_async(run_demo(
+        seed=DEFAULT_SEED if seed is None else seed,
+        speed=DEFAULT_SPEED if speed is None else speed,
+        scale=scale,
+        out=Path(out_path),
+        db=Path(state.db) if state.db else None,
+        user_config=state.config_path,
+        echo=click.echo,
+    ))
+    if not result.is_ok:
+        raise click.ClickException("the monitor's conclusions differ from what the scenario scripted (see MISMATCH above)")
+
+
+@cli.command()
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
+              help="Output file (default report.html, or report.png with --format png).")
+@click.option("--format", "fmt", type=click.Choice(["html", "png"]), default="html", show_default=True)
+@click.option("--since", default=None, help="Only flows at or after this ISO date/time (UTC).")
+@click.option("--until", default=None, help="Only flows before this ISO date/time (UTC).")
+@click.option("--entity", default=None, help="Only this entity.")
+@click.pass_obj
+def report(state: State, out_path: str | None, fmt: str, since: str | None, until: str | None, entity: str | None) -> None:
+    """A self-contained HTML report with charts (or one PNG chart) from the stored flows and alerts."""
+    from monitor.report import write_report
+
+    try:
+        since_ts = parse_iso(since) if since else None
+        until_ts = parse_iso(until) if until else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    store = open_existing_store(state)
+    db = store.path
+    store.close()
+    out = Path(out_path or f"report.{fmt}")
+    options = {"since": since_ts, "until": until_ts, "entity": entity}
+    if fmt == "html":
+        options["now"] = int(SystemClock().time())
+    n = write_report(db, out, fmt=fmt, **options)
+    click.echo(f"wrote {out} ({n:,} bytes)")
+
+
 def _register_groups() -> None:
     # Command groups that live in their own modules (they import monitor.cli_common, not this module).
     from monitor.cli_entities import entities

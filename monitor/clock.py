@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 
 from monitor.model import Clock
 
-__all__ = ["Clock", "SystemClock", "FrozenClock", "iso", "parse_iso"]
+__all__ = ["Clock", "SystemClock", "FrozenClock", "AcceleratedClock", "Stopwatch", "iso", "parse_iso"]
 
 
 class SystemClock:
@@ -43,6 +43,36 @@ class FrozenClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+class AcceleratedClock:
+    """Simulated time (the demo's replay of months in seconds) that runs `speed` times faster than the wall clock, from `start`."""
+
+    def __init__(self, start: float, speed: float):
+        self.start = start
+        self.speed = speed
+        self._t0 = time.monotonic()
+
+    def time(self) -> float:
+        return self.start + (time.monotonic() - self._t0) * self.speed
+
+    async def sleep(self, seconds: float) -> None:
+        # Sleeps are in simulated seconds (retry backoffs), so they are short in wall time.
+        await asyncio.sleep(max(0.0, seconds) / self.speed)
+
+    def wall_until(self, at: float) -> float:
+        """Wall seconds until the clock reads `at` (0 when it already has)."""
+        return max(0.0, (at - self.time()) / self.speed)
+
+
+class Stopwatch:
+    """Wall seconds elapsed since it was made (for figures printed to the user)."""
+
+    def __init__(self) -> None:
+        self._t0 = time.monotonic()
+
+    def seconds(self) -> float:
+        return time.monotonic() - self._t0
 
 
 def iso(ts: float | int | None) -> str | None:

@@ -113,6 +113,7 @@ class Daemon:
     ):
         self.config = config
         self.clock = clock or SystemClock()
+        self._wall = SystemClock()
         self.db = db
         self.host = host if host is not None else config.daemon.host
         self.port = port if port is not None else config.daemon.port
@@ -207,7 +208,9 @@ class Daemon:
             job.modify(next_run_time=self._now_dt())
 
     def _now_dt(self) -> datetime:
-        return datetime.fromtimestamp(self.clock.time(), tz=timezone.utc)
+        # The scheduler runs on wall time even when decisions use another clock (the demo's
+        # accelerated one): APScheduler computes its fire times from real datetimes.
+        return datetime.fromtimestamp(self._wall.time(), tz=timezone.utc)
 
     async def run(self, *, install_signals: bool = True) -> int:
         """Start, serve until a stop is asked for, shut down gracefully; returns the exit status."""
