@@ -21,7 +21,9 @@ from monitor.model import Clock, Entity
 from monitor.pipeline import Pipeline
 from monitor.registry import Registry, merge_entities
 from storage import AsyncStore, Store
+from storage.utxos import load_utxos
 from watchers.esplora import EsploraSource
+from watchers.esplora_blocks import EsploraBlockSource, choose_mode
 from watchers.http import HttpClient
 
 __all__ = ["make_pushes", "build_registry", "open_store", "Runtime", "runtime", "make_source", "build_channels", "make_dispatcher", "make_planner"]
@@ -55,8 +57,12 @@ def open_store(config: Config, db: str | Path | None = None) -> Store:
 
 
 def make_source(source: SourceConfig, registry: Registry, session: aiohttp.ClientSession, clock: Clock,
-                network: str = "mainnet"):
-    """A watcher for one configured source, watching the registry's tracked addresses on its chain."""
+                network: str = "mainnet", store: Store | None = None):
+    """A watcher for one configured source, watching the registry's tracked addresses on its chain.
+
+    An Esplora source in `block` mode (or `auto` with many addresses) reads each block once and needs
+    the stored watched-UTXO set of its chain, hence `store`.
+    """
     if source.type == "esplora":
         http = HttpClient(
             source.name,
@@ -68,7 +74,18 @@ def make_source(source: SourceConfig, registry: Registry, session: aiohttp.Clien
             retries=max(0, source.retries - 1),  # config counts attempts, HttpClient counts retries
             headers=source.revealed_headers(),
         )
-        return EsploraSource(source.name, http, registry.watched_addresses(source.chain), clock=clock, chain=source.chain)
+        addresses = registry.watched_addresses(source.chain)
+        mode, why = choose_mode(source.mode, len(addresses))
+        if source.mode == "auto":
+            log.warning("source=%s %s", source.name, why)  # the user asked us to choose: say what we chose
+        else:
+            log.info("source=%s %s", source.name, why)
+        if mode == "block":
+            utxos = load_utxos(store, source.chain) if store is not None else ()
+            # history=True: a newly watched address is backfilled once in address mode, then followed by blocks
+            return EsploraBlockSource(source.name, http, addresses, clock=clock, chain=source.chain, utxos=utxos,
+                                      history=True)
+        return EsploraSource(source.name, http, addresses, clock=clock, chain=source.chain)
     if source.type == "bitcoind":
         from watchers.bitcoind import BitcoindRpc, BitcoindSource
 
@@ -210,7 +227,7 @@ async def runtime(config: Config, *, db: str | Path | None = None, clock: Clock 
     astore = AsyncStore(store)
     session = aiohttp.ClientSession()
     try:
-        sources = [make_source(s, registry, session, clock, config.network) for s in config.sources]
+        sources = [make_source(s, registry, session, clock, config.network, store) for s in config.sources]
 
         def rewatch(reg: Registry) -> None:
             # learned addresses (co-spend) are watched from the next poll of every source of their chain

@@ -176,3 +176,32 @@ async def test_mempool_tx_is_stored_once_and_updated_when_it_confirms(tmp_path, 
         # classified once (same verdict when it confirmed), alerted once
         r = await cli_run("-c", cfg, "alerts", "list", "--json")
         assert len(json.loads(r.output)) == 1
+
+
+@pytest.mark.parametrize("mode", ["block", "auto"])
+async def test_block_mode_source_through_the_cli_gives_the_same_flows(tmp_path, chain, monkeypatch, mode, caplog):
+    addrs = {k: chain.address(f"bm-{k}") for k in ("hot", "cold", "exchange")}
+    chain.fund(addrs["hot"], 80 * COIN)
+    chain.mine()
+    async with EsploraServer(chain) as server, Receiver() as slack:
+        monkeypatch.setenv("TM_TEST_SLACK_URL", slack.url("/hook"))
+        cfg = write_config(tmp_path, server.url, addrs)
+        text = cfg.read_text().replace('timeout = 5.0', f'timeout = 5.0\nmode = "{mode}"')
+        if mode == "auto":  # enough watched addresses for auto to pick block mode
+            extra = ", ".join(f'"{chain.address(f"bm-extra-{i}")}"' for i in range(60))
+            text = text.replace('source = "test fixture" }, {', f'source = "test fixture" }}, {extra}, {{', 1)
+        cfg.write_text(text)
+        r = await cli_run("-c", cfg, "--log-level", "info", "poll")
+        assert r.exit_code == 0, r.output
+        assert "mode=block" in r.output
+        sale = chain.pay([addrs["hot"]], [(addrs["exchange"], 30 * COIN)], fee=4_000)
+        chain.mine()
+        before = len(server.requests)
+        r = await cli_run("-c", cfg, "poll")
+        assert r.exit_code == 0, r.output
+        new = server.requests[before:]
+        assert any(p.endswith("/raw") for p in new) and not any(p.startswith("/address/") for p in new)
+        r = await cli_run("-c", cfg, "export", "--format", "jsonl", "--direction", "out")
+        [rec] = [json.loads(x) for x in r.output.splitlines()]
+        assert rec["txid"] == sale.txid and rec["out_units"] == 30 * COIN and rec["fee_share_units"] == 4_000
+        assert rec["destinations"][0]["attribution"] == "exchange:Test Exchange"

@@ -341,6 +341,10 @@ class EsploraBlockSource:
         self._history_now: dict[str, str] = {}  # history cursors returned by this poll's backfill
         self._seed_failing: set[str] = set()  # addresses whose seeding failed (logged once)
 
+    def set_addresses(self, addresses: Iterable[str]) -> None:
+        """The runtime's re-watch hook: the cluster only grows, so this adds what is new."""
+        self.watch(addresses)
+
     def watch(self, addresses: Iterable[str]) -> None:
         """Watch more addresses from now on (they are seeded at the next poll that reaches the tip).
 
