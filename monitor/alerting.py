@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from alerts.router import Route, Rule, route_classification, route_retraction
+from alerts.router import Route, Rule, changes_between, dedup_key, matching_channels, route_classification, route_retraction
 from monitor.export import flow_record
 from monitor.model import Alert, Classification, Delivery
-from monitor.pipeline import Decision
+from monitor.pipeline import Decision, TickEvents
 from monitor.registry import Registry
 from storage import AsyncStore, Store
 from storage import alerts as outbox_store
@@ -38,6 +38,7 @@ class AlertSettings:
     rules: tuple[Rule, ...] = ()
     explorer_url: str | None = DEFAULT_EXPLORER  # `{txid}` is replaced; None for no link
     max_age: int = DEFAULT_MAX_AGE
+    notify_confirmations: bool = False  # an update when an alerted unconfirmed flow confirms
 
 
 def alert_payload(route: Route, record: dict, *, explorer_url: str | None) -> dict:
@@ -73,24 +74,60 @@ class AlertPlanner:
         outbox_store.queue_alert(store, alert, chain=c.chain, txid=c.txid, entity=c.entity, classification_id=c.id, now=now)
         return 1
 
-    def __call__(self, store: Store, decisions: list[Decision], retracted: list[Classification], *, now: int) -> int:
+    def __call__(
+        self,
+        store: Store,
+        decisions: list[Decision],
+        retracted: list[Classification],
+        *,
+        now: int,
+        events: TickEvents = TickEvents(),
+    ) -> int:
         queued = 0
+        replacing = {new: old for old, new in events.replaced_by.items()}
+        retracted_by_key = {(c.txid, c.entity): c for c in retracted}
+        # RBF: a replaced tx whose channels heard about it gets ONE update through its replacement, never
+        # a retraction plus a second "new" alert for what is the same outflow.
+        rbf: dict[tuple[str, str], tuple[Classification, set[str]]] = {}  # (new txid, entity) → (old, heard)
         for d in decisions:
-            if not (d.is_new or d.is_changed) or not self._is_live(d.classification, d.flow.block_time, now):
-                continue
             c = d.classification
-            kind = self.registry.get(c.entity).kind
-            heard = outbox_store.alerted_channels(store, c.chain, c.txid, c.entity)
-            route = route_classification(self.settings.rules, c, d.previous, entity_kind=kind, already_alerted=heard)
-            if route is not None:
-                queued += self._queue(store, route, c, now=now)
+            old = retracted_by_key.get((replacing.get(c.txid), c.entity))
+            if old is not None and (d.is_new or d.is_changed):
+                heard_old = outbox_store.alerted_channels(store, c.chain, old.txid, c.entity)
+                if heard_old:
+                    rbf[(c.txid, c.entity)] = (old, heard_old)
+        superseded = {(old.txid, entity) for (_, entity), (old, _) in rbf.items()}
         for c in retracted:
+            if (c.txid, c.entity) in superseded:
+                continue
             status = store.tx_status(c.chain, c.txid) or "gone"
             why = "the transaction was replaced (RBF)" if status == "replaced" else "its block was orphaned by a reorg"
             heard = outbox_store.alerted_channels(store, c.chain, c.txid, c.entity)
             route = route_retraction(c, already_alerted=heard, why=why)
             if route is not None:
                 queued += self._queue(store, route, c, now=now)
+        for d in decisions:
+            c = d.classification
+            if not self._is_live(c, d.flow.block_time, now):
+                continue
+            kind = self.registry.get(c.entity).kind
+            if (c.txid, c.entity) in rbf:
+                old, heard_old = rbf[(c.txid, c.entity)]
+                channels = tuple(dict.fromkeys(matching_channels(self.settings.rules, c, kind) + tuple(heard_old)))
+                changes = (f"replaced (RBF) by {c.txid}; {old.txid} will not confirm",) + changes_between(old, c)
+                route = Route("update", dedup_key(c.chain, c.txid, c.entity, c.verdict), channels, changes)
+                queued += self._queue(store, route, c, now=now)
+            elif d.is_new or d.is_changed:
+                heard = outbox_store.alerted_channels(store, c.chain, c.txid, c.entity)
+                route = route_classification(self.settings.rules, c, d.previous, entity_kind=kind, already_alerted=heard)
+                if route is not None:
+                    queued += self._queue(store, route, c, now=now)
+            elif self.settings.notify_confirmations and c.txid in events.confirmed:
+                heard = outbox_store.alerted_channels(store, c.chain, c.txid, c.entity)
+                if heard:
+                    route = Route("update", dedup_key(c.chain, c.txid, c.entity, c.verdict), tuple(heard),
+                                  (f"confirmed in block {d.flow.block_height}",))
+                    queued += self._queue(store, route, c, now=now)
         return queued
 
 

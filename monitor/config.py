@@ -147,7 +147,8 @@ _FACT_KEYS = ("value", "source", "as_of", "note")
 _SECRET_KEYS = ("env", "file")
 _CLASSIFY_KEYS = tuple(f.name for f in __import__("dataclasses").fields(Thresholds))
 _PRICE_KEYS = ("sources", "csv", "staleness", "refresh_interval")
-_ALERTS_KEYS = ("explorer_url", "max_age", "give_up_after", "retry_base", "retry_cap", "dispatch_interval", "channels", "rules")
+_ALERTS_KEYS = ("explorer_url", "max_age", "give_up_after", "retry_base", "retry_cap", "dispatch_interval",
+                "notify_confirmations", "channels", "rules")
 _RULE_KEYS = ("name", "entities", "kinds", "verdicts", "min_severity", "min_usd", "channels")
 #: Settings per channel type: key → (kind, how): "plain", "secret" (must be { env } / { file }), "either".
 _CHANNEL_SETTINGS: dict[str, dict[str, tuple[str, str]]] = {
@@ -296,6 +297,7 @@ class AlertsConfig:
     retry_base: float = DEFAULT_RETRY_BASE
     retry_cap: float = DEFAULT_RETRY_CAP
     dispatch_interval: float = DEFAULT_DISPATCH_INTERVAL
+    notify_confirmations: bool = False  # an update when an alerted unconfirmed outflow confirms
     channels: tuple[ChannelConfig, ...] = ()
     rules: tuple[Rule, ...] = ()
 
@@ -1120,6 +1122,7 @@ def _parse_alerts(value: Any, ctx: _Context) -> AlertsConfig:
         retry_base=_take(t, "retry_base", NUMBER, "alerts", pr, DEFAULT_RETRY_BASE, above=0),
         retry_cap=_take(t, "retry_cap", NUMBER, "alerts", pr, DEFAULT_RETRY_CAP, above=0),
         dispatch_interval=_take(t, "dispatch_interval", NUMBER, "alerts", pr, DEFAULT_DISPATCH_INTERVAL, above=0),
+        notify_confirmations=_take(t, "notify_confirmations", BOOLEAN, "alerts", pr, False),
         channels=channels,
         rules=rules,
     )

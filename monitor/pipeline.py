@@ -29,7 +29,7 @@ from storage.discovery import rejected_addresses
 from storage.utxos import apply_utxo_changes
 from watchers import Source
 
-__all__ = ["TickResult", "Pipeline", "Decision", "commit_batch", "reattribute_flow", "flow_history", "HISTORY_DAYS"]
+__all__ = ["TickEvents", "TickResult", "Pipeline", "Decision", "commit_batch", "reattribute_flow", "flow_history", "HISTORY_DAYS"]
 
 log = logging.getLogger("treasury_monitor.pipeline")
 
@@ -60,10 +60,21 @@ class Decision:
         return self.previous is not None and self.previous.id != self.classification.id
 
 
+@dataclass(frozen=True)
+class TickEvents:
+    """What else happened to transactions in a tick, for the alert hook."""
+
+    replaced_by: dict[str, str] = field(default_factory=dict)  # gone txid → the tx that spends its inputs (RBF)
+    confirmed: frozenset[str] = frozenset()  # txids seen unconfirmed before and confirmed in this tick
+
+
 class AlertHook(Protocol):
     """Queues alerts inside the tick's transaction (the alert router implements it)."""
 
-    def __call__(self, store: Store, decisions: list[Decision], retracted: list[Classification], *, now: int) -> int: ...
+    def __call__(
+        self, store: Store, decisions: list[Decision], retracted: list[Classification], *, now: int,
+        events: TickEvents = ...,
+    ) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -108,6 +119,22 @@ def flow_history(store: Store, flow: EntityFlow, *, now: int, days: int = HISTOR
     )
 
 
+def _replacements(store: Store, batch: Batch) -> dict[str, str]:
+    """Gone txids whose inputs a tx of this batch spends: replaced by it (RBF), not just dropped."""
+    if not batch.gone:
+        return {}
+    spends = {(i.prev_txid, i.prev_vout): tx.txid for tx in batch.txs for i in tx.inputs if i.prev_txid}
+    out = {}
+    for txid in batch.gone:
+        old = store.get_tx(batch.chain, txid)
+        for i in old.inputs if old is not None else ():
+            new = spends.get((i.prev_txid, i.prev_vout))
+            if new is not None and new != txid:
+                out[txid] = new
+                break
+    return out
+
+
 def _keep_traced(store: Store, flow: EntityFlow) -> EntityFlow:
     """The flow, keeping stored attributions found by hop tracing where it would now say `unknown`."""
     if not any(d.attribution.kind == "unknown" for d in flow.destinations):
@@ -143,8 +170,11 @@ def commit_batch(
     decisions: list[Decision] = []
     retracted: list[Classification] = []
     alerts = 0
+    confirmed: set[str] = set()
     with store.batch():
         for tx in batch.txs:
+            if tx.is_confirmed and store.tx_status(tx.chain, tx.txid) == "mempool":
+                confirmed.add(tx.txid)
             new_txs += store.save_tx(tx, now=now)
         if learned is not None and (learned.learned or learned.flags or learned.candidates):
             commit_learned(store, learned, now=now)
@@ -152,6 +182,7 @@ def commit_batch(
         for f in flows:
             new_flows += store.save_flow(f, now=now)
         # Retract first: a replacement in this same batch must not count the tx it replaced in its history.
+        replaced_by = _replacements(store, batch)
         for txid in batch.gone:
             before = store.tx_status(batch.chain, txid)
             if before is None or before in ("orphaned", "replaced"):
@@ -166,7 +197,8 @@ def commit_batch(
             stored, prev = store.save_classification(c, context=context_json(ctx), now=now)
             decisions.append(Decision(f, stored, prev, ctx))
         if alert_hook is not None:
-            alerts = alert_hook(store, decisions, retracted, now=now)
+            alerts = alert_hook(store, decisions, retracted, now=now,
+                                events=TickEvents(replaced_by, frozenset(confirmed)))
         store.save_snapshots(batch.snapshots)
         if batch.utxos_added or batch.utxos_spent:
             apply_utxo_changes(store, batch.chain, batch.utxos_added, batch.utxos_spent)

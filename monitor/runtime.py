@@ -181,7 +181,8 @@ def make_planner(config: Config, registry: Registry):
     a = config.alerts
     if not a.rules:
         return None
-    return AlertPlanner(registry, AlertSettings(rules=a.rules, explorer_url=a.explorer_url, max_age=a.max_age))
+    return AlertPlanner(registry, AlertSettings(rules=a.rules, explorer_url=a.explorer_url, max_age=a.max_age,
+                                                notify_confirmations=a.notify_confirmations))
 
 
 def make_pushes(config: Config, registry: Registry, session: aiohttp.ClientSession, clock: Clock) -> list[tuple[str, object]]:

@@ -1,0 +1,143 @@
+"""Unconfirmed first, replacements and reorgs, with alerts, over the local Esplora server and the CLI."""
+
+import asyncio
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+from fakes.receiver import Receiver
+
+from monitor.cli import cli
+from monitor.sim.chain import SimChain
+from monitor.sim.esplora_server import EsploraServer
+from storage import Store
+from storage.alerts import alert_rows
+
+ROOT = Path(__file__).resolve().parent.parent
+COIN = 100_000_000
+MARCH_5_2026 = 1_772_668_800
+
+
+async def cli_run(*args):
+    return await asyncio.to_thread(CliRunner().invoke, cli, [str(a) for a in args])
+
+
+def config(tmp_path: Path, url: str, hot: str, exchange: str, *, confirmations: bool = False) -> Path:
+    p = tmp_path / "c.toml"
+    p.write_text(f"""
+[monitor]
+storage = "{tmp_path / 'r.db'}"
+[[sources]]
+name = "local"
+type = "esplora"
+urls = ["{url}"]
+rate_limit = 500.0
+[prices]
+sources = ["csv"]
+[[entities]]
+name = "Test Miner"
+kind = "miner"
+addresses = ["{hot}"]
+[entities.profile]
+holdings_btc = {{ value = 1000, source = "test fixture", as_of = "2026-03-01" }}
+[[entities]]
+name = "Test Exchange"
+kind = "exchange"
+addresses = ["{exchange}"]
+[alerts]
+max_age = 100000000
+notify_confirmations = {str(confirmations).lower()}
+[[alerts.channels]]
+name = "slack"
+type = "slack"
+webhook_url = {{ env = "TM_RR_SLACK" }}
+min_interval = 0
+[[alerts.rules]]
+name = "all"
+channels = ["slack"]
+""")
+    return p
+
+
+def alerts_of(tmp_path: Path) -> list[tuple[str, str]]:
+    store = Store(tmp_path / "r.db")
+    try:
+        return [(a["kind"], a["txid"]) for a in alert_rows(store)]
+    finally:
+        store.close()
+
+
+async def poll_and_dispatch(cfg):
+    r = await cli_run("-c", cfg, "poll")
+    assert r.exit_code == 0, r.output
+    r = await cli_run("-c", cfg, "alerts", "dispatch")
+    assert r.exit_code == 0, r.output
+
+
+async def test_rbf_of_an_alerted_mempool_outflow_is_one_update(tmp_path, monkeypatch):
+    chain = SimChain(start_time=MARCH_5_2026)
+    hot, exch = chain.address("rr-hot"), chain.address("rr-exchange")
+    chain.fund(hot, 50 * COIN)
+    chain.mine()
+    async with EsploraServer(chain) as server, Receiver() as slack:
+        monkeypatch.setenv("TM_RR_SLACK", slack.url("/hook"))
+        cfg = config(tmp_path, server.url, hot, exch, confirmations=True)
+        await poll_and_dispatch(cfg)
+        first = chain.pay([hot], [(exch, 20 * COIN)], fee=1_000)
+        await poll_and_dispatch(cfg)  # unconfirmed first: classified and alerted at once
+        assert alerts_of(tmp_path) == [("new", first.txid)]
+        second = chain.replace(first.txid, fee=9_000)
+        await poll_and_dispatch(cfg)
+        assert alerts_of(tmp_path) == [("new", first.txid), ("update", second.txid)]
+        body = json.dumps(slack.requests[-1].json)
+        assert "replaced (RBF)" in body and first.txid in body and second.txid in body
+        store = Store(tmp_path / "r.db")
+        try:
+            assert store.tx_status("bitcoin", first.txid) == "replaced"
+            assert store.latest_classification("bitcoin", first.txid, "Test Miner").status == "retracted"
+            assert store.latest_classification("bitcoin", second.txid, "Test Miner").status == "active"
+        finally:
+            store.close()
+        # the replacement confirms: the stored flow is updated in place; the rule asks for a confirmation
+        chain.mine()
+        await poll_and_dispatch(cfg)
+        kinds = alerts_of(tmp_path)
+        assert kinds == [("new", first.txid), ("update", second.txid), ("update", second.txid)]
+        assert "confirmed in block" in json.dumps(slack.requests[-1].json)
+        r = await cli_run("-c", cfg, "export", "--format", "jsonl", "--direction", "out")
+        recs = {x["txid"]: x for x in map(json.loads, r.output.splitlines())}
+        assert recs[second.txid]["status"] == "confirmed" and recs[first.txid]["status"] == "replaced"
+        assert len(slack.requests) == 3  # nothing sent twice
+
+
+async def test_two_block_reorg_retracts_the_alerted_outflow_and_alerts_the_new_branch_once(tmp_path, monkeypatch):
+    chain = SimChain(start_time=MARCH_5_2026)
+    hot, exch = chain.address("ro-hot"), chain.address("ro-exchange")
+    chain.fund(hot, 50 * COIN)
+    chain.fund(hot, 30 * COIN)
+    chain.mine()
+    async with EsploraServer(chain) as server, Receiver() as slack:
+        monkeypatch.setenv("TM_RR_SLACK", slack.url("/hook"))
+        cfg = config(tmp_path, server.url, hot, exch)
+        await poll_and_dispatch(cfg)
+        doomed = chain.pay([hot], [(exch, 40 * COIN)], fee=1_000)
+        chain.mine()
+        chain.mine()
+        await poll_and_dispatch(cfg)
+        assert alerts_of(tmp_path) == [("new", doomed.txid)]
+        # a 2-block reorg drops the outflow from chain and mempool; the new branch carries another outflow
+        utxo = next(u for u in chain.utxos(hot) if u.value == 30 * COIN)
+        branch = chain.reorg(2, drop_txids=[doomed.txid], new_blocks=3)
+        other = chain.pay([], [(exch, 25 * COIN)], inputs=[(utxo.txid, utxo.vout)], fee=1_000, change_address=hot)
+        chain.mine()
+        assert branch and chain.tx_status(doomed.txid) is None or not chain.tx_status(doomed.txid).confirmed
+        await poll_and_dispatch(cfg)
+        await poll_and_dispatch(cfg)  # again: nothing new
+        assert alerts_of(tmp_path) == [("new", doomed.txid), ("retraction", doomed.txid), ("new", other.txid)]
+        kinds = [r.json for r in slack.requests]
+        assert len(kinds) == 3 and "RETRACTED" in json.dumps(kinds[1])
+        store = Store(tmp_path / "r.db")
+        try:
+            assert store.tx_status("bitcoin", doomed.txid) == "orphaned"
+        finally:
+            store.close()
