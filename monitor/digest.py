@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections import Counter
 
 from monitor.clock import iso
@@ -15,8 +16,12 @@ __all__ = ["digest_payload", "queue_digest", "DAY"]
 DAY = 86_400
 
 
-def digest_payload(store: Store, *, now: int, period: int = DAY) -> dict:
-    """The digest message model for the `period` seconds before `now` (see alerts.render)."""
+def digest_payload(store: Store, *, now: int, period: int = DAY, chart: bool = True) -> dict:
+    """The digest message model for the `period` seconds before `now` (see alerts.render).
+
+    With `chart`, a PNG of the period's outflows by verdict is attached (email shows it; other channels
+    ignore attachments).
+    """
     per: dict[str, dict] = {}
     for r in flow_rows(store, since=now - period, until=now):
         if r["status"] in ("orphaned", "replaced"):
@@ -40,6 +45,13 @@ def digest_payload(store: Store, *, now: int, period: int = DAY) -> dict:
         for name, e in sorted(per.items(), key=lambda kv: -kv[1]["out"])
     ]
     day = iso(now)[:10]
+    attachments = []
+    if chart and entities:
+        from monitor.report import render_png
+
+        png = render_png(store, since=now - period, until=now)
+        attachments.append({"filename": f"treasury-monitor-{day}.png", "content_type": "image/png",
+                            "data_base64": base64.b64encode(png).decode("ascii")})
     return {
         "kind": "digest",
         "dedup_key": f"digest:{day}",
@@ -47,6 +59,7 @@ def digest_payload(store: Store, *, now: int, period: int = DAY) -> dict:
         "changes": [],
         "explorer_url": None,
         "digest": {"period_start": iso(now - period), "period_end": iso(now), "entities": entities},
+        "attachments": attachments,
     }
 
 
