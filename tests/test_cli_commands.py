@@ -1,0 +1,112 @@
+"""scenarios, status, alerts test and report through the CLI."""
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from fakes.receiver import Receiver
+
+from monitor.cli import cli
+from monitor.sim.chain import SimChain
+from monitor.sim.esplora_server import EsploraServer
+
+COIN = 100_000_000
+MARCH_5_2026 = 1_772_668_800
+
+
+async def cli_run(*args, env=None):
+    return await asyncio.to_thread(CliRunner().invoke, cli, [str(a) for a in args], env=env)
+
+
+def test_scenarios_json_from_reference_inputs(tmp_path):
+    r = CliRunner().invoke(cli, ["-c", str(Path(__file__).resolve().parent.parent / "config.toml"),
+                                 "--db", str(tmp_path / "none.db"), "scenarios", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert doc["inputs"]["difficulty"] == 144.4e12 and "reference" in doc["inputs"]["chain_source"]
+    by = {s["btc_usd"]: s for s in doc["scenarios"]}
+    # 144.4 T, subsidy only: $100k → $43.53/PH/day (economics.md §2 derived table)
+    assert by[100_000.0]["hashprice_usd_per_ph_day"] == pytest.approx(43.53, abs=0.01)
+    assert by[100_000.0]["quoted_hashprice"]["value"] == 37.0
+    # at $80k the sector-average miners ($79,995) are just above cost; Riot's $81k is below
+    assert {b["miner"] for b in by[80_000.0]["below_cash_cost"]} == {"Riot"}
+    s20 = next(b for b in by[100_000.0]["breakeven_usd_per_kwh"] if b["j_per_th"] == 20.0)
+    assert s20["usd_per_kwh"] == pytest.approx(43.53 / 480, abs=0.001)
+
+
+async def test_status_alerts_test_and_report(tmp_path, monkeypatch):
+    chain = SimChain(start_time=MARCH_5_2026)
+    hot, exch = chain.address("cc-hot"), chain.address("cc-exchange")
+    chain.fund(hot, 30 * COIN)
+    chain.mine()
+    chain.pay([hot], [(exch, 12 * COIN)], fee=2_000)
+    chain.mine()
+    async with EsploraServer(chain) as server, Receiver() as slack:
+        monkeypatch.setenv("TM_CC_SLACK", slack.url("/services/T/B/tok"))
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(f"""
+[monitor]
+storage = "{tmp_path / 'cc.db'}"
+[[sources]]
+name = "local"
+type = "esplora"
+urls = ["{server.url}"]
+rate_limit = 500.0
+[prices]
+sources = ["csv"]
+[[entities]]
+name = "CC Miner"
+kind = "miner"
+addresses = ["{hot}"]
+[[entities]]
+name = "CC Exchange"
+kind = "exchange"
+addresses = ["{exch}"]
+[alerts]
+max_age = 100000000
+[[alerts.channels]]
+name = "slack"
+type = "slack"
+webhook_url = {{ env = "TM_CC_SLACK" }}
+min_interval = 0
+[[alerts.channels]]
+name = "out"
+type = "console"
+[[alerts.rules]]
+name = "all"
+channels = ["slack"]
+""")
+        r = await cli_run("-c", cfg, "status")
+        assert r.exit_code == 1 and "nothing has been stored yet" in r.output
+        assert (await cli_run("-c", cfg, "poll")).exit_code == 0
+        r = await cli_run("-c", cfg, "status", "--json")
+        doc = json.loads(r.output)
+        assert doc["sources"][0]["source"] == "local" and doc["sources"][0]["cursor_keys"] >= 1
+        assert doc["alerts"] == {"queued": 1}
+        r = await cli_run("-c", cfg, "alerts", "list", "--status", "queued")
+        assert r.exit_code == 0 and "CC Miner" in r.output and "queued" in r.output
+
+        r = await cli_run("-c", cfg, "alerts", "test", "--channel", "slack")
+        assert r.exit_code == 0 and "sample alert delivered" in r.output
+        [req] = slack.requests
+        assert "test alert" in json.dumps(req.json).lower()
+        r = await cli_run("-c", cfg, "alerts", "test", "--channel", "out")
+        assert r.exit_code == 0 and "TEST" in r.output
+        r = await cli_run("-c", cfg, "alerts", "test", "--channel", "nope")
+        assert r.exit_code == 1 and "no channel named 'nope'" in r.output
+        slack.fail(1, status=400, body="invalid_payload")
+        r = await cli_run("-c", cfg, "alerts", "test", "--channel", "slack")
+        assert r.exit_code == 1 and "400" in r.output and "tok" not in r.output
+
+        html = tmp_path / "r.html"
+        r = await cli_run("-c", cfg, "report", "--out", html)
+        assert r.exit_code == 0, r.output
+        text = html.read_text()
+        assert text.lstrip().lower().startswith("<!doctype html") and "CC Miner" in text
+        png = tmp_path / "r.png"
+        r = await cli_run("-c", cfg, "report", "--format", "png", "--entity", "CC Miner", "--out", png)
+        assert r.exit_code == 0 and png.read_bytes().startswith(b"\x89PNG")
+        r = await cli_run("-c", cfg, "report", "--since", "not-a-date")
+        assert r.exit_code == 2
