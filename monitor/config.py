@@ -938,61 +938,54 @@ def _parse_entities(value: Any, ctx: _Context, network: str | None) -> tuple[Ent
     return tuple(out)
 
 
-def _parse_address(
-    item: Any, path: str, ctx: _Context, network: str | None, default_source: str
-) -> EntityAddress | None:
-    """One entry of `addresses`: a string, or { address, source, label, as_of }."""
+def _address_entry(item: Any, path: str, ctx: _Context, default_source: str) -> tuple[str, str, str, str, str] | None:
+    """An address list entry — a string, or { address, source, label, as_of } — as
+    (text, key path of the address, source, label, as_of); None (with a problem) when malformed."""
     pr = ctx.problems
     if isinstance(item, str):
-        text, apath, source, label, as_of = item, path, default_source, "", ""
-    elif isinstance(item, dict):
+        return item, path, default_source, "", ""
+    if isinstance(item, dict):
         _check_keys(item, _ADDRESS_KEYS, path, pr)
-        apath = f"{path}.address"
         text = _take(item, "address", STRING, path, pr)
         source = _take(item, "source", STRING, path, pr, default_source, nonempty=True)
         label = _take(item, "label", STRING, path, pr, "")
         as_of = _take_date(item, "as_of", path, pr)
-        if text is None:
-            return None
-    else:
-        pr.append(f'{path}: expected an address string or {{ address = "...", source = "..." }}, got {_show(item)}')
+        return None if text is None else (text, f"{path}.address", source, label, as_of)
+    pr.append(f'{path}: expected an address string or {{ address = "...", source = "..." }}, got {_show(item)}')
+    return None
+
+
+def _parse_address(
+    item: Any, path: str, ctx: _Context, network: str | None, default_source: str
+) -> EntityAddress | None:
+    """One entry of `addresses` (Bitcoin), checked against `network`."""
+    entry = _address_entry(item, path, ctx, default_source)
+    if entry is None:
         return None
+    text, apath, source, label, as_of = entry
     if network is None:
         canonical = normalise_address("bitcoin", text)  # the network is reported as wrong: judge nothing against it
     else:
         try:
             canonical = validate_address(text, network).address
         except InvalidAddress as exc:
-            pr.append(f"{apath}: {_show(text)} is not a valid {network} Bitcoin address ({exc})")
+            ctx.problems.append(f"{apath}: {_show(text)} is not a valid {network} Bitcoin address ({exc})")
             return None
-    return EntityAddress(
-        chain="bitcoin", address=canonical, source=source, learned_by="config", label=label, as_of=as_of
-    )
+    return EntityAddress(chain="bitcoin", address=canonical, source=source, learned_by="config", label=label, as_of=as_of)
 
 
 def _parse_evm_address(item: Any, path: str, ctx: _Context, default_source: str) -> EntityAddress | None:
-    """One entry of `ethereum`: a string, or { address, source, label, as_of }; EIP-55 checked."""
+    """One entry of `ethereum`, EIP-55 checked."""
     from watchers.evm import validate_evm_address
 
-    pr = ctx.problems
-    if isinstance(item, str):
-        text, apath, source, label, as_of = item, path, default_source, "", ""
-    elif isinstance(item, dict):
-        _check_keys(item, _ADDRESS_KEYS, path, pr)
-        apath = f"{path}.address"
-        text = _take(item, "address", STRING, path, pr)
-        source = _take(item, "source", STRING, path, pr, default_source, nonempty=True)
-        label = _take(item, "label", STRING, path, pr, "")
-        as_of = _take_date(item, "as_of", path, pr)
-        if text is None:
-            return None
-    else:
-        pr.append(f'{path}: expected an address string or {{ address = "0x...", source = "..." }}, got {_show(item)}')
+    entry = _address_entry(item, path, ctx, default_source)
+    if entry is None:
         return None
+    text, apath, source, label, as_of = entry
     try:
         canonical = validate_evm_address(text)
     except ValueError as exc:
-        pr.append(f"{apath}: {_show(text)} is not a valid Ethereum address ({exc})")
+        ctx.problems.append(f"{apath}: {_show(text)} is not a valid Ethereum address ({exc})")
         return None
     return EntityAddress(chain="ethereum", address=canonical, source=source, learned_by="config", label=label, as_of=as_of)
 
