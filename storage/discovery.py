@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from monitor.model import ChainTx, EntityAddress
-from storage.store import Store
+from storage.store import Store, address_values
 
 __all__ = [
     "Evidence",
@@ -88,18 +88,7 @@ def upsert_address(store: Store, entity: str, a: EntityAddress, *, status: str, 
     row = address_row(store, a.chain, a.address)
     if row is not None and row["entity"] != entity:
         return f"conflict:{row['entity']}"
-    values = {
-        "chain": a.chain,
-        "address": a.address,
-        "entity": entity,
-        "learned_by": a.learned_by,
-        "source": a.source,
-        "label": a.label,
-        "as_of": a.as_of,
-        "evidence": a.evidence,
-        "status": status,
-        "added_at": now if row is None else row["added_at"],
-    }
+    values = address_values(entity, a, status=status, added_at=now if row is None else row["added_at"])
     store.db["addresses"].upsert(values, pk=("chain", "address"))
     return "added" if row is None else "updated"
 

@@ -39,7 +39,7 @@ from monitor.model import (
 )
 from storage.migrations import migrations
 
-__all__ = ["Store", "AsyncStore", "tx_status_of"]
+__all__ = ["Store", "AsyncStore", "tx_status_of", "address_values"]
 
 T = TypeVar("T")
 
@@ -47,6 +47,22 @@ T = TypeVar("T")
 def tx_status_of(tx: ChainTx) -> str:
     """Stored status of a tx as a source reports it: `confirmed` or `mempool`."""
     return "confirmed" if tx.is_confirmed else "mempool"
+
+
+def address_values(entity: str, a: EntityAddress, *, status: str, added_at: int) -> dict[str, Any]:
+    """The `addresses` row of an entity's address."""
+    return {
+        "chain": a.chain,
+        "address": a.address,
+        "entity": entity,
+        "learned_by": a.learned_by,
+        "source": a.source,
+        "label": a.label,
+        "as_of": a.as_of,
+        "evidence": a.evidence,
+        "status": status,
+        "added_at": added_at,
+    }
 
 
 def _profile_to_json(p: Profile) -> str:
@@ -132,20 +148,7 @@ class Store:
             ).fetchone()
             if existing is not None:
                 continue
-            self.db["addresses"].insert(
-                {
-                    "chain": a.chain,
-                    "address": a.address,
-                    "entity": entity,
-                    "learned_by": a.learned_by,
-                    "source": a.source,
-                    "label": a.label,
-                    "as_of": a.as_of,
-                    "evidence": a.evidence,
-                    "status": status,
-                    "added_at": now,
-                }
-            )
+            self.db["addresses"].insert(address_values(entity, a, status=status, added_at=now))
             added += 1
         return added
 
