@@ -399,7 +399,7 @@ def set_state(store: Store, key: str, value: Any, *, now: int) -> None:
 def transactions_after(store: Store, rowid: int, *, limit: int = 500) -> list[tuple[int, str, ChainTx]]:
     """Stored txs after a position in the `transactions` table: (rowid, status, tx), in insertion order."""
     rows = store.query("select rowid as _rowid, * from transactions where rowid > ? order by rowid limit ?", [rowid, limit])
-    return [(r["_rowid"], r["status"], Store._tx_from_row(r)) for r in rows]
+    return [(r["_rowid"], r["status"], Store.tx_from_row(r)) for r in rows]
 
 
 def latest_btc_balances(store: Store) -> dict[str, tuple[int, int]]:

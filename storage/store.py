@@ -231,10 +231,11 @@ class Store:
     def get_tx(self, chain: str, txid: str) -> ChainTx | None:
         """A stored tx, or None."""
         rows = self._rows("select * from transactions where chain = ? and txid = ?", [chain, txid])
-        return self._tx_from_row(rows[0]) if rows else None
+        return self.tx_from_row(rows[0]) if rows else None
 
     @staticmethod
-    def _tx_from_row(r: dict[str, Any]) -> ChainTx:
+    def tx_from_row(r: dict[str, Any]) -> ChainTx:
+        """A ChainTx from a `transactions` row."""
         return ChainTx(
             chain=r["chain"],
             txid=r["txid"],
