@@ -197,7 +197,7 @@ class EntityAddress:
     chain: str
     address: str
     source: str
-    learned_by: str = "config"  # config | registry | import | cospend | pool_payout | manual
+    learned_by: str = "config"  # config | registry | import | manual | cospend | pool_payout | change
     label: str = ""
     as_of: str = ""
     evidence: str = ""  # e.g. the txid that proved co-ownership

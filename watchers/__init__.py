@@ -4,11 +4,15 @@ Every chain source implements the `Source` protocol below. `poll` gets the curso
 returned last time (key → JSON state, as stored with the data) and returns a `Batch`: new or changed
 `ChainTx`, the new `Cursor` per key read successfully, balance snapshots, the keys that failed (their
 cursors are absent, so they are read again next time) and txids that left the chain and the mempool.
-A source never lets one key's failure escape `poll`; errors it raises are `monitor.model.SourceError`.
+A source never lets one key's failure escape `poll`; errors it raises are `monitor.model.SourceError`
+(a single-key source such as `bitcoind` raises them; the daemon logs and retries at the next interval).
 
 Modules: `http` (the shared HTTP client: timeouts, retries, rate limit, failover), `validate`
 (untrusted JSON → typed values or `MalformedError`), `esplora` (Esplora REST, address mode),
-`addresses` (Bitcoin address codec). Import them directly; this package imports nothing on load.
+`esplora_blocks` (Esplora block mode: each block read once as raw bytes), `rawblock` (the fast raw
+block/tx parser and matcher), `bitcoind` (Bitcoin Core JSON-RPC), `evm` (web3: ETH and ERC-20),
+`push` (mempool.space websocket and ZMQ wake-ups), `prices` (BTC/ETH prices), `addresses` (Bitcoin
+address codec). Import them directly; this package imports nothing on load.
 """
 
 from __future__ import annotations

@@ -1,8 +1,12 @@
-"""Offline stand-ins for the outside world: a simulated Bitcoin chain and a local Esplora server over it.
+"""Offline stand-ins for the outside world, served from the installed package (tests, benchmarks, demo).
 
-Used by tests, benchmarks and the offline demo. `chain` holds `SimChain` (real serialized transactions
-and blocks, in memory); `esplora_server` serves it with the exact Esplora REST shapes, with fault
-injection. Import the submodules directly; this package imports nothing on its own.
+- `chain`: `SimChain`, real serialized transactions and blocks in memory (mempool, RBF, reorgs);
+- `esplora_server`: the exact Esplora REST shapes over a SimChain, with fault injection;
+- `bitcoind_server`: Bitcoin Core JSON-RPC (getblock verbosity 3, mempool, versions, IBD, auth);
+- `mempool_ws`: mempool.space's `track-addresses` websocket protocol;
+- `scenario`: the simulated early-2026 sell-off the demo plays, calibrated to published figures.
+
+Import the submodules directly; this package imports nothing on its own.
 """
 
-__all__ = ["chain", "esplora_server"]
+__all__ = ["chain", "esplora_server", "bitcoind_server", "mempool_ws", "scenario"]
