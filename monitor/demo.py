@@ -49,6 +49,7 @@ class EntityCheck:
     name: str
     sold_btc: str
     expected_btc: str
+    custody_btc: str
     usd: float
     verdicts: dict[str, int]
     severity: str | None
@@ -136,12 +137,14 @@ async def run_demo(
         await task
     checks, alerts = _check(db_path, scenario)
     echo("")
-    echo(f"{'entity':<12} {'sold BTC':>14} {'expected':>14} {'USD':>16}  {'worst':<9} verdicts")
+    echo("Per entity (sold = outflows with a sale verdict; custody = to custodians, not counted as sold;")
+    echo("expected = what the simulated scenario scripted from the published figures):")
+    echo(f"{'entity':<12} {'sold BTC':>15} {'expected':>15} {'custody BTC':>13} {'sold USD':>15}  {'worst':<9} verdicts")
     for c in checks:
         verdicts = ", ".join(f"{v} {n}" for v, n in sorted(c.verdicts.items()))
         mark = "ok" if c.is_ok else "MISMATCH"
-        echo(f"{c.name:<12} {c.sold_btc:>14} {c.expected_btc:>14} {c.usd:>16,.0f}  {c.severity or '-':<9} "
-             f"{verdicts}{'; retracted ' + str(c.retracted) if c.retracted else ''}  [{mark}]")
+        echo(f"{c.name:<12} {c.sold_btc:>15} {c.expected_btc:>15} {c.custody_btc:>13} {c.usd:>15,.0f}  "
+             f"{c.severity or '-':<9} {verdicts}{'; retracted ' + str(c.retracted) if c.retracted else ''}  [{mark}]")
     echo(f"\nalerts: {', '.join(f'{k} {v}' for k, v in sorted(alerts.items()))}")
     report = None
     if out is not None:
@@ -185,6 +188,7 @@ def _check(db_path: Path, scenario: Scenario) -> tuple[list[EntityCheck], dict[s
             name=name,
             sold_btc=format_btc(sold),
             expected_btc=format_btc(exp.sold_sat),
+            custody_btc=format_btc(s.custody_units if s else 0),
             usd=s.sold_usd if s else 0.0,
             verdicts=dict(s.verdicts) if s else {},
             severity=s.max_severity if s else None,
