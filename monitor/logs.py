@@ -36,14 +36,16 @@ class _TextFormatter(logging.Formatter):
 
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        # Scrub the values before encoding: JSON escapes a quote or backslash in a secret, and the
+        # escaped form would no longer match (nor be replaced) in the encoded line.
         doc = {
             "time": iso(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": _scrub(record.getMessage()),
         }
         if record.exc_info:
-            doc["exception"] = self.formatException(record.exc_info)
+            doc["exception"] = _scrub(self.formatException(record.exc_info))
         return _scrub(json.dumps(doc, ensure_ascii=False))
 
 
