@@ -249,7 +249,9 @@ class Daemon:
         grace = self.config.daemon.shutdown_grace
         deadline = self.clock.time() + grace
         if self.scheduler is not None and self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
+            # pause, not shutdown: APScheduler's shutdown cancels running jobs, and the tick in progress
+            # must finish (its alerts committed and sent) before the outbox is flushed
+            self.scheduler.pause()
         self._push_stop.set()
         for t in self._push_tasks:
             t.cancel()
@@ -258,6 +260,8 @@ class Daemon:
         pending = [t for t in self._inflight if not t.done()]
         if pending:
             await asyncio.wait(pending, timeout=max(0.1, grace))
+        if self.scheduler is not None and self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
         if self.rt is not None:
             remaining = max(0.0, deadline - self.clock.time())
             try:
@@ -452,9 +456,17 @@ class Daemon:
         for status in ("queued", "delivered", "failed"):
             self.metrics.alerts.set(status, value=counts.get(status, 0))
         now = self.clock.time()
+        chains = {src.name: src.chain for src in self.rt.sources}
+        best: dict[str, int] = {}  # highest tip any source of a chain reported
+        for st in self.states.values():
+            if st.tip_height is not None and st.name in chains:
+                best[chains[st.name]] = max(best.get(chains[st.name], 0), st.tip_height)
         for st in self.states.values():
             if st.last_success_at:
                 self.metrics.last_success_age.set(st.name, value=round(now - st.last_success_at, 3))
             if st.tip_height is not None:
                 self.metrics.tip_height.set(st.name, value=st.tip_height)
+                if st.name in chains:
+                    # behind the best tip seen on its chain (0 for the leader; a lagging fallback shows)
+                    self.metrics.tip_lag.set(st.name, value=best[chains[st.name]] - st.tip_height)
 

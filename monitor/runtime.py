@@ -85,7 +85,8 @@ def make_source(source: SourceConfig, registry: Registry, session: aiohttp.Clien
             # history=True: a newly watched address is backfilled once in address mode, then followed by blocks
             return EsploraBlockSource(source.name, http, addresses, clock=clock, chain=source.chain, utxos=utxos,
                                       history=True)
-        return EsploraSource(source.name, http, addresses, clock=clock, chain=source.chain)
+        # fetch_tip: one request per poll buys the tip height for /healthz, /metrics and `status`
+        return EsploraSource(source.name, http, addresses, clock=clock, chain=source.chain, fetch_tip=True)
     if source.type == "bitcoind":
         from watchers.bitcoind import BitcoindRpc, BitcoindSource
 
