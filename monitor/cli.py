@@ -175,7 +175,8 @@ def alerts_test(state: State, channel_name: str) -> None:
     try:
         asyncio.run(send())
     except MonitorError as exc:
-        raise click.ClickException(f"{channel_name}: {exc}") from exc
+        msg = str(exc)
+        raise click.ClickException(msg if msg.startswith(f"{channel_name}:") else f"{channel_name}: {msg}") from exc
     click.echo(f"{channel_name}: sample alert delivered")
 
 

@@ -23,7 +23,8 @@ def redact(*values: str) -> None:
 
 
 def _scrub(text: str) -> str:
-    for s in _SECRETS:
+    # longest first: a secret that contains another must not be left half-visible
+    for s in sorted(_SECRETS, key=len, reverse=True):
         if s in text:
             text = text.replace(s, "***")
     return text

@@ -16,7 +16,7 @@ from typing import AsyncIterator
 import aiohttp
 
 from monitor.clock import SystemClock
-from monitor.config import Config, SourceConfig
+from monitor.config import Config, Secret, SourceConfig
 from monitor.model import Clock, Entity
 from monitor.pipeline import Pipeline
 from monitor.registry import Registry, merge_entities
@@ -219,10 +219,28 @@ class Runtime:
     dispatcher: object | None = None
 
 
+def redact_config_secrets(config: Config) -> None:
+    """Register every secret of the config for log redaction (a second line of defence)."""
+    from monitor.logs import redact
+
+    values: list[str] = []
+    for s in config.sources:
+        values += [v.reveal() for _, v in s.headers if isinstance(v, Secret)]
+        for v in (s.url, s.rpc_user, s.rpc_password):
+            if isinstance(v, Secret):
+                values.append(v.reveal())
+    for c in config.alerts.channels:
+        values += c.secret_values()
+    if config.daemon.token is not None:
+        values.append(config.daemon.token.reveal())
+    redact(*values)
+
+
 @asynccontextmanager
 async def runtime(config: Config, *, db: str | Path | None = None, clock: Clock | None = None) -> AsyncIterator[Runtime]:
     """Open store, registry, one shared HTTP session and the configured sources; close them on exit."""
     clock = clock or SystemClock()
+    redact_config_secrets(config)
     store = open_store(config, db)
     registry = build_registry(config, store)
     store.sync_entities(registry.entities.values(), now=int(clock.time()))
