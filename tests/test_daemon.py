@@ -371,3 +371,48 @@ async def test_non_loopback_bind_needs_a_token_and_requests_need_it(tmp_path):
         finally:
             proc.send_signal(signal.SIGTERM)
             await wait_exit(proc, 15)
+
+
+async def test_bitcoind_source_in_ibd_or_with_bad_auth_keeps_the_daemon_up_then_alerts(tmp_path, monkeypatch):
+    from monitor.sim.bitcoind_server import BitcoindServer
+
+    chain, addrs = chain_with_wallet()
+    port = free_port()
+    node = BitcoindServer(chain, ibd=True, verification_progress=0.421)
+    await node.start()
+    try:
+        async with Receiver() as slack:
+            monkeypatch.setenv("TM_SLACK_URL", slack.url("/hook"))
+            monkeypatch.setenv("TM_RPC_PASSWORD", "wrong-password")
+            cfg = write_config(tmp_path / "c.toml", ["http://unused"], addrs, port=port, db=tmp_path / "d.db")
+            text = cfg.read_text()
+            esplora = text[text.index("[[sources]]"):text.index("[prices]")]
+            text = text.replace(esplora, f"""[[sources]]
+name = "node"
+type = "bitcoind"
+url = "{node.url}"
+rpc_user = "rpcuser"
+rpc_password = {{ env = "TM_RPC_PASSWORD" }}
+poll_interval = 0.2
+retries = 1
+
+""")
+            cfg.write_text(text)
+            daemon = Daemon(load_config(cfg), clock=SystemClock())
+            task = asyncio.create_task(daemon.run(install_signals=False))
+            await until(lambda: daemon.states.get("node") and daemon.states["node"].errors >= 2, timeout=15)
+            assert "rejected the RPC credentials" in daemon.states["node"].last_error
+            assert not task.done()  # the daemon stays up
+            node.password = "wrong-password"  # the operator fixes the node's credentials: now IBD shows
+            await until(lambda: "initial block download" in (daemon.states["node"].last_error or ""), timeout=15)
+            assert "42.1%" in daemon.states["node"].last_error
+            node.ibd = False  # the sync finishes: polling resumes from the tip
+            await until(lambda: daemon.states["node"].failing_since is None, timeout=15)
+            sale = chain.pay([addrs["hot0"]], [(addrs["exchange"], 9 * COIN)], fee=2_000)
+            chain.mine()
+            reqs = await slack.wait_for(1, timeout=20)
+            assert sale.txid in json.dumps(reqs[0].json)
+            daemon.request_stop()
+            assert await task == 0
+    finally:
+        await node.stop()
