@@ -137,7 +137,7 @@ _BITCOIND_SOURCE_KEYS = ("name", "type", "chain", "timeout", "retries", "poll_in
                          "max_mempool_txs", "mempool", "start_height", "zmq_hashblock", "zmq_rawtx")
 #: Keys of an evm source: the common ones, then its own (it has one RPC `url`, no `urls`).
 _EVM_SOURCE_KEYS = ("name", "type", "chain", "timeout", "retries", "poll_interval",
-                    "url", "chain_id", "confirmations", "max_log_range", "start_block", "tokens")
+                    "url", "chain_id", "confirmations", "max_log_range", "start_block", "tokens", "ws_url")
 _TOKEN_KEYS = ("symbol", "address", "decimals")
 _ENTITY_KEYS = ("name", "kind", "addresses", "ethereum", "note", "watch", "profile")
 _ADDRESS_KEYS = ("address", "source", "label", "as_of")
@@ -246,6 +246,7 @@ class SourceConfig:
     start_height: int | None = None
     zmq_hashblock: str | None = None
     zmq_rawtx: str | None = None
+    ws_url: str | Secret | None = None  # EVM: websocket for the newHeads subscription (push)
 
     def revealed_url(self) -> str | None:
         """The EVM RPC URL with its secret revealed (never log it)."""
@@ -810,8 +811,13 @@ def _parse_evm_source(t: dict, path: str, ctx: _Context) -> dict[str, Any]:
     url = _take_secret(t, "url", path, ctx, plain_ok=True)
     if isinstance(url, str):
         url = _check_url(url, f"{path}.url", ctx)
+    ws = _take_secret(t, "ws_url", path, ctx, plain_ok=True, default=None)
+    if isinstance(ws, str) and urlsplit(ws).scheme not in ("ws", "wss"):
+        pr.append(f"{path}.ws_url: {_show(ws)} is not a ws:// or wss:// URL")
+        ws = None
     out: dict[str, Any] = {
         "url": url,
+        "ws_url": ws,
         "chain_id": _take(t, "chain_id", INTEGER, path, pr, at_least=1),
         "confirmations": _take(t, "confirmations", INTEGER, path, pr, DEFAULT_EVM_CONFIRMATIONS, at_least=0),
         "max_log_range": _take(t, "max_log_range", INTEGER, path, pr, DEFAULT_MAX_LOG_RANGE, at_least=1),

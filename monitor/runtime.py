@@ -196,6 +196,11 @@ def make_pushes(config: Config, registry: Registry, session: aiohttp.ClientSessi
 
             endpoints = {k: v for k, v in (("hashblock", s.zmq_hashblock), ("rawtx", s.zmq_rawtx)) if v}
             out.append((s.name, ZmqPush(endpoints, addrs, network=s.network or config.network, name=f"{s.name}-zmq")))
+        if s.type == "evm" and s.ws_url is not None:
+            from watchers.evm_push import EvmHeadsPush
+
+            url = s.ws_url.reveal() if isinstance(s.ws_url, Secret) else s.ws_url
+            out.append((s.name, EvmHeadsPush(url, session=session, clock=clock, name=f"{s.name}-heads")))
         if s.type == "esplora" and s.push_url:
             from watchers.push import MempoolPush
 
@@ -226,7 +231,7 @@ def redact_config_secrets(config: Config) -> None:
     values: list[str] = []
     for s in config.sources:
         values += [v.reveal() for _, v in s.headers if isinstance(v, Secret)]
-        for v in (s.url, s.rpc_user, s.rpc_password):
+        for v in (s.url, s.rpc_user, s.rpc_password, s.ws_url):
             if isinstance(v, Secret):
                 values.append(v.reveal())
     for c in config.alerts.channels:
