@@ -14,7 +14,8 @@ pointing at a local receiver (`tests/fakes/receiver.py`). Then, per block: sleep
 poll cycle (the interval, or longer when polls take longer; measured after start-up) so blocks land at a
 uniformly random phase of the poll schedule; build an outflow from the miner to the exchange and mine
 it in the same synchronous step (the daemon never sees it in the mempool); t0 = `perf_counter()` right
-after `chain.mine()`; t1 = when the receiver gets the Slack POST naming that txid. latency = t1 - t0. One warm-up block per mode is not counted.
+after `chain.mine()`; t1 = when the receiver gets the Slack POST naming that txid. latency = t1 - t0.
+One warm-up block per mode is not counted.
 
 Breakdown, from the server's own request log (a middleware stamps every request with `perf_counter()`):
 - wait: t0 → the start of the poll that sees the block (found as the first request that can see it,
@@ -422,7 +423,8 @@ async def main(n_blocks: int, modes: list[str], rate_limit: float) -> None:
         print(f"| {r['mode']} | {len(r['samples'])} | {ms(s['p50'])} | {ms(s['p90'])} | {ms(s['p99'])} | "
               f"{ms(s['max'])} | {ms(s['mean'])} | {vs50} | {vs99} |")
     print("\n## Where the time goes (ms; p50 / p90 / max of each part)\n")
-    print("| mode | wait (t0 → the poll that sees it) | poll (→ its last Esplora request) | decide+deliver (→ Slack POST) "
+    print("| mode | wait (t0 → the poll that sees it) | poll (→ its last Esplora request) "
+          "| decide+deliver (→ Slack POST) "
           "| latency − wait, mean | Esplora requests per block, mean |")
     print("|---|---|---|---|---:|---:|")
     for r in results:
@@ -446,7 +448,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--blocks", type=int, default=50, help="measured blocks per mode (default 50)")
     parser.add_argument("--rate-limit", type=float, default=LOCAL_RATE,
-                        help=f"the source's rate_limit, requests/s (default {LOCAL_RATE:g}: unthrottled; 1 is the product default)")
+                        help=f"the source's rate_limit, requests/s (default {LOCAL_RATE:g}: unthrottled; "
+                             "1 is the product default)")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
     args = parser.parse_args()
     chosen = [m.strip() for m in args.modes.split(",") if m.strip()]
