@@ -128,6 +128,9 @@ class Daemon:
         self._stack = contextlib.AsyncExitStack()
         self._http = None
         self._push_tasks: list[asyncio.Task] = []
+        self._polling: set[str] = set()  # sources whose poll is running
+        self._rewake: set[str] = set()  # sources woken while polling: poll again right after
+        self._followups: set[asyncio.Task] = set()
         self._push_stop = asyncio.Event()
         self.pushes: list = []
         self.bound_port: int | None = None
@@ -199,8 +202,15 @@ class Daemon:
             self._push_tasks.append(asyncio.create_task(push.run(wake, self._push_stop), name=f"push:{name}"))
 
     def wake(self, source: str, reason: str = "") -> None:
-        """Run a source's poll job now (push notification); coalesced with a run already due."""
+        """Run a source's poll job now (push notification); coalesced with a run already due.
+
+        A wake that arrives while that source is polling is remembered and served right after the poll
+        ends: APScheduler would skip a run of a job at `max_instances` and the push would be lost.
+        """
         if self.scheduler is None or self._stopping:
+            return
+        if source in self._polling:
+            self._rewake.add(source)
             return
         job = self.scheduler.get_job(f"poll:{source}")
         if job is not None:
@@ -298,6 +308,23 @@ class Daemon:
 
     async def poll_source(self, name: str) -> None:
         """One tick of one source; failures are recorded for health, never raised."""
+        assert self.rt is not None and self.rt.pipeline is not None
+        if name in self._polling:  # a wake-up run racing the scheduled one: poll again after it instead
+            self._rewake.add(name)
+            return
+        self._polling.add(name)
+        try:
+            await self._poll_source(name)
+        finally:
+            self._polling.discard(name)
+            if name in self._rewake and not self._stopping:
+                # run it ourselves: the scheduler would skip a run of the job that is finishing right now
+                self._rewake.discard(name)
+                t = asyncio.create_task(self._guarded("poll", self.poll_source, name))
+                self._followups.add(t)
+                t.add_done_callback(self._followups.discard)
+
+    async def _poll_source(self, name: str) -> None:
         assert self.rt is not None and self.rt.pipeline is not None
         src = next(s for s in self.rt.sources if s.name == name)
         st = self.states[name]

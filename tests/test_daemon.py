@@ -416,3 +416,26 @@ retries = 1
             assert await task == 0
     finally:
         await node.stop()
+
+
+async def test_a_push_during_a_running_poll_is_served_right_after_it(tmp_path, monkeypatch):
+    chain, addrs = chain_with_wallet()
+    port = free_port()
+    async with EsploraServer(chain) as server, Receiver() as slack:
+        monkeypatch.setenv("TM_SLACK_URL", slack.url("/hook"))
+        cfg = write_config(tmp_path / "c.toml", [server.url], addrs, port=port, db=tmp_path / "d.db", interval=3600)
+        daemon = Daemon(load_config(cfg), clock=SystemClock())
+        task = asyncio.create_task(daemon.run(install_signals=False))
+        await until(lambda: daemon.states.get("local") and daemon.states["local"].polls >= 1, timeout=15)
+        server.faults.add(r"^/address/", "slow", times=None, delay=0.05)  # the next poll takes a while
+        daemon.wake("local", "first push")
+        await until(lambda: "local" in daemon._polling, timeout=5)
+        sale = chain.pay([addrs["hot0"]], [(addrs["exchange"], 5 * COIN)], fee=2_000)
+        chain.mine()
+        daemon.wake("local", "push while polling")  # would be skipped by the scheduler and lost
+        await until(lambda: daemon.states["local"].polls >= 3, timeout=15)  # served after the running poll
+        server.faults.clear()
+        reqs = await slack.wait_for(1, timeout=15)
+        assert sale.txid in json.dumps(reqs[0].json)
+        daemon.request_stop()
+        assert await task == 0
