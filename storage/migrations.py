@@ -226,25 +226,6 @@ def _watched_utxos(db: Database) -> None:
     db["watched_utxos"].create_index(["chain", "address"])
 
 
-@migrations(name="007_source_health")
-def _source_health(db: Database) -> None:
-    # What `status` and /healthz report about each source, kept across restarts.
-    db["source_health"].create(
-        {
-            "source": str,
-            "last_success_at": int,
-            "last_error": str,
-            "last_error_at": int,
-            "failing_since": int,
-            "polls": int,
-            "errors": int,
-            "tip_height": int,
-            "updated_at": int,
-        },
-        pk="source",
-    )
-
-
 @migrations(name="006_discovery")
 def _discovery(db: Database) -> None:
     # Why an address was learned or proposed: one row per (address, kind, txid) — the pool payouts that
@@ -320,3 +301,22 @@ def _discovery(db: Database) -> None:
     db["traces"].create_index(["status", "next_at"])
     # Small resumable state of discovery jobs (e.g. the co-spend scan's position in `transactions`).
     db["discovery_state"].create({"key": str, "value": str, "updated_at": int}, pk="key")
+
+
+@migrations(name="007_source_health")
+def _source_health(db: Database) -> None:
+    # What `status` and /healthz report about each source, kept across restarts.
+    db["source_health"].create(
+        {
+            "source": str,
+            "last_success_at": int,
+            "last_error": str,
+            "last_error_at": int,
+            "failing_since": int,
+            "polls": int,
+            "errors": int,
+            "tip_height": int,
+            "updated_at": int,
+        },
+        pk="source",
+    )
