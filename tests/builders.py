@@ -1,12 +1,27 @@
-"""Builders for test data: sourced-looking entities and hand-made ChainTx with defaults."""
+"""Builders for test data: sourced-looking entities, hand-made ChainTx, config.toml text and CLI/wait helpers."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from collections.abc import Sequence
+import inspect
+import json
+import re
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
+import aiohttp
+from click.testing import CliRunner, Result
+
+from monitor.cli import cli
 from monitor.model import ChainTx, Entity, EntityAddress, TxInput, TxOutput
 from watchers.addresses import script_to_address
+
+ROOT = Path(__file__).resolve().parent.parent
+PRICES = ROOT / "monitor" / "data" / "btc_usd_daily.csv"
+COIN = 100_000_000
+MARCH_5_2026 = 1_772_668_800
 
 
 def addr(label: str, kind: str = "p2wpkh") -> str:
@@ -51,3 +66,178 @@ def make_tx(
     if txid is None:
         txid = hashlib.sha256(repr((ins, outs, height)).encode()).hexdigest()
     return ChainTx(chain, txid, height, time if height is not None else None, ins, outs, fee, block_hash=("00" * 32 if height is not None else None))
+
+
+# --- config.toml ----------------------------------------------------------------------------------------
+
+
+class Table(dict):
+    """A dict written as a `[parent.key]` sub-table of its table rather than inline."""
+
+
+def env(name: str) -> dict:
+    """A secret read from an environment variable: `{ env = "NAME" }`."""
+    return {"env": name}
+
+
+def fact(value: float, source: str = "test fixture", as_of: str = "2026-03-01") -> dict:
+    """A sourced profile fact: `{ value = .., source = .., as_of = .. }`."""
+    return {"value": value, "source": source, "as_of": as_of}
+
+
+SECTOR_CASH_COST = fact(79995, "CoinShares Q1 2026 (sector average)", "2025-12-31")
+CSV_PRICES = {"sources": ["csv"], "csv": str(PRICES)}  # the csv price source reading PRICES
+BUNDLED_PRICES = {"sources": ["csv"]}  # the csv price source on the product's bundled series
+
+
+def miner_profile(source: str = "test fixture", **more) -> dict:
+    """The test miner's profile: 1000 BTC held, 50 BTC mined a month, the sector-average cash cost."""
+    return {"holdings_btc": fact(1000, source), "monthly_production_btc": fact(50, source),
+            "cash_cost_usd": SECTOR_CASH_COST, **more}
+
+
+def sourced(addresses: Sequence[str], source: str = "test fixture") -> list[dict]:
+    """Addresses written with their source: `{ address = .., source = .. }`."""
+    return [{"address": a, "source": source} for a in addresses]
+
+
+def esplora_source(name: str, url: str, **opts) -> dict:
+    """One `[[sources]]` table of type esplora on one URL."""
+    return {"name": name, "type": "esplora", "urls": [url], **opts}
+
+
+def bitcoind_source(name: str, url: str, **opts) -> dict:
+    """One `[[sources]]` table of type bitcoind."""
+    return {"name": name, "type": "bitcoind", "url": url, **opts}
+
+
+def evm_source(name: str, url: str, **opts) -> dict:
+    """One `[[sources]]` table of type evm."""
+    return {"name": name, "type": "evm", "url": url, **opts}
+
+
+def entity_table(name: str, kind: str, addresses: Sequence | None = None, *, profile: Mapping | None = None,
+                 ethereum: Sequence | None = None, **opts) -> dict:
+    """One `[[entities]]` table (with `[entities.profile]` when a profile is given); None keys are left out."""
+    return {"name": name, "kind": kind, **opts, "addresses": addresses, "ethereum": ethereum,
+            "profile": Table(profile) if profile else None}
+
+
+def slack_channel(name: str, url_env: str, **opts) -> dict:
+    """One `[[alerts.channels]]` Slack table, its webhook URL from `url_env`, not rate limited."""
+    return {"name": name, "type": "slack", "webhook_url": env(url_env), "min_interval": 0, **opts}
+
+
+def webhook_channel(name: str, url_env: str, secret_env: str | None = None, **opts) -> dict:
+    """One `[[alerts.channels]]` webhook table, URL (and HMAC secret) from the environment, not rate limited."""
+    return {"name": name, "type": "webhook", "url": env(url_env),
+            "secret": env(secret_env) if secret_env else None, "min_interval": 0, **opts}
+
+
+def console_channel(name: str, **opts) -> dict:
+    """One `[[alerts.channels]]` console table."""
+    return {"name": name, "type": "console", **opts}
+
+
+def rule(name: str, channels: Sequence[str], **opts) -> dict:
+    """One `[[alerts.rules]]` table."""
+    return {"name": name, **opts, "channels": list(channels)}
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _key(k: str) -> str:
+    return k if _BARE_KEY.fullmatch(k) else json.dumps(k)
+
+
+def toml_value(v) -> str:
+    """A TOML inline value: strings and paths (JSON escapes are TOML escapes), numbers, lists, inline tables."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str | Path):
+        return json.dumps(str(v))
+    if isinstance(v, Mapping):
+        return "{ " + ", ".join(f"{_key(k)} = {toml_value(x)}" for k, x in v.items()) + " }" if v else "{}"
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    raise TypeError(f"no TOML form for {v!r}")
+
+
+def toml_table(header: str, table: Mapping, *, array: bool = False) -> str:
+    """`[header]` (`[[header]]` when `array`) and its keys; `Table` values follow as sub-tables; None: left out."""
+    lines = [f"[[{header}]]" if array else f"[{header}]"]
+    lines += [f"{_key(k)} = {toml_value(v)}" for k, v in table.items() if v is not None and not isinstance(v, Table)]
+    text = "\n".join(lines) + "\n"
+    for k, v in table.items():
+        if isinstance(v, Table):
+            text += toml_table(f"{header}.{k}", v)
+    return text
+
+
+def config_toml(*, db: Path, sources: Sequence[Mapping] = (), prices: Mapping | None = CSV_PRICES,
+                entities: Sequence[Mapping] = (), alerts: Mapping | None = None, channels: Sequence[Mapping] = (),
+                rules: Sequence[Mapping] = (), daemon: Mapping | None = None, extra: str = "") -> str:
+    """A whole config.toml: storage at `db`, then the given tables (`prices=None`: no [prices]); `extra`, raw
+    TOML, goes last."""
+    parts = [toml_table("monitor", {"storage": db})]
+    parts += [toml_table("sources", s, array=True) for s in sources]
+    if prices is not None:
+        parts.append(toml_table("prices", prices))
+    parts += [toml_table("entities", e, array=True) for e in entities]
+    if alerts is not None:
+        parts.append(toml_table("alerts", alerts))
+    parts += [toml_table("alerts.channels", c, array=True) for c in channels]
+    parts += [toml_table("alerts.rules", r, array=True) for r in rules]
+    if daemon is not None:
+        parts.append(toml_table("daemon", daemon))
+    return "\n".join(parts) + extra
+
+
+# --- running and waiting --------------------------------------------------------------------------------
+
+
+async def cli_run(*args, env: Mapping[str, str] | None = None) -> Result:
+    """Run the CLI in a worker thread (it has its own event loop), as a user would."""
+    return await asyncio.to_thread(CliRunner().invoke, cli, [str(a) for a in args], env=env)
+
+
+def cli_sync(*args) -> Result:
+    """Run the CLI in this thread (for tests without a running event loop)."""
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+async def until(pred, timeout: float = 20.0, step: float = 0.1, what: str = "condition"):
+    """Poll `pred()` (awaited when it returns an awaitable) until it is truthy and return that value; the
+    timeout is a safety net, not a timing assertion."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        v = pred()
+        if inspect.isawaitable(v):
+            v = await v
+        if v:
+            return v
+        if loop.time() > deadline:
+            raise AssertionError(f"{what}: not met within {timeout} s")
+        await asyncio.sleep(step)
+
+
+async def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
+    """Wait until `url` answers at all (any status); fails early when `proc` has exited."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    async with aiohttp.ClientSession() as s:
+        while True:
+            if proc is not None and proc.poll() is not None:
+                raise AssertionError(f"daemon exited early ({proc.returncode}): {proc.stderr.read()}")
+            try:
+                async with s.get(url) as r:
+                    await r.read()
+                    return
+            except aiohttp.ClientError:
+                if loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.1)

@@ -1,28 +1,30 @@
 """scenarios, status, alerts test and report through the CLI."""
 
-import asyncio
 import json
-from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from builders import (
+    BUNDLED_PRICES,
+    COIN,
+    MARCH_5_2026,
+    ROOT,
+    cli_run,
+    cli_sync,
+    config_toml,
+    console_channel,
+    entity_table,
+    esplora_source,
+    rule,
+    slack_channel,
+)
 from fakes.receiver import Receiver
 
-from monitor.cli import cli
 from monitor.sim.chain import SimChain
 from monitor.sim.esplora_server import EsploraServer
 
-COIN = 100_000_000
-MARCH_5_2026 = 1_772_668_800
-
-
-async def cli_run(*args, env=None):
-    return await asyncio.to_thread(CliRunner().invoke, cli, [str(a) for a in args], env=env)
-
 
 def test_scenarios_json_from_reference_inputs(tmp_path):
-    r = CliRunner().invoke(cli, ["-c", str(Path(__file__).resolve().parent.parent / "config.toml"),
-                                 "--db", str(tmp_path / "none.db"), "scenarios", "--json"])
+    r = cli_sync("-c", ROOT / "config.toml", "--db", tmp_path / "none.db", "scenarios", "--json")
     assert r.exit_code == 0, r.output
     doc = json.loads(r.output)
     assert doc["inputs"]["difficulty"] == 144.4e12 and "reference" in doc["inputs"]["chain_source"]
@@ -46,38 +48,15 @@ async def test_status_alerts_test_and_report(tmp_path, monkeypatch):
     async with EsploraServer(chain) as server, Receiver() as slack:
         monkeypatch.setenv("TM_CC_SLACK", slack.url("/services/T/B/tok"))
         cfg = tmp_path / "c.toml"
-        cfg.write_text(f"""
-[monitor]
-storage = "{tmp_path / 'cc.db'}"
-[[sources]]
-name = "local"
-type = "esplora"
-urls = ["{server.url}"]
-rate_limit = 500.0
-[prices]
-sources = ["csv"]
-[[entities]]
-name = "CC Miner"
-kind = "miner"
-addresses = ["{hot}"]
-[[entities]]
-name = "CC Exchange"
-kind = "exchange"
-addresses = ["{exch}"]
-[alerts]
-max_age = 100000000
-[[alerts.channels]]
-name = "slack"
-type = "slack"
-webhook_url = {{ env = "TM_CC_SLACK" }}
-min_interval = 0
-[[alerts.channels]]
-name = "out"
-type = "console"
-[[alerts.rules]]
-name = "all"
-channels = ["slack"]
-""")
+        cfg.write_text(config_toml(
+            db=tmp_path / "cc.db",
+            sources=[esplora_source("local", server.url, rate_limit=500.0)],
+            prices=BUNDLED_PRICES,
+            entities=[entity_table("CC Miner", "miner", [hot]), entity_table("CC Exchange", "exchange", [exch])],
+            alerts={"max_age": 100000000},
+            channels=[slack_channel("slack", "TM_CC_SLACK"), console_channel("out")],
+            rules=[rule("all", ["slack"])],
+        ))
         r = await cli_run("-c", cfg, "status")
         assert r.exit_code == 1 and "nothing has been stored yet" in r.output
         assert (await cli_run("-c", cfg, "poll")).exit_code == 0

@@ -4,80 +4,49 @@ A SimChain is served by the local Esplora server; the CLI runs in a worker threa
 loop) exactly as a user runs it; alerts go to a local Slack-compatible receiver.
 """
 
-import asyncio
 import csv
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from builders import (
+    COIN,
+    MARCH_5_2026,
+    cli_run,
+    config_toml,
+    entity_table,
+    esplora_source,
+    miner_profile,
+    rule,
+    slack_channel,
+    sourced,
+)
 from fakes.receiver import Receiver, block_kit_problems
 
-from monitor.cli import cli
 from monitor.export import CLASSIFICATION_FIELDS, CSV_FIELDS, FLOW_FIELDS
 from monitor.sim.chain import SimChain
 from monitor.sim.esplora_server import EsploraServer
 
-ROOT = Path(__file__).resolve().parent.parent
-PRICES = ROOT / "monitor" / "data" / "btc_usd_daily.csv"
-COIN = 100_000_000
-MARCH_5_2026 = 1_772_668_800
 
-
-def write_config(tmp_path: Path, url: str, addrs: dict[str, str]) -> Path:
+def write_config(tmp_path: Path, url: str, addrs: dict[str, str], *, mode: str | None = None,
+                 more_hot: Sequence[str] = ()) -> Path:
+    """The miner (hot and cold wallets, `more_hot` between them) and an unwatched exchange; Slack for sales."""
     cfg = tmp_path / "config.toml"
-    cfg.write_text(f"""
-[monitor]
-storage = "{tmp_path / 'tm.db'}"
-
-[[sources]]
-name = "local"
-type = "esplora"
-urls = ["{url}"]
-rate_limit = 200.0
-timeout = 5.0
-
-[prices]
-sources = ["csv"]
-csv = "{PRICES}"
-
-[[entities]]
-name = "Test Miner"
-kind = "miner"
-addresses = [{{ address = "{addrs['hot']}", source = "test fixture" }}, {{ address = "{addrs['cold']}", source = "test fixture" }}]
-[entities.profile]
-holdings_btc = {{ value = 1000, source = "test fixture", as_of = "2026-03-01" }}
-monthly_production_btc = {{ value = 50, source = "test fixture", as_of = "2026-03-01" }}
-cash_cost_usd = {{ value = 79995, source = "CoinShares Q1 2026 (sector average)", as_of = "2025-12-31" }}
-strategy_tags = ["convertible_repurchase"]
-
-[[entities]]
-name = "Test Exchange"
-kind = "exchange"
-watch = false
-addresses = [{{ address = "{addrs['exchange']}", source = "test fixture" }}]
-
-[alerts]
-max_age = 100000000
-
-[[alerts.channels]]
-name = "slack"
-type = "slack"
-webhook_url = {{ env = "TM_TEST_SLACK_URL" }}
-min_interval = 0
-
-[[alerts.rules]]
-name = "sales"
-min_severity = "notice"
-channels = ["slack"]
-""")
+    cfg.write_text(config_toml(
+        db=tmp_path / "tm.db",
+        sources=[esplora_source("local", url, rate_limit=200.0, timeout=5.0, mode=mode)],
+        entities=[
+            entity_table("Test Miner", "miner", [*sourced([addrs["hot"]]), *more_hot, *sourced([addrs["cold"]])],
+                         profile=miner_profile(strategy_tags=["convertible_repurchase"])),
+            entity_table("Test Exchange", "exchange", sourced([addrs["exchange"]]), watch=False),
+        ],
+        alerts={"max_age": 100000000},
+        channels=[slack_channel("slack", "TM_TEST_SLACK_URL")],
+        rules=[rule("sales", ["slack"], min_severity="notice")],
+    ))
     return cfg
-
-
-async def cli_run(*args, env=None):
-    result = await asyncio.to_thread(CliRunner().invoke, cli, [str(a) for a in args], env=env)
-    return result
 
 
 @pytest.fixture
@@ -185,12 +154,9 @@ async def test_block_mode_source_through_the_cli_gives_the_same_flows(tmp_path, 
     chain.mine()
     async with EsploraServer(chain) as server, Receiver() as slack:
         monkeypatch.setenv("TM_TEST_SLACK_URL", slack.url("/hook"))
-        cfg = write_config(tmp_path, server.url, addrs)
-        text = cfg.read_text().replace('timeout = 5.0', f'timeout = 5.0\nmode = "{mode}"')
-        if mode == "auto":  # enough watched addresses for auto to pick block mode
-            extra = ", ".join(f'"{chain.address(f"bm-extra-{i}")}"' for i in range(60))
-            text = text.replace('source = "test fixture" }, {', f'source = "test fixture" }}, {extra}, {{', 1)
-        cfg.write_text(text)
+        # in auto mode, enough watched addresses for auto to pick block mode
+        more = [chain.address(f"bm-extra-{i}") for i in range(60)] if mode == "auto" else []
+        cfg = write_config(tmp_path, server.url, addrs, mode=mode, more_hot=more)
         r = await cli_run("-c", cfg, "--log-level", "info", "poll")
         assert r.exit_code == 0, r.output
         assert "mode=block" in r.output

@@ -6,17 +6,25 @@ alerts reach a local Slack receiver; a reorg made with evm_snapshot/evm_revert r
 a retraction alert follows.
 """
 
-import asyncio
 import json
 from pathlib import Path
 
 import fakes.anvil as _anvil
-from click.testing import CliRunner
+from builders import (
+    BUNDLED_PRICES,
+    ROOT,
+    cli_run,
+    config_toml,
+    entity_table,
+    evm_source,
+    rule,
+    slack_channel,
+    sourced,
+)
 from eth_account import Account
 from fakes.receiver import Receiver
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
-from monitor.cli import cli
 from storage import Store
 from storage.alerts import alert_rows
 
@@ -24,55 +32,25 @@ anvil = _anvil.anvil
 DEV_KEYS = _anvil.DEV_KEYS
 WATCHED = Account.from_key(DEV_KEYS[0]).address
 EXCHANGE = Account.from_key(DEV_KEYS[1]).address
-ARTIFACT = json.loads((Path(__file__).resolve().parent.parent / "contracts" / "TestToken.json").read_text())
-
-
-async def cli_run(*args):
-    return await asyncio.to_thread(CliRunner().invoke, cli, [str(a) for a in args])
+ARTIFACT = json.loads((ROOT / "contracts" / "TestToken.json").read_text())
 
 
 def write_config(tmp_path: Path, url: str, token: str | None) -> Path:
-    tokens = f'tokens = [{{ symbol = "TST", address = "{token}", decimals = 6 }}]' if token else "tokens = []"
+    tokens = [{"symbol": "TST", "address": token, "decimals": 6}] if token else []
     cfg = tmp_path / "evm.toml"
-    cfg.write_text(f"""
-[monitor]
-storage = "{tmp_path / 'evm.db'}"
-
-[[sources]]
-name = "anvil"
-type = "evm"
-url = "{url}"
-chain_id = 31337
-confirmations = 0
-start_block = 0
-{tokens}
-
-[prices]
-sources = ["csv"]
-
-[[entities]]
-name = "Test Sovereign"
-kind = "sovereign"
-ethereum = [{{ address = "{WATCHED}", source = "anvil dev account 0 (test fixture)" }}]
-
-[[entities]]
-name = "Test Exchange"
-kind = "exchange"
-ethereum = ["{EXCHANGE}"]
-
-[alerts]
-max_age = 100000000
-
-[[alerts.channels]]
-name = "slack"
-type = "slack"
-webhook_url = {{ env = "TM_EVM_SLACK" }}
-min_interval = 0
-
-[[alerts.rules]]
-name = "all"
-channels = ["slack"]
-""")
+    cfg.write_text(config_toml(
+        db=tmp_path / "evm.db",
+        sources=[evm_source("anvil", url, chain_id=31337, confirmations=0, start_block=0, tokens=tokens)],
+        prices=BUNDLED_PRICES,
+        entities=[
+            entity_table("Test Sovereign", "sovereign",
+                         ethereum=sourced([WATCHED], "anvil dev account 0 (test fixture)")),
+            entity_table("Test Exchange", "exchange", ethereum=[EXCHANGE]),
+        ],
+        alerts={"max_age": 100000000},
+        channels=[slack_channel("slack", "TM_EVM_SLACK")],
+        rules=[rule("all", ["slack"])],
+    ))
     return cfg
 
 

@@ -1,61 +1,40 @@
 """Unconfirmed first, replacements and reorgs, with alerts, over the local Esplora server and the CLI."""
 
-import asyncio
 import json
 from pathlib import Path
 
-from click.testing import CliRunner
+from builders import (
+    BUNDLED_PRICES,
+    COIN,
+    MARCH_5_2026,
+    cli_run,
+    config_toml,
+    entity_table,
+    esplora_source,
+    fact,
+    rule,
+    slack_channel,
+)
 from fakes.receiver import Receiver
 
-from monitor.cli import cli
 from monitor.sim.chain import SimChain
 from monitor.sim.esplora_server import EsploraServer
 from storage import Store
 from storage.alerts import alert_rows
 
-ROOT = Path(__file__).resolve().parent.parent
-COIN = 100_000_000
-MARCH_5_2026 = 1_772_668_800
-
-
-async def cli_run(*args):
-    return await asyncio.to_thread(CliRunner().invoke, cli, [str(a) for a in args])
-
 
 def config(tmp_path: Path, url: str, hot: str, exchange: str, *, confirmations: bool = False) -> Path:
     p = tmp_path / "c.toml"
-    p.write_text(f"""
-[monitor]
-storage = "{tmp_path / 'r.db'}"
-[[sources]]
-name = "local"
-type = "esplora"
-urls = ["{url}"]
-rate_limit = 500.0
-[prices]
-sources = ["csv"]
-[[entities]]
-name = "Test Miner"
-kind = "miner"
-addresses = ["{hot}"]
-[entities.profile]
-holdings_btc = {{ value = 1000, source = "test fixture", as_of = "2026-03-01" }}
-[[entities]]
-name = "Test Exchange"
-kind = "exchange"
-addresses = ["{exchange}"]
-[alerts]
-max_age = 100000000
-notify_confirmations = {str(confirmations).lower()}
-[[alerts.channels]]
-name = "slack"
-type = "slack"
-webhook_url = {{ env = "TM_RR_SLACK" }}
-min_interval = 0
-[[alerts.rules]]
-name = "all"
-channels = ["slack"]
-""")
+    p.write_text(config_toml(
+        db=tmp_path / "r.db",
+        sources=[esplora_source("local", url, rate_limit=500.0)],
+        prices=BUNDLED_PRICES,
+        entities=[entity_table("Test Miner", "miner", [hot], profile={"holdings_btc": fact(1000)}),
+                  entity_table("Test Exchange", "exchange", [exchange])],
+        alerts={"max_age": 100000000, "notify_confirmations": confirmations},
+        channels=[slack_channel("slack", "TM_RR_SLACK")],
+        rules=[rule("all", ["slack"])],
+    ))
     return p
 
 
