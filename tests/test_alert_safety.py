@@ -27,6 +27,21 @@ from urllib.parse import unquote
 import aiohttp
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
+from builders import (
+    COIN,
+    MARCH_5_2026,
+    ROOT,
+    config_toml,
+    entity_table,
+    env,
+    esplora_source,
+    miner_profile,
+    rule,
+    slack_channel,
+    sourced,
+    until,
+    webhook_channel,
+)
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -42,12 +57,6 @@ from monitor.sim.esplora_server import EsploraServer
 from storage import Store
 from storage import alerts as outbox_store
 
-ROOT = Path(__file__).resolve().parent.parent
-PRICES = ROOT / "monitor" / "data" / "btc_usd_daily.csv"
-COIN = 100_000_000
-MARCH_5_2026 = 1_772_668_800
-
-
 # --- shared helpers ---------------------------------------------------------------------------------
 
 
@@ -59,29 +68,6 @@ def cli(cfg: Path, *args: str, log: tuple[str, ...] = ()) -> list[str]:
 def spawn(argv: list[str], env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-
-
-async def until(pred, *, timeout: float, step: float = 0.05, what: str = "condition"):
-    """Poll `pred` until it is truthy (the timeout is a safety net, not a timing assertion)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if loop.time() > deadline:
-            raise AssertionError(f"{what}: not met within {timeout} s")
-        await asyncio.sleep(step)
-
-
-async def until_async(pred, *, timeout: float, step: float = 0.1):
-    """`until` for a coroutine predicate."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await pred():
-        if loop.time() > deadline:
-            raise AssertionError(f"not met within {timeout} s")
-        await asyncio.sleep(step)
 
 
 def undelivered(db: Path) -> int:
@@ -136,28 +122,14 @@ def queue_alerts(db: Path, n: int, channels: tuple[str, ...]) -> list[str]:
 
 
 def dispatch_config(path: Path, db: Path) -> Path:
-    path.write_text(f"""
-[monitor]
-storage = "{db}"
-
-[alerts]
-dispatch_interval = 0.1
-retry_base = 0.1
-retry_cap = 0.5
-
-[[alerts.channels]]
-name = "hook"
-type = "webhook"
-url = {{ env = "TM_CRASH_HOOK_URL" }}
-secret = {{ env = "TM_CRASH_HOOK_SECRET" }}
-min_interval = 0
-
-[[alerts.channels]]
-name = "slack"
-type = "slack"
-webhook_url = {{ env = "TM_CRASH_SLACK_URL" }}
-min_interval = 0
-""")
+    """Only an outbox: a signed webhook and Slack, retried fast."""
+    path.write_text(config_toml(
+        db=db,
+        prices=None,
+        alerts={"dispatch_interval": 0.1, "retry_base": 0.1, "retry_cap": 0.5},
+        channels=[webhook_channel("hook", "TM_CRASH_HOOK_URL", "TM_CRASH_HOOK_SECRET"),
+                  slack_channel("slack", "TM_CRASH_SLACK_URL")],
+    ))
     return path
 
 
@@ -321,82 +293,24 @@ class RefusingSmtp:
 
 
 def secrets_config(path: Path, *, db: Path, esplora: str, addrs: dict[str, str], smtp_port: int, http_port: int) -> Path:
-    path.write_text(f"""
-[monitor]
-storage = "{db}"
-
-[[sources]]
-name = "local"
-type = "esplora"
-urls = ["{esplora}"]
-rate_limit = 500.0
-timeout = 3.0
-retries = 1
-poll_interval = 0.3
-headers = {{ "X-Api-Key" = {{ env = "TM_SEC_ESPLORA_KEY" }} }}
-
-[prices]
-sources = ["csv"]
-csv = "{PRICES}"
-
-[[entities]]
-name = "Test Miner"
-kind = "miner"
-addresses = [{{ address = "{addrs['hot']}", source = "test fixture" }}]
-[entities.profile]
-holdings_btc = {{ value = 1000, source = "test fixture", as_of = "2026-03-01" }}
-monthly_production_btc = {{ value = 50, source = "test fixture", as_of = "2026-03-01" }}
-cash_cost_usd = {{ value = 79995, source = "CoinShares Q1 2026 (sector average)", as_of = "2025-12-31" }}
-
-[[entities]]
-name = "Test Exchange"
-kind = "exchange"
-watch = false
-addresses = [{{ address = "{addrs['exchange']}", source = "test fixture" }}]
-
-[alerts]
-max_age = 100000000
-dispatch_interval = 0.2
-retry_base = 0.1
-retry_cap = 0.3
-
-[[alerts.channels]]
-name = "slack"
-type = "slack"
-webhook_url = {{ env = "TM_SEC_SLACK_URL" }}
-min_interval = 0
-
-[[alerts.channels]]
-name = "mail"
-type = "email"
-host = "127.0.0.1"
-port = {smtp_port}
-security = "starttls"
-sender = "treasury-monitor@example.com"
-recipients = ["ops@example.com"]
-username = "{SMTP_USER}"
-password = {{ env = "TM_SEC_SMTP_PASSWORD" }}
-timeout = 5
-min_interval = 0
-
-[[alerts.channels]]
-name = "hook"
-type = "webhook"
-url = {{ env = "TM_SEC_HOOK_URL" }}
-secret = {{ env = "TM_SEC_HOOK_SECRET" }}
-min_interval = 0
-
-[[alerts.rules]]
-name = "everything"
-min_severity = "info"
-channels = ["slack", "mail", "hook"]
-
-[daemon]
-port = {http_port}
-token = {{ env = "TM_SEC_DAEMON_TOKEN" }}
-shutdown_grace = 3
-digest_hour = -1
-""")
+    """Every kind of secret in use: an Esplora API key header, Slack, SMTP login, webhook URL and HMAC, daemon token."""
+    mail = {"name": "mail", "type": "email", "host": "127.0.0.1", "port": smtp_port, "security": "starttls",
+            "sender": "treasury-monitor@example.com", "recipients": ["ops@example.com"], "username": SMTP_USER,
+            "password": env("TM_SEC_SMTP_PASSWORD"), "timeout": 5, "min_interval": 0}
+    path.write_text(config_toml(
+        db=db,
+        sources=[esplora_source("local", esplora, rate_limit=500.0, timeout=3.0, retries=1, poll_interval=0.3,
+                                headers={"X-Api-Key": env("TM_SEC_ESPLORA_KEY")})],
+        entities=[
+            entity_table("Test Miner", "miner", sourced([addrs["hot"]]), profile=miner_profile()),
+            entity_table("Test Exchange", "exchange", sourced([addrs["exchange"]]), watch=False),
+        ],
+        alerts={"max_age": 100000000, "dispatch_interval": 0.2, "retry_base": 0.1, "retry_cap": 0.3},
+        channels=[slack_channel("slack", "TM_SEC_SLACK_URL"), mail,
+                  webhook_channel("hook", "TM_SEC_HOOK_URL", "TM_SEC_HOOK_SECRET")],
+        rules=[rule("everything", ["slack", "mail", "hook"], min_severity="info")],
+        daemon={"port": http_port, "token": env("TM_SEC_DAEMON_TOKEN"), "shutdown_grace": 3, "digest_hour": -1},
+    ))
     return path
 
 
@@ -542,7 +456,7 @@ async def test_secrets_never_appear_in_logs_exports_lists_api_or_database(tmp_pa
                         except aiohttp.ClientError:
                             return False
 
-                    await until_async(up, timeout=20)
+                    await until(up, timeout=20)
                     chain.pay([addrs["hot"]], [(addrs["exchange"], 11 * COIN)], fee=3_000)
                     chain.mine()
                     await until(lambda: sum(r.status == 200 for r in slack.requests[n_slack:]) >= 1, timeout=20,

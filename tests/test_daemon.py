@@ -6,7 +6,6 @@ outbox flushed, kill -9 mid-tick → same rows and alerts as an uninterrupted ru
 """
 
 import asyncio
-import inspect
 import json
 import os
 import signal
@@ -16,7 +15,21 @@ import sys
 from pathlib import Path
 
 import aiohttp
-import pytest
+from builders import (
+    COIN,
+    MARCH_5_2026,
+    ROOT,
+    bitcoind_source,
+    config_toml,
+    entity_table,
+    env,
+    esplora_source,
+    miner_profile,
+    rule,
+    slack_channel,
+    until,
+    wait_http,
+)
 from fakes.receiver import Receiver, free_port
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -26,106 +39,33 @@ from monitor.daemon import Daemon
 from monitor.sim.chain import SimChain
 from monitor.sim.esplora_server import EsploraServer
 
-ROOT = Path(__file__).resolve().parent.parent
-PRICES = ROOT / "monitor" / "data" / "btc_usd_daily.csv"
-COIN = 100_000_000
-MARCH_5_2026 = 1_772_668_800
+
+def esplora(url: str, name: str = "local", interval: float = 0.3) -> dict:
+    """An Esplora source polled fast, with one retry."""
+    return esplora_source(name, url, rate_limit=500.0, timeout=2.0, retries=1, poll_interval=interval)
 
 
-def write_config(path: Path, urls: list[str], addrs: dict[str, str], *, port: int, db: Path, extra: str = "",
-                 interval: float = 0.3, sources: list[tuple[str, str]] | None = None) -> Path:
-    srcs = sources or [("local", urls[0])]
-    source_toml = "\n".join(f"""
-[[sources]]
-name = "{n}"
-type = "esplora"
-urls = ["{u}"]
-rate_limit = 500.0
-timeout = 2.0
-retries = 1
-poll_interval = {interval}
-""" for n, u in srcs)
-    path.write_text(f"""
-[monitor]
-storage = "{db}"
-{source_toml}
-[prices]
-sources = ["csv"]
-csv = "{PRICES}"
-
-[[entities]]
-name = "Test Miner"
-kind = "miner"
-addresses = [{", ".join(f'"{a}"' for k, a in addrs.items() if k.startswith("hot"))}]
-[entities.profile]
-monthly_production_btc = {{ value = 50, source = "test fixture", as_of = "2026-03-01" }}
-holdings_btc = {{ value = 1000, source = "test fixture", as_of = "2026-03-01" }}
-cash_cost_usd = {{ value = 79995, source = "CoinShares Q1 2026 (sector average)", as_of = "2025-12-31" }}
-
-[[entities]]
-name = "Test Exchange"
-kind = "exchange"
-addresses = ["{addrs['exchange']}"]
-
-[alerts]
-max_age = 100000000
-dispatch_interval = 0.2
-retry_base = 0.2
-retry_cap = 1.0
-
-[[alerts.channels]]
-name = "slack"
-type = "slack"
-webhook_url = {{ env = "TM_SLACK_URL" }}
-min_interval = 0
-
-[[alerts.rules]]
-name = "all"
-min_severity = "info"
-channels = ["slack"]
-
-[daemon]
-port = {port}
-shutdown_grace = 5
-unhealthy_after = 1.5
-digest_hour = -1
-{extra}
-""")
+def write_config(path: Path, sources: list[dict], addrs: dict[str, str], *, port: int, db: Path, **daemon) -> Path:
+    """The miner's hot wallets and an exchange, every alert to Slack, the daemon on `port` (`daemon`: more keys)."""
+    path.write_text(config_toml(
+        db=db,
+        sources=sources,
+        entities=[
+            entity_table("Test Miner", "miner", [a for k, a in addrs.items() if k.startswith("hot")],
+                         profile=miner_profile()),
+            entity_table("Test Exchange", "exchange", [addrs["exchange"]]),
+        ],
+        alerts={"max_age": 100000000, "dispatch_interval": 0.2, "retry_base": 0.2, "retry_cap": 1.0},
+        channels=[slack_channel("slack", "TM_SLACK_URL")],
+        rules=[rule("all", ["slack"], min_severity="info")],
+        daemon={"port": port, "shutdown_grace": 5, "unhealthy_after": 1.5, "digest_hour": -1, **daemon},
+    ))
     return path
 
 
 def start_daemon(cfg: Path, env: dict, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "monitor", "-c", str(cfg), "--log-level", "info", "run", *extra],
                             cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-async def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    async with aiohttp.ClientSession() as s:
-        while True:
-            if proc is not None and proc.poll() is not None:
-                raise AssertionError(f"daemon exited early ({proc.returncode}): {proc.stderr.read()}")
-            try:
-                async with s.get(url) as r:
-                    await r.read()
-                    return
-            except aiohttp.ClientError:
-                if asyncio.get_running_loop().time() > deadline:
-                    raise
-                await asyncio.sleep(0.1)
-
-
-async def until(pred, timeout=20.0, step=0.1):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        v = pred()
-        if inspect.isawaitable(v):
-            v = await v
-        if v:
-            return v
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(step)
 
 
 async def wait_exit(proc: subprocess.Popen, timeout: float) -> int:
@@ -146,7 +86,7 @@ async def test_run_alerts_health_metrics_and_sigterm(tmp_path):
     chain, addrs = chain_with_wallet()
     port = free_port()
     async with EsploraServer(chain) as server, Receiver() as slack:
-        cfg = write_config(tmp_path / "c.toml", [server.url], addrs, port=port, db=tmp_path / "d.db")
+        cfg = write_config(tmp_path / "c.toml", [esplora(server.url)], addrs, port=port, db=tmp_path / "d.db")
         proc = start_daemon(cfg, {"TM_SLACK_URL": slack.url("/hook/secret-abc")})
         try:
             base = f"http://127.0.0.1:{port}"
@@ -217,7 +157,7 @@ async def test_kill_9_mid_tick_then_restart_equals_an_uninterrupted_run(tmp_path
         env = {"TM_SLACK_URL": slack.url("/hook")}
         # reference: an uninterrupted run
         port = free_port()
-        ref_cfg = write_config(tmp_path / "ref.toml", [server.url], addrs, port=port, db=tmp_path / "ref.db")
+        ref_cfg = write_config(tmp_path / "ref.toml", [esplora(server.url)], addrs, port=port, db=tmp_path / "ref.db")
         proc = start_daemon(ref_cfg, env)
         await wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
         await until(lambda: hot_cursors(tmp_path / "ref.db", addrs) == 12, timeout=40)
@@ -230,7 +170,7 @@ async def test_kill_9_mid_tick_then_restart_equals_an_uninterrupted_run(tmp_path
         # the same work, killed with SIGKILL while ticks run (slow answers keep a tick in flight)
         server.faults.add(r"^/address/", "slow", times=None, delay=0.05)
         port = free_port()
-        cfg = write_config(tmp_path / "k.toml", [server.url], addrs, port=port, db=tmp_path / "k.db")
+        cfg = write_config(tmp_path / "k.toml", [esplora(server.url)], addrs, port=port, db=tmp_path / "k.db")
         kills = 0
         for wait in (0.8, 1.3, 0.6):
             proc = start_daemon(cfg, env)
@@ -259,8 +199,9 @@ async def test_failing_source_goes_503_and_recovers_while_others_keep_polling(tm
     dead = free_port()
     async with EsploraServer(chain) as good, Receiver() as slack:
         bad = EsploraServer(chain, port=dead)
-        cfg = write_config(tmp_path / "c.toml", [good.url], addrs, port=port, db=tmp_path / "d.db",
-                           sources=[("good", good.url), ("bad", f"http://127.0.0.1:{dead}/api")], interval=0.2)
+        sources = [esplora(good.url, "good", interval=0.2),
+                   esplora(f"http://127.0.0.1:{dead}/api", "bad", interval=0.2)]
+        cfg = write_config(tmp_path / "c.toml", sources, addrs, port=port, db=tmp_path / "d.db")
         os.environ["TM_SLACK_URL"] = slack.url("/hook")
         try:
             daemon = Daemon(load_config(cfg), clock=SystemClock())
@@ -296,7 +237,7 @@ async def test_events_consumer_resumes_across_a_restart(tmp_path):
     chain, addrs = chain_with_wallet()
     port = free_port()
     async with EsploraServer(chain) as server, Receiver() as slack:
-        cfg = write_config(tmp_path / "c.toml", [server.url], addrs, port=port, db=tmp_path / "d.db")
+        cfg = write_config(tmp_path / "c.toml", [esplora(server.url)], addrs, port=port, db=tmp_path / "d.db")
         env = {"TM_SLACK_URL": slack.url("/hook")}
         base = f"http://127.0.0.1:{port}"
         seen: list[int] = []
@@ -348,14 +289,14 @@ async def test_non_loopback_bind_needs_a_token_and_requests_need_it(tmp_path):
     chain, addrs = chain_with_wallet()
     async with EsploraServer(chain) as server, Receiver() as slack:
         port = free_port()
-        cfg = write_config(tmp_path / "c.toml", [server.url], addrs, port=port, db=tmp_path / "d.db",
-                           extra='host = "0.0.0.0"')
+        cfg = write_config(tmp_path / "c.toml", [esplora(server.url)], addrs, port=port, db=tmp_path / "d.db",
+                           host="0.0.0.0")
         p = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "monitor", "-c", str(cfg), "run"],
                                     cwd=ROOT, env={**os.environ, "TM_SLACK_URL": slack.url("/h")},
                                     capture_output=True, text=True, timeout=60)
         assert p.returncode == 2 and "daemon.token" in p.stderr
-        cfg = write_config(tmp_path / "t.toml", [server.url], addrs, port=port, db=tmp_path / "d.db",
-                           extra='host = "0.0.0.0"\ntoken = { env = "TM_TOKEN" }')
+        cfg = write_config(tmp_path / "t.toml", [esplora(server.url)], addrs, port=port, db=tmp_path / "d.db",
+                           host="0.0.0.0", token=env("TM_TOKEN"))
         proc = start_daemon(cfg, {"TM_SLACK_URL": slack.url("/h"), "TM_TOKEN": "tok-123456"})
         try:
             base = f"http://127.0.0.1:{port}"
@@ -384,20 +325,9 @@ async def test_bitcoind_source_in_ibd_or_with_bad_auth_keeps_the_daemon_up_then_
         async with Receiver() as slack:
             monkeypatch.setenv("TM_SLACK_URL", slack.url("/hook"))
             monkeypatch.setenv("TM_RPC_PASSWORD", "wrong-password")
-            cfg = write_config(tmp_path / "c.toml", ["http://unused"], addrs, port=port, db=tmp_path / "d.db")
-            text = cfg.read_text()
-            esplora = text[text.index("[[sources]]"):text.index("[prices]")]
-            text = text.replace(esplora, f"""[[sources]]
-name = "node"
-type = "bitcoind"
-url = "{node.url}"
-rpc_user = "rpcuser"
-rpc_password = {{ env = "TM_RPC_PASSWORD" }}
-poll_interval = 0.2
-retries = 1
-
-""")
-            cfg.write_text(text)
+            node_source = bitcoind_source("node", node.url, rpc_user="rpcuser", rpc_password=env("TM_RPC_PASSWORD"),
+                                          poll_interval=0.2, retries=1)
+            cfg = write_config(tmp_path / "c.toml", [node_source], addrs, port=port, db=tmp_path / "d.db")
             daemon = Daemon(load_config(cfg), clock=SystemClock())
             task = asyncio.create_task(daemon.run(install_signals=False))
             await until(lambda: daemon.states.get("node") and daemon.states["node"].errors >= 2, timeout=15)
@@ -423,7 +353,8 @@ async def test_a_push_during_a_running_poll_is_served_right_after_it(tmp_path, m
     port = free_port()
     async with EsploraServer(chain) as server, Receiver() as slack:
         monkeypatch.setenv("TM_SLACK_URL", slack.url("/hook"))
-        cfg = write_config(tmp_path / "c.toml", [server.url], addrs, port=port, db=tmp_path / "d.db", interval=3600)
+        cfg = write_config(tmp_path / "c.toml", [esplora(server.url, interval=3600)], addrs, port=port,
+                           db=tmp_path / "d.db")
         daemon = Daemon(load_config(cfg), clock=SystemClock())
         task = asyncio.create_task(daemon.run(install_signals=False))
         await until(lambda: daemon.states.get("local") and daemon.states["local"].polls >= 1, timeout=15)
