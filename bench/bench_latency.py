@@ -54,10 +54,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))  # tests/fakes/receiver.py: the Slack-compatible sink
+sys.path.insert(0, str(ROOT / "tests"))  # tests/fakes/receiver.py (the Slack-compatible sink), tests/builders.py
 
 import aiohttp
 from aiohttp import web
+from builders import (
+    config_toml,
+    entity_table,
+    esplora_source,
+    miner_profile,
+    rule,
+    slack_channel,
+)
 from fakes.receiver import Receiver, RecordedRequest, free_port
 
 from monitor.config import load_config
@@ -66,7 +74,6 @@ from monitor.sim.chain import COIN, SimChain
 from monitor.sim.esplora_server import EsploraServer
 from monitor.sim.mempool_ws import MempoolWsServer
 
-PRICES = ROOT / "monitor" / "data" / "btc_usd_daily.csv"
 MARCH_5_2026 = 1_772_668_800
 MODES = ("address", "block", "push")
 INTERVAL = 1.0
@@ -89,58 +96,17 @@ def build_chain() -> tuple[SimChain, str, str]:
 
 def write_config(path: Path, *, url: str, miner: str, exchange: str, port: int, db: Path, mode: str,
                  push_url: str | None, rate_limit: float) -> Path:
-    push = f'push_url = "{push_url}"\n' if push_url else ""
-    path.write_text(f"""
-[monitor]
-storage = "{db}"
-
-[[sources]]
-name = "local"
-type = "esplora"
-urls = ["{url}"]
-mode = "{'block' if mode == 'block' else 'address'}"
-rate_limit = {rate_limit}
-timeout = 5.0
-retries = 2
-poll_interval = {INTERVAL}
-{push}
-[prices]
-sources = ["csv"]
-csv = "{PRICES}"
-
-[[entities]]
-name = "Latency Miner"
-kind = "miner"
-addresses = ["{miner}"]
-[entities.profile]
-monthly_production_btc = {{ value = 50, source = "bench fixture", as_of = "2026-03-01" }}
-holdings_btc = {{ value = 1000, source = "bench fixture", as_of = "2026-03-01" }}
-cash_cost_usd = {{ value = 79995, source = "CoinShares Q1 2026 (sector average)", as_of = "2025-12-31" }}
-
-[[entities]]
-name = "Latency Exchange"
-kind = "exchange"
-addresses = ["{exchange}"]
-
-[alerts]
-max_age = 100000000
-
-[[alerts.channels]]
-name = "slack"
-type = "slack"
-webhook_url = {{ env = "TM_SLACK_URL" }}
-min_interval = 0
-
-[[alerts.rules]]
-name = "all"
-min_severity = "info"
-channels = ["slack"]
-
-[daemon]
-port = {port}
-shutdown_grace = 5
-digest_hour = -1
-""")
+    path.write_text(config_toml(
+        db=db,
+        sources=[esplora_source("local", url, mode="block" if mode == "block" else "address", rate_limit=rate_limit,
+                                timeout=5.0, retries=2, poll_interval=INTERVAL, push_url=push_url)],
+        entities=[entity_table("Latency Miner", "miner", [miner], profile=miner_profile("bench fixture")),
+                  entity_table("Latency Exchange", "exchange", [exchange])],
+        alerts={"max_age": 100000000},
+        channels=[slack_channel("slack", "TM_SLACK_URL")],
+        rules=[rule("all", ["slack"], min_severity="info")],
+        daemon={"port": port, "shutdown_grace": 5, "digest_hour": -1},
+    ))
     return path
 
 
