@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime
-import ipaddress
 import json
 import os
 import signal
@@ -37,15 +35,12 @@ from builders import (
     esplora_source,
     miner_profile,
     rule,
+    self_signed_cert,
     slack_channel,
     sourced,
     until,
     webhook_channel,
 )
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from fakes.receiver import Receiver, RecordedRequest, Reply, free_port
 
 from alerts.channels import verify_signature
@@ -249,31 +244,6 @@ def secret_forms() -> dict[str, str]:
     return forms
 
 
-def self_signed(tmp: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 (copied from tests/test_channels.py): (cert path, key path)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "treasury-monitor test SMTP")])
-    start = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + datetime.timedelta(days=365 * 30))
-        .add_extension(x509.SubjectAlternativeName(
-            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
-
-
 class RefusingSmtp:
     """aiosmtpd handler + authenticator: every AUTH is refused, and the refusal echoes the password (a
     hostile or careless server), so the product's scrubbing is what keeps it out of errors."""
@@ -353,7 +323,7 @@ async def test_secrets_never_appear_in_logs_exports_lists_api_or_database(tmp_pa
     chain.pay([addrs["hot"]], [(addrs["exchange"], 30 * COIN)], fee=3_000)  # a sale before the backfill
     chain.mine()
 
-    cert, key = self_signed(tmp_path)
+    cert, key = self_signed_cert(tmp_path)
     server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_tls.load_cert_chain(cert, key)
     smtp = RefusingSmtp()
