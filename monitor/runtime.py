@@ -6,6 +6,7 @@ The CLI's one-shot commands and the daemon build their parts here, so both run t
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 from contextlib import asynccontextmanager
@@ -246,13 +247,20 @@ async def runtime(config: Config, *, db: str | Path | None = None, clock: Clock 
     """Open store, registry, one shared HTTP session and the configured sources; close them on exit."""
     clock = clock or SystemClock()
     redact_config_secrets(config)
-    store = open_store(config, db)
-    registry = build_registry(config, store)
-    store.sync_entities(registry.entities.values(), now=int(clock.time()))
-    astore = AsyncStore(store)
+    # Opening (migrations), the learned addresses, the entity sync and the block-mode UTXO sets are SQLite
+    # work: off the loop, on the store thread, so a long start-up never freezes /healthz or a push.
+    astore = AsyncStore(await asyncio.to_thread(open_store, config, db))
+    try:
+        registry = await astore.run(lambda store: build_registry(config, store))
+        await astore.run(Store.sync_entities, registry.entities.values(), now=int(clock.time()))
+    except BaseException:
+        await astore.close()
+        raise
     session = aiohttp.ClientSession()
     try:
-        sources = [make_source(s, registry, session, clock, config.network, store) for s in config.sources]
+        sources = await astore.run(
+            lambda store: [make_source(s, registry, session, clock, config.network, store) for s in config.sources]
+        )
 
         def rewatch(reg: Registry) -> None:
             # learned addresses (co-spend) are watched from the next poll of every source of their chain

@@ -529,4 +529,5 @@ class AsyncStore:
     async def close(self) -> None:
         """Close the database on its thread and stop the thread."""
         await self.run(Store.close)
-        self._executor.shutdown(wait=True)
+        # joining the thread blocks (briefly): do it off the loop
+        await asyncio.to_thread(self._executor.shutdown, wait=True)
