@@ -18,6 +18,7 @@ import click
 from monitor import __version__
 from monitor.cli_common import State, open_existing_store, run_async
 from monitor.clock import SystemClock, parse_iso
+from monitor.config import Config
 from monitor.model import ConfigError, MonitorError
 
 __all__ = ["cli"]
@@ -76,11 +77,11 @@ class _Progress:
             click.echo("", err=True)
 
 
-async def _poll_all(state: State, *, progress: _Progress | None) -> list:
+async def _poll_all(cfg: Config, db: str | None, *, progress: _Progress | None) -> list:
     from monitor.runtime import runtime
 
     results = []
-    async with runtime(state.config(), db=state.db) as rt:
+    async with runtime(cfg, db=db) as rt:
         if not rt.sources:
             raise click.ClickException("no [[sources]] configured")
         for src in rt.sources:
@@ -101,14 +102,15 @@ def _print_results(results: list) -> None:
 def backfill(state: State, progress: bool | None) -> None:
     """Fetch the whole history of every watched address into the database."""
     show = sys.stderr.isatty() if progress is None else progress
-    _print_results(run_async(_poll_all(state, progress=_Progress(show))))
+    # the config is read here, before the loop starts: file reads do not belong on the event loop
+    _print_results(run_async(_poll_all(state.config(), state.db, progress=_Progress(show))))
 
 
 @cli.command()
 @click.pass_obj
 def poll(state: State) -> None:
     """One incremental pass over every source (what the daemon does each interval)."""
-    _print_results(run_async(_poll_all(state, progress=None)))
+    _print_results(run_async(_poll_all(state.config(), state.db, progress=None)))
 
 
 @cli.command()
@@ -243,7 +245,7 @@ def alerts_dispatch(state: State, until_empty: bool) -> None:
 
     async def go() -> tuple[int, int]:
         clock = SystemClock()
-        astore = AsyncStore(open_existing_store(state))
+        astore = AsyncStore(await asyncio.to_thread(open_existing_store, state))
         try:
             async with aiohttp.ClientSession() as session:
                 d = make_dispatcher(cfg, astore, build_channels(cfg, session, clock), clock)

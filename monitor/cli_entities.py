@@ -421,8 +421,10 @@ def discover(state: State, cospend: bool, pools: bool, trace: bool, auto_accept:
     from monitor.discovery import discover_once
     from monitor.runtime import runtime
 
+    cfg = state.config()  # read before the loop starts
+
     async def go():
-        async with runtime(state.config(), db=state.db) as rt:
+        async with runtime(cfg, db=state.db) as rt:
             source = rt.sources[0] if rt.sources else None
             if source is None and (pools or trace):
                 raise click.ClickException("no [[sources]] configured: pool following and tracing need one")
