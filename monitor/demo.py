@@ -102,20 +102,18 @@ async def run_demo(
 ) -> DemoResult:
     """Play the scenario against the real daemon; print alerts, a summary and write the report."""
     watch = Stopwatch()
-    scenario: Scenario = build_scenario(seed=seed, scale=scale)
+    # Building the scenario (a file read and a full play-through), the files, the database and the
+    # report all run in worker threads: the daemon shares this loop and must never wait on them.
+    scenario: Scenario = await asyncio.to_thread(build_scenario, seed=seed, scale=scale)
     for line in scenario.describe():
         echo(line)
-    workdir = Path(tempfile.mkdtemp(prefix="treasury-monitor-demo-"))
+    workdir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="treasury-monitor-demo-"))
     db_path = db or workdir / "demo.db"
-    if db_path.exists():
-        db_path.unlink()
+    await asyncio.to_thread(db_path.unlink, missing_ok=True)
     run = scenario.start()
     clock = AcceleratedClock(scenario.start_time, speed)
     async with EsploraServer(run.chain) as server:
-        text = scenario.config_toml(server.url, db_path, poll_interval=POLL_INTERVAL)
-        cfg = parse_config(tomllib.loads(text), base_dir=workdir, origin="demo config")
-        cfg = dataclasses.replace(cfg, alerts=dataclasses.replace(cfg.alerts, dispatch_interval=0.1))
-        cfg = _with_user_channels(cfg, _user_config(user_config))
+        cfg = await asyncio.to_thread(_demo_config, scenario, server.url, db_path, workdir, user_config)
         daemon = Daemon(cfg, clock=clock, port=0)
         task = asyncio.create_task(daemon.run(install_signals=False))
         while daemon.bound_port is None:
@@ -135,7 +133,7 @@ async def run_demo(
         await _one_poll(daemon, source, task)
         daemon.request_stop()
         await task
-    checks, alerts = _check(db_path, scenario)
+    checks, alerts = await asyncio.to_thread(_check, db_path, scenario)
     echo("")
     echo("Per entity (sold = outflows with a sale verdict; custody = to custodians, not counted as sold;")
     echo("expected = what the simulated scenario scripted from the published figures):")
@@ -148,18 +146,32 @@ async def run_demo(
     echo(f"\nalerts: {', '.join(f'{k} {v}' for k, v in sorted(alerts.items()))}")
     report = None
     if out is not None:
-        store = Store(db_path)
-        try:
-            html = build_report(store, sources=scenario.sources, simulated=True, now=int(scenario.end_time),
-                                title="treasury-monitor demo: the simulated 2026 sell-off")
-        finally:
-            store.close()
-        out.write_text(html, encoding="utf-8")
+        size = await asyncio.to_thread(_write_report, db_path, scenario, out)
         report = out
-        echo(f"report: {out} ({len(html) / 1e6:.1f} MB, open it in a browser; no network needed)")
+        echo(f"report: {out} ({size / 1e6:.1f} MB, open it in a browser; no network needed)")
     seconds = watch.seconds()
     echo(f"database: {db_path}\nfinished in {seconds:.1f} s")
     return DemoResult(tuple(checks), alerts, report, db_path, seconds)
+
+
+def _demo_config(scenario: Scenario, url: str, db_path: Path, workdir: Path, user_config: str | None) -> Config:
+    """The demo's config against the local server, plus the user's channels (reads files: worker thread)."""
+    text = scenario.config_toml(url, db_path, poll_interval=POLL_INTERVAL)
+    cfg = parse_config(tomllib.loads(text), base_dir=workdir, origin="demo config")
+    cfg = dataclasses.replace(cfg, alerts=dataclasses.replace(cfg.alerts, dispatch_interval=0.1))
+    return _with_user_channels(cfg, _user_config(user_config))
+
+
+def _write_report(db_path: Path, scenario: Scenario, out: Path) -> int:
+    """Write the HTML report of the demo database to `out`; returns its length (worker thread)."""
+    store = Store(db_path)
+    try:
+        html = build_report(store, sources=scenario.sources, simulated=True, now=int(scenario.end_time),
+                            title="treasury-monitor demo: the simulated 2026 sell-off")
+    finally:
+        store.close()
+    out.write_text(html, encoding="utf-8")
+    return len(html)
 
 
 async def _one_poll(daemon: Daemon, source: str, task: asyncio.Task) -> None:
