@@ -24,6 +24,7 @@ the payouts its accepted wallets received over a window, next to the reported mo
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Iterable, Mapping
@@ -395,7 +396,7 @@ async def follow_pool_payouts(
     """
     from watchers.esplora import EsploraSource
 
-    pools = pools or load_pools()
+    pools = pools or await asyncio.to_thread(load_pools)  # a file read: off the loop
     owner_of = {p: e for p, e in owners.items() if p in pools.by_name and e in registry}
     for p, e in owners.items():
         if p not in owner_of:

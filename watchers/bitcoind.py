@@ -71,6 +71,7 @@ satoshis (0 to 21M BTC) or the answer is a `MalformedError`. No float ever holds
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import itertools
 import json
@@ -354,15 +355,15 @@ class BitcoindRpc:
 
     # credentials
 
-    def _auth(self, reload: bool = False) -> str | None:
-        """The Authorization header value (never logged)."""
+    async def _auth(self, reload: bool = False) -> str | None:
+        """The Authorization header value (never logged); the cookie file is read off the event loop."""
         if self._user is not None:
             return _basic(self._user, self._password or "")
         if self._cookie_file is None:
             return None
         if self._cookie_auth is None or reload:
             try:
-                text = self._cookie_file.read_text().strip()
+                text = (await asyncio.to_thread(self._cookie_file.read_text)).strip()
             except OSError as exc:
                 raise _error(SourceError, f"cannot read the bitcoind cookie file {self._cookie_file} ({exc.strerror}); "
                              f"is bitcoind at {self.where} running with that datadir?", kind="auth") from exc
@@ -465,7 +466,7 @@ class BitcoindRpc:
                 f"(check rpcuser/rpcpassword or the cookie file)")
 
     async def _attempt(self, body: bytes, label: str, tally: RequestTally | None, *, reload_cookie: bool) -> Any:
-        auth = self._auth(reload=reload_cookie)
+        auth = await self._auth(reload=reload_cookie)
         headers = {"Content-Type": "application/json"}
         if auth is not None:
             headers["Authorization"] = auth

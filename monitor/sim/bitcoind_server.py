@@ -37,6 +37,7 @@ Emulated node settings (attributes, changeable while serving):
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import secrets
@@ -451,7 +452,7 @@ class BitcoindServer:
         await web.TCPSite(self._runner, self.host, self.port).start()
         self.port = self._runner.addresses[0][1]
         if self.cookie_path is not None:
-            self.rotate_cookie()
+            await asyncio.to_thread(self.rotate_cookie)  # a file write: off the loop
         return self
 
     def rotate_cookie(self) -> str:
@@ -467,8 +468,8 @@ class BitcoindServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        if self.cookie_path is not None and self.cookie_path.exists():
-            self.cookie_path.unlink()
+        if self.cookie_path is not None:
+            await asyncio.to_thread(self.cookie_path.unlink, missing_ok=True)
 
     async def __aenter__(self) -> BitcoindServer:
         return await self.start()
