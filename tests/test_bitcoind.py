@@ -6,6 +6,7 @@ history and compares the ChainTx and the entity flows they give, step by step.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
@@ -422,11 +423,11 @@ async def test_cookie_file_and_a_node_restart(h, tmp_path):
         h.chain.fund(a, COIN)
         rpc = BitcoindRpc(node.url, h.session, clock=h.clock, cookie_file=cookie)
         assert (await rpc.call("getblockcount")) == h.chain.height
-        node.rotate_cookie()  # the node restarted and wrote a new cookie: re-read once, no error
+        await asyncio.to_thread(node.rotate_cookie)  # the node restarted and wrote a new cookie: re-read once, no error
         assert (await rpc.call("getblockcount")) == h.chain.height
-        token = cookie.read_text().split(":", 1)[1]
-        node.rotate_cookie()
-        cookie.write_text("__cookie__:" + "0" * 64)  # a wrong cookie stays wrong after the re-read
+        token = (await asyncio.to_thread(cookie.read_text)).split(":", 1)[1]
+        await asyncio.to_thread(node.rotate_cookie)
+        await asyncio.to_thread(cookie.write_text, "__cookie__:" + "0" * 64)  # a wrong cookie stays wrong after the re-read
         with pytest.raises(SourceError, match="rejected the RPC credentials") as err:
             await rpc.call("getblockcount")
         assert token not in str(err.value)
@@ -674,7 +675,7 @@ def test_core_rendering_helpers():
 
 async def test_real_bcoin_node_auth_rpc_shapes_and_the_older_node_error(bcoin):
     """bcoin speaks Core-style JSON-RPC but predates getblock verbosity 3: the source must say what it needs."""
-    hashes = bcoin.rpc("generatetoaddress", [3, bcoin.address])
+    hashes = await asyncio.to_thread(bcoin.rpc, "generatetoaddress", [3, bcoin.address])
     clock = FrozenClock()
     async with aiohttp.ClientSession() as session:
         wrong = BitcoindRpc(bcoin.url, session, clock=clock, user="x", password="not-the-key")

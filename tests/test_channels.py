@@ -489,14 +489,15 @@ async def test_email_server_echoing_the_password_is_scrubbed(server_tls, client_
     sink = Sink()
     controller = Controller(sink, hostname="127.0.0.1", port=free_port(), tls_context=server_tls,
                             require_starttls=True, authenticator=echoing, auth_required=True)
-    controller.start()
+    # aiosmtpd's Controller starts and stops its server thread synchronously (it waits for it): off the loop
+    await asyncio.to_thread(controller.start)
     try:
         channel = _email_channel(controller.port, security="starttls", tls_context=client_tls,
                                  username=SMTP_USER, password=SMTP_PASSWORD)
         with pytest.raises(DeliveryError) as info:
             await channel.send(make_alert())
     finally:
-        controller.stop()
+        await asyncio.to_thread(controller.stop)
     assert "bad password ***" in str(info.value)
     assert_no_secret(info.value, caplog, SMTP_PASSWORD)
 

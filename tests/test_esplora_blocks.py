@@ -6,6 +6,7 @@ into a real Store; request counts come from the server's own log; sleeps are rec
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
@@ -20,7 +21,7 @@ from monitor.model import Cursor, Entity, EntityAddress, WatchedUtxo
 from monitor.registry import Registry
 from monitor.sim.chain import COIN, SimChain
 from monitor.sim.esplora_server import EsploraServer
-from storage import Store
+from storage import AsyncStore, Store
 from storage.utxos import apply_utxo_changes, load_utxos
 from watchers import Source
 from watchers.esplora import EsploraSource
@@ -38,7 +39,7 @@ def paths(server, since: int = 0) -> list[str]:
 class Harness:
     """A chain, its server, a real Store, and sources committed like the pipeline commits them."""
 
-    def __init__(self, chain: SimChain, server: EsploraServer, session: aiohttp.ClientSession, store: Store):
+    def __init__(self, chain: SimChain, server: EsploraServer, session: aiohttp.ClientSession, store: AsyncStore):
         self.chain, self.server, self.session, self.store = chain, server, session, store
         self.clock = FrozenClock()
         self.extra: list[EsploraServer] = []
@@ -47,10 +48,10 @@ class Harness:
         return HttpClient("esplora", [(server or self.server).url], self.session, clock=self.clock,
                           rng=random.Random(1), retries=retries, rate_limit=None)
 
-    def blocks(self, addresses, *, retries: int = 2, server: EsploraServer | None = None, **kw) -> EsploraBlockSource:
+    async def blocks(self, addresses, *, retries: int = 2, server: EsploraServer | None = None, **kw) -> EsploraBlockSource:
         """A block-mode source given the stored UTXO set, as the runtime builds it."""
         return EsploraBlockSource("blocks", self.http(retries, server), addresses, clock=self.clock,
-                                  utxos=load_utxos(self.store, "bitcoin"), **kw)
+                                  utxos=await self.store.run(load_utxos, "bitcoin"), **kw)
 
     async def server_with(self, middleware) -> EsploraServer:
         """A second server over the same chain with an aiohttp middleware in front (stopped by the fixture)."""
@@ -60,19 +61,22 @@ class Harness:
         self.extra.append(server)
         return server
 
-    def cursors(self, name: str = "blocks") -> dict[str, str]:
-        return self.store.cursors(name)
+    async def cursors(self, name: str = "blocks") -> dict[str, str]:
+        return await self.store.run(Store.cursors, name)
 
-    def commit(self, batch) -> None:
-        with self.store.batch():
-            if batch.utxos_added or batch.utxos_spent:
-                apply_utxo_changes(self.store, batch.chain, batch.utxos_added, batch.utxos_spent)
-            self.store.set_cursors(batch.cursors, now=0)
+    async def commit(self, batch) -> None:
+        def write(store: Store) -> None:
+            with store.batch():
+                if batch.utxos_added or batch.utxos_spent:
+                    apply_utxo_changes(store, batch.chain, batch.utxos_added, batch.utxos_spent)
+                store.set_cursors(batch.cursors, now=0)
+
+        await self.store.run(write)
 
     async def poll(self, src, commit: bool = True):
-        batch = await src.poll(self.cursors(src.name))
+        batch = await src.poll(await self.cursors(src.name))
         if commit:
-            self.commit(batch)
+            await self.commit(batch)
         return batch
 
     async def catch_up(self, src) -> list:
@@ -80,13 +84,13 @@ class Harness:
         batches = []
         for _ in range(100):
             batches.append(await self.poll(src))
-            state = json.loads(self.cursors(src.name)["tip"])
+            state = json.loads((await self.cursors(src.name))["tip"])
             if state["hash"] == self.chain.tip.hash and not batches[-1].failed:
                 return batches
         raise AssertionError("never caught up")
 
-    def stored_utxos(self) -> set[tuple[str, int, str, int]]:
-        return {(u.txid, u.vout, u.address, u.value) for u in load_utxos(self.store, "bitcoin")}
+    async def stored_utxos(self) -> set[tuple[str, int, str, int]]:
+        return {(u.txid, u.vout, u.address, u.value) for u in await self.store.run(load_utxos, "bitcoin")}
 
 
 def outpoint(chain: SimChain, address: str, i: int) -> tuple[str, int]:
@@ -112,13 +116,13 @@ def confirmed_utxos(chain: SimChain, addresses) -> set[tuple[str, int, str, int]
 @pytest.fixture
 async def h(tmp_path):
     chain = SimChain(seed=21)
-    store = Store(tmp_path / "blocks.db")
+    store = AsyncStore(await asyncio.to_thread(Store, tmp_path / "blocks.db"))
     async with EsploraServer(chain) as server, aiohttp.ClientSession() as session:
         harness = Harness(chain, server, session, store)
         yield harness
         for extra in harness.extra:
             await extra.stop()
-    store.close()
+    await store.close()
 
 
 def flow_set(txs, registry: Registry) -> set:
@@ -194,7 +198,7 @@ async def test_block_mode_and_address_mode_give_identical_flows_on_300_blocks(h)
     before = h.chain.fund(ents["MinerA"][0], 10 * COIN)  # history before the block source starts: seeded from /utxo
     early = h.chain.pay([ents["MinerA"][0]], [(exchange, COIN)], fee=1_000)  # a mempool spend of a seeded output
 
-    src = h.blocks(watched, max_blocks=50)
+    src = await h.blocks(watched, max_blocks=50)
     assert isinstance(src, Source)
     first = await h.poll(src)  # starts at the tip, seeds every address
     assert first.txs == () and {(u.txid, u.vout) for u in first.utxos_added} == {
@@ -232,7 +236,7 @@ async def test_block_mode_and_address_mode_give_identical_flows_on_300_blocks(h)
     assert {f[1] for f in flows} == {"MinerA", "MinerB", "Sovereign"}
     assert any(f[7] > 0 for f in flows) and any(f[7] == 0 and f[3] > 0 for f in flows)  # sales and internal moves
     assert any(t.is_coinbase for t in block_txs.values())
-    assert h.stored_utxos() == confirmed_utxos(h.chain, watched)
+    assert await h.stored_utxos() == confirmed_utxos(h.chain, watched)
 
     # A second block source started below the history (start_height) finds the same txs from raw blocks alone.
     other = EsploraBlockSource("from-start", h.http(), watched, clock=h.clock, start_height=880_000, max_blocks=50)
@@ -253,9 +257,9 @@ async def test_block_mode_and_address_mode_give_identical_flows_on_300_blocks(h)
 async def test_two_block_reorg_drops_one_outflow_and_remines_another(h):
     miner, exchange, cold = h.chain.address("miner"), h.chain.address("exchange", "p2pkh"), h.chain.address("cold", "p2sh")
     h.chain.fund_many([(miner, 5 * COIN), (miner, 3 * COIN)])
-    src = h.blocks([miner, cold])
+    src = await h.blocks([miner, cold])
     await h.catch_up(src)
-    assert h.stored_utxos() == confirmed_utxos(h.chain, [miner, cold])
+    assert await h.stored_utxos() == confirmed_utxos(h.chain, [miner, cold])
 
     dropped = h.chain.pay([], [(exchange, 2 * COIN)], inputs=[outpoint(h.chain, miner, 0)], fee=2_000)
     h.chain.mine()
@@ -264,10 +268,10 @@ async def test_two_block_reorg_drops_one_outflow_and_remines_another(h):
     batch = await h.poll(src)
     assert [t.txid for t in batch.txs] == [dropped.txid, remined.txid]
     assert batch.txs[1].block_hash == old_block.hash
-    assert h.stored_utxos() == confirmed_utxos(h.chain, [miner, cold])
+    assert await h.stored_utxos() == confirmed_utxos(h.chain, [miner, cold])
 
     # Restart from storage (as the daemon would), then reorg: `dropped` vanishes, `remined` confirms elsewhere.
-    src = h.blocks([miner, cold])
+    src = await h.blocks([miner, cold])
     new_blocks = h.chain.reorg(2, drop_txids=[dropped.txid])
     n = len(h.server.requests)
     batch = await h.poll(src)
@@ -275,12 +279,12 @@ async def test_two_block_reorg_drops_one_outflow_and_remines_another(h):
     [again] = batch.txs
     assert again.txid == remined.txid and again.block_hash == new_blocks[0].hash and again.block_height == new_blocks[0].height
     assert again.block_hash != old_block.hash
-    assert h.stored_utxos() == confirmed_utxos(h.chain, [miner, cold])
+    assert await h.stored_utxos() == confirmed_utxos(h.chain, [miner, cold])
     assert h.chain.tx(dropped.txid) is None
     served = paths(h.server, n)
     assert served[0] == "/blocks/tip/hash" and f"/tx/{dropped.txid}" in served
     assert sum(p.endswith("/raw") for p in served) == 3  # the new branch, each block once
-    state = json.loads(h.cursors()["tip"])
+    state = json.loads((await h.cursors())["tip"])
     assert state["hash"] == h.chain.tip.hash and [b[1] for b in state["blocks"][-3:]] == [b.hash for b in new_blocks]
     assert state["pending"] == [] and state["orphaned"] == []
 
@@ -293,7 +297,7 @@ async def test_two_block_reorg_drops_one_outflow_and_remines_another(h):
 async def test_orphaned_tx_back_in_the_mempool_is_unconfirmed_then_confirmed_or_gone(h):
     miner, exchange = h.chain.address("miner"), h.chain.address("exchange", "p2pkh")
     h.chain.fund_many([(miner, 5 * COIN), (miner, 4 * COIN)])
-    src = h.blocks([miner])
+    src = await h.blocks([miner])
     await h.catch_up(src)
     t1 = h.chain.pay([], [(exchange, COIN)], inputs=[outpoint(h.chain, miner, 0)], fee=1_000)
     t2 = h.chain.pay([], [(exchange, COIN)], inputs=[outpoint(h.chain, miner, 1)], fee=1_000)
@@ -302,16 +306,16 @@ async def test_orphaned_tx_back_in_the_mempool_is_unconfirmed_then_confirmed_or_
     h.chain.reorg(1, include_mempool=False)  # both return to the mempool, the new blocks are empty
     batch = await h.poll(src)
     assert {t.txid: t.block_height for t in batch.txs} == {t1.txid: None, t2.txid: None} and batch.gone == ()
-    assert sorted(json.loads(h.cursors()["tip"])["pending"]) == sorted([t1.txid, t2.txid])
-    assert h.stored_utxos() == confirmed_utxos(h.chain, [miner])  # both outputs unspent again
+    assert sorted(json.loads((await h.cursors())["tip"])["pending"]) == sorted([t1.txid, t2.txid])
+    assert await h.stored_utxos() == confirmed_utxos(h.chain, [miner])  # both outputs unspent again
 
     h.chain.evict(t2.txid)
     h.chain.mine(txs=[t1.txid])
     batch = await h.poll(src)
     assert [(t.txid, t.block_height) for t in batch.txs] == [(t1.txid, h.chain.height)]
     assert batch.gone == (t2.txid,)
-    assert json.loads(h.cursors()["tip"])["pending"] == []
-    assert h.stored_utxos() == confirmed_utxos(h.chain, [miner])
+    assert json.loads((await h.cursors())["tip"])["pending"] == []
+    assert await h.stored_utxos() == confirmed_utxos(h.chain, [miner])
 
 
 async def test_block_read_before_the_reorg_is_matched_against_the_undone_utxo_set(h):
@@ -319,19 +323,19 @@ async def test_block_read_before_the_reorg_is_matched_against_the_undone_utxo_se
     # matched after the orphaned block is undone, or a re-mined spend of a restored output is missed.
     miner, exchange = h.chain.address("miner"), h.chain.address("exchange", "p2pkh")
     h.chain.fund(miner, 5 * COIN)
-    src = h.blocks([miner])
+    src = await h.blocks([miner])
     await h.catch_up(src)
     sale = h.chain.pay([], [(exchange, 5 * COIN - 1_000)], inputs=[outpoint(h.chain, miner, 0)], fee=1_000)
     h.chain.mine()
     await h.poll(src)
-    assert h.stored_utxos() == set()
+    assert await h.stored_utxos() == set()
     h.chain.reorg(1, new_blocks=0)  # the sale returns to the mempool
     h.chain.mine(txs=[])
     block = h.chain.mine(txs=[sale.txid])[0]  # re-mined one block higher than before
     batch = await h.poll(src)
     assert [(t.txid, t.block_hash) for t in batch.txs] == [(sale.txid, block.hash)] and batch.gone == ()
-    assert h.stored_utxos() == confirmed_utxos(h.chain, [miner]) == set()
-    state = json.loads(h.cursors()["tip"])
+    assert await h.stored_utxos() == confirmed_utxos(h.chain, [miner]) == set()
+    state = json.loads((await h.cursors())["tip"])
     assert state["blocks"][-1][3] and state["blocks"][-1][3][0][5] == sale.txid  # the spend is in the new block's delta
 
 
@@ -344,12 +348,15 @@ async def test_one_new_block_costs_three_requests_plus_one_per_matching_tx(h, n_
     a, b = watched[0], watched[-1]
     stranger = h.chain.address("stranger")
     h.chain.fund_many([(a, 2 * COIN), (stranger, 2 * COIN)])
-    src = h.blocks(watched)
+    src = await h.blocks(watched)
     # Start at the tip as already seeded (as if from storage): seeding 10,000 addresses is a separate, one-time cost.
-    with h.store.batch():
-        h.store.set_cursors([Cursor("blocks", "seeded", json.dumps({"v": 1, "addresses": watched}))], now=0)
+    def seed(store: Store) -> None:
+        with store.batch():
+            store.set_cursors([Cursor("blocks", "seeded", json.dumps({"v": 1, "addresses": watched}))], now=0)
+
+    await h.store.run(seed)
     await h.poll(src)
-    assert h.stored_utxos() == set()  # seeded by the cursor: no requests, nothing known before the tip
+    assert await h.stored_utxos() == set()  # seeded by the cursor: no requests, nothing known before the tip
     h.chain.fund(a, COIN, confirmed=False)  # a receipt → one matching tx
     h.chain.pay([stranger], [(h.chain.address("other"), COIN)], fee=500)  # noise
     h.chain.pay([stranger], [(b, COIN // 2)], fee=500)  # to the last watched address
@@ -379,37 +386,37 @@ async def test_seeding_costs_two_requests_per_new_address_and_is_redone_when_a_b
         return await handler(request)
 
     server = await h.server_with(mine_during_seed)
-    src = h.blocks([a, b], server=server)
+    src = await h.blocks([a, b], server=server)
     batch = await h.poll(src)
-    assert mined and batch.utxos_added == () and "seeded" not in h.cursors()
+    assert mined and batch.utxos_added == () and "seeded" not in await h.cursors()
 
     n = len(server.requests)
     batch = await h.poll(src)
     served = paths(server, n)
     assert served.count(f"/address/{a}/utxo") == 1 and served.count(f"/address/{a}/txs/mempool") == 1
     assert batch.requests == 1 + 2 + 2 * 2 + 1  # tip, the new block (height + raw), 2 per address, tip again
-    assert h.stored_utxos() == confirmed_utxos(h.chain, [a, b])
-    assert (ops[0].txid, 0, a, COIN) in h.stored_utxos()  # spent only in the mempool: still confirmed-unspent
-    assert sorted(json.loads(h.cursors()["seeded"])["addresses"]) == sorted([a, b])
+    assert await h.stored_utxos() == confirmed_utxos(h.chain, [a, b])
+    assert (ops[0].txid, 0, a, COIN) in await h.stored_utxos()  # spent only in the mempool: still confirmed-unspent
+    assert sorted(json.loads((await h.cursors())["seeded"])["addresses"]) == sorted([a, b])
 
     # The mempool spend confirms: block mode sees it through the seeded outpoint.
     h.chain.mine()
     batch = await h.poll(src)
     assert any(i.prev_txid == ops[0].txid for t in batch.txs for i in t.inputs)
-    assert h.stored_utxos() == confirmed_utxos(h.chain, [a, b])
+    assert await h.stored_utxos() == confirmed_utxos(h.chain, [a, b])
 
 
 async def test_watch_adds_an_address_that_is_seeded_alone_and_unwatched_ones_leave_the_seeded_cursor(h):
     a, b, gone = h.chain.address("a"), h.chain.address("b", "p2tr"), h.chain.address("gone")
     h.chain.fund_many([(a, COIN), (b, 2 * COIN), (gone, 3 * COIN)])
-    src = h.blocks([a, gone])
+    src = await h.blocks([a, gone])
     await h.poll(src)
-    assert sorted(json.loads(h.cursors()["seeded"])["addresses"]) == sorted([a, gone])
+    assert sorted(json.loads((await h.cursors())["seeded"])["addresses"]) == sorted([a, gone])
 
-    src = h.blocks([a])  # restarted without `gone`: the seeded cursor is pruned, nothing is re-seeded
+    src = await h.blocks([a])  # restarted without `gone`: the seeded cursor is pruned, nothing is re-seeded
     n = len(h.server.requests)
     batch = await h.poll(src)
-    assert json.loads(h.cursors()["seeded"])["addresses"] == [a] and paths(h.server, n) == ["/blocks/tip/hash"]
+    assert json.loads((await h.cursors())["seeded"])["addresses"] == [a] and paths(h.server, n) == ["/blocks/tip/hash"]
     assert batch.utxos_added == ()
 
     src.watch([b, a])  # learned at runtime (e.g. by clustering); `a` is already watched
@@ -418,7 +425,7 @@ async def test_watch_adds_an_address_that_is_seeded_alone_and_unwatched_ones_lea
     batch = await h.poll(src)
     assert paths(h.server, n) == ["/blocks/tip/hash", f"/address/{b}/utxo", f"/address/{b}/txs/mempool", "/blocks/tip/hash"]
     assert {(u.address, u.value) for u in batch.utxos_added} == {(b, 2 * COIN)}
-    assert sorted(json.loads(h.cursors()["seeded"])["addresses"]) == sorted([a, b])
+    assert sorted(json.loads((await h.cursors())["seeded"])["addresses"]) == sorted([a, b])
 
 
 async def test_history_option_backfills_new_addresses_in_address_mode_first(h):
@@ -428,11 +435,11 @@ async def test_history_option_backfills_new_addresses_in_address_mode_first(h):
         if i % 4 == 3:
             h.chain.mine()
     h.chain.mine()
-    src = h.blocks([a], history=True)
+    src = await h.blocks([a], history=True)
     batch = await h.poll(src)
     assert len(batch.txs) == 30 and all(t.is_confirmed for t in batch.txs)
-    assert json.loads(h.cursors()[f"history:{a}"])["tail"] is None
-    assert h.stored_utxos() == confirmed_utxos(h.chain, [a]) and len(h.stored_utxos()) == 30
+    assert json.loads((await h.cursors())[f"history:{a}"])["tail"] is None
+    assert await h.stored_utxos() == confirmed_utxos(h.chain, [a]) and len(await h.stored_utxos()) == 30
     n = len(h.server.requests)
     assert (await h.poll(src)).requests == 1 and paths(h.server, n) == ["/blocks/tip/hash"]
 
@@ -474,7 +481,7 @@ async def test_raw_unavailable_falls_back_to_25_tx_pages_with_the_same_result(h,
     watched = [h.chain.address(f"w{i}", KINDS[i]) for i in range(5)]
     start = h.chain.height + 1
     busy_history(h.chain, watched)
-    raw_src = h.blocks(watched, start_height=start)
+    raw_src = await h.blocks(watched, start_height=start)
     raw_txs, raw_utxos, _, _ = await _run_to_tip(raw_src, h.chain)
 
     refused = []
@@ -487,7 +494,7 @@ async def test_raw_unavailable_falls_back_to_25_tx_pages_with_the_same_result(h,
         return await handler(request)
 
     server = await h.server_with(no_raw)
-    page_src = h.blocks(watched, start_height=start, server=server)
+    page_src = await h.blocks(watched, start_height=start, server=server)
     with caplog.at_level(logging.WARNING, logger="watchers.esplora_blocks"):
         page_txs, page_utxos, _, _ = await _run_to_tip(page_src, h.chain)
     assert page_txs == raw_txs and len(raw_txs) >= 24
@@ -505,13 +512,13 @@ async def test_faults_on_raw_stop_the_walk_at_the_last_good_block_and_retry_next
     watched = [h.chain.address(f"w{i}", KINDS[i]) for i in range(5)]
     start = h.chain.height + 1
     busy_history(h.chain, watched, blocks=8)
-    clean = h.blocks(watched, start_height=start)
+    clean = await h.blocks(watched, start_height=start)
     want_txs, want_utxos, _, _ = await _run_to_tip(clean, h.chain)
 
     bad = h.chain.block_at(start + 4)
     # retries=1: two attempts per request, and the rule fires for both (a whole poll fails on that block).
     h.server.faults.add(rf"/block/{bad.hash}/raw$", kind, times=2 if kind != "garbage" else 1)
-    src = h.blocks(watched, start_height=start, retries=1)
+    src = await h.blocks(watched, start_height=start, retries=1)
     cursors: dict[str, str] = {}
     with caplog.at_level(logging.WARNING, logger="watchers.esplora_blocks"):
         first = await src.poll(cursors)
@@ -538,7 +545,7 @@ async def test_faults_on_raw_stop_the_walk_at_the_last_good_block_and_retry_next
 async def test_tip_failure_before_any_progress_reports_the_tip_key_failed(h, caplog):
     a = h.chain.address("a")
     h.chain.fund(a, COIN)
-    src = h.blocks([a], retries=0)
+    src = await h.blocks([a], retries=0)
     await h.poll(src)
     h.server.faults.add(r"^/blocks/tip/hash$", "500", times=1)
     with caplog.at_level(logging.WARNING, logger="watchers.esplora_blocks"):
@@ -553,7 +560,7 @@ async def test_tip_failure_before_any_progress_reports_the_tip_key_failed(h, cap
 async def test_an_uncommitted_batch_is_rolled_back_in_memory_before_the_next_poll(h):
     a, ex = h.chain.address("a"), h.chain.address("ex")
     h.chain.fund_many([(a, COIN), (a, 2 * COIN)])
-    src = h.blocks([a])
+    src = await h.blocks([a])
     await h.catch_up(src)
     spend = h.chain.pay([], [(ex, COIN // 2)], inputs=[outpoint(h.chain, a, 0)], fee=1_000)
     h.chain.mine()
@@ -561,7 +568,7 @@ async def test_an_uncommitted_batch_is_rolled_back_in_memory_before_the_next_pol
     again = await h.poll(src)  # same stored cursors: the same answer, the spend matched again
     assert [t.txid for t in lost.txs] == [t.txid for t in again.txs] == [spend.txid]
     assert again.utxos_spent == lost.utxos_spent and again.utxos_added == lost.utxos_added
-    assert h.stored_utxos() == confirmed_utxos(h.chain, [a])
+    assert await h.stored_utxos() == confirmed_utxos(h.chain, [a])
 
 
 # --- helpers ------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ Request counts are read from the server's own log (`server.requests`); sleeps ar
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
@@ -298,8 +299,8 @@ async def test_unreadable_cursor_means_reread(h, caplog):
 async def test_history_of_another_address_is_malformed(aiohttp_server, caplog):
     """A confused cache or proxy answering with someone else's txs: the address fails, nothing is stored."""
     address = "1wiz18xYmhRX6xStj2b9t1rwWX4GKUgpv"
-    stats = json.loads((DATA / "mempool_docs_mainnet_address.json").read_text())
-    txs = (DATA / "txs_array_esplora_format__mempool_backend_testdata.json").read_bytes()
+    stats = json.loads(await asyncio.to_thread((DATA / "mempool_docs_mainnet_address.json").read_text))
+    txs = await asyncio.to_thread((DATA / "txs_array_esplora_format__mempool_backend_testdata.json").read_bytes)
 
     async def handle(request: web.Request) -> web.Response:
         if request.path == f"/api/address/{address}":

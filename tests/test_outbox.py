@@ -1,5 +1,7 @@
 """The durable outbox: deliveries to real receivers, retries, Retry-After, give-up, listing, retry."""
 
+import asyncio
+
 import aiohttp
 import pytest
 from fakes.receiver import Receiver
@@ -14,18 +16,22 @@ from storage import alerts as ob
 SECRET = "whsec-test-0123456789"
 
 
+def _queue_one(store, alert, txid, now):
+    with store.batch():
+        return ob.queue_alert(store, alert, chain="bitcoin", txid=txid, entity="TEST", now=now)
+
+
 class Harness:
     def __init__(self, db_path, clock):
         self.store = Store(db_path)
         self.astore = AsyncStore(self.store)
         self.clock = clock
 
-    def queue(self, channels=("slack",), *, n=1):
+    async def queue(self, channels=("slack",), *, n=1):
         ids = []
         for i in range(n):
             a = sample_alert(int(self.clock.time()) + i, channels)
-            with self.store.batch():
-                ids.append(ob.queue_alert(self.store, a, chain="bitcoin", txid=f"{i:064x}", entity="TEST", now=int(self.clock.time())))
+            ids.append(await self.astore.run(_queue_one, a, f"{i:064x}", int(self.clock.time())))
         return ids
 
     def dispatcher(self, channels, **policy):
@@ -52,7 +58,7 @@ async def session():
 
 @pytest.fixture
 async def h(db_path):
-    h = Harness(db_path, FrozenClock())
+    h = await asyncio.to_thread(Harness, db_path, FrozenClock())  # opens (migrates) the database: off the loop
     yield h
     await h.astore.close()
 
@@ -60,7 +66,7 @@ async def h(db_path):
 async def test_500_three_times_then_200_is_delivered_once(h, session):
     async with Receiver() as rx:
         rx.fail(3)
-        [aid] = h.queue()
+        [aid] = await h.queue()
         d = h.dispatcher({"slack": SlackChannel("slack", rx.url("/hook"), session)})
         await h.drain(d)
         reqs = [r for r in rx.requests if r.status == 200]
@@ -74,7 +80,7 @@ async def test_500_three_times_then_200_is_delivered_once(h, session):
 async def test_429_retry_after_is_honoured(h, session):
     async with Receiver() as rx:
         rx.rate_limit(retry_after="2")
-        [aid] = h.queue()
+        [aid] = await h.queue()
         d = h.dispatcher({"slack": SlackChannel("slack", rx.url("/hook"), session)}, base=0.001, cap=0.001)
         t0 = h.clock.time()
         await d.dispatch_once()
@@ -89,7 +95,7 @@ async def test_429_retry_after_is_honoured(h, session):
 async def test_receiver_down_then_up_is_delivered_after_it_comes_up(h, session):
     rx = Receiver()
     url = rx.url("/hook")  # port reserved; nothing listens yet: connection refused
-    [aid] = h.queue()
+    [aid] = await h.queue()
     d = h.dispatcher({"slack": SlackChannel("slack", url, session)})
     passes = 0
 
@@ -112,7 +118,7 @@ async def test_receiver_down_then_up_is_delivered_after_it_comes_up(h, session):
 async def test_timeouts_are_retried(h, session):
     async with Receiver() as rx:
         rx.delay(5.0)
-        [aid] = h.queue()
+        [aid] = await h.queue()
         d = h.dispatcher({"slack": SlackChannel("slack", rx.url("/hook"), session, timeout=0.2)})
         await h.drain(d)
         attempts = await h.astore.run(ob.deliveries_of, aid)
@@ -122,7 +128,7 @@ async def test_timeouts_are_retried(h, session):
 async def test_give_up_after_age_marks_failed_and_list_shows_it(h, session):
     async with Receiver() as rx:
         rx.fail(1000)
-        [aid] = h.queue()
+        [aid] = await h.queue()
         d = h.dispatcher({"slack": SlackChannel("slack", rx.url("/hook"), session)}, give_up_after=3600, base=60, cap=600)
         await h.drain(d, max_passes=200)
         rows = await h.astore.run(ob.alert_rows, status="failed")
@@ -139,7 +145,7 @@ async def test_give_up_after_age_marks_failed_and_list_shows_it(h, session):
 async def test_permanent_error_fails_at_once_and_other_channels_still_deliver(h, session):
     async with Receiver() as slack, Receiver() as hook:
         slack.script(*[__import__("fakes.receiver", fromlist=["Reply"]).Reply(400, "invalid_payload")])
-        [aid] = h.queue(("slack", "hook"))
+        [aid] = await h.queue(("slack", "hook"))
         d = h.dispatcher({
             "slack": SlackChannel("slack", slack.url("/hook"), session),
             "hook": WebhookChannel("hook", hook.url("/in"), SECRET, session, clock=h.clock),
@@ -154,7 +160,7 @@ async def test_permanent_error_fails_at_once_and_other_channels_still_deliver(h,
 
 
 async def test_unknown_channel_fails_with_a_clear_error(h, session):
-    [aid] = h.queue(("gone",))
+    [aid] = await h.queue(("gone",))
     d = h.dispatcher({})
     await h.drain(d)
     [row] = await h.astore.run(ob.alert_rows)
@@ -163,7 +169,7 @@ async def test_unknown_channel_fails_with_a_clear_error(h, session):
 
 async def test_in_flight_pairs_are_recovered_once(h, session):
     async with Receiver() as rx:
-        [aid] = h.queue()
+        [aid] = await h.queue()
         # a previous process committed "sending" and died before recording the outcome
         await h.astore.run(ob.begin_attempt, aid, "slack", now=int(h.clock.time()))
         d = h.dispatcher({"slack": SlackChannel("slack", rx.url("/hook"), session)})
@@ -178,7 +184,7 @@ async def test_in_flight_pairs_are_recovered_once(h, session):
 async def test_a_failing_channel_does_not_delay_the_others(h, session):
     async with Receiver() as slow, Receiver() as fast:
         slow.fail(1000)
-        h.queue(("slow", "fast"), n=5)
+        await h.queue(("slow", "fast"), n=5)
         d = h.dispatcher({"slow": SlackChannel("slow", slow.url("/"), session), "fast": SlackChannel("fast", fast.url("/"), session)})
         await d.dispatch_once()
         assert len(fast.requests) == 5
@@ -188,7 +194,7 @@ async def test_a_failing_channel_does_not_delay_the_others(h, session):
 async def test_overlapping_passes_never_send_twice(h, session):
     async with Receiver() as rx:
         rx.delay(0.2, times=3)
-        h.queue(n=3)
+        await h.queue(n=3)
         d = h.dispatcher({"slack": SlackChannel("slack", rx.url("/hook"), session)})
         await __import__("asyncio").gather(d.dispatch_once(), d.dispatch_once(), d.dispatch_once())
         assert len(rx.requests) == 3

@@ -90,7 +90,7 @@ def sources(apis, session, clock):
 
 @pytest.fixture
 async def astore(db_path):
-    s = AsyncStore(Store(db_path))
+    s = AsyncStore(await asyncio.to_thread(Store, db_path))
     yield s
     await s.close()
 
@@ -151,7 +151,7 @@ async def test_fake_answers_with_the_sample_shapes(apis, session, path, name):
     async with session.get(apis.url + path) as resp:
         assert resp.status == 200
         body = await resp.json()
-    assert shape(body) == shape(sample(name))
+    assert shape(body) == shape(await asyncio.to_thread(sample, name))
 
 
 # --- Coinbase -------------------------------------------------------------------------------------
@@ -477,7 +477,7 @@ async def test_daily_fallback_from_the_offline_csv(astore):
     clock = FrozenClock(now=ts("2026-06-30T23:00:00"))
     svc = PriceService(astore, FailoverPrices([CsvPriceSource(BUNDLED)]), clock)
     q = await svc.price_at("BTC-USD", ts("2026-03-10T12:00:00"))
-    closes = dict(_bundled_rows())
+    closes = dict(await asyncio.to_thread(lambda: list(_bundled_rows())))
     assert (q.granularity, q.source, q.age, q.is_stale) == (D, "csv", 0, False)
     assert q.price == closes["2026-03-10"] and q.at == ts("2026-03-10T00:00:00")
     assert (await svc.price_at("ETH-USD", ts("2026-03-10T12:00:00"))).source == "none"
@@ -534,7 +534,7 @@ async def test_bundled_csv_parses_and_matches_the_anchors():
     assert max(by_day.values()) == by_day["2025-10-06"]  # the October 2025 peak is the high
     band = [p for d, p in by_day.items() if "2026-03-04" <= d <= "2026-03-25"]
     assert len(band) == 22 and all(68_000 <= p <= 70_000 for p in band)
-    header = BUNDLED.read_text().splitlines()[0]
+    header = (await asyncio.to_thread(BUNDLED.read_text)).splitlines()[0]
     assert header.startswith("#") and "SIMULATED" in header
 
 
@@ -548,8 +548,8 @@ def test_bundled_csv_is_what_the_documented_generator_makes(tmp_path):
 
 async def test_csv_formats_and_errors(tmp_path):
     hourly = tmp_path / "h.csv"
-    hourly.write_text("# comment\ntime,open,high,low,close\n"
-                      f"{NOW - 2 * H},1,2,0.5,1.5\n2026-03-10T15:00:00Z,1.5,2,1,1.8\n")
+    await asyncio.to_thread(hourly.write_text, "# comment\ntime,open,high,low,close\n"
+                            f"{NOW - 2 * H},1,2,0.5,1.5\n2026-03-10T15:00:00Z,1.5,2,1,1.8\n")
     src = CsvPriceSource(hourly, clock=FrozenClock(now=NOW + 10))
     got = await src.candles("BTC-USD", NOW - 3 * H, NOW, H)
     assert src.granularity == H and [c.close for c in got] == [1.5, 1.8]
@@ -567,7 +567,7 @@ async def test_csv_formats_and_errors(tmp_path):
         ("time,open,high,low,close\n1773100800,1,2,3,1\n", "bad.csv:2"),  # low above high
     ]:
         bad = tmp_path / "bad.csv"
-        bad.write_text(body)
+        await asyncio.to_thread(bad.write_text, body)
         with pytest.raises(MalformedError, match=re.escape(where)):
             await CsvPriceSource(bad).candles("BTC-USD", NOW - D, NOW, D)
     with pytest.raises(SourceError):
@@ -593,6 +593,7 @@ async def test_build_price_sources_in_config_order(apis, session, clock, astore)
     svc = PriceService(astore, prices, clock)
     apis.fail("kraken", times=50)  # Kraken down (retries included): the bundled CSV answers with its daily close
     q = await svc.price_at("BTC-USD", ts("2026-03-05T09:00:00"))
-    assert q.source == "csv" and q.granularity == D and q.price == dict(_bundled_rows())["2026-03-05"]
+    closes = dict(await asyncio.to_thread(lambda: list(_bundled_rows())))
+    assert q.source == "csv" and q.granularity == D and q.price == closes["2026-03-05"]
     with pytest.raises(ValueError):
         build_price_sources(["binance"], session, clock=clock)

@@ -1,5 +1,6 @@
 """Storage on a real SQLite file: schema, upserts, one-transaction batches, the async facade."""
 
+import asyncio
 import sqlite3
 
 import pytest
@@ -94,7 +95,7 @@ def test_unwritable_path_is_a_storage_error(tmp_path):
 
 
 async def test_async_store_runs_on_one_thread(db_path):
-    s = AsyncStore(Store(db_path))
+    s = AsyncStore(await asyncio.to_thread(Store, db_path))
     tx = make_tx([(A, 100_000)], [(B, 90_000)])
     assert await s.run(Store.save_tx, tx, now=1) is True
     assert (await s.run(Store.get_tx, "bitcoin", tx.txid)) == tx
