@@ -20,6 +20,9 @@ from monitor.clock import SystemClock
 from monitor.config import Config, Secret, SourceConfig
 from monitor.model import Clock, Entity
 from monitor.pipeline import Pipeline
+# imported here, not at first use: a first import runs module code (monitor.prices resolves its data
+# path on disk), and first use is inside runtime(), on the event loop
+from monitor.prices import PriceService, build_price_sources
 from monitor.registry import Registry, merge_entities
 from storage import AsyncStore, Store
 from storage.utxos import load_utxos
@@ -162,8 +165,6 @@ def make_dispatcher(config: Config, store: AsyncStore, channels: dict[str, objec
 
 def make_prices(config: Config, store: AsyncStore, session: aiohttp.ClientSession, clock: Clock):
     """The price service: cached candles, then the configured sources in failover order."""
-    from monitor.prices import PriceService, build_price_sources
-
     sources = build_price_sources(config.prices.sources, session, clock=clock, csv_path=config.prices.csv)
     return PriceService(store, sources, clock, staleness=config.prices.staleness)
 
