@@ -45,9 +45,9 @@ def esplora(url: str, name: str = "local", interval: float = 0.3) -> dict:
     return esplora_source(name, url, rate_limit=500.0, timeout=2.0, retries=1, poll_interval=interval)
 
 
-def write_config(path: Path, sources: list[dict], addrs: dict[str, str], *, port: int, db: Path, **daemon) -> Path:
+async def write_config(path: Path, sources: list[dict], addrs: dict[str, str], *, port: int, db: Path, **daemon) -> Path:
     """The miner's hot wallets and an exchange, every alert to Slack, the daemon on `port` (`daemon`: more keys)."""
-    path.write_text(config_toml(
+    await asyncio.to_thread(path.write_text, config_toml(
         db=db,
         sources=sources,
         entities=[
@@ -63,9 +63,11 @@ def write_config(path: Path, sources: list[dict], addrs: dict[str, str], *, port
     return path
 
 
-def start_daemon(cfg: Path, env: dict, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "monitor", "-c", str(cfg), "--log-level", "info", "run", *extra],
-                            cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+async def start_daemon(cfg: Path, env: dict, *extra: str) -> subprocess.Popen:
+    # Popen waits until the child has exec'd: off the loop
+    return await asyncio.to_thread(
+        subprocess.Popen, [sys.executable, "-m", "monitor", "-c", str(cfg), "--log-level", "info", "run", *extra],
+        cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 async def wait_exit(proc: subprocess.Popen, timeout: float) -> int:
@@ -86,8 +88,8 @@ async def test_run_alerts_health_metrics_and_sigterm(tmp_path):
     chain, addrs = chain_with_wallet()
     port = free_port()
     async with EsploraServer(chain) as server, Receiver() as slack:
-        cfg = write_config(tmp_path / "c.toml", [esplora(server.url)], addrs, port=port, db=tmp_path / "d.db")
-        proc = start_daemon(cfg, {"TM_SLACK_URL": slack.url("/hook/secret-abc")})
+        cfg = await write_config(tmp_path / "c.toml", [esplora(server.url)], addrs, port=port, db=tmp_path / "d.db")
+        proc = await start_daemon(cfg, {"TM_SLACK_URL": slack.url("/hook/secret-abc")})
         try:
             base = f"http://127.0.0.1:{port}"
             await wait_http(base + "/healthz", proc=proc)
@@ -119,10 +121,10 @@ async def test_run_alerts_health_metrics_and_sigterm(tmp_path):
             await until(lambda: len(server.requests) > n + 1)
             proc.send_signal(signal.SIGTERM)
             code = await wait_exit(proc, 15)
-            assert code == 0, proc.stderr.read()
-            db = sqlite3.connect(tmp_path / "d.db")
-            assert db.execute("select count(*) from alert_channels where status != 'delivered'").fetchone()[0] == 0
-            assert "secret-abc" not in proc.stderr.read()
+            assert code == 0, await asyncio.to_thread(proc.stderr.read)
+            assert await asyncio.to_thread(lambda: sqlite3.connect(tmp_path / "d.db").execute(
+                "select count(*) from alert_channels where status != 'delivered'").fetchone()[0]) == 0
+            assert "secret-abc" not in await asyncio.to_thread(proc.stderr.read)
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -157,37 +159,37 @@ async def test_kill_9_mid_tick_then_restart_equals_an_uninterrupted_run(tmp_path
         env = {"TM_SLACK_URL": slack.url("/hook")}
         # reference: an uninterrupted run
         port = free_port()
-        ref_cfg = write_config(tmp_path / "ref.toml", [esplora(server.url)], addrs, port=port, db=tmp_path / "ref.db")
-        proc = start_daemon(ref_cfg, env)
+        ref_cfg = await write_config(tmp_path / "ref.toml", [esplora(server.url)], addrs, port=port, db=tmp_path / "ref.db")
+        proc = await start_daemon(ref_cfg, env)
         await wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
-        await until(lambda: hot_cursors(tmp_path / "ref.db", addrs) == 12, timeout=40)
+        await until(lambda: asyncio.to_thread(lambda: hot_cursors(tmp_path / "ref.db", addrs) == 12), timeout=40)
         proc.send_signal(signal.SIGTERM)
         assert await wait_exit(proc, 15) == 0
-        ref = snapshot(tmp_path / "ref.db")
+        ref = await asyncio.to_thread(snapshot, tmp_path / "ref.db")
         ref_deliveries = len(slack.requests)
         assert ref_deliveries == len(ref["alerts"]) == 48  # one delivery per alert when nothing crashes
         slack.clear()
         # the same work, killed with SIGKILL while ticks run (slow answers keep a tick in flight)
         server.faults.add(r"^/address/", "slow", times=None, delay=0.05)
         port = free_port()
-        cfg = write_config(tmp_path / "k.toml", [esplora(server.url)], addrs, port=port, db=tmp_path / "k.db")
+        cfg = await write_config(tmp_path / "k.toml", [esplora(server.url)], addrs, port=port, db=tmp_path / "k.db")
         kills = 0
         for wait in (0.8, 1.3, 0.6):
-            proc = start_daemon(cfg, env)
+            proc = await start_daemon(cfg, env)
             await wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
             await asyncio.sleep(wait)
             proc.send_signal(signal.SIGKILL)
             await wait_exit(proc, 10)
             kills += 1
         server.faults.clear()
-        proc = start_daemon(cfg, env)
+        proc = await start_daemon(cfg, env)
         await wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
-        await until(lambda: hot_cursors(tmp_path / "k.db", addrs) == 12, timeout=40)
-        await until(lambda: sqlite3.connect(tmp_path / "k.db").execute(
-            "select count(*) from alert_channels where status != 'delivered'").fetchone()[0] == 0, timeout=20)
+        await until(lambda: asyncio.to_thread(lambda: hot_cursors(tmp_path / "k.db", addrs) == 12), timeout=40)
+        await until(lambda: asyncio.to_thread(lambda: sqlite3.connect(tmp_path / "k.db").execute(
+            "select count(*) from alert_channels where status != 'delivered'").fetchone()[0] == 0), timeout=20)
         proc.send_signal(signal.SIGTERM)
         assert await wait_exit(proc, 15) == 0
-        assert snapshot(tmp_path / "k.db") == ref
+        assert await asyncio.to_thread(snapshot, tmp_path / "k.db") == ref
         bodies = [json.dumps(r.json, sort_keys=True) for r in slack.requests]
         assert len(set(bodies)) == ref_deliveries  # every alert arrived
         assert len(bodies) - len(set(bodies)) <= kills  # at most one resend per crash
@@ -201,10 +203,10 @@ async def test_failing_source_goes_503_and_recovers_while_others_keep_polling(tm
         bad = EsploraServer(chain, port=dead)
         sources = [esplora(good.url, "good", interval=0.2),
                    esplora(f"http://127.0.0.1:{dead}/api", "bad", interval=0.2)]
-        cfg = write_config(tmp_path / "c.toml", sources, addrs, port=port, db=tmp_path / "d.db")
+        cfg = await write_config(tmp_path / "c.toml", sources, addrs, port=port, db=tmp_path / "d.db")
         os.environ["TM_SLACK_URL"] = slack.url("/hook")
         try:
-            daemon = Daemon(load_config(cfg), clock=SystemClock())
+            daemon = Daemon(await asyncio.to_thread(load_config, cfg), clock=SystemClock())
             task = asyncio.create_task(daemon.run(install_signals=False))
             base = f"http://127.0.0.1:{port}"
             await wait_http(base + "/healthz")
@@ -237,7 +239,7 @@ async def test_events_consumer_resumes_across_a_restart(tmp_path):
     chain, addrs = chain_with_wallet()
     port = free_port()
     async with EsploraServer(chain) as server, Receiver() as slack:
-        cfg = write_config(tmp_path / "c.toml", [esplora(server.url)], addrs, port=port, db=tmp_path / "d.db")
+        cfg = await write_config(tmp_path / "c.toml", [esplora(server.url)], addrs, port=port, db=tmp_path / "d.db")
         env = {"TM_SLACK_URL": slack.url("/hook")}
         base = f"http://127.0.0.1:{port}"
         seen: list[int] = []
@@ -249,7 +251,7 @@ async def test_events_consumer_resumes_across_a_restart(tmp_path):
             seen.extend(e["id"] for e in body["events"])
             return body
 
-        proc = start_daemon(cfg, env)
+        proc = await start_daemon(cfg, env)
         async with aiohttp.ClientSession() as s:
             await wait_http(base + "/healthz", proc=proc)
             for k in range(3):
@@ -263,7 +265,7 @@ async def test_events_consumer_resumes_across_a_restart(tmp_path):
             for k in range(2):
                 chain.pay([addrs["hot0"]], [(addrs["exchange"], (k + 10) * COIN)], fee=2_000)
                 chain.mine()
-            proc = start_daemon(cfg, env)
+            proc = await start_daemon(cfg, env)
             try:
                 await wait_http(base + "/healthz", proc=proc)
                 await until(lambda: len(slack.requests) >= 5, timeout=20)
@@ -289,15 +291,15 @@ async def test_non_loopback_bind_needs_a_token_and_requests_need_it(tmp_path):
     chain, addrs = chain_with_wallet()
     async with EsploraServer(chain) as server, Receiver() as slack:
         port = free_port()
-        cfg = write_config(tmp_path / "c.toml", [esplora(server.url)], addrs, port=port, db=tmp_path / "d.db",
-                           host="0.0.0.0")
+        cfg = await write_config(tmp_path / "c.toml", [esplora(server.url)], addrs, port=port, db=tmp_path / "d.db",
+                                 host="0.0.0.0")
         p = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "monitor", "-c", str(cfg), "run"],
                                     cwd=ROOT, env={**os.environ, "TM_SLACK_URL": slack.url("/h")},
                                     capture_output=True, text=True, timeout=60)
         assert p.returncode == 2 and "daemon.token" in p.stderr
-        cfg = write_config(tmp_path / "t.toml", [esplora(server.url)], addrs, port=port, db=tmp_path / "d.db",
-                           host="0.0.0.0", token=env("TM_TOKEN"))
-        proc = start_daemon(cfg, {"TM_SLACK_URL": slack.url("/h"), "TM_TOKEN": "tok-123456"})
+        cfg = await write_config(tmp_path / "t.toml", [esplora(server.url)], addrs, port=port, db=tmp_path / "d.db",
+                                 host="0.0.0.0", token=env("TM_TOKEN"))
+        proc = await start_daemon(cfg, {"TM_SLACK_URL": slack.url("/h"), "TM_TOKEN": "tok-123456"})
         try:
             base = f"http://127.0.0.1:{port}"
             await wait_http(base + "/healthz", proc=proc)
@@ -327,8 +329,8 @@ async def test_bitcoind_source_in_ibd_or_with_bad_auth_keeps_the_daemon_up_then_
             monkeypatch.setenv("TM_RPC_PASSWORD", "wrong-password")
             node_source = bitcoind_source("node", node.url, rpc_user="rpcuser", rpc_password=env("TM_RPC_PASSWORD"),
                                           poll_interval=0.2, retries=1)
-            cfg = write_config(tmp_path / "c.toml", [node_source], addrs, port=port, db=tmp_path / "d.db")
-            daemon = Daemon(load_config(cfg), clock=SystemClock())
+            cfg = await write_config(tmp_path / "c.toml", [node_source], addrs, port=port, db=tmp_path / "d.db")
+            daemon = Daemon(await asyncio.to_thread(load_config, cfg), clock=SystemClock())
             task = asyncio.create_task(daemon.run(install_signals=False))
             await until(lambda: daemon.states.get("node") and daemon.states["node"].errors >= 2, timeout=15)
             assert "rejected the RPC credentials" in daemon.states["node"].last_error
@@ -353,9 +355,9 @@ async def test_a_push_during_a_running_poll_is_served_right_after_it(tmp_path, m
     port = free_port()
     async with EsploraServer(chain) as server, Receiver() as slack:
         monkeypatch.setenv("TM_SLACK_URL", slack.url("/hook"))
-        cfg = write_config(tmp_path / "c.toml", [esplora(server.url, interval=3600)], addrs, port=port,
-                           db=tmp_path / "d.db")
-        daemon = Daemon(load_config(cfg), clock=SystemClock())
+        cfg = await write_config(tmp_path / "c.toml", [esplora(server.url, interval=3600)], addrs, port=port,
+                                 db=tmp_path / "d.db")
+        daemon = Daemon(await asyncio.to_thread(load_config, cfg), clock=SystemClock())
         task = asyncio.create_task(daemon.run(install_signals=False))
         await until(lambda: daemon.states.get("local") and daemon.states["local"].polls >= 1, timeout=15)
         server.faults.add(r"^/address/", "slow", times=None, delay=0.05)  # the next poll takes a while
