@@ -60,9 +60,10 @@ def cli(cfg: Path, *args: str, log: tuple[str, ...] = ()) -> list[str]:
     return [sys.executable, "-m", "monitor", "-c", str(cfg), *log, *args]
 
 
-def spawn(argv: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+async def spawn(argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+    # Popen waits until the child has exec'd: off the loop
+    return await asyncio.to_thread(subprocess.Popen, argv, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
 
 
 def undelivered(db: Path) -> int:
@@ -147,8 +148,8 @@ def arrived_keys(rx: Receiver, channel: str, keys: list[str]) -> list[str]:
 
 async def test_sigkill_while_sending_resends_at_most_once_per_crash_with_the_same_dedup_key(tmp_path):
     db = tmp_path / "outbox.db"
-    cfg = dispatch_config(tmp_path / "dispatch.toml", db)
-    keys = queue_alerts(db, N_ALERTS, ("hook", "slack"))
+    cfg = await asyncio.to_thread(dispatch_config, tmp_path / "dispatch.toml", db)
+    keys = await asyncio.to_thread(queue_alerts, db, N_ALERTS, ("hook", "slack"))
     gates = {"hook": Gate(), "slack": Gate()}
     async with Receiver(on_request=gates["hook"]) as hook, Receiver(on_request=gates["slack"]) as slack:
         env = {
@@ -162,7 +163,7 @@ async def test_sigkill_while_sending_resends_at_most_once_per_crash_with_the_sam
         for _ in HOLD_AT:
             for g in gates.values():
                 g.held.clear()
-            proc = spawn(argv, env)
+            proc = await spawn(argv, env)
             try:
                 # both receivers now hold a request they have not answered: kill the dispatcher mid-send
                 await asyncio.wait_for(asyncio.gather(*(g.held.wait() for g in gates.values())), 20)
@@ -170,26 +171,30 @@ async def test_sigkill_while_sending_resends_at_most_once_per_crash_with_the_sam
             finally:
                 proc.send_signal(signal.SIGKILL)
                 await asyncio.to_thread(proc.wait, 10)
-                stderr.append(proc.stderr.read())
+                stderr.append(await asyncio.to_thread(proc.stderr.read))
             kills += 1
-            assert undelivered(db) > 0
-        proc = spawn(argv, env)
+            assert await asyncio.to_thread(undelivered, db) > 0
+        proc = await spawn(argv, env)
         try:
-            await until(lambda: undelivered(db) == 0, timeout=30, what="every alert delivered")
+            await until(lambda: asyncio.to_thread(lambda: undelivered(db) == 0), timeout=30, what="every alert delivered")
         finally:
             proc.send_signal(signal.SIGTERM)
             await asyncio.to_thread(proc.wait, 10)
-            stderr.append(proc.stderr.read())
+            stderr.append(await asyncio.to_thread(proc.stderr.read))
         assert kills == 2
         # each restarted process said that it resends what was in flight
         assert sum("in flight when the process stopped" in e for e in stderr) == kills, stderr
 
-        store = Store(db)
-        try:
-            rows = {r["dedup_key"]: r for r in outbox_store.alert_rows(store)}
-            deliveries = {aid: outbox_store.deliveries_of(store, aid) for aid in (r["id"] for r in rows.values())}
-        finally:
-            store.close()
+        def read_outbox():
+            store = Store(db)
+            try:
+                rows = {r["dedup_key"]: r for r in outbox_store.alert_rows(store)}
+                deliveries = {aid: outbox_store.deliveries_of(store, aid) for aid in (r["id"] for r in rows.values())}
+            finally:
+                store.close()
+            return rows, deliveries
+
+        rows, deliveries = await asyncio.to_thread(read_outbox)
         assert len(rows) == N_ALERTS and all(r["status"] == "delivered" for r in rows.values())
         for channel, rx in (("hook", hook), ("slack", slack)):
             arrived = arrived_keys(rx, channel, keys)
@@ -323,13 +328,14 @@ async def test_secrets_never_appear_in_logs_exports_lists_api_or_database(tmp_pa
     chain.pay([addrs["hot"]], [(addrs["exchange"], 30 * COIN)], fee=3_000)  # a sale before the backfill
     chain.mine()
 
-    cert, key = self_signed_cert(tmp_path)
+    cert, key = await asyncio.to_thread(self_signed_cert, tmp_path)
     server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_tls.load_cert_chain(cert, key)
     smtp = RefusingSmtp()
     controller = Controller(smtp, hostname="127.0.0.1", port=free_port(), tls_context=server_tls,
                             require_starttls=True, authenticator=smtp.authenticator, auth_required=True)
-    controller.start()
+    # aiosmtpd's Controller starts and stops its server thread synchronously (it waits for it): off the loop
+    await asyncio.to_thread(controller.start)
 
     def verifying(req: RecordedRequest) -> Reply | None:
         ok = verify_signature(HMAC_SECRET, req.headers.get("X-Timestamp"), req.body, req.headers.get("X-Signature"),
@@ -351,8 +357,8 @@ async def test_secrets_never_appear_in_logs_exports_lists_api_or_database(tmp_pa
                 "TM_SEC_ESPLORA_KEY": ESPLORA_KEY,
                 "SSL_CERT_FILE": str(cert),  # the product's default TLS context trusts the test's certificate
             }
-            cfg = secrets_config(tmp_path / "secrets.toml", db=db, esplora=esplora.url, addrs=addrs,
-                                 smtp_port=controller.port, http_port=http_port)
+            cfg = await asyncio.to_thread(secrets_config, tmp_path / "secrets.toml", db=db, esplora=esplora.url,
+                                          addrs=addrs, smtp_port=controller.port, http_port=http_port)
             out = Captured(cfg, env)
 
             await asyncio.gather(out.run("check-config"), out.run("check-config", fmt="json"))
@@ -364,8 +370,11 @@ async def test_secrets_never_appear_in_logs_exports_lists_api_or_database(tmp_pa
             # deliver: Slack 500 then 200, SMTP refuses the login for good, the webhook verifies and takes it
             for i in range(20):
                 await out.run("alerts", "dispatch", fmt=("text", "json")[i % 2])
-                with sqlite3.connect(db) as conn:
-                    left = conn.execute("select count(*) from alert_channels where status = 'queued'").fetchone()[0]
+                def queued() -> int:
+                    with sqlite3.connect(db) as conn:
+                        return conn.execute("select count(*) from alert_channels where status = 'queued'").fetchone()[0]
+
+                left = await asyncio.to_thread(queued)
                 if not left:
                     break
                 await asyncio.sleep(0.3)
@@ -405,12 +414,12 @@ async def test_secrets_never_appear_in_logs_exports_lists_api_or_database(tmp_pa
             assert test_slack.returncode == test_mail.returncode == 1 and "authentication failed" in test_mail.stderr
             assert len(json.loads(listing_json.stdout)) == 2 and len(json.loads(export_json.stdout)) == 7  # 5 fundings, 2 sales
             for f in exports.values():
-                out.add(f"export file {f.name}", f.read_bytes())
+                out.add(f"export file {f.name}", await asyncio.to_thread(f.read_bytes))
 
             # the daemon: a new sale is polled, classified, alerted (Slack 500 again, then 200)
             slack.script(Reply(500, f"no_service: {SLACK_PATH}"))
             n_slack = len(slack.requests)
-            proc = spawn(cli(cfg, "run", log=("--log-level", "debug", "--log-format", "json")), env)
+            proc = await spawn(cli(cfg, "run", log=("--log-level", "debug", "--log-format", "json")), env)
             try:
                 base = f"http://127.0.0.1:{http_port}"
                 auth = {"Authorization": f"Bearer {DAEMON_TOKEN}"}
@@ -420,7 +429,7 @@ async def test_secrets_never_appear_in_logs_exports_lists_api_or_database(tmp_pa
                             return r.status, await r.text()
 
                     async def up() -> bool:
-                        assert proc.poll() is None, proc.stderr.read()
+                        assert proc.poll() is None, await asyncio.to_thread(proc.stderr.read)
                         try:
                             return (await get("/healthz"))[0] in (200, 503)
                         except aiohttp.ClientError:
@@ -443,17 +452,17 @@ async def test_secrets_never_appear_in_logs_exports_lists_api_or_database(tmp_pa
             finally:
                 proc.send_signal(signal.SIGTERM)
                 code = await asyncio.to_thread(proc.wait, 20)
-                out.add("run stdout", proc.stdout.read())
-                out.add("run stderr", proc.stderr.read())
+                out.add("run stdout", await asyncio.to_thread(proc.stdout.read))
+                out.add("run stderr", await asyncio.to_thread(proc.stderr.read))
             assert code == 0
     finally:
-        controller.stop()
+        await asyncio.to_thread(controller.stop)
 
     # the database file itself (and its WAL/SHM when they exist), byte for byte
     for suffix in ("", "-wal", "-shm"):
         f = Path(f"{db}{suffix}")
-        if f.exists():
-            out.add(f"database file {f.name}", f.read_bytes())
+        if await asyncio.to_thread(f.exists):
+            out.add(f"database file {f.name}", await asyncio.to_thread(f.read_bytes))
     assert sum(label.startswith("database file") for label, _ in out.blobs) >= 1
     # there was a lot to look at: debug logs in both formats
     assert sum(len(b) for _, b in out.blobs) > 50_000
