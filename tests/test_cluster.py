@@ -1,11 +1,13 @@
 """Co-spend clustering and change heuristics: pure rules, what is stored (evidence, rejected never re-added),
 and the whole path on the local Esplora server through the CLI."""
 
+import asyncio
 import json
 
 import pytest
 from builders import addr, entity, make_tx
 from fakes.discovery import COIN, MARCH_5_2026, cli_run, entity_toml, write_config
+from fakes.offloop import in_store
 
 from monitor.cluster import address_type, apply_learned, change_marks, coinjoin_shape, learn_from_txs
 from monitor.discovery import learn_and_commit
@@ -116,8 +118,8 @@ async def test_cospend_on_the_local_server_through_the_cli(tmp_path):
     s_out = chain.fund(stranger, 3 * COIN)
     m_outs = [chain.fund(m, COIN) for m in mixers]
     async with EsploraServer(chain) as server:
-        cfg = write_config(tmp_path, server.url, entity_toml("CS Miner", "miner", [hot])
-                           + entity_toml("CS Exchange", "exchange", [exch], watch=False))
+        cfg = await asyncio.to_thread(write_config, tmp_path, server.url, entity_toml("CS Miner", "miner", [hot])
+                                      + entity_toml("CS Exchange", "exchange", [exch], watch=False))
         assert (await cli_run("-c", cfg, "backfill", "--no-progress")).exit_code == 0
         hot_utxos = [(u.txid, u.vout) for u in chain.utxos(hot)]
         cospend = chain.pay([], [(exch, 12 * COIN)], fee=2_000, inputs=[hot_utxos[0], (s_out.txid, s_out.vout)],
@@ -128,9 +130,7 @@ async def test_cospend_on_the_local_server_through_the_cli(tmp_path):
         chain.mine()
         # the pipeline learns co-spent addresses during the poll itself (before computing flows)
         assert (await cli_run("-c", cfg, "poll")).exit_code == 0
-        store = Store(tmp_path / "tm.db")
-        flow = store.get_flow("bitcoin", cospend.txid, "CS Miner")
-        store.close()
+        flow = await in_store(tmp_path / "tm.db", Store.get_flow, "bitcoin", cospend.txid, "CS Miner")
         assert flow.spent == 13 * COIN  # the stranger's 3 BTC input counts as the entity's own
         assert flow.out == 12 * COIN
         # so a discovery pass over the stored txs has nothing left to learn
@@ -146,6 +146,4 @@ async def test_cospend_on_the_local_server_through_the_cli(tmp_path):
         # the learned address is watched from the next poll: its own history is read
         r = await cli_run("-c", cfg, "poll")
         assert r.exit_code == 0 and "local: 2 txs" in r.output, r.output
-        store = Store(tmp_path / "tm.db")
-        assert len(flag_rows(store)) == 1
-        store.close()
+        assert len(await in_store(tmp_path / "tm.db", flag_rows)) == 1

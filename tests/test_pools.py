@@ -2,11 +2,13 @@
 wallets with evidence, candidates accepted and their later sale classified — against the local Esplora
 server and a real SQLite file, driven through the CLI as a user would."""
 
+import asyncio
 import json
 
 import pytest
 from builders import addr, entity, make_tx
 from fakes.discovery import COIN, MARCH_5_2026, cli_run, entity_toml, write_config
+from fakes.offloop import in_store
 
 from monitor.model import SALE_VERDICTS, ChainTx, TxInput, TxOutput
 from monitor.pools import attribute_block, load_pools, payouts_of, production_check, proposals
@@ -93,7 +95,8 @@ async def test_mara_pool_payouts_become_candidates_then_wallets_whose_sale_is_cl
     exchange = chain.address("test-exchange")
     blocks, paid = mine_mara_pool(chain, wallets, 30, extra=(one_off, 5_000_000))
     async with EsploraServer(chain) as server:
-        cfg = write_config(tmp_path, server.url, entity_toml("Test Exchange", "exchange", [exchange], watch=False))
+        cfg = await asyncio.to_thread(write_config, tmp_path, server.url,
+                                      entity_toml("Test Exchange", "exchange", [exchange], watch=False))
         r = await cli_run("-c", cfg, "entities", "discover", "--no-cospend", "--no-trace")
         assert r.exit_code == 0, r.output
         assert "pools (MARA Pool): 60 txs read, 30 new pool block(s), 31 payout output(s); 3 candidate(s) proposed, 0 accepted" in r.output
@@ -114,13 +117,14 @@ async def test_mara_pool_payouts_become_candidates_then_wallets_whose_sale_is_cl
             spent = {t for e in c["evidence"] for t in e["detail"]["spent_from"]}
             assert spent == {blocks[k].coinbase.txid for k in range(i, 30, 3)}
             assert "10 MARA Pool payouts" in c["evidence"] or "10 MARA Pool payouts" in c["source"]
-        store = Store(tmp_path / "tm.db")
-        pb = pool_block_rows(store)
-        assert [b["block_height"] for b in pb] == heights
-        assert {b["matched_by"] for b in pb} == {"address+tag"} and {b["tag"] for b in pb} == {"MARA Pool"}
-        assert sum(b["reward_units"] for b in pb) == 30 * subsidy(heights[0])
-        assert evidence_rows(store, address=one_off)[0]["value_units"] == 5_000_000
-        store.close()
+        def check_stored(store):
+            pb = pool_block_rows(store)
+            assert [b["block_height"] for b in pb] == heights
+            assert {b["matched_by"] for b in pb} == {"address+tag"} and {b["tag"] for b in pb} == {"MARA Pool"}
+            assert sum(b["reward_units"] for b in pb) == 30 * subsidy(heights[0])
+            assert evidence_rows(store, address=one_off)[0]["value_units"] == 5_000_000
+
+        await in_store(tmp_path / "tm.db", check_stored)
 
         r = await cli_run("-c", cfg, "entities", "candidates")
         assert "10 payouts, 31.24990000 BTC" in r.output and "entities accept ADDRESS" in r.output
@@ -161,7 +165,7 @@ async def test_auto_accept_threshold_and_rejected_recipients_never_return(tmp_pa
     wallets = [chain.address("auto-a"), chain.address("auto-b")]
     mine_mara_pool(chain, wallets, 6)
     async with EsploraServer(chain) as server:
-        cfg = write_config(tmp_path, server.url)
+        cfg = await asyncio.to_thread(write_config, tmp_path, server.url)
         r = await cli_run("-c", cfg, "entities", "discover", "--no-cospend", "--no-trace", "--auto-accept", "3")
         assert "0 candidate(s) proposed, 2 accepted" in r.output, r.output
         r = await cli_run("-c", cfg, "entities", "reject", wallets[1])
@@ -169,15 +173,16 @@ async def test_auto_accept_threshold_and_rejected_recipients_never_return(tmp_pa
         mine_mara_pool(chain, wallets, 4)
         r = await cli_run("-c", cfg, "entities", "discover", "--no-cospend", "--no-trace", "--auto-accept", "3")
         assert r.exit_code == 0 and "4 new pool block(s)" in r.output and "0 accepted" in r.output, r.output
-        store = Store(tmp_path / "tm.db")
-        rows = {a["address"]: a for a in store.address_rows(entity="MARA")}
-        assert rows[wallets[0]]["status"] == "active" and rows[wallets[1]]["status"] == "rejected"
-        assert "5 MARA Pool payouts" in rows[wallets[0]]["evidence"]  # the summary follows the evidence
-        assert len(evidence_rows(store, address=wallets[1], kind="pool_payout")) == 5
-        reg = build_registry(load_config(cfg), store)
-        prod = production_check(store, reg, "MARA")
-        assert prod.blocks == 10 and prod.wallets == 1 and prod.payouts == 5
-        store.close()
+        def check_stored(store):
+            rows = {a["address"]: a for a in store.address_rows(entity="MARA")}
+            assert rows[wallets[0]]["status"] == "active" and rows[wallets[1]]["status"] == "rejected"
+            assert "5 MARA Pool payouts" in rows[wallets[0]]["evidence"]  # the summary follows the evidence
+            assert len(evidence_rows(store, address=wallets[1], kind="pool_payout")) == 5
+            reg = build_registry(load_config(cfg), store)
+            prod = production_check(store, reg, "MARA")
+            assert prod.blocks == 10 and prod.wallets == 1 and prod.payouts == 5
+
+        await in_store(tmp_path / "tm.db", check_stored)
         # a second pass with nothing new reads one stats request per pool address and changes nothing
         before = len(server.requests)
         r = await cli_run("-c", cfg, "entities", "discover", "--no-cospend", "--no-trace")

@@ -1,10 +1,12 @@
 """Balance reconciliation: scripted balances on the local Esplora server against reported holdings, in the
 `entities` table, `entities show` and the library function."""
 
+import asyncio
 import json
 
 from builders import addr, entity
 from fakes.discovery import COIN, MARCH_5_2026, cli_run, entity_toml, write_config
+from fakes.offloop import in_store
 
 from monitor.config import load_config
 from monitor.model import Fact, Profile
@@ -12,7 +14,6 @@ from monitor.reconcile import format_btc_amount, reconcile, reconcile_store
 from monitor.runtime import build_registry
 from monitor.sim.chain import SimChain
 from monitor.sim.esplora_server import EsploraServer
-from storage import Store
 
 
 def test_reconcile_is_arithmetic_on_snapshots():
@@ -35,17 +36,19 @@ async def test_scripted_balances_against_reported_holdings(tmp_path):
         chain.fund(w, int(btc * COIN))
     chain.fund(cand, 500 * COIN)
     async with EsploraServer(chain) as server:
-        cfg = write_config(tmp_path, server.url, entity_toml("Recon Miner", "miner", wallets, holdings=52850)
-                           + entity_toml("Recon Exchange", "exchange", [exch], watch=False))
+        cfg = await asyncio.to_thread(write_config, tmp_path, server.url,
+                                      entity_toml("Recon Miner", "miner", wallets, holdings=52850)
+                                      + entity_toml("Recon Exchange", "exchange", [exch], watch=False))
         assert (await cli_run("-c", cfg, "backfill", "--no-progress")).exit_code == 0
-        store = Store(tmp_path / "tm.db")
         from monitor.model import EntityAddress
 
-        # a candidate's balance does not count until it is accepted
-        store.add_addresses("Recon Miner", [EntityAddress("bitcoin", cand, "test", learned_by="pool_payout")], now=1,
-                            status="candidate")
-        [r] = reconcile_store(store, build_registry(load_config(cfg), store), ["Recon Miner"])
-        store.close()
+        def reconcile_with_a_candidate(store):
+            # a candidate's balance does not count until it is accepted
+            store.add_addresses("Recon Miner", [EntityAddress("bitcoin", cand, "test", learned_by="pool_payout")], now=1,
+                                status="candidate")
+            return reconcile_store(store, build_registry(load_config(cfg), store), ["Recon Miner"])
+
+        [r] = await in_store(tmp_path / "tm.db", reconcile_with_a_candidate)
         assert (r.seen_sat, r.reported_sat, r.addresses, r.addresses_seen) == (1_638_350_000_000, 5_285_000_000_000, 3, 3)
         assert round(r.share, 4) == 0.31
         expected = ("we see 31% of Recon Miner's reported 52,850 BTC (as of 2026-03-01, test fixture holdings): "

@@ -3,12 +3,14 @@ fresh → fresh → exchange) turns an `unknown_transfer` into a `sovereign_sale
 update alert; traces of unspent coins resume later (also after a restart); floors, hop limits, returns to
 the entity and source errors end or pause a trace as documented."""
 
+import asyncio
 import random
 
 import aiohttp
 import pytest
 from builders import entity
 from fakes.discovery import COIN, MARCH_5_2026, cli_run, entity_toml, write_config
+from fakes.offloop import in_store
 
 from monitor.clock import FrozenClock
 from monitor.config import load_config
@@ -18,7 +20,6 @@ from monitor.runtime import runtime
 from monitor.sim.chain import SimChain
 from monitor.sim.esplora_server import EsploraServer
 from monitor.tracing import RETRY_BASE, advance_trace, trace_pending
-from storage import Store
 from storage.alerts import alert_rows
 from storage.discovery import TraceState, trace_rows
 from storage.reads import flow_row
@@ -30,7 +31,7 @@ T0 = MARCH_5_2026 + 10 * 86_400
 
 async def run_traces(cfg, now: int) -> int:
     """One tracing job as the daemon runs it: a fresh runtime (a restart each time), the first source."""
-    async with runtime(load_config(cfg), clock=FrozenClock(now)) as rt:
+    async with runtime(await asyncio.to_thread(load_config, cfg), clock=FrozenClock(now)) as rt:
         return await trace_pending(rt.pipeline, rt.sources[0], rt.store, rt.registry, now=now)
 
 
@@ -39,7 +40,7 @@ async def test_bhutan_route_becomes_sovereign_sale_with_the_path_and_one_update_
     main, fresh1, fresh2, exchange = (chain.address(x) for x in ("dhi-main", "fresh-1", "fresh-2", "qcp-deposit"))
     chain.fund(main, 500 * COIN)
     async with EsploraServer(chain) as server:
-        cfg = write_config(tmp_path, server.url, alerts=True, entities=(
+        cfg = await asyncio.to_thread(write_config, tmp_path, server.url, alerts=True, entities=(
             entity_toml("Test Sovereign", "sovereign", [main], holdings=5400)
             + entity_toml("Test OTC", "otc", [exchange], watch=False)))
         assert (await cli_run("-c", cfg, "backfill", "--no-progress")).exit_code == 0
@@ -47,19 +48,16 @@ async def test_bhutan_route_becomes_sovereign_sale_with_the_path_and_one_update_
         chain.mine()
         r = await cli_run("-c", cfg, "poll")
         assert "1 outflows" in r.output, r.output
-        store = Store(tmp_path / "tm.db")
-        assert flow_row(store, "bitcoin", hop1.txid, "Test Sovereign")["classification"]["verdict"] == "unknown_transfer"
-        assert [a["kind"] for a in alert_rows(store)] == ["new"]
-        store.close()
+        db = tmp_path / "tm.db"
+        assert (await in_store(db, flow_row, "bitcoin", hop1.txid, "Test Sovereign"))["classification"]["verdict"] == "unknown_transfer"
+        assert [a["kind"] for a in await in_store(db, alert_rows)] == ["new"]
 
         hop2 = chain.pay([fresh1], [(fresh2, 300 * COIN - 1_500)], fee=1_500)
         chain.mine()
         assert await run_traces(cfg, T0) == 0  # the coins sit on the second fresh address: try later
-        store = Store(tmp_path / "tm.db")
-        [t] = trace_rows(store)
+        [t] = await in_store(db, trace_rows)
         assert (t.status, t.hops, t.path, t.tip_address, t.attempts) == ("pending", 2, (hop1.txid, hop2.txid), fresh2, 1)
         assert t.next_at == T0 + RETRY_BASE and "coins unspent" in t.result
-        store.close()
 
         hop3 = chain.pay([fresh2], [(exchange, 300 * COIN - 3_000)], fee=1_500)
         chain.mine()
@@ -68,27 +66,23 @@ async def test_bhutan_route_becomes_sovereign_sale_with_the_path_and_one_update_
         assert not any("outspends" in p for p in server.requests[before:])
         assert await run_traces(cfg, T0 + RETRY_BASE) == 1
 
-        store = Store(tmp_path / "tm.db")
-        row = flow_row(store, "bitcoin", hop1.txid, "Test Sovereign")
+        row = await in_store(db, flow_row, "bitcoin", hop1.txid, "Test Sovereign")
         [dest] = [d for d in row["destinations"] if d["address"] == fresh1]
         assert dest["attribution"] == "otc:Test OTC" and dest["path"] == [hop1.txid, hop2.txid, hop3.txid]
         c = row["classification"]
         assert (c["verdict"], c["version"], c["attribution"]) == ("sovereign_sale", 2, "otc:Test OTC")
-        kinds = [a["kind"] for a in alert_rows(store)]
+        kinds = [a["kind"] for a in await in_store(db, alert_rows)]
         assert kinds == ["new", "update"]
-        update = alert_rows(store)[1]
+        update = (await in_store(db, alert_rows))[1]
         assert update["payload"]["flow"]["classification"]["verdict"] == "sovereign_sale"
-        [t] = trace_rows(store)
+        [t] = await in_store(db, trace_rows)
         assert (t.status, t.hops, t.attribution) == ("attributed", 3, "otc:Test OTC")
-        store.close()
 
         # nothing more to do: no second update, no request
         before = len(server.requests)
         assert await run_traces(cfg, T0 + 10 * RETRY_BASE) == 0
         assert len(server.requests) == before
-        store = Store(tmp_path / "tm.db")
-        assert [a["kind"] for a in alert_rows(store)] == ["new", "update"]
-        store.close()
+        assert [a["kind"] for a in await in_store(db, alert_rows)] == ["new", "update"]
         r = await cli_run("-c", cfg, "entities", "show", "Test Sovereign")
         assert f"{hop1.txid}:0 attributed after 3 hop(s): reached otc:Test OTC after 3 hop(s)" in r.output, r.output
 
@@ -185,14 +179,12 @@ async def test_queued_only_for_confirmed_unknown_destinations_above_the_floor(tm
     small, big, known = chain.address("q-small"), chain.address("q-big"), chain.address("q-known")
     chain.fund(main, 100 * COIN)
     async with EsploraServer(chain) as server:
-        cfg = write_config(tmp_path, server.url, entity_toml("Q Sov", "sovereign", [main])
-                           + entity_toml("Q Exchange", "exchange", [known], watch=False))
+        cfg = await asyncio.to_thread(write_config, tmp_path, server.url, entity_toml("Q Sov", "sovereign", [main])
+                                      + entity_toml("Q Exchange", "exchange", [known], watch=False))
         assert (await cli_run("-c", cfg, "backfill", "--no-progress")).exit_code == 0
         chain.pay([main], [(small, 1_000_000), (big, 20 * COIN), (known, 5 * COIN)], fee=1_000)
         chain.mine()
         assert (await cli_run("-c", cfg, "poll")).exit_code == 0
         await run_traces(cfg, T0)
-        store = Store(tmp_path / "tm.db")
-        traces = trace_rows(store)
+        traces = await in_store(tmp_path / "tm.db", trace_rows)
         assert [(t.address, t.status) for t in traces] == [(big, "pending")]  # 0.01 BTC is below the 0.1 floor
-        store.close()
