@@ -77,16 +77,21 @@ class _Progress:
             click.echo("", err=True)
 
 
-async def _poll_all(cfg: Config, db: str | None, *, progress: _Progress | None) -> list:
+def _poll_all(cfg: Config, db: str | None, *, progress: _Progress | None) -> list:
+    """One tick of every source. The config is read and the modules imported before the loop starts: file
+    reads (and module code run at first import) do not belong on the event loop."""
     from monitor.runtime import runtime
 
-    results = []
-    async with runtime(cfg, db=db) as rt:
-        if not rt.sources:
-            raise click.ClickException("no [[sources]] configured")
-        for src in rt.sources:
-            results.append(await rt.pipeline.tick(src, progress=progress))
-    return results
+    async def go() -> list:
+        results = []
+        async with runtime(cfg, db=db) as rt:
+            if not rt.sources:
+                raise click.ClickException("no [[sources]] configured")
+            for src in rt.sources:
+                results.append(await rt.pipeline.tick(src, progress=progress))
+        return results
+
+    return run_async(go())
 
 
 def _print_results(results: list) -> None:
@@ -102,15 +107,14 @@ def _print_results(results: list) -> None:
 def backfill(state: State, progress: bool | None) -> None:
     """Fetch the whole history of every watched address into the database."""
     show = sys.stderr.isatty() if progress is None else progress
-    # the config is read here, before the loop starts: file reads do not belong on the event loop
-    _print_results(run_async(_poll_all(state.config(), state.db, progress=_Progress(show))))
+    _print_results(_poll_all(state.config(), state.db, progress=_Progress(show)))
 
 
 @cli.command()
 @click.pass_obj
 def poll(state: State) -> None:
     """One incremental pass over every source (what the daemon does each interval)."""
-    _print_results(run_async(_poll_all(state.config(), state.db, progress=None)))
+    _print_results(_poll_all(state.config(), state.db, progress=None))
 
 
 @cli.command()
