@@ -4,6 +4,7 @@ A SimChain is served by the local Esplora server; the CLI runs in a worker threa
 loop) exactly as a user runs it; alerts go to a local Slack-compatible receiver.
 """
 
+import asyncio
 import csv
 import io
 import json
@@ -62,7 +63,7 @@ async def test_backfill_poll_classify_alert_export(tmp_path, chain, monkeypatch)
     chain.mine()
     async with EsploraServer(chain) as server, Receiver() as slack:
         monkeypatch.setenv("TM_TEST_SLACK_URL", slack.url("/services/T000/B000/secret-token"))
-        cfg = write_config(tmp_path, server.url, addrs)
+        cfg = await asyncio.to_thread(write_config, tmp_path, server.url, addrs)
         r = await cli_run("-c", cfg, "backfill", "--no-progress")
         assert r.exit_code == 0, r.output
         assert "local: 31 txs (31 new)" in r.output
@@ -112,7 +113,7 @@ async def test_backfill_poll_classify_alert_export(tmp_path, chain, monkeypatch)
 
         out = tmp_path / "flows.csv"
         r = await cli_run("-c", cfg, "export", "--format", "csv", "--out", out, "--since", "2026-03-01")
-        rows = list(csv.DictReader(io.StringIO(out.read_text())))
+        rows = list(csv.DictReader(io.StringIO(await asyncio.to_thread(out.read_text))))
         assert tuple(rows[0]) == CSV_FIELDS and len(rows) == 32
         sale_row = next(x for x in rows if x["txid"] == sale.txid)
         assert sale_row["out_amount"] == "120.00000000" and sale_row["verdict"] == c["verdict"]
@@ -131,7 +132,7 @@ async def test_mempool_tx_is_stored_once_and_updated_when_it_confirms(tmp_path, 
     chain.mine()
     async with EsploraServer(chain) as server, Receiver() as slack:
         monkeypatch.setenv("TM_TEST_SLACK_URL", slack.url("/hook"))
-        cfg = write_config(tmp_path, server.url, addrs)
+        cfg = await asyncio.to_thread(write_config, tmp_path, server.url, addrs)
         assert (await cli_run("-c", cfg, "backfill", "--no-progress")).exit_code == 0
         tx = chain.pay([addrs["hot"]], [(addrs["exchange"], 10 * COIN)], fee=1_000)
         r = await cli_run("-c", cfg, "poll")
@@ -156,7 +157,7 @@ async def test_block_mode_source_through_the_cli_gives_the_same_flows(tmp_path, 
         monkeypatch.setenv("TM_TEST_SLACK_URL", slack.url("/hook"))
         # in auto mode, enough watched addresses for auto to pick block mode
         more = [chain.address(f"bm-extra-{i}") for i in range(60)] if mode == "auto" else []
-        cfg = write_config(tmp_path, server.url, addrs, mode=mode, more_hot=more)
+        cfg = await asyncio.to_thread(write_config, tmp_path, server.url, addrs, mode=mode, more_hot=more)
         r = await cli_run("-c", cfg, "--log-level", "info", "poll")
         assert r.exit_code == 0, r.output
         assert "mode=block" in r.output
