@@ -6,6 +6,7 @@ alerts reach a local Slack receiver; a reorg made with evm_snapshot/evm_revert r
 a retraction alert follows.
 """
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -22,10 +23,10 @@ from builders import (
     sourced,
 )
 from eth_account import Account
+from fakes.offloop import in_store
 from fakes.receiver import Receiver
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
-from storage import Store
 from storage.alerts import alert_rows
 
 anvil = _anvil.anvil
@@ -69,7 +70,7 @@ async def test_eth_and_token_outflows_are_classified_alerted_and_a_reorg_retract
         token = w3.eth.contract(address=receipt["contractAddress"], abi=ARTIFACT["abi"])
         async with Receiver() as slack:
             monkeypatch.setenv("TM_EVM_SLACK", slack.url("/hook"))
-            cfg = write_config(tmp_path, anvil.url, token.address)
+            cfg = await asyncio.to_thread(write_config, tmp_path, anvil.url, token.address)
             r = await cli_run("-c", cfg, "poll")
             assert r.exit_code == 0, r.output
             await w3.eth.wait_for_transaction_receipt(
@@ -102,13 +103,12 @@ async def test_eth_and_token_outflows_are_classified_alerted_and_a_reorg_retract
             await rpc(w3, "anvil_mine", "0x3")
             r = await cli_run("-c", cfg, "poll")
             assert r.exit_code == 0, r.output
-            store = Store(tmp_path / "evm.db")
-            try:
+            def check_stored(store):
                 assert store.tx_status("ethereum", eth_txid) == "orphaned"
                 assert store.latest_classification("ethereum", eth_txid, "Test Sovereign").status == "retracted"
-                kinds = sorted((a["kind"], a["txid"]) for a in alert_rows(store))
-            finally:
-                store.close()
+                return sorted((a["kind"], a["txid"]) for a in alert_rows(store))
+
+            kinds = await in_store(tmp_path / "evm.db", check_stored)
             assert ("retraction", eth_txid) in kinds and len(kinds) == 3
             r = await cli_run("-c", cfg, "alerts", "dispatch")
             assert "delivered 1" in r.output, r.output
@@ -121,6 +121,6 @@ async def test_bad_ethereum_checksum_in_config_is_a_clear_error(tmp_path):
     bad = WATCHED[:-1] + ("a" if WATCHED[-1] != "a" else "b")
     bad = bad[:2] + bad[2:3].swapcase() + bad[3:]
     cfg = tmp_path / "bad.toml"
-    cfg.write_text(f'[[entities]]\nname = "X"\nkind = "sovereign"\nethereum = ["{bad}"]\n')
+    await asyncio.to_thread(cfg.write_text, f'[[entities]]\nname = "X"\nkind = "sovereign"\nethereum = ["{bad}"]\n')
     r = await cli_run("-c", cfg, "check-config")
     assert r.exit_code == 2 and "entities[0].ethereum[0]" in r.output + (r.stderr or "")

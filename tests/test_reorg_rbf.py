@@ -1,5 +1,6 @@
 """Unconfirmed first, replacements and reorgs, with alerts, over the local Esplora server and the CLI."""
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -15,11 +16,11 @@ from builders import (
     rule,
     slack_channel,
 )
+from fakes.offloop import in_store
 from fakes.receiver import Receiver
 
 from monitor.sim.chain import SimChain
 from monitor.sim.esplora_server import EsploraServer
-from storage import Store
 from storage.alerts import alert_rows
 
 
@@ -38,12 +39,8 @@ def config(tmp_path: Path, url: str, hot: str, exchange: str, *, confirmations: 
     return p
 
 
-def alerts_of(tmp_path: Path) -> list[tuple[str, str]]:
-    store = Store(tmp_path / "r.db")
-    try:
-        return [(a["kind"], a["txid"]) for a in alert_rows(store)]
-    finally:
-        store.close()
+async def alerts_of(tmp_path: Path) -> list[tuple[str, str]]:
+    return await in_store(tmp_path / "r.db", lambda store: [(a["kind"], a["txid"]) for a in alert_rows(store)])
 
 
 async def poll_and_dispatch(cfg):
@@ -60,27 +57,26 @@ async def test_rbf_of_an_alerted_mempool_outflow_is_one_update(tmp_path, monkeyp
     chain.mine()
     async with EsploraServer(chain) as server, Receiver() as slack:
         monkeypatch.setenv("TM_RR_SLACK", slack.url("/hook"))
-        cfg = config(tmp_path, server.url, hot, exch, confirmations=True)
+        cfg = await asyncio.to_thread(config, tmp_path, server.url, hot, exch, confirmations=True)
         await poll_and_dispatch(cfg)
         first = chain.pay([hot], [(exch, 20 * COIN)], fee=1_000)
         await poll_and_dispatch(cfg)  # unconfirmed first: classified and alerted at once
-        assert alerts_of(tmp_path) == [("new", first.txid)]
+        assert await alerts_of(tmp_path) == [("new", first.txid)]
         second = chain.replace(first.txid, fee=9_000)
         await poll_and_dispatch(cfg)
-        assert alerts_of(tmp_path) == [("new", first.txid), ("update", second.txid)]
+        assert await alerts_of(tmp_path) == [("new", first.txid), ("update", second.txid)]
         body = json.dumps(slack.requests[-1].json)
         assert "replaced (RBF)" in body and first.txid in body and second.txid in body
-        store = Store(tmp_path / "r.db")
-        try:
+        def check_stored(store):
             assert store.tx_status("bitcoin", first.txid) == "replaced"
             assert store.latest_classification("bitcoin", first.txid, "Test Miner").status == "retracted"
             assert store.latest_classification("bitcoin", second.txid, "Test Miner").status == "active"
-        finally:
-            store.close()
+
+        await in_store(tmp_path / "r.db", check_stored)
         # the replacement confirms: the stored flow is updated in place; the rule asks for a confirmation
         chain.mine()
         await poll_and_dispatch(cfg)
-        kinds = alerts_of(tmp_path)
+        kinds = await alerts_of(tmp_path)
         assert kinds == [("new", first.txid), ("update", second.txid), ("update", second.txid)]
         assert "confirmed in block" in json.dumps(slack.requests[-1].json)
         r = await cli_run("-c", cfg, "export", "--format", "jsonl", "--direction", "out")
@@ -97,13 +93,13 @@ async def test_two_block_reorg_retracts_the_alerted_outflow_and_alerts_the_new_b
     chain.mine()
     async with EsploraServer(chain) as server, Receiver() as slack:
         monkeypatch.setenv("TM_RR_SLACK", slack.url("/hook"))
-        cfg = config(tmp_path, server.url, hot, exch)
+        cfg = await asyncio.to_thread(config, tmp_path, server.url, hot, exch)
         await poll_and_dispatch(cfg)
         doomed = chain.pay([hot], [(exch, 40 * COIN)], fee=1_000)
         chain.mine()
         chain.mine()
         await poll_and_dispatch(cfg)
-        assert alerts_of(tmp_path) == [("new", doomed.txid)]
+        assert await alerts_of(tmp_path) == [("new", doomed.txid)]
         # a 2-block reorg drops the outflow from chain and mempool; the new branch carries another outflow
         utxo = next(u for u in chain.utxos(hot) if u.value == 30 * COIN)
         branch = chain.reorg(2, drop_txids=[doomed.txid], new_blocks=3)
@@ -112,11 +108,10 @@ async def test_two_block_reorg_retracts_the_alerted_outflow_and_alerts_the_new_b
         assert branch and chain.tx_status(doomed.txid) is None or not chain.tx_status(doomed.txid).confirmed
         await poll_and_dispatch(cfg)
         await poll_and_dispatch(cfg)  # again: nothing new
-        assert alerts_of(tmp_path) == [("new", doomed.txid), ("retraction", doomed.txid), ("new", other.txid)]
+        assert await alerts_of(tmp_path) == [("new", doomed.txid), ("retraction", doomed.txid), ("new", other.txid)]
         kinds = [r.json for r in slack.requests]
         assert len(kinds) == 3 and "RETRACTED" in json.dumps(kinds[1])
-        store = Store(tmp_path / "r.db")
-        try:
+        def check_stored(store):
             assert store.tx_status("bitcoin", doomed.txid) == "orphaned"
-        finally:
-            store.close()
+
+        await in_store(tmp_path / "r.db", check_stored)
