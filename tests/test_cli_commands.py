@@ -1,5 +1,6 @@
 """scenarios, status, alerts test and report through the CLI."""
 
+import asyncio
 import json
 
 import pytest
@@ -48,7 +49,7 @@ async def test_status_alerts_test_and_report(tmp_path, monkeypatch):
     async with EsploraServer(chain) as server, Receiver() as slack:
         monkeypatch.setenv("TM_CC_SLACK", slack.url("/services/T/B/tok"))
         cfg = tmp_path / "c.toml"
-        cfg.write_text(config_toml(
+        await asyncio.to_thread(cfg.write_text, config_toml(
             db=tmp_path / "cc.db",
             sources=[esplora_source("local", server.url, rate_limit=500.0)],
             prices=BUNDLED_PRICES,
@@ -82,10 +83,10 @@ async def test_status_alerts_test_and_report(tmp_path, monkeypatch):
         html = tmp_path / "r.html"
         r = await cli_run("-c", cfg, "report", "--out", html)
         assert r.exit_code == 0, r.output
-        text = html.read_text()
+        text = await asyncio.to_thread(html.read_text)
         assert text.lstrip().lower().startswith("<!doctype html") and "CC Miner" in text
         png = tmp_path / "r.png"
         r = await cli_run("-c", cfg, "report", "--format", "png", "--entity", "CC Miner", "--out", png)
-        assert r.exit_code == 0 and png.read_bytes().startswith(b"\x89PNG")
+        assert r.exit_code == 0 and (await asyncio.to_thread(png.read_bytes)).startswith(b"\x89PNG")
         r = await cli_run("-c", cfg, "report", "--since", "not-a-date")
         assert r.exit_code == 2
