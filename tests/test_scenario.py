@@ -11,6 +11,7 @@ import statistics
 
 import pytest
 from click.testing import CliRunner
+from fakes.offloop import in_store
 
 from monitor.cli import cli
 from monitor.clock import FrozenClock
@@ -225,15 +226,15 @@ def sold_by_entity(rows):
 
 
 async def test_cli_backfill_of_the_served_scenario_finds_the_expected_sales(tmp_path):
-    sc = scenario(SMALL)
+    sc = await asyncio.to_thread(scenario, SMALL)  # built once per session: a file read and a full play
     run = sc.start()
     run.apply_all()
     async with EsploraServer(run.chain) as server:
         cfg = tmp_path / "demo.toml"
-        cfg.write_text(sc.config_toml(server.url, tmp_path / "demo.db"))
+        await asyncio.to_thread(cfg.write_text, sc.config_toml(server.url, tmp_path / "demo.db"))
         result = await asyncio.to_thread(CliRunner().invoke, cli, ["-c", str(cfg), "backfill", "--no-progress"])
     assert result.exit_code == 0, result.output
-    rows = stored(tmp_path / "demo.db")
+    rows = await asyncio.to_thread(stored, tmp_path / "demo.db")
     assert sold_by_entity(rows) == {n: e.sold_sat for n, e in sc.expected.items() if e.sold_sat}
     for e in sc.expected.values():
         for f in e.flows:
@@ -247,14 +248,14 @@ async def test_cli_backfill_of_the_served_scenario_finds_the_expected_sales(tmp_
 
 async def test_pipeline_driven_step_by_step_retracts_accelerates_and_reports(tmp_path):
     """As the demo drives the daemon: apply steps with a clock at their time, poll after `observe` steps."""
-    sc = scenario(SMALL)
+    sc = await asyncio.to_thread(scenario, SMALL)
     run = sc.start()
     db = tmp_path / "demo.db"
     async with EsploraServer(run.chain) as server:
         path = tmp_path / "demo.toml"
-        path.write_text(sc.config_toml(server.url, db, alert_max_age=400 * 86_400))
+        await asyncio.to_thread(path.write_text, sc.config_toml(server.url, db, alert_max_age=400 * 86_400))
         clock = FrozenClock(now=sc.start_time)
-        async with runtime(load_config(path), clock=clock) as rt:
+        async with runtime(await asyncio.to_thread(load_config, path), clock=clock) as rt:
             for step in sc.steps:
                 run.apply(step)
                 clock.now = step.at + 60
@@ -262,7 +263,7 @@ async def test_pipeline_driven_step_by_step_retracts_accelerates_and_reports(tmp
                     await rt.pipeline.tick(rt.sources[0])
             clock.now = sc.end_time + 3_600
             await rt.pipeline.tick(rt.sources[0])
-    rows = stored(db)
+    rows = await asyncio.to_thread(stored, db)
     assert sold_by_entity(rows) == {n: e.sold_sat for n, e in sc.expected.items() if e.sold_sat}
     for e in sc.expected.values():
         for f in e.flows:
@@ -270,8 +271,8 @@ async def test_pipeline_driven_step_by_step_retracts_accelerates_and_reports(tmp
             assert (c["verdict"], c["status"] == "retracted") == (f.verdict, f.status == "retracted"), f.description
             if f.accelerating:
                 assert any("selling accelerates" in x for x in c["reasons"]), c["reasons"]
-    store = Store(db)
-    try:
+
+    def check_alerts_and_report(store):
         alerts = alert_rows(store)
         retractions = {(a["entity"], a["txid"]) for a in alerts if a["kind"] == "retraction"}
         updates = [a for a in alerts if a["kind"] == "update"]
@@ -283,8 +284,10 @@ async def test_pipeline_driven_step_by_step_retracts_accelerates_and_reports(tmp
         assert retractions == expected - {replaced}
         html_text = build_report(store, sources=sc.sources, now=sc.end_time)  # simulated: detected
         png = render_png(store, entity="Bhutan")
-    finally:
-        store.close()
+        return alerts, html_text, png
+
+    # the database, the report and its charts (matplotlib) in a worker thread
+    alerts, html_text, png = await in_store(db, check_alerts_and_report)
     ids = set(re.findall(r"<tr id='alert-(\d+)'>", html_text))
     assert ids == {str(a["id"]) for a in alerts}
     for name in sc.treasuries:
