@@ -7,6 +7,7 @@ import email.policy
 
 import aiohttp
 from aiosmtpd.controller import Controller
+from fakes.offloop import in_store
 from fakes.receiver import free_port
 
 from alerts.channels import EmailChannel
@@ -32,27 +33,28 @@ class Sink:
 
 
 async def test_digest_summarises_the_day_and_emails_the_chart(tmp_path):
-    sc = build_scenario(seed=3, scale=0.1)
+    sc = await asyncio.to_thread(build_scenario, seed=3, scale=0.1)
     run = sc.start()
     db = tmp_path / "d.db"
     async with EsploraServer(run.chain) as server:
         cfg = tmp_path / "c.toml"
-        cfg.write_text(sc.config_toml(server.url, db, alert_max_age=400 * 86_400))
+        await asyncio.to_thread(cfg.write_text, sc.config_toml(server.url, db, alert_max_age=400 * 86_400))
         clock = FrozenClock(now=sc.start_time)
-        async with runtime(load_config(cfg), clock=clock) as rt:
+        async with runtime(await asyncio.to_thread(load_config, cfg), clock=clock) as rt:
             for step in sc.steps:
                 run.apply(step)
                 if step.observe or step.at > sc.end_time - 20 * 86_400:
                     clock.now = step.at + 60
                     await rt.pipeline.tick(rt.sources[0])
     day_end = int(sc.expected["MARA"].flows[-1].at) + 3_600
-    store = Store(db)
-    try:
+
+    def queue_twice(store):  # on the store thread, as the daemon runs it (the chart is drawn with matplotlib)
         first = queue_digest(store, ("mail",), now=day_end)
         again = queue_digest(store, ("mail",), now=day_end + 60)  # same UTC day: once only
         [row] = [r for r in alert_rows(store) if r["kind"] == "digest"]
-    finally:
-        store.close()
+        return first, again, row
+
+    first, again, row = await in_store(db, queue_twice)
     assert first is not None and again is None
     digest = row["payload"]["digest"]
     mara = next(e for e in digest["entities"] if e["entity"] == "MARA")
@@ -63,9 +65,9 @@ async def test_digest_summarises_the_day_and_emails_the_chart(tmp_path):
 
     sink = Sink()
     controller = Controller(sink, hostname="127.0.0.1", port=free_port())
-    controller.start()
+    await asyncio.to_thread(controller.start)  # it waits for its server thread: off the loop
     try:
-        astore = AsyncStore(Store(db))
+        astore = AsyncStore(await asyncio.to_thread(Store, db))
         clock = FrozenClock(now=day_end + 120)
         async with aiohttp.ClientSession():
             channel = EmailChannel("mail", "127.0.0.1", controller.port, "tm@example.com", ["desk@example.com"],
