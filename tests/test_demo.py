@@ -1,5 +1,6 @@
 """The offline demo end to end at reduced size: the real daemon against the simulated 2026 episode."""
 
+import asyncio
 import json
 import sqlite3
 from html.parser import HTMLParser
@@ -27,7 +28,7 @@ async def test_demo_plays_the_episode_and_the_monitor_concludes_what_was_scripte
     lines: list[str] = []
     result = await run_demo(seed=SEED, scale=SCALE, speed=3_000_000, out=tmp_path / "report.html",
                             db=tmp_path / "demo.db", echo=lines.append)
-    scenario = build_scenario(seed=SEED, scale=SCALE)
+    scenario = await asyncio.to_thread(build_scenario, seed=SEED, scale=SCALE)
     out = "\n".join(lines)
     assert out.startswith("SIMULATED DATA") and "ChainCatcher" in out
     assert result.is_ok, out
@@ -40,11 +41,14 @@ async def test_demo_plays_the_episode_and_the_monitor_concludes_what_was_scripte
     assert scenario.expected["Cango"].sold_sat >= 4_451 * 100_000_000
     # the reorged-out tranche is retracted; the RBF-replaced sale becomes one update of its alert
     assert result.alerts.get("retraction") == 1 and result.alerts.get("update") == 1 and result.alerts.get("new", 0) > 5
-    db = sqlite3.connect(result.db)
-    rows = db.execute(
+
+    async def query(sql: str) -> list[tuple]:
+        return await asyncio.to_thread(lambda: sqlite3.connect(result.db).execute(sql).fetchall())
+
+    rows = await query(
         "select c.txid, c.entity, c.verdict, c.status, c.reasons from classifications c "
         "where c.version = (select max(version) from classifications d where d.txid = c.txid and d.entity = c.entity)"
-    ).fetchall()
+    )
     latest = {(t, e): (v, s, json.loads(r)) for t, e, v, s, r in rows}
     for name, exp in scenario.expected.items():
         for f in exp.flows:
@@ -60,7 +64,7 @@ async def test_demo_plays_the_episode_and_the_monitor_concludes_what_was_scripte
     assert retracted == {t for exp in scenario.expected.values() for t in exp.retracted_txids}
     assert any(f.accelerating for f in scenario.expected["Bhutan"].flows)
     # the report: valid HTML with decodable charts, every entity and every alert
-    html = (tmp_path / "report.html").read_text()
+    html = await asyncio.to_thread((tmp_path / "report.html").read_text)
     p = _Images()
     p.feed(html)
     assert p.images and all(src.startswith("data:image/png;base64,") for src in p.images)
@@ -68,7 +72,7 @@ async def test_demo_plays_the_episode_and_the_monitor_concludes_what_was_scripte
     for name in scenario.expected:
         assert name in text
     assert "SIMULATED" in html
-    n_alerts = db.execute("select count(*) from alerts").fetchone()[0]
-    for (key,) in db.execute("select dedup_key from alerts"):
+    n_alerts = (await query("select count(*) from alerts"))[0][0]
+    for (key,) in await query("select dedup_key from alerts"):
         assert key.split(":")[1][:12] in html
     assert n_alerts == sum(result.alerts.values())
