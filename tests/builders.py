@@ -263,7 +263,8 @@ async def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen | No
     async with aiohttp.ClientSession() as s:
         while True:
             if proc is not None and proc.poll() is not None:
-                raise AssertionError(f"daemon exited early ({proc.returncode}): {proc.stderr.read()}")
+                stderr = await asyncio.to_thread(proc.stderr.read)  # the pipe read blocks: off the loop
+                raise AssertionError(f"daemon exited early ({proc.returncode}): {stderr}")
             try:
                 async with s.get(url) as r:
                     await r.read()
