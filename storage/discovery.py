@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from monitor.model import ChainTx, EntityAddress
-from storage.store import Store, address_values
+from storage.store import Store, address_values, where_equal
 
 __all__ = [
     "Evidence",
@@ -166,13 +166,8 @@ def _evidence_from_row(r: dict[str, Any]) -> dict[str, Any]:
 def evidence_rows(store: Store, *, chain: str | None = None, address: str | None = None,
                   entity: str | None = None, kind: str | None = None) -> list[dict[str, Any]]:
     """Stored evidence, oldest block first, filtered by address, entity and/or kind."""
-    where, params = [], []
-    for col, val in (("chain", chain), ("address", address), ("entity", entity), ("kind", kind)):
-        if val is not None:
-            where.append(f"{col} = ?")
-            params.append(val)
-    sql = "select * from address_evidence" + (" where " + " and ".join(where) if where else "")
-    sql += " order by coalesce(block_height, 0), id"
+    where, params = where_equal(chain=chain, address=address, entity=entity, kind=kind)
+    sql = f"select * from address_evidence{where} order by coalesce(block_height, 0), id"
     return [_evidence_from_row(r) for r in store.query(sql, params)]
 
 
@@ -371,15 +366,8 @@ def save_trace(store: Store, t: TraceState, *, now: int) -> None:
 
 def trace_rows(store: Store, *, entity: str | None = None, status: str | None = None) -> list[TraceState]:
     """Stored traces, optionally for one entity and/or status."""
-    where, params = [], []
-    if entity is not None:
-        where.append("entity = ?")
-        params.append(entity)
-    if status is not None:
-        where.append("status = ?")
-        params.append(status)
-    sql = "select * from traces" + (" where " + " and ".join(where) if where else "") + " order by created_at, txid, n"
-    return [_trace_from_row(r) for r in store.query(sql, params)]
+    where, params = where_equal(entity=entity, status=status)
+    return [_trace_from_row(r) for r in store.query(f"select * from traces{where} order by created_at, txid, n", params)]
 
 
 # --- job state and stored txs -------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from monitor.model import (
 )
 from storage.migrations import migrations
 
-__all__ = ["Store", "AsyncStore", "tx_status_of", "address_values"]
+__all__ = ["Store", "AsyncStore", "tx_status_of", "address_values", "where_equal"]
 
 T = TypeVar("T")
 
@@ -47,6 +47,12 @@ T = TypeVar("T")
 def tx_status_of(tx: ChainTx) -> str:
     """Stored status of a tx as a source reports it: `confirmed` or `mempool`."""
     return "confirmed" if tx.is_confirmed else "mempool"
+
+
+def where_equal(**filters: Any) -> tuple[str, list[Any]]:
+    """` where col = ? and ...` for the filters that are not None, and its parameters ("" when none)."""
+    cols = [k for k, v in filters.items() if v is not None]
+    return (" where " + " and ".join(f"{c} = ?" for c in cols) if cols else ""), [filters[c] for c in cols]
 
 
 def address_values(entity: str, a: EntityAddress, *, status: str, added_at: int) -> dict[str, Any]:
@@ -166,15 +172,8 @@ class Store:
 
     def address_rows(self, *, entity: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
         """Stored addresses with their origin, optionally for one entity and/or status."""
-        where, params = [], []
-        if entity is not None:
-            where.append("entity = ?")
-            params.append(entity)
-        if status is not None:
-            where.append("status = ?")
-            params.append(status)
-        sql = "select * from addresses" + (" where " + " and ".join(where) if where else "") + " order by entity, chain, address"
-        return [dict(r) for r in self._rows(sql, params)]
+        where, params = where_equal(entity=entity, status=status)
+        return [dict(r) for r in self._rows(f"select * from addresses{where} order by entity, chain, address", params)]
 
     def learned_addresses(self) -> dict[str, list[EntityAddress]]:
         """Active addresses learned at run time (import, clustering, pool payouts, manual), by entity."""
