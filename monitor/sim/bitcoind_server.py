@@ -54,6 +54,7 @@ from monitor.sim.chain import (
     SimChain,
     SimTx,
     SimTxOut,
+    script_ops,
     target_from_bits,
 )
 
@@ -183,31 +184,6 @@ _SIGHASH_NAMES = {0x01: "ALL", 0x81: "ALL|ANYONECANPAY", 0x02: "NONE", 0x82: "NO
                   0x03: "SINGLE", 0x83: "SINGLE|ANYONECANPAY"}
 
 
-def _ops(script: bytes):
-    """Yield (opcode, pushed bytes or None); (None, None) marks a push running past the end."""
-    i, n = 0, len(script)
-    while i < n:
-        op = script[i]
-        i += 1
-        if op <= 0x4E:
-            if op < 0x4C:
-                size = op
-            else:
-                width = {0x4C: 1, 0x4D: 2, 0x4E: 4}[op]
-                if i + width > n:
-                    yield None, None
-                    return
-                size = int.from_bytes(script[i : i + width], "little")
-                i += width
-            if i + size > n:
-                yield None, None
-                return
-            yield op, script[i : i + size]
-            i += size
-        else:
-            yield op, None
-
-
 def _script_num(data: bytes) -> int:
     if not data:
         return 0
@@ -239,12 +215,11 @@ def core_asm(script: bytes, sighash_decode: bool = False) -> str:
     """Core's ScriptToAsmStr: `OP_DUP OP_HASH160 <hex> ...`; with `sighash_decode` DER signatures end in `[ALL]`."""
     parts: list[str] = []
     unspendable = (bool(script) and script[0] == 0x6A) or len(script) > 10_000
-    for op, data in _ops(script):
-        if op is None:
+    for op, data in script_ops(script):
+        if data is None:
             parts.append("[error]")
             break
         if op <= 0x4E:
-            assert data is not None
             if len(data) <= 4:
                 parts.append(str(_script_num(data)))
             elif sighash_decode and not unspendable and _is_der_signature(data) and data[-1] in _SIGHASH_NAMES:
@@ -261,8 +236,8 @@ def _is_pubkey(data: bytes) -> bool:
 
 
 def _bare_multisig(script: bytes) -> tuple[int, list[bytes]] | None:
-    ops = list(_ops(script))
-    if len(ops) < 4 or ops[-1][0] != 0xAE or any(op is None for op, _ in ops):
+    ops = list(script_ops(script))
+    if len(ops) < 4 or ops[-1][0] != 0xAE or any(d is None for _, d in ops):
         return None
     m_op, n_op = ops[0][0], ops[-2][0]
     if not (0x51 <= m_op <= 0x60 and 0x51 <= n_op <= 0x60):  # type: ignore[operator]
@@ -291,7 +266,7 @@ def core_script_type(script: bytes) -> str:
         if version != 0:
             return "witness_unknown"
         return "nonstandard"
-    if n >= 1 and script[0] == 0x6A and all(op is not None and op <= 0x60 for op, _ in _ops(script[1:])):
+    if n >= 1 and script[0] == 0x6A and all(d is not None and op <= 0x60 for op, d in script_ops(script[1:])):
         return "nulldata"
     if n in (35, 67) and script[-1] == 0xAC and _is_pubkey(script[1:-1]) and script[0] == n - 2:
         return "pubkey"

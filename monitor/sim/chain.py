@@ -36,6 +36,7 @@ from fractions import Fraction
 from watchers.addresses import address_to_script, script_to_address, script_type
 
 __all__ = [
+    "script_ops",
     "COIN",
     "HALVING_INTERVAL",
     "NULL_TXID",
@@ -132,6 +133,32 @@ def _bip34_height(height: int) -> bytes:
     if 1 <= height <= 16:
         return bytes((0x50 + height,))
     return push_data(_script_num(height))
+
+
+def script_ops(script: bytes):
+    """Yield (opcode, data) for each instruction of a script: the pushed bytes for a push (b"" for a
+    non-push opcode), None when a push runs past the end of the script (the last item then)."""
+    i, n = 0, len(script)
+    while i < n:
+        op = script[i]
+        i += 1
+        if op <= 0x4E:
+            if op <= 0x4B:
+                size = op
+            else:
+                width = {0x4C: 1, 0x4D: 2, 0x4E: 4}[op]
+                if i + width > n:
+                    yield op, None
+                    return
+                size = int.from_bytes(script[i : i + width], "little")
+                i += width
+            if i + size > n:
+                yield op, None
+                return
+            yield op, script[i : i + size]
+            i += size
+        else:
+            yield op, b""
 
 
 def merkle_root(hashes: Sequence[bytes]) -> bytes:

@@ -33,7 +33,7 @@ from typing import Any, Self
 
 from aiohttp import web
 
-from monitor.sim.chain import SimBlock, SimChain, SimTx, SimTxOut, TxStatus
+from monitor.sim.chain import SimBlock, SimChain, SimTx, SimTxOut, TxStatus, script_ops
 from watchers.addresses import NETWORKS, InvalidAddress, script_type, validate_address
 
 __all__ = [
@@ -139,35 +139,10 @@ for _op in range(0xBB, 0xFF):
 _OPCODE_NAMES[0x00] = "OP_0"
 
 
-def _instructions(script: bytes):
-    """Yield (opcode, pushed data or None); data is None past the end of a truncated push."""
-    i, n = 0, len(script)
-    while i < n:
-        op = script[i]
-        i += 1
-        if op <= 0x4E:
-            if op <= 0x4B:
-                size = op
-            else:
-                width = {0x4C: 1, 0x4D: 2, 0x4E: 4}[op]
-                if i + width > n:
-                    yield op, None
-                    return
-                size = int.from_bytes(script[i : i + width], "little")
-                i += width
-            if i + size > n:
-                yield op, None
-                return
-            yield op, script[i : i + size]
-            i += size
-        else:
-            yield op, b""
-
-
 def script_asm(script: bytes) -> str:
     """Script in rust-bitcoin's asm form, as Esplora shows it (`OP_0 OP_PUSHBYTES_20 89ab...`)."""
     parts = []
-    for op, data in _instructions(script):
+    for op, data in script_ops(script):
         parts.append(_OPCODE_NAMES[op])
         if data is None:
             parts.append("<push past end>")
@@ -180,7 +155,7 @@ def script_asm(script: bytes) -> str:
 def _is_bare_multisig(script: bytes) -> bool:
     if len(script) < 3 or script[-1] != 0xAE or not 0x51 <= script[-2] <= 0x60:
         return False
-    ins = list(_instructions(script))
+    ins = list(script_ops(script))
     if len(ins) < 4 or not 0x51 <= ins[0][0] <= 0x60:
         return False
     keys = ins[1:-2]
@@ -229,7 +204,7 @@ def _inner_scripts(script_sig: bytes, witness: tuple[bytes, ...], prev: SimTxOut
     # scriptSig; the witness script is the last witness item of a P2WSH (or P2SH-P2WSH) spend.
     redeem = None
     if script_type(prev.script) == "p2sh":
-        ins = list(_instructions(script_sig))
+        ins = list(script_ops(script_sig))
         if ins and ins[-1][0] <= 0x4E and ins[-1][1] is not None:
             redeem = ins[-1][1]
     wscript = None
