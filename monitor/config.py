@@ -30,7 +30,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -145,7 +145,7 @@ _PROFILE_FACTS = ("holdings_btc", "monthly_production_btc", "cash_cost_usd", "ef
 _PROFILE_KEYS = (*_PROFILE_FACTS, "strategy_tags", "strategy_source")
 _FACT_KEYS = ("value", "source", "as_of", "note")
 _SECRET_KEYS = ("env", "file")
-_CLASSIFY_KEYS = tuple(f.name for f in __import__("dataclasses").fields(Thresholds))
+_CLASSIFY_KEYS = tuple(f.name for f in fields(Thresholds))
 _PRICE_KEYS = ("sources", "csv", "staleness", "refresh_interval")
 _ALERTS_KEYS = ("explorer_url", "max_age", "give_up_after", "retry_base", "retry_cap", "dispatch_interval",
                 "notify_confirmations", "channels", "rules")

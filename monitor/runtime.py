@@ -16,6 +16,7 @@ from typing import AsyncIterator
 
 import aiohttp
 
+from monitor.bundled import load_bundled_entities
 from monitor.clock import SystemClock
 from monitor.config import Config, Secret, SourceConfig
 from monitor.model import Clock, Entity
@@ -35,18 +36,9 @@ __all__ = ["make_pushes", "build_registry", "open_store", "Runtime", "runtime", 
 log = logging.getLogger("treasury_monitor")
 
 
-def bundled_entities() -> list[Entity]:
-    """The bundled, sourced registry (miners, sovereigns, counterparties), or [] if not installed."""
-    try:
-        from monitor.bundled import load_bundled_entities
-    except ImportError:  # the bundled registry arrives with the classification work
-        return []
-    return load_bundled_entities()
-
-
 def build_registry(config: Config, store: Store | None = None, *, bundled: Iterable[Entity] | None = None) -> Registry:
     """Bundled entities, config entities merged on top, plus addresses learned and stored at run time."""
-    base = list(bundled) if bundled is not None else bundled_entities()
+    base = list(bundled) if bundled is not None else load_bundled_entities()
     reg = Registry(merge_entities(base, config.entities))
     if store is not None:
         for name, addrs in store.learned_addresses().items():

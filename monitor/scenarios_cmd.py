@@ -63,9 +63,10 @@ def inputs_from_store(db: Path | None) -> ScenarioInputs:
             store.close()
     if today is None:
         from monitor.prices import BUNDLED_BTC_USD
+        from watchers.prices import CsvPriceSource
 
-        last = [ln for ln in Path(BUNDLED_BTC_USD).read_text().splitlines() if ln and not ln.startswith("#")][-1]
-        today = float(last.split(",")[-1])
+        candles = CsvPriceSource(BUNDLED_BTC_USD).load()
+        today = candles[max(candles)].close
         today_source = "last close of the bundled SIMULATED series (monitor/data/PRICES.md)"
     return ScenarioInputs(difficulty, height, fees, chain_source, today, today_source)
 

@@ -13,7 +13,8 @@ from fakes.offloop import in_store
 from monitor.model import SALE_VERDICTS, ChainTx, TxInput, TxOutput
 from monitor.pools import attribute_block, load_pools, payouts_of, production_check, proposals
 from monitor.registry import Registry
-from monitor.runtime import build_registry, bundled_entities
+from monitor.bundled import load_bundled_entities
+from monitor.runtime import build_registry
 from monitor.config import load_config
 from monitor.sim.chain import Outpoint, SimChain, subsidy
 from monitor.sim.esplora_server import EsploraServer
@@ -193,7 +194,7 @@ def test_recipient_owned_by_another_entity_is_not_proposed(db_path):
     from monitor.pools import _commit_follow  # the transaction step, on a real file
 
     exch, member = addr("direct-to-exchange"), addr("member")
-    reg = Registry(bundled_entities() + [entity("Some Exchange", "exchange", [exch], watch=False)])
+    reg = Registry(load_bundled_entities() + [entity("Some Exchange", "exchange", [exch], watch=False)])
     txs = [make_tx([(MARA_POOL, 10 * COIN)], [(exch, 5 * COIN), (member, 5 * COIN - k)], height=880_000 + k) for k in (1, 2)]
     pays = [p for tx in txs for p in payouts_of(tx, POOLS)]
     store = Store(db_path)

@@ -33,7 +33,6 @@ scrubbed from every error message this module builds.
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import json
 import logging
