@@ -131,8 +131,12 @@ class Market:
         ]
         return avg_fees_sat(window) if window else None
 
-    async def context_for(self, flow: EntityFlow, *, block_hash: str | None) -> MarketContext:
-        """MarketContext at a flow's time (block time, or now for an unconfirmed flow)."""
+    async def context_for(self, flow: EntityFlow, *, block_hash: str | None, tip: list[str | None] | None = None) -> MarketContext:
+        """MarketContext at a flow's time (block time, or now for an unconfirmed flow).
+
+        `tip` is a one-slot cache shared by the flows of one batch: unconfirmed flows use the tip's
+        block, and it is fetched once per batch, not once per flow.
+        """
         now = int(self.clock.time())
         at = flow.block_time if flow.block_time is not None else now
         facts = None
@@ -140,10 +144,14 @@ class Market:
         if self.chain is not None and flow.chain == "bitcoin":
             h = block_hash
             if h is None:
-                try:
-                    h = await self.chain.tip_hash()
-                except SourceError as exc:
-                    log.warning("tip unavailable, hashprice left out: %s", exc)
+                tip = tip if tip is not None else []
+                if not tip:
+                    try:
+                        tip.append(await self.chain.tip_hash())
+                    except SourceError as exc:
+                        log.warning("tip unavailable, hashprice left out: %s", exc)
+                        tip.append(None)
+                h = tip[0]
             if h is not None:
                 facts = await self._block(h)
         btc = asset = None
@@ -183,7 +191,8 @@ class Market:
     async def contexts(self, flows: Iterable[tuple[EntityFlow, str | None]]) -> dict[tuple[str, str, str], MarketContext]:
         """MarketContext per (chain, txid, entity) for (flow, block hash) pairs."""
         out = {}
+        tip: list[str | None] = []
         for flow, block_hash in flows:
-            out[(flow.chain, flow.txid, flow.entity)] = await self.context_for(flow, block_hash=block_hash)
+            out[(flow.chain, flow.txid, flow.entity)] = await self.context_for(flow, block_hash=block_hash, tip=tip)
         return out
 
