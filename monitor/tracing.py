@@ -68,7 +68,7 @@ _COUNTERPARTY = frozenset({"exchange", "otc", "custodian"})
 class TraceSource(Protocol):
     """What tracing needs from a chain source (EsploraSource has both)."""
 
-    async def outspends(self, txid: str) -> list[Any]: ...  # per output: .spent, .txid, .block_height
+    async def outspends(self, txid: str) -> list[Any]: ...  # per output: .spent, .txid, .block_height, .confirmed
 
     async def get_tx(self, txid: str) -> ChainTx: ...
 
@@ -135,7 +135,10 @@ async def advance_trace(
             s = spends[t.tip_vout]
             if not s.spent:
                 return TraceOutcome(_retry(t, now, retry_base, retry_cap, give_up_after, "coins unspent"), None, requests)
-            if s.block_height is None:
+            if s.txid is None:  # mempool.space on Core without txospenderindex says only "spent"
+                return TraceOutcome(_retry(t, now, retry_base, retry_cap, give_up_after, "spender not named by the source"),
+                                    None, requests)
+            if s.block_height is None and not s.confirmed:
                 return TraceOutcome(_retry(t, now, retry_base, retry_cap, give_up_after, "spend unconfirmed"), None, requests)
             tx = await source.get_tx(s.txid)
             requests += 1

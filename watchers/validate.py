@@ -6,6 +6,23 @@ satoshis in [0, 21M BTC] (never floats: `1.5`, `"1000"` and `1e8` are rejected);
 integers; extra keys the service adds (mempool.space's `vsize`, `feePerVsize`, `sigops`, `firstSeen`,
 ...) are ignored. A message names the field path and the bad value:
 `vout[2].value: expected a non-negative integer, got 1.5`.
+
+What real servers send besides Esplora's own shapes (mempool.space on its `none`/`electrum` backend
+converts Bitcoin Core's answers, backend/src/api/bitcoin/bitcoin-api.ts `$convertTransaction`), and what
+is done with it:
+
+- `scriptpubkey_address: ""` or `null` (outputs and prevouts without an address): no address.
+- a coinbase input as `txid: ""`, `vout: 0`, `prevout: null`: `is_coinbase` is read first; a coinbase
+  input's outpoint is normalised to the null outpoint (64 zeros, 0xffffffff) whatever was sent.
+- `prevout: null` on a non-coinbase input (mempool's lazy prevouts) and `fee: -1`: rejected, the input's
+  address and value are unknown; the tx is retried later.
+- `fee` absent or null: derived as inputs − outputs (0 for a coinbase).
+- `status` `{"confirmed": true}` without block fields (mempool's outspends): accepted for outspends,
+  rejected for a tx (a confirmed tx must name its block).
+- amounts above 21M BTC, floats, strings and booleans where an integer is documented: rejected.
+
+`parse_tx_page` reads a page of txs one by one: a tx whose txid and status can be read but whose other
+fields are malformed becomes a `PageEntry` with the reason instead of failing the whole page.
 """
 
 from __future__ import annotations
@@ -35,6 +52,9 @@ __all__ = [
     "require",
     "parse_tx",
     "parse_txs",
+    "parse_tx_page",
+    "PageEntry",
+    "NULL_TXID",
     "parse_tx_status",
     "parse_address_stats",
     "parse_block",
@@ -49,6 +69,8 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 # Base58 and bech32 characters only: a watched address is later put in URL paths and logs.
 _ADDRESS = re.compile(r"[0-9A-Za-z]{10,100}")
 _MAX_U32 = 2**32 - 1
+#: The outpoint a coinbase input spends: 32 zero bytes, index 0xffffffff.
+NULL_TXID = "0" * 64
 
 
 def _show(value: Any) -> str:
@@ -160,12 +182,18 @@ class TxStatus:
     block_time: int | None = None
 
 
-def parse_tx_status(obj: Any, prefix: str = "status") -> TxStatus:
-    """Esplora `status` object (also `/tx/:txid/status`) → TxStatus. :raises MalformedError:"""
+def parse_tx_status(obj: Any, prefix: str = "status", *, need_block: bool = True) -> TxStatus:
+    """Esplora `status` object (also `/tx/:txid/status`) → TxStatus. :raises MalformedError:
+
+    With `need_block=False` a confirmed status without block fields (mempool.space's outspends on its
+    Core backend send `{"confirmed": true}`) is accepted with the block fields None.
+    """
     d = assert_dict(obj, prefix or "status")
     confirmed = assert_bool(require(d, "confirmed", prefix), _at(prefix, "confirmed"))
     if not confirmed:
-        return TxStatus(False)
+        return TxStatus(False)  # block fields of an unconfirmed tx are ignored
+    if not need_block and d.get("block_height") is None and d.get("block_hash") is None:
+        return TxStatus(True)
     return TxStatus(
         True,
         assert_int(require(d, "block_height", prefix), _at(prefix, "block_height"), minimum=0),
@@ -174,30 +202,41 @@ def parse_tx_status(obj: Any, prefix: str = "status") -> TxStatus:
     )
 
 
+def _no_address(value: Any, field: str) -> str | None:
+    # Esplora omits the key; mempool.space's Core/electrum backends write "" and some proxies null.
+    if value is None or value == "":
+        return None
+    return assert_address(value, field)
+
+
+def _is_null_outpoint(d: dict) -> bool:
+    return d.get("txid") in (NULL_TXID, "") and d.get("prevout") is None
+
+
 def _parse_input(obj: Any, p: str) -> tuple[TxInput, bool]:
     d = assert_dict(obj, p)
+    # is_coinbase first: mempool.space writes a coinbase input as txid "", vout 0.
+    flag = d.get("is_coinbase")
+    is_coinbase = _is_null_outpoint(d) if flag is None else assert_bool(flag, _at(p, "is_coinbase"))
+    if is_coinbase:
+        return TxInput(address=None, value=0, prev_txid=NULL_TXID, prev_vout=_MAX_U32), True
     prev_txid = assert_hex(require(d, "txid", p), _at(p, "txid"))
     prev_vout = assert_int(require(d, "vout", p), _at(p, "vout"), minimum=0, maximum=_MAX_U32)
-    prevout = d.get("prevout")
-    is_coinbase = d.get("is_coinbase", prevout is None)
-    is_coinbase = assert_bool(is_coinbase, _at(p, "is_coinbase"))
-    if is_coinbase:
-        return TxInput(address=None, value=0, prev_txid=prev_txid, prev_vout=prev_vout), True
-    prevout = assert_dict(require(d, "prevout", p), _at(p, "prevout"))
     q = _at(p, "prevout")
+    prevout = require(d, "prevout", p)
+    if prevout is None:
+        raise MalformedError(f"{q}: null on a non-coinbase input (the server did not resolve it)")
+    prevout = assert_dict(prevout, q)
     value = assert_sats(require(prevout, "value", q), _at(q, "value"))
-    address = prevout.get("scriptpubkey_address")
-    if address is not None:
-        address = assert_address(address, _at(q, "scriptpubkey_address"))
+    address = _no_address(prevout.get("scriptpubkey_address"), _at(q, "scriptpubkey_address"))
     return TxInput(address=address, value=value, prev_txid=prev_txid, prev_vout=prev_vout), False
 
 
 def _parse_output(obj: Any, p: str, n: int) -> TxOutput:
     d = assert_dict(obj, p)
     value = assert_sats(require(d, "value", p), _at(p, "value"))
-    address = d.get("scriptpubkey_address")  # absent for OP_RETURN, bare multisig, P2PK, ...
-    if address is not None:
-        address = assert_address(address, _at(p, "scriptpubkey_address"))
+    # absent (Esplora) or "" (mempool.space) for OP_RETURN, bare multisig, P2PK, ...
+    address = _no_address(d.get("scriptpubkey_address"), _at(p, "scriptpubkey_address"))
     return TxOutput(address=address, value=value, n=n)
 
 
@@ -211,14 +250,20 @@ def parse_tx(obj: Any, *, chain: str = "bitcoin", prefix: str = "") -> ChainTx:
     txid = assert_hex(require(d, "txid", prefix), _at(prefix, "txid"))
     vin = assert_list(require(d, "vin", prefix), _at(prefix, "vin"), non_empty=True)
     vout = assert_list(require(d, "vout", prefix), _at(prefix, "vout"), non_empty=True)
-    fee = assert_sats(require(d, "fee", prefix), _at(prefix, "fee"))
     status = parse_tx_status(require(d, "status", prefix), _at(prefix, "status"))
     parsed = [_parse_input(x, _at(prefix, f"vin[{i}]")) for i, x in enumerate(vin)]
     inputs = tuple(i for i, _ in parsed)
     is_coinbase = any(cb for _, cb in parsed)
     outputs = tuple(_parse_output(x, _at(prefix, f"vout[{n}]"), n) for n, x in enumerate(vout))
+    total_in, total_out = sum(i.value for i in inputs), sum(o.value for o in outputs)
+    raw_fee = d.get("fee")
+    if raw_fee is None:  # absent or null: the fee is what the inputs and outputs say
+        fee = 0 if is_coinbase else total_in - total_out
+        if fee < 0:
+            raise MalformedError(f"{_at(prefix, 'vout')}: outputs {total_out} exceed inputs {total_in} (txid {txid})")
+    else:
+        fee = assert_sats(raw_fee, _at(prefix, "fee"))
     if not is_coinbase:
-        total_in, total_out = sum(i.value for i in inputs), sum(o.value for o in outputs)
         if total_in - total_out != fee:
             raise MalformedError(
                 f"{_at(prefix, 'fee')}: expected inputs - outputs = {total_in - total_out}, got {fee} (txid {txid})"
@@ -245,10 +290,40 @@ def parse_tx(obj: Any, *, chain: str = "bitcoin", prefix: str = "") -> ChainTx:
 def parse_txs(obj: Any, *, chain: str = "bitcoin", prefix: str = "txs") -> list[ChainTx]:
     """An Esplora array of tx objects (`/address/:a/txs...`, `/block/:h/txs/:i`) → ChainTx list.
 
-    :raises MalformedError: naming the element, e.g. `txs[3].vin[0].prevout: missing`.
+    All or nothing, for callers that need every tx (a block's txs). :raises MalformedError: naming the
+    element, e.g. `txs[3].vin[0].prevout: missing`.
     """
     items = assert_list(obj, prefix)
     return [parse_tx(x, chain=chain, prefix=f"{prefix}[{i}]") for i, x in enumerate(items)]
+
+
+@dataclass(frozen=True)
+class PageEntry:
+    """One element of a page of txs: its id and status, and the ChainTx or why it could not be read."""
+
+    txid: str
+    status: TxStatus
+    tx: ChainTx | None
+    reason: str | None = None
+
+
+def parse_tx_page(obj: Any, *, chain: str = "bitcoin", prefix: str = "txs") -> list[PageEntry]:
+    """An Esplora array of tx objects → one PageEntry per element, in order; a malformed tx is kept as its reason.
+
+    An element whose txid or status cannot be read fails the page: without them the paging cursor and
+    the confirmed/mempool split cannot be kept honest. :raises MalformedError:
+    """
+    out = []
+    for i, x in enumerate(assert_list(obj, prefix)):
+        p = f"{prefix}[{i}]"
+        d = assert_dict(x, p)
+        txid = assert_hex(require(d, "txid", p), f"{p}.txid")
+        status = parse_tx_status(require(d, "status", p), f"{p}.status")
+        try:
+            out.append(PageEntry(txid, status, parse_tx(d, chain=chain, prefix=p)))
+        except MalformedError as exc:
+            out.append(PageEntry(txid, status, None, str(exc)))
+    return out
 
 
 # --- addresses ------------------------------------------------------------------------------------
@@ -350,6 +425,7 @@ class Outspend:
     txid: str | None = None
     vin: int | None = None
     block_height: int | None = None
+    confirmed: bool = False
 
 
 def parse_outspends(obj: Any) -> list[Outspend]:
@@ -361,13 +437,17 @@ def parse_outspends(obj: Any) -> list[Outspend]:
         if not assert_bool(require(d, "spent", p), f"{p}.spent"):
             out.append(Outspend(False))
             continue
-        status = parse_tx_status(d["status"], f"{p}.status") if "status" in d else TxStatus(False)
+        status = parse_tx_status(d["status"], f"{p}.status", need_block=False) if d.get("status") is not None \
+            else TxStatus(False)
+        # mempool.space on Core without txospenderindex answers `{"spent": true}` alone: spent, spender unknown.
+        txid = d.get("txid")
         out.append(
             Outspend(
                 True,
-                assert_hex(require(d, "txid", p), f"{p}.txid"),
-                assert_int(require(d, "vin", p), f"{p}.vin", minimum=0),
+                None if txid is None else assert_hex(txid, f"{p}.txid"),
+                None if txid is None else assert_int(require(d, "vin", p), f"{p}.vin", minimum=0),
                 status.block_height,
+                status.confirmed,
             )
         )
     return out
