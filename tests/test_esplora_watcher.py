@@ -316,3 +316,59 @@ async def test_history_of_another_address_is_malformed(aiohttp_server, caplog):
         batch = await EsploraSource("esplora", http, [address], clock=clock).poll({})
     assert batch.failed == (address,) and batch.txs == () and batch.cursors == ()
     assert "does not touch address" in caplog.text
+
+
+async def test_one_malformed_tx_is_skipped_and_retried_not_the_whole_page(h, caplog):
+    """A tx whose value is a float costs that tx only; paging goes on past it and it is read again until it parses."""
+    a = h.chain.address("skip-one")
+    make_history(h.chain, a, confirmed=30, mempool=2)
+    async with h.session.get(f"{h.server.url}/address/{a}/txs") as resp:
+        first_page = [t["txid"] for t in await resp.json()]
+    confirmed_page = [t for t in first_page if h.chain.tx_status(t) is not None]
+    bad = confirmed_page[-1]  # the last of the page: its txid is also the next page's cursor
+    bad_mempool = next(t for t in first_page if h.chain.tx_status(t) is None)
+    h.server.broken.update({bad, bad_mempool})
+    src = h.source([a], retries=0)
+
+    batch = await h.poll(src)
+    assert batch.failed == ()
+    assert {t.txid for t in batch.txs} == set(h.chain.address_chain_txids(a) + h.chain.address_mempool_txids(a)) - {
+        bad, bad_mempool}
+    assert len(batch.txs) == 30
+    assert any("esplora tx skipped" in r.getMessage() and bad in r.getMessage() and "vout[0].value" in r.getMessage()
+               for r in caplog.records)
+    assert json.loads(h.cursors[a])["retry"] == sorted([bad, bad_mempool])
+
+    # unchanged stats, still malformed: only the two txs are read again, nothing is lost or returned
+    before = len(h.server.requests)
+    batch = await h.poll(src)
+    assert batch.txs == () and batch.failed == ()
+    assert sorted(paths(h.server, before)) == sorted([f"/address/{a}", f"/tx/{bad}", f"/tx/{bad_mempool}"])
+    assert json.loads(h.cursors[a])["retry"] == sorted([bad, bad_mempool])
+
+    # fixed at the server: both come back with their real values, the retry list empties
+    h.server.broken.clear()
+    batch = await h.poll(src)
+    got = {t.txid: t for t in batch.txs}
+    assert set(got) == {bad, bad_mempool}
+    assert got[bad].is_confirmed and not got[bad_mempool].is_confirmed
+    for txid, tx in got.items():
+        assert [o.value for o in tx.outputs] == [o.value for o in h.chain.any_tx(txid).vout]
+    assert "retry" not in json.loads(h.cursors[a])
+    before = len(h.server.requests)
+    batch = await h.poll(src)
+    assert batch.txs == () and paths(h.server, before) == [f"/address/{a}"]
+
+
+async def test_malformed_tx_that_disappears_is_gone(h):
+    a = h.chain.address("skip-gone")
+    h.chain.fund(a, 70_000)
+    h.chain.mine()
+    tx = h.chain.pay([a], [(h.chain.address("elsewhere"), 20_000)], fee=1_000)
+    h.server.broken.add(tx.txid)
+    src = h.source([a], retries=0)
+    batch = await h.poll(src)
+    assert len(batch.txs) == 1 and json.loads(h.cursors[a])["retry"] == [tx.txid]
+    h.chain.evict(tx.txid)
+    batch = await h.poll(src)
+    assert batch.gone == (tx.txid,) and "retry" not in json.loads(h.cursors[a])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from watchers.validate import (
     parse_height,
     parse_outspends,
     parse_tx,
+    parse_tx_page,
     parse_tx_status,
     parse_txs,
     parse_utxos,
@@ -238,3 +240,133 @@ def test_utxos_and_outspends():
         [{"spent": False}, {"spent": True, "txid": "bb" * 32, "vin": 1, "status": load("mempool_docs_mainnet_tx_status.json")}]
     )
     assert [(s.spent, s.txid, s.vin, s.block_height) for s in spends] == [(False, None, None, None), (True, "bb" * 32, 1, 363348)]
+
+
+# --- what self-hosted servers send besides Esplora's own shapes ---------------------------------------
+# mempool.space on Core (backend/src/api/bitcoin/bitcoin-api.ts $convertTransaction) writes "" for no
+# address, a coinbase input as txid "" / vout 0 / prevout null, and prevout null on lazily resolved inputs.
+
+
+def test_empty_address_on_outputs_and_prevouts_is_no_address():
+    tx = load(CONFIRMED)
+    tx["vout"][0]["scriptpubkey_address"] = ""
+    tx["vin"][0]["prevout"]["scriptpubkey_address"] = ""
+    tx["vout"][1]["scriptpubkey_address"] = None
+    parsed = parse_tx(tx)
+    assert parsed.inputs[0].address is None and parsed.inputs[0].value == tx["vin"][0]["prevout"]["value"]
+    assert parsed.outputs[0].address is None and parsed.outputs[1].address is None
+    assert parsed.outputs[0].value == tx["vout"][0]["value"]
+    assert parsed.fee == tx["fee"]
+
+
+@pytest.mark.parametrize("vin0", [
+    {"txid": "", "vout": 0, "prevout": None, "is_coinbase": True, "scriptsig": "03", "sequence": 0},
+    {"txid": "0" * 64, "vout": 4294967295, "prevout": None, "scriptsig": "03", "sequence": 0},  # no is_coinbase
+    {"txid": "", "vout": 0, "prevout": None, "scriptsig": "03", "sequence": 0},
+    {"txid": "0" * 64, "vout": 4294967295, "is_coinbase": True,
+     "prevout": {"scriptpubkey_address": "", "value": 0}},  # a proxy that fills a dummy prevout
+])
+def test_coinbase_input_shapes_normalise_to_the_null_outpoint(vin0):
+    tx = load(CONFIRMED)
+    tx["vin"] = [vin0]
+    tx["fee"] = 0
+    parsed = parse_tx(tx)
+    assert parsed.is_coinbase and parsed.fee == 0
+    assert parsed.inputs == (TxInput(None, 0, "0" * 64, 4294967295),)
+
+
+def test_prevout_null_on_a_spending_input_is_rejected_with_the_reason():
+    tx = load(CONFIRMED)
+    tx["vin"][0]["prevout"] = None
+    with pytest.raises(MalformedError, match=r"^vin\[0\]\.prevout: null on a non-coinbase input"):
+        parse_tx(tx)
+
+
+def test_fee_absent_or_null_is_derived_and_negative_rejected():
+    tx = load(CONFIRMED)
+    want = tx.pop("fee")
+    assert parse_tx(tx).fee == want
+    tx["fee"] = None
+    assert parse_tx(tx).fee == want
+    tx["fee"] = -1  # mempool.space's marker for a fee it did not compute
+    with pytest.raises(MalformedError, match=r"^fee: expected a non-negative integer, got -1"):
+        parse_tx(tx)
+
+
+@pytest.mark.parametrize("status, message", [
+    ({"confirmed": True}, "status.block_height: missing"),
+    ({"confirmed": True, "block_height": 848136, "block_hash": "00" * 32}, "status.block_time: missing"),
+    ({"confirmed": True, "block_height": 2**64, "block_hash": "00" * 32, "block_time": 1},
+     "status.block_height: expected an integer <= 2147483647"),  # would overflow what is stored
+    ({"confirmed": True, "block_height": 1, "block_hash": "00" * 32, "block_time": 1e9},
+     "status.block_time: expected a non-negative integer, got 1000000000.0"),
+    ({"confirmed": False, "block_height": 0}, None),  # block fields of an unconfirmed tx are ignored
+])
+def test_status_shapes(status, message):
+    tx = load(CONFIRMED)
+    tx["status"] = status
+    if message is None:
+        parsed = parse_tx(tx)
+        assert parsed.is_confirmed == status["confirmed"]
+    else:
+        with pytest.raises(MalformedError, match="^" + re.escape(message)):
+            parse_tx(tx)
+
+
+@pytest.mark.parametrize("value", [5, ["bc1q"], "bc1q spaces here", "x" * 120])
+def test_address_of_another_type_is_rejected(value):
+    tx = load(CONFIRMED)
+    tx["vout"][0]["scriptpubkey_address"] = value
+    with pytest.raises(MalformedError, match=r"^vout\[0\]\.scriptpubkey_address: expected an address"):
+        parse_tx(tx)
+
+
+def test_outspends_from_mempool_on_core():
+    spender = "ab" * 32
+    got = parse_outspends([
+        {"spent": False},
+        {"spent": True},  # getTxOut said spent, no spender known
+        {"spent": True, "txid": spender, "vin": 1, "status": {"confirmed": True}},
+        {"spent": True, "txid": spender, "vin": 0, "status": {"confirmed": False}},
+    ])
+    assert [(o.spent, o.txid, o.vin, o.block_height, o.confirmed) for o in got] == [
+        (False, None, None, None, False),
+        (True, None, None, None, False),
+        (True, spender, 1, None, True),
+        (True, spender, 0, None, False),
+    ]
+
+
+def test_page_keeps_good_txs_and_names_the_bad_one():
+    txs = load(ARRAY)
+    txs[1]["vout"][0]["value"] = 1.5
+    entries = parse_tx_page(txs, prefix="txs")
+    assert [e.txid for e in entries] == [t["txid"] for t in txs]
+    assert [e.tx is None for e in entries] == [False, True, False, False]
+    assert entries[1].reason.startswith("txs[1].vout[0].value: expected a non-negative integer, got 1.5")
+    assert entries[1].status.confirmed == txs[1]["status"]["confirmed"]
+    assert entries[0].tx == parse_tx(txs[0], prefix="txs[0]")
+
+
+@pytest.mark.parametrize("path, value, message", [
+    (["txid"], "", r"^txs\[2\]\.txid: expected 64 lower-case hex digits"),
+    (["status"], None, r"^txs\[2\]\.status: expected an object"),
+])
+def test_page_fails_whole_when_a_txid_or_status_is_unreadable(path, value, message):
+    txs = load(ARRAY)
+    txs[2][path[0]] = value
+    with pytest.raises(MalformedError, match=message):
+        parse_tx_page(txs)
+
+
+def test_very_large_values():
+    stats = load("mempool_docs_mainnet_address.json")
+    stats["chain_stats"]["funded_txo_sum"] = 10**17  # above MAX_MONEY: a busy address's lifetime sum
+    assert parse_address_stats(stats, stats["address"]).chain_funded == 10**17
+    stats["chain_stats"]["funded_txo_sum"] = 2**64
+    with pytest.raises(MalformedError, match=r"^chain_stats\.funded_txo_sum: expected an integer <= "):
+        parse_address_stats(stats, stats["address"])
+    tx = load(CONFIRMED)
+    tx["vout"][0]["value"] = 10**30
+    with pytest.raises(MalformedError, match=r"^vout\[0\]\.value: expected at most 2100000000000000 satoshis"):
+        parse_tx(tx)

@@ -26,6 +26,13 @@ Backfill is a poll without a cursor: it pages through the whole history, at most
 stopped (`tail`) and the next poll continues there. `progress(address, fetched, total)` is called per
 page while backfilling.
 
+One malformed tx does not cost the page: a tx whose txid and status can be read but whose other
+fields are malformed (see `watchers.validate`) is skipped with a logged reason, the rest of the page is
+used and paging goes on past it; its txid goes into the cursor's `retry` list and is read again with
+`GET /tx/:txid` on every later poll (even when the address's stats did not change) until it parses
+(returned then), answers 404 (`Batch.gone`) or is listed well-formed again. An element whose txid or
+status is unreadable fails the whole page: without them the paging and the boundary cannot be kept honest.
+
 Failure isolation: any `SourceError` for one address (after the HTTP client's retries and failover)
 puts it in `Batch.failed`, its cursor and its partial data are not returned (never advance past data
 not returned), and the other addresses go on. The first failure and the recovery are logged per address.
@@ -38,7 +45,8 @@ Cursor state (JSON, per address), version 1:
      "top": [["<txid>", "<block hash>"], ...],   # newest confirmed txs (≤ 25), newest first
      "mempool": ["<txid>", ...],                 # mempool txs seen last time
      "tail": null,                               # unfinished backfill: continue after this txid
-     "fetched": 120}                             # confirmed txs read by the backfill (progress)
+     "fetched": 120,                             # confirmed txs read by the backfill (progress)
+     "retry": ["<txid>", ...]}                   # malformed txs skipped, read again with /tx/:txid
 
 Costs (requests per address per poll, retries included in `Batch.requests`): unchanged 1; new mempool
 tx or new block with ≤ 25 new txs 2; each further 25 new confirmed txs +1; each vanished tx +1; a
@@ -66,13 +74,15 @@ from watchers.validate import (
     Outspend,
     Utxo,
     assert_hex,
+    assert_list,
     parse_address_stats,
     parse_block,
     parse_hash,
     parse_height,
     parse_outspends,
+    PageEntry,
     parse_tx,
-    parse_txs,
+    parse_tx_page,
     parse_utxos,
 )
 
@@ -101,11 +111,14 @@ class _State:
     mempool: list[str] = field(default_factory=list)
     tail: str | None = None
     fetched: int = 0
+    retry: list[str] = field(default_factory=list)
 
     def dumps(self) -> str:
         out: dict[str, Any] = {"v": CURSOR_VERSION}
         out.update(zip(_STATS_KEYS, self.stats))
         out.update(top=[list(p) for p in self.top], mempool=self.mempool, tail=self.tail, fetched=self.fetched)
+        if self.retry:
+            out["retry"] = self.retry
         return json.dumps(out, separators=(",", ":"))
 
     @classmethod
@@ -120,7 +133,8 @@ class _State:
         top = [(assert_hex(t, "top"), assert_hex(h, "top")) for t, h in d["top"]]
         mempool = [assert_hex(t, "mempool") for t in d["mempool"]]
         tail = None if d["tail"] is None else assert_hex(d["tail"], "tail")
-        return cls(stats, top, mempool, tail, int(d["fetched"]))
+        retry = [assert_hex(t, "retry") for t in d.get("retry", [])]  # absent in cursors written before it
+        return cls(stats, top, mempool, tail, int(d["fetched"]), retry)
 
 
 def _stats_key(s: AddressStats) -> tuple[int, ...]:
@@ -248,13 +262,14 @@ class EsploraSource:
         stats = await self.http.get_json(f"/address/{q}", parse=lambda d: parse_address_stats(d, address), tally=tally)
         snapshot = stats.snapshot(chain=self.chain, at=int(self._clock.time()))
         key = _stats_key(stats)
-        if old is not None and old.stats == key and old.tail is None:
+        if old is not None and old.stats == key and old.tail is None and not old.retry:
             return _Result([], snapshot, set(), old)
 
         backfilling = old is None or old.tail is not None
         total = stats.chain_tx_count
         state = _State(key, list(old.top) if old else [], list(old.mempool) if old else [],
                        old.tail if old else None, old.fetched if old else 0)
+        skipped: dict[str, str] = {}  # txid → why, this poll
 
         def report(fetched: int) -> None:
             if progress is not None and backfilling:
@@ -266,50 +281,85 @@ class EsploraSource:
             base = state.fetched
             head = await self._walk_head(address, q, old, tally, lambda n: report(base + n))
             new_txs.extend(head.txs)
+            skipped.update(head.skipped)
             gone |= head.gone
             state.top, state.mempool = head.top, head.mempool
             state.fetched = base + head.fetched
             if old is None:
                 state.tail = head.tail
         if old is not None and old.tail is not None:
-            older, state.tail = await self._walk_tail(address, q, old.tail, tally, state.fetched, report)
+            older, state.tail, older_skipped = await self._walk_tail(address, q, old.tail, tally, state.fetched, report)
             new_txs.extend(older)
-            state.fetched += len(older)
+            skipped.update(older_skipped)
+            state.fetched += len(older) + len(older_skipped)
         if state.tail is None:
             if backfilling:
                 state.fetched = max(state.fetched, total)
                 report(state.fetched)
+        for txid, reason in skipped.items():
+            self._log.warning("esplora tx skipped, retried next poll source=%s address=%s txid=%s reason=%s",
+                              self.name, address, txid, reason)
+        seen_now = {t.txid for t in new_txs} | skipped.keys()
+        still = [t for t in (old.retry if old else []) if t not in seen_now]
+        kept = await self._retry(address, still, tally, new_txs, gone)
+        state.retry = sorted(set(kept) | skipped.keys())
         return _Result(new_txs, snapshot, gone, state)
 
-    async def _page(self, address: str, path: str, tally: RequestTally, prefix: str) -> list[ChainTx]:
-        def parse(data: Any) -> list[ChainTx]:
-            txs = parse_txs(data, chain=self.chain, prefix=prefix)
-            for i, tx in enumerate(txs):
-                if not _touches(tx, address):
-                    raise MalformedError(f"{prefix}[{i}]: tx {tx.txid} does not touch address {address}")
-            return txs
+    async def _retry(self, address: str, txids: list[str], tally: RequestTally, txs: list[ChainTx],
+                     gone: set[str]) -> list[str]:
+        """Read skipped txs again by id: parsed → appended to `txs`; 404 → `gone`; still malformed → kept."""
+        kept: list[str] = []
+        for txid in txids:
+            try:
+                tx = await self.get_tx(txid, tally=tally)
+            except MalformedError as exc:
+                self._log.debug("esplora tx still malformed source=%s address=%s txid=%s error=%s",
+                                self.name, address, txid, exc)
+                kept.append(txid)
+                continue
+            except SourceError as exc:
+                if http_status(exc) == 404:
+                    gone.add(txid)
+                    continue
+                raise
+            if _touches(tx, address):
+                self._log.info("esplora skipped tx now read source=%s address=%s txid=%s", self.name, address, txid)
+                txs.append(tx)
+            else:
+                self._log.warning("esplora skipped tx does not touch the address, dropped source=%s address=%s txid=%s",
+                                  self.name, address, txid)
+        return kept
+
+    async def _page(self, address: str, path: str, tally: RequestTally, prefix: str) -> list[PageEntry]:
+        def parse(data: Any) -> list[PageEntry]:
+            entries = parse_tx_page(data, chain=self.chain, prefix=prefix)
+            for i, e in enumerate(entries):
+                if e.tx is not None and not _touches(e.tx, address):
+                    raise MalformedError(f"{prefix}[{i}]: tx {e.txid} does not touch address {address}")
+            return entries
 
         return await self.http.get_json(path, parse=parse, tally=tally)
 
     async def _walk_head(self, address: str, q: str, old: _State | None, tally: RequestTally, report) -> _Head:
         first = await self._page(address, f"/address/{q}/txs", tally, "txs")
-        mempool_txs = [t for t in first if not t.is_confirmed]
-        page = [t for t in first if t.is_confirmed]
+        mempool_entries = [e for e in first if not e.status.confirmed]
+        mempool_txs = [e.tx for e in mempool_entries if e.tx is not None]
+        page = [e for e in first if e.status.confirmed]
         known = dict(old.top) if old else {}
-        walked: list[ChainTx] = []
+        walked: list[PageEntry] = []
         seen: set[str] = set()
         boundary: str | None = None
         tail: str | None = None
         pages = 0
         while True:
-            for tx in page:
-                if tx.txid in seen:
-                    raise MalformedError(f"txs/chain: tx {tx.txid} listed twice (paging does not advance)")
-                seen.add(tx.txid)
-                if known.get(tx.txid) == tx.block_hash:
-                    boundary = tx.txid
+            for e in page:
+                if e.txid in seen:
+                    raise MalformedError(f"txs/chain: tx {e.txid} listed twice (paging does not advance)")
+                seen.add(e.txid)
+                if known.get(e.txid) == e.status.block_hash:
+                    boundary = e.txid
                     break
-                walked.append(tx)
+                walked.append(e)
             report(len(walked))
             if boundary is not None or len(page) < CHAIN_PAGE:
                 break
@@ -321,7 +371,7 @@ class EsploraSource:
             pages += 1
             page = await self._page(address, f"/address/{q}/txs/chain/{page[-1].txid}", tally, "txs/chain")
 
-        top = [(t.txid, t.block_hash or "") for t in walked]
+        top = [(e.txid, e.status.block_hash or "") for e in walked]
         old_top_rest: list[tuple[str, str]] = []
         candidates: set[str] = set()
         if old is not None:
@@ -334,7 +384,7 @@ class EsploraSource:
             candidates = above
         top = (top + old_top_rest)[:_TOP_KEEP]
 
-        shown = {t.txid for t in mempool_txs}
+        shown = {e.txid for e in mempool_entries}
         old_mempool = set(old.mempool) if old else set()
         mempool_ids = [t.txid for t in mempool_txs]
         if len(mempool_txs) >= MEMPOOL_LIMIT:
@@ -342,9 +392,11 @@ class EsploraSource:
             mempool_ids += [t for t in old.mempool if t not in shown and t not in seen] if old else []
         else:
             candidates |= old_mempool
-        candidates -= shown | {t.txid for t in walked} | ({boundary} if boundary else set())
+        candidates -= shown | {e.txid for e in walked} | ({boundary} if boundary else set())
+        skipped = {e.txid: e.reason or "" for e in walked + mempool_entries if e.tx is None}
+        candidates -= skipped.keys()
 
-        txs = list(walked) + [t for t in mempool_txs if t.txid not in old_mempool]
+        txs = [e.tx for e in walked if e.tx is not None] + [t for t in mempool_txs if t.txid not in old_mempool]
         gone: set[str] = set()
         for txid in sorted(candidates):
             try:
@@ -357,24 +409,28 @@ class EsploraSource:
             txs.append(tx)
             if not tx.is_confirmed:
                 mempool_ids.append(txid)
-        return _Head(txs, gone, top, mempool_ids, tail, len(walked))
+        return _Head(txs, gone, top, mempool_ids, tail, len(walked), skipped)
 
     async def _walk_tail(self, address: str, q: str, after: str, tally: RequestTally, fetched: int,
-                         report) -> tuple[list[ChainTx], str | None]:
+                         report) -> tuple[list[ChainTx], str | None, dict[str, str]]:
         older: list[ChainTx] = []
+        skipped: dict[str, str] = {}
         seen: set[str] = set()
         for _ in range(self._max_pages):
             page = await self._page(address, f"/address/{q}/txs/chain/{after}", tally, "txs/chain")
-            for tx in page:
-                if tx.txid in seen:
-                    raise MalformedError(f"txs/chain: tx {tx.txid} listed twice (paging does not advance)")
-                seen.add(tx.txid)
-            older.extend(page)
-            report(fetched + len(older))
+            for e in page:
+                if e.txid in seen:
+                    raise MalformedError(f"txs/chain: tx {e.txid} listed twice (paging does not advance)")
+                seen.add(e.txid)
+                if e.tx is None:
+                    skipped[e.txid] = e.reason or ""
+                else:
+                    older.append(e.tx)
+            report(fetched + len(older) + len(skipped))
             if len(page) < CHAIN_PAGE:
-                return older, None
+                return older, None, skipped
             after = page[-1].txid
-        return older, after
+        return older, after, skipped
 
     def _note_failure(self, address: str, exc: SourceError) -> None:
         reason = f"{type(exc).__name__}: {exc}"
@@ -430,10 +486,12 @@ class EsploraSource:
         _check_hex(block_hash)
 
         def parse(data: Any) -> int:
-            txs = parse_txs(data)
-            if not txs or not txs[0].is_coinbase:
+            # Only the coinbase is read: another tx of the page being malformed does not matter here.
+            first = assert_list(data, "txs", non_empty=True)[0]
+            tx = parse_tx(first, chain=self.chain, prefix="txs[0]")
+            if not tx.is_coinbase:
                 raise MalformedError("[0]: the first transaction of a block must be its coinbase")
-            return txs[0].total_out
+            return tx.total_out
 
         return await self.http.get_json(f"/block/{block_hash}/txs/0", parse=parse, tally=tally)
 
@@ -455,6 +513,7 @@ class _Head:
     mempool: list[str]
     tail: str | None
     fetched: int
+    skipped: dict[str, str] = field(default_factory=dict)  # txid → why it could not be read
 
 
 def _check_hex(value: str) -> None:

@@ -19,7 +19,8 @@ is done with it:
 - `fee` absent or null: derived as inputs − outputs (0 for a coinbase).
 - `status` `{"confirmed": true}` without block fields (mempool's outspends): accepted for outspends,
   rejected for a tx (a confirmed tx must name its block).
-- amounts above 21M BTC, floats, strings and booleans where an integer is documented: rejected.
+- amounts above 21M BTC, heights above 2^31 − 1, times above 2^32 − 1, other integers beyond 64 bits,
+  floats, strings and booleans where an integer is documented: rejected (nothing stored can overflow).
 
 `parse_tx_page` reads a page of txs one by one: a tx whose txid and status can be read but whose other
 fields are malformed becomes a `PageEntry` with the reason instead of failing the whole page.
@@ -69,6 +70,9 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 # Base58 and bech32 characters only: a watched address is later put in URL paths and logs.
 _ADDRESS = re.compile(r"[0-9A-Za-z]{10,100}")
 _MAX_U32 = 2**32 - 1
+# Heights are int32 in Core and header times uint32; anything stored must fit SQLite's signed 64 bits.
+_MAX_HEIGHT = 2**31 - 1
+_MAX_I64 = 2**63 - 1
 #: The outpoint a coinbase input spends: 32 zero bytes, index 0xffffffff.
 NULL_TXID = "0" * 64
 
@@ -196,9 +200,9 @@ def parse_tx_status(obj: Any, prefix: str = "status", *, need_block: bool = True
         return TxStatus(True)
     return TxStatus(
         True,
-        assert_int(require(d, "block_height", prefix), _at(prefix, "block_height"), minimum=0),
+        assert_int(require(d, "block_height", prefix), _at(prefix, "block_height"), minimum=0, maximum=_MAX_HEIGHT),
         assert_hex(require(d, "block_hash", prefix), _at(prefix, "block_hash")),
-        assert_int(require(d, "block_time", prefix), _at(prefix, "block_time"), minimum=0),
+        assert_int(require(d, "block_time", prefix), _at(prefix, "block_time"), minimum=0, maximum=_MAX_U32),
     )
 
 
@@ -364,11 +368,12 @@ class AddressStats:
 def _parse_stats_block(obj: Any, p: str) -> tuple[int, int, int]:
     d = assert_dict(obj, p)
     for key in ("funded_txo_count", "spent_txo_count"):
-        assert_int(require(d, key, p), _at(p, key), minimum=0)
-    tx_count = assert_int(require(d, "tx_count", p), _at(p, "tx_count"), minimum=0)
-    # Sums over the address's whole history can exceed MAX_MONEY (coins move in and out many times).
-    funded = assert_int(require(d, "funded_txo_sum", p), _at(p, "funded_txo_sum"), minimum=0)
-    spent = assert_int(require(d, "spent_txo_sum", p), _at(p, "spent_txo_sum"), minimum=0)
+        assert_int(require(d, key, p), _at(p, key), minimum=0, maximum=_MAX_I64)
+    tx_count = assert_int(require(d, "tx_count", p), _at(p, "tx_count"), minimum=0, maximum=_MAX_I64)
+    # Sums over the address's whole history can exceed MAX_MONEY (coins move in and out many times),
+    # but not 64 bits (they are stored).
+    funded = assert_int(require(d, "funded_txo_sum", p), _at(p, "funded_txo_sum"), minimum=0, maximum=_MAX_I64)
+    spent = assert_int(require(d, "spent_txo_sum", p), _at(p, "spent_txo_sum"), minimum=0, maximum=_MAX_I64)
     return tx_count, funded, spent
 
 
@@ -466,7 +471,8 @@ def parse_block(obj: Any) -> dict[str, Any]:
     d = assert_dict(obj, "block")
     out: dict[str, Any] = {"id": assert_hex(require(d, "id"), "id")}
     for key in _BLOCK_INTS:
-        out[key] = assert_int(require(d, key), key, minimum=0 if key != "version" else None)
+        top = _MAX_HEIGHT if key == "height" else _MAX_I64
+        out[key] = assert_int(require(d, key), key, minimum=0 if key != "version" else -(2**31), maximum=top)
     out["merkle_root"] = assert_hex(require(d, "merkle_root"), "merkle_root")
     prev = d.get("previousblockhash")
     out["previousblockhash"] = None if prev is None else assert_hex(prev, "previousblockhash")

@@ -19,6 +19,14 @@ Deliberate choices where electrs has several behaviours or the sim differs:
 - A malformed address → 400 "Invalid Bitcoin address"; one of another network → 400 "Address on
   invalid network". A malformed hash → 400 "Invalid hash string". No blocks yet → 503.
 
+Dialects: `dialect="electrs"` (default) answers as above. `dialect="mempool-core"` answers tx objects
+as a mempool.space backend on Bitcoin Core (its `none`/`electrum` modes) converts them
+(mempool/mempool backend/src/api/bitcoin/bitcoin-api.ts `$convertTransaction`): an output without an
+address has `"scriptpubkey_address": ""` (on outputs and prevouts), a coinbase input is
+`{"txid": "", "vout": 0, "prevout": null, "is_coinbase": true, ...}`, and inputs carry empty
+`inner_redeemscript_asm`/`inner_witnessscript_asm`. `EsploraServer.broken` holds txids whose tx object
+is served malformed (`vout[0].value` as a float) wherever it appears, to test per-tx skipping.
+
 `Faults` injects failures by regex on the path after `/api`; `EsploraServer` runs the app on
 127.0.0.1 and records every request path (after `/api`) in `.requests`.
 """
@@ -43,6 +51,8 @@ __all__ = [
     "CHAIN_KEY",
     "CHAIN_TXS_PER_PAGE",
     "FAULTS_KEY",
+    "BROKEN_KEY",
+    "DIALECTS",
     "FAULT_KINDS",
     "MAX_MEMPOOL_TXS",
     "MEMPOOL_429_BODY",
@@ -100,6 +110,8 @@ _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 CHAIN_KEY = web.AppKey("chain", SimChain)
 FAULTS_KEY = web.AppKey("faults", object)
 REQUESTS_KEY = web.AppKey("requests", list)
+BROKEN_KEY = web.AppKey("broken", set)
+DIALECTS = ("electrs", "mempool-core")
 _STOPPING_KEY = web.AppKey("stopping", asyncio.Event)
 TTL_LONG = 157_784_630
 TTL_SHORT = 10
@@ -247,6 +259,22 @@ def _tx_core(chain: SimChain, tx: SimTx) -> dict[str, Any]:
     }
 
 
+def _mempool_core(core: dict[str, Any]) -> dict[str, Any]:
+    # mempool.space's conversion of Core's answers (bitcoin-api.ts $convertTransaction): "" for no address,
+    # a coinbase input as txid "" / vout 0 / prevout null, empty inner script fields.
+    def out(o: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if o is None else {**o, "scriptpubkey_address": o.get("scriptpubkey_address", "")}
+
+    vin = []
+    for i in core["vin"]:
+        d = {**i, "prevout": out(i["prevout"]), "inner_redeemscript_asm": i.get("inner_redeemscript_asm", ""),
+             "inner_witnessscript_asm": i.get("inner_witnessscript_asm", "")}
+        if i["is_coinbase"]:
+            d.update(txid="", vout=0, prevout=None)
+        vin.append(d)
+    return {**core, "vin": vin, "vout": [out(o) for o in core["vout"]]}
+
+
 def tx_json(chain: SimChain, tx: SimTx, status: TxStatus | None) -> dict[str, Any]:
     """Esplora's tx object for a SimTx with the given status."""
     return {**_tx_core(chain, tx), "status": status_json(status)}
@@ -367,8 +395,12 @@ def _binary(data: bytes, ttl: int = TTL_LONG) -> web.Response:
 class _Api:
     """Routes one request path to the chain views, electrs-style (segments matched by position)."""
 
-    def __init__(self, chain: SimChain):
+    def __init__(self, chain: SimChain, dialect: str = "electrs", broken: set[str] | None = None):
+        if dialect not in DIALECTS:
+            raise ValueError(f"unknown dialect {dialect!r}; expected one of {DIALECTS}")
         self.chain = chain
+        self.dialect = dialect
+        self.broken = broken if broken is not None else set()
         self._core_cache: dict[str, dict[str, Any]] = {}  # txid -> tx JSON without status (immutable)
         self._address_cache: dict[str, str] = {}
 
@@ -376,8 +408,14 @@ class _Api:
     def _tx(self, tx: SimTx, status: TxStatus | None) -> dict[str, Any]:
         core = self._core_cache.get(tx.txid)
         if core is None:
-            core = self._core_cache[tx.txid] = _tx_core(self.chain, tx)
-        return {**core, "status": status_json(status)}
+            core = _tx_core(self.chain, tx)
+            if self.dialect == "mempool-core":
+                core = _mempool_core(core)
+            self._core_cache[tx.txid] = core
+        out = {**core, "status": status_json(status)}
+        if tx.txid in self.broken:
+            out["vout"] = [{**out["vout"][0], "value": out["vout"][0]["value"] + 0.5}, *out["vout"][1:]]
+        return out
 
     def _live_tx(self, tx: SimTx) -> dict[str, Any]:
         return self._tx(tx, self.chain.tx_status(tx.txid))
@@ -590,10 +628,13 @@ async def _fault_response(rule: FaultRule, request: web.Request, normal) -> web.
     return resp  # "slow": the delay already happened
 
 
-def make_app(chain: SimChain, faults: Faults | None = None) -> web.Application:
-    """aiohttp app serving `chain` under /api; `app[REQUESTS_KEY]` records paths, `app[FAULTS_KEY]` the rules."""
+def make_app(chain: SimChain, faults: Faults | None = None, *, dialect: str = "electrs") -> web.Application:
+    """aiohttp app serving `chain` under /api; `app[REQUESTS_KEY]` records paths, `app[FAULTS_KEY]` the rules,
+    `app[BROKEN_KEY]` the txids served malformed."""
     app = web.Application()
-    api = _Api(chain)
+    broken: set[str] = set()
+    api = _Api(chain, dialect, broken)
+    app[BROKEN_KEY] = broken
     fault_rules = faults if faults is not None else Faults()
     requests: list[str] = []
     stopping = asyncio.Event()
@@ -629,16 +670,22 @@ def make_app(chain: SimChain, faults: Faults | None = None) -> web.Application:
 class EsploraServer:
     """Run `make_app(chain)` on a real socket: `async with EsploraServer(chain) as srv: srv.url`."""
 
-    def __init__(self, chain: SimChain, host: str = "127.0.0.1", port: int = 0, faults: Faults | None = None):
+    def __init__(self, chain: SimChain, host: str = "127.0.0.1", port: int = 0, faults: Faults | None = None,
+                 *, dialect: str = "electrs"):
         self.chain = chain
         self.host = host
         self.port = port
-        self.app = make_app(chain, faults)
+        self.app = make_app(chain, faults, dialect=dialect)
         self._runner: web.AppRunner | None = None
 
     @property
     def faults(self) -> Faults:
         return self.app[FAULTS_KEY]  # type: ignore[return-value]
+
+    @property
+    def broken(self) -> set[str]:
+        """Txids whose tx object is served malformed (add and remove while serving)."""
+        return self.app[BROKEN_KEY]
 
     @property
     def requests(self) -> list[str]:

@@ -1,0 +1,126 @@
+"""What a self-hosted mempool.space server really sends, through the real Esplora watcher and pipeline.
+
+mempool.space on its `none`/`electrum` backends converts Bitcoin Core's answers into Esplora's shape
+(mempool/mempool backend/src/api/bitcoin/bitcoin-api.ts `$convertTransaction`): `"scriptpubkey_address": ""`
+for every output without an address (OP_RETURN, bare multisig, P2PK), on outputs and prevouts, and a
+coinbase input as `{"txid": "", "vout": 0, "prevout": null, "is_coinbase": true}`. The local Esplora
+server speaks that dialect (`dialect="mempool-core"`); the same chain is served at once in electrs'
+shapes, and the flows stored from both must be the same, with the numbers the chain holds.
+"""
+
+import asyncio
+import json
+from pathlib import Path
+
+import aiohttp
+from builders import (
+    COIN,
+    MARCH_5_2026,
+    cli_run,
+    config_toml,
+    entity_table,
+    esplora_source,
+    miner_profile,
+    sourced,
+)
+
+from monitor.sim.chain import SimChain
+from monitor.sim.esplora_server import EsploraServer
+
+PUB_A = bytes.fromhex("02" + "11" * 32)
+PUB_B = bytes.fromhex("03" + "22" * 32)
+P2PK = b"\x21" + PUB_A + b"\xac"
+BARE_MULTISIG = b"\x51" + b"\x21" + PUB_A + b"\x21" + PUB_B + b"\x52\xae"
+
+
+def write_config(directory: Path, url: str, addrs: dict[str, str]) -> Path:
+    directory.mkdir(exist_ok=True)
+    cfg = directory / "config.toml"
+    cfg.write_text(config_toml(
+        db=directory / "tm.db",
+        sources=[esplora_source("local", url, rate_limit=200.0, timeout=5.0, mode="address")],
+        entities=[
+            entity_table("Test Miner", "miner", sourced([addrs["hot"]]), profile=miner_profile()),
+            entity_table("Test Exchange", "exchange", sourced([addrs["exchange"]]), watch=False),
+        ],
+    ))
+    return cfg
+
+
+async def flows(cfg: Path) -> dict[str, dict]:
+    r = await cli_run("-c", cfg, "export", "--format", "jsonl")
+    assert r.exit_code == 0, r.output
+    return {rec["txid"]: rec for rec in map(json.loads, r.output.splitlines())}
+
+
+def _chain_facts(records: dict[str, dict]) -> dict[str, dict]:
+    # seen_at and classified_at say when each run stored them (wall time), not what the chain says
+    out = {}
+    for txid, rec in records.items():
+        rec = {k: v for k, v in rec.items() if k != "seen_at"}
+        if rec.get("classification"):
+            rec["classification"] = {k: v for k, v in rec["classification"].items() if k != "classified_at"}
+        out[txid] = rec
+    return out
+
+
+async def test_empty_address_and_empty_coinbase_txid_keep_the_address_monitored(tmp_path):
+    chain = SimChain(start_time=MARCH_5_2026)
+    addrs = {k: chain.address(f"shapes-{k}") for k in ("hot", "exchange")}
+    [payout_block] = chain.mine(coinbase_to=addrs["hot"])  # a pool payout straight from a coinbase
+    funding = chain.fund(addrs["hot"], 30 * COIN)
+    odd = chain.pay([addrs["hot"]], [(None, 0), (BARE_MULTISIG, 1_000), (P2PK, 2 * COIN)], fee=2_000)
+    chain.mine()
+    # spends the P2PK output: an input whose prevout has no address
+    back = chain.pay([], [(addrs["hot"], 2 * COIN - 1_500)], inputs=[(odd.txid, 2)], fee=1_500)
+    chain.mine()
+
+    async with EsploraServer(chain, dialect="mempool-core") as mempool, EsploraServer(chain) as electrs:
+        # the server really answers in mempool.space's dialect
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"{mempool.url}/tx/{payout_block.coinbase.txid}") as resp:
+                coinbase = await resp.json()
+            async with s.get(f"{mempool.url}/tx/{odd.txid}") as resp:
+                odd_json = await resp.json()
+        assert coinbase["vin"][0]["txid"] == "" and coinbase["vin"][0]["vout"] == 0
+        assert coinbase["vin"][0]["prevout"] is None and coinbase["vin"][0]["is_coinbase"] is True
+        assert [o["scriptpubkey_address"] for o in odd_json["vout"][:3]] == ["", "", ""]
+
+        cfg_m = await asyncio.to_thread(write_config, tmp_path / "mempool", mempool.url, addrs)
+        cfg_e = await asyncio.to_thread(write_config, tmp_path / "electrs", electrs.url, addrs)
+        for cfg in (cfg_m, cfg_e):
+            r = await cli_run("-c", cfg, "backfill", "--no-progress")
+            assert r.exit_code == 0, r.output
+            assert "local: 4 txs (4 new)" in r.output, r.output
+
+        # the address is still monitored: a later sale is seen by the next poll
+        sale = chain.pay([addrs["hot"]], [(addrs["exchange"], 12 * COIN)], fee=3_000)
+        chain.mine()
+        for cfg in (cfg_m, cfg_e):
+            r = await cli_run("-c", cfg, "poll")
+            assert r.exit_code == 0 and "local: 1 txs (1 new)" in r.output, r.output
+            assert "failed" not in r.output and "skipped" not in r.output, r.output
+
+        got, reference = await flows(cfg_m), await flows(cfg_e)
+
+    assert _chain_facts(got) == _chain_facts(reference)
+    assert set(got) == {payout_block.coinbase.txid, funding.txid, odd.txid, back.txid, sale.txid}
+
+    payout_value = sum(o.value for o in payout_block.coinbase.vout if o.address == addrs["hot"])
+    assert payout_value > 0
+    rec = got[payout_block.coinbase.txid]
+    assert rec["direction"] == "in" and rec["received_units"] == payout_value and rec["spent_units"] == 0
+
+    rec = got[odd.txid]  # spends the payout (oldest UTXO first)
+    assert rec["spent_units"] == payout_value and rec["fee_share_units"] == 2_000
+    assert rec["change_units"] == payout_value - 2 * COIN - 1_000 - 2_000
+    no_address = sorted((d["n"], d["value_units"]) for d in rec["destinations"] if d["address"] is None)
+    assert no_address == [(1, 1_000), (2, 2 * COIN)]  # a zero-value OP_RETURN moves nothing
+    assert rec["out_units"] == 2 * COIN + 1_000
+
+    rec = got[back.txid]
+    assert rec["direction"] == "in" and rec["received_units"] == 2 * COIN - 1_500 and rec["spent_units"] == 0
+
+    rec = got[sale.txid]
+    assert rec["out_units"] == 12 * COIN
+    assert [d["attribution"] for d in rec["destinations"]] == ["exchange:Test Exchange"]
