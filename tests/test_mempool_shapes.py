@@ -10,6 +10,7 @@ shapes, and the flows stored from both must be the same, with the numbers the ch
 
 import asyncio
 import json
+import random
 from pathlib import Path
 
 import aiohttp
@@ -24,8 +25,11 @@ from builders import (
     sourced,
 )
 
+from monitor.clock import FrozenClock
 from monitor.sim.chain import SimChain
 from monitor.sim.esplora_server import EsploraServer
+from watchers.esplora import EsploraSource
+from watchers.http import HttpClient
 
 PUB_A = bytes.fromhex("02" + "11" * 32)
 PUB_B = bytes.fromhex("03" + "22" * 32)
@@ -124,3 +128,48 @@ async def test_empty_address_and_empty_coinbase_txid_keep_the_address_monitored(
     rec = got[sale.txid]
     assert rec["out_units"] == 12 * COIN
     assert [d["attribution"] for d in rec["destinations"]] == ["exchange:Test Exchange"]
+
+
+async def _poll_all(server, addresses, cursors):
+    clock = FrozenClock()
+    async with aiohttp.ClientSession() as session:
+        http = HttpClient("esplora", [server.url], session, clock=clock, rng=random.Random(1), retries=0)
+        src = EsploraSource("esplora", http, addresses, clock=clock, max_pages=100)
+        batch = await src.poll(dict(cursors))
+    cursors.update({c.key: c.state for c in batch.cursors})
+    return batch
+
+
+async def test_mempool_electrum_backend_history_pages_by_after_txid():
+    """mempool.space on electrum: 10 txs a page through ?after_txid=, no /txs/chain; balances from its sums."""
+    chain = SimChain(seed=5, start_time=MARCH_5_2026)
+    a = chain.address("electrum-backend")
+    for i in range(34):
+        chain.fund(a, 10_000 + i, confirmed=False)
+        if i % 10 == 9:
+            chain.mine()
+    chain.mine()
+    chain.pay([a], [(chain.address("elsewhere"), 5_000)], fee=500)  # one in the mempool
+    async with EsploraServer(chain, dialect="mempool-electrum") as mempool, EsploraServer(chain) as electrs:
+        got_cursors: dict[str, str] = {}
+        ref_cursors: dict[str, str] = {}
+        got = await _poll_all(mempool, [a], got_cursors)
+        ref = await _poll_all(electrs, [a], ref_cursors)
+        assert got.failed == () and ref.failed == ()
+        assert {t.txid for t in got.txs} == {t.txid for t in ref.txs} and len(got.txs) == 35
+        assert sorted(got.txs, key=lambda t: t.txid) == sorted(ref.txs, key=lambda t: t.txid)
+        [snap], [ref_snap] = got.snapshots, ref.snapshots
+        assert (snap.confirmed, snap.mempool_delta) == (ref_snap.confirmed, ref_snap.mempool_delta)
+        assert (snap.confirmed, snap.mempool_delta) == (chain.balance(a), chain.balance(a, include_mempool=True)
+                                                        - chain.balance(a))
+        paths = [p for p in mempool.requests if "/txs" in p]
+        assert not any("/txs/chain" in p for p in paths)
+        assert len(paths) == 4 and all("?after_txid=" in p for p in paths[1:])  # 35 txs: 10 + 10 + 10 + 5
+
+        # a new block: the next poll reads one page and stops at the known boundary
+        tx = chain.pay([a], [(chain.address("elsewhere"), 7_000)], fee=600)
+        chain.mine()
+        before = len(mempool.requests)
+        got = await _poll_all(mempool, [a], got_cursors)
+        assert {t.txid for t in got.txs} >= {tx.txid} and all(t.is_confirmed for t in got.txs)
+        assert [p.split("/")[-1] for p in mempool.requests[before:]] == [a, "txs"]

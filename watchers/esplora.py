@@ -33,6 +33,12 @@ used and paging goes on past it; its txid goes into the cursor's `retry` list an
 (returned then), answers 404 (`Batch.gone`) or is listed well-formed again. An element whose txid or
 status is unreadable fails the whole page: without them the paging and the boundary cannot be kept honest.
 
+A mempool.space server on its electrum backend (its `/address/:a` answer carries `"electrum": true`;
+backend/src/api/bitcoin/electrum-api.ts) has no `/txs/chain` route: its `/address/:a/txs` pages the whole
+history, mempool first, 10 at a time, continued with `?after_txid=<last txid of the page>`; a page shorter
+than 10 is the end. Its sums are the balance (funded = balance, spent = 0), which keeps the snapshot right.
+Such an answer is paged that way, with the same boundary, cursor and per-tx skipping.
+
 Failure isolation: any `SourceError` for one address (after the HTTP client's retries and failover)
 puts it in `Batch.failed`, its cursor and its partial data are not returned (never advance past data
 not returned), and the other addresses go on. The first failure and the recovery are logged per address.
@@ -90,6 +96,8 @@ __all__ = ["EsploraSource", "CHAIN_PAGE", "DEFAULT_MAX_PAGES", "CURSOR_VERSION"]
 
 #: Confirmed txs per `/address/:a/txs[/chain/:last]` page (electrs CHAIN_TXS_PER_PAGE).
 CHAIN_PAGE = 25
+#: History txs per `/address/:a/txs?after_txid=` page of mempool.space's electrum backend.
+ELECTRUM_PAGE = 10
 #: Mempool txs `/address/:a/txs` shows at most (electrs MAX_MEMPOOL_TXS).
 MEMPOOL_LIMIT = 50
 #: `/txs/chain` pages read per address per poll during a backfill (25 txs each).
@@ -279,7 +287,7 @@ class EsploraSource:
         gone: set[str] = set()
         if old is None or old.stats != key:
             base = state.fetched
-            head = await self._walk_head(address, q, old, tally, lambda n: report(base + n))
+            head = await self._walk_head(address, q, old, tally, lambda n: report(base + n), stats.electrum)
             new_txs.extend(head.txs)
             skipped.update(head.skipped)
             gone |= head.gone
@@ -288,7 +296,8 @@ class EsploraSource:
             if old is None:
                 state.tail = head.tail
         if old is not None and old.tail is not None:
-            older, state.tail, older_skipped = await self._walk_tail(address, q, old.tail, tally, state.fetched, report)
+            older, state.tail, older_skipped = await self._walk_tail(address, q, old.tail, tally, state.fetched, report,
+                                                                     stats.electrum)
             new_txs.extend(older)
             skipped.update(older_skipped)
             state.fetched += len(older) + len(older_skipped)
@@ -340,11 +349,17 @@ class EsploraSource:
 
         return await self.http.get_json(path, parse=parse, tally=tally)
 
-    async def _walk_head(self, address: str, q: str, old: _State | None, tally: RequestTally, report) -> _Head:
+    async def _next_page(self, address: str, q: str, last: str, tally: RequestTally, electrum: bool) -> list[PageEntry]:
+        if electrum:
+            return await self._page(address, f"/address/{q}/txs?after_txid={last}", tally, "txs")
+        return await self._page(address, f"/address/{q}/txs/chain/{last}", tally, "txs/chain")
+
+    async def _walk_head(self, address: str, q: str, old: _State | None, tally: RequestTally, report,
+                         electrum: bool = False) -> _Head:
         first = await self._page(address, f"/address/{q}/txs", tally, "txs")
         mempool_entries = [e for e in first if not e.status.confirmed]
-        mempool_txs = [e.tx for e in mempool_entries if e.tx is not None]
         page = [e for e in first if e.status.confirmed]
+        raw = first  # the page as listed: electrum pages mix mempool and confirmed txs
         known = dict(old.top) if old else {}
         walked: list[PageEntry] = []
         seen: set[str] = set()
@@ -361,15 +376,19 @@ class EsploraSource:
                     break
                 walked.append(e)
             report(len(walked))
-            if boundary is not None or len(page) < CHAIN_PAGE:
+            if boundary is not None or (len(raw) < ELECTRUM_PAGE if electrum else len(page) < CHAIN_PAGE):
                 break
+            last = raw[-1].txid if electrum else page[-1].txid
             if old is None and pages >= self._max_pages:
-                tail = page[-1].txid  # per-tick cap reached: the next poll continues from here
+                tail = last  # per-tick cap reached: the next poll continues from here
                 break
             if pages >= _HARD_PAGE_LIMIT:
                 raise MalformedError(f"txs/chain: no end after {pages} pages")
             pages += 1
-            page = await self._page(address, f"/address/{q}/txs/chain/{page[-1].txid}", tally, "txs/chain")
+            raw = await self._next_page(address, q, last, tally, electrum)
+            mempool_entries += [e for e in raw if not e.status.confirmed]
+            page = [e for e in raw if e.status.confirmed]
+        mempool_txs = [e.tx for e in mempool_entries if e.tx is not None]
 
         top = [(e.txid, e.status.block_hash or "") for e in walked]
         old_top_rest: list[tuple[str, str]] = []
@@ -412,12 +431,12 @@ class EsploraSource:
         return _Head(txs, gone, top, mempool_ids, tail, len(walked), skipped)
 
     async def _walk_tail(self, address: str, q: str, after: str, tally: RequestTally, fetched: int,
-                         report) -> tuple[list[ChainTx], str | None, dict[str, str]]:
+                         report, electrum: bool = False) -> tuple[list[ChainTx], str | None, dict[str, str]]:
         older: list[ChainTx] = []
         skipped: dict[str, str] = {}
         seen: set[str] = set()
         for _ in range(self._max_pages):
-            page = await self._page(address, f"/address/{q}/txs/chain/{after}", tally, "txs/chain")
+            page = await self._next_page(address, q, after, tally, electrum)
             for e in page:
                 if e.txid in seen:
                     raise MalformedError(f"txs/chain: tx {e.txid} listed twice (paging does not advance)")
@@ -427,7 +446,7 @@ class EsploraSource:
                 else:
                     older.append(e.tx)
             report(fetched + len(older) + len(skipped))
-            if len(page) < CHAIN_PAGE:
+            if len(page) < (ELECTRUM_PAGE if electrum else CHAIN_PAGE):
                 return older, None, skipped
             after = page[-1].txid
         return older, after, skipped

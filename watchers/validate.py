@@ -344,6 +344,8 @@ class AddressStats:
     mempool_tx_count: int
     mempool_funded: int
     mempool_spent: int
+    #: mempool.space on its electrum backend: sums are the balance, history pages differ (watchers.esplora)
+    electrum: bool = False
 
     @property
     def confirmed_balance(self) -> int:
@@ -387,7 +389,7 @@ def parse_address_stats(obj: Any, address: str) -> AddressStats:
     m_count, m_funded, m_spent = _parse_stats_block(require(d, "mempool_stats"), "mempool_stats")
     if c_spent > c_funded:
         raise MalformedError(f"chain_stats.spent_txo_sum: expected at most funded_txo_sum {c_funded}, got {c_spent}")
-    return AddressStats(address, c_count, c_funded, c_spent, m_count, m_funded, m_spent)
+    return AddressStats(address, c_count, c_funded, c_spent, m_count, m_funded, m_spent, d.get("electrum") is True)
 
 
 @dataclass(frozen=True)

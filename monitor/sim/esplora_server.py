@@ -24,7 +24,12 @@ as a mempool.space backend on Bitcoin Core (its `none`/`electrum` modes) convert
 (mempool/mempool backend/src/api/bitcoin/bitcoin-api.ts `$convertTransaction`): an output without an
 address has `"scriptpubkey_address": ""` (on outputs and prevouts), a coinbase input is
 `{"txid": "", "vout": 0, "prevout": null, "is_coinbase": true, ...}`, and inputs carry empty
-`inner_redeemscript_asm`/`inner_witnessscript_asm`. `EsploraServer.broken` holds txids whose tx object
+`inner_redeemscript_asm`/`inner_witnessscript_asm`. `dialect="mempool-electrum"` is the same server on
+its electrum backend (electrum-api.ts): tx objects as `mempool-core`; `/address/:a` answers
+`funded_txo_sum` = the balance, `spent_txo_sum` 0, txo counts 0 and an extra `"electrum": true`;
+`/address/:a/txs[?after_txid=T]` pages the whole history (mempool first, then newest confirmed) 10 at a
+time, with the backend's `if (pos)` quirk (an unknown `after_txid` restarts at the top); `/txs/chain` and
+`/txs/mempool` do not exist (404). `EsploraServer.broken` holds txids whose tx object
 is served malformed (`vout[0].value` as a float) wherever it appears, to test per-tx skipping.
 
 `Faults` injects failures by regex on the path after `/api`; `EsploraServer` runs the app on
@@ -111,7 +116,9 @@ CHAIN_KEY = web.AppKey("chain", SimChain)
 FAULTS_KEY = web.AppKey("faults", object)
 REQUESTS_KEY = web.AppKey("requests", list)
 BROKEN_KEY = web.AppKey("broken", set)
-DIALECTS = ("electrs", "mempool-core")
+DIALECTS = ("electrs", "mempool-core", "mempool-electrum")
+#: Address history page size of mempool.space's electrum backend (electrum-api.ts $getAddressTransactions).
+ELECTRUM_PAGE = 10
 _STOPPING_KEY = web.AppKey("stopping", asyncio.Event)
 TTL_LONG = 157_784_630
 TTL_SHORT = 10
@@ -409,7 +416,7 @@ class _Api:
         core = self._core_cache.get(tx.txid)
         if core is None:
             core = _tx_core(self.chain, tx)
-            if self.dialect == "mempool-core":
+            if self.dialect != "electrs":
                 core = _mempool_core(core)
             self._core_cache[tx.txid] = core
         out = {**core, "status": status_json(status)}
@@ -464,7 +471,7 @@ class _Api:
         return tip
 
     # dispatch
-    def handle(self, path: str) -> web.Response:
+    def handle(self, path: str, query: Any = None) -> web.Response:
         parts = path.split("/")[1:]
         p = parts + [None] * (6 - len(parts)) if len(parts) < 6 else parts
         n = len(parts)
@@ -485,6 +492,8 @@ class _Api:
         elif head == "block" and 2 <= n <= 4:
             return self._block_routes(p[1], p[2], p[3], n)
         elif head == "address" and 2 <= n <= 5:
+            if self.dialect == "mempool-electrum":
+                return self._electrum_address_routes(p[1], p[2], n, (query or {}).get("after_txid"))
             return self._address_routes(p[1], p[2], p[3], p[4], n)
         elif head == "tx" and 2 <= n <= 4:
             return self._tx_routes(p[1], p[2], p[3], n)
@@ -535,6 +544,33 @@ class _Api:
             page = block.txs[start : start + CHAIN_TXS_PER_PAGE]
             return _json([self._tx(t, status) for t in page], TTL_LONG if best else TTL_SHORT)
         raise _HttpError(404, f"endpoint does not exist {json.dumps(f'/block/{h}/{sub}')}")
+
+    def _electrum_address_routes(self, a: str, sub: str | None, n: int, after: str | None) -> web.Response:
+        addr = self._address(a)
+        chain = self.chain
+        if n == 2:
+            c, m = chain.address_stats(addr)
+            balance = c["funded_txo_sum"] - c["spent_txo_sum"]
+            pending = m["funded_txo_sum"] - m["spent_txo_sum"]
+            return _json({
+                "address": a,
+                "chain_stats": {"funded_txo_count": 0, "funded_txo_sum": balance, "spent_txo_count": 0,
+                                "spent_txo_sum": 0, "tx_count": c["tx_count"]},
+                "mempool_stats": {"funded_txo_count": 0, "funded_txo_sum": max(pending, 0), "spent_txo_count": 0,
+                                  "spent_txo_sum": max(-pending, 0), "tx_count": m["tx_count"]},
+                "electrum": True,
+            })
+        if sub == "txs" and n == 3:
+            history = chain.address_mempool_txids(addr) + chain.address_chain_txids(addr)
+            start = 0
+            if after:
+                pos = history.index(after) if after in history else -1
+                start = pos + 1 if pos else 0  # the backend's `if (pos)`: -1 is truthy, 0 is not
+            page = history[start : start + ELECTRUM_PAGE]
+            return _json([self._live_tx(chain.tx(t)) for t in page])  # type: ignore[arg-type]
+        if sub == "utxo" and n == 3:
+            return self._address_routes(a, sub, None, None, n)
+        raise _HttpError(404, f"Cannot GET /api/address/{a}/{sub}")
 
     def _address_routes(self, a: str, sub: str | None, sub2: str | None, last: str | None, n: int) -> web.Response:
         addr = self._address(a)
@@ -645,11 +681,11 @@ def make_app(chain: SimChain, faults: Faults | None = None, *, dialect: str = "e
 
     async def handler(request: web.Request) -> web.StreamResponse:
         path = request.path[len(API_PREFIX) :] or "/"
-        requests.append(path)
+        requests.append(f"{path}?{request.query_string}" if request.query_string else path)
 
         def normal() -> web.Response:
             try:
-                return api.handle(path)
+                return api.handle(path, request.query)
             except _HttpError as err:
                 return _text(err.message, err.status, ttl=0)
 
