@@ -37,12 +37,12 @@ P2PK = b"\x21" + PUB_A + b"\xac"
 BARE_MULTISIG = b"\x51" + b"\x21" + PUB_A + b"\x21" + PUB_B + b"\x52\xae"
 
 
-def write_config(directory: Path, url: str, addrs: dict[str, str]) -> Path:
+def write_config(directory: Path, url: str, addrs: dict[str, str], mode: str = "address") -> Path:
     directory.mkdir(exist_ok=True)
     cfg = directory / "config.toml"
     cfg.write_text(config_toml(
         db=directory / "tm.db",
-        sources=[esplora_source("local", url, rate_limit=200.0, timeout=5.0, mode="address")],
+        sources=[esplora_source("local", url, rate_limit=200.0, timeout=5.0, mode=mode)],
         entities=[
             entity_table("Test Miner", "miner", sourced([addrs["hot"]]), profile=miner_profile()),
             entity_table("Test Exchange", "exchange", sourced([addrs["exchange"]]), watch=False),
@@ -128,6 +128,33 @@ async def test_empty_address_and_empty_coinbase_txid_keep_the_address_monitored(
     rec = got[sale.txid]
     assert rec["out_units"] == 12 * COIN
     assert [d["attribution"] for d in rec["destinations"]] == ["exchange:Test Exchange"]
+    # hashprice comes from coinbase totals (/block/:hash/txs/0), read through the coinbase's "" txid
+    assert rec["classification"]["hashprice_usd"] and rec["classification"]["hashprice_usd"] > 0
+
+
+async def test_block_mode_reads_payouts_and_odd_outputs_through_mempool_on_core(tmp_path):
+    """Block mode reads each matching tx with /tx/:txid: the coinbase payout and "" outputs must parse."""
+    chain = SimChain(start_time=MARCH_5_2026)
+    addrs = {k: chain.address(f"bm-shapes-{k}") for k in ("hot", "exchange")}
+    chain.fund(addrs["hot"], 20 * COIN)
+    chain.mine()
+    async with EsploraServer(chain, dialect="mempool-core") as mempool, EsploraServer(chain) as electrs:
+        cfgs = [await asyncio.to_thread(write_config, tmp_path / name, srv.url, addrs, "block")
+                for name, srv in (("mempool", mempool), ("electrs", electrs))]
+        for cfg in cfgs:
+            assert (await cli_run("-c", cfg, "poll")).exit_code == 0  # starts at the tip
+        [payout] = chain.mine(coinbase_to=addrs["hot"])
+        odd = chain.pay([addrs["hot"]], [(None, 0), (BARE_MULTISIG, 1_000), (addrs["exchange"], 5 * COIN)], fee=2_500)
+        chain.mine()
+        for cfg in cfgs:
+            r = await cli_run("-c", cfg, "poll")
+            assert r.exit_code == 0 and "local: 2 txs (2 new)" in r.output, r.output
+        got, reference = [await flows(cfg) for cfg in cfgs]
+    assert _chain_facts(got) == _chain_facts(reference)
+    assert {payout.coinbase.txid, odd.txid} <= set(got)
+    assert got[payout.coinbase.txid]["received_units"] == sum(
+        o.value for o in payout.coinbase.vout if o.address == addrs["hot"])
+    assert got[odd.txid]["out_units"] == 5 * COIN + 1_000
 
 
 async def _poll_all(server, addresses, cursors):
