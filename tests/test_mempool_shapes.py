@@ -157,6 +157,32 @@ async def test_block_mode_reads_payouts_and_odd_outputs_through_mempool_on_core(
     assert got[odd.txid]["out_units"] == 5 * COIN + 1_000
 
 
+async def test_block_mode_seeds_through_mempool_electrum_without_txs_mempool_route(tmp_path):
+    """No /address/:a/txs/mempool on the electrum backend: seeding reads /txs instead, so a spend of coins
+    held before the first poll is seen."""
+    chain = SimChain(start_time=MARCH_5_2026)
+    addrs = {k: chain.address(f"seed-{k}") for k in ("hot", "exchange")}
+    chain.fund(addrs["hot"], 20 * COIN)
+    chain.mine()
+    async with EsploraServer(chain, dialect="mempool-electrum") as mempool, EsploraServer(chain) as electrs:
+        cfgs = [await asyncio.to_thread(write_config, tmp_path / name, srv.url, addrs, "block")
+                for name, srv in (("mempool", mempool), ("electrs", electrs))]
+        for cfg in cfgs:
+            r = await cli_run("-c", cfg, "--log-level", "info", "poll")
+            assert r.exit_code == 0 and "seeding failed" not in r.output and "block mode seeded" in r.output, r.output
+        assert any(p.endswith("/txs/mempool") for p in mempool.requests)  # asked, 404, then /txs
+        assert any(p.endswith(f"/address/{addrs['hot']}/txs") for p in mempool.requests)
+        sale = chain.pay([addrs["hot"]], [(addrs["exchange"], 5 * COIN)], fee=1_000)
+        chain.mine()
+        for cfg in cfgs:
+            r = await cli_run("-c", cfg, "poll")
+            assert r.exit_code == 0, r.output
+        got, reference = [await flows(cfg) for cfg in cfgs]
+    assert _chain_facts(got) == _chain_facts(reference)
+    rec = got[sale.txid]
+    assert rec["spent_units"] == 20 * COIN and rec["out_units"] == 5 * COIN
+
+
 async def _poll_all(server, addresses, cursors):
     clock = FrozenClock()
     async with aiohttp.ClientSession() as session:

@@ -33,7 +33,8 @@ lacks the endpoint: the source logs it once and falls back, for the rest of its 
 those pages carry prevouts, so matching txs need no `/tx` request there). Matching is the same.
 
 Seeding (one time per address, when the walk is at the tip): `GET /address/:a/utxo` and
-`GET /address/:a/txs/mempool` (2 requests per address, at most `max_seed` addresses per poll). Esplora's
+`GET /address/:a/txs/mempool` (a server without that route, 404, e.g. mempool.space on its electrum
+backend: `GET /address/:a/txs` and its `?after_txid=` pages while they hold only mempool txs) (2 requests per address, at most `max_seed` addresses per poll). Esplora's
 utxo list includes mempool outputs and omits outputs spent by mempool txs; block mode needs the
 *confirmed* set, so unconfirmed outputs are left out (they are seen when their block is read) and
 confirmed outputs spent by one of the address's mempool txs (shown up to 50) are put back. The tip hash is
@@ -91,7 +92,7 @@ from monitor.model import (
     WatchedUtxo,
 )
 from watchers.addresses import InvalidAddress, _b58decode_check, _segwit_decode
-from watchers.esplora import EsploraSource
+from watchers.esplora import ELECTRUM_PAGE, EsploraSource
 from watchers.http import HttpClient, RequestTally, http_status
 from watchers.rawblock import (
     BlockHeader,
@@ -120,6 +121,8 @@ KEEP_BLOCKS = 100
 DEFAULT_MAX_BLOCKS = 50
 #: Addresses seeded per poll at most (2 requests each).
 DEFAULT_MAX_SEED = 200
+#: `?after_txid=` pages read to find an address's mempool txs on a server without `/txs/mempool`.
+_MAX_MEMPOOL_PAGES = 20
 #: Watched-address count from which `mode = "auto"` picks block mode.
 AUTO_THRESHOLD = 50
 _BLOCK_PAGE = 25  # electrs: txs per /block/:hash/txs/:start page
@@ -808,8 +811,14 @@ class EsploraBlockSource:
     async def _seed_one(self, address: str, run: _Run) -> dict[bytes, WatchedUtxo]:
         """The confirmed UTXO set of one address now (see the module docstring for the mempool correction)."""
         utxos = await self._api.utxos(address, tally=run.tally)
-        path = f"/address/{quote(address, safe='')}/txs/mempool"
-        mempool = await self.http.get_json(path, parse=lambda d: parse_txs(d, chain=self.chain), tally=run.tally)
+        q = quote(address, safe="")
+        try:
+            mempool = await self.http.get_json(f"/address/{q}/txs/mempool", parse=lambda d: parse_txs(d, chain=self.chain),
+                                               tally=run.tally)
+        except SourceError as exc:
+            if http_status(exc) != 404:
+                raise
+            mempool = await self._mempool_from_history(q, run)
         out: dict[bytes, WatchedUtxo] = {}
         for u in utxos:
             if u.block_height is not None:
@@ -822,6 +831,24 @@ class EsploraBlockSource:
                     out[outpoint_key(i.prev_txid, i.prev_vout)] = WatchedUtxo(
                         self.chain, i.prev_txid, i.prev_vout, address, i.value, None)
         return out
+
+    async def _mempool_from_history(self, q: str, run: _Run) -> list[ChainTx]:
+        """Mempool txs of an address from `/address/:a/txs`, for servers without `/txs/mempool`.
+
+        mempool.space on its electrum backend has no such route; its `/txs` lists the mempool first, 10 a
+        page, continued with `?after_txid=` (watchers.esplora). Its mempool txs whose parents are unconfirmed
+        sort last and are not read here; they are seen when their block is read.
+        """
+        parse = lambda d: parse_txs(d, chain=self.chain)  # noqa: E731
+        page = await self.http.get_json(f"/address/{q}/txs", parse=parse, tally=run.tally)
+        found = [t for t in page if not t.is_confirmed]
+        for _ in range(_MAX_MEMPOOL_PAGES):
+            if len(page) < ELECTRUM_PAGE or any(t.is_confirmed for t in page):
+                break
+            page = await self.http.get_json(f"/address/{q}/txs?after_txid={page[-1].txid}", parse=parse,
+                                            tally=run.tally)
+            found += [t for t in page if not t.is_confirmed]
+        return found
 
     # --- logs ---------------------------------------------------------------------------------------
 
