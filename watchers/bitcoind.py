@@ -100,6 +100,7 @@ from monitor.model import (
 from watchers.http import RequestTally
 from watchers.validate import (
     MAX_MONEY,
+    NULL_TXID,
     assert_address,
     assert_bool,
     assert_dict,
@@ -138,7 +139,6 @@ DEFAULT_MAX_BLOCKS = 20
 DEFAULT_MAX_MEMPOOL_TXS = 10_000
 #: Calls per JSON-RPC batch request.
 RPC_BATCH = 500
-NULL_TXID = "00" * 32
 _COINBASE_VOUT = 0xFFFFFFFF
 _MAX_U32 = 2**32 - 1
 _DEFAULT_MAX_BODY = 256 * 1024 * 1024  # a verbosity-3 block of a full 4 MWU block is ~10-30 MB of JSON

@@ -70,6 +70,11 @@ written only when it changes. `seq` changes with every returned tip cursor: when
 not the one returned last time (the pipeline did not commit that batch), the in-memory UTXO set is rolled
 back to what was committed before polling again.
 
+A block is applied whole: a malformed answer for any of its txs (`/tx/:txid` of a matching tx, or a
+`/block/:hash/txs` page) stops the poll at that block with a logged reason and the block is read again
+next poll, because skipping one tx could lose a spend of a watched coin. (Address mode, by contrast,
+skips and retries a single malformed tx: see `watchers.esplora`.)
+
 One block-mode source per chain: the stored watched UTXO set is per chain.
 """
 
