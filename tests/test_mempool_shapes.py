@@ -97,9 +97,18 @@ async def test_empty_address_and_empty_coinbase_txid_keep_the_address_monitored(
             assert r.exit_code == 0, r.output
             assert "local: 4 txs (4 new)" in r.output, r.output
 
-        # the address is still monitored: a later sale is seen by the next poll
-        sale = chain.pay([addrs["hot"]], [(addrs["exchange"], 12 * COIN)], fee=3_000)
+        # the address is still monitored: a later sale is seen by the next poll; in its block a stranger's
+        # 14-input consolidation, whose later prevouts mempool.space leaves null on block pages (fee -1)
+        stranger = chain.address("shapes-stranger")
+        chain.fund_many([(stranger, 10_000 + i) for i in range(14)])
         chain.mine()
+        lazy = chain.pay([stranger], [(stranger, 100_000)], fee=40_000)
+        sale = chain.pay([addrs["hot"]], [(addrs["exchange"], 12 * COIN)], fee=3_000)
+        [sale_block] = chain.mine()
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"{mempool.url}/block/{sale_block.hash}/txs/0") as resp:
+                page = {t["txid"]: t for t in await resp.json()}
+        assert page[lazy.txid]["fee"] == -1 and page[lazy.txid]["vin"][13]["prevout"] is None
         for cfg in (cfg_m, cfg_e):
             r = await cli_run("-c", cfg, "poll")
             assert r.exit_code == 0 and "local: 1 txs (1 new)" in r.output, r.output

@@ -29,7 +29,9 @@ its electrum backend (electrum-api.ts): tx objects as `mempool-core`; `/address/
 `funded_txo_sum` = the balance, `spent_txo_sum` 0, txo counts 0 and an extra `"electrum": true`;
 `/address/:a/txs[?after_txid=T]` pages the whole history (mempool first, then newest confirmed) 10 at a
 time, with the backend's `if (pos)` quirk (an unknown `after_txid` restarts at the top); `/txs/chain` and
-`/txs/mempool` do not exist (404). `EsploraServer.broken` holds txids whose tx object
+`/txs/mempool` do not exist (404). Both mempool dialects serve `/block/:hash/txs` pages with lazy
+prevouts as mempool.space does: a tx with more than 13 inputs has `prevout: null, "lazy": true` from
+its 14th input on and `fee: -1`. `EsploraServer.broken` holds txids whose tx object
 is served malformed (`vout[0].value` as a float) wherever it appears, to test per-tx skipping.
 
 `Faults` injects failures by regex on the path after `/api`; `EsploraServer` runs the app on
@@ -119,6 +121,7 @@ BROKEN_KEY = web.AppKey("broken", set)
 DIALECTS = ("electrs", "mempool-core", "mempool-electrum")
 #: Address history page size of mempool.space's electrum backend (electrum-api.ts $getAddressTransactions).
 ELECTRUM_PAGE = 10
+_LAZY_AFTER = 12  # input index after which mempool.space's block pages leave prevouts unresolved
 _STOPPING_KEY = web.AppKey("stopping", asyncio.Event)
 TTL_LONG = 157_784_630
 TTL_SHORT = 10
@@ -280,6 +283,15 @@ def _mempool_core(core: dict[str, Any]) -> dict[str, Any]:
             d.update(txid="", vout=0, prevout=None)
         vin.append(d)
     return {**core, "vin": vin, "vout": [out(o) for o in core["vout"]]}
+
+
+def _lazy_prevouts(tx: dict[str, Any]) -> dict[str, Any]:
+    # mempool.space's block txs pages resolve at most 13 prevouts per tx (bitcoin-api.ts
+    # $calculateFeeFromInputs with lazyPrevouts): later inputs get prevout null and "lazy": true, fee -1.
+    if len(tx["vin"]) <= _LAZY_AFTER + 1 or tx["vin"][0]["is_coinbase"]:
+        return tx
+    vin = [i if n <= _LAZY_AFTER else {**i, "prevout": None, "lazy": True} for n, i in enumerate(tx["vin"])]
+    return {**tx, "vin": vin, "fee": -1}
 
 
 def tx_json(chain: SimChain, tx: SimTx, status: TxStatus | None) -> dict[str, Any]:
@@ -541,8 +553,10 @@ class _Api:
                 raise _HttpError(400, f"start index must be a multipication of {CHAIN_TXS_PER_PAGE}")
             best = self.chain.is_best(block)
             status = TxStatus(block.height, block.hash, block.time) if best else None
-            page = block.txs[start : start + CHAIN_TXS_PER_PAGE]
-            return _json([self._tx(t, status) for t in page], TTL_LONG if best else TTL_SHORT)
+            page = [self._tx(t, status) for t in block.txs[start : start + CHAIN_TXS_PER_PAGE]]
+            if self.dialect != "electrs":
+                page = [_lazy_prevouts(t) for t in page]
+            return _json(page, TTL_LONG if best else TTL_SHORT)
         raise _HttpError(404, f"endpoint does not exist {json.dumps(f'/block/{h}/{sub}')}")
 
     def _electrum_address_routes(self, a: str, sub: str | None, n: int, after: str | None) -> web.Response:
