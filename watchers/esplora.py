@@ -78,6 +78,7 @@ from watchers.http import HttpClient, RequestTally, http_status
 from watchers.validate import (
     AddressStats,
     Outspend,
+    PageEntry,
     Utxo,
     assert_hex,
     assert_list,
@@ -86,7 +87,6 @@ from watchers.validate import (
     parse_hash,
     parse_height,
     parse_outspends,
-    PageEntry,
     parse_tx,
     parse_tx_page,
     parse_utxos,
@@ -406,7 +406,7 @@ class EsploraSource:
         shown = {e.txid for e in mempool_entries}
         old_mempool = set(old.mempool) if old else set()
         mempool_ids = [t.txid for t in mempool_txs]
-        if len(mempool_txs) >= MEMPOOL_LIMIT:
+        if len(mempool_entries) >= MEMPOOL_LIMIT:
             # Txs beyond the 50 shown may still be in the mempool: keep them, never call them gone.
             mempool_ids += [t for t in old.mempool if t not in shown and t not in seen] if old else []
         else:
