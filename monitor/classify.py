@@ -12,6 +12,11 @@ Verdict precedence (first match wins):
     - entity    → `unknown_transfer`: coins moved between tracked treasuries are not a sale by themselves;
                   the receiving entity's own later flows are classified on their own.
     - unknown   → `unknown_transfer`: hop tracing may attribute it later and re-classify.
+    A destination that hop tracing broke down (`Destination.shares`) counts each share in its own group
+    (what was not traced further, fees on the way included, counts as unknown). When tracing attributed
+    it to an exchange or OTC desk — it does so only once a significant share reached one — the sale
+    group decides even when more value is still unattributed: a sale of part of the coins is a sale
+    (the reasons give the breakdown with shares and hops).
  3. sale group, sovereign → `sovereign_sale`.
  4. sale group, miner (or any other tracked treasury):
     a. the 30-day total out (this flow included) is within `production_multiple` × monthly production
@@ -48,9 +53,9 @@ from decimal import Decimal
 
 from monitor.bundled import is_sector_default, short_source
 from monitor.context import breakeven_power_usd_per_kwh
-from monitor.model import SEVERITIES, Classification, Entity, EntityFlow, Fact, FlowHistory, MarketContext
+from monitor.model import SEVERITIES, Classification, Entity, EntityFlow, Fact, FlowHistory, MarketContext, TraceShare
 
-__all__ = ["Thresholds", "classify", "BTC_ASSETS", "CONVERTIBLE_TAGS", "AI_HPC_TAGS"]
+__all__ = ["Thresholds", "classify", "trace_breakdown", "BTC_ASSETS", "CONVERTIBLE_TAGS", "AI_HPC_TAGS"]
 
 #: Assets measured against BTC production and holdings (BTC itself and 1:1 wrapped BTC tokens).
 BTC_ASSETS = frozenset({"BTC", "WBTC", "CBBTC", "TBTC"})
@@ -143,6 +148,64 @@ def _cite(fact: Fact) -> str:
     return f"{short_source(fact)}, as of {fact.as_of}"
 
 
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _hops(shares: list[TraceShare]) -> str:
+    n = max(s.hops for s in shares)
+    return f"{n} hop" if n == 1 else f"{n} hops"
+
+
+def trace_breakdown(total: int, shares: tuple[TraceShare, ...], *, entity: str = "", floor_sat: int | None = None,
+                    decimals: int = 8, asset: str = "BTC") -> str:
+    """Where a traced amount went, in words: "1,000.00 of 6,500.00 BTC (15%) reached exchange:Kraken and
+    exchange:Coinbase within 2 hops; 4,500.00 BTC (69%) wait at an unattributed address; ..."."""
+    def amount(v: int) -> str:
+        return _amount(v, decimals, asset)
+
+    def pct(v: int) -> str:
+        return f"{v / total:.0%}" if total > 0 else "?"
+
+    groups: dict[str, list[TraceShare]] = {}
+    for s in shares:
+        kind = s.attribution.partition(":")[0]
+        key = "counterparty" if kind in ("exchange", "otc", "custodian") else kind if kind in ("self", "entity") else s.note or "unknown"
+        groups.setdefault(key, []).append(s)
+    parts: list[str] = []
+    if "counterparty" in groups:
+        g = groups["counterparty"]
+        v = sum(s.value for s in g)
+        names = _and(list(dict.fromkeys(s.attribution for s in sorted(g, key=lambda s: -s.value))))
+        parts.append(f"{amount(v).removesuffix(' ' + asset)} of {amount(total)} ({pct(v)}) reached {names} within {_hops(g)}")
+    if "self" in groups:
+        v = sum(s.value for s in groups["self"])
+        parts.append(f"{amount(v)} ({pct(v)}) came back to {entity or 'the entity'} after {_hops(groups['self'])}")
+    if "entity" in groups:
+        g = groups["entity"]
+        v = sum(s.value for s in g)
+        parts.append(f"{amount(v)} ({pct(v)}) reached tracked {_and(list(dict.fromkeys(s.attribution for s in g)))}")
+    texts = {
+        "waiting": lambda n: f"wait at {'an unattributed address' if n == 1 else f'{n} unattributed addresses'}",
+        "below_floor": lambda n: (f"went on in {n} branch(es) below the {floor_sat} sat floor" if floor_sat is not None
+                                  else f"went on in {n} branch(es) below the value floor"),
+        "max_hops": lambda n: f"were still unattributed at the hop limit ({n} branch(es))",
+        "fan_out": lambda n: f"went on in {n} branch(es) beyond the fan-out limit",
+        "gave_up": lambda n: f"did not move before the trace gave up ({n} branch(es))",
+        "no_output": lambda n: f"went to {n} output(s) the source does not show",
+    }
+    for key, text in texts.items():
+        if key in groups:
+            g = groups[key]
+            v = sum(s.value for s in g)
+            parts.append(f"{amount(v)} ({pct(v)}) {text(len({(s.path, s.value) for s in g}))}")
+    if not parts:
+        return f"nothing of {amount(total)} could be followed"
+    if "counterparty" not in groups:
+        parts[0] = f"of {amount(total)}: {parts[0]}"
+    return "; ".join(parts)
+
+
 def _step(value: float | None, notice: float, warning: float, critical: float) -> int:
     if value is None:
         return 0
@@ -215,19 +278,34 @@ def classify(
     # 2. group the destinations
     groups: dict[str, int] = dict.fromkeys(_GROUP_ORDER, 0)
     by_attr: dict[str, tuple[str, int]] = {}
-    for d in flow.destinations:
-        kind = d.attribution.kind
-        if kind == "self":
-            continue
+    traced_sale = False
+    traced: list[str] = []
+
+    def add(attribution: str, value: int) -> None:
+        kind = attribution.partition(":")[0]
+        if kind == "self" or value <= 0:
+            return
         group = "sale" if kind in _SALE_KINDS else kind if kind in groups else "unknown"
-        groups[group] += d.value
-        key = str(d.attribution)
-        prev = by_attr.get(key, (group, 0))
-        by_attr[key] = (group, prev[1] + d.value)
+        groups[group] += value
+        prev = by_attr.get(attribution, (group, 0))
+        by_attr[attribution] = (group, prev[1] + value)
+
+    for d in flow.destinations:
+        if d.shares:
+            for s in d.shares:
+                add(s.attribution, s.value)
+            add("unknown", d.value - sum(s.value for s in d.shares))
+            traced_sale = traced_sale or d.attribution.kind in _SALE_KINDS
+            traced.append(f"hop tracing of {d.address} ({_amount(d.value, dec, asset)}): "
+                          + trace_breakdown(d.value, d.shares, entity=name, decimals=dec, asset=asset))
+        else:
+            add(str(d.attribution), d.value)
     if not by_attr:
         groups["unknown"] = moved
         by_attr["unknown"] = ("unknown", moved)
     main_group = max(_GROUP_ORDER, key=lambda g: (groups[g], -_GROUP_ORDER.index(g)))
+    if traced_sale and groups["sale"] > 0:
+        main_group = "sale"
     main_attr = max((a for a, (g, _) in by_attr.items() if g == main_group), key=lambda a: by_attr[a][1])
     total_dest = sum(groups.values()) or 1
     split = ", ".join(
@@ -237,6 +315,7 @@ def classify(
     usd_value = moved / 10**dec * asset_usd if price_ok and asset_usd is not None else None
     worth = f" (≈ {_money(usd_value)})" if usd_value is not None else ""
     reasons.append(f"{_amount(moved, dec, asset)}{worth} left {name}: {split}")
+    reasons.extend(traced)
 
     # Price sentence.
     if ctx.btc_usd is None:

@@ -410,26 +410,30 @@ def show(state: State, name: str, as_json: bool) -> None:
 
 
 @entities.command("discover")
-@click.option("--cospend/--no-cospend", default=True, show_default=True, help="Co-spend learning over stored txs.")
-@click.option("--pools/--no-pools", "pools", default=True, show_default=True, help="Follow pool payouts to miners' wallets.")
-@click.option("--trace/--no-trace", default=True, show_default=True, help="Hop-trace unknown destinations.")
+@click.option("--cospend/--no-cospend", default=None, help="Co-spend learning over stored txs [default: [discovery] cospend].")
+@click.option("--pools/--no-pools", "pools", default=None, help="Follow pool payouts to miners' wallets [default: [discovery] pools].")
+@click.option("--trace/--no-trace", default=None, help="Hop-trace unknown destinations [default: [discovery] trace].")
 @click.option("--auto-accept", type=int, default=None,
-              help="Accept pool-payout recipients at once from this many payouts (default: propose only).")
+              help="Accept pool-payout recipients at once from this many payouts [default: [discovery] pool_auto_accept_payouts].")
 @click.pass_obj
-def discover(state: State, cospend: bool, pools: bool, trace: bool, auto_accept: int | None) -> None:
-    """One pass of discovery (what the daemon runs as a job), against the first configured source."""
-    from monitor.discovery import discover_once
+def discover(state: State, cospend: bool | None, pools: bool | None, trace: bool | None, auto_accept: int | None) -> None:
+    """One pass of discovery: the daemon's discovery job, with the `[discovery]` config, in every source mode."""
+    from monitor.discovery import NO_DISCOVERY_SOURCE, discover_once, discovery_source
     from monitor.runtime import runtime
 
     cfg = state.config()  # read before the loop starts
+    d = cfg.discovery
+    cospend = d.cospend if cospend is None else cospend
+    pools = d.pools if pools is None else pools
+    trace = d.trace if trace is None else trace
 
     async def go():
         async with runtime(cfg, db=state.db) as rt:
-            source = rt.sources[0] if rt.sources else None
+            source = discovery_source(rt.sources, rt.clock)
             if source is None and (pools or trace):
-                raise click.ClickException("no [[sources]] configured: pool following and tracing need one")
+                raise click.ClickException(NO_DISCOVERY_SOURCE)
             return await discover_once(store=rt.store, registry=rt.registry, pipeline=rt.pipeline, source=source,
-                                       now=int(rt.clock.time()), cospend=cospend, pools=pools, trace=trace,
+                                       now=int(rt.clock.time()), config=d, cospend=cospend, pools=pools, trace=trace,
                                        auto_accept_payouts=auto_accept)
 
     r = run_async(go())

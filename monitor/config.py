@@ -99,8 +99,15 @@ DEFAULT_PRICE_INTERVAL = 600.0  # seconds between price refreshes in the daemon
 DEFAULT_DISCOVERY_INTERVAL = 600.0  # seconds between pool-payout following / hop-tracing passes
 DEFAULT_POOL_OWNERS = {"MARA Pool": "MARA"}  # pools-v2 pool name → the miner whose own pool it is
 DEFAULT_POOL_MIN_PAYOUTS = 2  # a recipient paid this often by its pool is proposed as a candidate
-DEFAULT_TRACE_MAX_HOPS = 5
+DEFAULT_TRACE_MAX_HOPS = 20  # peeling chains run for tens of hops (Meiklejohn et al. 2013 followed 100)
 DEFAULT_TRACE_VALUE_FLOOR_BTC = 0.1  # branches smaller than this are not followed
+DEFAULT_TRACE_FLOOR_SHARE = 0.01  # ... nor branches below this share of the traced amount
+DEFAULT_TRACE_MAX_BRANCHES = 16  # outputs followed at once per trace (fan-out bound)
+DEFAULT_TRACE_MAX_AGE_DAYS = 180.0  # a trace still waiting after this long gives up
+DEFAULT_TRACE_SIGNIFICANT_SHARE = 0.10  # share reaching exchanges/OTC that re-classifies the flow
+DEFAULT_PROVISIONAL_SETTLE_DAYS = 30.0  # a provisional (swept-to) address that sits this long is the entity's
+_TRACE_MAX_HOPS_BOUND = 200
+_TRACE_MAX_BRANCHES_BOUND = 256
 
 NETWORKS = ("mainnet", "testnet", "signet", "regtest")
 PRICE_SOURCES = ("coinbase", "kraken", "coingecko", "csv")
@@ -177,6 +184,12 @@ _DISCOVERY_KEYS = (
     "pool_auto_accept_payouts",
     "trace_max_hops",
     "trace_value_floor_btc",
+    "trace_floor_share",
+    "trace_max_branches",
+    "trace_max_age_days",
+    "trace_significant_share",
+    "provisional",
+    "provisional_settle_days",
 )
 _DAEMON_KEYS = ("host", "port", "token", "shutdown_grace", "unhealthy_after", "digest_hour", "digest_channels")
 # Header names whose plain-string values are most likely credentials.
@@ -326,6 +339,12 @@ class DiscoveryConfig:
     pool_auto_accept_payouts: int | None = None  # accept candidates paid at least this often; None: never
     trace_max_hops: int = DEFAULT_TRACE_MAX_HOPS
     trace_value_floor_btc: float = DEFAULT_TRACE_VALUE_FLOOR_BTC
+    trace_floor_share: float = DEFAULT_TRACE_FLOOR_SHARE
+    trace_max_branches: int = DEFAULT_TRACE_MAX_BRANCHES
+    trace_max_age_days: float = DEFAULT_TRACE_MAX_AGE_DAYS
+    trace_significant_share: float = DEFAULT_TRACE_SIGNIFICANT_SHARE
+    provisional: bool = True  # watch a sweep's fresh destination at once, provisionally
+    provisional_settle_days: float = DEFAULT_PROVISIONAL_SETTLE_DAYS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -1249,6 +1268,15 @@ def _parse_discovery(value: Any, ctx: _Context) -> DiscoveryConfig:
         else:
             owners.append((pool, miner))
     auto = _take(t, "pool_auto_accept_payouts", INTEGER, "discovery", pr, 0, at_least=0)
+    hops = _take(t, "trace_max_hops", INTEGER, "discovery", pr, DEFAULT_TRACE_MAX_HOPS, at_least=1)
+    branches = _take(t, "trace_max_branches", INTEGER, "discovery", pr, DEFAULT_TRACE_MAX_BRANCHES, at_least=1)
+    floor_share = _take(t, "trace_floor_share", NUMBER, "discovery", pr, DEFAULT_TRACE_FLOOR_SHARE, at_least=0)
+    significant = _take(t, "trace_significant_share", NUMBER, "discovery", pr, DEFAULT_TRACE_SIGNIFICANT_SHARE, above=0)
+    for key, value, bound in (("trace_max_hops", hops, _TRACE_MAX_HOPS_BOUND),
+                              ("trace_max_branches", branches, _TRACE_MAX_BRANCHES_BOUND),
+                              ("trace_floor_share", floor_share, 1), ("trace_significant_share", significant, 1)):
+        if value is not None and value > bound:
+            pr.append(f"discovery.{key}: must be at most {bound}, got {_show(value)}")
     return DiscoveryConfig(
         cospend=_take(t, "cospend", BOOLEAN, "discovery", pr, True),
         pools=_take(t, "pools", BOOLEAN, "discovery", pr, True),
@@ -1257,8 +1285,15 @@ def _parse_discovery(value: Any, ctx: _Context) -> DiscoveryConfig:
         pool_owners=tuple(owners),
         pool_min_payouts=_take(t, "pool_min_payouts", INTEGER, "discovery", pr, DEFAULT_POOL_MIN_PAYOUTS, at_least=1),
         pool_auto_accept_payouts=auto or None,
-        trace_max_hops=_take(t, "trace_max_hops", INTEGER, "discovery", pr, DEFAULT_TRACE_MAX_HOPS, at_least=1),
+        trace_max_hops=hops,
         trace_value_floor_btc=_take(t, "trace_value_floor_btc", NUMBER, "discovery", pr, DEFAULT_TRACE_VALUE_FLOOR_BTC, at_least=0),
+        trace_floor_share=floor_share,
+        trace_max_branches=branches,
+        trace_max_age_days=_take(t, "trace_max_age_days", NUMBER, "discovery", pr, DEFAULT_TRACE_MAX_AGE_DAYS, above=0),
+        trace_significant_share=significant,
+        provisional=_take(t, "provisional", BOOLEAN, "discovery", pr, True),
+        provisional_settle_days=_take(t, "provisional_settle_days", NUMBER, "discovery", pr,
+                                      DEFAULT_PROVISIONAL_SETTLE_DAYS, above=0),
     )
 
 

@@ -182,6 +182,10 @@ class Daemon:
         if (disc.pools or disc.trace) and self._discovery_source() is not None:
             self.scheduler.add_job(self._guarded, "interval", args=("discovery", self.discover), id="discovery",
                                    seconds=disc.interval, max_instances=1, coalesce=True)
+        elif disc.pools or disc.trace:
+            from monitor.discovery import NO_DISCOVERY_SOURCE
+
+            log.warning("discovery job not scheduled: %s", NO_DISCOVERY_SOURCE)
         if self.config.daemon.digest_hour >= 0:
             self.scheduler.add_job(self._guarded, "cron", args=("digest", self.digest), id="digest",
                                    hour=self.config.daemon.digest_hour, minute=0, max_instances=1, coalesce=True)
@@ -399,23 +403,24 @@ class Daemon:
             del d.latencies[:-1000]
 
     def _discovery_source(self):
-        """The first source that can follow coins (outspends and get_tx: Esplora)."""
+        """The source that follows coins (see `monitor.discovery.discovery_source`), made once."""
+        from monitor.discovery import discovery_source
+
         assert self.rt is not None
-        return next((s for s in self.rt.sources if hasattr(s, "outspends") and hasattr(s, "get_tx")), None)
+        if not hasattr(self, "_disc_source"):
+            self._disc_source = discovery_source(self.rt.sources, self.clock)
+        return self._disc_source
 
     async def discover(self) -> None:
-        """Follow pool payouts to miners' wallets and trace unknown destinations hop by hop."""
+        """One pass of `discover_once` (what `entities discover` runs), with the `[discovery]` config."""
         from monitor.discovery import discover_once
-        from monitor.model import SATS_PER_BTC
 
         assert self.rt is not None and self.rt.pipeline is not None
         d = self.config.discovery
         pipeline = self.rt.pipeline
         result = await discover_once(
             store=self.rt.store, registry=pipeline.registry, pipeline=pipeline, source=self._discovery_source(),
-            now=int(self.clock.time()), cospend=False, pools=d.pools, trace=d.trace, owners=dict(d.pool_owners),
-            min_payouts=d.pool_min_payouts, auto_accept_payouts=d.pool_auto_accept_payouts,
-            max_hops=d.trace_max_hops, value_floor_sat=int(d.trace_value_floor_btc * SATS_PER_BTC),
+            now=int(self.clock.time()), config=d, cospend=False, pools=d.pools, trace=d.trace,
         )
         if d.pool_auto_accept_payouts:
             # auto-accepted pool payout wallets are watched from now on

@@ -4,6 +4,13 @@
 stores its result inside the tick transaction; `learn_and_commit` does both on the store thread;
 `learn_from_stored` does the same over txs already stored (resumable position), for the CLI and a
 daemon job; `discover_once` runs co-spend learning, pool payout following and hop tracing once.
+
+One discovery path: `entities discover` and the daemon's discovery job both call `discover_once` with
+the `[discovery]` config and `discovery_source(sources)`, in every source mode. Following coins needs
+`outspends` and transactions by id: an Esplora source answers both in address mode, and in block mode
+through an address-less client on the same endpoint. Bitcoin Core has no spent-output index and EVM
+sources no UTXOs: with only those, `discovery_source` is None and the caller says so (the CLI exits
+non-zero; the daemon logs it and schedules no discovery job).
 """
 
 from __future__ import annotations
@@ -15,13 +22,20 @@ from typing import Any
 
 from monitor.cluster import CHANGE_MIN_VOTES, COINJOIN_MIN_EQUAL, LearnResult, apply_learned, learn_from_txs
 from monitor.model import ChainTx
-from monitor.pools import DEFAULT_POOL_OWNERS, FollowResult, PoolIndex, follow_pool_payouts
+from monitor.pools import FollowResult, PoolIndex, follow_pool_payouts
 from monitor.registry import Registry
-from monitor.tracing import DEFAULT_MAX_HOPS, DEFAULT_VALUE_FLOOR_SAT, trace_pending
+from monitor.model import SATS_PER_BTC
+from monitor.tracing import TraceLimits, trace_pending
 from storage import Store
 from storage.discovery import get_state, rejected_addresses, save_learned, set_state, transactions_after
 
-__all__ = ["Committed", "commit_learned", "learn_and_commit", "learn_from_stored", "DiscoveryResult", "discover_once"]
+__all__ = ["Committed", "commit_learned", "learn_and_commit", "learn_from_stored", "DiscoveryResult", "discover_once",
+           "discovery_source", "trace_limits", "NO_DISCOVERY_SOURCE"]
+
+#: What the CLI says (and the daemon logs) when no configured source can follow coins.
+NO_DISCOVERY_SOURCE = ("no configured source can follow coins: pool following and hop tracing need an Esplora "
+                       "source (address or block mode); Bitcoin Core has no spent-output index and EVM sources "
+                       "have no UTXOs (use --no-pools --no-trace for co-spend learning alone)")
 
 log = logging.getLogger("treasury_monitor.discovery")
 
@@ -91,6 +105,33 @@ class DiscoveryResult:
     registry: Registry | None = field(default=None, repr=False)
 
 
+def discovery_source(sources: Iterable[Any], clock: Any) -> Any:
+    """The first source that can follow coins (outspends and txs by id), or None.
+
+    An Esplora block-mode source lends its HTTP client (same endpoints, limits and failover) to an
+    address-less Esplora client; a Core or EVM source cannot answer.
+    """
+    from watchers.esplora import EsploraSource
+    from watchers.esplora_blocks import EsploraBlockSource
+
+    for s in sources:
+        if getattr(s, "chain", "bitcoin") != "bitcoin":
+            continue
+        if hasattr(s, "outspends") and hasattr(s, "get_tx"):
+            return s
+        if isinstance(s, EsploraBlockSource):
+            return EsploraSource(s.name, s.http, (), clock=clock, chain=s.chain)
+    return None
+
+
+def trace_limits(config: Any) -> TraceLimits:
+    """Tracing bounds from a `[discovery]` config (DiscoveryConfig)."""
+    return TraceLimits(max_hops=config.trace_max_hops, value_floor_sat=int(config.trace_value_floor_btc * SATS_PER_BTC),
+                       floor_share=config.trace_floor_share, max_branches=config.trace_max_branches,
+                       significant_share=config.trace_significant_share,
+                       give_up_after=int(config.trace_max_age_days * 86400))
+
+
 async def discover_once(
     *,
     store: Any,
@@ -98,21 +139,26 @@ async def discover_once(
     pipeline: Any,
     source: Any,
     now: int,
+    config: Any = None,
     cospend: bool = True,
     pools: bool = True,
     trace: bool = True,
     pool_index: PoolIndex | None = None,
-    owners: Mapping[str, str] = DEFAULT_POOL_OWNERS,
-    min_payouts: int = 2,
     auto_accept_payouts: int | None = None,
-    max_hops: int = DEFAULT_MAX_HOPS,
-    value_floor_sat: int = DEFAULT_VALUE_FLOOR_SAT,
 ) -> DiscoveryResult:
     """Co-spend learning over stored txs, pool payout following, hop tracing: once, in that order.
 
-    `store` is an AsyncStore; `source` an Esplora source. The returned registry includes what co-spend
-    learned (the caller decides whether to rebuild its sources with it).
+    `store` is an AsyncStore; `source` what `discovery_source` chose; `config` the `[discovery]` config
+    (DiscoveryConfig; defaults when None): pool owners, payout thresholds, tracing bounds. The returned
+    registry includes what co-spend learned (the caller decides whether to rebuild its sources with it).
     """
+    if config is None:
+        from monitor.config import DiscoveryConfig
+
+        config = DiscoveryConfig()
+    owners: Mapping[str, str] = dict(config.pool_owners)
+    if auto_accept_payouts is None:
+        auto_accept_payouts = config.pool_auto_accept_payouts
     c = None
     if cospend:
         c = await store.run(learn_from_stored, registry, now=now)
@@ -122,9 +168,8 @@ async def discover_once(
     f = None
     if pools and source is not None:
         f = await follow_pool_payouts(store, source, registry, now=now, pools=pool_index, owners=owners,
-                                      min_payouts=min_payouts, auto_accept_payouts=auto_accept_payouts)
+                                      min_payouts=config.pool_min_payouts, auto_accept_payouts=auto_accept_payouts)
     n = None
     if trace and source is not None and pipeline is not None:
-        n = await trace_pending(pipeline, source, store, registry, now=now, max_hops=max_hops,
-                                value_floor_sat=value_floor_sat)
+        n = await trace_pending(pipeline, source, store, registry, now=now, limits=trace_limits(config))
     return DiscoveryResult(c, f, n, registry)

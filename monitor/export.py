@@ -93,6 +93,8 @@ def flow_record(row: dict[str, Any], classification: dict[str, Any] | None = Non
             "value_amount": format_btc(int(d["value_units"]), dec),
             "attribution": d["attribution"],
             **({"path": list(d["path"])} if d.get("path") else {}),
+            **({"shares": [{**x, "value_amount": format_btc(int(x["value_units"]), dec)} for x in d["shares"]]}
+               if d.get("shares") else {}),
         }
         for d in row.get("destinations", [])
     ]

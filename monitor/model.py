@@ -58,6 +58,7 @@ __all__ = [
     "Cursor",
     "Batch",
     "Attribution",
+    "TraceShare",
     "Destination",
     "EntityFlow",
     "FlowHistory",
@@ -348,6 +349,22 @@ UNKNOWN = Attribution("unknown")
 
 
 @dataclass(frozen=True)
+class TraceShare:
+    """How much of a traced destination reached one attribution, after how many hops, by which path.
+
+    `attribution` is `exchange:<name>`, `otc:<name>`, `custodian:<name>`, `self`, `entity:<name>` or
+    `unknown`; for `unknown`, `note` says why the coins were not followed further: `waiting` (unspent at
+    an unattributed address), `below_floor`, `max_hops`, `fan_out`, `gave_up`.
+    """
+
+    attribution: str
+    value: int
+    hops: int
+    path: tuple[str, ...] = ()
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class Destination:
     """One output of an entity's spend that left the entity."""
 
@@ -355,6 +372,7 @@ class Destination:
     value: int
     n: int = 0
     attribution: Attribution = UNKNOWN
+    shares: tuple[TraceShare, ...] = ()  # where hop tracing found this output's coins went (multi-branch)
 
 
 @dataclass(frozen=True)

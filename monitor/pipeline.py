@@ -22,7 +22,7 @@ from monitor.cluster import LearnResult, apply_learned, learn_from_txs
 from monitor.discovery import commit_learned
 from monitor.flows import entity_flows
 from monitor.market import Market, context_json
-from monitor.model import Attribution, Batch, Classification, Clock, EntityFlow, FlowHistory, MarketContext
+from monitor.model import Attribution, Batch, Classification, Clock, EntityFlow, FlowHistory, MarketContext, TraceShare
 from monitor.registry import Registry
 from storage import AsyncStore, Store
 from storage.discovery import rejected_addresses
@@ -140,11 +140,12 @@ def _keep_traced(store: Store, flow: EntityFlow) -> EntityFlow:
     if not any(d.attribution.kind == "unknown" for d in flow.destinations):
         return flow
     old = store.get_flow(flow.chain, flow.txid, flow.entity)
-    traced = {d.n: d.attribution for d in (old.destinations if old else ()) if d.attribution.path}
+    traced = {d.n: d for d in (old.destinations if old else ()) if d.attribution.path}
     if not traced:
         return flow
     return replace(flow, destinations=tuple(
-        replace(d, attribution=traced[d.n]) if d.attribution.kind == "unknown" and d.n in traced else d
+        replace(d, attribution=traced[d.n].attribution, shares=traced[d.n].shares)
+        if d.attribution.kind == "unknown" and d.n in traced else d
         for d in flow.destinations
     ))
 
@@ -231,17 +232,21 @@ def reattribute_flow(
     now: int,
     thresholds: Thresholds = Thresholds(),
     alert_hook: AlertHook | None = None,
+    shares: dict[int, tuple[TraceShare, ...]] | None = None,
 ) -> Decision | None:
     """Re-attribute destinations of a stored flow (by output index), re-classify, queue an update (store thread).
 
-    The market context of the flow's newest classification is reused, so only the attribution changes
-    the verdict. Returns the Decision, or None when the flow is unknown.
+    `shares` gives a destination the breakdown multi-branch tracing found. The market context of the
+    flow's newest classification is reused, so only the attribution changes the verdict. Returns the
+    Decision, or None when the flow is unknown.
     """
+    shares = shares or {}
     with store.batch():
         flow = store.get_flow(chain, txid, entity)
         if flow is None:
             return None
-        dests = tuple(replace(d, attribution=attributions.get(d.n, d.attribution)) for d in flow.destinations)
+        dests = tuple(replace(d, attribution=attributions.get(d.n, d.attribution), shares=shares.get(d.n, d.shares))
+                      for d in flow.destinations)
         flow = replace(flow, destinations=dests)
         store.save_flow(flow, now=now, status=store.tx_status(chain, txid))
         prev = store.latest_classification(chain, txid, entity)
@@ -312,7 +317,8 @@ class Pipeline:
             learned=learned,
         )
 
-    async def reattribute(self, chain: str, txid: str, entity: str, attributions: dict[int, Attribution]) -> Decision | None:
+    async def reattribute(self, chain: str, txid: str, entity: str, attributions: dict[int, Attribution], *,
+                          shares: dict[int, tuple[TraceShare, ...]] | None = None) -> Decision | None:
         """Re-attribute a stored flow's destinations (e.g. after hop tracing) and re-classify it."""
         return await self.store.run(
             reattribute_flow,
@@ -324,6 +330,7 @@ class Pipeline:
             now=int(self.clock.time()),
             thresholds=self.thresholds,
             alert_hook=self.alert_hook,
+            shares=shares,
         )
 
     async def tick(self, source: Source, *, progress: Callable[..., Any] | None = None) -> TickResult:

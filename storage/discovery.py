@@ -15,12 +15,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from monitor.model import ChainTx, EntityAddress
-from storage.store import Store, address_values, where_equal
+from monitor.model import ChainTx, EntityAddress, TraceShare
+from storage.store import Store, address_values, shares_from_json, shares_json, where_equal
 
 __all__ = [
     "Evidence",
     "TraceState",
+    "TraceBranch",
     "address_row",
     "upsert_address",
     "propose_address",
@@ -280,8 +281,40 @@ def pool_blocks_known(store: Store, chain: str, txids: Iterable[str]) -> set[str
 
 
 @dataclass(frozen=True)
+class TraceBranch:
+    """One part of a traced destination's coins still being followed: output `vout` of `txid`.
+
+    `value` is the traced amount this output carries (its share of the destination, haircut by the
+    inputs it was mixed with), not the output's full value.
+    """
+
+    txid: str
+    vout: int
+    value: int
+    address: str | None
+    hops: int
+    path: tuple[str, ...]
+
+
+def _branches_json(branches: tuple[TraceBranch, ...]) -> str:
+    return json.dumps([{"txid": b.txid, "vout": b.vout, "value_units": str(b.value), "address": b.address,
+                        "hops": b.hops, "path": list(b.path)} for b in branches])
+
+
+def _branches_from_json(text: str | None) -> tuple[TraceBranch, ...] | None:
+    if not text:
+        return None
+    return tuple(TraceBranch(d["txid"], d["vout"], int(d["value_units"]), d["address"], d["hops"], tuple(d["path"]))
+                 for d in json.loads(text))
+
+
+@dataclass(frozen=True)
 class TraceState:
-    """Where one traced destination's coins are, and what happened so far."""
+    """Where one traced destination's coins are, and what happened so far.
+
+    `branches` are the outputs still followed, `shares` where the rest went; the `tip_*` fields name
+    the largest branch (or the last one followed) for a one-line summary.
+    """
 
     chain: str
     txid: str
@@ -301,15 +334,23 @@ class TraceState:
     result: str = ""
     attribution: str = ""
     created_at: int = 0
+    branches: tuple[TraceBranch, ...] = ()
+    shares: tuple[TraceShare, ...] = ()
+    reported: bool = False
 
 
 def _trace_from_row(r: dict[str, Any]) -> TraceState:
+    branches = _branches_from_json(r.get("branches"))
+    if branches is None:  # a trace stored before multi-branch tracing: its single tip is its one branch
+        branches = (TraceBranch(r["tip_txid"], r["tip_vout"], int(r["tip_value_units"]), r["tip_address"], r["hops"],
+                                tuple(json.loads(r["path"]))),) if r["status"] == "pending" else ()
     return TraceState(
         chain=r["chain"], txid=r["txid"], entity=r["entity"], n=r["n"], address=r["address"],
         value=int(r["value_units"]), status=r["status"], hops=r["hops"], path=tuple(json.loads(r["path"])),
         tip_txid=r["tip_txid"], tip_vout=r["tip_vout"], tip_value=int(r["tip_value_units"]),
         tip_address=r["tip_address"], attempts=r["attempts"], next_at=r["next_at"], result=r["result"] or "",
-        attribution=r["attribution"] or "", created_at=r["created_at"],
+        attribution=r["attribution"] or "", created_at=r["created_at"], branches=branches,
+        shares=shares_from_json(r.get("shares")), reported=bool(r.get("reported")),
     )
 
 
@@ -335,7 +376,9 @@ def queue_traces(store: Store, *, now: int, value_floor: int = 0) -> int:
                 "value_units": r["value_units"], "status": "pending", "hops": 1, "path": json.dumps([r["txid"]]),
                 "tip_txid": r["txid"], "tip_vout": r["n"], "tip_value_units": r["value_units"],
                 "tip_address": r["address"], "attempts": 0, "next_at": now, "result": "", "attribution": "",
-                "created_at": now, "updated_at": now,
+                "created_at": now, "updated_at": now, "shares": "[]", "reported": 0,
+                "branches": _branches_json((TraceBranch(r["txid"], r["n"], int(r["value_units"]), r["address"], 1,
+                                                        (r["txid"],)),)),
             }
         )
         queued += 1
@@ -359,6 +402,7 @@ def save_trace(store: Store, t: TraceState, *, now: int) -> None:
             "tip_txid": t.tip_txid, "tip_vout": t.tip_vout, "tip_value_units": str(t.tip_value),
             "tip_address": t.tip_address, "attempts": t.attempts, "next_at": t.next_at, "result": t.result,
             "attribution": t.attribution, "created_at": t.created_at or now, "updated_at": now,
+            "branches": _branches_json(t.branches), "shares": shares_json(t.shares), "reported": int(t.reported),
         },
         pk=("chain", "txid", "entity", "n"),
     )

@@ -320,3 +320,15 @@ def _source_health(db: Database) -> None:
         },
         pk="source",
     )
+
+
+@migrations(name="008_trace_branches")
+def _trace_branches(db: Database) -> None:
+    # Multi-branch tracing: a trace follows every output above its floor. `branches` holds the outputs
+    # still being followed (JSON list), `shares` where the rest went (JSON list of TraceShare fields),
+    # `reported` whether the flow was re-classified from them (one update alert per trace).
+    db["traces"].add_column("branches", str)
+    db["traces"].add_column("shares", str)
+    db["traces"].add_column("reported", int)
+    # The traced breakdown of a destination, kept with the flow (JSON list of TraceShare fields).
+    db["destinations"].add_column("shares", str)

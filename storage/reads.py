@@ -98,6 +98,7 @@ def _destinations(store: Store, keys: list[tuple[str, str, str]]) -> dict[tuple[
         for d in store.query(f"select * from destinations where txid in ({marks}) order by n", chunk):
             d["value_units"] = int(d["value_units"])
             d["path"] = json.loads(d["path"] or "[]")
+            d["shares"] = [{**x, "value_units": int(x["value_units"])} for x in json.loads(d.get("shares") or "[]")]
             out.setdefault((d["chain"], d["txid"], d["entity"]), []).append(d)
     return out
 

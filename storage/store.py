@@ -34,12 +34,25 @@ from monitor.model import (
     Fact,
     Profile,
     StorageError,
+    TraceShare,
     TxInput,
     TxOutput,
 )
 from storage.migrations import migrations
 
-__all__ = ["Store", "AsyncStore", "tx_status_of", "address_values", "where_equal"]
+__all__ = ["Store", "AsyncStore", "tx_status_of", "address_values", "where_equal", "shares_json", "shares_from_json"]
+
+
+def shares_json(shares: tuple[TraceShare, ...] | list[TraceShare]) -> str:
+    """TraceShares as stored (a JSON list; amounts as decimal strings)."""
+    return json.dumps([{"attribution": s.attribution, "value_units": str(s.value), "hops": s.hops, "path": list(s.path),
+                        "note": s.note} for s in shares])
+
+
+def shares_from_json(text: str | None) -> tuple[TraceShare, ...]:
+    """Inverse of `shares_json` ("" or NULL → no shares)."""
+    return tuple(TraceShare(d["attribution"], int(d["value_units"]), int(d["hops"]), tuple(d["path"]), d.get("note", ""))
+                 for d in json.loads(text or "[]"))
 
 T = TypeVar("T")
 
@@ -301,6 +314,7 @@ class Store:
                     "value_units": str(d.value),
                     "attribution": str(d.attribution),
                     "path": json.dumps(list(d.attribution.path)),
+                    "shares": shares_json(d.shares),
                 }
                 for d in flow.destinations
             ),
@@ -326,7 +340,8 @@ class Store:
         ):
             att = Attribution.parse(d["attribution"])
             path = tuple(json.loads(d["path"] or "[]"))
-            dests.append(Destination(d["address"], int(d["value_units"]), d["n"], Attribution(att.kind, att.name, path)))
+            dests.append(Destination(d["address"], int(d["value_units"]), d["n"], Attribution(att.kind, att.name, path),
+                                     shares_from_json(d.get("shares"))))
         return EntityFlow(
             chain=r["chain"],
             txid=r["txid"],

@@ -84,7 +84,7 @@ async def test_bhutan_route_becomes_sovereign_sale_with_the_path_and_one_update_
         assert len(server.requests) == before
         assert [a["kind"] for a in await in_store(db, alert_rows)] == ["new", "update"]
         r = await cli_run("-c", cfg, "entities", "show", "Test Sovereign")
-        assert f"{hop1.txid}:0 attributed after 3 hop(s): reached otc:Test OTC after 3 hop(s)" in r.output, r.output
+        assert f"{hop1.txid}:0 attributed after 3 hop(s): 300.00 of 300.00 BTC (100%) reached otc:Test OTC within 3 hops" in r.output, r.output
 
 
 @pytest.fixture
@@ -136,7 +136,7 @@ async def test_floor_hop_limit_return_and_unconfirmed(traced):
     chain.pay([c], [(main, 5 * COIN - 1_000)], fee=1_000)
     chain.mine()
     out = await advance_trace(start(t3, 0), source, reg, now=T0)
-    assert out.state.status == "ended" and "returned to Sov after 2 hop(s)" in out.state.result
+    assert out.state.status == "ended" and "(100%) came back to Sov after 2 hops" in out.state.result
 
     # spent, but only in the mempool: wait for a confirmation
     d = chain.address("waiting")
