@@ -1,0 +1,205 @@
+"""Sale routes real treasuries use, built on the simulated chain and run through the daemon's own jobs (its
+poll tick and its discovery job, the same `discover_once` that `entities discover` runs) against the local
+Esplora server, with alerts delivered to a real local Slack-compatible receiver:
+
+- a split hop: 6,500 BTC to a fresh address whose next tx pays two exchanges, two unknown addresses and
+  the largest part on to another fresh address → a breakdown with shares and ONE update alert;
+- a peeling chain of 14 hops peeling 20 BTC to exchanges at each hop → followed to the end, one update.
+
+Both in address mode and in block mode (where the discovery job borrows the block source's endpoint).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from builders import COIN, MARCH_5_2026, config_toml, entity_table, esplora_source, fact, rule, slack_channel, sourced
+from fakes.offloop import in_store
+from fakes.receiver import Receiver
+
+from monitor.clock import FrozenClock
+from monitor.config import load_config
+from monitor.daemon import Daemon, SourceState
+from monitor.runtime import runtime
+from monitor.sim.chain import SimChain
+from monitor.sim.esplora_server import EsploraServer
+from monitor.tracing import RETRY_BASE
+from storage.alerts import alert_rows
+from storage.discovery import trace_rows
+from storage.reads import flow_row
+
+T0 = MARCH_5_2026 + 10 * 86_400
+SOV = "Test Sovereign"
+
+
+def write_config(tmp_path: Path, url: str, entities: list[dict], mode: str, discovery: str = "") -> Path:
+    """One local Esplora source in `mode`, the entities, every alert to Slack, `[discovery]` as given."""
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(config_toml(
+        db=tmp_path / "tm.db",
+        sources=[esplora_source("local", url, rate_limit=500.0, timeout=5.0, mode=mode)],
+        entities=entities,
+        alerts={"max_age": 100000000},
+        channels=[slack_channel("slack", "TM_ROUTES_SLACK_URL")],
+        rules=[rule("all", ["slack"], min_severity="info")],
+        extra=discovery,
+    ))
+    return cfg
+
+
+def sovereign(addresses: list[str], holdings: float) -> dict:
+    return entity_table(SOV, "sovereign", sourced(addresses), profile={"holdings_btc": fact(holdings)})
+
+
+def exchange(name: str, addresses: list[str]) -> dict:
+    return entity_table(name, "exchange", sourced(addresses), watch=False)
+
+
+@asynccontextmanager
+async def daemon_jobs(cfg: Path, clock: FrozenClock):
+    """A Daemon whose jobs (poll tick, discovery, dispatch) the test calls itself, on a frozen clock."""
+    config = await asyncio.to_thread(load_config, cfg)
+    d = Daemon(config, clock=clock)
+    async with runtime(config, clock=clock) as rt:
+        d.rt = rt
+        d.states = {s.name: SourceState(s.name) for s in rt.sources}
+        yield d
+
+
+async def kinds(db: Path) -> list[str]:
+    return [a["kind"] for a in await in_store(db, alert_rows)]
+
+
+@pytest.mark.parametrize("mode", ["address", "block"])
+async def test_split_hop_gives_a_breakdown_with_shares_and_one_update_alert(tmp_path, monkeypatch, mode):
+    chain = SimChain(start_time=MARCH_5_2026)
+    main = chain.address("split-main")
+    fresh1, fresh2, u1, u2 = (chain.address(f"split-{x}") for x in ("fresh-1", "fresh-2", "unknown-1", "unknown-2"))
+    kraken, coinbase = chain.address("split-kraken"), chain.address("split-coinbase")
+    chain.fund(main, 7_000 * COIN)
+    chain.mine()
+    clock = FrozenClock(T0)
+    db = tmp_path / "tm.db"
+    async with EsploraServer(chain) as server, Receiver() as slack:
+        monkeypatch.setenv("TM_ROUTES_SLACK_URL", slack.url("/hook"))
+        cfg = await asyncio.to_thread(write_config, tmp_path, server.url, [
+            sovereign([main], 13_000), exchange("Kraken", [kraken]), exchange("Coinbase", [coinbase])], mode)
+        async with daemon_jobs(cfg, clock) as d:
+            await d.poll_source("local")
+            hop1 = chain.pay([main], [(fresh1, 6_500 * COIN)], fee=5_000)
+            chain.mine()
+            await d.poll_source("local")
+            row = await in_store(db, flow_row, "bitcoin", hop1.txid, SOV)
+            assert row["classification"]["verdict"] == "unknown_transfer" and row["out_units"] == 6_500 * COIN
+            assert await kinds(db) == ["new"]
+
+            # the next tx from the fresh address splits: two exchanges, two unknown addresses, the rest onward
+            hop2 = chain.pay([fresh1], [(kraken, 600 * COIN), (coinbase, 400 * COIN), (u1, 700 * COIN),
+                                        (u2, 300 * COIN), (fresh2, 4_500 * COIN - 4_000)], fee=4_000)
+            chain.mine()
+            await d.discover()
+            row = await in_store(db, flow_row, "bitcoin", hop1.txid, SOV)
+            c = row["classification"]
+            assert (c["verdict"], c["version"], c["attribution"]) == ("sovereign_sale", 2, "exchange:Kraken")
+            [dest] = [x for x in row["destinations"] if x["address"] == fresh1]
+            assert dest["attribution"] == "exchange:Kraken" and dest["path"] == [hop1.txid, hop2.txid]
+            shares = sorted((s["attribution"], s["note"], s["value_units"], s["hops"]) for s in dest["shares"])
+            # each output carries its own value (fresh-1 held only the traced coins); the hop's fee is lost
+            assert shares == [("exchange:Coinbase", "", 400 * COIN, 2), ("exchange:Kraken", "", 600 * COIN, 2),
+                              ("unknown", "waiting", 300 * COIN, 2), ("unknown", "waiting", 700 * COIN, 2),
+                              ("unknown", "waiting", 4_500 * COIN - 4_000, 2)]
+            breakdown = ("1,000.00 of 6,500.00 BTC (15%) reached exchange:Kraken and exchange:Coinbase within 2 hops; "
+                         "5,500.00 BTC (85%) wait at 3 unattributed addresses")
+            assert any(breakdown in r for r in c["reasons"]), c["reasons"]
+            assert await kinds(db) == ["new", "update"]
+            reqs = await slack.wait_for(2)
+            assert "reached exchange:Kraken and exchange:Coinbase" in json.dumps(reqs[1].json)
+
+            # the rest moves on: the trace follows it (state kept), but the flow is not re-alerted
+            hop3 = chain.pay([fresh2], [(chain.address("split-fresh-3"), 4_500 * COIN - 8_000)], fee=4_000)
+            chain.pay([u1], [(kraken, 700 * COIN - 1_000)], fee=1_000)
+            chain.mine()
+            clock.advance(RETRY_BASE)
+        async with daemon_jobs(cfg, clock) as d:  # a restart in between: the trace resumes from storage
+            await d.discover()
+        [t] = await in_store(db, trace_rows)
+        assert t.status == "pending" and t.reported and len(t.branches) == 2  # u2 waits, and hop3's output
+        assert {b.txid for b in t.branches} == {hop2.txid, hop3.txid}
+        assert sum(s.value for s in t.shares if s.attribution == "exchange:Kraken") == 600 * COIN + (700 * COIN - 1_000)
+        assert "1,700.00 of 6,500.00 BTC (26%) reached exchange:Kraken and exchange:Coinbase within 3 hops" in t.result
+        assert await kinds(db) == ["new", "update"]
+        assert len(slack.requests) == 2
+
+
+@pytest.mark.parametrize("mode", ["address", "block"])
+async def test_peeling_chain_of_14_hops_is_followed_with_one_update_alert(tmp_path, monkeypatch, mode):
+    chain = SimChain(start_time=MARCH_5_2026)
+    main = chain.address("peel-main")
+    kraken, binance = chain.address("peel-kraken"), chain.address("peel-binance")
+    chain.fund(main, 1_200 * COIN)
+    chain.mine()
+    clock = FrozenClock(T0)
+    db = tmp_path / "tm.db"
+    async with EsploraServer(chain) as server, Receiver() as slack:
+        monkeypatch.setenv("TM_ROUTES_SLACK_URL", slack.url("/hook"))
+        cfg = await asyncio.to_thread(write_config, tmp_path, server.url, [
+            sovereign([main], 5_000), exchange("Kraken", [kraken]), exchange("Binance", [binance])], mode)
+        async with daemon_jobs(cfg, clock) as d:
+            await d.poll_source("local")
+            head = chain.address("peel-0")
+            first = chain.pay([main], [(head, 1_000 * COIN)], fee=5_000)
+            chain.mine()
+            await d.poll_source("local")
+            assert await kinds(db) == ["new"]
+
+            def peel(hops: int, start: int) -> list[str]:
+                nonlocal head
+                txids = []
+                for k in range(start, start + hops):
+                    nxt = chain.address(f"peel-{k + 1}")
+                    value = chain.utxos(head)[0].value
+                    tx = chain.pay([head], [((kraken, binance)[k % 2], 20 * COIN), (nxt, value - 20 * COIN - 1_000)],
+                                   fee=1_000)
+                    chain.mine()
+                    txids.append(tx.txid)
+                    head = nxt
+                return txids
+
+            path = peel(3, 0)
+            await d.discover()  # 60 BTC (6%) peeled: below the 10% significant share, no update yet
+            [t] = await in_store(db, trace_rows)
+            assert (t.status, t.reported, t.hops) == ("pending", False, 4)
+            assert "60.00 of 1,000.00 BTC (6%) reached exchange:Kraken and exchange:Binance within 4 hops" in t.result
+            assert await kinds(db) == ["new"]
+
+            path += peel(11, 3)
+            clock.advance(RETRY_BASE)
+            before = len(server.requests)
+            await d.discover()
+            # 11 more hops: one outspends and one tx per hop, and the unspent tip's outspends
+            assert sum(p.startswith("/tx/") for p in server.requests[before:]) == 2 * 11 + 1
+            row = await in_store(db, flow_row, "bitcoin", first.txid, SOV)
+            c = row["classification"]
+            assert (c["verdict"], c["version"]) == ("sovereign_sale", 2)
+            [dest] = row["destinations"][:1]
+            assert dest["address"] == chain.address("peel-0")
+            peeled = [s for s in dest["shares"] if s["attribution"] != "unknown"]
+            assert len(peeled) == 14 and max(s["hops"] for s in peeled) == 15
+            assert [s["path"][-1] for s in sorted(peeled, key=lambda s: s["hops"])] == path
+            assert any("280.00 of 1,000.00 BTC (28%) reached exchange:Kraken and exchange:Binance within 15 hops" in r
+                       for r in c["reasons"]), c["reasons"]
+            [t] = await in_store(db, trace_rows)
+            assert t.hops == 15 and t.reported and t.status == "pending" and t.tip_address == head
+
+            # two more peels: followed, no second update
+            peel(2, 14)
+            clock.advance(RETRY_BASE)
+            await d.discover()
+            [t] = await in_store(db, trace_rows)
+            assert t.hops == 17 and "320.00 of 1,000.00 BTC (32%)" in t.result
+        assert await kinds(db) == ["new", "update"]
+        assert len(await slack.wait_for(2)) == 2
