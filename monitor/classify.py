@@ -53,7 +53,17 @@ from decimal import Decimal
 
 from monitor.bundled import is_sector_default, short_source
 from monitor.context import breakeven_power_usd_per_kwh
-from monitor.model import SEVERITIES, Classification, Entity, EntityFlow, Fact, FlowHistory, MarketContext, TraceShare
+from monitor.model import (
+    SEVERITIES,
+    Classification,
+    Entity,
+    EntityAddress,
+    EntityFlow,
+    Fact,
+    FlowHistory,
+    MarketContext,
+    TraceShare,
+)
 
 __all__ = ["Thresholds", "classify", "trace_breakdown", "BTC_ASSETS", "CONVERTIBLE_TAGS", "AI_HPC_TAGS"]
 
@@ -223,8 +233,12 @@ def classify(
     thresholds: Thresholds = Thresholds(),
     *,
     now: int,
+    provisional: tuple[EntityAddress, ...] = (),
 ) -> Classification:
     """Verdict, severity and reasons for one outgoing (or internal) EntityFlow of a tracked entity.
+
+    `provisional` names the entity's provisional addresses the flow spends from (monitor.provisional):
+    the flow is the entity's, and its reasons say it is provisionally so.
 
     :raises ValueError: for an incoming flow (not a sale: do not classify it), a flow of another entity,
         or an entity that is a counterparty (exchange, OTC desk, custodian).
@@ -261,11 +275,26 @@ def classify(
     is_btc = asset.upper() in BTC_ASSETS
     asset_usd = ctx.asset_usd if ctx.asset_usd is not None else (ctx.btc_usd if is_btc else None)
 
+    if provisional:
+        reasons.append(
+            f"spent from {_and([a.address for a in provisional])}: provisionally {name}'s ({provisional[0].source}); "
+            f"counted as {name}'s until its behaviour confirms it or shows an exchange deposit"
+        )
+
     # 1. internal
     self_value = sum(d.value for d in flow.destinations if d.attribution.kind == "self")
     moved = max(0, flow.out - self_value)
+    watching = {a.address for a in entity.addresses if a.learned_by == "provisional"}
     if flow.out == 0 or moved == 0 or (flow.destinations and all(d.attribution.kind == "self" for d in flow.destinations)):
-        if flow.out == 0:
+        swept = [d for d in flow.destinations if d.attribution.kind == "self" and d.address in watching]
+        if swept:
+            reasons.append(
+                f"probable consolidation; watching the destination: {_amount(sum(d.value for d in swept), dec, asset)} "
+                f"went to {_and([d.address or '' for d in swept])}, paid by {name}'s inputs alone without change; "
+                "watched provisionally as {name}'s: an exchange deposit address looks the same until its coins move"
+                .replace("{name}", name)
+            )
+        elif flow.out == 0:
             reasons.append(
                 f"all value stayed with {name}: {_amount(flow.spent, dec, asset)} spent, "
                 f"{_amount(flow.change, dec, asset)} came back as change, fee {_amount(flow.fee_share, dec, asset)}"

@@ -9,7 +9,9 @@ Known exceptions are not merged but returned as flags:
   Whirlpool and JoinMarket mixes look like this); its inputs belong to many people.
 - `mixed_entities`: inputs of two known entities (two treasuries, or a treasury and an exchange): either
   the labels are wrong or the tx is collaborative; merging would fuse two entities.
-Mempool txs are not used: evidence must stay on chain. A rejected address is never learned again.
+Mempool txs are not used: evidence must stay on chain. A rejected address is never learned again. A
+provisional address (a sweep's destination, monitor.provisional) proves nothing: an exchange sweeping
+deposits co-spends it with strangers' coins.
 
 Change heuristics (`change_marks`) name likely change outputs of a spend funded only by one entity. Each
 heuristic votes for one output only when it singles it out among the tx's outputs:
@@ -131,7 +133,8 @@ def _owner(registry: Registry, extra: dict[tuple[str, str], str], chain: str, ad
         return None
     e = registry.entity_of(chain, address)
     if e is not None:
-        return e.name
+        # a provisional address (a sweep's destination) may be an exchange deposit: no proof of ownership
+        return None if registry.is_provisional(chain, address) else e.name
     return extra.get((chain, normalise_address(chain, address)))
 
 

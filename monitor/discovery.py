@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from monitor.cluster import CHANGE_MIN_VOTES, COINJOIN_MIN_EQUAL, LearnResult, apply_learned, learn_from_txs
@@ -25,6 +25,7 @@ from monitor.model import ChainTx
 from monitor.pools import FollowResult, PoolIndex, follow_pool_payouts
 from monitor.registry import Registry
 from monitor.model import SATS_PER_BTC
+from monitor.provisional import settle_provisional
 from monitor.tracing import TraceLimits, trace_pending
 from storage import Store
 from storage.discovery import get_state, rejected_addresses, save_learned, set_state, transactions_after
@@ -102,6 +103,7 @@ class DiscoveryResult:
     cospend: Committed | None = None
     pools: FollowResult | None = None
     traced: int | None = None
+    settled: tuple[str, ...] = ()  # provisional addresses confirmed because they sat unspent
     registry: Registry | None = field(default=None, repr=False)
 
 
@@ -169,7 +171,16 @@ async def discover_once(
     if pools and source is not None:
         f = await follow_pool_payouts(store, source, registry, now=now, pools=pool_index, owners=owners,
                                       min_payouts=config.pool_min_payouts, auto_accept_payouts=auto_accept_payouts)
+    settled: list[str] = []
+    if config.provisional:
+        settled = await store.run(settle_provisional, now=now, settle_days=config.provisional_settle_days)
+        for a in settled:
+            rec = registry.address_record("bitcoin", a)
+            if rec is not None:
+                registry = registry.replacing("bitcoin", a, replace(rec, learned_by="sweep"))
+        if settled and pipeline is not None:
+            pipeline.registry = registry
     n = None
     if trace and source is not None and pipeline is not None:
         n = await trace_pending(pipeline, source, store, registry, now=now, limits=trace_limits(config))
-    return DiscoveryResult(c, f, n, registry)
+    return DiscoveryResult(c, f, n, tuple(settled), registry)

@@ -23,6 +23,7 @@ from monitor.discovery import commit_learned
 from monitor.flows import entity_flows
 from monitor.market import Market, context_json
 from monitor.model import Attribution, Batch, Classification, Clock, EntityFlow, FlowHistory, MarketContext, TraceShare
+from monitor.provisional import Judgement, Sweep, apply_provisional, commit_provisional, find_sweeps, judge_spends, provisional_inputs
 from monitor.registry import Registry
 from storage import AsyncStore, Store
 from storage.discovery import rejected_addresses
@@ -165,8 +166,14 @@ def commit_batch(
     thresholds: Thresholds = Thresholds(),
     alert_hook: AlertHook | None = None,
     learned: LearnResult | None = None,
+    provisional: tuple[list[Sweep], list[Judgement]] = ([], []),
 ) -> TickResult:
-    """Write a batch, classify its outflows and queue alerts, all in one transaction (store thread)."""
+    """Write a batch, classify its outflows and queue alerts, all in one transaction (store thread).
+
+    `provisional`: sweeps found in the batch and what spends from provisional addresses decided; a
+    deposit re-attributes its sweep flow (a new classification and its update alert) in the same transaction.
+    """
+    txs = {tx.txid: tx for tx in batch.txs}
     new_txs = new_flows = 0
     decisions: list[Decision] = []
     retracted: list[Classification] = []
@@ -194,12 +201,20 @@ def commit_batch(
         for f in sorted((f for f in flows if f.direction != "in"), key=lambda f: (_at(f, now), f.txid)):
             entity = registry.get(f.entity)
             ctx = contexts.get((f.chain, f.txid, f.entity)) or _missing_context(f, now)
-            c = classify(f, entity, ctx, flow_history(store, f, now=now), thresholds, now=now)
+            c = classify(f, entity, ctx, flow_history(store, f, now=now), thresholds, now=now,
+                         provisional=provisional_inputs(txs.get(f.txid), f.entity, registry))
             stored, prev = store.save_classification(c, context=context_json(ctx), now=now)
             decisions.append(Decision(f, stored, prev, ctx))
         if alert_hook is not None:
             alerts = alert_hook(store, decisions, retracted, now=now,
                                 events=TickEvents(replaced_by, frozenset(confirmed)))
+        if provisional[0] or provisional[1]:
+            for chain, txid, entity_name, n, att in commit_provisional(store, provisional[0], provisional[1], now=now):
+                d = reattribute_flow(store, chain, txid, entity_name, {n: att}, registry, now=now, thresholds=thresholds,
+                                     alert_hook=alert_hook)
+                if d is not None:
+                    decisions.append(d)
+                    alerts += int(d.is_changed)
         store.save_snapshots(batch.snapshots)
         if batch.utxos_added or batch.utxos_spent:
             apply_utxo_changes(store, batch.chain, batch.utxos_added, batch.utxos_spent)
@@ -252,7 +267,8 @@ def reattribute_flow(
         prev = store.latest_classification(chain, txid, entity)
         ctx_data = store.classification_context(prev.id) if prev is not None and prev.id is not None else {}
         ctx = MarketContext(**ctx_data) if ctx_data else _missing_context(flow, now)
-        c = classify(flow, registry.get(entity), ctx, flow_history(store, flow, now=now), thresholds, now=now)
+        c = classify(flow, registry.get(entity), ctx, flow_history(store, flow, now=now), thresholds, now=now,
+                     provisional=provisional_inputs(store.get_tx(chain, txid), entity, registry))
         stored, previous = store.save_classification(c, context=context_json(ctx), now=now)
         decision = Decision(flow, stored, previous, ctx)
         if alert_hook is not None:
@@ -274,8 +290,10 @@ class Pipeline:
         alert_hook: AlertHook | None = None,
         learn_cospend: bool = True,
         on_registry_change: Callable[[Registry], None] | None = None,
+        provisional: bool = True,
     ):
         self.learn_cospend = learn_cospend
+        self.provisional = provisional
         self.on_registry_change = on_registry_change
         self.registry = registry
         self.store = store
@@ -300,6 +318,19 @@ class Pipeline:
                 self.registry = apply_learned(self.registry, learned.learned)
                 if self.on_registry_change is not None:
                     self.on_registry_change(self.registry)
+        sweeps: list[Sweep] = []
+        judgements: list[Judgement] = []
+        if self.provisional and batch.txs:
+            # A sweep's destination is watched at once, provisionally (its history read from the next poll);
+            # spends from provisional addresses decide them (monitor.provisional), before flows are computed.
+            rejected = await self.store.run(rejected_addresses)
+            sweeps = find_sweeps(batch.txs, self.registry, rejected=rejected)
+            reg = apply_provisional(self.registry, sweeps)
+            judgements = judge_spends(batch.txs, reg)
+            if sweeps or judgements:
+                self.registry = apply_provisional(reg, (), judgements)
+                if self.on_registry_change is not None:
+                    self.on_registry_change(self.registry)
         flows = self.flows_of(batch)
         contexts: dict[tuple[str, str, str], MarketContext] = {}
         if self.market is not None:
@@ -315,6 +346,7 @@ class Pipeline:
             thresholds=self.thresholds,
             alert_hook=self.alert_hook,
             learned=learned,
+            provisional=(sweeps, judgements),
         )
 
     async def reattribute(self, chain: str, txid: str, entity: str, attributions: dict[int, Attribution], *,

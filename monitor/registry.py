@@ -83,6 +83,23 @@ class Registry:
         key = normalise_address(chain, address)
         return next((a for a in e.addresses if a.chain == chain and normalise_address(chain, a.address) == key), None)
 
+    def is_provisional(self, chain: str, address: str | None) -> bool:
+        """Whether an address is watched provisionally (a sweep's destination not decided yet)."""
+        if not address or self.entity_of(chain, address) is None:
+            return False
+        rec = self.address_record(chain, address)
+        return rec is not None and rec.learned_by == "provisional"
+
+    def replacing(self, chain: str, address: str, new: EntityAddress | None) -> Registry:
+        """A new registry where the owner's record of `address` is replaced by `new` (None: removed)."""
+        e = self.entity_of(chain, address)
+        if e is None:
+            return self
+        key = normalise_address(chain, address)
+        kept = tuple(a for a in e.addresses if not (a.chain == chain and normalise_address(chain, a.address) == key))
+        updated = replace(e, addresses=kept + ((new,) if new is not None else ()))
+        return Registry(updated if x.name == e.name else x for x in self.entities.values())
+
     def with_addresses(self, name: str, addresses: Iterable[EntityAddress]) -> Registry:
         """A new registry where entity `name` also owns `addresses` (learned by clustering, import, ...)."""
         e = self.entities[name]

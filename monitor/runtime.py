@@ -269,6 +269,7 @@ async def runtime(config: Config, *, db: str | Path | None = None, clock: Clock 
             thresholds=config.classify,
             alert_hook=make_planner(config, registry),
             on_registry_change=rewatch,
+            provisional=config.discovery.provisional,
         )
         channels = build_channels(config, session, clock)
         dispatcher = make_dispatcher(config, astore, channels, clock)

@@ -27,6 +27,8 @@ __all__ = [
     "propose_address",
     "set_status",
     "rejected_addresses",
+    "provisional_rows",
+    "is_spent_from",
     "add_evidence",
     "evidence_rows",
     "candidate_rows",
@@ -127,6 +129,21 @@ def rejected_addresses(store: Store, chain: str | None = None) -> set[tuple[str,
     """(chain, address) of every rejected address."""
     sql = "select chain, address from addresses where status = 'rejected'" + (" and chain = ?" if chain else "")
     return {(r["chain"], r["address"]) for r in store.query(sql, [chain] if chain else [])}
+
+
+def provisional_rows(store: Store, *, added_before: int | None = None) -> list[dict[str, Any]]:
+    """Addresses watched provisionally (a sweep's destination not decided yet), optionally added before a time."""
+    sql = "select * from addresses where status = 'provisional'" + (" and added_at <= ?" if added_before is not None else "")
+    return store.query(sql + " order by added_at, address", [added_before] if added_before is not None else [])
+
+
+def is_spent_from(store: Store, chain: str, address: str) -> bool:
+    """Whether a stored, still valid tx spends from `address` (inputs are stored as JSON)."""
+    rows = store.query(
+        "select 1 from transactions where chain = ? and status in ('confirmed', 'mempool') and inputs like ? limit 1",
+        [chain, f'%"{address}"%'],
+    )
+    return bool(rows)
 
 
 def add_evidence(store: Store, items: Iterable[Evidence], *, now: int) -> int:

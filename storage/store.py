@@ -189,17 +189,19 @@ class Store:
         return [dict(r) for r in self._rows(f"select * from addresses{where} order by entity, chain, address", params)]
 
     def learned_addresses(self) -> dict[str, list[EntityAddress]]:
-        """Active addresses learned at run time (import, clustering, pool payouts, manual), by entity."""
+        """Active and provisional addresses learned at run time (import, clustering, pool payouts, sweeps,
+        manual), by entity; a provisional one carries `learned_by = "provisional"` while undecided."""
         out: dict[str, list[EntityAddress]] = {}
         for r in self._rows(
-            "select * from addresses where status = 'active' and learned_by not in ('config', 'registry') order by added_at, address"
+            "select * from addresses where status in ('active', 'provisional') and learned_by not in ('config', 'registry') "
+            "order by added_at, address"
         ):
             out.setdefault(r["entity"], []).append(
                 EntityAddress(
                     chain=r["chain"],
                     address=r["address"],
                     source=r["source"] or "",
-                    learned_by=r["learned_by"],
+                    learned_by="provisional" if r["status"] == "provisional" else r["learned_by"],
                     label=r["label"] or "",
                     as_of=r["as_of"] or "",
                     evidence=r["evidence"] or "",
