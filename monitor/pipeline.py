@@ -186,7 +186,16 @@ def commit_batch(
             new_txs += store.save_tx(tx, now=now)
         if learned is not None and (learned.learned or learned.flags or learned.candidates):
             commit_learned(store, learned, now=now)
+        # A provisional address found to be an exchange deposit re-attributes its sweep flow (path: sweep, collection)
+        redo: dict[tuple[str, str, str], dict[int, Attribution]] = {}
+        if provisional[0] or provisional[1]:
+            for chain, txid, entity_name, n, att in commit_provisional(store, provisional[0], provisional[1], now=now):
+                redo.setdefault((chain, txid, entity_name), {})[n] = att
         flows = [_keep_traced(store, f) for f in flows]
+        flows = [replace(f, destinations=tuple(replace(d, attribution=redo[(f.chain, f.txid, f.entity)].get(d.n, d.attribution))
+                                               for d in f.destinations))
+                 if (f.chain, f.txid, f.entity) in redo else f for f in flows]
+        in_batch = {(f.txid, f.entity) for f in flows}
         for f in flows:
             new_flows += store.save_flow(f, now=now)
         # Retract first: a replacement in this same batch must not count the tx it replaced in its history.
@@ -208,13 +217,14 @@ def commit_batch(
         if alert_hook is not None:
             alerts = alert_hook(store, decisions, retracted, now=now,
                                 events=TickEvents(replaced_by, frozenset(confirmed)))
-        if provisional[0] or provisional[1]:
-            for chain, txid, entity_name, n, att in commit_provisional(store, provisional[0], provisional[1], now=now):
-                d = reattribute_flow(store, chain, txid, entity_name, {n: att}, registry, now=now, thresholds=thresholds,
-                                     alert_hook=alert_hook)
-                if d is not None:
-                    decisions.append(d)
-                    alerts += int(d.is_changed)
+        for (chain, txid, entity_name), atts in redo.items():
+            if (txid, entity_name) in in_batch:
+                continue  # re-attributed above, before it was classified
+            d = reattribute_flow(store, chain, txid, entity_name, atts, registry, now=now, thresholds=thresholds,
+                                 alert_hook=alert_hook)
+            if d is not None:
+                decisions.append(d)
+                alerts += int(d.is_changed)
         store.save_snapshots(batch.snapshots)
         if batch.utxos_added or batch.utxos_spent:
             apply_utxo_changes(store, batch.chain, batch.utxos_added, batch.utxos_spent)

@@ -20,7 +20,7 @@ neither ignored nor believed (the clustering literature's "what else looks like 
     `exchange:unidentified` when the sweep's target is unlabelled) and becomes a sale, with one update;
   * anything else (e.g. paying an unattributed address with no change) decides nothing: the spend is
     classified as the entity's, labelled provisional, and hop tracing follows it.
-- `settle_provisional` (the discovery job) confirms an address that sat unspent for `settle_days`.
+- `settle_provisional` (the discovery job) confirms an address whose swept coins sat unspent for `settle_days`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from storage.discovery import (
     add_evidence,
     address_row,
     evidence_rows,
-    is_spent_from,
+    is_outpoint_spent,
     propose_address,
     provisional_rows,
 )
@@ -222,11 +222,12 @@ def commit_provisional(store: Store, sweeps: Iterable[Sweep], judgements: Iterab
 
 
 def settle_provisional(store: Store, *, now: int, settle_days: float) -> list[str]:
-    """Confirm provisional addresses that sat unspent for `settle_days` (store thread); returns them."""
+    """Confirm provisional addresses whose swept coins sat unspent for `settle_days` (store thread); returns them."""
     settled = []
     with store.batch():
         for r in provisional_rows(store, added_before=now - int(settle_days * 86400)):
-            if is_spent_from(store, r["chain"], r["address"]):
+            sweeps = evidence_rows(store, chain=r["chain"], address=r["address"], kind="sweep")
+            if not sweeps or any(is_outpoint_spent(store, r["chain"], e["txid"], e["detail"]["n"]) for e in sweeps):
                 continue
             store.set_address_status(r["chain"], r["address"], "active")
             add_evidence(store, [Evidence(r["chain"], r["address"], r["entity"], "sweep_confirmed",

@@ -28,7 +28,7 @@ __all__ = [
     "set_status",
     "rejected_addresses",
     "provisional_rows",
-    "is_spent_from",
+    "is_outpoint_spent",
     "add_evidence",
     "evidence_rows",
     "candidate_rows",
@@ -137,11 +137,11 @@ def provisional_rows(store: Store, *, added_before: int | None = None) -> list[d
     return store.query(sql + " order by added_at, address", [added_before] if added_before is not None else [])
 
 
-def is_spent_from(store: Store, chain: str, address: str) -> bool:
-    """Whether a stored, still valid tx spends from `address` (inputs are stored as JSON)."""
+def is_outpoint_spent(store: Store, chain: str, txid: str, vout: int) -> bool:
+    """Whether a stored, still valid tx spends output `vout` of `txid` (inputs are stored as JSON lists)."""
     rows = store.query(
         "select 1 from transactions where chain = ? and status in ('confirmed', 'mempool') and inputs like ? limit 1",
-        [chain, f'%"{address}"%'],
+        [chain, f'%"{txid}", {int(vout)}]%'],
     )
     return bool(rows)
 

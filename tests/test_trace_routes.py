@@ -4,7 +4,11 @@ Esplora server, with alerts delivered to a real local Slack-compatible receiver:
 
 - a split hop: 6,500 BTC to a fresh address whose next tx pays two exchanges, two unknown addresses and
   the largest part on to another fresh address → a breakdown with shares and ONE update alert;
-- a peeling chain of 14 hops peeling 20 BTC to exchanges at each hop → followed to the end, one update.
+- a peeling chain of 14 hops peeling 20 BTC to exchanges at each hop → followed to the end, one update;
+- a sweep of every coin to a fresh address → provisional watch at once (history read: an older coin's sale
+  is the entity's, labelled provisional), confirmed when the swept coins sit;
+- a sweep to what turns out to be an exchange deposit (collected with other users' deposits into the
+  exchange's hot wallet) → the address is rejected and the sweep becomes a sale with one alert.
 
 Both in address mode and in block mode (where the discovery job borrows the block source's endpoint).
 """
@@ -29,7 +33,7 @@ from monitor.sim.chain import SimChain
 from monitor.sim.esplora_server import EsploraServer
 from monitor.tracing import RETRY_BASE
 from storage.alerts import alert_rows
-from storage.discovery import trace_rows
+from storage.discovery import address_row, evidence_rows, trace_rows
 from storage.reads import flow_row
 
 T0 = MARCH_5_2026 + 10 * 86_400
@@ -203,3 +207,117 @@ async def test_peeling_chain_of_14_hops_is_followed_with_one_update_alert(tmp_pa
             assert t.hops == 17 and "320.00 of 1,000.00 BTC (32%)" in t.result
         assert await kinds(db) == ["new", "update"]
         assert len(await slack.wait_for(2)) == 2
+
+
+@pytest.mark.parametrize("mode", ["address", "block"])
+async def test_sweep_to_cold_storage_then_a_sale_from_an_older_coin_of_the_swept_to_wallet(tmp_path, monkeypatch, mode):
+    chain = SimChain(start_time=MARCH_5_2026)
+    main, cold, change = chain.address("sweep-main"), chain.address("sweep-cold"), chain.address("sweep-change")
+    kraken = chain.address("sweep-kraken")
+    chain.fund(main, 300 * COIN)
+    old_coin = chain.fund(cold, 50 * COIN)  # the cold wallet held coins before the sweep
+    chain.mine()
+    clock = FrozenClock(T0)
+    db = tmp_path / "tm.db"
+    async with EsploraServer(chain) as server, Receiver() as slack:
+        monkeypatch.setenv("TM_ROUTES_SLACK_URL", slack.url("/hook"))
+        cfg = await asyncio.to_thread(write_config, tmp_path, server.url, [
+            sovereign([main], 5_000), exchange("Kraken", [kraken])], mode)
+        async with daemon_jobs(cfg, clock) as d:
+            await d.poll_source("local")
+            sweep = chain.pay([main], [(cold, 300 * COIN - 2_000)], fee=2_000)  # every coin, one output, no change
+            chain.mine()
+            await d.poll_source("local")
+            row = await in_store(db, flow_row, "bitcoin", sweep.txid, SOV)
+            c = row["classification"]
+            assert (row["out_units"], c["verdict"], c["attribution"]) == (300 * COIN - 2_000, "internal", "self")
+            assert any(r.startswith("probable consolidation; watching the destination") and cold in r
+                       for r in c["reasons"]), c["reasons"]
+            addr = await in_store(db, address_row, "bitcoin", cold)
+            assert (addr["entity"], addr["status"], addr["learned_by"]) == (SOV, "provisional", "sweep")
+            [ev] = await in_store(db, evidence_rows, address=cold)
+            assert (ev["kind"], ev["txid"]) == ("sweep", sweep.txid)
+            assert cold in d.rt.sources[0].watched_addresses if mode == "block" else cold in d.rt.sources[0].addresses
+
+            # the next poll reads the cold wallet's whole history: its older coin is seen
+            await d.poll_source("local")
+            assert await in_store(db, flow_row, "bitcoin", old_coin.txid, SOV) is not None
+
+            # a sale from the older coin (change to a fresh address): the entity's, labelled provisional
+            sale = chain.pay([], [(kraken, 30 * COIN)], inputs=[old_coin], change_address=change, fee=3_000)
+            chain.mine()
+            await d.poll_source("local")
+            row = await in_store(db, flow_row, "bitcoin", sale.txid, SOV)
+            c = row["classification"]
+            assert (row["out_units"], c["verdict"], c["attribution"]) == (50 * COIN - 3_000, "sovereign_sale", "exchange:Kraken")
+            assert any(f"spent from {cold}: provisionally {SOV}'s" in r for r in c["reasons"]), c["reasons"]
+            assert (await in_store(db, address_row, "bitcoin", cold))["status"] == "provisional"
+            sale_alerts = [a for a in await in_store(db, alert_rows) if a["payload"]["flow"]["txid"] == sale.txid]
+            assert [a["kind"] for a in sale_alerts] == ["new"]
+            bodies = [json.dumps(r.json) for r in slack.requests]
+            assert any(sale.txid in b and "provisionally" in b for b in bodies)
+
+            # the swept coins sit for the settle period: the cold wallet is the entity's
+            clock.advance(31 * 86_400)
+            await d.discover()
+            addr = await in_store(db, address_row, "bitcoin", cold)
+            assert (addr["status"], addr["learned_by"]) == ("active", "sweep")
+            assert sorted(e["kind"] for e in await in_store(db, evidence_rows, address=cold)) == ["sweep", "sweep_confirmed"]
+            assert not d.rt.pipeline.registry.is_provisional("bitcoin", cold)
+        # the sweep never turned into a sale: internal, one version
+        c = (await in_store(db, flow_row, "bitcoin", sweep.txid, SOV))["classification"]
+        assert (c["verdict"], c["version"]) == ("internal", 1)
+
+
+@pytest.mark.parametrize("mode", ["address", "block"])
+async def test_sweep_to_what_turns_out_to_be_an_exchange_deposit_becomes_a_sale(tmp_path, monkeypatch, mode):
+    chain = SimChain(start_time=MARCH_5_2026)
+    main, deposit = chain.address("dep-main"), chain.address("dep-deposit")
+    kraken_hot = chain.address("dep-kraken-hot")
+    others = [chain.fund(chain.address(f"dep-other-user-{i}"), (5 + i) * COIN) for i in range(2)]
+    chain.fund(main, 200 * COIN)
+    chain.mine()
+    clock = FrozenClock(T0)
+    db = tmp_path / "tm.db"
+    async with EsploraServer(chain) as server, Receiver() as slack:
+        monkeypatch.setenv("TM_ROUTES_SLACK_URL", slack.url("/hook"))
+        cfg = await asyncio.to_thread(write_config, tmp_path, server.url, [
+            sovereign([main], 5_000), exchange("Kraken", [kraken_hot])], mode)
+        async with daemon_jobs(cfg, clock) as d:
+            await d.poll_source("local")
+            sweep = chain.pay([main], [(deposit, 200 * COIN - 2_000)], fee=2_000)
+            chain.mine()
+            await d.poll_source("local")
+            c = (await in_store(db, flow_row, "bitcoin", sweep.txid, SOV))["classification"]
+            assert c["verdict"] == "internal" and "probable consolidation; watching the destination" in c["reasons"][0]
+            assert (await in_store(db, address_row, "bitcoin", deposit))["status"] == "provisional"
+            assert await kinds(db) == []  # internal: no alert rule fires for it
+
+            # the exchange sweeps the deposit together with other users' deposits into its hot wallet
+            [coin] = chain.utxos(deposit)
+            total = 200 * COIN - 2_000 + 5 * COIN + 6 * COIN
+            collect = chain.pay([], [(kraken_hot, total - 5_000)], inputs=[(coin.txid, coin.vout), *others], fee=5_000)
+            chain.mine()
+            await d.poll_source("local")
+            addr = await in_store(db, address_row, "bitcoin", deposit)
+            assert addr["status"] == "rejected"
+            assert sorted(e["kind"] for e in await in_store(db, evidence_rows, address=deposit)) == ["sweep", "sweep_deposit"]
+            row = await in_store(db, flow_row, "bitcoin", sweep.txid, SOV)
+            c = row["classification"]
+            assert (c["verdict"], c["version"], c["attribution"]) == ("sovereign_sale", 2, "exchange:Kraken")
+            [dest] = row["destinations"]
+            assert dest["attribution"] == "exchange:Kraken" and dest["path"] == [sweep.txid, collect.txid]
+            # the exchange's collection is not the entity's flow, and the other users' coins were not learned
+            assert await in_store(db, flow_row, "bitcoin", collect.txid, SOV) is None
+            for o in others:
+                assert await in_store(db, address_row, "bitcoin", chain.tx(o.txid).vout[o.vout].address) is None
+            assert not d.rt.pipeline.registry.entity_of("bitcoin", deposit)
+            after = await kinds(db)
+            assert after == ["new"]  # the first alert about this flow: a sale
+            reqs = await slack.wait_for(1)
+            assert sweep.txid in json.dumps(reqs[-1].json) and "sovereign_sale" in json.dumps(reqs[-1].json)
+
+            # later polls change nothing: the traced attribution is kept, no second alert
+            await d.poll_source("local")
+            assert (await in_store(db, flow_row, "bitcoin", sweep.txid, SOV))["classification"]["version"] == 2
+            assert await kinds(db) == after
