@@ -17,7 +17,7 @@ from monitor.model import format_btc
 
 __all__ = ["entities"]
 
-_DISCOVERED = frozenset({"cospend", "pool_payout", "change"})
+_DISCOVERED = frozenset({"cospend", "pool_payout", "change", "sweep"})
 _FIXED = frozenset({"config", "registry"})
 
 
@@ -384,7 +384,7 @@ def show(state: State, name: str, as_json: bool) -> None:
         click.echo(f"reconciliation: {d['reconciliation']['text']}")
     if d["production"]:
         click.echo(f"production: {d['production']['text']}")
-    for status in ("active", "candidate", "rejected"):
+    for status in ("active", "provisional", "candidate", "rejected"):
         rows = [a for a in d["addresses"] if a["status"] == status]
         if not rows:
             continue
@@ -450,5 +450,7 @@ def discover(state: State, cospend: bool | None, pools: bool | None, trace: bool
                    + (f"; {len(f.failed)} address(es) failed" if f.failed else ""))
         for p in f.proposed + f.accepted:
             click.echo(f"  {p.status}: {p.address} → {p.entity} ({p.payouts} payouts, {format_btc(p.total)} BTC)")
+    for a in r.settled:
+        click.echo(f"provisional: {a} confirmed (its swept coins sat unspent for {state.config().discovery.provisional_settle_days:g} days)")
     if r.traced is not None:
         click.echo(f"tracing: {r.traced} flow(s) re-attributed")

@@ -1,7 +1,8 @@
 """Hop tracing against the local Esplora server and a real SQLite file: the Bhutan route (watched wallet →
-fresh → fresh → exchange) turns an `unknown_transfer` into a `sovereign_sale` with the 3-hop path and one
-update alert; traces of unspent coins resume later (also after a restart); floors, hop limits, returns to
-the entity and source errors end or pause a trace as documented."""
+fresh → fresh → exchange) turns an `unknown_transfer` into a `sovereign_sale` with the 3-hop path, its
+breakdown and one update alert; traces of unspent coins resume later (also after a restart); floors, hop
+limits, returns to the entity and source errors end or pause a trace as documented. Multi-branch routes
+(split hop, peeling chain) are in test_trace_routes.py."""
 
 import asyncio
 import random
@@ -19,7 +20,7 @@ from monitor.registry import Registry
 from monitor.runtime import runtime
 from monitor.sim.chain import SimChain
 from monitor.sim.esplora_server import EsploraServer
-from monitor.tracing import RETRY_BASE, advance_trace, trace_pending
+from monitor.tracing import RETRY_BASE, TraceLimits, advance_trace, trace_pending
 from storage.alerts import alert_rows
 from storage.discovery import TraceState, trace_rows
 from storage.reads import flow_row
@@ -32,7 +33,8 @@ T0 = MARCH_5_2026 + 10 * 86_400
 async def run_traces(cfg, now: int) -> int:
     """One tracing job as the daemon runs it: a fresh runtime (a restart each time), the first source."""
     async with runtime(await asyncio.to_thread(load_config, cfg), clock=FrozenClock(now)) as rt:
-        return await trace_pending(rt.pipeline, rt.sources[0], rt.store, rt.registry, now=now)
+        return await trace_pending(rt.pipeline, rt.sources[0], rt.store, rt.registry, now=now,
+                                   limits=TraceLimits(max_hops=5))
 
 
 async def test_bhutan_route_becomes_sovereign_sale_with_the_path_and_one_update_alert(tmp_path):
