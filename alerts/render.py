@@ -207,6 +207,37 @@ def _sorted_destinations(flow: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(dests, key=lambda d: -(_int(d.get("value_units")) or 0))
 
 
+_SALE_KINDS = ("exchange", "otc")
+
+
+def _traced_sale_units(flow: dict[str, Any]) -> int | None:
+    """Units that reached exchanges/OTC desks when hop tracing broke a destination down (`shares`), else None.
+
+    Direct sale destinations count in full; a traced one only by its shares that reached a sale counterparty.
+    """
+    dests = [d for d in flow.get("destinations") or () if isinstance(d, dict)]
+    if not any(isinstance(d.get("shares"), list) and d["shares"] for d in dests):
+        return None
+    total = 0
+    for d in dests:
+        shares = d.get("shares") if isinstance(d.get("shares"), list) else None
+        if shares:
+            total += sum(_int(x.get("value_units")) or 0 for x in shares if isinstance(x, dict)
+                         and str(x.get("attribution", "")).partition(":")[0] in _SALE_KINDS)
+        elif str(d.get("attribution", "")).partition(":")[0] in _SALE_KINDS:
+            total += _int(d.get("value_units")) or 0
+    return total
+
+
+def _traced_note(d: dict[str, Any], decimals: int, asset: str) -> str:
+    shares = d.get("shares") if isinstance(d.get("shares"), list) else None
+    if not shares:
+        return ""
+    reached = sum(_int(x.get("value_units")) or 0 for x in shares if isinstance(x, dict)
+                  and str(x.get("attribution", "")).partition(":")[0] in ("exchange", "otc", "custodian"))
+    return f" (traced: {format_btc(reached, decimals)} {asset} reached counterparties)"
+
+
 def _attribution_summary(flow: dict[str, Any], *, limit: int = 2) -> str:
     seen: list[str] = []
     for d in _sorted_destinations(flow):
@@ -244,8 +275,16 @@ def build_title(payload: dict[str, Any]) -> str:
         verb = "sold"
     else:
         verb = "moved"
-    title = f"{_clean(flow.get('entity')) or '?'} {verb} {amount} {asset}"
     usd = _num(cls.get("usd_value"))
+    sold = _traced_sale_units(flow) if verb == "sold" else None
+    out = _int(flow.get("out_units"))
+    if sold is not None and out and 0 < sold < out:
+        # hop tracing found only part of the coins at exchanges: say how much of how much
+        part = f"{Decimal(format_btc(sold, _decimals(flow))):,f}"
+        title = f"{_clean(flow.get('entity')) or '?'} sold {part} of {amount} {asset} moved"
+        usd = usd * sold / out if usd is not None else None
+    else:
+        title = f"{_clean(flow.get('entity')) or '?'} {verb} {amount} {asset}"
     if usd is not None:
         title += f" ({format_usd(usd, compact=True)})"
     dest = _attribution_summary(flow)
@@ -346,7 +385,7 @@ def _message(payload: dict[str, Any]) -> _Message:
         (
             _clean(d.get("address")) or "(no address)",
             f"{format_amount(d, 'value', decimals=decimals) or '?'} {asset}",
-            _clean(d.get("attribution")) or "unknown",
+            (_clean(d.get("attribution")) or "unknown") + _traced_note(d, decimals, asset),
         )
         for d in dests[:MAX_DESTINATIONS_SHOWN]
     )

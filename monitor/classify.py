@@ -325,8 +325,12 @@ def classify(
                 add(s.attribution, s.value)
             add("unknown", d.value - sum(s.value for s in d.shares))
             traced_sale = traced_sale or d.attribution.kind in _SALE_KINDS
+            path = d.attribution.path
+            via = (f" (largest part to {d.attribution} via {' → '.join(t[:12] + '…' for t in path)})" if 0 < len(path) <= 4
+                   else f" (largest part to {d.attribution} via {path[0][:12]}… → … → {path[-1][:12]}…, {len(path)} txs)"
+                   if path else "")
             traced.append(f"hop tracing of {d.address} ({_amount(d.value, dec, asset)}): "
-                          + trace_breakdown(d.value, d.shares, entity=name, decimals=dec, asset=asset))
+                          + trace_breakdown(d.value, d.shares, entity=name, decimals=dec, asset=asset) + via)
         else:
             add(str(d.attribution), d.value)
     if not by_attr:

@@ -121,7 +121,12 @@ async def test_split_hop_gives_a_breakdown_with_shares_and_one_update_alert(tmp_
             assert any(breakdown in r for r in c["reasons"]), c["reasons"]
             assert await kinds(db) == ["new", "update"]
             reqs = await slack.wait_for(2)
-            assert "reached exchange:Kraken and exchange:Coinbase" in json.dumps(reqs[1].json)
+            body = reqs[1].json
+            # the headline says how much of how much reached exchanges, not "sold 6,500 BTC"
+            assert body["text"].startswith("UPDATE: Test Sovereign sold 1,000.00000000 of 6,500.00000000 BTC moved")
+            assert "reached exchange:Kraken and exchange:Coinbase within 2 hops" in json.dumps(body)
+            assert "(traced: 1000.00000000 BTC reached counterparties)" in json.dumps(body)
+            assert f"(largest part to exchange:Kraken via {hop1.txid[:12]}… → {hop2.txid[:12]}…)" in json.dumps(body, ensure_ascii=False)
 
             # the rest moves on: the trace follows it (state kept), but the flow is not re-alerted
             hop3 = chain.pay([fresh2], [(chain.address("split-fresh-3"), 4_500 * COIN - 8_000)], fee=4_000)
@@ -195,7 +200,7 @@ async def test_peeling_chain_of_14_hops_is_followed_with_one_update_alert(tmp_pa
             assert len(peeled) == 14 and max(s["hops"] for s in peeled) == 15
             assert [s["path"][-1] for s in sorted(peeled, key=lambda s: s["hops"])] == path
             assert any("280.00 of 1,000.00 BTC (28%) reached exchange:Kraken and exchange:Binance within 15 hops" in r
-                       for r in c["reasons"]), c["reasons"]
+                       and f"via {first.txid[:12]}… → {path[0][:12]}…)" in r for r in c["reasons"]), c["reasons"]
             [t] = await in_store(db, trace_rows)
             assert t.hops == 15 and t.reported and t.status == "pending" and t.tip_address == head
 
