@@ -1,14 +1,15 @@
 """Provisional addresses: a sweep's fresh destination, watched at once and decided by its later behaviour.
 
-A tx whose inputs are all one tracked entity's and whose every output (at most `MAX_SWEEP_OUTPUTS`) goes to
-an unattributed address, with no change, is the textbook consolidation to cold storage — and exactly what a
+A confirmed tx whose inputs are all one tracked entity's and whose every output (at most `MAX_SWEEP_OUTPUTS`)
+goes to an unattributed address, with no change, is the textbook consolidation to cold storage — and exactly what a
 payment of whole coins to an exchange deposit address looks like at that moment. So the destination is
 neither ignored nor believed (the clustering literature's "what else looks like this": Meiklejohn et al.
 2013 §4.2 on change and one-output heuristics; exchange deposit sweeps as described by Victor 2020,
 "Address clustering heuristics for Ethereum", and for Bitcoin exchange wallets by Ermilov et al. 2017):
 
 - `find_sweeps` proposes each destination as a *provisional* address of the entity, with the sweep tx as
-  evidence. It is watched at once (a newly watched address has its whole history read, so a sale from one
+  evidence. Freshness is not checked with a request per output: whatever the address's past, its later
+  behaviour decides, and its whole history is read once it is watched. It is watched at once (a newly watched address has its whole history read, so a sale from one
   of its older coins is seen), flows from it are classified as the entity's and labelled provisional, and
   the sweep itself reads "probable consolidation; watching the destination" (verdict `internal`).
 - `judge_spends` decides from the address's later spends (confirmed txs only):
@@ -122,8 +123,8 @@ def _judge(tx: ChainTx, address: str, entity: str, registry: Registry) -> Judgem
     chain = tx.chain
     key = normalise_address(chain, address)
     others = [i.address for i in tx.inputs if normalise_address(chain, i.address or "") != key]
-    strangers = [a for a in others if a is None or registry.entity_of(chain, a) is None
-                 or registry.entity_of(chain, a).name != entity]  # type: ignore[union-attr]
+    owner_names = [e.name if e is not None else None for e in (registry.entity_of(chain, a) for a in others)]
+    strangers = [a for a, o in zip(others, owner_names) if o != entity]
     outs = [o for o in tx.outputs if o.address is not None and o.value > 0]
     owners = [registry.entity_of(chain, o.address) for o in outs]
     targets = list(dict.fromkeys((e.kind, e.name) for e in owners if e is not None and e.kind in _SALE))
