@@ -332,3 +332,30 @@ def _trace_branches(db: Database) -> None:
     db["traces"].add_column("reported", int)
     # The traced breakdown of a destination, kept with the flow (JSON list of TraceShare fields).
     db["destinations"].add_column("shares", str)
+
+
+@migrations(name="009_miner_blocks")
+def _miner_blocks(db: Database) -> None:
+    # The chain-wide miner view: one row per block of the best chain scanned (PoolDays are sums of these
+    # rows, so undoing a reorg is deleting the orphaned heights).
+    db["miner_blocks"].create(
+        {
+            "chain": str,
+            "height": int,
+            "hash": str,
+            "prev_hash": str,
+            "time": int,
+            "day": str,  # UTC date of the block time, YYYY-MM-DD
+            "difficulty": float,
+            "pool": str,  # pools-v2 name, "" when unknown, NULL when scanned without attribution
+            "matched_by": str,  # tag | address | tag+address | ""
+            "tag": str,
+            "address_pool": str,  # the pool the payout address names when the tag named another
+            "subsidy_units": str,
+            "fees_units": str,  # coinbase outputs − subsidy (what the miner claimed of the fees)
+            "reward_units": str,
+            "scanned_at": int,
+        },
+        pk=("chain", "height"),
+    )
+    db["miner_blocks"].create_index(["chain", "day"])

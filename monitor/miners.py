@@ -1,0 +1,571 @@
+"""The chain-wide miner view: production per pool per day from every block's coinbase, miners' outflows by
+destination kind, the Miner Position Index, and a tracked miner's measured production beside its reported one.
+
+Production. Every block of the scanned range is read once (`watchers.coinbases`: header + coinbase) and
+attributed to a pool with the pools-v2 rules of `monitor.pools.attribute_block`. Where the coinbase tag
+and the payout address name different pools, the miner view takes the *tag*: a payout address outlives a
+pool's era (a pool sold, renamed or succeeded keeps paying the same address, and pools-v2 lists each
+address under one pool only), while the tag is what the pool writes now. The address pool is kept beside
+it (`address_pool`). A block with neither is `unknown`. Per block: subsidy (the schedule's, capped at
+what the coinbase paid), fees (the rest of the coinbase: what the pool claimed) and reward; a **PoolDay**
+sums one pool's blocks of one UTC day, with its share of the day's blocks and, from the day's difficulty,
+an estimated hashrate (share × difficulty × 2^32 / 600 H/s: a block-count estimate, noisy on few blocks).
+
+One row per block is stored (`storage.miners`), PoolDays are sums of rows: a reorg deletes the orphaned
+heights and writes the new branch in one transaction, so nothing orphaned is counted.
+
+Outflows. Miners' daily outflows are the stored flows of every entity of kind `miner` (configured,
+imported, discovered: whatever the watchers saw), by destination kind: exchange, OTC, other miners
+(`entity:<a miner>`), custodian, other, unknown; the network-wide miner-to-exchange total is the sum of the
+exchange kind. USD uses the price each flow was classified with.
+
+Miner Position Index (CryptoQuant's definition): a day's miner outflow in USD divided by the moving
+average of the daily outflow over the 365 days up to it. Days without an outflow count as 0 inside the
+covered span; when fewer than 365 days are covered the average uses those days and says how many.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from monitor.model import SATS_PER_BTC, Fact, SourceError
+from monitor.pools import DEFAULT_POOL_OWNERS, POOLS_SOURCE, PoolIndex, attribute_block
+from monitor.reconcile import format_btc_amount
+from storage import AsyncStore, Store
+from storage.miners import drop_miner_blocks_from, miner_block_hashes, miner_block_rows, miner_block_span, save_miner_blocks
+from watchers.coinbases import BlockCoinbase, EsploraCoinbases
+
+__all__ = [
+    "BLOCKS_PER_DAY",
+    "MPI_WINDOW",
+    "BlockProduction",
+    "PoolDay",
+    "PoolTotal",
+    "FlowDay",
+    "MpiPoint",
+    "ScanResult",
+    "Reconciliation",
+    "block_subsidy",
+    "measure_block",
+    "pool_days",
+    "pool_totals",
+    "destination_kind",
+    "flow_days",
+    "miner_position_index",
+    "reconcile_production",
+    "measured_production_fact",
+    "scan_blocks",
+    "backfill",
+    "miners_view",
+]
+
+log = logging.getLogger("treasury_monitor.miners")
+
+#: Expected blocks per day (one per 600 s): how `--days N` becomes a height range.
+BLOCKS_PER_DAY = 144
+#: The Miner Position Index's moving-average window, in days.
+MPI_WINDOW = 365
+_HALVING = 210_000
+_UNKNOWN = "unknown"
+
+
+def block_subsidy(height: int) -> int:
+    """The block subsidy at `height` in satoshis (50 BTC halved every 210,000 blocks)."""
+    halvings = height // _HALVING
+    return 0 if halvings >= 64 else (50 * SATS_PER_BTC) >> halvings
+
+
+def _day(ts: int) -> str:
+    return _dt.datetime.fromtimestamp(ts, _dt.UTC).strftime("%Y-%m-%d")
+
+
+@dataclass(frozen=True)
+class BlockProduction:
+    """One scanned block: who mined it and what its coinbase paid."""
+
+    chain: str
+    height: int
+    hash: str
+    prev_hash: str
+    time: int
+    difficulty: float
+    pool: str | None  # pools-v2 name, "unknown", or None when scanned without attribution
+    matched_by: str  # tag | address | tag+address | ""
+    tag: str
+    address_pool: str  # the pool the payout address names when the tag names another
+    subsidy: int
+    fees: int
+
+    @property
+    def reward(self) -> int:
+        return self.subsidy + self.fees
+
+    @property
+    def day(self) -> str:
+        return _day(self.time)
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "chain": self.chain, "height": self.height, "hash": self.hash, "prev_hash": self.prev_hash,
+            "time": self.time, "day": self.day, "difficulty": self.difficulty, "pool": self.pool,
+            "matched_by": self.matched_by, "tag": self.tag, "address_pool": self.address_pool,
+            "subsidy_units": self.subsidy, "fees_units": self.fees, "reward_units": self.reward,
+        }
+
+
+def measure_block(block: BlockCoinbase, pools: PoolIndex | None) -> BlockProduction:
+    """A block's production and pool (tag first, then payout address; see the module docstring) (pure).
+
+    With `pools=None` the block is measured without attribution (pool None).
+    """
+    h, cb = block.header, block.coinbase
+    reward = cb.total_out
+    subsidy = min(block_subsidy(h.height), reward)
+    pool: str | None = None
+    matched_by = tag = address_pool = ""
+    if pools is not None:
+        att = attribute_block(cb, pools, block.scriptsig)
+        if att is None:
+            pool = _UNKNOWN
+        elif att.tag_pool:  # the tag names another pool than the payout address: the tag's era wins
+            pool, matched_by, tag, address_pool = att.tag_pool, "tag", att.tag, att.pool.name
+        else:
+            pool, tag = att.pool.name, att.tag
+            matched_by = {"address+tag": "tag+address"}.get(att.matched_by, att.matched_by)
+    return BlockProduction(cb.chain, h.height, h.hash, h.prev_hash or "", h.time, h.difficulty, pool, matched_by, tag,
+                           address_pool, subsidy, reward - subsidy)
+
+
+# --- PoolDays ---------------------------------------------------------------------------------------
+
+
+def network_hashrate(difficulty: float) -> float:
+    """Network hashrate in H/s implied by a difficulty (difficulty × 2^32 / 600)."""
+    return difficulty * 2**32 / 600
+
+
+@dataclass(frozen=True)
+class PoolDay:
+    """One pool's blocks, subsidy, fees and BTC produced on one UTC day, with its share of the day's blocks."""
+
+    day: str
+    pool: str
+    blocks: int
+    subsidy: int
+    fees: int
+    day_blocks: int  # every block of the day scanned
+    difficulty: float  # the day's mean difficulty
+
+    @property
+    def produced(self) -> int:
+        return self.subsidy + self.fees
+
+    @property
+    def share(self) -> float:
+        return self.blocks / self.day_blocks if self.day_blocks else 0.0
+
+    @property
+    def hashrate(self) -> float:
+        """Estimated hashrate (H/s): share of the day's blocks × the network hashrate of the day's difficulty."""
+        return self.share * network_hashrate(self.difficulty)
+
+    def record(self) -> dict[str, Any]:
+        return {"day": self.day, "pool": self.pool, "blocks": self.blocks, "subsidy_sat": self.subsidy,
+                "fees_sat": self.fees, "produced_sat": self.produced, "day_blocks": self.day_blocks,
+                "share": round(self.share, 6), "difficulty": self.difficulty,
+                "est_hashrate_eh_s": round(self.hashrate / 1e18, 3)}
+
+
+def pool_days(rows: Iterable[Mapping[str, Any]]) -> list[PoolDay]:
+    """PoolDays from stored block rows (pool None rows count in the day's blocks only), by day then pool."""
+    per: dict[tuple[str, str], list[int]] = {}
+    days: dict[str, list[float]] = {}
+    for r in rows:
+        days.setdefault(r["day"], []).append(float(r["difficulty"]))
+        if r["pool"] is None:
+            continue
+        acc = per.setdefault((r["day"], r["pool"] or _UNKNOWN), [0, 0, 0])
+        acc[0] += 1
+        acc[1] += int(r["subsidy_units"])
+        acc[2] += int(r["fees_units"])
+    return [
+        PoolDay(day, pool, n, sub, fees, len(days[day]), sum(days[day]) / len(days[day]))
+        for (day, pool), (n, sub, fees) in sorted(per.items())
+    ]
+
+
+@dataclass(frozen=True)
+class PoolTotal:
+    """One pool over a window: blocks, subsidy, fees, produced, share of the window's blocks."""
+
+    pool: str
+    blocks: int
+    subsidy: int
+    fees: int
+    window_blocks: int
+    days: int  # days with at least one block of the pool
+    owner: str = ""  # the tracked miner whose pool this is
+
+    @property
+    def produced(self) -> int:
+        return self.subsidy + self.fees
+
+    @property
+    def share(self) -> float:
+        return self.blocks / self.window_blocks if self.window_blocks else 0.0
+
+    def record(self) -> dict[str, Any]:
+        return {"pool": self.pool, "owner": self.owner or None, "blocks": self.blocks, "subsidy_sat": self.subsidy,
+                "fees_sat": self.fees, "produced_sat": self.produced, "share": round(self.share, 6), "days": self.days}
+
+
+def pool_totals(days: Sequence[PoolDay], owners: Mapping[str, str] = DEFAULT_POOL_OWNERS) -> list[PoolTotal]:
+    """Per pool over all the given PoolDays, most blocks first."""
+    window = sum({d.day: d.day_blocks for d in days}.values())
+    acc: dict[str, list[int]] = {}
+    for d in days:
+        a = acc.setdefault(d.pool, [0, 0, 0, 0])
+        a[0] += d.blocks
+        a[1] += d.subsidy
+        a[2] += d.fees
+        a[3] += 1
+    out = [PoolTotal(p, n, s, f, window, k, owners.get(p, "")) for p, (n, s, f, k) in acc.items()]
+    return sorted(out, key=lambda t: (-t.blocks, t.pool))
+
+
+# --- miners' outflows -------------------------------------------------------------------------------
+
+DESTINATION_KINDS = ("exchange", "otc", "miner", "custodian", "other", "unknown")
+
+
+def destination_kind(attribution: str, kind_of: Mapping[str, str]) -> str | None:
+    """exchange | otc | miner | custodian | other | unknown for an attribution string; None for `self`."""
+    head, _, name = attribution.partition(":")
+    if head == "self":
+        return None
+    if head in ("exchange", "otc", "custodian"):
+        return head
+    if head == "entity":
+        k = kind_of.get(name, "")
+        return "miner" if k == "miner" else k if k in ("exchange", "otc", "custodian") else "other"
+    return "unknown" if head in ("unknown", "") else "other"
+
+
+@dataclass(frozen=True)
+class FlowDay:
+    """Miners' outflow on one UTC day to one destination kind (sats, and USD where the price was known)."""
+
+    day: str
+    kind: str
+    sat: int
+    usd: float
+    flows: int
+    priced_sat: int  # the part of `sat` whose USD value is known
+
+
+def flow_days(flows: Iterable[Mapping[str, Any]], kind_of: Mapping[str, str]) -> list[FlowDay]:
+    """Daily outflows of miner entities by destination kind, from stored flow rows (`storage.reads.flow_rows`)."""
+    acc: dict[tuple[str, str], list[Any]] = {}
+    for f in flows:
+        if (f.get("entity_kind") or kind_of.get(f["entity"])) != "miner" or f["direction"] != "out":
+            continue
+        if f.get("status") not in ("confirmed", None) or f.get("asset", "BTC") != "BTC" or f.get("block_time") is None:
+            continue
+        cls = f.get("classification") or {}
+        price = cls.get("btc_usd") if cls.get("status") != "retracted" else None
+        seen: set[tuple[str, str]] = set()
+        for d in f.get("destinations", ()):
+            kind = destination_kind(d["attribution"], kind_of)
+            if kind is None:
+                continue
+            key = (_day(f["block_time"]), kind)
+            a = acc.setdefault(key, [0, 0.0, 0, 0])
+            a[0] += int(d["value_units"])
+            if price:
+                a[1] += int(d["value_units"]) / SATS_PER_BTC * float(price)
+                a[3] += int(d["value_units"])
+            if key not in seen:
+                a[2] += 1
+                seen.add(key)
+    return [FlowDay(day, kind, s, u, n, p) for (day, kind), (s, u, n, p) in sorted(acc.items())]
+
+
+@dataclass(frozen=True)
+class MpiPoint:
+    """The Miner Position Index on one day."""
+
+    day: str
+    outflow_usd: float
+    average_usd: float  # moving average of the daily outflow over `days_used` days up to this one
+    days_used: int  # 365, or fewer when the data covers fewer days
+
+    @property
+    def value(self) -> float | None:
+        return self.outflow_usd / self.average_usd if self.average_usd > 0 else None
+
+    def record(self) -> dict[str, Any]:
+        v = self.value
+        return {"day": self.day, "outflow_usd": round(self.outflow_usd, 2), "average_usd": round(self.average_usd, 2),
+                "days_used": self.days_used, "mpi": None if v is None else round(v, 4)}
+
+
+def _days_between(first: str, last: str) -> list[str]:
+    a, b = _dt.date.fromisoformat(first), _dt.date.fromisoformat(last)
+    return [(a + _dt.timedelta(days=i)).isoformat() for i in range((b - a).days + 1)]
+
+
+def miner_position_index(daily_usd: Mapping[str, float], *, first: str | None = None, last: str | None = None,
+                         window: int = MPI_WINDOW) -> list[MpiPoint]:
+    """MPI for every day of the covered span (`first`..`last`, default the series' own): outflow / its trailing mean.
+
+    A day missing from `daily_usd` inside the span is a day without outflow (0). The mean of day d is over
+    the `window` days ending at d, or over the days covered so far when fewer.
+    """
+    if not daily_usd and (first is None or last is None):
+        return []
+    days = _days_between(first or min(daily_usd), last or max(daily_usd))
+    values = [float(daily_usd.get(d, 0.0)) for d in days]
+    out = []
+    running = 0.0
+    for i, (d, v) in enumerate(zip(days, values)):
+        running += v
+        if i >= window:
+            running -= values[i - window]
+        n = min(i + 1, window)
+        out.append(MpiPoint(d, v, running / n, n))
+    return out
+
+
+# --- reconciliation ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    """A tracked miner's production measured from its pool's coinbases beside its reported monthly figure."""
+
+    entity: str
+    pool: str
+    since: str  # first day of the window (UTC date)
+    until: str  # last day of the window
+    days: int
+    blocks: int
+    produced: int  # sats in the pool's coinbases
+    reported: Fact | None
+    window_blocks: int
+
+    @property
+    def measured_monthly_btc(self) -> float:
+        """The measured figure scaled to a 30-day month."""
+        return self.produced / SATS_PER_BTC * 30 / self.days if self.days else 0.0
+
+    @property
+    def ratio(self) -> float | None:
+        """Measured monthly rate ÷ reported monthly figure."""
+        return None if self.reported is None or not self.reported.value else self.measured_monthly_btc / self.reported.value
+
+    def sentence(self) -> str:
+        seen = (f"{self.pool} mined {self.blocks} of {self.window_blocks} blocks scanned {self.since}..{self.until} "
+                f"({self.days} days): {format_btc_amount(self.produced)} BTC, {self.measured_monthly_btc:,.1f} BTC per 30 days")
+        if self.reported is None:
+            return f"{self.entity}: {seen}; no reported monthly production"
+        return (f"{self.entity}: {seen}; reported {self.reported.value:,.0f} BTC/month (as of {self.reported.as_of}, "
+                f"{self.reported.source.split(' (via ', 1)[0]}): measured is {self.ratio:.0%} of reported")
+
+    def record(self) -> dict[str, Any]:
+        r = self.reported
+        return {"entity": self.entity, "pool": self.pool, "since": self.since, "until": self.until, "days": self.days,
+                "blocks": self.blocks, "window_blocks": self.window_blocks, "produced_sat": self.produced,
+                "measured_monthly_btc": round(self.measured_monthly_btc, 4),
+                "reported_monthly_btc": None if r is None else r.value, "reported_as_of": None if r is None else r.as_of,
+                "reported_source": None if r is None else r.source,
+                "ratio": None if self.ratio is None else round(self.ratio, 4), "sentence": self.sentence()}
+
+
+def reconcile_production(days: Sequence[PoolDay], entity: str, pool: str, reported: Fact | None, *,
+                         since: str | None = None, until: str | None = None) -> Reconciliation:
+    """The pool's production over the scanned days in [since, until] (default: all) beside the reported figure."""
+    covered = sorted({d.day for d in days if (since is None or d.day >= since) and (until is None or d.day <= until)})
+    mine = [d for d in days if d.pool == pool and d.day in covered]
+    window_blocks = sum({d.day: d.day_blocks for d in days if d.day in covered}.values())
+    first, last = (covered[0], covered[-1]) if covered else (since or "", until or "")
+    n_days = len(_days_between(first, last)) if covered else 0
+    return Reconciliation(entity, pool, first, last, n_days, sum(d.blocks for d in mine), sum(d.produced for d in mine),
+                          reported, window_blocks)
+
+
+def measured_production_fact(rec: Reconciliation, *, min_days: int = 7) -> Fact | None:
+    """A monthly-production Fact from the measured figure, when it is fresher than the reported one.
+
+    None when the window is too short to say, or the reported figure is as recent as the measured window.
+    The Fact's source says it was measured, so a classification citing it says which figure it used.
+    """
+    if rec.days < min_days or rec.blocks == 0:
+        return None
+    if rec.reported is not None and rec.reported.as_of >= rec.until:
+        return None
+    return Fact(
+        round(rec.measured_monthly_btc, 2),
+        f"measured on chain: {rec.blocks} {rec.pool} blocks, {format_btc_amount(rec.produced)} BTC in the "
+        f"{rec.days} days to {rec.until}, scaled to 30 days (pools from {POOLS_SOURCE})",
+        rec.until,
+        note=("fresher than the reported figure as of " + rec.reported.as_of) if rec.reported else "no reported figure",
+    )
+
+
+# --- scanning ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """What one scan did."""
+
+    start: int
+    end: int
+    scanned: int  # blocks whose coinbase was read
+    skipped: int  # blocks already stored with the same hash (a resumed scan)
+    orphaned: int  # stored blocks deleted because a reorg replaced them
+    requests: int
+    error: str = ""
+
+
+async def scan_blocks(
+    store: AsyncStore,
+    reader: EsploraCoinbases,
+    *,
+    start: int,
+    end: int,
+    now: int,
+    pools: PoolIndex | None,
+    progress: Callable[[int, int], Any] | None = None,
+) -> ScanResult:
+    """Scan heights `start..end` (headers 10 at a time, one coinbase request per new block), committing per page.
+
+    A block already stored with the same hash is skipped, so an interrupted scan resumes where it stopped.
+    A stored block whose height now holds another hash, or whose child does not point at it, was orphaned:
+    it and every stored block above it are deleted in the transaction that stores the new branch.
+    A source error stops the scan with what was committed kept (`error` says why).
+    """
+    from watchers.http import RequestTally
+
+    tally = RequestTally()
+    chain = reader.chain
+    scanned = skipped = orphaned = 0
+    h = start
+    total = end - start + 1
+    while h <= end:
+        top = min(h + 9, end)
+        try:
+            headers = sorted((x for x in await reader.headers(top, tally=tally) if x.height >= h), key=lambda x: x.height)
+            stored = await store.run(miner_block_hashes, chain, h - 1, top)
+            below = stored.get(h - 1)
+            if below is not None and headers and headers[0].prev_hash != below:
+                # The block under this page was orphaned: step back a page (its rows are compared there).
+                h = max(h - 10, 0)
+                continue
+            rows: list[dict[str, Any]] = []
+            drop_from: int | None = None
+            for x in headers:
+                if stored.get(x.height) == x.hash:
+                    skipped += 1
+                    continue
+                if x.height in stored and drop_from is None:
+                    drop_from = x.height
+                rows.append(measure_block(await reader.coinbase(x, tally=tally), pools).row())
+        except SourceError as exc:
+            log.warning("miner scan stopped at height %d: %s", h, exc)
+            return ScanResult(start, end, scanned, skipped, orphaned, tally.requests, str(exc))
+
+        def commit(s: Store) -> int:
+            with s.batch():
+                n = drop_miner_blocks_from(s, chain, drop_from) if drop_from is not None else 0
+                save_miner_blocks(s, rows, now=now)
+            return n
+
+        if drop_from is not None or rows:
+            dropped = await store.run(commit)
+            if dropped:
+                log.warning("miner view: reorg at height %d, %d stored block(s) orphaned and undone", drop_from, dropped)
+            orphaned += dropped
+        scanned += len(rows)
+        h = top + 1
+        if progress is not None:
+            progress(min(h - start, total), total)
+    return ScanResult(start, end, scanned, skipped, orphaned, tally.requests)
+
+
+async def backfill(store: AsyncStore, reader: EsploraCoinbases, *, days: int, now: int, pools: PoolIndex | None,
+                   progress: Callable[[int, int], Any] | None = None, blocks_per_day: int = BLOCKS_PER_DAY) -> ScanResult:
+    """Scan the last `days` × 144 blocks up to the tip (resumable: stored blocks are skipped)."""
+    tip = await reader.tip_height()
+    start = max(0, tip - days * blocks_per_day + 1)
+    return await scan_blocks(store, reader, start=start, end=tip, now=now, pools=pools, progress=progress)
+
+
+async def follow_tip(store: AsyncStore, reader: EsploraCoinbases, *, now: int, pools: PoolIndex | None) -> ScanResult:
+    """Scan from the last stored block (re-checking it, for reorgs) to the tip; nothing when nothing is stored."""
+    span = await store.run(miner_block_span, reader.chain)
+    if span is None:
+        return ScanResult(0, -1, 0, 0, 0, 0)
+    tip = await reader.tip_height()
+    return await scan_blocks(store, reader, start=min(span[1], tip), end=tip, now=now, pools=pools)
+
+
+# --- the view ---------------------------------------------------------------------------------------
+
+
+def miners_view(
+    store: Store,
+    *,
+    kind_of: Mapping[str, str],
+    reported: Mapping[str, Fact | None],
+    owners: Mapping[str, str] = DEFAULT_POOL_OWNERS,
+    since: int | None = None,
+    chain: str = "bitcoin",
+) -> dict[str, Any]:
+    """Everything `treasury-monitor miners` and `/api/miners` show, as JSON-ready data (store thread)."""
+    from storage.reads import flow_rows
+
+    rows = miner_block_rows(store, chain, since=since)
+    days = pool_days(rows)
+    totals = pool_totals(days, owners)
+    flows = flow_days(flow_rows(store, since=since, direction="out"), kind_of)
+    scanned_days = sorted({r["day"] for r in rows})
+    flow_span = sorted({f.day for f in flows})
+    covered = sorted(set(scanned_days) | set(flow_span))
+    usd: dict[str, float] = {}
+    priced = unpriced = 0
+    for f in flows:
+        usd[f.day] = usd.get(f.day, 0.0) + f.usd
+        priced += f.priced_sat
+        unpriced += f.sat - f.priced_sat
+    mpi = miner_position_index(usd, first=covered[0], last=covered[-1]) if covered else []
+    to_exchange: dict[str, int] = {}
+    for f in flows:
+        if f.kind == "exchange":
+            to_exchange[f.day] = to_exchange.get(f.day, 0) + f.sat
+    recs = [
+        reconcile_production(days, entity, pool, reported.get(entity)).record()
+        for pool, entity in sorted(owners.items())
+    ]
+    return {
+        "schema": "treasury-monitor.miners/1",
+        "blocks_scanned": len(rows),
+        "first_height": rows[0]["height"] if rows else None,
+        "last_height": rows[-1]["height"] if rows else None,
+        "days": scanned_days,
+        "attributed": any(r["pool"] is not None for r in rows),
+        "pools": [t.record() for t in totals],
+        "pool_days": [d.record() for d in days],
+        "tracked_miners": recs,
+        "flows": [{"day": f.day, "kind": f.kind, "sat": f.sat, "usd": round(f.usd, 2), "flows": f.flows} for f in flows],
+        "miner_to_exchange": [{"day": d, "sat": s} for d, s in sorted(to_exchange.items())],
+        "mpi": [p.record() for p in mpi],
+        "mpi_days_used": mpi[-1].days_used if mpi else 0,
+        "mpi_window": MPI_WINDOW,
+        "unpriced_sat": unpriced,
+        "source": f"coinbases of every scanned block; pools from {POOLS_SOURCE}",
+    }

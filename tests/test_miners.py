@@ -1,0 +1,198 @@
+"""The chain-wide miner view end to end: a scripted pool episode on SimChain → EsploraServer on 127.0.0.1 →
+HttpClient → miner scan → SQLite → PoolDays, totals, reconciliation, MPI.
+
+Expected figures come from the episode's script (which pool each block is meant to be, the fees of the txs
+it confirms), never from the attribution rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+
+import aiohttp
+import pytest
+
+from monitor.clock import FrozenClock
+from monitor.miners import (
+    BLOCKS_PER_DAY,
+    backfill,
+    block_subsidy,
+    follow_tip,
+    measured_production_fact,
+    miner_position_index,
+    pool_days,
+    pool_totals,
+    reconcile_production,
+    scan_blocks,
+)
+from monitor.model import Fact
+from monitor.pools import load_pools
+from monitor.sim.esplora_server import EsploraServer
+from monitor.sim.pool_episode import PRE_REORG_BLOCKS, build_pool_episode
+from storage import AsyncStore, Store
+from storage.miners import miner_block_rows
+from watchers.coinbases import EsploraCoinbases
+from watchers.http import HttpClient
+
+NOW = 1_780_000_000
+
+
+@pytest.fixture(scope="module")
+def pools():
+    return load_pools()
+
+
+@pytest.fixture
+def episode():
+    return build_pool_episode(days=10, per_day=12)
+
+
+@pytest.fixture
+async def env(tmp_path, episode):
+    ep = episode
+    store = AsyncStore(await asyncio.to_thread(Store, tmp_path / "m.db"))
+    async with EsploraServer(ep.chain) as server, aiohttp.ClientSession() as session:
+        http = HttpClient("esplora", [server.url], session, clock=FrozenClock(), rng=random.Random(1), retries=1,
+                          rate_limit=None)
+        yield ep, server, store, EsploraCoinbases(http)
+    await store.close()
+
+
+def first_height(ep) -> int:
+    return ep.blocks[0].height
+
+
+async def by_pool(store) -> dict[str, tuple[int, int]]:
+    rows = await store.run(miner_block_rows)
+    return {t.pool: (t.blocks, t.produced) for t in pool_totals(pool_days(rows))}
+
+
+async def test_pool_totals_equal_the_script_through_a_reorg(env, pools):
+    ep, server, store, reader = env
+    tip = ep.chain.height
+    first = await scan_blocks(store, reader, start=first_height(ep), end=tip, now=NOW, pools=pools)
+    assert first.scanned == tip - first_height(ep) + 1 and first.error == ""
+    before = await by_pool(store)
+    assert sum(n for n, _ in before.values()) == first.scanned
+
+    ep.apply_reorg()
+    ep.mine_rest()
+    res = await follow_tip(store, reader, now=NOW, pools=pools)
+    assert res.orphaned == PRE_REORG_BLOCKS  # the two orphaned blocks were undone
+
+    got = await by_pool(store)
+    assert got == ep.expected_by_pool()
+    # the pools the script meant to be there are all there, by name
+    assert {"Foundry USA", "AntPool", "F2Pool", "MARA Pool", "Luxor", "BTC.com", "Poolin", "unknown"} <= set(got)
+    # nothing orphaned is left: the stored hashes are the best chain's
+    rows = await store.run(miner_block_rows)
+    assert [r["hash"] for r in rows] == [ep.chain.block_at(r["height"]).hash for r in rows]
+    assert len(rows) == len(ep.best_blocks())
+
+
+async def test_tag_change_and_shared_address_eras(env, pools):
+    ep, server, store, reader = env
+    ep.apply_reorg()
+    ep.mine_rest()
+    await scan_blocks(store, reader, start=first_height(ep), end=ep.chain.height, now=NOW, pools=pools)
+    rows = {r["height"]: r for r in await store.run(miner_block_rows)}
+    luxor = [b for b in ep.best_blocks() if b.pool == "Luxor"]
+    assert {b.tag for b in luxor} == {"/LUXOR/", "Luxor Tech"}  # the script changes Luxor's tag mid-window
+    assert all(rows[b.height]["pool"] == "Luxor" for b in luxor)
+    shared = [b for b in ep.best_blocks() if b.payout == "1Bf9sZvBHPFGVPX71WX2njhd1NXKv5y7v5"]
+    eras = {b.pool for b in shared}
+    assert eras == {"BTC.com", "Poolin"}
+    for b in shared:
+        assert rows[b.height]["pool"] == b.pool
+    poolin = [rows[b.height] for b in shared if b.pool == "Poolin"]
+    assert all(r["address_pool"] == "BTC.com" and r["matched_by"] == "tag" for r in poolin)
+
+
+async def test_scan_resumes_after_interruption(env, pools):
+    ep, server, store, reader = env
+    end = ep.chain.height
+    n = end - first_height(ep) + 1
+    # the 3rd header page fails for good (500 on every retry): the scan stops with the first pages kept
+    server.faults.add(r"^/blocks/\d+$", "500", times=None)
+    server.faults.rules[-1].pattern = re.compile(rf"^/blocks/{first_height(ep) + 29}$")
+    stopped = await scan_blocks(store, reader, start=first_height(ep), end=end, now=NOW, pools=pools)
+    assert stopped.error and stopped.scanned == 20
+    server.faults.clear()
+    start_req = len(server.requests)
+    done = await scan_blocks(store, reader, start=first_height(ep), end=end, now=NOW, pools=pools)
+    assert (done.skipped, done.scanned, done.error) == (20, n - 20, "")
+    coinbase_reads = [p for p in server.requests[start_req:] if p.endswith("/txs/0")]
+    assert len(coinbase_reads) == n - 20  # the 20 stored blocks are not read again
+    assert len(await store.run(miner_block_rows)) == n
+
+
+async def test_backfill_days_and_no_attribution(env):
+    ep, server, store, reader = env
+    seen: list[tuple[int, int]] = []
+    res = await backfill(store, reader, days=2, now=NOW, pools=None, progress=lambda d, t: seen.append((d, t)),
+                         blocks_per_day=12)
+    assert (res.start, res.end, res.scanned, res.error) == (ep.chain.height - 23, ep.chain.height, 24, "")
+    assert res.end - res.start + 1 < BLOCKS_PER_DAY
+    assert seen[-1][0] == seen[-1][1]
+    rows = await store.run(miner_block_rows)
+    assert rows and all(r["pool"] is None for r in rows)
+    assert pool_days(rows) == []  # unattributed blocks count in no pool
+
+
+def test_block_subsidy_schedule():
+    assert block_subsidy(0) == 50 * 10**8
+    assert block_subsidy(839_999) == 625_000_000
+    assert block_subsidy(840_000) == 312_500_000
+    assert block_subsidy(210_000 * 64) == 0
+
+
+def test_pool_day_share_and_hashrate():
+    rows = [
+        {"day": "2026-03-01", "pool": "A", "subsidy_units": 100, "fees_units": 5, "difficulty": 1e12},
+        {"day": "2026-03-01", "pool": "A", "subsidy_units": 100, "fees_units": 7, "difficulty": 1e12},
+        {"day": "2026-03-01", "pool": "", "subsidy_units": 100, "fees_units": 1, "difficulty": 1e12},
+        {"day": "2026-03-01", "pool": "B", "subsidy_units": 100, "fees_units": 0, "difficulty": 3e12},
+    ]
+    a = next(d for d in pool_days(rows) if d.pool == "A")
+    assert (a.blocks, a.subsidy, a.fees, a.produced, a.day_blocks) == (2, 200, 12, 212, 4)
+    assert a.share == 0.5
+    # mean difficulty 1.5e12 → network 1.5e12 × 2^32 / 600 H/s; half of it
+    assert a.hashrate == pytest.approx(0.5 * 1.5e12 * 4294967296 / 600)
+    assert {d.pool for d in pool_days(rows)} == {"A", "B", "unknown"}
+
+
+def test_mpi_on_a_known_series_equals_a_hand_calculation():
+    series = {"2026-01-01": 10.0, "2026-01-02": 20.0, "2026-01-04": 60.0, "2026-01-05": 30.0}
+    pts = miner_position_index(series, window=3)
+    # by hand: 01-03 has no outflow (0); means over up to 3 days:
+    # d1 10/1=10 → 1.0; d2 (10+20)/2=15 → 20/15; d3 (10+20+0)/3=10 → 0; d4 (20+0+60)/3=26.667 → 60/26.667=2.25;
+    # d5 (0+60+30)/3=30 → 1.0
+    assert [p.day for p in pts] == ["2026-01-01", "2026-01-02", "2026-01-03", "2026-01-04", "2026-01-05"]
+    assert [p.days_used for p in pts] == [1, 2, 3, 3, 3]
+    assert [round(p.value, 6) for p in pts] == [1.0, round(20 / 15, 6), 0.0, 2.25, 1.0]
+    # the default window is 365 days: with 5 days covered it uses 5 and says so
+    full = miner_position_index(series)
+    assert full[-1].days_used == 5 and full[-1].average_usd == pytest.approx(120 / 5)
+    assert miner_position_index({}) == []
+
+
+async def test_reconciliation_and_measured_fact(env, pools):
+    ep, server, store, reader = env
+    ep.apply_reorg()
+    ep.mine_rest()
+    await scan_blocks(store, reader, start=first_height(ep), end=ep.chain.height, now=NOW, pools=pools)
+    days = pool_days(await store.run(miner_block_rows))
+    reported = Fact(736, "MARA Sep 2025 update", "2025-09-30")
+    rec = reconcile_production(days, "MARA", "MARA Pool", reported)
+    mara = [b for b in ep.best_blocks() if b.pool == "MARA Pool"]
+    assert (rec.blocks, rec.produced) == (len(mara), sum(b.reward for b in mara))
+    assert rec.days == 10 and rec.window_blocks == len(ep.best_blocks())
+    assert rec.measured_monthly_btc == pytest.approx(sum(b.reward for b in mara) / 1e8 * 3)
+    assert "reported 736 BTC/month" in rec.sentence() and "MARA Pool mined" in rec.sentence()
+    fact = measured_production_fact(rec)
+    assert fact is not None and fact.source.startswith("measured on chain") and fact.as_of == rec.until
+    # a reported figure as fresh as the window wins
+    fresh = reconcile_production(days, "MARA", "MARA Pool", Fact(736, "x", rec.until))
+    assert measured_production_fact(fresh) is None
