@@ -422,8 +422,10 @@ def report(state: State, out_path: str | None, fmt: str, since: str | None, unti
 def _register_groups() -> None:
     # Command groups that live in their own modules (they import monitor.cli_common, not this module).
     from monitor.cli_entities import entities
+    from monitor.cli_miners import miners
 
     cli.add_command(entities)
+    cli.add_command(miners)
 
 
 _register_groups()

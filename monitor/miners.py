@@ -26,6 +26,7 @@ covered span; when fewer than 365 days are covered the average uses those days a
 
 from __future__ import annotations
 
+import asyncio
 import datetime as _dt
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from monitor.model import SATS_PER_BTC, Fact, SourceError
-from monitor.pools import DEFAULT_POOL_OWNERS, POOLS_SOURCE, PoolIndex, attribute_block
+from monitor.pools import DEFAULT_POOL_OWNERS, POOLS_SOURCE, PoolIndex, attribute_block, load_pools
 from monitor.reconcile import format_btc_amount
 from storage import AsyncStore, Store
 from storage.miners import drop_miner_blocks_from, miner_block_hashes, miner_block_rows, miner_block_span, save_miner_blocks
@@ -61,6 +62,8 @@ __all__ = [
     "scan_blocks",
     "backfill",
     "miners_view",
+    "view_for_registry",
+    "backfill_configured",
 ]
 
 log = logging.getLogger("treasury_monitor.miners")
@@ -569,3 +572,29 @@ def miners_view(
         "unpriced_sat": unpriced,
         "source": f"coinbases of every scanned block; pools from {POOLS_SOURCE}",
     }
+
+
+def view_for_registry(store: Store, registry: Any, *, since: int | None = None,
+                      owners: Mapping[str, str] = DEFAULT_POOL_OWNERS) -> dict[str, Any]:
+    """`miners_view` with entity kinds and reported monthly production taken from a Registry (store thread)."""
+    kind_of = {e.name: e.kind for e in registry.entities.values()}
+    reported = {e.name: e.profile.monthly_production_btc for e in registry.entities.values()}
+    return miners_view(store, kind_of=kind_of, reported=reported, owners=owners, since=since)
+
+
+async def backfill_configured(config: Any, *, db: Any, days: int, now: int, attribute: bool = True,
+                              progress: Callable[[int, int], Any] | None = None) -> ScanResult:
+    """`miners backfill`: scan the last `days` of blocks through the first configured Bitcoin Esplora source."""
+    from monitor.model import ConfigError
+    from monitor.runtime import runtime
+
+    async with runtime(config, db=db) as rt:
+        from watchers.http import HttpClient
+
+        src = next((s for s in rt.sources if getattr(s, "chain", "") == "bitcoin"
+                    and isinstance(getattr(s, "http", None), HttpClient)), None)
+        if src is None:
+            raise ConfigError(["miners backfill needs an Esplora [[sources]] entry on chain bitcoin"])
+        pools = await asyncio.to_thread(load_pools, config.network) if attribute else None
+        return await backfill(rt.store, EsploraCoinbases(src.http, chain="bitcoin"), days=days, now=now, pools=pools,
+                              progress=progress)

@@ -8,11 +8,13 @@ it confirms), never from the attribution rules.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import re
 
 import aiohttp
 import pytest
+from builders import BUNDLED_PRICES, cli_run, config_toml, entity_table, esplora_source
 
 from monitor.clock import FrozenClock
 from monitor.miners import (
@@ -29,6 +31,7 @@ from monitor.miners import (
 )
 from monitor.model import Fact
 from monitor.pools import load_pools
+from monitor.sim.chain import SimChain
 from monitor.sim.esplora_server import EsploraServer
 from monitor.sim.pool_episode import PRE_REORG_BLOCKS, build_pool_episode
 from storage import AsyncStore, Store
@@ -196,3 +199,55 @@ async def test_reconciliation_and_measured_fact(env, pools):
     # a reported figure as fresh as the window wins
     fresh = reconcile_production(days, "MARA", "MARA Pool", Fact(736, "x", rec.until))
     assert measured_production_fact(fresh) is None
+
+
+async def test_cli_backfill_and_miners_view_with_flows(tmp_path):
+    """`miners backfill` + `poll` + `miners --json`: pools from the script, miners' outflows by kind as paid."""
+    labels = SimChain()
+    hot, exch, other_miner, stranger = (labels.address(x) for x in ("mara hot", "cc exchange", "cc other miner", "x"))
+    sends = {
+        11: [(hot, ((exch, 40 * 10**8), (stranger, 3 * 10**8)))],
+        12: [(hot, ((exch, 25 * 10**8), (other_miner, 2 * 10**8)))],
+    }
+    ep = await asyncio.to_thread(build_pool_episode, days=14, per_day=12, reorg_day=5, wallets={hot: 100 * 10**8},
+                                 transfers=sends)
+    await asyncio.to_thread(ep.apply_reorg)
+    await asyncio.to_thread(ep.mine_rest)
+    async with EsploraServer(ep.chain) as server:
+        cfg = tmp_path / "c.toml"
+        await asyncio.to_thread(cfg.write_text, config_toml(
+            db=tmp_path / "m.db",
+            sources=[esplora_source("local", server.url, rate_limit=1000.0)],
+            prices=BUNDLED_PRICES,
+            entities=[entity_table("MARA", "miner", [hot]), entity_table("CC Exchange", "exchange", [exch]),
+                      entity_table("CC Other Miner", "miner", [other_miner])],
+        ))
+        r = await cli_run("-c", cfg, "miners", "backfill", "--days", "1", "--no-progress")
+        assert r.exit_code == 0, r.output
+        assert "144 blocks scanned" in r.output
+        r = await cli_run("-c", cfg, "miners", "backfill", "--days", "1", "--no-progress")
+        assert "0 blocks scanned, 144 already stored" in r.output  # resumable: nothing read twice
+        assert (await cli_run("-c", cfg, "poll")).exit_code == 0
+        r = await cli_run("-c", cfg, "miners", "--json")
+        assert r.exit_code == 0, r.output
+        view = json.loads(r.output)
+        r2 = await cli_run("-c", cfg, "miners")
+    assert r2.exit_code == 0 and "MARA Pool" in r2.output and "Miner Position Index" in r2.output
+
+    tip = ep.chain.height
+    window = [b for b in ep.best_blocks() if b.height > tip - 144]
+    expected: dict[str, list[int]] = {}
+    for b in window:
+        e = expected.setdefault(b.pool, [0, 0])
+        e[0] += 1
+        e[1] += b.reward
+    assert {p["pool"]: [p["blocks"], p["produced_sat"]] for p in view["pools"]} == expected
+    assert view["blocks_scanned"] == 144
+    mara = next(m for m in view["tracked_miners"] if m["entity"] == "MARA")
+    assert mara["blocks"] == expected.get("MARA Pool", [0])[0] and mara["reported_monthly_btc"] == 736
+    by_kind: dict[str, int] = {}
+    for f in view["flows"]:
+        by_kind[f["kind"]] = by_kind.get(f["kind"], 0) + f["sat"]
+    assert by_kind == {"exchange": 65 * 10**8, "unknown": 3 * 10**8, "miner": 2 * 10**8}
+    assert sum(d["sat"] for d in view["miner_to_exchange"]) == 65 * 10**8
+    assert view["mpi"] and view["mpi_days_used"] == len(view["mpi"]) < 365

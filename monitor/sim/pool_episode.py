@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import calendar
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from monitor.sim.chain import SimChain
@@ -36,6 +36,8 @@ COIN = 100_000_000
 DAY = 86_400
 #: Blocks of `reorg_day` orphaned by the reorg.
 PRE_REORG_BLOCKS = 2
+#: Fee of each scripted transfer (`transfers`).
+TRANSFER_FEE = 5_000
 _HALVING = 210_000
 
 # (pool as the episode means it, coinbase tag, payout address or a simulated label, weight) per era.
@@ -88,6 +90,8 @@ class PoolEpisode:
     start_time: int
     days: int
     per_day: int
+    transfers: dict[int, list[tuple[str, tuple[tuple[str, int], ...]]]] = field(default_factory=dict)
+    transfer_txids: list[str] = field(default_factory=list)
     _reorg_done: bool = field(default=False, repr=False)
 
     def best_blocks(self) -> list[ScriptedBlock]:
@@ -140,6 +144,11 @@ def _mine_days(ep: PoolEpisode, first: int, last: int) -> None:
                 addr = chain.address(addr[4:])
             fee = rng.randrange(1_000_000, 3_000_000, 1_000)
             chain.pay([payer], [(payee, rng.randrange(COIN // 10, COIN, 1_000))], fee=fee, change_address=payer)
+            if k == 0:
+                for source, outputs in ep.transfers.get(day, ()):
+                    tx = chain.pay([source], list(outputs), fee=TRANSFER_FEE, change_address=source)
+                    ep.transfer_txids.append(tx.txid)
+                    fee += TRANSFER_FEE
             t = ep.start_time + day * DAY + (k * DAY) // ep.per_day + 300
             blk = chain.mine(time=t, coinbase_to=addr, coinbase_tag=tag)[0]
             ep.blocks.append(ScriptedBlock(blk.height, blk.time, pool, tag, addr, fee))
@@ -147,17 +156,26 @@ def _mine_days(ep: PoolEpisode, first: int, last: int) -> None:
 
 def build_pool_episode(*, days: int = 10, per_day: int = 12, reorg_day: int | None = None, seed: int = 7,
                        start: tuple[int, int, int] = (2026, 3, 1), start_height: int = 938_000,
-                       difficulty: float = 150.5e12) -> PoolEpisode:
-    """Mine days 0..reorg_day of the episode (the reorg and the rest wait for `apply_reorg`, `mine_rest`)."""
+                       difficulty: float = 150.5e12, wallets: Mapping[str, int] | None = None,
+                       transfers: Mapping[int, Sequence[tuple[str, Sequence[tuple[str, int]]]]] | None = None,
+                       ) -> PoolEpisode:
+    """Mine days 0..reorg_day of the episode (the reorg and the rest wait for `apply_reorg`, `mine_rest`).
+
+    `wallets` (address → sats) are funded in the opening block; `transfers` (day → [(source address,
+    [(destination, sats), ...])]) are paid in the first block of their day, each with a TRANSFER_FEE fee.
+    """
     reorg_day = days // 2 - 1 if reorg_day is None else reorg_day
     start_time = calendar.timegm((*start, 0, 0, 0))
     chain = SimChain(start_height=start_height - 1, start_time=start_time - DAY, difficulty=difficulty, seed=seed)
     payer, payee = chain.address("episode payer"), chain.address("episode payee")
     chain.fund(payer, 10_000 * COIN, confirmed=False)
     chain.fund(payee, COIN, confirmed=False)
+    for address, value in (wallets or {}).items():
+        chain.fund(address, value, confirmed=False)
     # One opening block (the day before) confirms the funding; it belongs to no pool and is not scanned.
     chain.mine(time=start_time - 600, coinbase_to=chain.address("opening miner"))
-    ep = PoolEpisode(chain, [], reorg_day, start_time, days, per_day)
+    ep = PoolEpisode(chain, [], reorg_day, start_time, days, per_day,
+                     {d: [(src, tuple(outs)) for src, outs in ts] for d, ts in (transfers or {}).items()})
     ep._rng = random.Random(seed)  # type: ignore[attr-defined]
     ep._payer, ep._payee = payer, payee  # type: ignore[attr-defined]
     _mine_days(ep, 0, reorg_day + 1)
