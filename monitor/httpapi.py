@@ -12,6 +12,9 @@
                                       order: {"events": [...], "last_id": N}; with `Accept:
                                       text/event-stream` (or /api/events/stream) the same events as
                                       Server-Sent Events, resuming after `after` or `Last-Event-ID`
+    GET /api/miners?since=            the chain-wide miner view (treasury-monitor.miners/1): production per
+                                      pool and per day, tracked miners' measured vs reported production,
+                                      miners' outflows by destination kind, miner-to-exchange, MPI
 
 When `[daemon].token` is set every request needs `Authorization: Bearer <token>` (401 otherwise);
 binding to a non-loopback address without a token is refused at start.
@@ -213,6 +216,15 @@ async def _sse(request: web.Request, daemon: Daemon) -> web.StreamResponse:
     return resp
 
 
+async def api_miners(request: web.Request) -> web.Response:
+    from monitor.miners import view_for_registry
+
+    daemon: Daemon = request.app[DAEMON_KEY]  # type: ignore[assignment]
+    since = _time_param(request, "since")
+    registry = daemon.rt.pipeline.registry
+    return _json(await daemon.rt.store.run(lambda store: view_for_registry(store, registry, since=since)))
+
+
 def make_app(daemon: Daemon) -> web.Application:
     """The aiohttp application serving the daemon's endpoints."""
     app = web.Application(middlewares=[_auth])
@@ -224,6 +236,7 @@ def make_app(daemon: Daemon) -> web.Application:
     app.router.add_get("/api/alerts", api_alerts)
     app.router.add_get("/api/events", api_events)
     app.router.add_get("/api/events/stream", api_events)
+    app.router.add_get("/api/miners", api_miners)
     return app
 
 

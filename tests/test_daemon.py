@@ -114,6 +114,10 @@ async def test_run_alerts_health_metrics_and_sigterm(tmp_path):
                 async with s.get(base + "/api/flows?direction=out") as r:
                     [flow] = await r.json()
                     assert flow["txid"] == sale.txid and flow["classification"]["verdict"]
+                async with s.get(base + "/api/miners") as r:  # the miner view: the sale is miner-to-exchange
+                    view = await r.json()
+                    assert view["schema"] == "treasury-monitor.miners/1" and view["blocks_scanned"] == 0
+                    assert view["miner_to_exchange"][0]["sat"] == 42 * COIN and view["mpi_days_used"] == 1
             # one more sale, then SIGTERM right away: the tick finishes and the outbox is flushed
             chain.pay([addrs["hot0"]], [(addrs["exchange"], 7 * COIN)], fee=3_000)
             chain.mine()
