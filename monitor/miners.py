@@ -64,6 +64,7 @@ __all__ = [
     "miners_view",
     "view_for_registry",
     "backfill_configured",
+    "with_measured_production",
 ]
 
 log = logging.getLogger("treasury_monitor.miners")
@@ -598,3 +599,27 @@ async def backfill_configured(config: Any, *, db: Any, days: int, now: int, attr
         pools = await asyncio.to_thread(load_pools, config.network) if attribute else None
         return await backfill(rt.store, EsploraCoinbases(src.http, chain="bitcoin"), days=days, now=now, pools=pools,
                               progress=progress)
+
+
+def with_measured_production(store: Store, entity: Any, *, at: int, owners: Mapping[str, str] = DEFAULT_POOL_OWNERS,
+                             days: int = 30, chain: str = "bitcoin") -> Any:
+    """The entity, its monthly production replaced by its own pool's measured one when that is fresher (store thread).
+
+    The measured figure is the pool's coinbases over the `days` before `at` (at least 7 scanned days),
+    scaled to 30 days; it replaces the reported Fact only when its window ends after the reported as-of
+    date. The Fact's source starts "measured on chain", so the classification's reasons say which figure
+    was used. Entities without a pool of their own, or with nothing scanned, come back unchanged.
+    """
+    from dataclasses import replace
+
+    pools = [p for p, e in owners.items() if e == entity.name]
+    if not pools or entity.kind != "miner":
+        return entity
+    rows = miner_block_rows(store, chain, since=at - days * 86_400, until=at)
+    if not rows:
+        return entity
+    rec = reconcile_production(pool_days(rows), entity.name, pools[0], entity.profile.monthly_production_btc)
+    fact = measured_production_fact(rec)
+    if fact is None:
+        return entity
+    return replace(entity, profile=replace(entity.profile, monthly_production_btc=fact))

@@ -22,6 +22,7 @@ from monitor.cluster import LearnResult, apply_learned, learn_from_txs
 from monitor.discovery import commit_learned
 from monitor.flows import entity_flows
 from monitor.market import Market, context_json
+from monitor.miners import with_measured_production
 from monitor.model import Attribution, Batch, Classification, Clock, EntityFlow, FlowHistory, MarketContext, TraceShare
 from monitor.provisional import Judgement, Sweep, apply_provisional, commit_provisional, find_sweeps, judge_spends, provisional_inputs
 from monitor.registry import Registry
@@ -208,7 +209,8 @@ def commit_batch(
             retracted.extend(store.retract(batch.chain, txid, now=now))
         # Oldest first, so each flow's history includes the earlier flows of the same batch.
         for f in sorted((f for f in flows if f.direction != "in"), key=lambda f: (_at(f, now), f.txid)):
-            entity = registry.get(f.entity)
+            # the miner view's measured production replaces a staler reported figure (monitor.miners)
+            entity = with_measured_production(store, registry.get(f.entity), at=_at(f, now))
             ctx = contexts.get((f.chain, f.txid, f.entity)) or _missing_context(f, now)
             c = classify(f, entity, ctx, flow_history(store, f, now=now), thresholds, now=now,
                          provisional=provisional_inputs(txs.get(f.txid), f.entity, registry))
@@ -277,7 +279,8 @@ def reattribute_flow(
         prev = store.latest_classification(chain, txid, entity)
         ctx_data = store.classification_context(prev.id) if prev is not None and prev.id is not None else {}
         ctx = MarketContext(**ctx_data) if ctx_data else _missing_context(flow, now)
-        c = classify(flow, registry.get(entity), ctx, flow_history(store, flow, now=now), thresholds, now=now,
+        ent = with_measured_production(store, registry.get(entity), at=_at(flow, now))
+        c = classify(flow, ent, ctx, flow_history(store, flow, now=now), thresholds, now=now,
                      provisional=provisional_inputs(store.get_tx(chain, txid), entity, registry))
         stored, previous = store.save_classification(c, context=context_json(ctx), now=now)
         decision = Decision(flow, stored, previous, ctx)

@@ -359,3 +359,4 @@ def _miner_blocks(db: Database) -> None:
         pk=("chain", "height"),
     )
     db["miner_blocks"].create_index(["chain", "day"])
+    db["miner_blocks"].create_index(["chain", "time"])

@@ -251,3 +251,11 @@ async def test_cli_backfill_and_miners_view_with_flows(tmp_path):
     assert by_kind == {"exchange": 65 * 10**8, "unknown": 3 * 10**8, "miner": 2 * 10**8}
     assert sum(d["sat"] for d in view["miner_to_exchange"]) == 65 * 10**8
     assert view["mpi"] and view["mpi_days_used"] == len(view["mpi"]) < 365
+
+    # the classifier used MARA Pool's measured production (fresher than the Sep 2025 report) and says so
+    import sqlite3
+
+    reasons = await asyncio.to_thread(lambda: [r for (r,) in sqlite3.connect(tmp_path / "m.db").execute(
+        "select reasons from classifications where entity = 'MARA'")])
+    assert reasons and all("monthly production" in r and "measured on chain" in r and "MARA Pool blocks" in r
+                           for r in reasons)
