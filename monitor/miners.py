@@ -35,7 +35,6 @@ from typing import Any
 
 from monitor.model import SATS_PER_BTC, Fact, SourceError
 from monitor.pools import DEFAULT_POOL_OWNERS, POOLS_SOURCE, PoolIndex, attribute_block, load_pools
-from monitor.reconcile import format_btc_amount
 from storage import AsyncStore, Store
 from storage.miners import drop_miner_blocks_from, miner_block_hashes, miner_block_rows, miner_block_span, save_miner_blocks
 from watchers.coinbases import BlockCoinbase, EsploraCoinbases
@@ -372,8 +371,8 @@ class Reconciliation:
         return None if self.reported is None or not self.reported.value else self.measured_monthly_btc / self.reported.value
 
     def sentence(self) -> str:
-        seen = (f"{self.pool} mined {self.blocks} of {self.window_blocks} blocks scanned {self.since}..{self.until} "
-                f"({self.days} days): {format_btc_amount(self.produced)} BTC, {self.measured_monthly_btc:,.1f} BTC per 30 days")
+        seen = (f"{self.pool} mined {self.blocks:,} of {self.window_blocks:,} blocks scanned {self.since}..{self.until} "
+                f"({self.days} days): {self.produced / SATS_PER_BTC:,.2f} BTC, {self.measured_monthly_btc:,.1f} BTC per 30 days")
         if self.reported is None:
             return f"{self.entity}: {seen}; no reported monthly production"
         return (f"{self.entity}: {seen}; reported {self.reported.value:,.0f} BTC/month (as of {self.reported.as_of}, "
@@ -413,8 +412,8 @@ def measured_production_fact(rec: Reconciliation, *, min_days: int = 7) -> Fact 
         return None
     return Fact(
         round(rec.measured_monthly_btc, 2),
-        f"measured on chain: {rec.blocks} {rec.pool} blocks, {format_btc_amount(rec.produced)} BTC in the "
-        f"{rec.days} days to {rec.until}, scaled to 30 days (pools from {POOLS_SOURCE})",
+        f"measured on chain: {rec.blocks:,} {rec.pool} blocks, {rec.produced / SATS_PER_BTC:,.2f} BTC in the "
+        f"{rec.days} days to {rec.until}, scaled to 30 days (pool tags and addresses: pools-v2)",
         rec.until,
         note=("fresher than the reported figure as of " + rec.reported.as_of) if rec.reported else "no reported figure",
     )
