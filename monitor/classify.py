@@ -23,10 +23,18 @@ Verdict precedence (first match wins):
        → `production_sale` (routine, even below cost: miners sell output to pay power; severity notes it);
     b. large and tagged `convertible_repurchase` / `debt_repurchase` → `balance_sheet_sale` (even below
        cost: the sale funds a deliberate liability buy-back, ChainCatcher 2026-04-03 on MARA);
-    c. price below the entity's cash cost → `distress_sale`;
-    d. large, tagged `ai_hpc_pivot`, at or above cost (or cost not comparable) → `reallocation_sale`;
-    e. large, at or above cost → `strategic_sale`;
-    f. otherwise (not large, no production figure to call it routine) → `production_sale`, saying so.
+    c. large and tagged `ai_shift` (the article's "complete shift to AI" path: BTC is no longer a core
+       asset) → `reallocation_sale`, even below cost: an expected reallocation, not distress;
+    d. price below the entity's cash cost → `distress_sale`; one severity step more when tagged
+       `mining_focus` ("stick to mining": such a miner sells beyond production only under pressure);
+    e. large, tagged `dual_track` ("walk on two legs": keeps BTC, funds AI/HPC) or `ai_hpc_pivot` (an
+       AI/HPC move on no named path), at or above cost (or cost not comparable) → `reallocation_sale`;
+    f. large, at or above cost → `strategic_sale` (for a `mining_focus` miner the reason says it is unusual);
+    g. otherwise (not large, no production figure to call it routine) → `production_sale`, saying so.
+    The figures (production, holdings, cash cost, efficiency) are the profile points in force on the flow's
+    UTC day (`monitor.facts`): the newest dated on or before it, else the earliest later one, which the
+    reason then says. Holdings are rolled forward from the reported point with the flows seen since its
+    date. Each reason names the price's source and candle and the hashprice's inputs.
     "Large" means beyond `production_multiple` × monthly production, or a 30-day total of at least
     `large_share_of_holdings` of holdings, or, when the entity has neither figure, a USD value of at least
     `large_usd_fallback`.
@@ -47,30 +55,58 @@ acceleration is measured in coins instead of dollars.
 
 from __future__ import annotations
 
+import datetime as _dt
 import statistics
 from dataclasses import dataclass
 from decimal import Decimal
 
 from monitor.bundled import is_sector_default, short_source
 from monitor.context import breakeven_power_usd_per_kwh
+from monitor.facts import FactUse, Holdings, cite, day_of, fact_at, holdings_at
 from monitor.model import (
+    SATS_PER_BTC,
     SEVERITIES,
     Classification,
     Entity,
     EntityAddress,
     EntityFlow,
-    Fact,
+    FactUsed,
     FlowHistory,
     MarketContext,
     TraceShare,
 )
 
-__all__ = ["Thresholds", "classify", "trace_breakdown", "BTC_ASSETS", "CONVERTIBLE_TAGS", "AI_HPC_TAGS"]
+__all__ = [
+    "Thresholds",
+    "classify",
+    "trace_breakdown",
+    "price_basis",
+    "BTC_ASSETS",
+    "CONVERTIBLE_TAGS",
+    "AI_HPC_TAGS",
+    "MINING_FOCUS_TAGS",
+    "DUAL_TRACK_TAGS",
+    "AI_SHIFT_TAGS",
+]
 
 #: Assets measured against BTC production and holdings (BTC itself and 1:1 wrapped BTC tokens).
 BTC_ASSETS = frozenset({"BTC", "WBTC", "CBBTC", "TBTC"})
 CONVERTIBLE_TAGS = frozenset({"convertible_repurchase", "debt_repurchase"})
-AI_HPC_TAGS = frozenset({"ai_hpc_pivot"})
+#: The ChainCatcher article's (2026-04-03) three paths: "stick to mining" (CleanSpark, HIVE), "walk on two
+#: legs" (MARA, IREN, Riot: keep BTC, add AI/HPC) and "a complete shift to AI" (Core Scientific, TeraWulf,
+#: Cipher: BTC no longer a core asset). `ai_hpc_pivot` is an AI/HPC move whose path no source names.
+MINING_FOCUS_TAGS = frozenset({"mining_focus"})
+DUAL_TRACK_TAGS = frozenset({"dual_track"})
+AI_SHIFT_TAGS = frozenset({"ai_shift"})
+AI_HPC_TAGS = frozenset({"ai_hpc_pivot"}) | DUAL_TRACK_TAGS | AI_SHIFT_TAGS
+_PRICE_SOURCES = {
+    "coinbase": "Coinbase",
+    "kraken": "Kraken",
+    "coingecko": "CoinGecko",
+    "csv": "CSV price file",
+    "simulated": "bundled SIMULATED series",
+}
+_CANDLES = {60: "1-minute candle", 3600: "1-hour candle", 86400: "daily close"}
 _SALE_KINDS = frozenset({"exchange", "otc"})
 _GROUP_ORDER = ("sale", "custodian", "entity", "unknown")
 
@@ -154,8 +190,24 @@ def _age(seconds: float) -> str:
     return f"{s / 86400:.1f} d"
 
 
-def _cite(fact: Fact) -> str:
-    return f"{short_source(fact)}, as of {fact.as_of}"
+def _cite(use: FactUse) -> str:
+    return cite(use, short_source(use.fact))
+
+
+def _when(at: int, granularity: int | None) -> str:
+    t = _dt.datetime.fromtimestamp(at, tz=_dt.timezone.utc)
+    return t.strftime("%Y-%m-%d") if granularity == 86400 else t.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def price_basis(ctx: MarketContext) -> str:
+    """Where the price came from and for when: 'Coinbase 1-hour candle, 2026-03-10 14:00 UTC'."""
+    source = _PRICE_SOURCES.get(ctx.price_source, ctx.price_source or "unknown source")
+    if ctx.price_start is not None:
+        kind = _CANDLES.get(ctx.price_granularity or 0, "candle")
+        return f"{source} {kind}, {_when(ctx.price_start, ctx.price_granularity)}"
+    if ctx.price_at is not None:
+        return f"{source}, observed {_when(ctx.price_at, None)}"
+    return source
 
 
 def _and(items: list[str]) -> str:
@@ -252,6 +304,7 @@ def classify(
     t = thresholds
     name, asset, dec, profile = entity.name, flow.asset, flow.decimals, entity.profile
     reasons: list[str] = []
+    used: list[FactUsed] = []
 
     def result(verdict: str, severity: int, usd: float | None = None, attribution: str = "") -> Classification:
         return Classification(
@@ -267,6 +320,7 @@ def classify(
             btc_usd=ctx.btc_usd if price_ok else None,
             hashprice_usd=ctx.hashprice_usd if price_ok else None,
             attribution=attribution,
+            facts=tuple(used),
             created_at=now,
         )
 
@@ -350,7 +404,9 @@ def classify(
     reasons.append(f"{_amount(moved, dec, asset)}{worth} left {name}: {split}")
     reasons.extend(traced)
 
-    # Price sentence.
+    # Price sentence: always where the price came from and for when.
+    if price_ok:
+        reasons.append(f"BTC price {_price(ctx.btc_usd)}: {price_basis(ctx)}")
     if ctx.btc_usd is None:
         reasons.append(
             "no BTC price for the transaction time: the USD value, the cost comparison and the USD "
@@ -360,43 +416,51 @@ def classify(
         age = _age(ctx.at - ctx.price_at) if ctx.price_at is not None else "an unknown time"
         when = "before" if ctx.price_at is not None and ctx.price_at <= ctx.at else "after"
         reasons.append(
-            f"price {_price(ctx.btc_usd)} ({ctx.price_source or 'unknown source'}) is stale: observed {age} "
+            f"price {_price(ctx.btc_usd)} ({price_basis(ctx)}) is stale: observed {age} "
             f"{when} the transaction, beyond the staleness bound, so the USD value, the cost comparison "
             f"and the USD severity step are skipped"
         )
 
-    # Measures.
+    # Measures: each figure is the profile point in force on the flow's day.
+    day = day_of(flow.block_time if flow.block_time is not None else ctx.at)
     total_30d = history.out_30d + moved
     total_coins = total_30d / 10**dec
-    prod, hold, cost = profile.monthly_production_btc, profile.holdings_btc, profile.cash_cost_usd
-    multiple = total_coins / prod.value if is_btc and prod is not None and prod.value > 0 else None
-    share = total_coins / hold.value if is_btc and hold is not None and hold.value > 0 else None
+    prod = fact_at(profile, "monthly_production_btc", day)
+    cost = fact_at(profile, "cash_cost_usd", day)
+    hold = holdings_at(profile, history, day)
+    multiple = total_coins / prod.fact.value if is_btc and prod is not None and prod.fact.value > 0 else None
+    share = total_coins / hold.btc if is_btc and hold is not None and hold.btc > 0 else None
+    if prod is not None:
+        used.append(FactUsed("monthly_production_btc", prod.fact.value, prod.fact.as_of, prod.fact.source, is_later=prod.is_later))
+    if hold is not None:
+        used.append(FactUsed("holdings_btc", hold.btc, hold.use.fact.as_of, hold.use.fact.source,
+                             reported=hold.reported_btc, is_later=hold.use.is_later))
     if multiple is not None:
         reasons.append(
             f"{_amount(total_30d, dec, asset)} in 30 days is {multiple:.1f}× {name}'s monthly production of "
-            f"{_num(prod.value)} BTC ({_cite(prod)})"
+            f"{_num(prod.fact.value)} BTC ({_cite(prod)})"
         )
-    if share is not None:
-        reasons.append(
-            f"{_amount(total_30d, dec, asset)} in 30 days is {share:.1%} of {name}'s holdings of "
-            f"{_num(hold.value)} BTC ({_cite(hold)})"
-        )
-    elif is_btc and hold is not None and hold.value == 0:
-        reasons.append(f"{name}'s holdings were reported as 0 BTC ({_cite(hold)}): these coins came in since")
+    if share is not None or (is_btc and hold is not None):
+        held = _holdings_text(name, hold)
+        if share is not None:
+            reasons.append(f"{_amount(total_30d, dec, asset)} in 30 days is {share:.1%} of {held}")
+        else:
+            reasons.append(f"{held}: these coins came in since")
     if not is_btc:
         reasons.append(f"{asset} is not BTC: production and holdings comparisons are skipped")
 
     below: bool | None = None
-    if price_ok and cost is not None and cost.value > 0 and entity.kind != "sovereign":
-        gap = (ctx.btc_usd - cost.value) / cost.value
+    if price_ok and cost is not None and cost.fact.value > 0 and entity.kind != "sovereign":
+        used.append(FactUsed("cash_cost_usd", cost.fact.value, cost.fact.as_of, cost.fact.source, is_later=cost.is_later))
+        gap = (ctx.btc_usd - cost.fact.value) / cost.fact.value
         below = gap < 0
-        whose = f"{name}'s cash cost {_price(cost.value)} ({_cite(cost)}"
-        whose += f"; sector average of listed miners, not {name}'s own)" if is_sector_default(cost) else ")"
+        whose = f"{name}'s cash cost {_price(cost.fact.value)} ({_cite(cost)}"
+        whose += f"; sector average of listed miners, not {name}'s own)" if is_sector_default(cost.fact) else ")"
         reasons.append(f"price {_price(ctx.btc_usd)} is {abs(gap):.1%} {'below' if below else 'above'} {whose}")
     elif price_ok and cost is None and entity.kind == "miner":
         reasons.append(f"no cash-cost figure for {name}: the price cannot be compared with its cost")
     if entity.kind == "miner":
-        hp = _hashprice_reason(entity, ctx)
+        hp = _hashprice_reason(entity, ctx, day, used)
         if hp:
             reasons.append(hp)
 
@@ -466,18 +530,44 @@ def classify(
         reasons.insert(1, f"within {t.production_multiple:g}× monthly production over 30 days: a routine sale of production")
         return result("production_sale", 1 if below else 0, usd_value, main_attr)
     conv = sorted(tags & CONVERTIBLE_TAGS)
+    basis = "at or above cost" if below is False else "below cost" if below else "cost not comparable"
     if large and conv:
         reasons.insert(1, f"a large sale ({why_large}) by a miner that sells BTC to buy back debt: {tag_reason(conv[0])}")
         return result("balance_sheet_sale", severity, usd_value, main_attr)
+    if large and tags & AI_SHIFT_TAGS:
+        reasons.insert(
+            1,
+            f"a large sale ({why_large}), {basis}, by a miner on the 'complete shift to AI' path, for which BTC is "
+            f"no longer a core asset: an expected reallocation, not distress; {tag_reason('ai_shift')}",
+        )
+        return result("reallocation_sale", severity, usd_value, main_attr)
     if below:
-        reasons.insert(1, f"selling {'beyond production ' if multiple is not None else ''}below cash cost: distress")
+        what = f"selling {'beyond production ' if multiple is not None else ''}below cash cost: distress"
+        if tags & MINING_FOCUS_TAGS:
+            # A miner that bets on mining through the cycle sells its stack only when it must.
+            reasons.insert(1, f"{what}, and a stronger signal for a miner on the 'stick to mining' path, which "
+                              f"sells beyond production only under pressure; {tag_reason('mining_focus')}")
+            return result("distress_sale", min(3, max(1, severity) + 1), usd_value, main_attr)
+        reasons.insert(1, what)
         return result("distress_sale", max(1, severity), usd_value, main_attr)
+    if large and tags & DUAL_TRACK_TAGS:
+        reasons.insert(
+            1,
+            f"a large sale ({why_large}), {basis}, by a miner on the 'walk on two legs' path (keeps BTC, funds "
+            f"AI/HPC): a reallocation; {tag_reason('dual_track')}",
+        )
+        return result("reallocation_sale", severity, usd_value, main_attr)
     if large and tags & AI_HPC_TAGS:
-        basis = "at or above cost" if below is False else "cost not comparable"
         reasons.insert(1, f"a large sale ({why_large}), {basis}, by a miner pivoting to AI/HPC: {tag_reason('ai_hpc_pivot')}")
         return result("reallocation_sale", severity, usd_value, main_attr)
+    if large and tags & MINING_FOCUS_TAGS:
+        reasons.insert(
+            1,
+            f"a large sale ({why_large}), {basis}, by a miner on the 'stick to mining' path, which does not usually "
+            f"sell its holdings: a treasury reallocation worth watching; {tag_reason('mining_focus')}",
+        )
+        return result("strategic_sale", severity, usd_value, main_attr)
     if large:
-        basis = "at or above cost" if below is False else "cost not comparable"
         reasons.insert(1, f"a large sale ({why_large}), {basis}, with no known strategy tag: a treasury reallocation")
         return result("strategic_sale", severity, usd_value, main_attr)
     if not is_btc:
@@ -490,14 +580,36 @@ def classify(
     return result("production_sale", 1 if below else 0, usd_value, main_attr)
 
 
-def _hashprice_reason(entity: Entity, ctx: MarketContext) -> str | None:
+def _holdings_text(name: str, hold: Holdings) -> str:
+    """'MARA's holdings of ≈ 37,867 BTC: 53,000 reported (source, as of ...) less 15,133.00 seen leaving since'."""
+    reported = f"{_num(hold.reported_btc)} BTC reported ({_cite(hold.use)})"
+    if not hold.is_rolled:
+        return f"{name}'s holdings of {reported}"
+    moves = []
+    if hold.received:
+        moves.append(f"plus {_amount(hold.received, 8, 'BTC')} seen arriving")
+    if hold.left:
+        moves.append(f"less {_amount(hold.left, 8, 'BTC')} seen leaving")
+    est = f"≈ {hold.btc:,.0f} BTC" if hold.btc >= 100 else f"≈ {hold.btc:,.2f} BTC"
+    return f"{name}'s holdings of {est}: {reported}, {' and '.join(moves)} since"
+
+
+def _hashprice_reason(entity: Entity, ctx: MarketContext, day: str, used: list[FactUsed]) -> str | None:
     if ctx.hashprice_usd is None or ctx.is_price_stale:
         return None
-    eff = entity.profile.efficiency_j_th
     text = f"hashprice ${ctx.hashprice_usd:,.2f}/PH/day"
-    if eff is not None and eff.value > 0:
+    if ctx.difficulty and ctx.subsidy_sat is not None and ctx.btc_usd is not None:
+        fees = ctx.avg_fees_sat or 0
+        per_day = 144 * (ctx.subsidy_sat + fees) / SATS_PER_BTC
         text += (
-            f"; at {_num(eff.value)} J/TH ({_cite(eff)}) {entity.name}'s fleet breaks even at "
-            f"${breakeven_power_usd_per_kwh(ctx.hashprice_usd, eff.value):.3f}/kWh"
+            f" (difficulty {ctx.difficulty / 1e12:,.1f} T, subsidy {_amount(ctx.subsidy_sat, 8, 'BTC')} + fees "
+            f"{_amount(fees, 8, 'BTC')} per block = {per_day:,.2f} BTC a day to the network, price {_price(ctx.btc_usd)})"
+        )
+    eff = fact_at(entity.profile, "efficiency_j_th", day)
+    if eff is not None and eff.fact.value > 0:
+        used.append(FactUsed("efficiency_j_th", eff.fact.value, eff.fact.as_of, eff.fact.source, is_later=eff.is_later))
+        text += (
+            f"; at {_num(eff.fact.value)} J/TH ({_cite(eff)}) {entity.name}'s fleet breaks even at "
+            f"${breakeven_power_usd_per_kwh(ctx.hashprice_usd, eff.fact.value):.3f}/kWh"
         )
     return text

@@ -106,6 +106,8 @@ def build_context(
     height: int | None,
     avg_fees_sat: int | None,
     asset_usd: float | None = None,
+    price_granularity: int | None = None,
+    price_start: int | None = None,
 ) -> MarketContext:
     """MarketContext at `at`: the price marked stale when it was observed more than `staleness_bound`
     seconds away from `at` (before or after), and the hashprice when price, difficulty and height are known.
@@ -139,6 +141,8 @@ def build_context(
         avg_fees_sat=avg_fees_sat,
         hashprice_usd=hashprice,
         context_source=("chain: " + ", ".join(parts)) if parts else "",
+        price_granularity=price_granularity if btc_usd is not None else None,
+        price_start=price_start if btc_usd is not None else None,
     )
 
 

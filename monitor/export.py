@@ -115,6 +115,8 @@ CLASSIFICATION_FIELDS = (
     "price_at",
     "price_stale",
     "attribution",
+    "cash_cost_usd",
+    "facts",
     "version",
     "status",
     "classified_at",
@@ -124,6 +126,9 @@ CLASSIFICATION_FIELDS = (
 def classification_record(c: dict[str, Any]) -> dict[str, Any]:
     """The `classification` object of a flow record from a stored classification row."""
     ctx = c.get("context") or {}
+    facts = c.get("facts") or []
+    if isinstance(facts, str):
+        facts = json.loads(facts)
     return {
         "verdict": c["verdict"],
         "severity": c["severity"],
@@ -135,6 +140,8 @@ def classification_record(c: dict[str, Any]) -> dict[str, Any]:
         "price_at": iso(ctx.get("price_at")),
         "price_stale": bool(ctx.get("is_price_stale", False)),
         "attribution": c.get("attribution") or None,
+        "cash_cost_usd": next((f["value"] for f in facts if f["figure"] == "cash_cost_usd"), None),
+        "facts": facts,
         "version": c["version"],
         "status": c["status"],
         "classified_at": iso(c["created_at"]),

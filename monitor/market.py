@@ -155,12 +155,12 @@ class Market:
             if h is not None:
                 facts = await self._block(h)
         btc = asset = None
-        price_at = None
+        price_at = granularity = start = None
         source = ""
         if self.prices is not None:
             q = await self.prices.price_at("BTC-USD", at)
             # The observation time that matters is how far the candle is from `at`: 0 when it contains it.
-            btc, source = q.price, q.source
+            btc, source, granularity, start = q.price, q.source, q.granularity, q.at
             price_at = at - q.age if q.age is not None else None
             pair = pair_of(flow.asset)
             if flow.asset.upper() in STABLECOINS:
@@ -182,6 +182,8 @@ class Market:
             height=facts.height if facts else None,
             avg_fees_sat=self._avg_fees(facts.height) if facts else None,
             asset_usd=asset,
+            price_granularity=granularity,
+            price_start=start,
         )
         if pair_of(flow.asset) != "BTC-USD":
             # build_context falls back to the BTC price; another asset must use its own or none.

@@ -63,6 +63,7 @@ __all__ = [
     "EntityFlow",
     "FlowHistory",
     "MarketContext",
+    "FactUsed",
     "Classification",
     "Alert",
     "Delivery",
@@ -171,24 +172,36 @@ class Clock(Protocol):
 
 @dataclass(frozen=True)
 class Fact:
-    """One sourced figure: a value, where it came from and the date it describes."""
+    """One dated point of a sourced figure: value, as-of date, source and the sentence that states it."""
 
     value: float
     source: str
-    as_of: str  # ISO date (YYYY-MM-DD) the figure describes
+    as_of: str  # ISO date (YYYY-MM-DD) the figure describes; "" when the config gave a bare, undated number
     note: str = ""
+    quote: str = ""  # the source's sentence stating the figure, verbatim as read
 
 
 @dataclass(frozen=True)
 class Profile:
-    """Facts about an entity that put its flows in context; every figure carries its source."""
+    """Facts about an entity that put its flows in context; every figure carries its source.
+
+    Each figure is a dated series of Facts: the field holds its newest point and `earlier` the older
+    points as (field name, Fact). A judgment uses the point in force at the flow's time (`series`).
+    """
 
     holdings_btc: Fact | None = None
     monthly_production_btc: Fact | None = None
     cash_cost_usd: Fact | None = None  # cash cost per BTC mined
     efficiency_j_th: Fact | None = None  # fleet efficiency, joules per terahash
-    strategy_tags: tuple[str, ...] = ()  # e.g. ai_hpc_pivot, convertible_repurchase, hodl
+    strategy_tags: tuple[str, ...] = ()  # e.g. mining_focus, dual_track, ai_shift, convertible_repurchase
     strategy_source: str = ""
+    earlier: tuple[tuple[str, Fact], ...] = ()  # older points of the figures above: (field name, Fact)
+
+    def series(self, figure: str) -> tuple[Fact, ...]:
+        """Every point of one figure (`holdings_btc`, ...), oldest first; undated points sort first."""
+        newest = getattr(self, figure)
+        points = [f for name, f in self.earlier if name == figure] + ([newest] if newest is not None else [])
+        return tuple(sorted(points, key=lambda f: f.as_of))
 
 
 @dataclass(frozen=True)
@@ -425,6 +438,9 @@ class FlowHistory:
     count_30d: int = 0
     recent_usd: tuple[float, ...] = ()  # USD sizes of the last transfers, oldest first
     recent_out: tuple[int, ...] = ()  # base-unit sizes of the last transfers, oldest first
+    #: Per holdings point: (its as-of date, base units received, base units that left) in the flows seen
+    #: after that date and before this flow, so holdings can be rolled forward from the reported figure.
+    since: tuple[tuple[str, int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -443,6 +459,20 @@ class MarketContext:
     avg_fees_sat: int | None = None
     hashprice_usd: float | None = None  # USD per PH/s per day
     context_source: str = ""
+    price_granularity: int | None = None  # seconds of the price candle used (3600, 86400)
+    price_start: int | None = None  # start of that candle
+
+
+@dataclass(frozen=True)
+class FactUsed:
+    """One profile Fact a classification relied on, as used (holdings rolled forward)."""
+
+    figure: str  # holdings_btc | monthly_production_btc | cash_cost_usd | efficiency_j_th
+    value: float  # the value used; for holdings the rolled-forward estimate
+    as_of: str  # the point's date ("" when undated)
+    source: str
+    reported: float | None = None  # holdings: the reported figure the estimate started from
+    is_later: bool = False  # only points dated after the flow exist; this is the earliest
 
 
 @dataclass(frozen=True)
@@ -461,6 +491,7 @@ class Classification:
     btc_usd: float | None = None
     hashprice_usd: float | None = None
     attribution: str = ""  # main destination's attribution, e.g. exchange:Binance
+    facts: tuple[FactUsed, ...] = ()  # the profile points in force at the flow's time that it used
     version: int = 1
     status: str = "active"  # active | superseded | retracted
     created_at: int = 0

@@ -20,10 +20,11 @@ from monitor.attribution import attribute
 from monitor.classify import Thresholds, classify
 from monitor.cluster import LearnResult, apply_learned, learn_from_txs
 from monitor.discovery import commit_learned
+from monitor.facts import day_end
 from monitor.flows import entity_flows
 from monitor.market import Market, context_json
 from monitor.miners import with_measured_production
-from monitor.model import Attribution, Batch, Classification, Clock, EntityFlow, FlowHistory, MarketContext, TraceShare
+from monitor.model import Attribution, Batch, Classification, Clock, Entity, EntityFlow, FlowHistory, MarketContext, TraceShare
 from monitor.provisional import Judgement, Sweep, apply_provisional, commit_provisional, find_sweeps, judge_spends, provisional_inputs
 from monitor.registry import Registry
 from storage import AsyncStore, Store
@@ -102,9 +103,19 @@ def _at(flow: EntityFlow, now: int) -> int:
     return flow.block_time if flow.block_time is not None else now
 
 
-def flow_history(store: Store, flow: EntityFlow, *, now: int, days: int = HISTORY_DAYS) -> FlowHistory:
-    """The entity's sales history before this flow, from storage (30-day total, recent sizes)."""
+def flow_history(
+    store: Store, flow: EntityFlow, *, now: int, days: int = HISTORY_DAYS, entity: Entity | None = None
+) -> FlowHistory:
+    """The entity's sales history before this flow, from storage (30-day total, recent sizes), and, for
+    each dated holdings point of `entity`, what was seen arriving and leaving since that point's day."""
     at = _at(flow, now)
+    since: list[tuple[str, int, int]] = []
+    if entity is not None:
+        for fact in entity.profile.series("holdings_btc"):
+            if fact.as_of and day_end(fact.as_of) <= at:
+                received, left = store.flow_totals(flow.entity, asset=flow.asset, since=day_end(fact.as_of),
+                                                   before=(at, flow.txid))
+                since.append((fact.as_of, received, left))
     rows = [
         r
         for r in store.outflow_history(flow.entity, since=at - days * 86400, before=(at, flow.txid))
@@ -118,6 +129,7 @@ def flow_history(store: Store, flow: EntityFlow, *, now: int, days: int = HISTOR
         if all(r["usd_value"] is not None for r in recent)
         else (),
         recent_out=tuple(int(r["out_units"]) for r in recent),
+        since=tuple(since),
     )
 
 
@@ -212,7 +224,7 @@ def commit_batch(
             # the miner view's measured production replaces a staler reported figure (monitor.miners)
             entity = with_measured_production(store, registry.get(f.entity), at=_at(f, now))
             ctx = contexts.get((f.chain, f.txid, f.entity)) or _missing_context(f, now)
-            c = classify(f, entity, ctx, flow_history(store, f, now=now), thresholds, now=now,
+            c = classify(f, entity, ctx, flow_history(store, f, now=now, entity=entity), thresholds, now=now,
                          provisional=provisional_inputs(txs.get(f.txid), f.entity, registry))
             stored, prev = store.save_classification(c, context=context_json(ctx), now=now)
             decisions.append(Decision(f, stored, prev, ctx))
@@ -280,7 +292,7 @@ def reattribute_flow(
         ctx_data = store.classification_context(prev.id) if prev is not None and prev.id is not None else {}
         ctx = MarketContext(**ctx_data) if ctx_data else _missing_context(flow, now)
         ent = with_measured_production(store, registry.get(entity), at=_at(flow, now))
-        c = classify(flow, ent, ctx, flow_history(store, flow, now=now), thresholds, now=now,
+        c = classify(flow, ent, ctx, flow_history(store, flow, now=now, entity=ent), thresholds, now=now,
                      provisional=provisional_inputs(store.get_tx(chain, txid), entity, registry))
         stored, previous = store.save_classification(c, context=context_json(ctx), now=now)
         decision = Decision(flow, stored, previous, ctx)

@@ -41,6 +41,7 @@ __all__ = [
     "PriceService",
     "build_price_sources",
     "BUNDLED_BTC_USD",
+    "SIMULATED_SOURCE",
     "SOURCE_NAMES",
     "HOUR",
     "DAY",
@@ -55,6 +56,8 @@ _BLOCK = {HOUR: DAY, DAY: 30 * DAY}
 #: The bundled SIMULATED daily BTC/USD series (see monitor/data/PRICES.md).
 BUNDLED_BTC_USD = Path(__file__).resolve().parent / "data" / "btc_usd_daily.csv"
 SOURCE_NAMES = ("coinbase", "kraken", "coingecko", "csv")
+#: The source name of quotes from the bundled simulated series (the `csv` source without a file of yours).
+SIMULATED_SOURCE = "simulated"
 
 
 def build_price_sources(
@@ -76,7 +79,11 @@ def build_price_sources(
     sources: list[PriceSource] = []
     for name in names:
         if name == "csv":
-            sources.append(CsvPriceSource(csv_path or BUNDLED_BTC_USD, clock=clock))
+            path = Path(csv_path or BUNDLED_BTC_USD)
+            # The bundled series is invented: its quotes say so wherever they are shown.
+            # (No resolve(): this runs on the event loop. Both paths are absolute once config has loaded.)
+            label = SIMULATED_SOURCE if path == BUNDLED_BTC_USD else "csv"
+            sources.append(CsvPriceSource(path, clock=clock, name=label))
             continue
         if name not in SOURCE_NAMES:
             raise ValueError(f"unknown price source {name!r}; expected some of {SOURCE_NAMES}")

@@ -360,3 +360,10 @@ def _miner_blocks(db: Database) -> None:
     )
     db["miner_blocks"].create_index(["chain", "day"])
     db["miner_blocks"].create_index(["chain", "time"])
+
+
+@migrations(name="010_classification_facts")
+def _classification_facts(db: Database) -> None:
+    # The dated profile points a classification used (JSON list of FactUsed), so every rendered figure
+    # comes from what the pipeline stored.
+    db["classifications"].add_column("facts", str)

@@ -114,6 +114,7 @@ def _latest_classifications(store: Store, keys: list[tuple[str, str, str]]) -> d
         ):  # ascending versions: the newest one per flow wins
             c["reasons"] = json.loads(c["reasons"])
             c["context"] = json.loads(c["context"] or "{}")
+            c["facts"] = json.loads(c.get("facts") or "[]")
             out[(c["chain"], c["txid"], c["entity"])] = c
     return out
 

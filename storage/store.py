@@ -32,6 +32,7 @@ from monitor.model import (
     EntityAddress,
     EntityFlow,
     Fact,
+    FactUsed,
     Profile,
     StorageError,
     TraceShare,
@@ -95,9 +96,11 @@ def _profile_from_json(text: str | None) -> Profile:
     facts = {
         k: (Fact(**v) if isinstance(v, dict) else None)
         for k, v in d.items()
-        if k not in ("strategy_tags", "strategy_source")
+        if k not in ("strategy_tags", "strategy_source", "earlier")
     }
-    return Profile(**facts, strategy_tags=tuple(d.get("strategy_tags", ())), strategy_source=d.get("strategy_source", ""))
+    earlier = tuple((name, Fact(**f)) for name, f in d.get("earlier", ()))
+    return Profile(**facts, strategy_tags=tuple(d.get("strategy_tags", ())), strategy_source=d.get("strategy_source", ""),
+                   earlier=earlier)
 
 
 class Store:
@@ -377,6 +380,7 @@ class Store:
             btc_usd=r["btc_usd"],
             hashprice_usd=r["hashprice_usd"],
             attribution=r["attribution"] or "",
+            facts=tuple(FactUsed(**f) for f in json.loads(r.get("facts") or "[]")),
             version=r["version"],
             status=r["status"],
             created_at=r["created_at"],
@@ -435,6 +439,7 @@ class Store:
             "btc_usd": c.btc_usd,
             "hashprice_usd": c.hashprice_usd,
             "attribution": c.attribution,
+            "facts": json.dumps([asdict(f) for f in c.facts], ensure_ascii=False),
             "context": json.dumps(context, sort_keys=True),
             "status": "active",
             "created_at": now,
@@ -477,6 +482,23 @@ class Store:
                 order by {at}, f.txid""",
             [entity, since, before[0], before[0], before[1]],
         )
+
+    def flow_totals(self, entity: str, *, asset: str, since: int, before: tuple[int, str]) -> tuple[int, int]:
+        """(received, left) base units of an entity's flows in one asset from `since` up to `before`.
+
+        `left` is what its inputs spent minus what came back as change (fees included). Flows count by
+        block time, or first seen while unconfirmed; orphaned and replaced txs are left out.
+        """
+        at = "coalesce(block_time, first_seen)"
+        rows = self.db.execute(
+            f"""select received_units, spent_units, change_units from flows
+                where entity = ? and asset = ? and status in ('confirmed', 'mempool')
+                  and {at} >= ? and ({at} < ? or ({at} = ? and txid < ?))""",
+            [entity, asset, since, before[0], before[0], before[1]],
+        ).fetchall()
+        received = sum(int(r[0]) for r in rows)
+        left = sum(int(r[1]) - int(r[2]) for r in rows)
+        return received, left
 
     # --- cursors and snapshots ------------------------------------------------------------------
 

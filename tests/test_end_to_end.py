@@ -97,7 +97,7 @@ async def test_backfill_poll_classify_alert_export(tmp_path, chain, monkeypatch)
                                         "value_amount": "120.00000000", "attribution": "exchange:Test Exchange"}]
         c = rec["classification"]
         assert tuple(c) == CLASSIFICATION_FIELDS
-        assert c["verdict"] in ("balance_sheet_sale", "distress_sale") and c["price_source"] == "csv"
+        assert c["verdict"] in ("balance_sheet_sale", "distress_sale") and c["price_source"] == "simulated"  # the bundled series, labelled as invented
         assert c["btc_usd"] and c["usd_value"] == pytest.approx(120 * c["btc_usd"])
         assert c["hashprice_usd"] and 20 < c["hashprice_usd"] < 60
         assert any("cash cost" in reason for reason in c["reasons"])

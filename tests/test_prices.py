@@ -589,11 +589,11 @@ async def test_make_http_defaults_and_rate_limit(apis, session, clock):
 
 async def test_build_price_sources_in_config_order(apis, session, clock, astore):
     prices = build_price_sources(["kraken", "csv"], session, clock=clock, base_urls={"kraken": [apis.url]})
-    assert prices.names == ("kraken", "csv")
+    assert prices.names == ("kraken", "simulated")  # the bundled series is labelled as invented
     svc = PriceService(astore, prices, clock)
     apis.fail("kraken", times=50)  # Kraken down (retries included): the bundled CSV answers with its daily close
     q = await svc.price_at("BTC-USD", ts("2026-03-05T09:00:00"))
     closes = dict(await asyncio.to_thread(lambda: list(_bundled_rows())))
-    assert q.source == "csv" and q.granularity == D and q.price == closes["2026-03-05"]
+    assert q.source == "simulated" and q.granularity == D and q.price == closes["2026-03-05"]
     with pytest.raises(ValueError):
         build_price_sources(["binance"], session, clock=clock)
