@@ -55,6 +55,9 @@ SECTOR_CASH_COST = Fact(
     _COINSHARES_Q1_2026,
     "2025-12-31",
     note="sector weighted average of listed miners (Q4 2025), not a company's own cost",
+    quote="Weighted average cash cost per BTC, listed miners | $79,995 | Q4 2025 (economics.md §1); "
+    "'the weighted average cash cost for publicly listed mining companies to mine one BTC is approximately "
+    "$79,995' (ChainCatcher 2026-04-03)",
 )
 
 #: Hashprice ranges CoinShares reported, USD per PH/s per day (low, high).
@@ -132,7 +135,7 @@ _ENTITY_KEYS = {
     "holdings_btc", "monthly_production_btc", "cash_cost_usd", "efficiency_j_th",
 }
 _FACT_FIELDS = ("holdings_btc", "monthly_production_btc", "cash_cost_usd", "efficiency_j_th")
-_FACT_KEYS = {"value", "source", "as_of", "note"}
+_FACT_KEYS = {"value", "source", "as_of", "note", "quote"}
 _SECTOR_REF = "sector_cash_cost"
 
 
@@ -179,7 +182,11 @@ def _fact(where: str, raw: object, problems: list[str]) -> Fact | None:
     except ValueError:
         problems.append(f"{where}.as_of: expected YYYY-MM-DD, got {as_of!r}")
         return None
-    return Fact(float(value), source.strip(), as_of, str(raw.get("note", "")))
+    quote = raw.get("quote")
+    if not isinstance(quote, str) or not quote.strip():
+        problems.append(f"{where}.quote: missing (the source's sentence stating the figure)")
+        return None
+    return Fact(float(value), source.strip(), as_of, str(raw.get("note", "")), quote.strip())
 
 
 def _rows(csv_text: str, what: str) -> list[tuple[int, dict[str, str]]]:
@@ -232,20 +239,30 @@ def parse_registry(toml_text: str, csv_text: str) -> list[Entity]:
                 problems.append(f"{where} ({name}): CSV entity {csv_name!r} is claimed twice")
             owner_of_csv_name[csv_name] = i
         facts: dict[str, Fact | None] = {}
+        earlier: list[tuple[str, Fact]] = []
         for key in _FACT_FIELDS:
-            if key not in raw:
-                facts[key] = None
-            elif key == "cash_cost_usd" and raw[key] == _SECTOR_REF:
-                facts[key] = SECTOR_CASH_COST
-            else:
-                facts[key] = _fact(f"{where} ({name}).{key}", raw[key], problems)
+            # A figure is one fact table or a dated series of them (an array), oldest or newest first.
+            items = raw.get(key, [])
+            items = items if isinstance(items, list) else [items]
+            points: list[Fact] = []
+            for j, item in enumerate(items):
+                at = f"{where} ({name}).{key}" + (f"[{j}]" if isinstance(raw.get(key), list) else "")
+                point = SECTOR_CASH_COST if key == "cash_cost_usd" and item == _SECTOR_REF else _fact(at, item, problems)
+                if point is not None:
+                    points.append(point)
+            points.sort(key=lambda f: f.as_of)
+            dates = [f.as_of for f in points]
+            if len(set(dates)) != len(dates):
+                problems.append(f"{where} ({name}).{key}: two points share an as_of date {dates}")
+            facts[key] = points[-1] if points else None
+            earlier += [(key, f) for f in points[:-1]]
         tags = raw.get("strategy_tags", [])
         if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
             problems.append(f"{where} ({name}).strategy_tags: expected a list of names")
             tags = []
         if tags and not raw.get("strategy_source"):
             problems.append(f"{where} ({name}).strategy_source: tags need a source")
-        specs.append({"raw": raw, "facts": facts, "tags": tuple(tags), "addresses": []})
+        specs.append({"raw": raw, "facts": facts, "earlier": tuple(earlier), "tags": tuple(tags), "addresses": []})
 
     by_index = {i: spec for i, spec in enumerate(specs)}
     seen: dict[str, int] = {}
@@ -299,6 +316,7 @@ def parse_registry(toml_text: str, csv_text: str) -> list[Entity]:
                     efficiency_j_th=f["efficiency_j_th"],
                     strategy_tags=spec["tags"],
                     strategy_source=raw.get("strategy_source", ""),
+                    earlier=spec["earlier"],
                 ),
                 note=raw.get("note", ""),
                 watch=bool(raw.get("watch", True)),

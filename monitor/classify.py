@@ -581,17 +581,12 @@ def classify(
 
 
 def _holdings_text(name: str, hold: Holdings) -> str:
-    """'MARA's holdings of ≈ 37,867 BTC: 53,000 reported (source, as of ...) less 15,133.00 seen leaving since'."""
+    """'MARA's holdings of ≈ 37,867 BTC: 53,000 BTC reported (source, as of ...), less 15,133.00 BTC seen leaving since'."""
     reported = f"{_num(hold.reported_btc)} BTC reported ({_cite(hold.use)})"
     if not hold.is_rolled:
         return f"{name}'s holdings of {reported}"
-    moves = []
-    if hold.received:
-        moves.append(f"plus {_amount(hold.received, 8, 'BTC')} seen arriving")
-    if hold.left:
-        moves.append(f"less {_amount(hold.left, 8, 'BTC')} seen leaving")
     est = f"≈ {hold.btc:,.0f} BTC" if hold.btc >= 100 else f"≈ {hold.btc:,.2f} BTC"
-    return f"{name}'s holdings of {est}: {reported}, {' and '.join(moves)} since"
+    return f"{name}'s holdings of {est}: {reported}, less {_amount(hold.left, 8, 'BTC')} seen leaving since"
 
 
 def _hashprice_reason(entity: Entity, ctx: MarketContext, day: str, used: list[FactUsed]) -> str | None:

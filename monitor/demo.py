@@ -54,7 +54,8 @@ class EntityCheck:
     verdicts: dict[str, int]
     severity: str | None
     retracted: int
-    is_ok: bool
+    is_ok: bool  # sold total and every hand-written verdict as scripted
+    mismatched: tuple[str, ...] = ()  # scripted verdicts the monitor did not reach
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,13 @@ async def run_demo(
         mark = "ok" if c.is_ok else "MISMATCH"
         echo(f"{c.name:<12} {c.sold_btc:>15} {c.expected_btc:>15} {c.custody_btc:>13} {c.usd:>15,.0f}  "
              f"{c.severity or '-':<9} {verdicts}{'; retracted ' + str(c.retracted) if c.retracted else ''}  [{mark}]")
+    for c in checks:
+        for m in c.mismatched:
+            echo(f"  MISMATCH {c.name}: {m}")
+    scripted = any(f.verdict is not None for e in scenario.expected.values() for f in e.flows)
+    echo("[ok] means: the sold total and every sale's verdict are what the scenario's hand-written script expects"
+         if scripted else "[ok] means: the sold total is what the scenario scripted (verdicts are hand-written only "
+         "for the default seed and reduced scales)")
     echo(f"\nalerts: {', '.join(f'{k} {v}' for k, v in sorted(alerts.items()))}")
     report = None
     if out is not None:
@@ -190,12 +198,18 @@ def _check(db_path: Path, scenario: Scenario) -> tuple[list[EntityCheck], dict[s
     try:
         summaries = {s.name: s for s in summarize_entities(store)}
         alerts = {r["kind"]: r["n"] for r in store.query("select kind, count(*) as n from alerts group by kind")}
+        verdicts = {
+            (r["txid"], r["entity"]): r["verdict"]
+            for r in store.query("select txid, entity, verdict from classifications order by version")
+        }
     finally:
         store.close()
     checks = []
     for name, exp in scenario.expected.items():
         s = summaries.get(name)
         sold = s.sold_units if s else 0
+        # Each scripted verdict (EXPECTED_SALES, written by hand) against the newest stored classification.
+        mismatched = [f for f in exp.flows if f.verdict is not None and verdicts.get((f.txid, name)) != f.verdict]
         checks.append(EntityCheck(
             name=name,
             sold_btc=format_btc(sold),
@@ -205,7 +219,8 @@ def _check(db_path: Path, scenario: Scenario) -> tuple[list[EntityCheck], dict[s
             verdicts=dict(s.verdicts) if s else {},
             severity=s.max_severity if s else None,
             retracted=s.retracted if s else 0,
-            is_ok=sold == exp.sold_sat,
+            is_ok=sold == exp.sold_sat and not mismatched,
+            mismatched=tuple(f"{f.description}: expected {f.verdict}, got {verdicts.get((f.txid, name))}" for f in mismatched),
         ))
     return checks, alerts
 

@@ -5,8 +5,12 @@ judgment about a flow uses the newest point dated on or before the flow's UTC da
 dated after the flow, the earliest one is used and the reason says that only a later figure exists.
 An undated point (a bare number in config.toml) is in force at any time and is cited as undated.
 
-Holdings are rolled forward: the point in force plus what the monitor saw arrive and leave after that
-point's date (the end of its day) and before the flow. They are a floor-free estimate, stated as such.
+Holdings are rolled forward: the point in force less what the monitor saw leave the entity's watched
+addresses after that point's date (the end of its day) and before the flow. Arrivals are not added: an
+arrival at a newly watched address is usually the entity's own coins coming from a wallet the monitor
+does not watch, already counted in the reported figure (and a scenario's opening funding looks the same),
+so adding them would count coins twice. The estimate can only err low (production since is left out),
+which makes a sale's share of holdings err high: towards alerting, and the reason states the arithmetic.
 """
 
 from __future__ import annotations
@@ -67,7 +71,7 @@ class Holdings:
     use: FactUse
     received: int = 0
     left: int = 0
-    is_rolled: bool = False  # flows since the point's date were seen and applied
+    is_rolled: bool = False  # outflows since the point's date were seen and subtracted
 
     @property
     def reported_btc(self) -> float:
@@ -75,8 +79,8 @@ class Holdings:
 
     @property
     def btc(self) -> float:
-        """Reported figure plus what was seen arriving, less what was seen leaving, never below zero."""
-        return max(0.0, self.use.fact.value + (self.received - self.left) / SATS_PER_BTC)
+        """Reported figure less what was seen leaving since, never below zero (arrivals: see the module)."""
+        return max(0.0, self.use.fact.value - self.left / SATS_PER_BTC)
 
 
 def holdings_at(profile: Profile, history: FlowHistory, day: str) -> Holdings | None:
@@ -88,5 +92,5 @@ def holdings_at(profile: Profile, history: FlowHistory, day: str) -> Holdings | 
         return Holdings(use)
     for as_of, received, left in history.since:
         if as_of == use.fact.as_of:
-            return Holdings(use, received, left, is_rolled=bool(received or left))
+            return Holdings(use, received, left, is_rolled=left > 0)
     return Holdings(use)

@@ -116,15 +116,60 @@ def test_seed_figures(entities):
     # economics.md §4 and ChainCatcher 2026-04-03.
     mara = entities["MARA"].profile
     assert mara.monthly_production_btc.value == 736 and mara.monthly_production_btc.as_of == "2025-09-30"
-    assert set(mara.strategy_tags) == {"convertible_repurchase", "ai_hpc_pivot"}
+    assert set(mara.strategy_tags) == {"convertible_repurchase", "dual_track"}
     assert "convertible bonds" in mara.strategy_source
     assert entities["Cango"].profile.cash_cost_usd.value == 70_602
     assert entities["Cango"].profile.holdings_btc.value == 7474.67
     assert entities["Bhutan"].profile.holdings_btc.value == 5400
     assert entities["HIVE"].profile.holdings_btc is None and entities["HIVE"].profile.monthly_production_btc is None
-    assert "mining_focus" in entities["CleanSpark"].profile.strategy_tags
-    for n in ["Core Scientific", "TeraWulf", "Hut 8", "Cipher", "IREN"]:
-        assert "ai_hpc_pivot" in entities[n].profile.strategy_tags
+    # The article's three paths, each its own tag: stick to mining / walk on two legs / complete shift to AI.
+    for names, tag in ((["CleanSpark", "HIVE"], "mining_focus"), (["MARA", "IREN", "Riot"], "dual_track"),
+                       (["Core Scientific", "TeraWulf", "Cipher"], "ai_shift")):
+        for n in names:
+            assert tag in entities[n].profile.strategy_tags, (n, tag)
+    assert "ai_hpc_pivot" in entities["Hut 8"].profile.strategy_tags  # AI/HPC contracts, no path named
+
+
+def _grouped(value: float) -> set[str]:
+    whole = f"{value:,.0f}" if float(value).is_integer() else f"{value:,}".rstrip("0")
+    forms = {whole, whole.replace(",", " "), f"{value:g}"}
+    if value >= 1000 and value % 1000 == 0:
+        forms.add(f"{value / 1000:g}k")  # "~$81k"
+    return forms
+
+
+def test_every_bundled_point_is_dated_sourced_and_quotes_its_figure(entities):
+    points = 0
+    for e in entities.values():
+        for figure in ("holdings_btc", "monthly_production_btc", "cash_cost_usd", "efficiency_j_th"):
+            series = e.profile.series(figure)
+            assert len({f.as_of for f in series}) == len(series), (e.name, figure)
+            for f in series:
+                points += 1
+                dt.date.fromisoformat(f.as_of)
+                assert f.source and f.quote, (e.name, figure, f)
+                if f.note.startswith("derived"):
+                    continue  # the inputs are quoted, the note gives the arithmetic
+                assert any(g in f.quote for g in _grouped(f.value)), (e.name, figure, f.value, f.quote)
+    assert points >= 40
+
+
+def test_holdings_cite_a_source_about_them(entities):
+    # A figure may come from an article about someone else only when its citation says so.
+    for e in entities.values():
+        for f in e.profile.series("holdings_btc"):
+            if "Bitdeer" in f.source and e.name != "Bitdeer":
+                assert "other miners" in f.source and "secondary" in f.note, (e.name, f.source)
+
+
+def test_january_points_differ_from_the_newest(entities):
+    from monitor.facts import fact_at
+
+    bitdeer = entities["Bitdeer"].profile
+    jan = fact_at(bitdeer, "holdings_btc", "2026-01-15")
+    assert (jan.fact.value, jan.fact.as_of, jan.is_later) == (2000, "2025-12-31", False)
+    assert fact_at(bitdeer, "monthly_production_btc", "2026-01-15").fact.as_of == "2025-05-31"
+    assert bitdeer.holdings_btc.value == 171  # the newest point, used only from 2026-05-31
 
 
 def test_sector_cash_cost_stands_in_and_says_so(entities):

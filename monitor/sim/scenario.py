@@ -50,9 +50,9 @@ replay reproduces them. A different seed changes tranche sizes, fees and address
 Expected outcome (`scenario.expected[name]`, an `ExpectedEntity`): opening, received and final balances,
 `sold_sat` (active flows with a sale verdict), `custody_sat`, and every outflow and internal move as an
 `ExpectedFlow` (txid, time, destinations, price, verdict, active/retracted, whether "selling accelerates"
-is among its reasons). The verdicts are the classifier's documented precedence (monitor/classify.py)
-applied to the scripted numbers with the bundled profiles, the default `Thresholds` and the bundled daily
-prices; they hold when the monitor polls at least after every `observe` step (and at the end).
+is among its reasons). A sale's verdict is the hand-written one of `EXPECTED_SALES` (from the story and
+the dated figures in force on the sale's day), never a copy of the classifier's rules; they hold when the
+monitor polls at least after every `observe` step (and at the end).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from monitor.bundled import load_bundled_entities
-from monitor.classify import AI_HPC_TAGS, CONVERTIBLE_TAGS, Thresholds
+from monitor.classify import Thresholds
 from monitor.model import SALE_VERDICTS, Entity
 from monitor.sim.chain import SimChain
 
@@ -301,7 +301,7 @@ class ExpectedFlow:
     out_sat: int  # what left the entity (0 for internal moves)
     destinations: tuple[tuple[str, int], ...]  # (attribution as the monitor writes it, sat)
     btc_usd: float  # the bundled daily close of that UTC day
-    verdict: str  # the classifier's documented precedence applied to the scripted numbers
+    verdict: str | None  # the hand-written expectation (EXPECTED_SALES); None: not scripted for this play
     status: str  # active | retracted
     accelerating: bool = False  # "selling accelerates" is among its reasons
     description: str = ""
@@ -1056,14 +1056,15 @@ def _steps(b: _Builder) -> list[Step]:
 
 def _expect(b: _Builder, steps: Sequence[Step], chain: SimChain, txids: Mapping[str, str],
             prices: Mapping[str, float]) -> dict[str, ExpectedEntity]:
-    """Expected verdicts: monitor/classify.py's documented precedence applied to the scripted numbers.
+    """Expected outcome: destinations decide internal / custody / sale; a sale's verdict is the hand-written
+    one of `EXPECTED_SALES` (never a copy of the classifier's rules).
 
-    Uses the bundled profiles (holdings, production, cash cost, strategy tags), the default Thresholds and
-    the daily close of each block's UTC day. A flow's 30-day history is the entity's earlier sale-like
-    outflows (not internal, not custody, not retracted) of the 30 days before it, as `pipeline.flow_history`.
+    "Selling accelerates" is expected where a transfer is at least 1.5x the median USD size of up to five
+    earlier sales of the 30 days before it (DESIGN.md's "each transfer larger than the last ones").
     """
     profiles: dict[str, Entity] = {e.name: e for e in load_bundled_entities()}
     t = Thresholds()
+    script = _VerdictScript(b.seed, b.scale)
     first_step_at = {}
     for s in steps:
         for k in s.keys:
@@ -1091,13 +1092,14 @@ def _expect(b: _Builder, steps: Sequence[Step], chain: SimChain, txids: Mapping[
             if len(recent) >= t.acceleration_min_count:
                 med = statistics.median(h[2] for h in recent)
                 accelerating = med > 0 and usd >= t.acceleration_factor * med
-            verdict = _sale_verdict(profiles[f.entity], (sum(h[1] for h in window) + out) / COIN, price, usd, t)
+            verdict = script.next(f.entity)
         flows.setdefault(f.entity, []).append(
             ExpectedFlow(f.key, txid, f.entity, f.kind, at, out, f.destinations, price, verdict,
                          "retracted" if f.retracted else "active", accelerating, f.description)
         )
-        if not f.retracted and verdict not in ("internal", "custody_move"):
+        if not f.retracted and f.kind == "sale":
             history.setdefault(f.entity, []).append((at, out, usd))
+    script.check_used()
     published = {fig.entity: fig.reported for fig in FIGURES}
     out_: dict[str, ExpectedEntity] = {}
     for name in ("MARA", "Riot", "Cango", "Bitdeer", "Bhutan", "CleanSpark"):
@@ -1109,41 +1111,80 @@ def _expect(b: _Builder, steps: Sequence[Step], chain: SimChain, txids: Mapping[
             start_sat=b.opening[name],
             received_sat=b.received.get(name, 0),
             end_sat=sum(chain.balance(a.address) for a in b.addresses if a.entity == name),
-            sold_sat=sum(f.out_sat for f in active if f.verdict in SALE_VERDICTS),
-            custody_sat=sum(f.out_sat for f in active if f.verdict == "custody_move"),
+            sold_sat=sum(f.out_sat for f in active if f.kind == "sale"),
+            custody_sat=sum(f.out_sat for f in active if f.kind == "custody"),
             flows=fl,
             published=published.get(name, ""),
         )
     return out_
 
 
-def _sale_verdict(ent: Entity, total_btc: float, price: float, usd: float, t: Thresholds) -> str:
-    """Verdict of a flow whose destinations are exchanges/OTC desks (classify.py steps 3-4)."""
-    if ent.kind == "sovereign":
-        return "sovereign_sale"
-    p = ent.profile
-    prod, hold, cost = p.monthly_production_btc, p.holdings_btc, p.cash_cost_usd
-    multiple = total_btc / prod.value if prod is not None and prod.value > 0 else None
-    share = total_btc / hold.value if hold is not None and hold.value > 0 else None
-    below = price < cost.value if cost is not None and cost.value > 0 else None
-    if multiple is not None and multiple <= t.production_multiple:
-        return "production_sale"
-    if multiple is not None:
-        large = True
-    elif share is not None:
-        large = share >= t.large_share_of_holdings
-    else:
-        large = usd >= t.large_usd_fallback
-    tags = set(p.strategy_tags)
-    if large and tags & CONVERTIBLE_TAGS:
-        return "balance_sheet_sale"
-    if below:
-        return "distress_sale"
-    if large and tags & AI_HPC_TAGS:
-        return "reallocation_sale"
-    if large:
-        return "strategic_sale"
-    return "production_sale"
+#: What the monitor should conclude about each scripted sale, written by hand from the story and the dated
+#: figures in force on each sale's day (monitor/data/README.md), in the order of the entity's sales
+#: (replaced and reorged-out ones included). A single string means every sale. Kept for the two ways the
+#: episode is played: reduced (scale <= 0.2: one sale per month, any seed) and the full default (seed 2026,
+#: scale 1). Other seeds and scales check totals only. Letters: P production_sale, R reallocation_sale,
+#: D distress_sale, S strategic_sale.
+EXPECTED_SALES: dict[str, dict[str, str]] = {
+    "reduced": {
+        # every tranche funds convertible buy-backs (ChainCatcher 2026-04-03); the first alone is 1,250 BTC,
+        # beyond 1.5x the 736 BTC mined in Sep 2025
+        "MARA": "balance_sheet_sale",
+        "Bhutan": "sovereign_sale",
+        # Jan 6: 900 BTC, beyond 1.5x the 463 BTC of Apr 2025, at $83k above the $81k cost, walking on two
+        # legs: R. Feb 3, Mar 3 and the Mar 10 sale (replaced by RBF, then its replacement): below $81k: D.
+        "Riot": "RDDDD",
+        # Jan 8: 550 BTC within 1.5x the 569 BTC mined in Dec 2025: P. Feb 3 and the reorged Feb 13 tranche
+        # (and its Feb 14 re-send): beyond 1.5x the 496.35 of Jan 2026, above the $70,602 cost, no path: S.
+        # Feb 24: price $69.7k, below the cost: D.
+        "Cango": "PSSSD",
+        # Jan 3: 255 BTC within 1.5x the 196 BTC of May 2025 (the figure in force in January): P. Jan 31:
+        # 996 BTC at $80.6k, above the $79,995 sector cost: S. Feb 14 and Feb 20, below it: D.
+        "Bitdeer": "PSDD",
+    },
+    "full": {
+        "MARA": "balance_sheet_sale",
+        "Bhutan": "sovereign_sale",
+        # Jan 6-20: within 1.5x the Apr 2025 production (665 BTC by Jan 20): P. Jan 27 at $83.2k, above
+        # cost: R. Every February and March sale is below the $81k cost (Mar 17: the replaced tx and its
+        # replacement): D.
+        "Riot": "PPPRDDDDDDDDDD",
+        # January: 550 BTC against 1.5x 569: P. February tranches beyond 1.5x 496.35 above the $70,602
+        # cost: S (the Feb 15 tranche is reorged out and re-sent Feb 16); Feb 24 at $69.7k: D.
+        "Cango": "PPPPSSSSSSSSD",
+        # Jan 3: within 1.5x 196: P. Then by the day's price against the $79,995 sector cost: Jan 10
+        # ($78.7k) D, Jan 17 ($82.4k) S, Jan 24 D, Jan 31 S, Feb 7 S, Feb 14 D, Feb 20 D.
+        "Bitdeer": "PDSDSSDD",
+    },
+}
+_LETTERS = {"P": "production_sale", "R": "reallocation_sale", "D": "distress_sale", "S": "strategic_sale"}
+
+
+class _VerdictScript:
+    """Hands out the hand-written verdict of each entity's next sale (None when this play has none)."""
+
+    def __init__(self, seed: int, scale: float):
+        plan = EXPECTED_SALES["reduced"] if scale <= 0.2 else EXPECTED_SALES["full"] if (seed, scale) == (2026, 1.0) else None
+        self.plan = plan
+        self.used: Counter[str] = Counter()
+
+    def next(self, entity: str) -> str | None:
+        if self.plan is None:
+            return None
+        spec = self.plan[entity]
+        i = self.used[entity]
+        self.used[entity] += 1
+        if spec in _LETTERS.values() or "_" in spec:
+            return spec
+        if i >= len(spec):
+            raise ValueError(f"the script has {len(spec)} verdicts for {entity}'s sales, the episode more")
+        return _LETTERS[spec[i]]
+
+    def check_used(self) -> None:
+        """:raises ValueError: when a hand-written list is longer than the entity's sales."""
+        for entity, spec in (self.plan or {}).items():
+            if "_" not in spec and self.used[entity] != len(spec):
+                raise ValueError(f"the script has {len(spec)} verdicts for {entity}'s sales, the episode {self.used[entity]}")
 
 
 def build_scenario(seed: int = 2026, scale: float = 1.0) -> Scenario:
