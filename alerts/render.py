@@ -12,7 +12,8 @@ The message model is `Alert.payload`, a JSON-able dict. The keys read here (and 
                   seen_at, asset, decimals, {spent,change,received,fee_share,out}_{units,amount},
                   destinations[{address, n, value_units, value_amount, attribution}],
                   classification{verdict, severity, reasons, usd_value, btc_usd, hashprice_usd,
-                                 cash_cost_usd, version, status, classified_at} | null
+                                 price_source, cash_cost_usd (the cost it was compared with, or null),
+                                 facts[{figure, value, as_of, ...}], version, status, classified_at} | null
     digest        kind == "digest" only: {period_start, period_end,
                   entities[{entity, asset?, out_amount, balance_change_amount, verdicts{verdict: n}}]}
     attachments   optional [{filename, content_type, data_base64}]; only the email channel uses them
@@ -326,16 +327,23 @@ def _status_text(flow: dict[str, Any]) -> str:
     return status or "unknown"
 
 
-def _price_vs_cost(cls: dict[str, Any]) -> str | None:
+def _price_vs_cost(cls: dict[str, Any]) -> tuple[str, str] | None:
+    """("Price vs cost", text) when the classification compared the price with a cost, else ("Price", text)."""
     price = _num(cls.get("btc_usd"))
-    cost = _num(cls.get("cash_cost_usd"))
     if price is None:
         return None
+    source = _clean(cls.get("price_source"))
+    shown = f"BTC {format_usd(price)}" + (f" ({source})" if source else "")
+    cost = _num(cls.get("cash_cost_usd"))
     if cost is None or cost <= 0:
-        return f"BTC {format_usd(price)} (no cost data)"
+        # Sovereigns and miners without a cost figure: the classification compared nothing.
+        return ("Price", shown)
     pct = (price - cost) / cost * 100
     side = "below" if pct < 0 else "above"
-    return f"BTC {format_usd(price)} vs cash cost {format_usd(cost)} ({abs(pct):.1f}% {side})"
+    facts = [f for f in cls.get("facts") or () if isinstance(f, dict) and f.get("figure") == "cash_cost_usd"]
+    as_of = _clean(facts[0].get("as_of")) if facts else ""
+    dated = f", cost as of {as_of}" if as_of else ""
+    return ("Price vs cost", f"{shown} vs cash cost {format_usd(cost)} ({abs(pct):.1f}% {side}{dated})")
 
 
 def _message(payload: dict[str, Any]) -> _Message:
@@ -374,7 +382,7 @@ def _message(payload: dict[str, Any]) -> _Message:
             facts.append(("Destination", dest))
         pvc = _price_vs_cost(cls)
         if pvc:
-            facts.append(("Price vs cost", pvc))
+            facts.append(pvc)
         hashprice = _num(cls.get("hashprice_usd"))
         if hashprice is not None:
             facts.append(("Hashprice", f"{format_usd(hashprice)}/PH/day"))
