@@ -17,6 +17,7 @@ The message model is `Alert.payload`, a JSON-able dict. The keys read here (and 
     digest        kind == "digest" only: {period_start, period_end,
                   entities[{entity, asset?, out_amount, balance_change_amount, verdicts{verdict: n}}]}
     attachments   optional [{filename, content_type, data_base64}]; only the email channel uses them
+    label         optional, e.g. "SIMULATED" (the demo): every channel puts it in the title and the body
 
 Why the renderers are written the way they are:
 - Amounts are shown from their exact decimal strings (`*_amount`, or `*_units` through `format_btc`),
@@ -49,6 +50,7 @@ __all__ = [
     "payload_of",
     "build_title",
     "headline",
+    "label_note",
     "format_usd",
     "format_amount",
     "render_slack",
@@ -76,6 +78,10 @@ _SEVERITY_EMOJI = {
     "warning": ":warning:",
     "notice": ":large_blue_circle:",
     "info": ":information_source:",
+}
+_LABEL_NOTES = {
+    "SIMULATED": "an invented chain replayed by the treasury-monitor demo; no real coins moved and no real "
+    "address is shown",
 }
 _RETRACTION_WHY = {
     "replaced": ("tx replaced", "the transaction was replaced (RBF) by another one and will not confirm"),
@@ -175,6 +181,7 @@ class _Message:
 
     kind: str
     headline: str
+    note: str  # the label's body line ("" when unlabelled)
     severity: str
     dedup_key: str
     why: str  # retraction explanation, "" otherwise
@@ -303,8 +310,27 @@ def _retraction(flow: dict[str, Any]) -> tuple[str, str]:
     return ("retracted", "the classification was withdrawn")
 
 
+def _label(payload: dict[str, Any]) -> str:
+    return _clean(payload.get("label"))[:40]
+
+
+def label_note(payload: dict[str, Any]) -> str:
+    """The body line of a labelled alert ("" when unlabelled)."""
+    label = _label(payload)
+    if not label:
+        return ""
+    return f"{label}: " + _LABEL_NOTES.get(label.upper(), "labelled so by its sender; not a live event")
+
+
 def headline(payload: dict[str, Any]) -> str:
-    """One-line summary with the kind made explicit (`UPDATE: …`, `RETRACTED: … (tx replaced)`)."""
+    """One-line summary with the kind made explicit (`UPDATE: …`, `RETRACTED: … (tx replaced)`), after
+    the payload's label (`SIMULATED: …`) when it has one."""
+    label = _label(payload)
+    text = _headline(payload)
+    return f"{label}: {text}" if label else text
+
+
+def _headline(payload: dict[str, Any]) -> str:
     kind = payload.get("kind") or "new"
     title = _clean(payload.get("title")) or build_title(payload)
     if kind == "update":
@@ -426,6 +452,7 @@ def _message(payload: dict[str, Any]) -> _Message:
     return _Message(
         kind=kind,
         headline=headline(payload),
+        note=label_note(payload),
         severity=severity,
         dedup_key=_clean(payload.get("dedup_key")),
         why=why,
@@ -482,6 +509,8 @@ def render_slack(payload: dict[str, Any]) -> dict[str, Any]:
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": _clip(header, SLACK_HEADER_MAX), "emoji": True}}
     ]
+    if m.note:
+        blocks.append(_section(f"*{_mrkdwn(m.note)}*"))
     if m.why:
         blocks.append(_section(f"*Retracted:* {_mrkdwn(m.why)}"))
     if m.changes:
@@ -527,7 +556,7 @@ def render_slack(payload: dict[str, Any]) -> dict[str, Any]:
         blocks.extend(_bulleted_sections("Entities", list(m.digest_lines), budget))
     blocks = blocks[: SLACK_BLOCKS_MAX - len(tail)] + tail
 
-    fallback = [_mrkdwn(m.headline)]
+    fallback = [_mrkdwn(m.headline)] + ([_mrkdwn(m.note)] if m.note else [])
     fallback += [f"{label}: {_mrkdwn(value)}" for label, value in m.facts]
     if m.why:
         fallback.append(f"Retracted: {_mrkdwn(m.why)}")
@@ -546,7 +575,7 @@ def render_email(payload: dict[str, Any]) -> tuple[str, str, str]:
     m = _message(payload)
     subject = _clip(f"[{m.severity.upper()}] {m.headline}", EMAIL_SUBJECT_MAX)
 
-    lines = [m.headline, ""]
+    lines = [m.headline, ""] + ([m.note, ""] if m.note else [])
     if m.why:
         lines += [f"Retracted: {m.why}", ""]
     if m.changes:
@@ -575,6 +604,8 @@ def render_email(payload: dict[str, Any]) -> tuple[str, str, str]:
         '<body style="font-family: sans-serif; font-size: 14px;">',
         f"<h2>{e(m.headline)}</h2>",
     ]
+    if m.note:
+        parts.append(f'<p style="color:#b00"><strong>{e(m.note)}</strong></p>')
     if m.why:
         parts.append(f'<p style="color:#b00"><strong>Retracted:</strong> {e(m.why)}</p>')
     if m.changes:
@@ -619,6 +650,11 @@ def render_webhook(payload: dict[str, Any]) -> dict[str, Any]:
     body["kind"] = payload.get("kind") or "new"
     body["dedup_key"] = payload.get("dedup_key")
     body["changes"] = list(payload.get("changes") or [])
+    if _label(payload):
+        # A labelled (e.g. SIMULATED) alert says so in its title and body on every channel, this one too.
+        body["title"] = headline(payload)
+        body["label"] = _label(payload)
+        body["note"] = label_note(payload)
     if body["kind"] == "digest" and isinstance(payload.get("digest"), dict):
         body["digest"] = payload["digest"]
     return body
@@ -627,7 +663,7 @@ def render_webhook(payload: dict[str, Any]) -> dict[str, Any]:
 def render_console(payload: dict[str, Any]) -> str:
     """A few human lines: severity and headline, then what changed, the reasons and the link."""
     m = _message(payload)
-    lines = [f"[{m.severity.upper()}] {m.headline}"]
+    lines = [f"[{m.severity.upper()}] {m.headline}"] + ([f"  {m.note}"] if m.note else [])
     if m.why:
         lines.append(f"  why: {m.why}")
     lines += [f"  changed: {c}" for c in m.changes]

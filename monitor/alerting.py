@@ -39,9 +39,10 @@ class AlertSettings:
     explorer_url: str | None = DEFAULT_EXPLORER  # `{txid}` is replaced; None for no link
     max_age: int = DEFAULT_MAX_AGE
     notify_confirmations: bool = False  # an update when an alerted unconfirmed flow confirms
+    label: str = ""  # e.g. SIMULATED: every renderer puts it in the title and the body
 
 
-def alert_payload(route: Route, record: dict, *, explorer_url: str | None) -> dict:
+def alert_payload(route: Route, record: dict, *, explorer_url: str | None, label: str = "") -> dict:
     """The message model renderers take (documented in `alerts.render`)."""
     if record["chain"] != "bitcoin" and explorer_url:
         explorer_url = CHAIN_EXPLORERS.get(record["chain"])
@@ -52,6 +53,7 @@ def alert_payload(route: Route, record: dict, *, explorer_url: str | None) -> di
         "changes": list(route.changes),
         "explorer_url": url,
         "flow": record,
+        **({"label": label} if label else {}),
     }
 
 
@@ -69,7 +71,8 @@ class AlertPlanner:
         row = flow_row(store, c.chain, c.txid, c.entity)
         if row is None:
             return 0
-        payload = alert_payload(route, flow_record(row), explorer_url=self.settings.explorer_url)
+        payload = alert_payload(route, flow_record(row), explorer_url=self.settings.explorer_url,
+                                label=self.settings.label)
         alert = Alert(route.dedup_key, route.kind, route.channels, payload, created_at=now)
         outbox_store.queue_alert(store, alert, chain=c.chain, txid=c.txid, entity=c.entity, classification_id=c.id, now=now)
         return 1

@@ -373,8 +373,10 @@ def scenarios(state: State, as_json: bool) -> None:
               help="Shrink the number of payouts and tranches (totals stay the published ones).")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default="report.html", show_default=True,
               help="Where to write the HTML report.")
+@click.option("--to-my-channels", is_flag=True, default=False,
+              help="Also send the SIMULATED alerts to the channels of your config (Slack, email, webhook).")
 @click.pass_obj
-def demo(state: State, speed: float | None, seed: int | None, scale: float, out_path: str) -> None:
+def demo(state: State, speed: float | None, seed: int | None, scale: float, out_path: str, to_my_channels: bool) -> None:
     """Offline demo: a SIMULATED chain of the 2026 sell-off, watched by the real daemon, then a report."""
     from monitor.demo import DEFAULT_SEED, DEFAULT_SPEED, run_demo
 
@@ -385,6 +387,7 @@ def demo(state: State, speed: float | None, seed: int | None, scale: float, out_
         out=Path(out_path),
         db=Path(state.db) if state.db else None,
         user_config=state.config_path,
+        to_user_channels=to_my_channels,
         echo=click.echo,
     ))
     if not result.is_ok:

@@ -110,8 +110,12 @@ class Daemon:
         db: str | None = None,
         host: str | None = None,
         port: int | None = None,
+        send_clock: Clock | None = None,
+        alert_label: str = "",
     ):
         self.config = config
+        self._send_clock = send_clock
+        self._alert_label = alert_label
         self.clock = clock or SystemClock()
         self._wall = SystemClock()
         self.db = db
@@ -144,7 +148,8 @@ class Daemon:
         :raises ConfigError: on a non-loopback bind without a token.
         """
         check_bind(self.host, self.config.daemon.token)
-        self.rt = await self._stack.enter_async_context(runtime(self.config, db=self.db, clock=self.clock))
+        self.rt = await self._stack.enter_async_context(runtime(
+            self.config, db=self.db, clock=self.clock, send_clock=self._send_clock, alert_label=self._alert_label))
         for row in await self.rt.store.run(source_health_rows):
             st = SourceState(row["source"], row["last_success_at"], row["last_error"] or None, row["last_error_at"],
                              row["failing_since"], row["polls"] or 0, row["errors"] or 0, row["tip_height"])

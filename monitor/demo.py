@@ -4,9 +4,12 @@ It builds the scenario (`monitor.sim.scenario`: a chain calibrated to the publis
 address invented and labelled so), serves it through the local Esplora server on 127.0.0.1, and runs the
 REAL daemon (`monitor.daemon.Daemon`: scheduler, pipeline, classification, outbox, HTTP API) against it
 with an accelerated clock: simulated time runs `speed` times faster than wall time, each scenario step is
-applied when the clock reaches it, and alerts print on the console as the episode unfolds (and go to
-Slack/email too when the user's config defines channels). At the end it prints a summary per entity,
-checks it against what the scenario scripted, and writes the HTML report.
+applied when the clock reaches it, and alerts print on the console as the episode unfolds. Every alert is
+labelled SIMULATED in its title and body on every channel; it goes to the user's own channels (Slack,
+email, webhook of their config) only when asked (`to_user_channels`, the CLI's `--to-my-channels`), and
+channels stamp it with the real send time (the simulated event time is in the body), so webhook
+signatures verify at a receiver on real time. At the end it prints a summary per entity, checks it
+against the scenario's hand-written expectations, and writes the HTML report.
 
 Nothing here reaches the network: the chain, the Esplora server, the prices (the bundled simulated series)
 and the alert channels are all local.
@@ -22,7 +25,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from monitor.clock import AcceleratedClock, Stopwatch
+from monitor.clock import AcceleratedClock, Stopwatch, SystemClock
 from monitor.config import Config, load_config, parse_config
 from monitor.daemon import Daemon
 from monitor.model import ConfigError, format_btc
@@ -31,11 +34,13 @@ from monitor.sim.esplora_server import EsploraServer
 from monitor.sim.scenario import Scenario, build_scenario
 from storage import Store
 
-__all__ = ["DemoResult", "EntityCheck", "run_demo", "DEFAULT_SPEED", "DEFAULT_SEED"]
+__all__ = ["DemoResult", "EntityCheck", "run_demo", "DEFAULT_SPEED", "DEFAULT_SEED", "ALERT_LABEL"]
 
 log = logging.getLogger("treasury_monitor.demo")
 
 DEFAULT_SEED = 2026
+#: Every demo alert says so in its title and body, on every channel.
+ALERT_LABEL = "SIMULATED"
 #: Simulated seconds per wall second: the ~90-day episode then plays in about 30 s.
 DEFAULT_SPEED = 260_000.0
 #: Real seconds between polls of the simulated chain (the daemon's poll interval during the demo).
@@ -99,6 +104,7 @@ async def run_demo(
     out: Path | None = Path("report.html"),
     db: Path | None = None,
     user_config: str | None = None,
+    to_user_channels: bool = False,
     echo=print,
 ) -> DemoResult:
     """Play the scenario against the real daemon; print alerts, a summary and write the report."""
@@ -114,8 +120,12 @@ async def run_demo(
     run = scenario.start()
     clock = AcceleratedClock(scenario.start_time, speed)
     async with EsploraServer(run.chain) as server:
-        cfg = await asyncio.to_thread(_demo_config, scenario, server.url, db_path, workdir, user_config)
-        daemon = Daemon(cfg, clock=clock, port=0)
+        cfg, skipped = await asyncio.to_thread(_demo_config, scenario, server.url, db_path, workdir, user_config,
+                                               to_user_channels)
+        if skipped:
+            echo(f"\nYour config's channels ({', '.join(skipped)}) are not used: pass --to-my-channels to send "
+                 "them the demo's SIMULATED alerts.")
+        daemon = Daemon(cfg, clock=clock, port=0, send_clock=SystemClock(), alert_label=ALERT_LABEL)
         task = asyncio.create_task(daemon.run(install_signals=False))
         while daemon.bound_port is None:
             if task.done():
@@ -162,12 +172,17 @@ async def run_demo(
     return DemoResult(tuple(checks), alerts, report, db_path, seconds)
 
 
-def _demo_config(scenario: Scenario, url: str, db_path: Path, workdir: Path, user_config: str | None) -> Config:
-    """The demo's config against the local server, plus the user's channels (reads files: worker thread)."""
+def _demo_config(scenario: Scenario, url: str, db_path: Path, workdir: Path, user_config: str | None,
+                 to_user_channels: bool = False) -> tuple[Config, tuple[str, ...]]:
+    """The demo's config against the local server, plus the user's channels when asked (reads files:
+    worker thread); also the names of the user's channels left out."""
     text = scenario.config_toml(url, db_path, poll_interval=POLL_INTERVAL)
     cfg = parse_config(tomllib.loads(text), base_dir=workdir, origin="demo config")
     cfg = dataclasses.replace(cfg, alerts=dataclasses.replace(cfg.alerts, dispatch_interval=0.1))
-    return _with_user_channels(cfg, _user_config(user_config))
+    user = _user_config(user_config)
+    if not to_user_channels:
+        return cfg, tuple(c.name for c in user.alerts.channels if c.type != "console") if user else ()
+    return _with_user_channels(cfg, user), ()
 
 
 def _write_report(db_path: Path, scenario: Scenario, out: Path) -> int:

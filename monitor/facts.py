@@ -92,5 +92,6 @@ def holdings_at(profile: Profile, history: FlowHistory, day: str) -> Holdings | 
         return Holdings(use)
     for as_of, received, left in history.since:
         if as_of == use.fact.as_of:
-            return Holdings(use, received, left, is_rolled=left > 0)
+            # Fees of internal moves alone (under 0.01 BTC) do not make an estimate worth a sentence.
+            return Holdings(use, received, left, is_rolled=left >= SATS_PER_BTC // 100)
     return Holdings(use)

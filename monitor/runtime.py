@@ -169,15 +169,16 @@ def make_market(config: Config, store: AsyncStore, session: aiohttp.ClientSessio
     return Market(clock, prices=make_prices(config, store, session, clock), chain=chain, staleness=config.prices.staleness)
 
 
-def make_planner(config: Config, registry: Registry):
-    """The pipeline's alert hook for the configured rules (None when no rule is configured)."""
+def make_planner(config: Config, registry: Registry, *, label: str = ""):
+    """The pipeline's alert hook for the configured rules (None when no rule is configured); `label` (e.g.
+    SIMULATED) is put on every alert it queues."""
     from monitor.alerting import AlertPlanner, AlertSettings
 
     a = config.alerts
     if not a.rules:
         return None
     return AlertPlanner(registry, AlertSettings(rules=a.rules, explorer_url=a.explorer_url, max_age=a.max_age,
-                                                notify_confirmations=a.notify_confirmations))
+                                                notify_confirmations=a.notify_confirmations, label=label))
 
 
 def make_pushes(config: Config, registry: Registry, session: aiohttp.ClientSession, clock: Clock) -> list[tuple[str, object]]:
@@ -236,8 +237,19 @@ def redact_config_secrets(config: Config) -> None:
 
 
 @asynccontextmanager
-async def runtime(config: Config, *, db: str | Path | None = None, clock: Clock | None = None) -> AsyncIterator[Runtime]:
-    """Open store, registry, one shared HTTP session and the configured sources; close them on exit."""
+async def runtime(
+    config: Config,
+    *,
+    db: str | Path | None = None,
+    clock: Clock | None = None,
+    send_clock: Clock | None = None,
+    alert_label: str = "",
+) -> AsyncIterator[Runtime]:
+    """Open store, registry, one shared HTTP session and the configured sources; close them on exit.
+
+    `send_clock` stamps what channels send (email Date, webhook timestamps) when decisions run on another
+    clock (the demo's accelerated one); `alert_label` (e.g. SIMULATED) marks every queued alert.
+    """
     clock = clock or SystemClock()
     redact_config_secrets(config)
     # Opening (migrations), the learned addresses, the entity sync and the block-mode UTXO sets are SQLite
@@ -267,11 +279,11 @@ async def runtime(config: Config, *, db: str | Path | None = None, clock: Clock 
             clock,
             market=make_market(config, astore, session, clock, sources),
             thresholds=config.classify,
-            alert_hook=make_planner(config, registry),
+            alert_hook=make_planner(config, registry, label=alert_label),
             on_registry_change=rewatch,
             provisional=config.discovery.provisional,
         )
-        channels = build_channels(config, session, clock)
+        channels = build_channels(config, session, send_clock or clock)
         dispatcher = make_dispatcher(config, astore, channels, clock)
         yield Runtime(config, astore, registry, clock, session, sources, pipeline, channels, dispatcher)
     finally:

@@ -278,7 +278,7 @@ async def test_a_january_sale_is_judged_against_the_january_facts(tmp_path_facto
     mara = [(flows[(t, e)]["block_time"], c) for (t, e), c in latest.items() if e == "MARA" and c["verdict"] == "balance_sheet_sale"]
     last = max(mara, key=lambda x: x[0])[1]
     held = next(r for r in last["reasons"] if "holdings of ≈" in r)
-    assert "53,000 BTC reported (yellow.com, Feb 2026" in held and "seen leaving since" in held
+    assert "53,000 BTC reported (yellow.com, Feb 2026, as of 2026-02-28)" in held and "seen leaving since" in held
     fact = next(f for f in last["facts"] if f["figure"] == "holdings_btc")
     assert fact["reported"] == 53_000 and fact["value"] < 53_000 - 10_000
 

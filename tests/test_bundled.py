@@ -250,3 +250,21 @@ def test_entity_problems_fail_loudly(entity, message):
     toml_text = MINI_TOML + f'\n[[entities]]\nname = "X"\nkind = "miner"\n{entity}\n'
     with pytest.raises(ValueError, match=message):
         parse_registry(toml_text, HEADER + row())
+
+
+def test_data_readme_lists_every_dated_point(entities):
+    """A reader checks a reason against monitor/data/README.md: every bundled point is a row there."""
+    import pathlib
+
+    readme = (pathlib.Path(__file__).resolve().parent.parent / "monitor" / "data" / "README.md").read_text(encoding="utf-8")
+    rows = [line for line in readme.splitlines() if line.startswith("| ")]
+    for e in entities.values():
+        for figure in ("holdings_btc", "monthly_production_btc", "cash_cost_usd", "efficiency_j_th"):
+            for f in e.profile.series(figure):
+                if is_sector_default(f):
+                    name = "(sector, `sector_cash_cost`)"
+                else:
+                    name = e.name
+                value = f"{int(f.value):,}" if float(f.value).is_integer() else f"{f.value:,.2f}".rstrip("0").rstrip(".")
+                assert any(r.startswith(f"| {name} |") and f"| {value} | {f.as_of} |" in r
+                           and f.quote.replace("|", "\\|") in r for r in rows), (e.name, figure, f.as_of)

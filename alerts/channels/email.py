@@ -29,7 +29,7 @@ import aiosmtplib
 
 from alerts.channels.http import safe_cause, scrub
 from alerts.render import payload_of, render_email
-from monitor.model import Alert, DeliveryError
+from monitor.model import Alert, Clock, DeliveryError
 
 __all__ = ["EmailChannel", "SECURITY_MODES", "DEFAULT_PORTS", "DEDUP_HEADER"]
 
@@ -76,6 +76,7 @@ class EmailChannel:
         security: str = "starttls",
         timeout: float = 10.0,
         tls_context: ssl.SSLContext | None = None,
+        clock: Clock | None = None,
     ):
         if security not in SECURITY_MODES:
             raise ValueError(f"security must be one of {', '.join(SECURITY_MODES)}, not {security!r}")
@@ -83,6 +84,7 @@ class EmailChannel:
         if not recipients:
             raise ValueError("recipients: none given")
         self.name = name
+        self._clock = clock
         self.host = host
         self.port = port if port is not None else DEFAULT_PORTS[security]
         self.sender = sender
@@ -112,7 +114,8 @@ class EmailChannel:
         msg["Subject"] = _header_text(subject)
         msg["From"] = self.sender
         msg["To"] = ", ".join(self.recipients)
-        msg["Date"] = formatdate(alert.created_at, usegmt=True)
+        # The send time (a replay's alert was created in simulated time; the event time is in the body).
+        msg["Date"] = formatdate(self._clock.time() if self._clock is not None else alert.created_at, usegmt=True)
         msg["Message-ID"] = self._message_id(alert, dedup_key, kind)
         msg[DEDUP_HEADER] = dedup_key
         msg[KIND_HEADER] = kind
