@@ -76,3 +76,65 @@ async def test_demo_plays_the_episode_and_the_monitor_concludes_what_was_scripte
     for (key,) in await query("select dedup_key from alerts"):
         assert key.split(":")[1][:12] in html
     assert n_alerts == sum(result.alerts.values())
+
+
+def _user_toml(path, slack_url: str, hook_url: str) -> None:
+    path.write_text(f"""
+[monitor]
+storage = "{path.parent / 'user.db'}"
+
+[[alerts.channels]]
+name = "my-slack"
+type = "slack"
+webhook_url = {{ env = "TM_DEMO_SLACK" }}
+min_interval = 0
+
+[[alerts.channels]]
+name = "my-hook"
+type = "webhook"
+url = {{ env = "TM_DEMO_HOOK_URL" }}
+secret = {{ env = "TM_DEMO_HOOK_SECRET" }}
+
+[[alerts.rules]]
+name = "mine"
+min_severity = "warning"
+channels = ["my-slack", "my-hook"]
+""", encoding="utf-8")
+
+
+async def test_demo_alerts_say_simulated_reach_user_channels_only_when_asked_and_verify(tmp_path, monkeypatch):
+    from fakes.receiver import Receiver
+
+    from alerts.channels.webhook import verify_signature
+    from monitor.clock import SystemClock
+
+    async with Receiver() as slack, Receiver() as hook:
+        monkeypatch.setenv("TM_DEMO_SLACK", slack.url("/services/T0/B0/demo"))
+        monkeypatch.setenv("TM_DEMO_HOOK_SECRET", "demo-hook-secret")
+        monkeypatch.setenv("TM_DEMO_HOOK_URL", hook.url("/hook"))
+        cfg = tmp_path / "my.toml"
+        await asyncio.to_thread(_user_toml, cfg, slack.url("/services/T0/B0/demo"), hook.url("/hook"))
+        lines: list[str] = []
+        # Without the option: the user's channels get nothing, and the demo says how to opt in.
+        await run_demo(seed=SEED, scale=SCALE, speed=3_000_000, out=None, db=tmp_path / "a.db",
+                       user_config=str(cfg), echo=lines.append)
+        assert slack.requests == [] and hook.requests == []
+        assert any("--to-my-channels" in line and "my-slack" in line for line in lines), lines[-12:]
+        started = SystemClock().time()
+        result = await run_demo(seed=SEED, scale=SCALE, speed=3_000_000, out=None, db=tmp_path / "b.db",
+                                user_config=str(cfg), to_user_channels=True, echo=lines.append)
+        # (verdicts are the other test's subject; at this speed a mempool tx's first-seen time depends on load)
+        assert all(c.sold_btc == c.expected_btc for c in result.checks)
+        finished = SystemClock().time()
+    assert slack.requests and hook.requests
+    for req in slack.requests:
+        header = req.json["blocks"][0]["text"]["text"]
+        assert "SIMULATED: " in header and req.json["text"].startswith("SIMULATED: ")
+        assert any("SIMULATED: an invented chain" in b.get("text", {}).get("text", "") for b in req.json["blocks"][1:])
+    for req in hook.requests:
+        # signed with the real send time (the event, months earlier in simulated time, is in the body)
+        ts = int(req.headers["X-Timestamp"])
+        assert started - 1 <= ts <= finished + 1
+        assert verify_signature("demo-hook-secret", ts, req.body, req.headers["X-Signature"], now=finished)
+        assert req.json["label"] == "SIMULATED" and req.json["title"].startswith("SIMULATED: ")
+        assert req.json["block_time"] is None or req.json["block_time"].startswith("2026-")
