@@ -164,10 +164,12 @@ class Dispatcher:
         await self.queue.finish(Delivery(alert.id, channel, attempt, int(self.clock.time()), status, error, next_at))
 
     async def flush(self, timeout: float) -> bool:
-        """Deliver everything due, for at most `timeout` seconds; True when nothing is left due."""
+        """Deliver everything due, for at most `timeout` seconds (one pass at least); True when nothing is
+        left due."""
         deadline = self.clock.time() + timeout
-        while self.clock.time() < deadline:
+        while True:
             if await self.dispatch_once() == 0:
                 return True
+            if self.clock.time() >= deadline:
+                return False
             await self.clock.sleep(0)
-        return False

@@ -266,7 +266,8 @@ class Daemon:
         """Stop scheduling, finish in-flight work, flush the outbox within the grace period, close."""
         self._stopping = True
         grace = self.config.daemon.shutdown_grace
-        deadline = self.clock.time() + grace
+        # The grace period is wall time, whatever clock decisions run on (the demo's is accelerated).
+        deadline = self._wall.time() + grace
         if self.scheduler is not None and self.scheduler.running:
             # pause, not shutdown: APScheduler's shutdown cancels running jobs, and the tick in progress
             # must finish (its alerts committed and sent) before the outbox is flushed
@@ -279,14 +280,27 @@ class Daemon:
         pending = [t for t in self._inflight if not t.done()]
         if pending:
             await asyncio.wait(pending, timeout=max(0.1, grace))
+        late = [t for t in self._inflight if not t.done()]
+        if late:
+            # A tick still waiting on a slow source after the grace period: stop it. Nothing of it was
+            # committed (data and cursor commit together), so the next start repeats it.
+            log.warning("shutdown: %d job(s) still running after %.0f s; stopped, their work is repeated at the "
+                        "next start", len(late), grace)
+            for t in late:
+                t.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         if self.rt is not None:
-            remaining = max(0.0, deadline - self.clock.time())
+            remaining = max(0.0, deadline - self._wall.time())
             try:
-                flushed = await self.rt.dispatcher.flush(remaining)
-                if not flushed:
-                    log.warning("shutdown: some alerts are still queued; they will be sent after the next start")
+                await self.rt.dispatcher.flush(remaining)
+                # Say what is true: count what is still queued (due later, or undelivered in time).
+                queued = (await self.rt.store.run(outbox_store.status_counts)).get("queued", 0)
+                if queued:
+                    log.warning("shutdown: %d alert(s) still queued; they will be sent after the next start", queued)
+                else:
+                    log.info("shutdown: no alert left queued")
             except MonitorError as exc:
                 log.error("shutdown: outbox flush failed: %s", exc)
             await self._persist_health()
@@ -308,6 +322,10 @@ class Daemon:
         try:
             await fn(*args)
         except asyncio.CancelledError:
+            if self._stopping:
+                # Stopped by a graceful shutdown (which said so): a normal end, not a job failure for
+                # the scheduler to log as an error with a traceback.
+                return
             raise
         except Exception:  # the one broad catch of a background job: log with traceback, keep running
             log.exception("job=%s failed unexpectedly; it runs again at its next interval", what)

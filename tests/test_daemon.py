@@ -376,3 +376,28 @@ async def test_a_push_during_a_running_poll_is_served_right_after_it(tmp_path, m
         assert sale.txid in json.dumps(reqs[0].json)
         daemon.request_stop()
         assert await task == 0
+
+
+async def test_sigterm_mid_poll_is_a_clean_stop_and_says_what_is_true(tmp_path):
+    """A normal SIGTERM while a poll waits on a slow source: exit 0, no ERROR, no traceback, and the
+    shutdown message tells the truth about the outbox (nothing queued here)."""
+    chain, addrs = chain_with_wallet()
+    port = free_port()
+    async with EsploraServer(chain) as server, Receiver() as slack:
+        cfg = await write_config(tmp_path / "c.toml", [esplora(server.url, interval=0.3)], addrs, port=port,
+                                 db=tmp_path / "d.db", shutdown_grace=1)
+        proc = await start_daemon(cfg, {"TM_SLACK_URL": slack.url("/hook")})
+        try:
+            await wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
+            server.faults.add(r"^/address/", "slow", times=None, delay=4.0)  # every poll now hangs 4 s
+            n = len(server.requests)
+            await until(lambda: len(server.requests) > n)  # a poll is waiting on the slow answer
+            proc.send_signal(signal.SIGTERM)
+            code = await wait_exit(proc, 20)
+            err = await asyncio.to_thread(proc.stderr.read)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert code == 0, err
+    assert "Traceback" not in err and " ERROR " not in err and "ERROR" not in err, err
+    assert "some alerts are still queued" not in err and "still queued" not in err, err
