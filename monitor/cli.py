@@ -77,28 +77,64 @@ class _Progress:
             click.echo("", err=True)
 
 
-def _poll_all(cfg: Config, db: str | None, *, progress: _Progress | None) -> list:
-    """One tick of every source. The config is read and the modules imported before the loop starts: file
-    reads (and module code run at first import) do not belong on the event loop."""
+def _poll_all(cfg: Config, db: str | None, *, progress: _Progress | None) -> tuple[list, list]:
+    """One tick of every source, each source's health recorded; returns (results, outcomes). The config is
+    read and the modules imported before the loop starts: file reads (and module code run at first
+    import) do not belong on the event loop."""
+    from monitor.health import PassOutcome, health_row
     from monitor.runtime import runtime
+    from storage.reads import save_source_health, source_health_rows
 
-    async def go() -> list:
-        results = []
+    async def go() -> tuple[list, list]:
+        results, outcomes = [], []
         async with runtime(cfg, db=db) as rt:
             if not rt.sources:
                 raise click.ClickException("no [[sources]] configured")
             for src in rt.sources:
-                results.append(await rt.pipeline.tick(src, progress=progress))
-        return results
+                try:
+                    r = await rt.pipeline.tick(src, progress=progress)
+                except MonitorError as exc:
+                    outcomes.append(PassOutcome(src.name, "failed", str(exc)))
+                    continue
+                results.append(r)
+                keys = getattr(src, "addresses", None)
+                if r.failed and keys is not None and len(r.failed) >= len(keys):
+                    outcomes.append(PassOutcome(src.name, "failed", f"every key failed: {', '.join(r.failed[:3])}"))
+                elif r.failed:
+                    outcomes.append(PassOutcome(src.name, "partial", f"{len(r.failed)} key(s) failed: "
+                                                f"{', '.join(r.failed[:3])}", r.tip_height))
+                else:
+                    outcomes.append(PassOutcome(src.name, "ok", tip_height=r.tip_height))
+            now = int(rt.clock.time())
+
+            def save(store) -> None:
+                previous = {row["source"]: row for row in source_health_rows(store)}
+                with store.batch():
+                    for o in outcomes:
+                        save_source_health(store, health_row(previous.get(o.source), o, now))
+
+            await rt.store.run(save)
+        return results, outcomes
 
     return run_async(go())
 
 
-def _print_results(results: list) -> None:
+def _print_results(results: list, outcomes: list) -> None:
+    """Print each source's pass and exit with the documented code (monitor.health) when one failed."""
+    from monitor.health import exit_code
+
     for r in results:
         failed = f", {len(r.failed)} failed (retried next time): {', '.join(r.failed[:3])}" if r.failed else ""
         click.echo(f"{r.source}: {r.txs} txs ({r.new_txs} new), {r.flows} entity flows ({r.outflows} outflows), "
                    f"{r.requests} requests{failed}")
+    for o in outcomes:
+        if o.state == "failed":
+            click.echo(f"{o.source}: FAILED: {o.error}", err=True)
+    code = exit_code(outcomes)
+    if code:
+        what = "every source failed" if code == 4 else "some sources or addresses failed"
+        click.echo(f"error: {what} (exit {code}); what was read is stored, the rest is retried next time", err=True)
+        sys.exit(code)
 
 
 @cli.command()
@@ -107,14 +143,14 @@ def _print_results(results: list) -> None:
 def backfill(state: State, progress: bool | None) -> None:
     """Fetch the whole history of every watched address into the database."""
     show = sys.stderr.isatty() if progress is None else progress
-    _print_results(_poll_all(state.config(), state.db, progress=_Progress(show)))
+    _print_results(*_poll_all(state.config(), state.db, progress=_Progress(show)))
 
 
 @cli.command()
 @click.pass_obj
 def poll(state: State) -> None:
     """One incremental pass over every source (what the daemon does each interval)."""
-    _print_results(_poll_all(state.config(), state.db, progress=None))
+    _print_results(*_poll_all(state.config(), state.db, progress=None))
 
 
 @cli.command()

@@ -90,3 +90,48 @@ async def test_status_alerts_test_and_report(tmp_path, monkeypatch):
         assert r.exit_code == 0 and (await asyncio.to_thread(png.read_bytes)).startswith(b"\x89PNG")
         r = await cli_run("-c", cfg, "report", "--since", "not-a-date")
         assert r.exit_code == 2
+
+
+async def test_a_blind_monitor_says_so_in_exit_codes_and_status(tmp_path):
+    """Every source unreachable: backfill and poll exit 4; one of two: 3; `status` shows the failure."""
+    from fakes.receiver import free_port
+
+    from monitor.health import EXIT_FAILED, EXIT_PARTIAL
+
+    chain = SimChain(start_time=MARCH_5_2026)
+    hot = chain.address("blind-hot")
+    chain.fund(hot, 30 * COIN)
+    chain.mine()
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    async with EsploraServer(chain) as server:
+        def write(name, sources):
+            path = tmp_path / name
+            path.write_text(config_toml(
+                db=tmp_path / "blind.db", sources=sources, prices=BUNDLED_PRICES,
+                entities=[entity_table("Blind Miner", "miner", [hot])]))
+            return path
+
+        blind = await asyncio.to_thread(write, "blind.toml",
+                                        [esplora_source("dead", dead, rate_limit=500.0, timeout=1.0, retries=1)])
+        for command in ("backfill", "poll"):
+            r = await cli_run("-c", blind, command, *(["--no-progress"] if command == "backfill" else []))
+            assert r.exit_code == EXIT_FAILED, r.output
+            assert "dead: FAILED" in r.output and "every source failed" in r.output
+        r = await cli_run("-c", blind, "status", "--json")
+        [src] = json.loads(r.output)["sources"]
+        assert src["source"] == "dead" and src["failing_since"] and src["last_error"] and src["last_success"] is None
+        r = await cli_run("-c", blind, "status")
+        assert "failing since" in r.output
+
+        half = await asyncio.to_thread(write, "half.toml", [
+            esplora_source("dead", dead, rate_limit=500.0, timeout=1.0, retries=1),
+            esplora_source("local", server.url, rate_limit=500.0)])
+        r = await cli_run("-c", half, "poll")
+        assert r.exit_code == EXIT_PARTIAL, r.output
+        r = await cli_run("-c", half, "status", "--json")
+        by = {s["source"]: s for s in json.loads(r.output)["sources"]}
+        assert by["local"]["last_success"] and by["local"]["failing_since"] is None
+        assert by["dead"]["failing_since"] and by["dead"]["last_error"]
+
+        ok = await asyncio.to_thread(write, "ok.toml", [esplora_source("local", server.url, rate_limit=500.0)])
+        assert (await cli_run("-c", ok, "poll")).exit_code == 0
