@@ -90,7 +90,12 @@ class ScenarioPrice:
     quoted_hashprice: Fact | None = None
 
 
-#: Default scenarios of `treasury-monitor scenarios` (the CLI adds "today" from the price source).
+_BELOW_COST = (
+    "scenario case chosen below CoinShares' weighted average cash cost of listed miners ($79,995, Q4 2025); "
+    "ChainCatcher 2026-04-03 puts the March 2026 price at $68,000-70,000"
+)
+#: Default scenarios of `treasury-monitor scenarios` (the CLI adds "today" from the price source): CoinShares'
+#: cases, three below the sector's cash cost, and the all-time high.
 SCENARIO_PRICES: tuple[ScenarioPrice, ...] = (
     ScenarioPrice(
         "CoinShares rebound: $100k by end-2026",
@@ -100,6 +105,14 @@ SCENARIO_PRICES: tuple[ScenarioPrice, ...] = (
     ScenarioPrice(
         "CoinShares stress: below $80k",
         Fact(80_000.0, _CHAINCATCHER, "2026-04-03", note="'high-cost miners will accelerate their exit'"),
+    ),
+    *(
+        ScenarioPrice(
+            f"below cost: ${p // 1000}k",
+            Fact(float(p), _BELOW_COST, "2025-12-31",
+                 note="a chosen case below the $79,995 sector cash cost (Q4 2025), not a forecast"),
+        )
+        for p in (75_000, 70_000, 65_000)
     ),
     ScenarioPrice(
         "all-time high (Oct 2025)",

@@ -363,7 +363,8 @@ def status(state: State, as_json: bool) -> None:
         click.echo(json.dumps({"sources": sources, "alerts": alerts_by_status}, indent=2))
         return
     for s in sources:
-        err = f"; failing since {s['failing_since']}: {s['last_error']}" if s["failing_since"] else ""
+        err = f"; failing since {s['failing_since']}: {s['last_error']}" if s["failing_since"] else (
+            f"; last error: {s['last_error']}" if s["last_error"] else "")
         lag = f"{s['lag_seconds']} s ago" if s["lag_seconds"] is not None else "never"
         click.echo(f"{s['source']}: {s['cursor_keys']} cursor(s), last success {lag}"
                    f"{', tip ' + str(s['tip_height']) if s['tip_height'] else ''}{err}")
@@ -396,6 +397,9 @@ def scenarios(state: State, as_json: bool) -> None:
         click.echo(f"\n{s['label']}: BTC ${s['btc_usd']:,.0f} → hashprice ${s['hashprice_usd_per_ph_day']:.2f}/PH/day{quoted}")
         click.echo("  breakeven power: " + ", ".join(
             f"{b['j_per_th']:g} J/TH ${b['usd_per_kwh']:.3f}/kWh" for b in s["breakeven_usd_per_kwh"]))
+        click.echo("  difficulty: " + ", ".join(
+            f"{d['change']} ({d['difficulty'] / 1e12:.1f} T) → ${d['hashprice_usd_per_ph_day']:.2f}/PH/day"
+            for d in s["difficulty_cases"]))
         below = s["below_cash_cost"]
         click.echo("  below cash cost: " + (", ".join(
             f"{b['miner']} (cost ${b['cash_cost_usd']:,.0f}, {b['gap_pct']:.1f}% under)" for b in below) or "none"))

@@ -31,9 +31,13 @@ __all__ = [
     "Scenario",
     "scenarios",
     "default_scenario_prices",
+    "DIFFICULTY_CHANGES",
 ]
 
 HALVING_INTERVAL = 210_000
+#: Difficulty cases of the scenario view: a 10% drop (as after the -7.7% of 2026-03-20 and the -11% of
+#: Feb 2026, coingeek via economics.md §2) and a 10% rise (as the +14.7% jump to 144.4 T).
+DIFFICULTY_CHANGES = (-0.10, 0.10)
 _INITIAL_SUBSIDY_SAT = 50 * SATS_PER_BTC
 _BLOCKS_PER_DAY = 144  # 86,400 s / 600 s target spacing
 _HASHES_PER_DIFFICULTY = 2**32
@@ -165,6 +169,8 @@ class Scenario:
     breakeven: tuple[tuple[float, float], ...]  # (J/TH, USD/kWh), in the order given
     below_cost: tuple[MinerBelowCost, ...]  # most underwater first
     fleet_breakeven: tuple[tuple[str, float, float], ...] = ()  # (miner, its J/TH, USD/kWh)
+    #: Hashprice at this price with the difficulty changed: (change, e.g. -0.10, difficulty, USD/PH/day).
+    difficulty_cases: tuple[tuple[float, float, float], ...] = ()
 
 
 def scenarios(
@@ -174,8 +180,10 @@ def scenarios(
     avg_fees_sat: int,
     efficiencies: Sequence[float],
     miners: Sequence[Entity],
+    difficulty_changes: Sequence[float] = DIFFICULTY_CHANGES,
 ) -> list[Scenario]:
-    """Hashprice, breakeven power prices and below-cost miners for each price (a float or (label, price)).
+    """Hashprice, breakeven power prices and below-cost miners for each price (a float or (label, price)),
+    and the hashprice at each `difficulty_changes` step (-10% and +10% by default).
 
     Miners without a cash-cost fact are left out of `below_cost`; those without an efficiency fact are
     left out of `fleet_breakeven`.
@@ -204,6 +212,10 @@ def scenarios(
                 breakeven=tuple((e, breakeven_power_usd_per_kwh(hp, e)) for e in efficiencies),
                 below_cost=tuple(below),
                 fleet_breakeven=fleets,
+                difficulty_cases=tuple(
+                    (c, difficulty * (1 + c), hashprice_usd_per_ph_day(difficulty * (1 + c), price, subsidy, avg_fees_sat))
+                    for c in difficulty_changes
+                ),
             )
         )
     return out

@@ -183,7 +183,8 @@ def test_sector_cash_cost_stands_in_and_says_so(entities):
 
 def test_scenario_constants_are_sourced():
     prices = [s.price.value for s in SCENARIO_PRICES]
-    assert prices == [100_000, 80_000, 124_500]
+    assert prices == [100_000, 80_000, 75_000, 70_000, 65_000, 124_500]
+    assert all("not a forecast" in s.price.note for s in SCENARIO_PRICES[2:5])
     assert all(s.price.source for s in SCENARIO_PRICES)
     assert SCENARIO_PRICES[0].quoted_hashprice.value == 37
 

@@ -35,6 +35,13 @@ def test_scenarios_json_from_reference_inputs(tmp_path):
     assert by[100_000.0]["quoted_hashprice"]["value"] == 37.0
     # at $80k the sector-average miners ($79,995) are just above cost; Riot's $81k is below
     assert {b["miner"] for b in by[80_000.0]["below_cash_cost"]} == {"Riot"}
+    # below-cost cases: at $75k/$70k/$65k every sector-average miner and Riot are under water
+    for price in (75_000.0, 70_000.0, 65_000.0):
+        below = {b["miner"] for b in by[price]["below_cash_cost"]}
+        assert {"MARA", "Riot", "Bitdeer"} <= below and "CleanSpark" not in below  # CleanSpark's cost is $60k
+    assert "Cango" in {b["miner"] for b in by[65_000.0]["below_cash_cost"]}  # $70,602 cost
+    assert [d["change"] for d in by[70_000.0]["difficulty_cases"]] == ["-10%", "+10%"]
+    assert by[70_000.0]["difficulty_cases"][0]["hashprice_usd_per_ph_day"] == pytest.approx(30.47 / 0.9, abs=0.02)
     s20 = next(b for b in by[100_000.0]["breakeven_usd_per_kwh"] if b["j_per_th"] == 20.0)
     assert s20["usd_per_kwh"] == pytest.approx(43.53 / 480, abs=0.001)
 

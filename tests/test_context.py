@@ -205,10 +205,14 @@ def test_scenarios():
     assert [b.name for b in now.below_cost] == ["C", "A"]  # most underwater first; sovereigns never listed
     assert now.below_cost[1].gap_pct == pytest.approx(14.49, abs=0.01)
     assert now.fleet_breakeven == (("A", 20.0, pytest.approx(now.hashprice / 480, rel=1e-9)),)
+    # difficulty -10% / +10%: hashprice is inversely proportional to difficulty
+    (down, d_down, hp_down), (up, d_up, hp_up) = s100.difficulty_cases
+    assert (down, up) == (-0.10, 0.10) and d_down == pytest.approx(0.9 * 144.4 * T)
+    assert hp_down == pytest.approx(43.53 / 0.9, abs=0.02) and hp_up == pytest.approx(43.53 / 1.1, abs=0.02)
 
 
 def test_default_scenario_prices():
     # CoinShares via ChainCatcher 2026-04-03 ($100k, below $80k); ATH ~$124,500 Oct 2025 (tokenpost/signalplus).
-    assert [p for _, p in default_scenario_prices()] == [100_000, 80_000, 124_500]
+    assert [p for _, p in default_scenario_prices()] == [100_000, 80_000, 75_000, 70_000, 65_000, 124_500]
     labels, prices = zip(*default_scenario_prices(68_400))
-    assert prices == (100_000, 80_000, 68_400, 124_500) and labels[2] == "today ($68,400)"
+    assert prices == (100_000, 80_000, 68_400, 75_000, 70_000, 65_000, 124_500) and labels[2] == "today ($68,400)"
