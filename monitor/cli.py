@@ -54,10 +54,25 @@ def cli(ctx: click.Context, config_path: str, db: str | None, log_level: str, lo
 @click.pass_obj
 def check_config(state: State) -> None:
     """Validate the config file (the same checks `run` makes) and summarise it."""
+    from monitor.runtime import build_registry
+
     cfg = state.config()
-    n_addr = sum(len(e.addresses) for e in cfg.entities)
+    # Count what the daemon will watch: the bundled registry with the config's entities merged on top.
+    try:
+        reg = build_registry(cfg)
+    except ValueError as exc:
+        raise click.ClickException(f"entities: {exc}") from None
+    tracked = reg.tracked()
+    watched = sum(len(e.addresses) for e in tracked)
+    n_addr = sum(len(e.addresses) for e in reg.entities.values())
+    unwatched = [e.name for e in tracked if not e.addresses]
     click.echo(f"{state.config_path}: OK — network {cfg.network}, {len(cfg.sources)} source(s), "
-               f"{len(cfg.entities)} entit(ies), {n_addr} address(es), storage {cfg.storage}")
+               f"{len(reg.entities)} entities ({len(cfg.entities)} from this file, the rest bundled): "
+               f"{len(tracked)} tracked treasuries with {watched} watched address(es), {n_addr} address(es) in "
+               f"all; storage {cfg.storage}")
+    if unwatched:
+        click.echo(f"  {len(unwatched)} tracked treasuries have no address yet, so nothing of theirs is watched: "
+                   f"{', '.join(unwatched)} (add addresses in the config or with `entities import`)")
 
 
 class _Progress:

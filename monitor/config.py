@@ -150,7 +150,7 @@ _ENTITY_KEYS = ("name", "kind", "addresses", "ethereum", "note", "watch", "profi
 _ADDRESS_KEYS = ("address", "source", "label", "as_of")
 _PROFILE_FACTS = ("holdings_btc", "monthly_production_btc", "cash_cost_usd", "efficiency_j_th")
 _PROFILE_KEYS = (*_PROFILE_FACTS, "strategy_tags", "strategy_source")
-_FACT_KEYS = ("value", "source", "as_of", "note")
+_FACT_KEYS = ("value", "source", "as_of", "note", "quote")
 _SECRET_KEYS = ("env", "file")
 _CLASSIFY_KEYS = tuple(f.name for f in fields(Thresholds))
 _PRICE_KEYS = ("sources", "csv", "staleness", "refresh_interval")
@@ -1041,7 +1041,8 @@ def _take_fact(t: dict, key: str, path: str, ctx: _Context, **bounds: float) -> 
         source = _take(value, "source", STRING, p, ctx.problems, ctx.origin, nonempty=True)
         as_of = _take_date(value, "as_of", p, ctx.problems)
         note = _take(value, "note", STRING, p, ctx.problems, "")
-        return None if number is None else Fact(number, source, as_of, note)
+        quote = _take(value, "quote", STRING, p, ctx.problems, "")
+        return None if number is None else Fact(number, source, as_of, note, quote)
     if not _is_number(value):
         want = "a number or { value = ..., source = ..., as_of = ... }"
         ctx.problems.append(f"{p}: expected {want}, got {_show(value)}")

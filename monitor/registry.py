@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import replace
 
-from monitor.model import Entity, EntityAddress
+from monitor.model import Entity, EntityAddress, Fact
 
 __all__ = ["Registry", "normalise_address", "merge_entities"]
 
+_FIGURES = ("holdings_btc", "monthly_production_btc", "cash_cost_usd", "efficiency_j_th")
 #: Entity kinds whose own flows are classified; the others are counterparties (labels only).
 TRACKED_KINDS = frozenset({"miner", "sovereign", "other"})
 
@@ -114,8 +115,10 @@ class Registry:
 def merge_entities(base: Iterable[Entity], overrides: Iterable[Entity]) -> list[Entity]:
     """Entities of `base` with `overrides` merged on top by name.
 
-    An override adds its addresses to the base entity's, replaces profile facts it sets, and keeps the
-    base's kind unless it names one; an override with a new name is added as is.
+    An override adds its addresses to the base entity's and keeps the base's kind unless it names one;
+    an override with a new name is added as is. A dated figure it sets joins the base's dated series
+    (replacing the base's point of the same date), so the point in force at each time stays the right
+    one; an undated figure (a bare number in config.toml) replaces the whole series.
     """
     merged: dict[str, Entity] = {e.name: e for e in base}
     for o in overrides:
@@ -128,14 +131,24 @@ def merge_entities(base: Iterable[Entity], overrides: Iterable[Entity]) -> list[
             a for a in o.addresses if (a.chain, normalise_address(a.chain, a.address)) not in have
         )
         bp, op = b.profile, o.profile
+        newest: dict[str, Fact | None] = {}
+        earlier: list[tuple[str, Fact]] = []
+        for figure in _FIGURES:
+            given = op.series(figure)
+            if any(not f.as_of for f in given):
+                points = list(given)
+            else:
+                by_date = {f.as_of: f for f in bp.series(figure)}
+                by_date.update({f.as_of: f for f in given})
+                points = sorted(by_date.values(), key=lambda f: f.as_of)
+            newest[figure] = points[-1] if points else None
+            earlier += [(figure, f) for f in points[:-1]]
         profile = replace(
             bp,
-            holdings_btc=op.holdings_btc or bp.holdings_btc,
-            monthly_production_btc=op.monthly_production_btc or bp.monthly_production_btc,
-            cash_cost_usd=op.cash_cost_usd or bp.cash_cost_usd,
-            efficiency_j_th=op.efficiency_j_th or bp.efficiency_j_th,
+            **newest,
             strategy_tags=op.strategy_tags or bp.strategy_tags,
             strategy_source=op.strategy_source or bp.strategy_source,
+            earlier=tuple(earlier),
         )
         merged[o.name] = replace(b, kind=o.kind or b.kind, addresses=addrs, profile=profile, note=o.note or b.note, watch=o.watch)
     return list(merged.values())

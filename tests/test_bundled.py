@@ -269,3 +269,30 @@ def test_data_readme_lists_every_dated_point(entities):
                 value = f"{int(f.value):,}" if float(f.value).is_integer() else f"{f.value:,.2f}".rstrip("0").rstrip(".")
                 assert any(r.startswith(f"| {name} |") and f"| {value} | {f.as_of} |" in r
                            and f.quote.replace("|", "\\|") in r for r in rows), (e.name, figure, f.as_of)
+
+
+def test_a_dated_config_figure_joins_the_bundled_series_and_the_shipped_config_agrees(entities):
+    from monitor.config import load_config
+    from monitor.facts import fact_at
+    from monitor.model import Entity, Fact, Profile
+    from monitor.registry import merge_entities
+
+    newer = Fact(41_000.0, "MARA Apr 2026 update (test)", "2026-04-30", quote="held 41,000 BTC")
+    [mara] = [e for e in merge_entities(entities.values(), [Entity("MARA", "miner", profile=Profile(holdings_btc=newer))])
+              if e.name == "MARA"]
+    assert [f.as_of for f in mara.profile.series("holdings_btc")] == ["2024-09-30", "2025-09-30", "2026-02-28", "2026-04-30"]
+    assert fact_at(mara.profile, "holdings_btc", "2026-03-10").fact.value == 53_000  # March: February's point
+    assert fact_at(mara.profile, "holdings_btc", "2026-05-01").fact is newer
+    bare = Fact(40_000.0, "config.toml", "")
+    [mara] = [e for e in merge_entities(entities.values(), [Entity("MARA", "miner", profile=Profile(holdings_btc=bare))])
+              if e.name == "MARA"]
+    assert mara.profile.series("holdings_btc") == (bare,)  # an undated number replaces the series
+    # the shipped config.toml does not contradict the registry: every figure it sets is a registry point
+    root = __import__("pathlib").Path(__file__).resolve().parent.parent
+    for e in load_config(root / "config.toml", env={}).entities:
+        if e.name not in entities:
+            continue
+        for figure in ("holdings_btc", "monthly_production_btc", "cash_cost_usd", "efficiency_j_th"):
+            for f in e.profile.series(figure):
+                bundled = {(p.as_of, p.value) for p in entities[e.name].profile.series(figure)}
+                assert (f.as_of, f.value) in bundled, (e.name, figure, f)

@@ -21,6 +21,14 @@ def test_check_config_ok_on_the_example():
     r = run("-c", str(ROOT / "config.toml"), "check-config")
     assert r.exit_code == 0, r.output
     assert "OK" in r.output
+    # it counts what the daemon will watch: the bundled entities too, not only the file's four
+    from monitor.bundled import load_bundled_entities
+    from monitor.config import load_config
+    from monitor.registry import merge_entities
+
+    merged = merge_entities(load_bundled_entities(), load_config(ROOT / "config.toml", env={}).entities)
+    assert f"{len(merged)} entities (4 from this file, the rest bundled)" in r.output
+    assert "tracked treasuries have no address yet" in r.output and "MARA" in r.output
 
 
 def test_bad_config_exits_2_naming_the_key_and_value():
