@@ -548,6 +548,9 @@ def classify(
             reasons.insert(1, f"{what}, and a stronger signal for a miner on the 'stick to mining' path, which "
                               f"sells beyond production only under pressure; {tag_reason('mining_focus')}")
             return result("distress_sale", min(3, max(1, severity) + 1), usd_value, main_attr)
+        if tags & DUAL_TRACK_TAGS:
+            what += (f", though a miner on the 'walk on two legs' path may also be funding AI/HPC; "
+                     f"{tag_reason('dual_track')}")
         reasons.insert(1, what)
         return result("distress_sale", max(1, severity), usd_value, main_attr)
     if large and tags & DUAL_TRACK_TAGS:

@@ -414,3 +414,74 @@ def test_token_flow_skips_btc_comparisons_and_uses_the_asset_price():
     assert c.usd_value == pytest.approx(6_000) and c.asset == "ETH"
     assert "ETH is not BTC: production and holdings comparisons are skipped" in reasons(c)
     assert "monthly production of" not in reasons(c)
+
+
+# --- the article's three paths, dated facts, named price and hashprice inputs ----------------------
+
+def _sale(entity: str, btc: int, at: int) -> EntityFlow:
+    v = btc * SATS_PER_BTC
+    return EntityFlow("bitcoin", "cd" * 32, entity, 940_000, at, v, 0, 0, 0, v,
+                      (Destination("bc1qexchange", v, 0, Attribution("exchange", "Coinbase")),))
+
+
+def _miner(name: str, tags: tuple[str, ...]) -> Entity:
+    return Entity(name, "miner", profile=Profile(
+        holdings_btc=fact(10_000, f"{name} update", "2026-01-31"),
+        monthly_production_btc=fact(500, f"{name} update", "2026-01-31"),
+        cash_cost_usd=fact(80_000, f"{name} cost", "2025-12-31"),
+        strategy_tags=tags, strategy_source="ChainCatcher 2026-04-03 (test)"))
+
+
+MARCH_10 = int(dt.datetime(2026, 3, 10, 14, 2, tzinfo=dt.timezone.utc).timestamp())
+
+
+def _ctx(price: float, *, granularity: int = 3600):
+    start = MARCH_10 - MARCH_10 % granularity
+    return build_context(MARCH_10, btc_usd=price, price_at=MARCH_10, price_source="coinbase", staleness_bound=7200,
+                         difficulty=144.4 * T, height=940_000, avg_fees_sat=2_000_000, price_granularity=granularity,
+                         price_start=start)
+
+
+@pytest.mark.parametrize("tags, price, verdict, severity", [
+    # stick to mining: selling beyond production below cost is a stronger distress signal (one step more)
+    (("mining_focus",), 70_000.0, "distress_sale", "critical"),
+    ((), 70_000.0, "distress_sale", "warning"),
+    # complete shift to AI: a large sale is an expected reallocation even below cost
+    (("ai_shift",), 70_000.0, "reallocation_sale", "warning"),
+    # walk on two legs: below cost it is distress, at or above cost a reallocation
+    (("dual_track",), 70_000.0, "distress_sale", "warning"),
+    (("dual_track",), 90_000.0, "reallocation_sale", "warning"),
+    (("mining_focus",), 90_000.0, "strategic_sale", "warning"),
+])
+def test_the_three_paths_shape_the_verdict(tags, price, verdict, severity):
+    # 1,000 BTC: 2x monthly production (large; a notice step) and 10% of holdings (a warning step); the USD
+    # steps are set out of reach so that the severity shows the path's effect alone
+    t = Thresholds(usd_notice=1e12, usd_warning=2e12, usd_critical=3e12)
+    c = classify(_sale("X", 1_000, MARCH_10), _miner("X", tags), _ctx(price), FlowHistory(), t, now=MARCH_10)
+    assert (c.verdict, c.severity) == (verdict, severity), c.reasons
+    path = {"mining_focus": "'stick to mining'", "ai_shift": "'complete shift to AI'", "dual_track": "'walk on two legs'"}
+    for t in tags:
+        assert any(path[t] in r for r in c.reasons), c.reasons
+
+
+def test_reasons_name_the_price_source_and_candle_and_the_hashprice_inputs():
+    c = classify(_sale("X", 600, MARCH_10), _miner("X", ()), _ctx(68_000.0), FlowHistory(), now=MARCH_10)
+    assert "BTC price $68,000: Coinbase 1-hour candle, 2026-03-10 14:00 UTC" in c.reasons
+    hp = next(r for r in c.reasons if r.startswith("hashprice"))
+    assert "difficulty 144.4 T" in hp and "subsidy 3.125 BTC" in hp and "fees 0.02 BTC per block" in hp
+    assert "price $68,000" in hp and "452.88 BTC a day" in hp  # 144 x (3.125 + 0.02)
+    daily = classify(_sale("X", 600, MARCH_10), _miner("X", ()), _ctx(68_000.0, granularity=86_400), FlowHistory(),
+                     now=MARCH_10)
+    assert "BTC price $68,000: Coinbase daily close, 2026-03-10" in daily.reasons
+
+
+def test_holdings_are_rolled_forward_and_stated_as_such():
+    ent = Entity("M", "miner", profile=Profile(holdings_btc=fact(53_000, "M Feb update", "2026-02-28")))
+    history = FlowHistory(since=(("2026-02-28", 0, 15_133 * SATS_PER_BTC),))
+    c = classify(_sale("M", 600, MARCH_10), ent, _ctx(68_000.0), history, now=MARCH_10)
+    held = next(r for r in c.reasons if "holdings of" in r)
+    assert "of M's holdings of ≈ 37,867 BTC: 53,000 BTC reported (M Feb update, as of 2026-02-28), less " \
+           "15,133.00 BTC seen leaving since" in held
+    assert "1.6%" in held  # 600 / 37,867, not 600 / 53,000
+    [h] = [f for f in c.facts if f.figure == "holdings_btc"]
+    assert (h.value, h.reported, h.as_of) == (37_867.0, 53_000.0, "2026-02-28")
