@@ -61,7 +61,6 @@ import calendar
 import datetime as _dt
 import json
 import random
-import statistics
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -70,8 +69,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from monitor.bundled import load_bundled_entities
-from monitor.classify import Thresholds
-from monitor.model import SALE_VERDICTS, Entity
+from monitor.model import Entity
 from monitor.sim.chain import SimChain
 
 __all__ = [
@@ -320,7 +318,7 @@ class ExpectedEntity:
     start_sat: int  # opening balance (2025-12-31)
     received_sat: int  # pool payouts received during the episode
     end_sat: int  # confirmed balance at the end
-    sold_sat: int  # active flows with a sale verdict (SALE_VERDICTS)
+    sold_sat: int  # active flows to exchanges and OTC desks (each gets a sale verdict)
     custody_sat: int  # active custody moves (to a custodian: a sale is not implied)
     flows: tuple[ExpectedFlow, ...]  # outflows and internal moves, oldest first, retracted ones included
     published: str = ""  # the figure followed, for summaries
@@ -345,7 +343,7 @@ class ExpectedEntity:
 
     @property
     def usd_sold(self) -> float:
-        return sum(f.usd for f in self.flows if f.status == "active" and f.verdict in SALE_VERDICTS)
+        return sum(f.usd for f in self.flows if f.status == "active" and f.kind == "sale")
 
 
 # --- prices -----------------------------------------------------------------------------------------
@@ -628,6 +626,7 @@ class _FlowSpec:
     destinations: tuple[tuple[str, int], ...]  # (attribution, sat)
     retracted: bool = False
     description: str = ""
+    accelerating: bool = False  # the story says this transfer accelerates the selling
 
 
 @dataclass
@@ -717,7 +716,7 @@ class _Builder:
         return Pay(self.key(name), source, tuple(outputs), fee)
 
     def outflow(self, at: int, entity: str, source: str, outputs: Sequence[tuple[str, int]], name: str, what: str,
-                *, fee: int | None = None, retracted: bool = False) -> Pay:
+                *, fee: int | None = None, retracted: bool = False, accelerating: bool = False) -> Pay:
         """A Pay from a treasury, with the flow the monitor should see (sale, custody move or internal)."""
         op = self.pay(at, source, outputs, name, fee=fee, record=not retracted)
         dests, kinds = [], set()
@@ -728,7 +727,7 @@ class _Builder:
             dests.append((f"{w.kind}:{w.entity}", v))
             kinds.add(w.kind)
         kind = "internal" if not dests else "custody" if kinds == {"custodian"} else "sale"
-        self.flows.append(_FlowSpec(op.key, entity, kind, tuple(dests), retracted, what))
+        self.flows.append(_FlowSpec(op.key, entity, kind, tuple(dests), retracted, what, accelerating))
         return op
 
     def check_ledger(self) -> None:
@@ -987,7 +986,9 @@ def _bhutan(b: _Builder, prices: Mapping[str, float]) -> None:
     for at, dest, btc, usd, what in plan:
         price = prices[_date(at)]
         v = _sat(btc) if btc else _sat(f"{Decimal(str(usd)) / Decimal(str(price)):.2f}")
-        op = b.outflow(at, "Bhutan", main, [(dest, v)], "sale Bhutan", what)
+        # "single transaction sizes in March rising to between $35 million and $45 million, and the pace of
+        # selling continuing to accelerate": the March $24M, $35M and $45M transfers
+        op = b.outflow(at, "Bhutan", main, [(dest, v)], "sale Bhutan", what, accelerating=bool(usd and usd >= 24e6))
         text = f"Bhutan sends {_btc(v)} BTC (≈ ${v / COIN * price / 1e6:,.1f}M) to {b.who(dest).entity}: {what}"
         if usd and usd >= 35e6:  # the big ones are seen unconfirmed first
             b.event(at, "broadcast", "Bhutan", text + " (unconfirmed)", [op], mine=False)
@@ -1059,11 +1060,10 @@ def _expect(b: _Builder, steps: Sequence[Step], chain: SimChain, txids: Mapping[
     """Expected outcome: destinations decide internal / custody / sale; a sale's verdict is the hand-written
     one of `EXPECTED_SALES` (never a copy of the classifier's rules).
 
-    "Selling accelerates" is expected where a transfer is at least 1.5x the median USD size of up to five
-    earlier sales of the 30 days before it (DESIGN.md's "each transfer larger than the last ones").
+    "Selling accelerates" is expected where the script says the story has it: Bhutan's rising March
+    transfers ($24M, $35M, $45M; "the pace of selling continuing to accelerate", ChainCatcher 2026-04-03).
     """
     profiles: dict[str, Entity] = {e.name: e for e in load_bundled_entities()}
-    t = Thresholds()
     script = _VerdictScript(b.seed, b.scale)
     first_step_at = {}
     for s in steps:
@@ -1081,18 +1081,13 @@ def _expect(b: _Builder, steps: Sequence[Step], chain: SimChain, txids: Mapping[
         price = prices[_date(at)]
         out = sum(v for _, v in f.destinations)
         usd = out / COIN * price
-        accelerating = False
         if f.kind == "internal":
             verdict = "internal"
         elif f.kind == "custody":
             verdict = "custody_move"
         else:
-            window = [h for h in history.get(f.entity, []) if h[0] >= at - 30 * DAY]
-            recent = window[-t.acceleration_window:]
-            if len(recent) >= t.acceleration_min_count:
-                med = statistics.median(h[2] for h in recent)
-                accelerating = med > 0 and usd >= t.acceleration_factor * med
             verdict = script.next(f.entity)
+        accelerating = f.accelerating
         flows.setdefault(f.entity, []).append(
             ExpectedFlow(f.key, txid, f.entity, f.kind, at, out, f.destinations, price, verdict,
                          "retracted" if f.retracted else "active", accelerating, f.description)
