@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from monitor.facts import day_of, fact_at
 from monitor.model import SATS_PER_BTC, Fact, SourceError
 from monitor.pools import DEFAULT_POOL_OWNERS, POOLS_SOURCE, PoolIndex, attribute_block, load_pools
 from storage import AsyncStore, Store
@@ -617,8 +618,14 @@ def with_measured_production(store: Store, entity: Any, *, at: int, owners: Mapp
     rows = miner_block_rows(store, chain, since=at - days * 86_400, until=at)
     if not rows:
         return entity
-    rec = reconcile_production(pool_days(rows), entity.name, pools[0], entity.profile.monthly_production_btc)
+    # Compared with the reported point in force at `at` (a figure dated after the flow is not "fresher").
+    in_force = fact_at(entity.profile, "monthly_production_btc", day_of(at))
+    reported = in_force.fact if in_force is not None and not in_force.is_later else None
+    rec = reconcile_production(pool_days(rows), entity.name, pools[0], reported)
     fact = measured_production_fact(rec)
     if fact is None:
         return entity
-    return replace(entity, profile=replace(entity.profile, monthly_production_btc=fact))
+    # The measured point joins the dated series (the newest reported one moves to `earlier`).
+    p = entity.profile
+    earlier = p.earlier + ((("monthly_production_btc", p.monthly_production_btc),) if p.monthly_production_btc else ())
+    return replace(entity, profile=replace(p, monthly_production_btc=fact, earlier=earlier))
