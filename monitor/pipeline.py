@@ -134,12 +134,19 @@ def flow_history(
 
 
 def _replacements(store: Store, batch: Batch) -> dict[str, str]:
-    """Gone txids whose inputs a tx of this batch spends: replaced by it (RBF), not just dropped."""
+    """Gone mempool txids whose inputs a tx of this batch spends: replaced by it (RBF), not just dropped.
+
+    Only a tx last seen unconfirmed can be replaced. A confirmed tx whose block was orphaned is gone by a
+    reorg even when the new branch re-spends its inputs: what the user was told happened did not, so it is
+    retracted, and the new branch's tx is a new flow with its own alert (never "replaced (RBF)").
+    """
     if not batch.gone:
         return {}
     spends = {(i.prev_txid, i.prev_vout): tx.txid for tx in batch.txs for i in tx.inputs if i.prev_txid}
     out = {}
     for txid in batch.gone:
+        if store.tx_status(batch.chain, txid) != "mempool":
+            continue
         old = store.get_tx(batch.chain, txid)
         for i in old.inputs if old is not None else ():
             new = spends.get((i.prev_txid, i.prev_vout))

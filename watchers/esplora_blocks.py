@@ -11,7 +11,9 @@ addresses is kept here: given at start (`utxos=`, the stored set), seeded for ad
 state yet, and updated from every block. For each matching tx, `/tx/:txid` gives the exact input
 addresses, values and fee, so the ChainTx (and the flows computed from it) equal address mode's.
 `Batch.utxos_added` / `utxos_spent` carry the net UTXO changes of the pass; the pipeline stores them
-with the cursor in one transaction.
+with the cursor in one transaction. `Batch.snapshots` carry, for every seeded address whose UTXOs changed
+(a block, a reorg, its seeding), its confirmed balance summed from that set: the balance users see
+(`entities`, reconciliation, API, report) follows the blocks, not the answer of the day it was seeded.
 
 Per poll:
 1. `GET /blocks/tip/hash`. Equal to the cursor's hash: done (1 request).
@@ -88,6 +90,7 @@ from typing import Any
 from urllib.parse import quote
 
 from monitor.model import (
+    BalanceSnapshot,
     Batch,
     ChainTx,
     Clock,
@@ -290,6 +293,7 @@ class _Run:
     net: dict[bytes, WatchedUtxo | None] = field(default_factory=dict)
     cursors: list[Cursor] = field(default_factory=list)
     snapshots: list[Any] = field(default_factory=list)
+    touched: set[str] = field(default_factory=set)  # addresses (as given) whose watched UTXOs changed
     blocks_read: int = 0
     error: SourceError | None = None
     changed: bool = False
@@ -382,6 +386,7 @@ class EsploraBlockSource:
         self._journal.append((key, self._utxos.get(key, _MISSING)))
         self._utxos[key] = u
         run.net[key] = u
+        run.touched.add(u.address)
 
     def _drop(self, run: _Run, key: bytes) -> None:
         old = self._utxos.pop(key, _MISSING)
@@ -389,6 +394,7 @@ class EsploraBlockSource:
             return
         self._journal.append((key, old))
         run.net[key] = None
+        run.touched.add(old.address)
 
     def _rollback(self) -> None:
         for key, old in reversed(self._journal):
@@ -474,7 +480,7 @@ class EsploraBlockSource:
             chain=self.chain,
             txs=tuple(txs),
             cursors=tuple(cursors_out),
-            snapshots=tuple(run.snapshots),
+            snapshots=tuple(run.snapshots) + self._balances(run.touched),
             gone=tuple(sorted(run.gone - run.txs.keys())),
             tip_height=tip_state.height if tip_state.hash == tip else None,
             requests=run.tally.requests,
@@ -744,6 +750,24 @@ class EsploraBlockSource:
                 st.pending.remove(txid)
                 run.changed = True
 
+    def _balances(self, addresses: set[str]) -> tuple[BalanceSnapshot, ...]:
+        """Confirmed balances of seeded `addresses` from the watched UTXO set (one pass over the set).
+
+        After seeding, the UTXO set is the address's confirmed balance, kept by every block and reorg: the
+        balance a user sees follows it, not the seeding-time answer. An unseeded address has no complete
+        set yet (its older outputs are unknown), so it gets no snapshot here.
+        """
+        wanted = {_norm(a): a for a in addresses if _norm(a) in self._seeded}
+        if not wanted:
+            return ()
+        sums = dict.fromkeys(wanted, 0)
+        for u in self._utxos.values():
+            n = _norm(u.address)
+            if n in sums:
+                sums[n] += u.value
+        at = int(self._clock.time())
+        return tuple(BalanceSnapshot(self.chain, wanted[n], at, total) for n, total in sums.items())
+
     # --- seeding and history ------------------------------------------------------------------------
 
     def _unseeded(self) -> list[str]:
@@ -803,6 +827,7 @@ class EsploraBlockSource:
                 if self._utxos.get(key) != u:
                     self._put(run, u)
             count += len(found)
+            run.touched.add(a)
             self._seeded.add(_norm(a))
             self._to_seed.pop(_norm(a), None)
             self._seed_failing.discard(a)
