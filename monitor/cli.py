@@ -92,8 +92,9 @@ class _Progress:
             click.echo("", err=True)
 
 
-def _poll_all(cfg: Config, db: str | None, *, progress: _Progress | None) -> tuple[list, list]:
-    """One tick of every source, each source's health recorded; returns (results, outcomes). The config is
+def _poll_all(cfg: Config, db: str | None, *, progress: _Progress | None, whole: bool = False) -> tuple[list, list]:
+    """One tick of every source (`whole`: ticks until nothing is unfinished, for `backfill`), each source's
+    health recorded; returns (results, outcomes). The config is
     read and the modules imported before the loop starts: file reads (and module code run at first
     import) do not belong on the event loop."""
     from monitor.health import PassOutcome, health_row
@@ -107,7 +108,8 @@ def _poll_all(cfg: Config, db: str | None, *, progress: _Progress | None) -> tup
                 raise click.ClickException("no [[sources]] configured")
             for src in rt.sources:
                 try:
-                    r = await rt.pipeline.tick(src, progress=progress)
+                    tick = rt.pipeline.backfill if whole else rt.pipeline.tick
+                    r = await tick(src, progress=progress)
                 except MonitorError as exc:
                     outcomes.append(PassOutcome(src.name, "failed", str(exc)))
                     continue
@@ -158,7 +160,7 @@ def _print_results(results: list, outcomes: list) -> None:
 def backfill(state: State, progress: bool | None) -> None:
     """Fetch the whole history of every watched address into the database."""
     show = sys.stderr.isatty() if progress is None else progress
-    _print_results(*_poll_all(state.config(), state.db, progress=_Progress(show)))
+    _print_results(*_poll_all(state.config(), state.db, progress=_Progress(show), whole=True))
 
 
 @cli.command()

@@ -131,11 +131,22 @@ class Market:
         ]
         return avg_fees_sat(window) if window else None
 
-    async def context_for(self, flow: EntityFlow, *, block_hash: str | None, tip: list[str | None] | None = None) -> MarketContext:
+    async def _price(self, pair: str, at: int, quotes: dict[tuple[str, int], Any] | None) -> PriceQuoteLike:
+        assert self.prices is not None
+        q = quotes.get((pair, at)) if quotes is not None else None
+        if q is None:
+            q = await self.prices.price_at(pair, at)
+            if quotes is not None:
+                quotes[(pair, at)] = q
+        return q
+
+    async def context_for(self, flow: EntityFlow, *, block_hash: str | None, tip: list[str | None] | None = None,
+                          quotes: dict[tuple[str, int], Any] | None = None) -> MarketContext:
         """MarketContext at a flow's time (block time, or now for an unconfirmed flow).
 
         `tip` is a one-slot cache shared by the flows of one batch: unconfirmed flows use the tip's
-        block, and it is fetched once per batch, not once per flow.
+        block, and it is fetched once per batch, not once per flow. `quotes` likewise holds the batch's
+        prices by (pair, time): the flows of one block share one lookup (a backfill has thousands).
         """
         now = int(self.clock.time())
         at = flow.block_time if flow.block_time is not None else now
@@ -158,7 +169,7 @@ class Market:
         price_at = granularity = start = None
         source = ""
         if self.prices is not None:
-            q = await self.prices.price_at("BTC-USD", at)
+            q = await self._price("BTC-USD", at, quotes)
             # The observation time that matters is how far the candle is from `at`: 0 when it contains it.
             btc, source, granularity, start = q.price, q.source, q.granularity, q.at
             price_at = at - q.age if q.age is not None else None
@@ -168,7 +179,7 @@ class Market:
             elif pair == "BTC-USD":
                 asset = btc
             else:
-                aq = await self.prices.price_at(pair, at)
+                aq = await self._price(pair, at, quotes)
                 asset = aq.price
         if btc is None:
             price_at = None
@@ -194,7 +205,9 @@ class Market:
         """MarketContext per (chain, txid, entity) for (flow, block hash) pairs."""
         out = {}
         tip: list[str | None] = []
+        quotes: dict[tuple[str, int], Any] = {}
         for flow, block_hash in flows:
-            out[(flow.chain, flow.txid, flow.entity)] = await self.context_for(flow, block_hash=block_hash, tip=tip)
+            out[(flow.chain, flow.txid, flow.entity)] = await self.context_for(flow, block_hash=block_hash, tip=tip,
+                                                                               quotes=quotes)
         return out
 

@@ -333,6 +333,8 @@ class Batch:
     requests: int = 0  # HTTP/RPC requests this pass made
     utxos_added: tuple[WatchedUtxo, ...] = ()  # block mode: outputs to watched addresses created
     utxos_spent: tuple[tuple[str, int], ...] = ()  # block mode: (txid, vout) of watched outputs spent
+    # keys read only up to a per-poll cap (history pages, seeding, blocks behind): polling again continues them
+    unfinished: tuple[str, ...] = ()
 
 
 # --- decisions ------------------------------------------------------------------------------------

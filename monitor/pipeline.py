@@ -96,6 +96,7 @@ class TickResult:
     failed: tuple[str, ...] = ()
     requests: int = 0
     tip_height: int | None = None
+    unfinished: tuple[str, ...] = ()
     decisions: tuple[Decision, ...] = field(default=(), repr=False)
 
 
@@ -194,16 +195,13 @@ def commit_batch(
     deposit re-attributes its sweep flow (a new classification and its update alert) in the same transaction.
     """
     txs = {tx.txid: tx for tx in batch.txs}
-    new_txs = new_flows = 0
     decisions: list[Decision] = []
     retracted: list[Classification] = []
     alerts = 0
-    confirmed: set[str] = set()
     with store.batch():
-        for tx in batch.txs:
-            if tx.is_confirmed and store.tx_status(tx.chain, tx.txid) == "mempool":
-                confirmed.add(tx.txid)
-            new_txs += store.save_tx(tx, now=now)
+        stored_status = store.tx_statuses(batch.chain, (tx.txid for tx in batch.txs if tx.is_confirmed))
+        confirmed = {t for t, status in stored_status.items() if status == "mempool"}
+        new_txs = store.save_txs(batch.txs, now=now)  # one batched write: a backfill step has thousands
         if learned is not None and (learned.learned or learned.flags or learned.candidates):
             commit_learned(store, learned, now=now)
         # A provisional address found to be an exchange deposit re-attributes its sweep flow (path: sweep, collection)
@@ -216,8 +214,7 @@ def commit_batch(
                                                for d in f.destinations))
                  if (f.chain, f.txid, f.entity) in redo else f for f in flows]
         in_batch = {(f.txid, f.entity) for f in flows}
-        for f in flows:
-            new_flows += store.save_flow(f, now=now)
+        new_flows = store.save_flows(flows, now=now)  # one batched write: a backfill step has thousands
         # Retract first: a replacement in this same batch must not count the tx it replaced in its history.
         replaced_by = _replacements(store, batch)
         for txid in batch.gone:
@@ -263,6 +260,7 @@ def commit_batch(
         failed=batch.failed,
         requests=batch.requests,
         tip_height=batch.tip_height,
+        unfinished=batch.unfinished,
         decisions=tuple(decisions),
     )
 
@@ -409,3 +407,35 @@ class Pipeline:
                 source.name, result.txs, len(result.failed), ", ".join(result.failed[:5]),
             )
         return result
+
+    async def backfill(self, source: Source, *, progress: Callable[..., Any] | None = None) -> TickResult:
+        """Tick `source` again at once while it reports unfinished keys: the whole history in one call.
+
+        Each step commits its data with its cursors, so an interrupted backfill resumes where it stopped.
+        A source that pages addresses (address mode) is narrowed to the unfinished ones for the later steps,
+        so addresses already read cost nothing more. Returns the steps' sums.
+        """
+        total = result = await self.tick(source, progress=progress)
+        narrow = hasattr(source, "addresses") and hasattr(source, "set_addresses")
+        try:
+            while result.unfinished:
+                if narrow:
+                    source.set_addresses(result.unfinished)  # type: ignore[attr-defined]
+                result = await self.tick(source, progress=progress)
+                total = _add(total, result)
+                if result.requests == 0:
+                    break  # no step possible (e.g. every unfinished key failed): the next call retries
+        finally:
+            if narrow:
+                source.set_addresses(self.registry.watched_addresses(source.chain))  # type: ignore[attr-defined]
+        return total
+
+
+def _add(a: TickResult, b: TickResult) -> TickResult:
+    """Two ticks of one source as one: counts summed, the later tick's state."""
+    return replace(
+        b, txs=a.txs + b.txs, new_txs=a.new_txs + b.new_txs, flows=a.flows + b.flows, new_flows=a.new_flows + b.new_flows,
+        outflows=a.outflows + b.outflows, classified=a.classified + b.classified, retracted=a.retracted + b.retracted,
+        alerts=a.alerts + b.alerts, requests=a.requests + b.requests, decisions=a.decisions + b.decisions,
+        failed=tuple(dict.fromkeys(a.failed + b.failed)),
+    )

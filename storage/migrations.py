@@ -367,3 +367,12 @@ def _classification_facts(db: Database) -> None:
     # The dated profile points a classification used (JSON list of FactUsed), so every rendered figure
     # comes from what the pipeline stored.
     db["classifications"].add_column("facts", str)
+
+
+@migrations(name="011_outflow_history_index")
+def _outflow_history_index(db: Database) -> None:
+    # `Store.outflow_history` runs once per classified outflow and reads an entity's outflows by their time
+    # (block time, else first seen): without this index each call scanned every flow of the entity, so a
+    # backfill of N outflows cost O(N²) row reads.
+    db.execute("create index if not exists idx_flows_entity_direction_at "
+               "on flows (entity, direction, coalesce(block_time, first_seen))")

@@ -103,6 +103,40 @@ def _profile_from_json(text: str | None) -> Profile:
                    earlier=earlier)
 
 
+# Batch upserts (`Store.save_txs`, `save_flows`): the same columns and values as the per-row writes.
+_CHUNK = 500
+_TX_COLS = ("chain", "txid", "block_height", "block_hash", "block_time", "fee_units", "asset", "decimals",
+            "is_coinbase", "inputs", "outputs", "status", "first_seen", "updated_at")
+_FLOW_COLS = ("chain", "txid", "entity", "asset", "decimals", "block_height", "block_time", "spent_units",
+              "change_units", "received_units", "fee_share_units", "out_units", "direction", "status",
+              "first_seen", "updated_at")
+
+
+def _upsert_sql(table: str, cols: tuple[str, ...], pk: tuple[str, ...]) -> str:
+    keep = set(pk) | {"first_seen"}
+    sets = ", ".join(f"{c} = excluded.{c}" for c in cols if c not in keep)
+    return (f"insert into {table} ({', '.join(cols)}) values ({', '.join('?' * len(cols))}) "
+            f"on conflict ({', '.join(pk)}) do update set {sets}")
+
+
+_UPSERT_TX = _upsert_sql("transactions", _TX_COLS, ("chain", "txid"))
+_UPSERT_FLOW = _upsert_sql("flows", _FLOW_COLS, ("chain", "txid", "entity"))
+
+
+def _tx_values(tx: ChainTx, now: int) -> tuple[Any, ...]:
+    return (tx.chain, tx.txid, tx.block_height, tx.block_hash, tx.block_time, str(tx.fee), tx.asset, tx.decimals,
+            int(tx.is_coinbase),
+            json.dumps([[i.address, str(i.value), i.prev_txid, i.prev_vout] for i in tx.inputs]),
+            json.dumps([[o.address, str(o.value), o.n] for o in tx.outputs]),
+            tx_status_of(tx), now, now)
+
+
+def _flow_values(flow: EntityFlow, now: int, status: str | None) -> tuple[Any, ...]:
+    return (flow.chain, flow.txid, flow.entity, flow.asset, flow.decimals, flow.block_height, flow.block_time,
+            str(flow.spent), str(flow.change), str(flow.received), str(flow.fee_share), str(flow.out), flow.direction,
+            status or ("confirmed" if flow.is_confirmed else "mempool"), now, now)
+
+
 class Store:
     """The treasury-monitor database file."""
 
@@ -222,6 +256,50 @@ class Store:
         return _profile_from_json(row[0] if row else None)
 
     # --- chain data -----------------------------------------------------------------------------
+
+    def _by_txids(self, table: str, cols: str, chain: str, txids: Iterable[str]) -> list[tuple[Any, ...]]:
+        """`cols` of the rows of `table` on `chain` whose txid is among `txids`, one indexed query per 500."""
+        ids = list(dict.fromkeys(txids))
+        out: list[tuple[Any, ...]] = []
+        for i in range(0, len(ids), _CHUNK):
+            chunk = ids[i : i + _CHUNK]
+            sql = f"select {cols} from {table} where chain = ? and txid in ({', '.join('?' * len(chunk))})"
+            out.extend(tuple(r) for r in self.db.execute(sql, [chain, *chunk]).fetchall())
+        return out
+
+    def tx_statuses(self, chain: str, txids: Iterable[str]) -> dict[str, str]:
+        """Stored status of each of `txids` that is known (see `tx_status`), in one query per 500."""
+        return {t: s for t, s in self._by_txids("transactions", "txid, status", chain, txids)}
+
+    def save_txs(self, txs: Iterable[ChainTx], *, now: int) -> int:
+        """Insert or update many txs at once (what `save_tx` does for one); returns how many were new.
+
+        One `executemany` upsert instead of a sqlite-utils call per row: a backfill writes thousands of
+        rows per step, and per-row writes were most of its CPU. `first_seen` is kept on update.
+        """
+        rows = [_tx_values(tx, now) for tx in txs]
+        keys = {(r[0], r[1]) for r in rows}
+        known = {(c, t) for c in {k[0] for k in keys} for t in self.tx_statuses(c, (k[1] for k in keys if k[0] == c))}
+        self.db.conn.executemany(_UPSERT_TX, rows)
+        return len(keys - known)
+
+    def save_flows(self, flows: Iterable[EntityFlow], *, now: int) -> int:
+        """Insert or update many flows and their destinations at once (see `save_txs`); returns how many were new."""
+        flows = list(flows)
+        if not flows:
+            return 0
+        keys = [(f.chain, f.txid, f.entity) for f in flows]
+        known = {(c, t, e) for c in {k[0] for k in keys}
+                 for t, e in self._by_txids("flows", "txid, entity", c, (k[1] for k in keys if k[0] == c))}
+        self.db.conn.executemany(_UPSERT_FLOW, [_flow_values(f, now, None) for f in flows])
+        self.db.conn.executemany("delete from destinations where chain = ? and txid = ? and entity = ?", keys)
+        self.db.conn.executemany(
+            "insert or replace into destinations (chain, txid, entity, n, address, value_units, attribution, path, shares) "
+            "values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(f.chain, f.txid, f.entity, d.n, d.address, str(d.value), str(d.attribution), json.dumps(list(d.attribution.path)),
+              shares_json(d.shares)) for f in flows for d in f.destinations],
+        )
+        return len(set(keys) - known)
 
     def save_tx(self, tx: ChainTx, *, now: int) -> bool:
         """Insert or update a tx (a mempool tx that confirms is updated in place). True when it was new."""

@@ -23,8 +23,10 @@ re-mine that leaves every count and sum unchanged is not visible from address st
 
 Backfill is a poll without a cursor: it pages through the whole history, at most `max_pages`
 `/txs/chain` pages per address per poll (the per-tick cap); an unfinished backfill stores where it
-stopped (`tail`) and the next poll continues there. `progress(address, fetched, total)` is called per
-page while backfilling.
+stopped (`tail`), lists the address in `Batch.unfinished`, and the next poll continues there (the
+`backfill` command polls again at once until no address is unfinished, committing each step, so an
+interrupted backfill resumes where it stopped). `progress(address, fetched, total)` is called per page
+while backfilling.
 
 One malformed tx does not cost the page: a tx whose txid and status can be read but whose other
 fields are malformed (see `watchers.validate`) is skipped with a logged reason, the rest of the page is
@@ -213,6 +215,7 @@ class EsploraSource:
         cursors_out: list[Cursor] = []
         snapshots: list[BalanceSnapshot] = []
         failed: list[str] = []
+        unfinished: list[str] = []
         gone: set[str] = set()
         for address in self.addresses:
             try:
@@ -234,6 +237,8 @@ class EsploraSource:
                     by_txid[tx.txid] = tx
             gone |= result.gone
             snapshots.append(result.snapshot)
+            if result.state.tail is not None:
+                unfinished.append(address)
             cursors_out.append(Cursor(source=self.name, key=address, state=result.state.dumps()))
         tip = None
         if self._fetch_tip:
@@ -252,6 +257,7 @@ class EsploraSource:
             gone=tuple(sorted(gone - by_txid.keys())),
             tip_height=tip,
             requests=tally.requests,
+            unfinished=tuple(unfinished),
         )
 
     def _load_state(self, address: str, text: str | None) -> _State | None:

@@ -475,6 +475,12 @@ class EsploraBlockSource:
             self._seeded_text = seeded_text
             self._seeded_dirty = False
         txs = sorted(run.txs.values(), key=lambda t: run.order.get(t.txid, (float("inf"), 0)))
+        # What polling again at once would continue: blocks behind the tip, addresses not seeded yet (not
+        # those whose seeding fails: they wait for the next ordinary poll). None after an error.
+        unfinished: tuple[str, ...] = ()
+        if run.error is None:
+            unfinished = (("tip",) if tip_state.hash != tip else ()) + tuple(
+                a for a in self._to_seed.values() if a not in self._seed_failing)
         return Batch(
             source=self.name,
             chain=self.chain,
@@ -486,6 +492,7 @@ class EsploraBlockSource:
             requests=run.tally.requests,
             utxos_added=tuple(u for u in run.net.values() if u is not None),
             utxos_spent=tuple(outpoint_of_key(k) for k, u in run.net.items() if u is None),
+            unfinished=unfinished,
         )
 
     async def _guard(self, run: _Run, step) -> None:

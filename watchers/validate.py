@@ -28,6 +28,7 @@ fields are malformed becomes a `PageEntry` with the reason instead of failing th
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -86,6 +87,7 @@ def _fail(field: str, expected: str, value: Any) -> MalformedError:
     return MalformedError(f"{field}: expected {expected}, got {_show(value)}")
 
 
+@functools.lru_cache(maxsize=8192)  # called for every field of every tx parsed: paths repeat page after page
 def _at(prefix: str, name: str) -> str:
     if not prefix:
         return name
