@@ -68,7 +68,8 @@ Cursor, key `tip` (JSON), version 1:
 The per-block UTXO deltas of the last 100 blocks are kept in the cursor (not recomputed), so a reorg
 after a restart can still be undone; a reorg deeper than 100 blocks cannot, and makes the source restart
 from the tip and re-seed every address (logged as an error). Key `seeded`: `{"v": 1, "addresses": [...]}`,
-written only when it changes. `seq` changes with every returned tip cursor: when the stored cursor is
+written with every batch that seeds addresses (with the UTXOs it covers), so a stopped process (a CLI
+`poll` above `max_seed` addresses) goes on with the next addresses instead of seeding the same ones. `seq` changes with every returned tip cursor: when the stored cursor is
 not the one returned last time (the pipeline did not commit that batch), the in-memory UTXO set is rolled
 back to what was committed before polling again.
 
@@ -840,7 +841,9 @@ class EsploraBlockSource:
             self._seed_failing.discard(a)
         if not self._to_seed:
             self._to_seed = {}  # a dict never shrinks by popping: let the big one go
-            self._seeded_dirty = True
+        # Stored with the UTXOs it covers, batch by batch: a process that stops (a CLI `poll`) must not seed
+        # the same addresses again next time.
+        self._seeded_dirty = True
         run.changed = True
         self._log.info("block mode seeded source=%s addresses=%d utxos=%d unseeded_left=%d", self.name, len(answers),
                        count, len(self._to_seed))
