@@ -80,7 +80,7 @@ def make_source(source: SourceConfig, registry: Registry, session: aiohttp.Clien
             utxos = load_utxos(store, source.chain) if store is not None else ()
             # history=True: a newly watched address is backfilled once in address mode, then followed by blocks
             return EsploraBlockSource(source.name, http, addresses, clock=clock, chain=source.chain, utxos=utxos,
-                                      history=True)
+                                      history=True, network=network)
         # fetch_tip: one request per poll buys the tip height for /healthz, /metrics and `status`
         return EsploraSource(source.name, http, addresses, clock=clock, chain=source.chain, fetch_tip=True)
     if source.type == "bitcoind":

@@ -343,7 +343,7 @@ async def test_block_read_before_the_reorg_is_matched_against_the_undone_utxo_se
 
 
 @pytest.mark.parametrize("n_watched", [10, 10_000])
-async def test_one_new_block_costs_three_requests_plus_one_per_matching_tx(h, n_watched):
+async def test_one_new_block_costs_three_requests_plus_one_per_tx_with_a_foreign_input(h, n_watched):
     watched = [h.chain.address(f"w{i}") for i in range(n_watched)]
     a, b = watched[0], watched[-1]
     stranger = h.chain.address("stranger")
@@ -369,6 +369,15 @@ async def test_one_new_block_costs_three_requests_plus_one_per_matching_tx(h, n_
     assert sorted(served[3:]) == sorted(f"/tx/{t.txid}" for t in block.txs if t.txid in {x.txid for x in batch.txs})
     assert batch.requests == len(served) == 3 + 2
     assert {(u.address, u.value) for u in batch.utxos_added} == {(a, COIN), (b, COIN // 2)}
+    # A sale spending only watched outputs (their values are stored) is built from the raw block: no /tx.
+    received = next(u for u in batch.utxos_added if u.address == a)
+    sale = h.chain.pay([], [(h.chain.address("exchange"), COIN // 4)], inputs=[(received.txid, received.vout)], fee=700,
+                       change_address=b)
+    block = h.chain.mine()[0]
+    n = len(h.server.requests)
+    batch = await h.poll(src)
+    assert paths(h.server, n) == ["/blocks/tip/hash", f"/block-height/{block.height}", f"/block/{block.hash}/raw"]
+    assert batch.txs == (await src._api.get_tx(sale.txid),)  # the same ChainTx /tx gives, field for field
 
 
 async def test_seeding_costs_two_requests_per_new_address_and_is_redone_when_a_block_arrives(h):

@@ -2,14 +2,18 @@
 
 Why: address mode costs at least one request per watched address per poll. Block mode costs one request
 per poll (`/blocks/tip/hash`) plus, per new block, `/block-height/:h` and `/block/:hash/raw` (one request
-whatever the block's size), plus `/tx/:txid` per matching tx, whatever the number of watched addresses.
+whatever the block's size), plus `/tx/:txid` per matching tx that spends an input outside the watched UTXO
+set, whatever the number of watched addresses.
 
 How a block is matched (`watchers.rawblock.scan_block`): outputs against a dict of the watched
 addresses' output scripts (script bytes → address, built once), inputs against the watched UTXO set
 (36-byte outpoint → WatchedUtxo). Raw blocks carry no prevouts, so the UTXO set of the watched
 addresses is kept here: given at start (`utxos=`, the stored set), seeded for addresses that have no
-state yet, and updated from every block. For each matching tx, `/tx/:txid` gives the exact input
-addresses, values and fee, so the ChainTx (and the flows computed from it) equal address mode's.
+state yet, and updated from every block. A matching tx whose every input is a watched UTXO (an entity's
+sale, sweep or consolidation) is built from the raw block: input addresses and values from the stored
+UTXOs, output addresses from their scripts, fee = inputs − outputs. For any other matching tx (a receipt
+from someone else, a co-spend with a foreign input), `/tx/:txid` gives the exact input addresses, values
+and fee. Either way the ChainTx (and the flows computed from it) equal address mode's.
 `Batch.utxos_added` / `utxos_spent` carry the net UTXO changes of the pass; the pipeline stores them
 with the cursor in one transaction. `Batch.snapshots` carry, for every seeded address whose UTXOs changed
 (a block, a reorg, its seeding), its confirmed balance summed from that set: the balance users see
@@ -98,9 +102,11 @@ from monitor.model import (
     Cursor,
     MalformedError,
     SourceError,
+    TxInput,
+    TxOutput,
     WatchedUtxo,
 )
-from watchers.addresses import InvalidAddress, _b58decode_check, _segwit_decode
+from watchers.addresses import InvalidAddress, _b58decode_check, _segwit_decode, script_to_address
 from watchers.esplora import ELECTRUM_PAGE, EsploraSource
 from watchers.http import HttpClient, RequestTally, http_status
 from watchers.rawblock import (
@@ -110,6 +116,7 @@ from watchers.rawblock import (
     parse_header,
     scan_block,
 )
+from watchers.rawblock import parse_tx as parse_raw_tx
 from watchers.validate import assert_hex, parse_txs
 
 __all__ = [
@@ -320,9 +327,11 @@ class EsploraBlockSource:
         max_seed: int = DEFAULT_MAX_SEED,
         history: bool = False,
         max_pages: int = 40,
+        network: str = "mainnet",
         log: logging.Logger | None = None,
     ):
         self.name = name
+        self._network = network  # for the addresses of outputs of txs built from raw blocks
         self.chain = chain
         self.http = http
         self._clock = clock
@@ -687,7 +696,7 @@ class EsploraBlockSource:
         matches, known = self._match(blk)
         fetched: list[ChainTx] = []
         for m in matches:
-            tx = known.get(m.txid)
+            tx = known.get(m.txid) or self._own_tx(blk, m, height)
             if tx is None:
                 try:
                     tx = await self._api.get_tx(m.txid, tally=run.tally)
@@ -721,6 +730,31 @@ class EsploraBlockSource:
         del st.blocks[:-KEEP_BLOCKS]
         st.height, st.hash = height, h.hash
         run.changed = True
+
+    def _own_tx(self, blk: _Read, m: Any, height: int) -> ChainTx | None:
+        """The ChainTx of a raw block's tx whose every input is a watched UTXO, built without a request.
+
+        Its inputs' addresses and values are the stored UTXOs', its outputs' addresses come from their
+        scripts (None where Esplora gives none: OP_RETURN, P2PK, bare multisig), its fee is inputs − outputs:
+        the same ChainTx `/tx/:txid` would give. A tx spending any other input needs `/tx` (raw blocks carry
+        no prevouts), so it returns None.
+        """
+        if blk.raw is None or m.is_coinbase or not m.n_inputs or len(m.spends) != m.n_inputs or not m.end:
+            return None
+        owned = [self._utxos.get(outpoint_key(s.prev_txid, s.prev_vout)) for s in m.spends]
+        if any(u is None for u in owned):
+            return None  # spends an output created earlier in this very block: its value is not stored
+        raw = parse_raw_tx(blk.raw[m.start : m.end])
+        if raw.txid != m.txid:
+            raise MalformedError(f"block {blk.header.hash}: tx {m.index} does not hash to {m.txid}")
+        by_outpoint = {(u.txid, u.vout): u for u in owned if u is not None}
+        inputs = tuple(TxInput(_norm(u.address), u.value, i.prev_txid, i.prev_vout)
+                       for i in raw.inputs for u in (by_outpoint[(i.prev_txid, i.prev_vout)],))
+        outputs = tuple(TxOutput(script_to_address(o.script, self._network), o.value, n) for n, o in enumerate(raw.outputs))
+        fee = sum(i.value for i in inputs) - sum(o.value for o in outputs)
+        if fee < 0:
+            raise MalformedError(f"tx {m.txid}: outputs exceed the stored values of its inputs")
+        return ChainTx(self.chain, m.txid, height, blk.header.time, inputs, outputs, fee, block_hash=blk.header.hash)
 
     async def _resolve_orphans(self, st: _Tip, run: _Run) -> None:
         """Matching txs of orphaned blocks not seen again in the new branch: current state, or gone."""

@@ -181,6 +181,9 @@ class TxMatch:
     spends: tuple[Spend, ...]
     receipts: tuple[Receipt, ...]
     n_outputs: int
+    n_inputs: int = 0
+    start: int = 0  # the tx's bytes in the block: raw[start:end] (for `parse_tx`)
+    end: int = 0
 
 
 class BlockScan(NamedTuple):
@@ -462,7 +465,7 @@ def _scan(b: bytes, mv: memoryview, scripts, labels, outpoints) -> list[TxMatch]
             receipts.append(Receipt(vout, value, script, label))
             created[txid_raw + vout.to_bytes(4, "little")] = label
         is_coinbase = index == 0 and n_in == 1 and b[body + 1 : body + 37] == _COINBASE_KEY
-        matches.append(TxMatch(index, txid, is_coinbase, tuple(spends), tuple(receipts), n_out))
+        matches.append(TxMatch(index, txid, is_coinbase, tuple(spends), tuple(receipts), n_out, n_in, start, p))
     if p != size:
         raise MalformedError(f"block: {size - p} bytes after the last transaction" if p < size else "block: truncated")
     return matches
