@@ -53,8 +53,8 @@ def cli(ctx: click.Context, config_path: str, db: str | None, log_level: str, lo
 @cli.command("check-config")
 @click.pass_obj
 def check_config(state: State) -> None:
-    """Validate the config file (the same checks `run` makes) and summarise it."""
-    from monitor.runtime import build_registry
+    """Validate the config file (the same checks `run` makes) and summarise it, with what each source sees."""
+    from monitor.runtime import build_registry, describe_source
 
     cfg = state.config()
     # Count what the daemon will watch: the bundled registry with the config's entities merged on top.
@@ -73,6 +73,8 @@ def check_config(state: State) -> None:
     if unwatched:
         click.echo(f"  {len(unwatched)} tracked treasuries have no address yet, so nothing of theirs is watched: "
                    f"{', '.join(unwatched)} (add addresses in the config or with `entities import`)")
+    for s in cfg.sources:
+        click.echo(f"  source {s.name}: {describe_source(s, len(reg.watched_addresses(s.chain)))}")
 
 
 class _Progress:

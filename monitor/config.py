@@ -117,6 +117,7 @@ SOURCE_CHAINS = ("bitcoin", "ethereum")
 #: The chain each source type serves.
 SOURCE_TYPE_CHAINS = {"esplora": ("bitcoin",), "evm": ("ethereum",), "bitcoind": ("bitcoin",)}
 DEFAULT_PUSH_CAP = 1500  # mempool.space stops pushing past about 1,500 addresses per connection
+DEFAULT_MEMPOOL_CHECKS = 25  # block mode: addresses whose mempool is read per poll (1 request each)
 DEFAULT_EVM_CONFIRMATIONS = 12
 DEFAULT_MAX_LOG_RANGE = 2000
 SOURCE_MODES = ("address", "block", "auto")
@@ -137,6 +138,7 @@ _SOURCE_KEYS = (
     "headers",
     "push_url",
     "push_cap",
+    "mempool_checks",
 )
 #: Keys of a bitcoind source (Bitcoin Core JSON-RPC): one `url`, credentials by cookie file or secrets.
 _BITCOIND_SOURCE_KEYS = ("name", "type", "chain", "timeout", "retries", "poll_interval",
@@ -248,6 +250,7 @@ class SourceConfig:
     # Esplora push (mempool.space websocket)
     push_url: str | None = None
     push_cap: int = DEFAULT_PUSH_CAP
+    mempool_checks: int = DEFAULT_MEMPOOL_CHECKS  # Esplora block mode: addresses whose mempool is read per poll
     # bitcoind sources (type "bitcoind")
     network: str | None = None  # checked against the node's chain; default [monitor].network
     cookie_file: Path | None = None
@@ -780,7 +783,8 @@ def _parse_push(t: dict, path: str, ctx: _Context) -> dict[str, Any]:
     if url is not None and urlsplit(url).scheme not in ("ws", "wss"):
         pr.append(f"{path}.push_url: {_show(url)} is not a ws:// or wss:// URL")
         url = None
-    return {"push_url": url, "push_cap": _take(t, "push_cap", INTEGER, path, pr, DEFAULT_PUSH_CAP, at_least=1)}
+    return {"push_url": url, "push_cap": _take(t, "push_cap", INTEGER, path, pr, DEFAULT_PUSH_CAP, at_least=1),
+            "mempool_checks": _take(t, "mempool_checks", INTEGER, path, pr, DEFAULT_MEMPOOL_CHECKS, at_least=0)}
 
 
 def _parse_bitcoind_source(t: dict, path: str, ctx: _Context) -> dict[str, Any]:

@@ -28,10 +28,10 @@ from monitor.registry import Registry, merge_entities
 from storage import AsyncStore, Store
 from storage.utxos import load_utxos
 from watchers.esplora import EsploraSource
-from watchers.esplora_blocks import EsploraBlockSource, choose_mode
+from watchers.esplora_blocks import EsploraBlockSource, choose_mode, mode_sees
 from watchers.http import HttpClient
 
-__all__ = ["make_pushes", "build_registry", "open_store", "Runtime", "runtime", "make_source", "build_channels", "make_dispatcher", "make_planner"]
+__all__ = ["describe_source", "make_pushes", "build_registry", "open_store", "Runtime", "runtime", "make_source", "build_channels", "make_dispatcher", "make_planner"]
 
 log = logging.getLogger("treasury_monitor")
 
@@ -80,7 +80,7 @@ def make_source(source: SourceConfig, registry: Registry, session: aiohttp.Clien
             utxos = load_utxos(store, source.chain) if store is not None else ()
             # history=True: a newly watched address is backfilled once in address mode, then followed by blocks
             return EsploraBlockSource(source.name, http, addresses, clock=clock, chain=source.chain, utxos=utxos,
-                                      history=True, network=network)
+                                      history=True, network=network, mempool_checks=source.mempool_checks)
         # fetch_tip: one request per poll buys the tip height for /healthz, /metrics and `status`
         return EsploraSource(source.name, http, addresses, clock=clock, chain=source.chain, fetch_tip=True)
     if source.type == "bitcoind":
@@ -131,6 +131,18 @@ def make_source(source: SourceConfig, registry: Registry, session: aiohttp.Clien
             clock=clock,
         )
     raise ValueError(f"source type {source.type!r} is not supported")
+
+
+def describe_source(source: SourceConfig, n_addresses: int) -> str:
+    """What a configured source will see, in plain words (`check-config` prints it; `run` logs the mode)."""
+    if source.type == "esplora":
+        mode, why = choose_mode(source.mode, n_addresses)
+        return f"{why}. Sees: {mode_sees(mode, n_addresses, source.mempool_checks)}"
+    if source.type == "bitcoind":
+        mempool = "the whole mempool" if source.mempool else "no unconfirmed txs (mempool = false)"
+        return (f"Bitcoin Core node: confirmed txs of all {n_addresses} addresses from each new block, {mempool}; "
+                f"no balances (a node keeps no address index)")
+    return f"{source.type}: transfers of {n_addresses} addresses from blocks ({source.confirmations} confirmations)"
 
 
 def build_channels(config: Config, session: aiohttp.ClientSession, clock: Clock) -> dict[str, object]:

@@ -215,7 +215,7 @@ EXPECTED: list[tuple[str, list[str]]] = [
         "unknown_key.toml",
         [
             "sources[1].urlz: unknown key (expected one of: name, type, chain, urls, rate_limit, timeout, "
-            "retries, poll_interval, mode, headers, push_url, push_cap; did you mean 'urls'?)"
+            "retries, poll_interval, mode, headers, push_url, push_cap, mempool_checks; did you mean 'urls'?)"
         ],
     ),
     ("unknown_section.toml", ["reporting: unknown section (expected one of: monitor, sources, entities, classify, prices, alerts, daemon, discovery)"]),

@@ -25,7 +25,7 @@ from storage import AsyncStore, Store
 from storage.utxos import apply_utxo_changes, load_utxos
 from watchers import Source
 from watchers.esplora import EsploraSource
-from watchers.esplora_blocks import EsploraBlockSource, address_script, choose_mode
+from watchers.esplora_blocks import EsploraBlockSource, address_script, choose_mode, mode_sees
 from watchers.http import HttpClient
 
 KINDS = ("p2wpkh", "p2pkh", "p2sh", "p2tr", "p2wsh")
@@ -593,6 +593,16 @@ def test_choose_mode_states_its_choice():
         choose_mode("fast", 3)
 
 
+def test_mode_sees_says_plainly_what_each_mode_sees():
+    assert "unconfirmed txs of all 10 addresses at every poll" in mode_sees("address", 10, 25)
+    assert "unconfirmed txs of every address at every poll" in mode_sees("block", 10, 25)
+    text = mode_sees("block", 1_000, 25)
+    assert "unconfirmed txs of 25 addresses per poll" in text and "at least every 40 polls" in text
+    assert "balances from the watched UTXO set" in text
+    assert "no unconfirmed txs (mempool_checks = 0)" in mode_sees("block", 1_000, 0)
+    assert "sees unconfirmed txs only of the `mempool_checks` addresses" in choose_mode("auto", 1_000)[1]
+
+
 def test_address_script_agrees_with_the_validating_codec():
     from watchers.addresses import address_to_script
 
@@ -610,3 +620,41 @@ def test_given_utxos_of_other_chains_or_unwatched_addresses_are_ignored():
         WatchedUtxo("bitcoin", "11" * 32, 0, a, 5), WatchedUtxo("bitcoin", "22" * 32, 0, b, 5),
         WatchedUtxo("testnet", "33" * 32, 0, a, 5)])
     assert src.utxo_count == 1 and src.watched_addresses == (a,)
+
+
+# --- mempool ------------------------------------------------------------------------------------------
+
+
+async def test_mempool_checks_are_bounded_round_robin_and_see_sales_replacements_and_confirmations(h):
+    watched = sorted(h.chain.address(f"mp{i}") for i in range(5))
+    exchange = h.chain.address("mp-exchange")
+    h.chain.fund_many([(a, 3 * COIN) for a in watched])
+    src = await h.blocks(watched, mempool_checks=2)
+    await h.poll(src)  # start at the tip + seed (UTXOs now known: every address holds one), check 0 and 1
+    checked = []
+    for _ in range(3):
+        n = len(h.server.requests)
+        batch = await h.poll(src)
+        checked.append([p.split("/")[2] for p in paths(h.server, n) if p.endswith("/txs/mempool")])
+        assert batch.txs == () and batch.requests == 1 + 2  # tip hash + 2 mempool checks
+    # two per poll, in address order, round the ring: every address is seen within ceil(5 / 2) polls
+    assert checked == [watched[2:4], [watched[4], watched[0]], watched[1:3]]
+    sale = h.chain.pay([watched[3]], [(exchange, COIN)], fee=1_000)
+    b1 = await h.poll(src)  # watched[3] and watched[4] are next in the ring
+    assert [t.txid for t in b1.txs] == [sale.txid] and not b1.txs[0].is_confirmed
+    assert b1.txs[0] == await src._api.get_tx(sale.txid)
+    # RBF: the address with a pending tx is checked first, every poll, so the replacement shows at once
+    bump = h.chain.replace(sale.txid, fee=5_000)
+    n = len(h.server.requests)
+    b2 = await h.poll(src)
+    served = paths(h.server, n)
+    assert served[1] == f"/address/{watched[3]}/txs/mempool" and f"/tx/{sale.txid}" in served
+    assert [t.txid for t in b2.txs] == [bump.txid] and b2.gone == (sale.txid,)
+    # the replacement confirms: matched in the block (built from raw: its input is a watched UTXO), not looked up
+    block = h.chain.mine()[0]
+    n = len(h.server.requests)
+    b3 = await h.poll(src)
+    assert [(t.txid, t.block_height) for t in b3.txs] == [(bump.txid, block.height)] and b3.gone == ()
+    assert not [p for p in paths(h.server, n) if p.startswith("/tx/")]
+    state = json.loads((await h.cursors())["mempool"])
+    assert state["seen"] == {}  # nothing pending any more

@@ -16,7 +16,7 @@ from builders import COIN, MARCH_5_2026, cli_run, config_toml, entity_table, esp
 from fakes.offloop import in_store
 
 from monitor.clock import SystemClock
-from monitor.config import load_config
+from monitor.config import DEFAULT_MEMPOOL_CHECKS, load_config
 from monitor.daemon import Daemon, SourceState
 from monitor.runtime import runtime
 from monitor.sim.chain import SimChain
@@ -89,5 +89,24 @@ async def test_cli_poll_and_a_daemon_tick_make_the_same_requests_and_store_the_s
         assert len([c for c in stored["classifications"] if c[8] == "active" and c[4] != "internal"]) == 2  # both sales
         assert sum(u for c, a, u in stored["balances"] if a in hot) == sum(range(1, N + 1)) * COIN - 12 * COIN - 3_000 + COIN // 2
         if mode == "block":
-            # seeding (history backfill + utxo set) spreads over two polls, then a quiet poll is 1 request
-            assert requests_per_round[1] > 4 * (N - DEFAULT_MAX_SEED) and requests_per_round[-1] == 1
+            # seeding (history backfill + utxo set) spreads over two polls; then a quiet poll is the tip hash and
+            # the mempool checks of the round robin
+            assert requests_per_round[1] > 4 * (N - DEFAULT_MAX_SEED) and requests_per_round[-1] == 1 + DEFAULT_MEMPOOL_CHECKS
+
+
+async def test_check_config_says_what_each_source_sees(tmp_path):
+    chain, hot, exch = world()
+    cfg = tmp_path / "c.toml"
+    await asyncio.to_thread(cfg.write_text, config_toml(
+        db=tmp_path / "c.db", prices={"sources": ["csv"]},
+        sources=[esplora_source("auto-source", "http://127.0.0.1:1/api", mode="auto", mempool_checks=50),
+                 esplora_source("small", "http://127.0.0.1:1/api", mode="address")],
+        entities=[entity_table("Test Miner", "miner", hot), entity_table("Test Exchange", "exchange", [exch])],
+    ))
+    r = await cli_run("-c", cfg, "check-config")
+    assert r.exit_code == 0, r.output
+    auto = next(line for line in r.output.splitlines() if "source auto-source" in line)
+    assert "mode=block (auto)" in auto and "unconfirmed txs of 50 addresses per poll" in auto
+    assert "balances from the watched UTXO set" in auto
+    small = next(line for line in r.output.splitlines() if "source small" in line)
+    assert "confirmed and unconfirmed txs of all" in small and "Esplora's address stats" in small

@@ -129,7 +129,7 @@ async def test_reorg_of_a_confirmed_sale_whose_input_is_re_spent_is_a_retraction
             assert await r.balance() == 50 * COIN - 30 * COIN - 2_000
 
 
-@pytest.mark.parametrize("mode", ["address", "core"])
+@pytest.mark.parametrize("mode", MODES)
 async def test_rbf_of_a_mempool_sale_is_one_update(tmp_path, monkeypatch, mode):
     async with Route(tmp_path, mode) as r:
         r.chain.fund(r.hot, 50 * COIN)

@@ -94,7 +94,7 @@ from watchers.validate import (
     parse_utxos,
 )
 
-__all__ = ["EsploraSource", "CHAIN_PAGE", "ELECTRUM_PAGE", "DEFAULT_MAX_PAGES", "CURSOR_VERSION"]
+__all__ = ["EsploraSource", "CHAIN_PAGE", "ELECTRUM_PAGE", "MEMPOOL_LIMIT", "DEFAULT_MAX_PAGES", "CURSOR_VERSION"]
 
 #: Confirmed txs per `/address/:a/txs[/chain/:last]` page (electrs CHAIN_TXS_PER_PAGE).
 CHAIN_PAGE = 25

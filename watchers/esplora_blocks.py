@@ -87,6 +87,7 @@ One block-mode source per chain: the stored watched UTXO set is per chain.
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
@@ -107,7 +108,7 @@ from monitor.model import (
     WatchedUtxo,
 )
 from watchers.addresses import InvalidAddress, _b58decode_check, _segwit_decode, script_to_address
-from watchers.esplora import ELECTRUM_PAGE, EsploraSource
+from watchers.esplora import ELECTRUM_PAGE, MEMPOOL_LIMIT, EsploraSource
 from watchers.http import HttpClient, RequestTally, http_status
 from watchers.rawblock import (
     BlockHeader,
@@ -128,6 +129,7 @@ __all__ = [
     "EsploraBlockSource",
     "address_script",
     "choose_mode",
+    "mode_sees",
 ]
 
 CURSOR_VERSION = 1
@@ -139,6 +141,9 @@ DEFAULT_MAX_BLOCKS = 50
 DEFAULT_MAX_SEED = 200
 #: `?after_txid=` pages read to find an address's mempool txs on a server without `/txs/mempool`.
 _MAX_MEMPOOL_PAGES = 20
+#: Addresses whose mempool block mode checks per poll by default in the watcher (the config's default is
+#: `monitor.config.DEFAULT_MEMPOOL_CHECKS`); 0 = block mode sees confirmed txs only.
+DEFAULT_MEMPOOL_CHECKS = 0
 #: Watched-address count from which `mode = "auto"` picks block mode.
 AUTO_THRESHOLD = 50
 _BLOCK_PAGE = 25  # electrs: txs per /block/:hash/txs/:start page
@@ -155,12 +160,30 @@ def choose_mode(mode: str, n_addresses: int, threshold: int = AUTO_THRESHOLD) ->
         return "block", (
             f"mode=block (auto): {n_addresses} watched addresses >= {threshold}; address mode would cost at least "
             f"{n_addresses} requests per poll, block mode costs 1 per poll + 2 per new block + 1 per matching tx "
-            f"whatever the number of addresses (unconfirmed txs need push or an address-mode source)"
+            f"with a foreign input whatever the number of addresses, but sees unconfirmed txs only of the "
+            f"`mempool_checks` addresses it reads per poll"
         )
     return "address", (
         f"mode=address (auto): {n_addresses} watched addresses < {threshold}; {n_addresses} requests per quiet "
-        f"poll is affordable and address mode also sees unconfirmed txs"
+        f"poll is affordable and address mode sees every address's unconfirmed txs at every poll"
     )
+
+
+def mode_sees(mode: str, n_addresses: int, mempool_checks: int) -> str:
+    """What an Esplora source in `mode` (`address` or `block`) sees, in one sentence for `check-config`."""
+    if mode == "address":
+        return (f"confirmed and unconfirmed txs of all {n_addresses} addresses at every poll ({n_addresses + 1} "
+                f"requests per quiet poll, the tip included); balances from Esplora's address stats")
+    if not mempool_checks:
+        mempool = "no unconfirmed txs (mempool_checks = 0): pending sales are seen when they confirm"
+    elif mempool_checks >= n_addresses:
+        mempool = f"unconfirmed txs of every address at every poll ({n_addresses} requests)"
+    else:
+        polls = -(-n_addresses // mempool_checks)
+        mempool = (f"unconfirmed txs of {mempool_checks} addresses per poll, round robin over the addresses holding "
+                   f"coins (each one at least every {polls} polls; an address with a pending tx every poll)")
+    return (f"confirmed txs of all {n_addresses} addresses from each new block (1 request per quiet poll, plus "
+            f"the mempool checks); {mempool}; balances from the watched UTXO set")
 
 
 def address_script(address: str) -> bytes:
@@ -328,10 +351,13 @@ class EsploraBlockSource:
         history: bool = False,
         max_pages: int = 40,
         network: str = "mainnet",
+        mempool_checks: int = DEFAULT_MEMPOOL_CHECKS,
         log: logging.Logger | None = None,
     ):
         self.name = name
         self._network = network  # for the addresses of outputs of txs built from raw blocks
+        self._mempool_checks = max(0, mempool_checks)
+        self._funded: list[str] | None = None  # sorted normalised addresses holding watched UTXOs (cache)
         self.chain = chain
         self.http = http
         self._clock = clock
@@ -522,6 +548,7 @@ class EsploraBlockSource:
             if self._history:
                 await self._backfill(cursors, run, progress)
             await self._seed(tip, cursors, run)
+            await self._check_mempool(cursors, run)
 
     def _load_tip(self, text: str | None) -> _Tip | None:
         if text is None:
@@ -885,14 +912,7 @@ class EsploraBlockSource:
     async def _seed_one(self, address: str, run: _Run) -> dict[bytes, WatchedUtxo]:
         """The confirmed UTXO set of one address now (see the module docstring for the mempool correction)."""
         utxos = await self._api.utxos(address, tally=run.tally)
-        q = quote(address, safe="")
-        try:
-            mempool = await self.http.get_json(f"/address/{q}/txs/mempool", parse=lambda d: parse_txs(d, chain=self.chain),
-                                               tally=run.tally)
-        except SourceError as exc:
-            if http_status(exc) != 404:
-                raise
-            mempool = await self._mempool_from_history(q, run)
+        mempool = await self._mempool_of(address, run)
         out: dict[bytes, WatchedUtxo] = {}
         for u in utxos:
             if u.block_height is not None:
@@ -905,6 +925,18 @@ class EsploraBlockSource:
                     out[outpoint_key(i.prev_txid, i.prev_vout)] = WatchedUtxo(
                         self.chain, i.prev_txid, i.prev_vout, address, i.value, None)
         return out
+
+    async def _mempool_of(self, address: str, run: _Run) -> list[ChainTx]:
+        """Unconfirmed txs of an address: `/address/:a/txs/mempool`, or its history's first pages without it."""
+        q = quote(address, safe="")
+        try:
+            txs = await self.http.get_json(f"/address/{q}/txs/mempool", parse=lambda d: parse_txs(d, chain=self.chain),
+                                           tally=run.tally)
+        except SourceError as exc:
+            if http_status(exc) != 404:
+                raise
+            txs = await self._mempool_from_history(q, run)
+        return [t for t in txs if not t.is_confirmed]
 
     async def _mempool_from_history(self, q: str, run: _Run) -> list[ChainTx]:
         """Mempool txs of an address from `/address/:a/txs`, for servers without `/txs/mempool`.
@@ -923,6 +955,61 @@ class EsploraBlockSource:
                                             tally=run.tally)
             found += [t for t in page if not t.is_confirmed]
         return found
+    # --- mempool ------------------------------------------------------------------------------------
+
+    def _funded_addresses(self, run: _Run) -> list[str]:
+        if self._funded is None or run.touched or self._journal:
+            self._funded = sorted({_norm(u.address) for u in self._utxos.values()})
+        return self._funded
+
+    async def _check_mempool(self, cursors: Mapping[str, str], run: _Run) -> None:
+        """Unconfirmed txs of up to `mempool_checks` addresses per poll (see the module docstring)."""
+        if not self._mempool_checks:
+            return
+        text = cursors.get("mempool")
+        after, seen = _load_mempool(text)
+        seen = {a: [t for t in ids if t not in run.txs] for a, ids in seen.items() if a in self._by_norm}
+        seen = {a: ids for a, ids in seen.items() if ids}
+        todo = list(seen)[: self._mempool_checks]  # addresses with pending txs first: replacements show at once
+        funded = self._funded_addresses(run)
+        start = bisect.bisect_right(funded, after) if after is not None else 0
+        ring = funded[start:] + funded[:start]
+        for n in ring:
+            if len(todo) >= self._mempool_checks:
+                break
+            if n not in seen:
+                todo.append(n)
+                after = n
+        for n in todo:
+            address = self._by_norm[n]
+            listed = await self._mempool_of(address, run)
+            ids = [t.txid for t in listed]
+            for tx in listed:
+                if tx.txid not in run.txs and tx.txid not in seen.get(n, ()):
+                    run.txs[tx.txid] = tx
+            kept = []
+            if len(listed) < MEMPOOL_LIMIT:  # beyond 50 shown, a tx not listed may still be there
+                for txid in seen.get(n, ()):
+                    if txid in ids:
+                        continue
+                    try:
+                        tx = await self._api.get_tx(txid, tally=run.tally)
+                    except SourceError as exc:
+                        if http_status(exc) != 404:
+                            raise
+                        run.gone.add(txid)  # replaced or evicted
+                        continue
+                    if not tx.is_confirmed:
+                        kept.append(txid)
+            else:
+                kept = [t for t in seen.get(n, ()) if t not in ids]
+            if ids or kept:
+                seen[n] = ids + kept
+            else:
+                seen.pop(n, None)
+        out = json.dumps({"v": CURSOR_VERSION, "after": after, "seen": seen}, separators=(",", ":"), sort_keys=True)
+        if out != text:
+            run.cursors.append(Cursor(self.name, "mempool", out))
 
     # --- logs ---------------------------------------------------------------------------------------
 
@@ -956,6 +1043,21 @@ def _check_same(tx: ChainTx, m: Any) -> None:
     """The `/tx` answer must be the tx the raw block holds: same output count and matched values."""
     if len(tx.outputs) != m.n_outputs or any(tx.outputs[r.n].value != r.value for r in m.receipts):
         raise MalformedError(f"/tx/{m.txid}: outputs differ from the raw block's")
+
+
+def _load_mempool(text: str | None) -> tuple[str | None, dict[str, list[str]]]:
+    """(round-robin position, address → unconfirmed txids seen) of the `mempool` cursor; empty when unreadable."""
+    if text is None:
+        return None, {}
+    try:
+        d = json.loads(text)
+        if d.get("v") != CURSOR_VERSION:
+            return None, {}
+        after = d.get("after")
+        seen = {_norm(str(a)): [assert_hex(t, "mempool.seen") for t in ids] for a, ids in d.get("seen", {}).items()}
+        return (str(after) if after is not None else None), seen
+    except (ValueError, AttributeError, TypeError, MalformedError):
+        return None, {}
 
 
 def _history_done(state: str | None) -> bool:
