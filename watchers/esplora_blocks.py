@@ -50,16 +50,25 @@ address is seeded, block mode sees its receipts but not spends of outputs it hel
 refuses `/utxo` for addresses with more than 500 UTXOs (a 4xx error): such an address is logged and
 stays unseeded. With `history=True`, each new address first gets an address-mode backfill of its whole
 history (an embedded `EsploraSource`, cursor keys `history:<address>`, `max_pages` pages per address per
-poll; costs in `watchers.esplora`), and is seeded when that is finished.
+poll; costs in `watchers.esplora`), and is seeded when that is finished. `Batch.unfinished` lists `tip`
+while blocks remain behind it and the addresses not seeded yet, so `backfill` polls again at once.
 
 Start: a source with no cursor starts at the current tip (`/blocks/tip/hash` + `/block/:hash`), or,
 when given `start_height`, just below that height (`/block-height/:h` + `/block/:hash` for its parent's
 hash) and walks up from there.
 
-Mempool: block mode does not watch the mempool. Esplora has no cheap way to (`/mempool/recent` shows 10
-txs without scripts; `/mempool/txids` lists every txid, each needing `/tx`), so unconfirmed txs of
-watched addresses come from an address-mode source, mempool.space push or a node. The only unconfirmed
-txs block mode returns are orphaned ones back in the mempool (step 3).
+Mempool (`mempool_checks` > 0): Esplora has no cheap way to see a set of addresses' unconfirmed txs
+(`/mempool/recent` shows 10 txs without scripts; `/mempool/txids` lists every txid, each needing `/tx`),
+so when the walk is at the tip, `/address/:a/txs/mempool` is read for at most `mempool_checks` addresses
+per poll: first the addresses with an unconfirmed tx seen before (so a replacement or an eviction shows at
+the next poll), then the next ones, in address order round the ring, of the addresses holding watched
+UTXOs (only they can send; a receipt is seen in its block). New unconfirmed txs are returned with block
+fields None; a tx seen before that is no longer listed is looked up with `/tx/:txid`: 404 → `Batch.gone`
+(replaced or evicted; the pipeline calls it RBF when a tx of the batch spends its inputs), confirmed → it
+is (or was) matched in its block. Key `mempool`: `{"v": 1, "after": "<address>", "seen": {"<address>":
+["<txid>", ...]}}`, so a CLI `poll` continues the ring where the last one stopped. With
+`mempool_checks = 0`, the only unconfirmed txs block mode returns are orphaned ones back in the mempool
+(step 3); pending sales are then seen when they confirm.
 
 Cursor, key `tip` (JSON), version 1:
 
