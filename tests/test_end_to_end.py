@@ -167,7 +167,10 @@ async def test_block_mode_source_through_the_cli_gives_the_same_flows(tmp_path, 
         r = await cli_run("-c", cfg, "poll")
         assert r.exit_code == 0, r.output
         new = server.requests[before:]
-        assert any(p.endswith("/raw") for p in new) and not any(p.startswith("/address/") for p in new)
+        per_address = [p for p in new if p.startswith("/address/")]
+        assert any(p.endswith("/raw") for p in new)
+        # no per-address reads but the bounded mempool checks (addresses holding coins, 25 per poll at most)
+        assert all(p.endswith("/txs/mempool") for p in per_address) and 0 < len(per_address) <= 25
         r = await cli_run("-c", cfg, "export", "--format", "jsonl", "--direction", "out")
         [rec] = [json.loads(x) for x in r.output.splitlines()]
         assert rec["txid"] == sale.txid and rec["out_units"] == 30 * COIN and rec["fee_share_units"] == 4_000
