@@ -17,6 +17,8 @@ from typing import Any, Protocol
 
 from monitor.context import avg_fees_sat, build_context
 from monitor.model import Clock, EntityFlow, MarketContext, SourceError
+from storage import AsyncStore
+from storage.blockfacts import block_facts, coinbase_totals, save_block_facts
 
 __all__ = ["Market", "ChainInfo", "SourceChainInfo", "PriceLookup", "BlockFacts", "context_json", "pair_of"]
 
@@ -102,33 +104,47 @@ class Market:
         prices: PriceLookup | None = None,
         chain: ChainInfo | None = None,
         staleness: int = 7200,
+        store: AsyncStore | None = None,
     ):
         self.clock = clock
         self.prices = prices
         self.chain = chain
         self.staleness = staleness
+        # With a store, block facts are kept in it (storage.blockfacts): a new process (a CLI `poll`) then
+        # fetches no block twice and averages fees over the same blocks as a long-running daemon.
+        self.store = store
         self._facts: OrderedDict[str, BlockFacts] = OrderedDict()
 
     async def _block(self, block_hash: str) -> BlockFacts | None:
         if block_hash in self._facts:
             return self._facts[block_hash]
         assert self.chain is not None
-        try:
-            facts = await self.chain.block_facts(block_hash)
-        except SourceError as exc:
-            log.warning("block=%s chain facts unavailable, hashprice left out: %s", block_hash, exc)
-            return None
+        kept = await self.store.run(block_facts, "bitcoin", block_hash) if self.store is not None else None
+        if kept is not None:
+            facts = BlockFacts(block_hash, kept["height"], kept["difficulty"], kept["time"], kept["coinbase_total"])
+        else:
+            try:
+                facts = await self.chain.block_facts(block_hash)
+            except SourceError as exc:
+                log.warning("block=%s chain facts unavailable, hashprice left out: %s", block_hash, exc)
+                return None
+            if self.store is not None:
+                await self.store.run(save_block_facts, "bitcoin", block_hash, height=facts.height,
+                                     difficulty=facts.difficulty, time=facts.time, coinbase_total=facts.coinbase_total_sat)
         self._facts[block_hash] = facts
         while len(self._facts) > 4 * FEE_WINDOW:
             self._facts.popitem(last=False)
         return facts
 
-    def _avg_fees(self, height: int) -> int | None:
-        window = [
-            (f.height, f.coinbase_total_sat)
-            for f in self._facts.values()
-            if f.coinbase_total_sat is not None and height - FEE_WINDOW < f.height <= height
-        ]
+    async def _avg_fees(self, height: int) -> int | None:
+        if self.store is not None:
+            window = await self.store.run(coinbase_totals, "bitcoin", height - FEE_WINDOW, height)
+        else:
+            window = [
+                (f.height, f.coinbase_total_sat)
+                for f in self._facts.values()
+                if f.coinbase_total_sat is not None and height - FEE_WINDOW < f.height <= height
+            ]
         return avg_fees_sat(window) if window else None
 
     async def _price(self, pair: str, at: int, quotes: dict[tuple[str, int], Any] | None) -> PriceQuoteLike:
@@ -191,7 +207,7 @@ class Market:
             staleness_bound=self.staleness,
             difficulty=facts.difficulty if facts else None,
             height=facts.height if facts else None,
-            avg_fees_sat=self._avg_fees(facts.height) if facts else None,
+            avg_fees_sat=await self._avg_fees(facts.height) if facts else None,
             asset_usd=asset,
             price_granularity=granularity,
             price_start=start,

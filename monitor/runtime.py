@@ -178,7 +178,8 @@ def make_market(config: Config, store: AsyncStore, session: aiohttp.ClientSessio
     from monitor.market import Market, SourceChainInfo
 
     chain = next((SourceChainInfo(s) for s in sources if hasattr(s, "coinbase_total")), None)
-    return Market(clock, prices=make_prices(config, store, session, clock), chain=chain, staleness=config.prices.staleness)
+    return Market(clock, prices=make_prices(config, store, session, clock), chain=chain, staleness=config.prices.staleness,
+                  store=store)
 
 
 def make_planner(config: Config, registry: Registry, *, label: str = ""):

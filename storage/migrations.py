@@ -376,3 +376,13 @@ def _outflow_history_index(db: Database) -> None:
     # backfill of N outflows cost O(N²) row reads.
     db.execute("create index if not exists idx_flows_entity_direction_at "
                "on flows (entity, direction, coalesce(block_time, first_seen))")
+
+
+@migrations(name="009_block_facts")
+def _block_facts(db: Database) -> None:
+    # Facts of blocks the market context read (storage/blockfacts.py): immutable per hash, kept across runs.
+    db["block_facts"].create(
+        {"chain": str, "hash": str, "height": int, "difficulty": float, "time": int, "coinbase_total_units": str},
+        pk=("chain", "hash"),
+    )
+    db["block_facts"].create_index(["chain", "height"])
