@@ -226,14 +226,17 @@ async def test_catch_up_is_capped_per_poll_with_progress(h):
         h.chain.fund(a, 1_000 + i)
     seen = []
     heights = []
+    unfinished = []
     for _ in range(3):
         batch = await core.poll(dict(h.cursors["core"]), progress=lambda *x: seen.append(x))
         for cur in batch.cursors:
             h.cursors["core"][cur.key] = cur.state
         heights.append([t.block_height for t in batch.txs])
+        unfinished.append(batch.unfinished)
         assert batch.tip_height == h.chain.height
     tip = h.chain.height
     assert heights == [[tip - 4, tip - 3], [tip - 2, tip - 1], [tip]]
+    assert unfinished == [("tip",), ("tip",), ()]  # `backfill` polls again at once while behind
     assert seen[:2] == [(TIP_KEY, 1, 5), (TIP_KEY, 2, 5)]
 
 

@@ -12,7 +12,8 @@ One poll (key `tip`; all RPCs counted in `Batch.requests`, one HTTP request per 
    snapshot but confirmed is in a block at or below the tip read next. `initialblockdownload: true` →
    `TransientError("... initial block download (NN% verified); waiting")`.
 3. Blocks: from the cursor's height + 1 to the tip (at most `max_blocks` per poll; `Batch.tip_height`
-   shows what is left), `getblockhash` + `getblock <hash> 3` each. Every input's prevout address and every
+   shows what is left, and `Batch.unfinished` is `("tip",)` while behind, so `backfill` polls again at
+   once), `getblockhash` + `getblock <hash> 3` each. Every input's prevout address and every
    output address is looked up in the watched set (a `set`, O(1) per lookup, so the cost does not grow with
    the number of addresses); matching txs become full ChainTx (inputs with prevout address and value,
    fee = in − out, coinbase flag).
@@ -821,6 +822,7 @@ class BitcoindSource:
             gone=tuple(sorted(gone)),
             tip_height=tip_height,
             requests=tally.requests,
+            unfinished=("tip",) if state.height < tip_height else (),  # behind by more than max_blocks
         )
 
     # --- pieces of a poll -----------------------------------------------------------------------------
