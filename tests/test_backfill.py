@@ -1,6 +1,7 @@
 """`backfill`: the whole history of every address in one call, committed step by step, resumable; batched writes."""
 
 import asyncio
+import json
 from pathlib import Path
 
 from aiohttp import web
@@ -115,3 +116,31 @@ def test_batched_writes_keep_first_seen_update_status_and_count_new(tmp_path):
     assert store.get_flow("bitcoin", "aa" * 32, "M") == moved  # destinations replaced, not added to
     assert store.db.execute("select first_seen from flows").fetchone()[0] == 30
     store.close()
+
+
+async def test_backfill_in_block_mode_seeds_every_address_in_one_call(tmp_path):
+    from watchers.esplora_blocks import DEFAULT_MAX_SEED
+
+    chain = SimChain(start_time=MARCH_5_2026)
+    hot = [chain.address(f"bfb-{i}") for i in range(DEFAULT_MAX_SEED + 60)]  # more than one poll seeds
+    exch = chain.address("bfb-exchange")
+    chain.fund_many([(a, COIN + i) for i, a in enumerate(hot)])
+    chain.mine()
+    async with EsploraServer(chain) as server:
+        p = tmp_path / "c.toml"
+        await asyncio.to_thread(p.write_text, config_toml(
+            db=tmp_path / "b.db", prices=BUNDLED_PRICES,
+            sources=[esplora_source("local", server.url, rate_limit=100000.0, mode="block", mempool_checks=0)],
+            entities=[entity_table("Test Miner", "miner", hot), entity_table("Test Exchange", "exchange", [exch])],
+        ))
+        r = await cli_run("-c", p, "backfill", "--no-progress")
+        assert r.exit_code == 0, r.output
+        assert "(1 new)" in r.stdout  # the one funding tx, read in the histories of both steps' addresses
+        n = len(server.requests)
+        r = await cli_run("-c", p, "poll")
+        assert r.exit_code == 0 and "0 txs (0 new)" in r.output and "1 requests" in r.output, r.output
+        assert server.requests[n:] == ["/blocks/tip/hash"]  # nothing left to seed
+        r = await cli_run("-c", p, "entities", "--json")
+        miner = next(x for x in json.loads(r.output) if x["name"] == "Test Miner")
+        assert miner["addresses_with_balance"] == len(hot)
+        assert miner["balance_units"] == sum(COIN + i for i in range(len(hot)))
