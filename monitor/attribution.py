@@ -31,6 +31,8 @@ def attribute_address(chain: str, address: str | None, entity: str, registry: Re
 
 def attribute(flow: EntityFlow, registry: Registry) -> EntityFlow:
     """The flow with every destination attributed; traced attributions (with a path) are kept."""
+    if not flow.destinations:
+        return flow  # an inflow: nothing to attribute (a backfill has thousands; `replace` is not free)
     dests = tuple(
         d if d.attribution.path else replace(d, attribution=attribute_address(flow.chain, d.address, flow.entity, registry))
         for d in flow.destinations
