@@ -17,7 +17,7 @@ not include the server's work. The history: one watched miner address with 90% r
   user had to call it again until the history was complete. It is reproduced by calling `poll` (one tick,
   which is what `backfill` was) until no cursor is unfinished, with `Store.save_txs` / `save_flows`
   replaced by the per-row `save_tx` / `save_flow` loops the pipeline used to run, and without the
-  outflow-history index (migration 010) whose absence made each classification scan every flow of the
+  outflow-history index (migration 011) whose absence made each classification scan every flow of the
   entity.
 """
 
@@ -143,7 +143,7 @@ def stored(db: Path) -> tuple[int, int, bool]:
 
 
 def without_history_index(db: Path) -> None:
-    """A migrated database without the outflow-history index this release added (migration 010)."""
+    """A migrated database without the outflow-history index this release added (migration 011)."""
     s = Store(db)
     try:
         s.db.execute("drop index idx_flows_entity_direction_at")

@@ -1,4 +1,4 @@
-"""Block facts cache: writes and reads of the `block_facts` table (schema step 011_block_facts).
+"""Block facts cache: writes and reads of the `block_facts` table (schema step 012_block_facts).
 
 A block's height, difficulty, time and coinbase total never change for its hash, so what the market
 context fetched once is kept: a CLI `poll` (a new process each time) then makes the same requests and

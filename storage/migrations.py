@@ -378,7 +378,7 @@ def _outflow_history_index(db: Database) -> None:
                "on flows (entity, direction, coalesce(block_time, first_seen))")
 
 
-@migrations(name="011_block_facts")
+@migrations(name="012_block_facts")
 def _block_facts(db: Database) -> None:
     # Facts of blocks the market context read (storage/blockfacts.py): immutable per hash, kept across runs.
     db["block_facts"].create(
