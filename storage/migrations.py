@@ -386,3 +386,69 @@ def _block_facts(db: Database) -> None:
         pk=("chain", "hash"),
     )
     db["block_facts"].create_index(["chain", "height"])
+
+
+def _scale(decimals_col: str) -> str:
+    # 10^decimals as a REAL, without relying on SQLite's optional math functions (power()).
+    return f"(case {decimals_col} " + " ".join(f"when {d} then 1e{d}" for d in range(0, 37)) + " else null end)"
+
+
+def _iso(col: str) -> str:
+    return f"strftime('%Y-%m-%dT%H:%M:%SZ', {col}, 'unixepoch')"
+
+
+@migrations(name="013_datasette_views")
+def _datasette_views(db: Database) -> None:
+    # Read-only views for Datasette and other SQL browsers: amounts as REAL in the asset's unit (BTC for
+    # bitcoin) so they sort and facet numerically (the tables keep exact integers as TEXT), times as
+    # ISO-8601 UTC text (the tables keep Unix seconds), and each flow with its newest classification.
+    scale = _scale("f.decimals")
+    amounts = ", ".join(
+        f"cast(f.{k}_units as real) / {scale} as {k}_amount" for k in ("out", "spent", "change", "received", "fee_share")
+    )
+    db.execute(
+        f"""create view if not exists flows_view as
+        select f.chain, f.txid, f.entity, e.kind as entity_kind, f.direction, f.status,
+               f.block_height, {_iso('f.block_time')} as block_time, {_iso('f.first_seen')} as seen_at,
+               f.asset, {amounts},
+               case when f.asset = 'BTC' then cast(f.out_units as real) / {scale} end as out_btc,
+               c.verdict, c.severity, c.usd_value, c.btc_usd, c.hashprice_usd, c.attribution,
+               c.version as classification_version, c.status as classification_status,
+               (select group_concat(d.attribution, '; ') from destinations d
+                 where d.chain = f.chain and d.txid = f.txid and d.entity = f.entity) as destinations,
+               {_iso('f.updated_at')} as updated_at
+        from flows f
+        left join entities e on e.name = f.entity
+        left join classifications c on c.id = (
+            select c2.id from classifications c2 where c2.chain = f.chain and c2.txid = f.txid
+               and c2.entity = f.entity order by c2.version desc limit 1)"""
+    )
+    db.execute(
+        f"""create view if not exists alerts_view as
+        select a.id, a.kind, a.entity, a.chain, a.txid, a.status, {_iso('a.created_at')} as created_at,
+               {_iso('a.updated_at')} as updated_at, c.verdict, c.severity, c.usd_value, c.btc_usd,
+               case when c.asset = 'BTC' then cast(c.out_units as real) / 1e8 end as out_btc,
+               (select group_concat(ac.channel || ': ' || ac.status, '; ') from alert_channels ac
+                 where ac.alert_id = a.id) as channels,
+               a.dedup_key
+        from alerts a left join classifications c on c.id = a.classification_id"""
+    )
+    db.execute(
+        f"""create view if not exists entities_view as
+        select e.name, e.kind, e.watch, e.note,
+               (select count(*) from addresses x where x.entity = e.name and x.status = 'active') as addresses,
+               (select count(*) from addresses x where x.entity = e.name and x.status = 'candidate') as candidates,
+               (select sum(cast(s.confirmed_units as real)) / 1e8 from balance_snapshots s
+                  join addresses x on x.chain = s.chain and x.address = s.address
+                 where x.entity = e.name and x.status = 'active' and s.asset = 'BTC'
+                   and s.at = (select max(s2.at) from balance_snapshots s2 where s2.chain = s.chain
+                                and s2.address = s.address and s2.asset = s.asset)) as balance_btc,
+               (select count(*) from flows f where f.entity = e.name) as flows,
+               (select sum(cast(f.out_units as real)) / 1e8 from flows f
+                 where f.entity = e.name and f.direction = 'out' and f.asset = 'BTC'
+                   and f.status in ('confirmed', 'mempool')) as out_btc,
+               (select {_iso('max(coalesce(f.block_time, f.first_seen))')} from flows f
+                 where f.entity = e.name) as last_flow_at,
+               {_iso('e.updated_at')} as updated_at
+        from entities e"""
+    )
