@@ -434,21 +434,32 @@ def scenarios(state: State, as_json: bool) -> None:
               help="Where to write the HTML report.")
 @click.option("--to-my-channels", is_flag=True, default=False,
               help="Also send the SIMULATED alerts to the channels of your config (Slack, email, webhook).")
+@click.option("--serve", is_flag=True,
+              help="Keep the daemon and its dashboard up on the demo's database after the episode (Ctrl-C to stop).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8787, show_default=True,
+              help="Dashboard port on 127.0.0.1 with --serve (0: any free port).")
 @click.pass_obj
-def demo(state: State, speed: float | None, seed: int | None, scale: float, out_path: str, to_my_channels: bool) -> None:
+def demo(state: State, speed: float | None, seed: int | None, scale: float, out_path: str, to_my_channels: bool,
+         serve: bool, port: int) -> None:
     """Offline demo: a SIMULATED chain of the 2026 sell-off, watched by the real daemon, then a report."""
     from monitor.demo import DEFAULT_SEED, DEFAULT_SPEED, run_demo
 
-    result = run_async(run_demo(
-        seed=DEFAULT_SEED if seed is None else seed,
-        speed=DEFAULT_SPEED if speed is None else speed,
-        scale=scale,
-        out=Path(out_path),
-        db=Path(state.db) if state.db else None,
-        user_config=state.config_path,
-        to_user_channels=to_my_channels,
-        echo=click.echo,
-    ))
+    try:
+        result = run_async(run_demo(
+            seed=DEFAULT_SEED if seed is None else seed,
+            speed=DEFAULT_SPEED if speed is None else speed,
+            scale=scale,
+            out=Path(out_path),
+            db=Path(state.db) if state.db else None,
+            user_config=state.config_path,
+            to_user_channels=to_my_channels,
+            echo=click.echo,
+            serve=serve,
+            port=port,
+        ))
+    except KeyboardInterrupt:  # how a served demo ends
+        click.echo("\nstopped")
+        return
     if not result.is_ok:
         raise click.ClickException("the monitor's conclusions differ from what the scenario scripted (see MISMATCH above)")
 

@@ -60,6 +60,10 @@ class AcceleratedClock:
         # Sleeps are in simulated seconds (retry backoffs), so they are short in wall time.
         await asyncio.sleep(max(0.0, seconds) / self.speed)
 
+    def set_speed(self, speed: float) -> None:
+        """Run at `speed` from now on, continuing from the time it reads now (1.0: real time)."""
+        self.start, self._t0, self.speed = self.time(), time.monotonic(), speed
+
     def wall_until(self, at: float) -> float:
         """Wall seconds until the clock reads `at` (0 when it already has)."""
         return max(0.0, (at - self.time()) / self.speed)

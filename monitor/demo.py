@@ -11,6 +11,10 @@ channels stamp it with the real send time (the simulated event time is in the bo
 signatures verify at a receiver on real time. At the end it prints a summary per entity, checks it
 against the scenario's hand-written expectations, and writes the HTML report.
 
+With `serve=True` the daemon, and so its dashboard (`monitor.dashboard`), stays up on the demo's database
+after the episode: the clock drops to real time and the simulated chain keeps being watched until the
+process is stopped (or until `on_serve`, given the live parts, returns).
+
 Nothing here reaches the network: the chain, the Esplora server, the prices (the bundled simulated series)
 and the alert channels are all local.
 """
@@ -22,6 +26,7 @@ import dataclasses
 import logging
 import tempfile
 import tomllib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,10 +36,11 @@ from monitor.daemon import Daemon
 from monitor.model import ConfigError, format_btc
 from monitor.report import build_report, summarize_entities
 from monitor.sim.esplora_server import EsploraServer
+from monitor.sim.chain import SimChain
 from monitor.sim.scenario import Scenario, build_scenario
 from storage import Store
 
-__all__ = ["DemoResult", "EntityCheck", "run_demo", "DEFAULT_SPEED", "DEFAULT_SEED", "ALERT_LABEL"]
+__all__ = ["DemoResult", "DemoServer", "EntityCheck", "run_demo", "DEFAULT_SPEED", "DEFAULT_SEED", "ALERT_LABEL"]
 
 log = logging.getLogger("treasury_monitor.demo")
 
@@ -78,6 +84,16 @@ class DemoResult:
         return all(c.is_ok for c in self.checks)
 
 
+@dataclass(frozen=True)
+class DemoServer:
+    """The live parts of a served demo: the dashboard's address, the daemon, the simulated chain."""
+
+    url: str
+    daemon: Daemon
+    chain: SimChain
+    scenario: Scenario
+
+
 def _with_user_channels(demo: Config, user: Config | None) -> Config:
     """The demo config plus the user's alert channels and rules (Slack/email), when they defined any."""
     if user is None or not user.alerts.channels:
@@ -106,8 +122,15 @@ async def run_demo(
     user_config: str | None = None,
     to_user_channels: bool = False,
     echo=print,
+    serve: bool = False,
+    port: int = 0,
+    on_serve: Callable[[DemoServer], Awaitable[None]] | None = None,
 ) -> DemoResult:
-    """Play the scenario against the real daemon; print alerts, a summary and write the report."""
+    """Play the scenario against the real daemon; print alerts, a summary and write the report.
+
+    With `serve` the daemon listens on 127.0.0.1:`port` and stays up after the episode: until cancelled
+    (Ctrl-C), or until `on_serve(DemoServer)` returns when it is given.
+    """
     watch = Stopwatch()
     # Building the scenario (a file read and a full play-through), the files, the database and the
     # report all run in worker threads: the daemon shares this loop and must never wait on them.
@@ -125,13 +148,14 @@ async def run_demo(
         if skipped:
             echo(f"\nYour config's channels ({', '.join(skipped)}) are not used: pass --to-my-channels to send "
                  "them the demo's SIMULATED alerts.")
-        daemon = Daemon(cfg, clock=clock, port=0, send_clock=SystemClock(), alert_label=ALERT_LABEL)
+        daemon = Daemon(cfg, clock=clock, port=port if serve else 0, send_clock=SystemClock(), alert_label=ALERT_LABEL)
         task = asyncio.create_task(daemon.run(install_signals=False))
         while daemon.bound_port is None:
             if task.done():
                 await task  # raises what stopped the daemon
             await asyncio.sleep(0.01)
-        echo(f"\nThe daemon is running (API at http://127.0.0.1:{daemon.bound_port}/api/flows); "
+        url = f"http://127.0.0.1:{daemon.bound_port}/"
+        echo(f"\nThe daemon is running (dashboard at {url}, API at {url}api/flows); "
              f"simulated time runs {speed:,.0f}x faster than real time. Alerts:\n")
         source = cfg.sources[0].name
         for step in scenario.steps:
@@ -142,8 +166,28 @@ async def run_demo(
                 await _one_poll(daemon, source, task)
         await _one_poll(daemon, source, task)
         await _one_poll(daemon, source, task)
-        daemon.request_stop()
-        await task
+        if not serve:
+            daemon.request_stop()
+            await task
+        else:
+            clock.set_speed(1.0)
+        try:
+            result = await _conclude(db_path, scenario, out, echo, watch)
+            if serve:
+                echo(f"\nThe dashboard stays up at {url} on the demo's database (Ctrl-C to stop).")
+                if on_serve is not None:
+                    await on_serve(DemoServer(url, daemon, run.chain, scenario))
+                else:
+                    await asyncio.Event().wait()
+        finally:
+            if not task.done():
+                daemon.request_stop()
+                await task
+    return result
+
+
+async def _conclude(db_path: Path, scenario: Scenario, out: Path | None, echo, watch: Stopwatch) -> DemoResult:
+    """Print the per-entity checks and alert counts, write the report; the demo's result."""
     checks, alerts = await asyncio.to_thread(_check, db_path, scenario)
     echo("")
     echo("Per entity (sold = outflows with a sale verdict; custody = to custodians, not counted as sold;")

@@ -16,8 +16,13 @@
                                       pool and per day, tracked miners' measured vs reported production,
                                       miners' outflows by destination kind, miner-to-exchange, MPI
 
+    GET /, /entity/{name}, /scenarios, /static/...
+                                      the dashboard (`monitor.dashboard`), read-only HTML
+
 When `[daemon].token` is set every request needs `Authorization: Bearer <token>` (401 otherwise);
-binding to a non-loopback address without a token is refused at start.
+binding to a non-loopback address without a token is refused at start. A browser cannot send that
+header, so a page opened once with `?token=<token>` sets it as an HttpOnly, SameSite=Strict cookie
+(and redirects to the same address without it); the cookie is then accepted like the header.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from monitor.clock import iso, parse_iso
+from monitor.dashboard import add_routes as add_dashboard_routes
 from monitor.export import flow_record
 from storage import alerts as outbox_store
 from storage.reads import entity_summaries, events_after, flow_row, flow_rows
@@ -43,6 +49,7 @@ __all__ = ["make_app", "start_http", "event_record"]
 log = logging.getLogger("treasury_monitor.http")
 DAEMON_KEY = web.AppKey("daemon", object)
 MAX_LIMIT = 5000
+TOKEN_COOKIE = "treasury_monitor_token"
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -81,9 +88,17 @@ async def _auth(request: web.Request, handler):
     daemon: Daemon = request.app[DAEMON_KEY]  # type: ignore[assignment]
     token = daemon.config.daemon.token
     if token is not None:
+        secret = token.reveal().encode()
+        in_query = request.query.get("token")
+        if in_query is not None and hmac.compare_digest(in_query.encode(), secret):
+            # Swap the token in the address for a cookie, so it leaves the address bar and history.
+            resp = web.HTTPSeeOther(str(request.rel_url.without_query_params("token")))
+            resp.set_cookie(TOKEN_COOKIE, token.reveal(), httponly=True, samesite="Strict", path="/")
+            return resp
         given = request.headers.get("Authorization", "")
         expected = f"Bearer {token.reveal()}"
-        if not hmac.compare_digest(given.encode(), expected.encode()):
+        cookie = request.cookies.get(TOKEN_COOKIE, "")
+        if not (hmac.compare_digest(given.encode(), expected.encode()) or hmac.compare_digest(cookie.encode(), secret)):
             return web.json_response({"error": "missing or wrong bearer token"}, status=401,
                                      headers={"WWW-Authenticate": 'Bearer realm="treasury-monitor"'})
     return await handler(request)
@@ -237,6 +252,7 @@ def make_app(daemon: Daemon) -> web.Application:
     app.router.add_get("/api/events", api_events)
     app.router.add_get("/api/events/stream", api_events)
     app.router.add_get("/api/miners", api_miners)
+    add_dashboard_routes(app, DAEMON_KEY)
     return app
 
 

@@ -82,6 +82,10 @@ __all__ = [
     "render_png",
     "write_report",
     "REPORT_FORMATS",
+    "entity_histories",
+    "price_series",
+    "scenario_html",
+    "is_retracted",
 ]
 
 
@@ -235,6 +239,16 @@ def _load(store: Store, entity: str | None) -> list[_EntityData]:
     return out
 
 
+def entity_histories(store: Store, entity: str | None = None) -> list[_EntityData]:
+    """Tracked entities (or the one asked for) that have flows, each with all its flows and balance series."""
+    return _load(store, entity)
+
+
+def is_retracted(row: dict[str, Any]) -> bool:
+    """True when a stored flow row was replaced or reorged out, or its classification retracted."""
+    return _is_retracted(row)
+
+
 def _summary(d: _EntityData, since: int | None, until: int | None) -> EntitySummary:
     series, basis = d.balance_series()
     period = d.in_period(since, until)
@@ -291,6 +305,19 @@ def _price_series(store: Store, lo: int, hi: int, data: Sequence[_EntityData],
             if c is not None and c["btc_usd"]:
                 pts[d.at(r)] = c["btc_usd"]
     return sorted(pts.items())
+
+
+def price_series(store: Store, lo: int, hi: int, data: Sequence[_EntityData]) -> list[tuple[int, float]]:
+    """(Unix time, BTC/USD) points over [lo, hi]: cached daily or hourly candles, else classification prices."""
+    return _price_series(store, lo, hi, data, None)
+
+
+def scenario_html(store: Store) -> str:
+    """The scenario table (hashprice, breakeven, miners below cost per price case) as an HTML fragment."""
+    data = _load(store, None)
+    lo, hi = _period(data, None, None)
+    series = _price_series(store, lo, hi, data, None)
+    return _scenario_section(store, data, None, series[-1] if series else None)
 
 
 def _period(data: Sequence[_EntityData], since: int | None, until: int | None) -> tuple[int, int]:
