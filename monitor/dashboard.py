@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from jinja2 import Environment, FileSystemLoader, select_autoescape
+from jinja2 import DictLoader, Environment, select_autoescape
 
 from monitor.clock import iso, parse_iso
 from monitor.dashboard_charts import Branch, Marker, balance_chart, marker_shape, sparkline, trace_graph
@@ -56,7 +56,11 @@ DAY = 86_400
 _TRACKED_KINDS = ("miner", "sovereign", "other")
 _FEED_SIZE = 40
 
-_env = Environment(loader=FileSystemLoader(TEMPLATE_DIR), autoescape=select_autoescape(["html"]),
+# Templates and static files are read once, at import: serving them never touches the disk on the loop.
+_TEMPLATES = {p.name: p.read_text(encoding="utf-8") for p in sorted(TEMPLATE_DIR.glob("*.html"))}
+_STATIC_TYPES = {".css": "text/css", ".js": "text/javascript"}
+_STATIC = {p.name: (p.read_bytes(), _STATIC_TYPES[p.suffix]) for p in sorted(STATIC_DIR.iterdir()) if p.suffix in _STATIC_TYPES}
+_env = Environment(loader=DictLoader(_TEMPLATES), autoescape=select_autoescape(["html"]),
                    trim_blocks=True, lstrip_blocks=True)
 
 
@@ -382,8 +386,16 @@ def add_routes(app: web.Application, daemon_key: web.AppKey) -> None:
         table = await daemon.rt.store.run(scenario_html)
         return _render("scenarios.html", nav="scenarios", table=table)
 
+    async def static(request: web.Request) -> web.Response:
+        found = _STATIC.get(request.match_info["name"])
+        if found is None:
+            raise web.HTTPNotFound()
+        body, ctype = found
+        return web.Response(body=body, content_type=ctype, charset="utf-8",
+                            headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "max-age=300"})
+
     app.router.add_get("/", index)
     app.router.add_get("/entity/{name}", entity)
     app.router.add_get("/scenarios", scenarios)
-    app.router.add_static("/static/", STATIC_DIR, append_version=False)
+    app.router.add_get("/static/{name}", static)
 
