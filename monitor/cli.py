@@ -471,8 +471,10 @@ def demo(state: State, speed: float | None, seed: int | None, scale: float, out_
 @click.option("--since", default=None, help="Only flows at or after this ISO date/time (UTC).")
 @click.option("--until", default=None, help="Only flows before this ISO date/time (UTC).")
 @click.option("--entity", default=None, help="Only this entity.")
+@click.option("--full", is_flag=True, help="Open every collapsed section (alerts, flow tables, 30-day bars).")
 @click.pass_obj
-def report(state: State, out_path: str | None, fmt: str, since: str | None, until: str | None, entity: str | None) -> None:
+def report(state: State, out_path: str | None, fmt: str, since: str | None, until: str | None, entity: str | None,
+           full: bool) -> None:
     """A self-contained HTML report with charts (or one PNG chart) from the stored flows and alerts."""
     from monitor.report import write_report
 
@@ -488,6 +490,7 @@ def report(state: State, out_path: str | None, fmt: str, since: str | None, unti
     options = {"since": since_ts, "until": until_ts, "entity": entity}
     if fmt == "html":
         options["now"] = int(SystemClock().time())
+        options["full"] = full
     n = write_report(db, out, fmt=fmt, **options)
     click.echo(f"wrote {out} ({n:,} bytes)")
 

@@ -509,7 +509,10 @@ th{background:#F4F4F4;font-weight:600}td.num,th.num{text-align:right;font-varian
 tr.retracted td{color:#888;text-decoration:line-through}tr.retracted td.keep{text-decoration:none}
 ul.reasons{margin:0;padding-left:16px}ul.reasons li{margin:1px 0}
 img{max-width:100%;height:auto;display:block;margin:6px 0}
-nav a{margin-right:10px}code{font-size:12px}
+nav{display:flex;flex-wrap:wrap;gap:2px 12px}code{font-size:12px}
+.scroll{overflow-x:auto;max-width:100%;margin:8px 0 14px}.scroll table{margin:0}
+details{margin:6px 0}details>summary{cursor:pointer;padding:3px 0}section.entity>details>summary{font-weight:600}
+#alerts>details{border-bottom:1px solid #E3E3E3}
 .legend span{margin-right:12px;white-space:nowrap}
 """
 
@@ -570,10 +573,19 @@ def _summary_table(summaries: Sequence[EntitySummary], ids: dict[str, str]) -> s
             f"<td class='num'>{s.internal}</td><td>{chips or '–'}</td><td>{_sev(s.max_severity)}</td>"
             f"<td class='num'>{s.retracted}</td></tr>"
         )
-    return f"<table>{head}{''.join(body)}</table>"
+    return _table(head, body)
 
 
-def _flow_table(d: _EntityData, rows: list[dict[str, Any]], max_rows: int) -> str:
+def _table(head: str, body: list[str]) -> str:
+    """A table that scrolls sideways inside itself when it is wider than the page (phones)."""
+    return f"<div class='scroll'><table>{head}{''.join(body)}</table></div>"
+
+
+def _details(summary: str, body: str, *, is_open: bool) -> str:
+    return f"<details{' open' if is_open else ''}><summary>{summary}</summary>{body}</details>"
+
+
+def _flow_table(d: _EntityData, rows: list[dict[str, Any]], max_rows: int, *, full: bool = False) -> str:
     shown = [r for r in rows if r["direction"] != "in" or _is_retracted(r)]
     inflows = [r for r in rows if r["direction"] == "in" and not _is_retracted(r)]
     parts = []
@@ -601,10 +613,11 @@ def _flow_table(d: _EntityData, rows: list[dict[str, Any]], max_rows: int) -> st
             f"<td class='keep'>{_chip(c.get('verdict'), retracted)}</td><td class='keep'>{_sev(c.get('severity'))}</td>"
             f"<td class='num'>{_btc(r['out_units'])}</td><td class='num'>{_usd(c.get('usd_value'))}</td>"
             f"<td class='small'>{dests}</td><td class='small keep'>{_e(status)}</td>"
-            f"<td class='small'>{_reasons(c.get('reasons', ()))}</td></tr>"
+            f"<td class='small'><details{' open' if full else ''}><summary>{len(c.get('reasons') or ())} reason(s)"
+            f"</summary>{_reasons(c.get('reasons', ()))}</details></td></tr>"
         )
     note = f"<p class='muted small'>Only the newest {max_rows} rows are shown.</p>" if cut else ""
-    return "".join(parts) + note + f"<table>{head}{''.join(body)}</table>"
+    return "".join(parts) + note + _table(head, body)
 
 
 def _latest_context(data: Sequence[_EntityData]) -> tuple[dict[str, Any], dict[str, Any]] | None:
@@ -663,13 +676,13 @@ def _scenario_section(store: Store, data: Sequence[_EntityData], scenario_prices
         f"<p>Hashprice at difficulty <strong>{ctx['difficulty'] / 1e12:,.2f} T</strong> (height {_e(ctx['height'])}, "
         f"average fees {(ctx.get('avg_fees_sat') or 0) / SATS_PER_BTC:.4f} BTC per block), from the newest stored "
         f"classification context (transaction <code>{_e(row['txid'][:16])}…</code>, {_e(_when(ctx.get('at')))}).</p>"
-        f"<table>{head}{''.join(body)}</table>"
-        f"<p class='muted small'>Scenario prices: {sources}. Cash costs: {costs or 'none'}. Hashprice = 144 × (subsidy + "
+        + _table(head, body)
+        + f"<p class='muted small'>Scenario prices: {sources}. Cash costs: {costs or 'none'}. Hashprice = 144 × (subsidy + "
         "fees) × price × 1e15 / (difficulty × 2^32 / 600); breakeven = hashprice / (J/TH × 24) (economics.md §2-3).</p>"
     )
 
 
-def _alerts_section(store: Store, entity: str | None, since: int | None, until: int | None) -> str:
+def _alerts_section(store: Store, entity: str | None, since: int | None, until: int | None, *, full: bool = False) -> str:
     rows = [
         a for a in alert_rows(store)
         if (entity is None or a["entity"] == entity)
@@ -677,26 +690,46 @@ def _alerts_section(store: Store, entity: str | None, since: int | None, until: 
     ]
     if not rows:
         return "<p class='muted'>No alerts stored for this period.</p>"
-    head = ("<tr><th>#</th><th>Created (UTC)</th><th>Kind</th><th>Entity</th><th>Verdict</th><th>Severity</th>"
+    head = ("<tr><th>#</th><th>Created (UTC)</th><th>Kind</th><th>Verdict</th><th>Severity</th>"
             "<th class='num'>BTC</th><th class='num'>USD</th><th>Delivery</th><th>Reasons</th></tr>")
-    body = []
+    by_entity: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for a in rows:
-        flow = (a["payload"] or {}).get("flow") or {}
-        c = flow.get("classification") or {}
-        changes = a["payload"].get("changes") or []
-        delivery = ", ".join(f"{ch['channel']}: {ch['status']}" for ch in a["channels"]) or a["status"]
-        why = "".join(f"<li><em>{_e(x)}</em></li>" for x in changes)
-        reasons = _reasons(c.get("reasons", ()))
-        if why:
-            reasons = f'<ul class="reasons">{why}</ul>' + reasons
-        body.append(
-            f"<tr id='alert-{int(a['id'])}'><td class='num'>{int(a['id'])}</td><td>{_e(_when(a['created_at']))}</td>"
-            f"<td>{_e(a['kind'])}</td><td>{_e(a['entity'])}</td><td>{_chip(c.get('verdict'), a['kind'] == 'retraction')}</td>"
-            f"<td>{_sev(c.get('severity'))}</td><td class='num'>{_e(flow.get('out_amount', '–'))}</td>"
-            f"<td class='num'>{_usd(c.get('usd_value'))}</td><td class='small'>{_e(delivery)}</td>"
-            f"<td class='small'>{reasons}</td></tr>"
-        )
-    return f"<p>{len(rows)} alert(s), oldest first.</p><table>{head}{''.join(body)}</table>"
+        by_entity[a["entity"] or "(none)"].append(a)
+    groups = []
+    for name, alerts in by_entity.items():
+        body = []
+        severities: Counter[str] = Counter()
+        kinds: Counter[str] = Counter()
+        usd = 0.0
+        for a in alerts:
+            flow = (a["payload"] or {}).get("flow") or {}
+            c = flow.get("classification") or {}
+            kinds[a["kind"]] += 1
+            if c.get("severity"):
+                severities[c["severity"]] += 1
+            if a["kind"] == "new" and c.get("usd_value"):
+                usd += c["usd_value"]
+            changes = a["payload"].get("changes") or []
+            delivery = ", ".join(f"{ch['channel']}: {ch['status']}" for ch in a["channels"]) or a["status"]
+            why = "".join(f"<li><em>{_e(x)}</em></li>" for x in changes)
+            reasons = _reasons(c.get("reasons", ()))
+            if why:
+                reasons = f'<ul class="reasons">{why}</ul>' + reasons
+            body.append(
+                f"<tr id='alert-{int(a['id'])}'><td class='num'>{int(a['id'])}</td><td>{_e(_when(a['created_at']))}</td>"
+                f"<td>{_e(a['kind'])}</td><td>{_chip(c.get('verdict'), a['kind'] == 'retraction')}</td>"
+                f"<td>{_sev(c.get('severity'))}</td><td class='num'>{_e(flow.get('out_amount', '–'))}</td>"
+                f"<td class='num'>{_usd(c.get('usd_value'))}</td><td class='small'>{_e(delivery)}</td>"
+                f"<td class='small'><details{' open' if full else ''}><summary>{len(c.get('reasons') or ()) + len(changes)} "
+                f"reason(s)</summary>{reasons}</details></td></tr>"
+            )
+        sev = ", ".join(f"{_sev(k)}&nbsp;×{severities[k]}" for k in sorted(severities, key=severity_rank, reverse=True))
+        kind = ", ".join(f"{_e(k)} {n}" for k, n in sorted(kinds.items()))
+        summary = (f"<strong>{_e(name)}</strong>: {len(alerts)} alert(s) ({kind}); {sev}"
+                   + (f"; new alerts worth {_usd(usd)}" if usd else ""))
+        groups.append(_details(summary, _table(head, body), is_open=full))
+    return (f"<p>{len(rows)} alert(s), per entity, oldest first within each; open an entity to see them.</p>"
+            + "".join(groups))
 
 
 def _legend() -> str:
@@ -719,8 +752,13 @@ def build_report(
     now: int | None = None,
     title: str = "treasury-monitor report",
     max_rows: int = 500,
+    full: bool = False,
 ) -> str:
     """The whole report as one self-contained HTML page.
+
+    By default it stays short (under ten 1280×800 screens for the demo): alerts are grouped per entity and
+    collapsed, each entity's 30-day bars and flow table sit behind `<details>`, and wide tables scroll
+    inside themselves. `full=True` opens every `<details>`.
 
     `scenarios` are (label, BTC price) pairs for the scenario table (default: CoinShares' cases, the latest
     price in the data and the all-time high). `simulated=True` puts a banner on top listing `sources` (the
@@ -768,7 +806,7 @@ def build_report(
         out.append("<p class='muted'>No flows of tracked entities are stored for this selection.</p>")
     out.append("</section>")
     out.append(f"<section id='scenarios'><h2>Price scenarios</h2>{_scenario_section(store, data, scenarios, today)}</section>")
-    out.append(f"<section id='alerts'><h2>Alerts</h2>{_alerts_section(store, entity, since, until)}</section>")
+    out.append(f"<section id='alerts'><h2>Alerts</h2>{_alerts_section(store, entity, since, until, full=full)}</section>")
     for d, s in zip(data, summaries):
         p = d.profile
         facts = "".join([
@@ -788,9 +826,11 @@ def build_report(
             f"({_usd(s.sold_usd)}), custody moves {_btc(s.custody_units)} BTC, {s.internal} internal move(s), "
             f"received {_btc(s.received_units)} BTC.</p>"
             + _img(_balance_chart(d, lo, hi, series), f"{d.name}: balance and BTC price with outflows by verdict")
-            + _img(_outflow_bars(d, lo, hi, multiple), f"{d.name}: outflows per 30 days against monthly production")
-            + "<h3>Outflows and internal moves</h3>"
-            + _flow_table(d, d.in_period(since, until), max_rows)
+            + _details("Outflows per 30 days against monthly production",
+                       _img(_outflow_bars(d, lo, hi, multiple), f"{d.name}: outflows per 30 days against monthly production"),
+                       is_open=full)
+            + _details(f"Outflows and internal moves ({s.flows} in the period)",
+                       _flow_table(d, d.in_period(since, until), max_rows, full=full), is_open=full)
             + "</section>"
         )
     out.append(f"<section id='legend'><h2>Legend</h2>{_legend()}</section>")
