@@ -191,17 +191,17 @@ def balance_chart(
 
 def trace_graph(entity: str, txid: str, out_units: int, branches: Sequence[Branch], *, href_of=None) -> str:
     """A left-to-right graph: the flow's tx, then per followed output its hops and where the coins ended."""
-    col, row, box_w, box_h = 170, 64, 140, 40
+    col, row, box_w, box_h = 240, 64, 140, 40
     hops = max((len(b.path) for b in branches), default=1)
     w = 20 + col * (hops + 1)
-    h = 16 + row * max(1, len(branches))
+    h = 24 + row * max(1, len(branches))
     label = f"hop trace of {entity}'s transaction {txid[:12]}…"
     parts = [f'<svg class="trace" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="{_e(label)}">',
              f"<title>{_e(label)}</title>"]
     y0 = h / 2 - box_h / 2
     parts.append(_box(10, y0, box_w, box_h, f"{entity}", f"{out_units / SATS_PER_BTC:,.2f} BTC out", "#F4F4F4", f"tx {txid}"))
     for i, b in enumerate(branches):
-        y = 8 + row * i + (row - box_h) / 2 - 4
+        y = 16 + row * i + (row - box_h) / 2 - 4
         px, py = 10 + box_w, y0 + box_h / 2
         for k, hop in enumerate(b.path[1:], start=1):
             x = 10 + col * k
@@ -228,4 +228,4 @@ def _edge(x1: float, y1: float, x2: float, y2: float, text: str) -> str:
     path = f'<path d="M{_f(x1)} {_f(y1)}C{_f(mid)} {_f(y1)} {_f(mid)} {_f(y2)} {_f(x2)} {_f(y2)}" fill="none" stroke="#555" stroke-width="1.4"/>'
     if not text:
         return path
-    return path + f'<text x="{_f(mid)}" y="{_f(y2 - 5)}" text-anchor="middle" class="ax">{_e(text)}</text>'
+    return path + f'<text x="{_f(mid)}" y="{_f(min(y1, y2) - 6)}" text-anchor="middle" class="ax">{_e(text)}</text>'

@@ -315,6 +315,22 @@ async def test_non_loopback_bind_needs_a_token_and_requests_need_it(tmp_path):
                     assert r.status == 401
                 async with s.get(base + "/api/flows", headers={"Authorization": "Bearer tok-123456"}) as r:
                     assert r.status == 200
+            # A browser: the dashboard needs the token too; `?token=` once swaps it for an HttpOnly cookie.
+            # (unsafe=True: aiohttp's jar, unlike a browser's, ignores cookies from IP-address hosts otherwise)
+            async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as s:
+                for path in ("/", "/entity/Test%20Miner", "/scenarios", "/static/dashboard.js", "/?token=wrong"):
+                    async with s.get(base + path, allow_redirects=False) as r:
+                        assert r.status == 401, path
+                async with s.get(base + "/entity/Test%20Miner?token=tok-123456&page=1", allow_redirects=False) as r:
+                    assert r.status == 303 and r.headers["Location"] == "/entity/Test%20Miner?page=1"
+                    cookie = r.headers["Set-Cookie"]
+                    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "tok-123456" in cookie
+                for path in ("/", "/entity/Test%20Miner", "/scenarios", "/static/dashboard.css", "/api/events"):
+                    async with s.get(base + path) as r:  # the session sends the cookie back
+                        assert r.status == 200, path
+            async with aiohttp.ClientSession(cookies={"treasury_monitor_token": "wrong"}) as s:
+                async with s.get(base + "/") as r:
+                    assert r.status == 401
         finally:
             proc.send_signal(signal.SIGTERM)
             await wait_exit(proc, 15)
