@@ -265,3 +265,53 @@ def test_every_verdict_has_a_distinct_colour_and_marker():
     styles = list(VERDICT_STYLES.values()) + [RETRACTED_STYLE]
     assert len({s.colour for s in VERDICT_STYLES.values()}) == len(VERDICT_STYLES)
     assert len({s.marker for s in styles}) == len(styles)
+
+
+class _Details(HTMLParser):
+    """Each <details>: whether it is open and the first text of its <summary>; tables outside a scroller."""
+
+    def __init__(self, text):
+        super().__init__(convert_charrefs=True)
+        self.details, self.bare_tables, self._stack, self._summary = [], 0, [], None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "details":
+            self.details.append({"open": "open" in a, "summary": ""})
+        if tag == "summary":
+            self._summary = self.details[-1]
+        if tag == "table" and not any(t == ("div", "scroll") for t in self._stack):
+            self.bare_tables += 1
+        if tag not in VOID:
+            self._stack.append((tag, a.get("class")))
+
+    def handle_endtag(self, tag):
+        if tag in VOID:
+            return
+        while self._stack and self._stack.pop()[0] != tag:
+            pass
+        if tag == "summary":
+            self._summary = None
+
+    def handle_data(self, data):
+        if self._summary is not None:
+            self._summary["summary"] += data
+
+
+def test_report_is_short_by_default_and_full_opens_everything(store, page):
+    short = _Details(page)
+    alerts = alert_rows(store)
+    entities = {a["entity"] for a in alerts}
+    # alerts grouped per entity, each group collapsed and counted in its summary
+    groups = [d for d in short.details if d["summary"].split(":")[0] in entities and "alert(s)" in d["summary"]]
+    assert sorted(d["summary"].split(":")[0] for d in groups) == sorted(entities)
+    for d in groups:
+        name = d["summary"].split(":")[0]
+        assert f"{sum(1 for a in alerts if a['entity'] == name)} alert(s)" in d["summary"]
+    assert short.details and not any(d["open"] for d in short.details)
+    assert short.bare_tables == 0  # every table scrolls inside itself
+    full = _Details(build_report(store, simulated=True, full=True))
+    assert len(full.details) == len(short.details) and all(d["open"] for d in full.details)
+    # nothing is left out of the short page, only folded
+    assert Page(page).all_text.count("reason(s)") == Page(build_report(store, simulated=True, full=True)).all_text.count("reason(s)")
