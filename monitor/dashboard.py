@@ -19,6 +19,7 @@ shape without touching the pages.
 
 from __future__ import annotations
 
+import urllib.parse
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,7 +95,12 @@ def _verdict_css() -> str:
     return "".join(rules)
 
 
-_env.filters.update(btc=_btc, usd=_usd, when=_when)
+def _segment(text: str) -> str:
+    # jinja's urlencode keeps '/', which would split an entity name like "A/B" into two path segments
+    return urllib.parse.quote(str(text), safe="")
+
+
+_env.filters.update(btc=_btc, usd=_usd, when=_when, segment=_segment)
 _env.globals.update(verdict_css=_verdict_css(), verdicts=list(VERDICT_STYLES), destination_kinds=DESTINATION_KINDS)
 
 
@@ -395,7 +401,7 @@ def add_routes(app: web.Application, daemon_key: web.AppKey) -> None:
                             headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "max-age=300"})
 
     app.router.add_get("/", index)
-    app.router.add_get("/entity/{name}", entity)
+    app.router.add_get("/entity/{name:.+}", entity)
     app.router.add_get("/scenarios", scenarios)
     app.router.add_get("/static/{name}", static)
 
