@@ -305,7 +305,9 @@ def entity_page(store: Store, name: str, f: FlowFilters, now: int) -> dict[str, 
         "pages": pages,
         "filters": f,
         "traces": trace_views,
-        "candidates": candidate_rows(store, entity=name),
+        "candidates": [{**c, "kinds": Counter(e["kind"] for e in c["evidence"]).most_common(),
+                        "txids": [e["txid"] for e in c["evidence"] if e["txid"]][:3]}
+                       for c in candidate_rows(store, entity=name)],
     }
 
 
@@ -344,10 +346,12 @@ def _flow_view(r: dict[str, Any], traces: dict[tuple[str, str], list[Branch]]) -
 
 def _render(template: str, **ctx: Any) -> web.Response:
     body = _env.get_template(template).render(**ctx)
-    return web.Response(text=body, content_type="text/html", charset="utf-8",
+    resp = web.Response(text=body, content_type="text/html", charset="utf-8",
                         headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store",
                                  "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
                                                             "img-src 'self' data:; script-src 'self'"})
+    resp.enable_compression()  # gzip/deflate when the browser accepts it: the feed's reasons compress well
+    return resp
 
 
 def _filters(request: web.Request) -> FlowFilters:

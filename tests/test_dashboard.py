@@ -14,11 +14,27 @@ from builders import COIN, MARCH_5_2026, config_toml, entity_table, esplora_sour
 from fakes.receiver import free_port
 from test_daemon import start_daemon, wait_exit
 
+from monitor.model import EntityAddress
 from monitor.sim.chain import SimChain
 from monitor.sim.esplora_server import EsploraServer
+from storage import Store
+from storage.discovery import Evidence, add_evidence, propose_address
 
 EVIL = "<b>Evil & Co</b>"
 SALES = 30
+
+
+def _seed_candidate(db, address: str) -> None:
+    """A candidate address with two pool payouts as evidence, stored the way the discovery job stores them."""
+    store = Store(db)
+    try:
+        with store.batch():
+            propose_address(store, EVIL, EntityAddress("bitcoin", address, source="pool payouts (test)", learned_by="pool_payout"),
+                            status="candidate", now=MARCH_5_2026)
+            add_evidence(store, [Evidence("bitcoin", address, EVIL, "pool_payout", txid=f"{i:064x}", block_height=900_000 + i,
+                                          value=3 * COIN) for i in (1, 2)], now=MARCH_5_2026)
+    finally:
+        store.close()
 
 
 def _rows(html: str) -> int:
@@ -32,6 +48,8 @@ async def test_flows_table_filters_pages_and_escapes(tmp_path):
     chain.mine()
     port = free_port()
     async with EsploraServer(chain) as server:
+        candidate = chain.address("dash-candidate")
+        await asyncio.to_thread(_seed_candidate, tmp_path / "d.db", candidate)
         cfg = tmp_path / "c.toml"
         await asyncio.to_thread(cfg.write_text, config_toml(
             db=tmp_path / "d.db",
@@ -71,6 +89,10 @@ async def test_flows_table_filters_pages_and_escapes(tmp_path):
                 assert _rows(html) == 25
                 txids = re.findall(r'<tr id="flow-[0-9a-f]+" class="[^"]*">\s*<td>[^<]*</td>\s*<td><code title="([0-9a-f]{64})"', html)
                 assert len(txids) == 25 and txids[0] == unknown.txid
+                # the candidate, with its evidence and the commands that decide it
+                cands = html[html.index('id="cand-h"'):]
+                assert candidate in cands and "pool_payout ×2" in cands and "2 payout(s), 6.00 BTC" in cands
+                assert f"entities accept {candidate}" in cands and f"entities reject {candidate}" in cands
                 _, html2, _ = await get(page + "?destination=exchange&page=2")
                 assert f"{SALES} matching" in html2 and _rows(html2) == SALES - 25 and "page 2 of 2" in html2
                 _, html3, _ = await get(page + "?destination=unknown")

@@ -193,6 +193,8 @@ async def test_dashboard_in_chromium_while_the_daemon_watches_the_episode(tmp_pa
         assert "exchange:Kraken" in text and "40.00 BTC · 100%" in text
         assert await page.locator("svg.chart").count() == 1
         assert await page.locator("svg.chart a, svg.chart g > title").count() > 3  # outflow markers
+        facts = await page.locator("ul.facts").inner_text()
+        assert "holdings" in facts and "as of 20" in facts and "source:" in facts
         await page.screenshot(path=shots / "entity-1280.png", full_page=True)
         # Filters and paging: only sales to exchanges, and the page count follows.
         await page.select_option('select[name="destination"]', "exchange")
