@@ -3,7 +3,7 @@
     GET /                         one card per tracked entity and the live feed of classifications,
                                   updates and retractions (from /api/events/stream, resuming after a
                                   reconnect with Last-Event-ID)
-    GET /entity/{name}?verdict=&destination=&since=&until=&page=
+    GET /entity/{name}?verdict=&destination=&since=&until=&page=   (`name` percent-encoded, '/' too)
                                   balance and price with outflows by verdict, the flows table with
                                   filters and paging, hop traces, dated facts with sources, candidates
     GET /scenarios                price and difficulty cases → hashprice, breakeven, miners below cost
@@ -248,7 +248,7 @@ class FlowFilters:
     page: int = 1
 
 
-def entity_page(store: Store, name: str, f: FlowFilters, now: int) -> dict[str, Any] | None:
+def entity_page(store: Store, name: str, f: FlowFilters) -> dict[str, Any] | None:
     """Everything the entity page shows, or None when the entity is unknown."""
     row = next((e for e in store.entity_rows() if e["name"] == name), None)
     if row is None:
@@ -385,7 +385,7 @@ def add_routes(app: web.Application, daemon_key: web.AppKey) -> None:
     async def entity(request: web.Request) -> web.Response:
         daemon = daemon_of(request)
         f = _filters(request)
-        data = await daemon.rt.store.run(entity_page, request.match_info["name"], f, int(daemon.clock.time()))
+        data = await daemon.rt.store.run(entity_page, request.match_info["name"], f)
         if data is None:
             raise web.HTTPNotFound(text=f"no entity named {request.match_info['name']!r}")
         q = {k: v for k, v in request.query.items() if k != "page" and v}
