@@ -131,7 +131,11 @@ def _fact(facts: list[dict[str, Any]], label: str) -> dict[str, Any] | None:
 
 
 def flow_traces(store: Store, entity: str) -> dict[tuple[str, str], list[Branch]]:
-    """Per traced flow (chain, txid) of the entity: its followed outputs as Branches, by output index."""
+    """Per traced flow (chain, txid) of the entity: where each followed output's coins went, as Branches.
+
+    One Branch per share of a multi-branch trace (an attribution reached, or why following stopped)
+    and per branch still being followed; a trace without shares is drawn from its tip.
+    """
     flows_out: dict[tuple[str, str], int] = {}
     out: dict[tuple[str, str], list[Branch]] = {}
     for t in trace_rows(store, entity=entity):
@@ -139,11 +143,23 @@ def flow_traces(store: Store, entity: str) -> dict[tuple[str, str], list[Branch]
         if key not in flows_out:
             row = flow_row(store, t.chain, t.txid, entity)
             flows_out[key] = (row or {}).get("out_units") or t.value or 1
-        end = t.attribution or t.result or t.status
-        out.setdefault(key, []).append(Branch(n=t.n, value_units=t.value, share=t.value / flows_out[key],
-                                              path=tuple(t.path), status=t.status, end=end))
+        whole = flows_out[key]
+        parts = [
+            Branch(n=t.n, value_units=sh.value, share=sh.value / whole, path=tuple(sh.path),
+                   status="attributed" if sh.attribution != "unknown" else (sh.note or "unknown"),
+                   end=sh.attribution if not sh.note else f"{sh.attribution} ({sh.note})")
+            for sh in getattr(t, "shares", ())
+        ] + [
+            Branch(n=t.n, value_units=b.value, share=b.value / whole, path=tuple(b.path), status="pending",
+                   end=f"following {b.address or b.txid[:12]}")
+            for b in getattr(t, "branches", ())
+        ]
+        if not parts:
+            parts = [Branch(n=t.n, value_units=t.value, share=t.value / whole, path=tuple(t.path), status=t.status,
+                            end=t.attribution or t.result or t.status)]
+        out.setdefault(key, []).extend(parts)
     for branches in out.values():
-        branches.sort(key=lambda b: b.n)
+        branches.sort(key=lambda b: (b.n, -b.value_units))
     return out
 
 

@@ -147,7 +147,9 @@ async def test_dashboard_in_chromium_while_the_daemon_watches_the_episode(tmp_pa
         key = _key(unknown.txid, entity)
         await page.wait_for_selector(_item(key), timeout=5_000)
         assert (await page.locator(_item(key) + ' [data-slot="verdict"]').inner_text()).strip() == "unknown_transfer"
-        chain.pay([hop], [(kraken[0], 40 * SATS_PER_BTC - 3_000)], fee=3_000)
+        # the hop splits the coins between two exchanges: a trace with two branches and their shares
+        coinbase = srv.scenario.addresses_of("Coinbase")[0].address
+        chain.pay([hop], [(kraken[0], 25 * SATS_PER_BTC), (coinbase, 15 * SATS_PER_BTC - 3_000)], fee=3_000)
         chain.mine()
         await srv.daemon.discover()  # the [discovery] job the scheduler runs every `interval`
         await page.wait_for_selector(_item(key) + ' [data-slot="kind"]:text-is("updated")', timeout=5_000)
@@ -190,7 +192,8 @@ async def test_dashboard_in_chromium_while_the_daemon_watches_the_episode(tmp_pa
         graph = page.locator(f"#trace-{unknown.txid[:16]} svg.trace")
         assert await graph.count() == 1
         text = await graph.inner_html()
-        assert "exchange:Kraken" in text and "40.00 BTC · 100%" in text
+        assert "exchange:Kraken" in text and "exchange:Coinbase" in text
+        assert "25.00 BTC · 62%" in text and "15.00 BTC · 37%" in text
         assert await page.locator("svg.chart").count() == 1
         assert await page.locator("svg.chart a, svg.chart g > title").count() > 3  # outflow markers
         facts = await page.locator("ul.facts").inner_text()
