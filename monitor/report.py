@@ -504,7 +504,7 @@ h3{font-size:15px;margin:18px 0 6px}.muted{color:#666}.small{font-size:12px}
 table{border-collapse:collapse;width:100%;margin:8px 0 14px;font-size:12.5px}
 th,td{border-bottom:1px solid #E3E3E3;padding:4px 6px;text-align:left;vertical-align:top}
 th{background:#F4F4F4;font-weight:600}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-td.num .small{display:block;white-space:normal;min-width:14em}th{vertical-align:bottom}
+td.num .small{display:block;white-space:normal;min-width:14em}th{vertical-align:bottom}th.num{white-space:normal}
 .chip{display:inline-block;padding:1px 7px;border-radius:9px;font-size:11.5px;white-space:nowrap;border:1px solid #444}
 .sev{display:inline-block;padding:1px 6px;border-radius:3px;font-size:11.5px}
 tr.retracted td{color:#888;text-decoration:line-through}tr.retracted td.keep{text-decoration:none}
