@@ -108,18 +108,19 @@ _env.globals.update(verdict_css=_verdict_css(), verdicts=list(VERDICT_STYLES), d
 
 
 def entity_facts(store: Store, name: str) -> list[dict[str, Any]]:
-    """The entity's dated facts with their sources: label, value, unit, as_of, source, note."""
+    """The entity's dated facts with their sources, every point of each series newest first."""
     p = store.entity_profile(name)
     out = []
-    for label, unit, fact in (
-        ("holdings", "BTC", p.holdings_btc),
-        ("monthly production", "BTC", p.monthly_production_btc),
-        ("cash cost per BTC", "USD", p.cash_cost_usd),
-        ("fleet efficiency", "J/TH", p.efficiency_j_th),
+    for label, unit, figure in (
+        ("holdings", "BTC", "holdings_btc"),
+        ("monthly production", "BTC", "monthly_production_btc"),
+        ("cash cost per BTC", "USD", "cash_cost_usd"),
+        ("fleet efficiency", "J/TH", "efficiency_j_th"),
     ):
-        if fact is not None:
+        # Every dated point, newest first: the first of a label is the last reported figure.
+        for fact in reversed(p.series(figure)):
             out.append({"label": label, "value": fact.value, "unit": unit, "as_of": fact.as_of,
-                        "source": fact.source, "note": fact.note})
+                        "source": fact.source, "note": fact.note, "quote": fact.quote})
     if p.strategy_tags:
         out.append({"label": "strategy", "value": ", ".join(p.strategy_tags), "unit": "", "as_of": "",
                     "source": p.strategy_source, "note": ""})
