@@ -50,6 +50,7 @@ __all__ = [
     "ChannelConfig",
     "DaemonConfig",
     "DiscoveryConfig",
+    "MinersConfig",
     "Secret",
     "load_config",
     "parse_config",
@@ -97,6 +98,8 @@ DEFAULT_UNHEALTHY_AFTER = 600.0  # seconds a source may fail before /healthz rep
 DEFAULT_DIGEST_HOUR = 8  # UTC hour of the daily digest; -1 disables it
 DEFAULT_PRICE_INTERVAL = 600.0  # seconds between price refreshes in the daemon
 DEFAULT_DISCOVERY_INTERVAL = 600.0  # seconds between pool-payout following / hop-tracing passes
+DEFAULT_MINERS_FOLLOW = True  # the daemon keeps the miner view current once a backfill has started it
+DEFAULT_MINERS_INTERVAL = 120.0  # seconds between the daemon's miner-view scans (a block comes every ~600 s)
 DEFAULT_POOL_OWNERS = {"MARA Pool": "MARA"}  # pools-v2 pool name → the miner whose own pool it is
 DEFAULT_POOL_MIN_PAYOUTS = 2  # a recipient paid this often by its pool is proposed as a candidate
 DEFAULT_TRACE_MAX_HOPS = 20  # peeling chains run for tens of hops (Meiklejohn et al. 2013 followed 100)
@@ -122,7 +125,7 @@ DEFAULT_EVM_CONFIRMATIONS = 12
 DEFAULT_MAX_LOG_RANGE = 2000
 SOURCE_MODES = ("address", "block", "auto")
 #: Top-level sections, in the order they are parsed.
-SECTIONS = ("monitor", "sources", "entities", "classify", "prices", "alerts", "daemon", "discovery")
+SECTIONS = ("monitor", "sources", "entities", "classify", "prices", "alerts", "daemon", "discovery", "miners")
 
 _MONITOR_KEYS = ("network", "storage")
 _SOURCE_KEYS = (
@@ -193,6 +196,7 @@ _DISCOVERY_KEYS = (
     "provisional",
     "provisional_settle_days",
 )
+_MINERS_KEYS = ("follow", "interval", "source")
 _DAEMON_KEYS = ("host", "port", "token", "shutdown_grace", "unhealthy_after", "digest_hour", "digest_channels")
 # Header names whose plain-string values are most likely credentials.
 _SENSITIVE_HEADER = re.compile(r"auth|token|key|secret|cookie|password", re.IGNORECASE)
@@ -351,6 +355,15 @@ class DiscoveryConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class MinersConfig:
+    """[miners]: the daemon's upkeep of the chain-wide miner view."""
+
+    follow: bool = DEFAULT_MINERS_FOLLOW  # scan new blocks' coinbases (and reorgs) once something is stored
+    interval: float = DEFAULT_MINERS_INTERVAL
+    source: str | None = None  # the [[sources]] entry read; None: the first bitcoin source that can
+
+
+@dataclass(frozen=True, kw_only=True)
 class DaemonConfig:
     """[daemon]: the HTTP endpoint, shutdown grace, health bound and daily digest."""
 
@@ -378,6 +391,7 @@ class Config:
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    miners: MinersConfig = field(default_factory=MinersConfig)
 
     def source(self, name: str) -> SourceConfig:
         """The source called `name`.
@@ -440,6 +454,7 @@ def parse_config(
     alerts = _parse_alerts(data.get("alerts", {}), ctx)
     daemon = _parse_daemon(data.get("daemon", {}), ctx, alerts)
     discovery = _parse_discovery(data.get("discovery", {}), ctx)
+    miners = _parse_miners(data.get("miners", {}), ctx, sources)
     if ctx.problems or network is None:
         raise ConfigError(ctx.problems)
     return Config(
@@ -454,6 +469,7 @@ def parse_config(
         alerts=alerts,
         daemon=daemon,
         discovery=discovery,
+        miners=miners,
     )
 
 
@@ -1299,6 +1315,27 @@ def _parse_discovery(value: Any, ctx: _Context) -> DiscoveryConfig:
         provisional=_take(t, "provisional", BOOLEAN, "discovery", pr, True),
         provisional_settle_days=_take(t, "provisional_settle_days", NUMBER, "discovery", pr,
                                       DEFAULT_PROVISIONAL_SETTLE_DAYS, above=0),
+    )
+
+
+def _parse_miners(value: Any, ctx: _Context, sources: tuple[SourceConfig, ...]) -> MinersConfig:
+    """[miners]: whether and how often the daemon scans new blocks for the miner view, and from which source."""
+    t = _section(value, "miners", ctx)
+    if t is None:
+        return MinersConfig()
+    pr = ctx.problems
+    _check_keys(t, _MINERS_KEYS, "miners", pr)
+    source = _take(t, "source", STRING, "miners", pr, None, nonempty=True)
+    if source is not None:
+        src = next((s for s in sources if s.name == source), None)
+        if src is None:
+            pr.append(f"miners.source: {_show(source)} is not a source defined in [[sources]]")
+        elif src.type not in ("esplora", "bitcoind") or src.chain != "bitcoin":
+            pr.append(f"miners.source: {_show(source)} must be an esplora or bitcoind source on chain bitcoin")
+    return MinersConfig(
+        follow=_take(t, "follow", BOOLEAN, "miners", pr, DEFAULT_MINERS_FOLLOW),
+        interval=_take(t, "interval", NUMBER, "miners", pr, DEFAULT_MINERS_INTERVAL, above=0),
+        source=source,
     )
 
 

@@ -139,6 +139,8 @@ class Daemon:
         self.pushes: list = []
         self.bound_port: int | None = None
         self.started_at = self.clock.time()
+        self._pools = None  # the bundled pools data, loaded at the first miner-view pass
+        self.miner_scans = 0  # miner-view passes run
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -191,6 +193,12 @@ class Daemon:
             from monitor.discovery import NO_DISCOVERY_SOURCE
 
             log.warning("discovery job not scheduled: %s", NO_DISCOVERY_SOURCE)
+        miners = self.config.miners
+        if miners.follow and self._miner_reader() is not None:
+            self.scheduler.add_job(self._guarded, "interval", args=("miners", self.follow_miners), id="miners",
+                                   seconds=miners.interval, max_instances=1, coalesce=True, next_run_time=now)
+        elif miners.follow:
+            log.info("miner view not kept current: no esplora or bitcoind source on chain bitcoin")
         if self.config.daemon.digest_hour >= 0:
             self.scheduler.add_job(self._guarded, "cron", args=("digest", self.digest), id="digest",
                                    hour=self.config.daemon.digest_hour, minute=0, max_instances=1, coalesce=True)
@@ -456,6 +464,29 @@ class Daemon:
         if result.traced:
             self.events.set()
             await self.dispatch()
+
+    def _miner_reader(self):
+        """The miner view's block reader (see `monitor.miners.coinbase_reader`), made once."""
+        from monitor.miners import coinbase_reader
+
+        assert self.rt is not None
+        if not hasattr(self, "_miners_reader"):
+            self._miners_reader = coinbase_reader(self.rt.sources, self.config.miners.source)
+        return self._miners_reader
+
+    async def follow_miners(self) -> None:
+        """One miner-view pass: new blocks' coinbases up to the tip, reorgs undone (nothing while nothing is stored)."""
+        from monitor.miners import follow_tip
+        from monitor.pools import load_pools
+
+        assert self.rt is not None
+        if self._pools is None:
+            self._pools = await asyncio.to_thread(load_pools, self.config.network)  # a file read: off the loop
+        result = await follow_tip(self.rt.store, self._miner_reader(), now=int(self.clock.time()), pools=self._pools)
+        self.miner_scans += 1
+        if result.scanned or result.orphaned:
+            log.info("miner view: %d block(s) scanned to height %d, %d orphaned", result.scanned, result.end,
+                     result.orphaned)
 
     async def refresh_prices(self) -> None:
         """Fetch recent BTC/USD candles into the cache."""

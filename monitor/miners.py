@@ -64,6 +64,8 @@ __all__ = [
     "miners_view",
     "view_for_registry",
     "backfill_configured",
+    "coinbase_reader",
+    "follow_tip",
     "with_measured_production",
 ]
 
@@ -583,22 +585,35 @@ def view_for_registry(store: Store, registry: Any, *, since: int | None = None,
     return miners_view(store, kind_of=kind_of, reported=reported, owners=owners, since=since)
 
 
+def coinbase_reader(sources: Sequence[Any], name: str | None = None) -> Any | None:
+    """The miner view's block reader over a built source: `name`, else the first Esplora or Bitcoin Core
+    source on chain bitcoin (EsploraCoinbases or BitcoindCoinbases); None when there is none."""
+    from watchers.bitcoind import BitcoindSource
+    from watchers.coinbases import BitcoindCoinbases
+    from watchers.http import HttpClient
+
+    for s in sources:
+        if getattr(s, "chain", "") != "bitcoin" or (name is not None and s.name != name):
+            continue
+        if isinstance(s, BitcoindSource):
+            return BitcoindCoinbases(s.rpc, chain="bitcoin")
+        if isinstance(getattr(s, "http", None), HttpClient):
+            return EsploraCoinbases(s.http, chain="bitcoin")
+    return None
+
+
 async def backfill_configured(config: Any, *, db: Any, days: int, now: int, attribute: bool = True,
                               progress: Callable[[int, int], Any] | None = None) -> ScanResult:
-    """`miners backfill`: scan the last `days` of blocks through the first configured Bitcoin Esplora source."""
+    """`miners backfill`: scan the last `days` of blocks through `[miners].source` or the first Bitcoin source."""
     from monitor.model import ConfigError
     from monitor.runtime import runtime
 
     async with runtime(config, db=db) as rt:
-        from watchers.http import HttpClient
-
-        src = next((s for s in rt.sources if getattr(s, "chain", "") == "bitcoin"
-                    and isinstance(getattr(s, "http", None), HttpClient)), None)
-        if src is None:
-            raise ConfigError(["miners backfill needs an Esplora [[sources]] entry on chain bitcoin"])
+        reader = coinbase_reader(rt.sources, config.miners.source)
+        if reader is None:
+            raise ConfigError(["miners backfill needs an esplora or bitcoind [[sources]] entry on chain bitcoin"])
         pools = await asyncio.to_thread(load_pools, config.network) if attribute else None
-        return await backfill(rt.store, EsploraCoinbases(src.http, chain="bitcoin"), days=days, now=now, pools=pools,
-                              progress=progress)
+        return await backfill(rt.store, reader, days=days, now=now, pools=pools, progress=progress)
 
 
 def with_measured_production(store: Store, entity: Any, *, at: int, owners: Mapping[str, str] = DEFAULT_POOL_OWNERS,

@@ -218,7 +218,7 @@ EXPECTED: list[tuple[str, list[str]]] = [
             "retries, poll_interval, mode, headers, push_url, push_cap, mempool_checks; did you mean 'urls'?)"
         ],
     ),
-    ("unknown_section.toml", ["reporting: unknown section (expected one of: monitor, sources, entities, classify, prices, alerts, daemon, discovery)"]),
+    ("unknown_section.toml", ["reporting: unknown section (expected one of: monitor, sources, entities, classify, prices, alerts, daemon, discovery, miners)"]),
     ("wrong_type.toml", ["sources[0].timeout: expected a number, got 'ten'"]),
     ("bad_enum.toml", ["entities[1].kind: 'minor' is not one of miner, sovereign, exchange, otc, custodian, other"]),
     ("bad_url.toml", ["sources[0].urls[0]: 'ftp://x' is not an http(s) URL"]),
@@ -556,3 +556,17 @@ def test_example_config_documents_every_key_the_parser_accepts():
     assert accepted - documented == set(), "keys the parser accepts but config.toml does not show"
     # and nothing config.toml shows is refused (header names and pool names are values, not keys)
     assert (assignments | inline) - accepted - {"Authorization"} == set()
+
+
+def test_miners_section_defaults_and_checks(tmp_path):
+    from monitor.config import DEFAULT_MINERS_INTERVAL, ConfigError, parse_config
+
+    src = {"name": "node", "type": "esplora", "urls": ["http://127.0.0.1:1/api"]}
+    cfg = parse_config({"sources": [src]}, base_dir=tmp_path)
+    assert (cfg.miners.follow, cfg.miners.interval, cfg.miners.source) == (True, DEFAULT_MINERS_INTERVAL, None)
+    cfg = parse_config({"sources": [src], "miners": {"follow": False, "interval": 30, "source": "node"}}, base_dir=tmp_path)
+    assert (cfg.miners.follow, cfg.miners.interval, cfg.miners.source) == (False, 30, "node")
+    with pytest.raises(ConfigError) as err:
+        parse_config({"sources": [src], "miners": {"source": "nope", "interval": 0, "x": 1}}, base_dir=tmp_path)
+    text = str(err.value)
+    assert "miners.source: 'nope' is not a source" in text and "miners.interval" in text and "miners.x" in text

@@ -14,9 +14,12 @@ import re
 
 import aiohttp
 import pytest
-from builders import BUNDLED_PRICES, cli_run, config_toml, entity_table, esplora_source
+from builders import BUNDLED_PRICES, cli_run, config_toml, entity_table, esplora_source, until
+from fakes.receiver import free_port
 
-from monitor.clock import FrozenClock
+from monitor.clock import FrozenClock, SystemClock
+from monitor.config import load_config
+from monitor.daemon import Daemon
 from monitor.miners import (
     BLOCKS_PER_DAY,
     backfill,
@@ -259,3 +262,58 @@ async def test_cli_backfill_and_miners_view_with_flows(tmp_path):
         "select reasons from classifications where entity = 'MARA'")])
     assert reasons and all("monthly production" in r and "measured on chain" in r and "MARA Pool blocks" in r
                            for r in reasons)
+
+
+async def test_daemon_keeps_the_miner_view_current_through_a_reorg(tmp_path, pools):
+    """A backfill starts the view; the running daemon's miner job follows new blocks and undoes the reorg."""
+    ep = await asyncio.to_thread(build_pool_episode, days=10, per_day=12)
+    db = tmp_path / "d.db"
+    async with EsploraServer(ep.chain) as server:
+        # the view is started by a backfill of what is there (the first half, up to the reorg day)
+        store = AsyncStore(await asyncio.to_thread(Store, db))
+        async with aiohttp.ClientSession() as session:
+            http = HttpClient("esplora", [server.url], session, clock=FrozenClock(), rng=random.Random(1), retries=1,
+                              rate_limit=None)
+            await scan_blocks(store, EsploraCoinbases(http), start=first_height(ep), end=ep.chain.height, now=NOW,
+                              pools=pools)
+        await store.close()
+        cfg = tmp_path / "c.toml"
+        await asyncio.to_thread(cfg.write_text, config_toml(
+            db=db, sources=[esplora_source("local", server.url, rate_limit=1000.0, poll_interval=3600)],
+            daemon={"port": free_port(), "digest_hour": -1}, extra="[miners]\ninterval = 0.2\n"))
+        daemon = Daemon(await asyncio.to_thread(load_config, cfg), clock=SystemClock())
+        task = asyncio.create_task(daemon.run(install_signals=False))
+        try:
+            await until(lambda: daemon.miner_scans >= 1, what="first miner pass")
+            assert daemon.scheduler.get_job("miners") is not None
+            ep.apply_reorg()  # two stored blocks orphaned by three AntPool blocks, then the rest of the month
+            ep.mine_rest()
+
+            async def caught_up():
+                rows = await daemon.rt.store.run(miner_block_rows)
+                return rows and rows[-1]["height"] == ep.chain.height and rows[-1]["hash"] == ep.chain.tip.hash
+
+            await until(caught_up, what="the miner view at the tip")
+            got = await by_pool(daemon.rt.store)
+            rows = await daemon.rt.store.run(miner_block_rows)
+        finally:
+            daemon.request_stop()
+            assert await task == 0
+    assert got == ep.expected_by_pool()  # the orphaned blocks are not counted, the new branch is
+    assert [r["hash"] for r in rows] == [ep.chain.block_at(r["height"]).hash for r in rows]
+    assert len(rows) == len(ep.best_blocks())
+
+
+async def test_no_miner_job_without_a_bitcoin_source_or_when_off(tmp_path):
+    chain = SimChain()
+    async with EsploraServer(chain) as server:
+        cfg = tmp_path / "c.toml"
+        await asyncio.to_thread(cfg.write_text, config_toml(
+            db=tmp_path / "d.db", sources=[esplora_source("local", server.url, poll_interval=3600)],
+            daemon={"port": free_port(), "digest_hour": -1}, extra="[miners]\nfollow = false\n"))
+        daemon = Daemon(await asyncio.to_thread(load_config, cfg), clock=SystemClock())
+        await daemon.start()
+        try:
+            assert daemon.scheduler.get_job("miners") is None
+        finally:
+            await daemon.shutdown()
