@@ -38,7 +38,9 @@ from monitor.model import SATS_PER_BTC, Fact, SourceError
 from monitor.pools import DEFAULT_POOL_OWNERS, POOLS_SOURCE, PoolIndex, attribute_block, load_pools
 from storage import AsyncStore, Store
 from storage.miners import drop_miner_blocks_from, miner_block_hashes, miner_block_rows, miner_block_span, save_miner_blocks
-from watchers.coinbases import BlockCoinbase, EsploraCoinbases
+from watchers.coinbases import BitcoindCoinbases, BlockCoinbase, EsploraCoinbases
+
+CoinbaseReader = EsploraCoinbases | BitcoindCoinbases
 
 __all__ = [
     "BLOCKS_PER_DAY",
@@ -440,7 +442,7 @@ class ScanResult:
 
 async def scan_blocks(
     store: AsyncStore,
-    reader: EsploraCoinbases,
+    reader: CoinbaseReader,
     *,
     start: int,
     end: int,
@@ -503,7 +505,7 @@ async def scan_blocks(
     return ScanResult(start, end, scanned, skipped, orphaned, tally.requests)
 
 
-async def backfill(store: AsyncStore, reader: EsploraCoinbases, *, days: int, now: int, pools: PoolIndex | None,
+async def backfill(store: AsyncStore, reader: CoinbaseReader, *, days: int, now: int, pools: PoolIndex | None,
                    progress: Callable[[int, int], Any] | None = None, blocks_per_day: int = BLOCKS_PER_DAY) -> ScanResult:
     """Scan the last `days` × 144 blocks up to the tip (resumable: stored blocks are skipped)."""
     tip = await reader.tip_height()
@@ -511,7 +513,7 @@ async def backfill(store: AsyncStore, reader: EsploraCoinbases, *, days: int, no
     return await scan_blocks(store, reader, start=start, end=tip, now=now, pools=pools, progress=progress)
 
 
-async def follow_tip(store: AsyncStore, reader: EsploraCoinbases, *, now: int, pools: PoolIndex | None) -> ScanResult:
+async def follow_tip(store: AsyncStore, reader: CoinbaseReader, *, now: int, pools: PoolIndex | None) -> ScanResult:
     """Scan from the last stored block (re-checking it, for reorgs) to the tip; nothing when nothing is stored."""
     span = await store.run(miner_block_span, reader.chain)
     if span is None:
@@ -585,11 +587,10 @@ def view_for_registry(store: Store, registry: Any, *, since: int | None = None,
     return miners_view(store, kind_of=kind_of, reported=reported, owners=owners, since=since)
 
 
-def coinbase_reader(sources: Sequence[Any], name: str | None = None) -> Any | None:
+def coinbase_reader(sources: Sequence[Any], name: str | None = None) -> CoinbaseReader | None:
     """The miner view's block reader over a built source: `name`, else the first Esplora or Bitcoin Core
     source on chain bitcoin (EsploraCoinbases or BitcoindCoinbases); None when there is none."""
     from watchers.bitcoind import BitcoindSource
-    from watchers.coinbases import BitcoindCoinbases
     from watchers.http import HttpClient
 
     for s in sources:

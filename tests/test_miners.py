@@ -35,11 +35,13 @@ from monitor.miners import (
 from monitor.model import Fact
 from monitor.pools import load_pools
 from monitor.sim.chain import SimChain
+from monitor.sim.bitcoind_server import BitcoindServer
 from monitor.sim.esplora_server import EsploraServer
 from monitor.sim.pool_episode import PRE_REORG_BLOCKS, build_pool_episode
 from storage import AsyncStore, Store
 from storage.miners import miner_block_rows
-from watchers.coinbases import EsploraCoinbases
+from watchers.bitcoind import BitcoindRpc
+from watchers.coinbases import BitcoindCoinbases, EsploraCoinbases
 from watchers.http import HttpClient
 
 NOW = 1_780_000_000
@@ -317,3 +319,68 @@ async def test_no_miner_job_without_a_bitcoin_source_or_when_off(tmp_path):
             assert daemon.scheduler.get_job("miners") is None
         finally:
             await daemon.shutdown()
+
+
+async def test_core_node_gives_the_same_per_pool_totals_as_esplora_through_a_reorg(tmp_path, pools):
+    """The same episode read from the local Core JSON-RPC server and from the local Esplora server."""
+    ep = await asyncio.to_thread(build_pool_episode, days=10, per_day=12)
+    core_store = AsyncStore(await asyncio.to_thread(Store, tmp_path / "core.db"))
+    esplora_store = AsyncStore(await asyncio.to_thread(Store, tmp_path / "esplora.db"))
+    async with BitcoindServer(ep.chain) as node, EsploraServer(ep.chain) as server, \
+            aiohttp.ClientSession() as session:
+        rpc = BitcoindRpc(node.url, session, clock=FrozenClock(), user="rpcuser", password="rpcpassword",
+                          rng=random.Random(1), retries=1)
+        core = BitcoindCoinbases(rpc)
+        esplora = EsploraCoinbases(HttpClient("esplora", [server.url], session, clock=FrozenClock(),
+                                              rng=random.Random(1), retries=1, rate_limit=None))
+        for store, reader in ((core_store, core), (esplora_store, esplora)):
+            first = await scan_blocks(store, reader, start=first_height(ep), end=ep.chain.height, now=NOW, pools=pools)
+            assert first.error == "" and first.scanned == ep.chain.height - first_height(ep) + 1
+        ep.apply_reorg()
+        ep.mine_rest()
+        res = await follow_tip(core_store, core, now=NOW, pools=pools)
+        await follow_tip(esplora_store, esplora, now=NOW, pools=pools)
+        methods = set(node.methods)
+    try:
+        assert res.error == "" and res.orphaned == PRE_REORG_BLOCKS
+        got = await by_pool(core_store)
+        assert got == ep.expected_by_pool()
+        assert got == await by_pool(esplora_store)
+        core_rows, esplora_rows = await core_store.run(miner_block_rows), await esplora_store.run(miner_block_rows)
+        keep = ("height", "hash", "prev_hash", "time", "pool", "matched_by", "tag", "address_pool", "subsidy_units",
+                "fees_units")
+        assert [{k: r[k] for k in keep} for r in core_rows] == [{k: r[k] for k in keep} for r in esplora_rows]
+        # Core prints a difficulty with 16 significant digits, electrs with 17
+        assert [r["difficulty"] for r in core_rows] == pytest.approx([r["difficulty"] for r in esplora_rows], rel=1e-14)
+        # Core without txindex: the coinbase is read with its block hash
+        assert "getrawtransaction" in methods and methods <= {"getblockcount", "getblockhash", "getblock",
+                                                              "getrawtransaction"}
+    finally:
+        await core_store.close()
+        await esplora_store.close()
+
+
+async def test_cli_backfill_from_a_core_source(tmp_path):
+    ep = await asyncio.to_thread(build_pool_episode, days=13, per_day=12, reorg_day=5)
+    await asyncio.to_thread(ep.apply_reorg)
+    await asyncio.to_thread(ep.mine_rest)
+    async with BitcoindServer(ep.chain) as node:
+        cfg = tmp_path / "c.toml"
+        await asyncio.to_thread(cfg.write_text, config_toml(
+            db=tmp_path / "m.db", prices=BUNDLED_PRICES,
+            sources=[{"name": "node", "type": "bitcoind", "url": node.url, "rpc_user": "rpcuser",
+                      "rpc_password": {"env": "TM_TEST_RPC_PASSWORD"}}]))
+        env = {"TM_TEST_RPC_PASSWORD": "rpcpassword"}
+        r = await cli_run("-c", cfg, "miners", "backfill", "--days", "1", "--no-progress", env=env)
+        assert r.exit_code == 0, r.output
+        r = await cli_run("-c", cfg, "miners", "--json", env=env)
+    assert r.exit_code == 0, r.output
+    view = json.loads(r.output)
+    window = [b for b in ep.best_blocks() if b.height > ep.chain.height - 144]
+    expected: dict[str, list[int]] = {}
+    for b in window:
+        e = expected.setdefault(b.pool, [0, 0])
+        e[0] += 1
+        e[1] += b.reward
+    assert {p["pool"]: [p["blocks"], p["produced_sat"]] for p in view["pools"]} == expected
+    assert view["blocks_scanned"] == 144
