@@ -47,9 +47,13 @@ def render_view(v: dict) -> list[str]:
             k = kinds.setdefault(f["kind"], [0, 0.0])
             k[0] += f["sat"]
             k[1] += f["usd"]
-        lines.append("miners' outflows by destination kind (flows of every miner entity seen):")
+        pool_sat: dict[str, int] = {}
+        for f in v.get("pool_flows", ()):
+            pool_sat[f["kind"]] = pool_sat.get(f["kind"], 0) + f["sat"]
+        lines.append("miners' outflows by destination kind (miner entities' flows + pool payout addresses' spends):")
         for kind, (sat, usd) in sorted(kinds.items(), key=lambda kv: -kv[1][0]):
-            lines.append(f"  {kind:<10} {_btc(int(sat)):>14} BTC  ${usd:,.0f}")
+            of_pools = f"  (from pool payout addresses: {_btc(pool_sat[kind])} BTC)" if pool_sat.get(kind) else ""
+            lines.append(f"  {kind:<10} {_btc(int(sat)):>14} BTC  ${usd:,.0f}{of_pools}")
         total_x = sum(d["sat"] for d in v["miner_to_exchange"])
         lines.append(f"  miner-to-exchange total: {_btc(total_x)} BTC over {len(v['miner_to_exchange'])} day(s)")
         last = next((p for p in reversed(v["mpi"]) if p["mpi"] is not None), None)
@@ -112,6 +116,7 @@ def miners_backfill(state: State, days: int, no_attribution: bool, progress: boo
     res = run_async(backfill_configured(cfg, db=state.db, days=days, now=int(SystemClock().time()),
                                         attribute=not no_attribution, progress=bar))
     click.echo(f"heights {res.start:,}-{res.end:,}: {res.scanned:,} blocks scanned, {res.skipped:,} already stored, "
-               f"{res.orphaned} orphaned block(s) undone, {res.requests:,} requests")
+               f"{res.orphaned} orphaned block(s) undone, {res.spends:,} pool payout spend(s) read, "
+               f"{res.requests:,} requests")
     if res.error:
         raise click.ClickException(f"stopped early ({res.error}); run the same command again to resume")

@@ -16,8 +16,13 @@ heights and writes the new branch in one transaction, so nothing orphaned is cou
 
 Outflows. Miners' daily outflows are the stored flows of every entity of kind `miner` (configured,
 imported, discovered: whatever the watchers saw), by destination kind: exchange, OTC, other miners
-(`entity:<a miner>`), custodian, other, unknown; the network-wide miner-to-exchange total is the sum of the
-exchange kind. USD uses the price each flow was classified with.
+(`entity:<a miner>`), custodian, other, unknown; plus the outflows from pool payout addresses: every
+coinbase output to a pools-v2 payout address is stored as a pool coin, checked once mature for a confirmed
+spend (`/tx/:txid/outspends`), and each spend's outputs to non-pool addresses are stored (change back to
+a pool address is a coin again). Their kind comes from the registry when the view is read, so a label
+learned later applies to past outflows. The network-wide miner-to-exchange total is the sum of the
+exchange kind. USD uses the price each flow was classified with, and for pool outflows the stored BTC-USD
+candle of the hour (unpriced otherwise, and said so).
 
 Miner Position Index (CryptoQuant's definition): a day's miner outflow in USD divided by the moving
 average of the daily outflow over the 365 days up to it. Days without an outflow count as 0 inside the
@@ -30,14 +35,25 @@ import asyncio
 import datetime as _dt
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from monitor.facts import day_of, fact_at
-from monitor.model import SATS_PER_BTC, Fact, SourceError
+from monitor.model import SATS_PER_BTC, ChainTx, Fact, MalformedError, SourceError
 from monitor.pools import DEFAULT_POOL_OWNERS, POOLS_SOURCE, PoolIndex, attribute_block, load_pools
 from storage import AsyncStore, Store
-from storage.miners import drop_miner_blocks_from, miner_block_hashes, miner_block_rows, miner_block_span, save_miner_blocks
+from storage.miners import (
+    drop_miner_blocks_from,
+    mark_pool_coins,
+    miner_block_hashes,
+    miner_block_rows,
+    miner_block_span,
+    pool_coins_to_check,
+    pool_outflow_rows,
+    save_miner_blocks,
+    save_pool_coins,
+    save_pool_outflows,
+)
 from watchers.coinbases import BitcoindCoinbases, BlockCoinbase, EsploraCoinbases
 
 CoinbaseReader = EsploraCoinbases | BitcoindCoinbases
@@ -62,6 +78,12 @@ __all__ = [
     "reconcile_production",
     "measured_production_fact",
     "scan_blocks",
+    "SpendResult",
+    "pool_coins_of",
+    "pool_spend",
+    "follow_pool_spends",
+    "pool_flow_days",
+    "merge_flow_days",
     "backfill",
     "miners_view",
     "view_for_registry",
@@ -79,6 +101,12 @@ BLOCKS_PER_DAY = 144
 MPI_WINDOW = 365
 _HALVING = 210_000
 _UNKNOWN = "unknown"
+#: A coinbase output can be spent in the block 100 above it at the earliest (consensus rule).
+COINBASE_MATURITY = 100
+#: Pool coins checked for spends per daemon pass (`/tx/:txid/outspends` each); a backfill checks them all.
+DEFAULT_MAX_COIN_CHECKS = 500
+#: A stored candle older than this (seconds before the outflow) does not price it.
+_PRICE_STALENESS = 7200
 
 
 def block_subsidy(height: int) -> int:
@@ -302,6 +330,46 @@ def flow_days(flows: Iterable[Mapping[str, Any]], kind_of: Mapping[str, str]) ->
     return [FlowDay(day, kind, s, u, n, p) for (day, kind), (s, u, n, p) in sorted(acc.items())]
 
 
+def pool_flow_days(rows: Iterable[Mapping[str, Any]], address_kind: Callable[[str], str],
+                   price_at: Callable[[int], float | None] = lambda t: None, *,
+                   skip_txids: frozenset[str] = frozenset()) -> list[FlowDay]:
+    """Daily outflows from pool payout addresses by destination kind, from stored pool outflow rows.
+
+    `address_kind` gives exchange | otc | custodian | miner | other | unknown for a destination address;
+    `skip_txids` are txs already counted as a miner entity's flows (a pool address configured as a miner's).
+    """
+    acc: dict[tuple[str, str], list[Any]] = {}
+    seen: set[tuple[str, str, str]] = set()
+    for r in rows:
+        if r["txid"] in skip_txids:
+            continue
+        key = (r["day"], address_kind(r["address"]))
+        a = acc.setdefault(key, [0, 0.0, 0, 0])
+        value = int(r["value_units"])
+        a[0] += value
+        price = price_at(int(r["block_time"]))
+        if price:
+            a[1] += value / SATS_PER_BTC * price
+            a[3] += value
+        if (*key, r["txid"]) not in seen:
+            a[2] += 1
+            seen.add((*key, r["txid"]))
+    return [FlowDay(day, kind, s, u, n, p) for (day, kind), (s, u, n, p) in sorted(acc.items())]
+
+
+def merge_flow_days(*parts: Iterable[FlowDay]) -> list[FlowDay]:
+    """FlowDays of several origins summed per (day, kind)."""
+    acc: dict[tuple[str, str], list[Any]] = {}
+    for part in parts:
+        for f in part:
+            a = acc.setdefault((f.day, f.kind), [0, 0.0, 0, 0])
+            a[0] += f.sat
+            a[1] += f.usd
+            a[2] += f.flows
+            a[3] += f.priced_sat
+    return [FlowDay(day, kind, s, u, n, p) for (day, kind), (s, u, n, p) in sorted(acc.items())]
+
+
 @dataclass(frozen=True)
 class MpiPoint:
     """The Miner Position Index on one day."""
@@ -438,6 +506,8 @@ class ScanResult:
     orphaned: int  # stored blocks deleted because a reorg replaced them
     requests: int
     error: str = ""
+    spends: int = 0  # pool payout spends read after the scan
+    pool_outflows: int = 0  # their outputs to non-pool addresses stored
 
 
 async def scan_blocks(
@@ -475,6 +545,7 @@ async def scan_blocks(
                 h = max(h - 10, 0)
                 continue
             rows: list[dict[str, Any]] = []
+            coins: list[dict[str, Any]] = []
             drop_from: int | None = None
             for x in headers:
                 if stored.get(x.height) == x.hash:
@@ -482,7 +553,11 @@ async def scan_blocks(
                     continue
                 if x.height in stored and drop_from is None:
                     drop_from = x.height
-                rows.append(measure_block(await reader.coinbase(x, tally=tally), pools).row())
+                block = await reader.coinbase(x, tally=tally)
+                measured = measure_block(block, pools)
+                rows.append(measured.row())
+                if pools is not None:
+                    coins.extend(pool_coins_of(block, measured.pool, pools))
         except SourceError as exc:
             log.warning("miner scan stopped at height %d: %s", h, exc)
             return ScanResult(start, end, scanned, skipped, orphaned, tally.requests, str(exc))
@@ -491,6 +566,7 @@ async def scan_blocks(
             with s.batch():
                 n = drop_miner_blocks_from(s, chain, drop_from) if drop_from is not None else 0
                 save_miner_blocks(s, rows, now=now)
+                save_pool_coins(s, coins)
             return n
 
         if drop_from is not None or rows:
@@ -507,19 +583,146 @@ async def scan_blocks(
 
 async def backfill(store: AsyncStore, reader: CoinbaseReader, *, days: int, now: int, pools: PoolIndex | None,
                    progress: Callable[[int, int], Any] | None = None, blocks_per_day: int = BLOCKS_PER_DAY) -> ScanResult:
-    """Scan the last `days` × 144 blocks up to the tip (resumable: stored blocks are skipped)."""
+    """Scan the last `days` × 144 blocks up to the tip (resumable: stored blocks are skipped), then follow
+    every pool payout coin seen to its spend."""
     tip = await reader.tip_height()
     start = max(0, tip - days * blocks_per_day + 1)
-    return await scan_blocks(store, reader, start=start, end=tip, now=now, pools=pools, progress=progress)
+    res = await scan_blocks(store, reader, start=start, end=tip, now=now, pools=pools, progress=progress)
+    return await _with_spends(store, reader, res, pools, tip, None)
 
 
-async def follow_tip(store: AsyncStore, reader: CoinbaseReader, *, now: int, pools: PoolIndex | None) -> ScanResult:
-    """Scan from the last stored block (re-checking it, for reorgs) to the tip; nothing when nothing is stored."""
+async def follow_tip(store: AsyncStore, reader: CoinbaseReader, *, now: int, pools: PoolIndex | None,
+                     max_coin_checks: int | None = DEFAULT_MAX_COIN_CHECKS) -> ScanResult:
+    """Scan from the last stored block (re-checking it, for reorgs) to the tip, then follow pool coins to their
+    spends (at most `max_coin_checks` coins); nothing when nothing is stored."""
     span = await store.run(miner_block_span, reader.chain)
     if span is None:
         return ScanResult(0, -1, 0, 0, 0, 0)
     tip = await reader.tip_height()
-    return await scan_blocks(store, reader, start=min(span[1], tip), end=tip, now=now, pools=pools)
+    res = await scan_blocks(store, reader, start=min(span[1], tip), end=tip, now=now, pools=pools)
+    return await _with_spends(store, reader, res, pools, tip, max_coin_checks)
+
+
+async def _with_spends(store: AsyncStore, reader: CoinbaseReader, res: ScanResult, pools: PoolIndex | None, tip: int,
+                       max_checks: int | None) -> ScanResult:
+    if res.error or pools is None:
+        return res
+    spent = await follow_pool_spends(store, reader, pools=pools, tip=tip, max_checks=max_checks)
+    return replace(res, requests=res.requests + spent.requests, error=spent.error, spends=spent.spends,
+                   pool_outflows=spent.outflows)
+
+
+# --- pool payout coins and their spends ---------------------------------------------------------------
+
+
+def pool_coins_of(block: BlockCoinbase, pool: str | None, pools: PoolIndex) -> list[dict[str, Any]]:
+    """The coinbase outputs paying a pool payout address, as pool coin rows (pure).
+
+    A coin is counted for the block's pool when the block has one (the tag's era wins, as for production),
+    else for the pool whose address it pays.
+    """
+    cb = block.coinbase
+    out = []
+    for o in cb.outputs:
+        p = pools.pool_of_address(o.address)
+        if p is None or o.value <= 0 or not o.address:
+            continue
+        out.append({"chain": cb.chain, "txid": cb.txid, "n": o.n, "pool": pool if pool and pool != _UNKNOWN else p.name,
+                    "address": o.address, "value_units": o.value, "height": block.header.height, "coinbase": 1})
+    return out
+
+
+def pool_spend(tx: ChainTx, pools: PoolIndex, pool: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(outflow rows, change coin rows) of a confirmed tx spending pool coins of `pool` (pure).
+
+    Outputs to any pool payout address stay pool coins (change, or another pool's); every other output is
+    an outflow of its value times the share of the tx's inputs that came from pool addresses.
+    """
+    assert tx.block_height is not None and tx.block_time is not None
+    total_in = sum(i.value for i in tx.inputs)
+    pool_in = sum(i.value for i in tx.inputs if pools.pool_of_address(i.address) is not None)
+    outflows, change = [], []
+    for o in tx.outputs:
+        if o.value <= 0 or not o.address:
+            continue
+        p = pools.pool_of_address(o.address)
+        if p is not None:
+            change.append({"chain": tx.chain, "txid": tx.txid, "n": o.n, "pool": pool, "address": o.address,
+                           "value_units": o.value, "height": tx.block_height, "coinbase": 0})
+        elif total_in:
+            outflows.append({"chain": tx.chain, "txid": tx.txid, "n": o.n, "pool": pool,
+                             "block_height": tx.block_height, "block_time": tx.block_time, "day": _day(tx.block_time),
+                             "address": o.address, "value_units": o.value * pool_in // total_in})
+    return outflows, change
+
+
+@dataclass(frozen=True)
+class SpendResult:
+    """What one pass over the pool coins did."""
+
+    checked: int
+    spends: int  # spending txs read
+    outflows: int  # outflow rows stored
+    requests: int
+    error: str = ""
+
+
+async def follow_pool_spends(store: AsyncStore, reader: CoinbaseReader, *, pools: PoolIndex, tip: int,
+                             max_checks: int | None = DEFAULT_MAX_COIN_CHECKS) -> SpendResult:
+    """Check unspent pool coins for a confirmed spend at or below `tip`; store each spend's outflows and change.
+
+    One `/tx/:txid/outspends` per tx holding coins to check (coinbase coins once mature; each coin at most
+    once per tip), one `/tx/:txid` per spending tx. A reader without outspends (a Core node has no spender
+    index) checks nothing. A source error stores nothing of the pass (it is repeated at the next one).
+    """
+    from watchers.http import RequestTally
+
+    if not hasattr(reader, "outspends"):
+        return SpendResult(0, 0, 0, 0)
+    chain = reader.chain
+    coins = await store.run(pool_coins_to_check, chain, tip=tip, mature=tip - COINBASE_MATURITY, limit=max_checks)
+    if not coins:
+        return SpendResult(0, 0, 0, 0)
+    tally = RequestTally()
+    by_tx: dict[str, list[dict[str, Any]]] = {}
+    for c in coins:
+        by_tx.setdefault(c["txid"], []).append(c)
+    checked: list[tuple[str, int]] = []
+    spent: list[tuple[str, int, str, int]] = []
+    spender_pool: dict[str, str] = {}
+    outflows: list[dict[str, Any]] = []
+    change: list[dict[str, Any]] = []
+    try:
+        for txid, group in by_tx.items():
+            outs = await reader.outspends(txid, tally=tally)
+            for c in group:
+                if c["n"] >= len(outs):
+                    raise MalformedError(f"outspends of {txid}: no output {c['n']}")
+                o = outs[c["n"]]
+                if o.spent and o.confirmed and o.txid and o.block_height is not None and o.block_height <= tip:
+                    spent.append((txid, c["n"], o.txid, o.block_height))
+                    spender_pool.setdefault(o.txid, c["pool"])
+                else:
+                    checked.append((txid, c["n"]))
+        for txid, pool in spender_pool.items():
+            tx = await reader.tx(txid, tally=tally)
+            if tx.block_height is None or tx.block_time is None:
+                raise MalformedError(f"tx {txid}: outspends says confirmed, the tx says unconfirmed")
+            o, ch = pool_spend(tx, pools, pool)
+            outflows.extend(o)
+            change.extend(ch)
+    except SourceError as exc:
+        log.warning("miner view: pool coin check stopped: %s", exc)
+        return SpendResult(len(coins), 0, 0, tally.requests, str(exc))
+
+    def commit(s: Store) -> None:
+        with s.batch():
+            mark_pool_coins(s, chain, checked, spent, tip=tip)
+            save_pool_outflows(s, outflows)
+            save_pool_coins(s, change)
+
+    await store.run(commit)
+    return SpendResult(len(coins), len(spender_pool), len(outflows), tally.requests)
 
 
 # --- the view ---------------------------------------------------------------------------------------
@@ -533,14 +736,30 @@ def miners_view(
     owners: Mapping[str, str] = DEFAULT_POOL_OWNERS,
     since: int | None = None,
     chain: str = "bitcoin",
+    address_kind: Callable[[str], str] | None = None,
 ) -> dict[str, Any]:
-    """Everything `treasury-monitor miners` and `/api/miners` show, as JSON-ready data (store thread)."""
+    """Everything `treasury-monitor miners` and `/api/miners` show, as JSON-ready data (store thread).
+
+    Miners' outflows are the stored flows of miner entities plus the outflows from pool payout addresses
+    (destinations classified by `address_kind`, default: all unknown).
+    """
+    from storage.prices import candle_at
     from storage.reads import flow_rows
 
     rows = miner_block_rows(store, chain, since=since)
     days = pool_days(rows)
     totals = pool_totals(days, owners)
-    flows = flow_days(flow_rows(store, since=since, direction="out"), kind_of)
+    entity_rows = list(flow_rows(store, since=since, direction="out"))
+    entity_flows = flow_days(entity_rows, kind_of)
+    counted = frozenset(f["txid"] for f in entity_rows if (f.get("entity_kind") or kind_of.get(f["entity"])) == "miner")
+
+    def price_at(t: int) -> float | None:
+        c = candle_at(store, "BTC-USD", t)
+        return c.close if c is not None and t - c.end <= _PRICE_STALENESS else None
+
+    pool_rows = pool_outflow_rows(store, chain, since=since)
+    pool_flows = pool_flow_days(pool_rows, address_kind or (lambda a: "unknown"), price_at, skip_txids=counted)
+    flows = merge_flow_days(entity_flows, pool_flows)
     scanned_days = sorted({r["day"] for r in rows})
     flow_span = sorted({f.day for f in flows})
     covered = sorted(set(scanned_days) | set(flow_span))
@@ -570,6 +789,8 @@ def miners_view(
         "pool_days": [d.record() for d in days],
         "tracked_miners": recs,
         "flows": [{"day": f.day, "kind": f.kind, "sat": f.sat, "usd": round(f.usd, 2), "flows": f.flows} for f in flows],
+        "pool_flows": [{"day": f.day, "kind": f.kind, "sat": f.sat, "usd": round(f.usd, 2), "flows": f.flows}
+                       for f in pool_flows],
         "miner_to_exchange": [{"day": d, "sat": s} for d, s in sorted(to_exchange.items())],
         "mpi": [p.record() for p in mpi],
         "mpi_days_used": mpi[-1].days_used if mpi else 0,
@@ -584,7 +805,17 @@ def view_for_registry(store: Store, registry: Any, *, since: int | None = None,
     """`miners_view` with entity kinds and reported monthly production taken from a Registry (store thread)."""
     kind_of = {e.name: e.kind for e in registry.entities.values()}
     reported = {e.name: e.profile.monthly_production_btc for e in registry.entities.values()}
-    return miners_view(store, kind_of=kind_of, reported=reported, owners=owners, since=since)
+
+    def address_kind(address: str) -> str:
+        owner = registry.entity_of("bitcoin", address)
+        if owner is None:
+            return "unknown"
+        if owner.kind in ("exchange", "otc", "custodian", "miner"):
+            return owner.kind
+        return "other"
+
+    return miners_view(store, kind_of=kind_of, reported=reported, owners=owners, since=since,
+                       address_kind=address_kind)
 
 
 def coinbase_reader(sources: Sequence[Any], name: str | None = None) -> CoinbaseReader | None:
@@ -626,8 +857,6 @@ def with_measured_production(store: Store, entity: Any, *, at: int, owners: Mapp
     date. The Fact's source starts "measured on chain", so the classification's reasons say which figure
     was used. Entities without a pool of their own, or with nothing scanned, come back unchanged.
     """
-    from dataclasses import replace
-
     pools = [p for p, e in owners.items() if e == entity.name]
     if not pools or entity.kind != "miner":
         return entity

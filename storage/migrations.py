@@ -452,3 +452,41 @@ def _datasette_views(db: Database) -> None:
                {_iso('e.updated_at')} as updated_at
         from entities e"""
     )
+
+
+@migrations(name="014_pool_coins")
+def _pool_coins(db: Database) -> None:
+    # The miner view's pool outflows: coins paid to pool payout addresses (coinbase outputs, and the change
+    # of pool spends), whether and by which tx they were spent, and each spend's outputs to others.
+    db["pool_coins"].create(
+        {
+            "chain": str,
+            "txid": str,
+            "n": int,
+            "pool": str,  # the pool the coin is counted for
+            "address": str,
+            "value_units": str,
+            "height": int,  # block height of the tx that created the coin
+            "coinbase": int,  # 1: spendable only after 100 confirmations
+            "spent_by": str,  # NULL while unspent (as far as checked)
+            "spent_height": int,
+            "checked_height": int,  # the tip when it was last checked (0: never)
+        },
+        pk=("chain", "txid", "n"),
+    )
+    db["pool_coins"].create_index(["chain", "spent_by", "checked_height"])
+    db["pool_outflows"].create(
+        {
+            "chain": str,
+            "txid": str,  # the spending tx
+            "n": int,  # its output
+            "pool": str,
+            "block_height": int,
+            "block_time": int,
+            "day": str,
+            "address": str,  # destination (not a pool payout address)
+            "value_units": str,  # the output's value, times the pool's share of the tx's inputs
+        },
+        pk=("chain", "txid", "n"),
+    )
+    db["pool_outflows"].create_index(["chain", "block_time"])

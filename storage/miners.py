@@ -12,7 +12,18 @@ from typing import Any
 
 from storage.store import Store
 
-__all__ = ["save_miner_blocks", "drop_miner_blocks_from", "miner_block_hashes", "miner_block_rows", "miner_block_span"]
+__all__ = [
+    "save_miner_blocks",
+    "drop_miner_blocks_from",
+    "miner_block_hashes",
+    "miner_block_rows",
+    "miner_block_span",
+    "save_pool_coins",
+    "pool_coins_to_check",
+    "mark_pool_coins",
+    "save_pool_outflows",
+    "pool_outflow_rows",
+]
 
 
 def save_miner_blocks(store: Store, rows: Iterable[dict[str, Any]], *, now: int) -> int:
@@ -28,9 +39,15 @@ def save_miner_blocks(store: Store, rows: Iterable[dict[str, Any]], *, now: int)
 
 
 def drop_miner_blocks_from(store: Store, chain: str, height: int) -> int:
-    """Delete the rows at and above `height` (blocks a reorg orphaned). Returns how many."""
+    """Delete the rows at and above `height` (blocks a reorg orphaned), with the pool coins they created, the
+    pool outflows they confirmed, and the spends of older coins they held. Returns how many blocks."""
     cur = store.db.execute("delete from miner_blocks where chain = ? and height >= ?", [chain, height])
-    return cur.rowcount
+    n = cur.rowcount
+    store.db.execute("delete from pool_coins where chain = ? and height >= ?", [chain, height])
+    store.db.execute("delete from pool_outflows where chain = ? and block_height >= ?", [chain, height])
+    store.db.execute("update pool_coins set spent_by = null, spent_height = null, checked_height = 0 "
+                     "where chain = ? and spent_height >= ?", [chain, height])
+    return n
 
 
 def miner_block_hashes(store: Store, chain: str, low: int, high: int) -> dict[int, str]:
@@ -69,3 +86,55 @@ def miner_block_rows(
             r[k] = int(r[k])
         out.append(r)
     return out
+
+
+def save_pool_coins(store: Store, rows: Iterable[dict[str, Any]]) -> int:
+    """Upsert coins paid to pool payout addresses (keyed by chain, txid, n), unspent and unchecked."""
+    out = [{**r, "value_units": str(r["value_units"]), "spent_by": None, "spent_height": None, "checked_height": 0}
+           for r in rows]
+    if out:
+        store.db["pool_coins"].upsert_all(out, pk=("chain", "txid", "n"))
+    return len(out)
+
+
+def pool_coins_to_check(store: Store, chain: str, *, tip: int, mature: int, limit: int | None) -> list[dict[str, Any]]:
+    """Unspent pool coins not checked at `tip` yet, coinbase ones only when created at or below `mature`;
+    least recently checked first."""
+    sql = ("select txid, n, pool, address, value_units, height from pool_coins where chain = ? and spent_by is null "
+           "and checked_height < ? and (coinbase = 0 or height <= ?) order by checked_height, height, txid, n")
+    params: list[Any] = [chain, tip, mature]
+    if limit is not None:
+        sql += " limit ?"
+        params.append(limit)
+    cur = store.db.execute(sql, params)
+    cols = [c[0] for c in cur.description]
+    return [{**dict(zip(cols, r)), "value_units": int(r[4])} for r in cur.fetchall()]
+
+
+def mark_pool_coins(store: Store, chain: str, checked: Iterable[tuple[str, int]], spent: Iterable[tuple[str, int, str, int]],
+                    *, tip: int) -> None:
+    """Record a check at `tip` of (txid, n) coins, and the (txid, n, spending txid, its height) of spent ones."""
+    store.db.conn.executemany("update pool_coins set checked_height = ? where chain = ? and txid = ? and n = ?",
+                         [(tip, chain, t, n) for t, n in checked])
+    store.db.conn.executemany("update pool_coins set spent_by = ?, spent_height = ?, checked_height = ? "
+                         "where chain = ? and txid = ? and n = ?", [(s, h, tip, chain, t, n) for t, n, s, h in spent])
+
+
+def save_pool_outflows(store: Store, rows: Iterable[dict[str, Any]]) -> int:
+    """Upsert the outputs of pool spends to non-pool addresses (keyed by chain, txid, n)."""
+    out = [{**r, "value_units": str(r["value_units"])} for r in rows]
+    if out:
+        store.db["pool_outflows"].upsert_all(out, pk=("chain", "txid", "n"))
+    return len(out)
+
+
+def pool_outflow_rows(store: Store, chain: str = "bitcoin", *, since: int | None = None) -> list[dict[str, Any]]:
+    """Stored pool outflows (value as int), oldest first; `since` filters on block time."""
+    where, params = ["chain = ?"], [chain]
+    if since is not None:
+        where.append("block_time >= ?")
+        params.append(since)
+    cur = store.db.execute(f"select * from pool_outflows where {' and '.join(where)} order by block_height, txid, n",
+                           params)
+    cols = [c[0] for c in cur.description]
+    return [{**dict(zip(cols, r)), "value_units": int(dict(zip(cols, r))["value_units"])} for r in cur.fetchall()]

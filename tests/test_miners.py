@@ -11,6 +11,7 @@ import asyncio
 import json
 import random
 import re
+import sqlite3
 
 import aiohttp
 import pytest
@@ -39,7 +40,7 @@ from monitor.sim.bitcoind_server import BitcoindServer
 from monitor.sim.esplora_server import EsploraServer
 from monitor.sim.pool_episode import PRE_REORG_BLOCKS, build_pool_episode
 from storage import AsyncStore, Store
-from storage.miners import miner_block_rows
+from storage.miners import miner_block_rows, pool_outflow_rows
 from watchers.bitcoind import BitcoindRpc
 from watchers.coinbases import BitcoindCoinbases, EsploraCoinbases
 from watchers.http import HttpClient
@@ -66,6 +67,10 @@ async def env(tmp_path, episode):
                           rate_limit=None)
         yield ep, server, store, EsploraCoinbases(http)
     await store.close()
+
+
+def store_path(store: AsyncStore):
+    return store.store.path
 
 
 def first_height(ep) -> int:
@@ -384,3 +389,87 @@ async def test_cli_backfill_from_a_core_source(tmp_path):
         e[1] += b.reward
     assert {p["pool"]: [p["blocks"], p["produced_sat"]] for p in view["pools"]} == expected
     assert view["blocks_scanned"] == 144
+
+
+FOUNDRY_PAYOUT = "bc1qxhmdufsvnuaaaer4ynz88fspdsxq2h9e9cetdj"  # pools-v2, Foundry USA
+ANTPOOL_PAYOUT = "12dRugNcdxK39288NjcDV4GX7rMsKCGn6B"  # pools-v2, AntPool
+
+
+async def test_pool_payout_outflows_count_by_kind_into_miner_to_exchange(tmp_path, pools):
+    """Spends from pool payout addresses (of coins the scan saw arrive) join the miners' outflows by kind."""
+    labels = SimChain()
+    exch, stranger, mara_hot = (labels.address(x) for x in ("pool exch", "pool stranger", "pool mara hot"))
+    kind_of_dest = {exch: "exchange", stranger: "unknown", mara_hot: "miner"}
+    sends = {
+        10: [(FOUNDRY_PAYOUT, ((exch, 4 * 10**8), (stranger, 10**8))), (mara_hot, ((exch, 3 * 10**8),))],
+        11: [(ANTPOOL_PAYOUT, ((exch, 2 * 10**8), (mara_hot, 15 * 10**7)))],
+    }
+    ep = await asyncio.to_thread(build_pool_episode, days=12, per_day=12, reorg_day=4, wallets={mara_hot: 50 * 10**8},
+                                 transfers=sends)
+    await asyncio.to_thread(ep.apply_reorg)
+    await asyncio.to_thread(ep.mine_rest)
+    db = tmp_path / "m.db"
+    async with EsploraServer(ep.chain) as server:
+        store = AsyncStore(await asyncio.to_thread(Store, db))
+        async with aiohttp.ClientSession() as session:
+            reader = EsploraCoinbases(HttpClient("esplora", [server.url], session, clock=FrozenClock(),
+                                                 rng=random.Random(1), retries=1, rate_limit=None))
+            await scan_blocks(store, reader, start=first_height(ep), end=ep.chain.height, now=NOW, pools=pools)
+            res = await follow_tip(store, reader, now=NOW, pools=pools)
+            again = await follow_tip(store, reader, now=NOW, pools=pools)
+        await store.close()
+        cfg = tmp_path / "c.toml"
+        await asyncio.to_thread(cfg.write_text, config_toml(
+            db=db, sources=[esplora_source("local", server.url, rate_limit=1000.0)], prices=BUNDLED_PRICES,
+            entities=[entity_table("MARA", "miner", [mara_hot]), entity_table("CC Exchange", "exchange", [exch])]))
+        assert (await cli_run("-c", cfg, "poll")).exit_code == 0
+        r = await cli_run("-c", cfg, "miners", "--json")
+    assert r.exit_code == 0, r.output
+    view = json.loads(r.output)
+    assert res.error == "" and res.spends == 2 and again.spends == 0  # each spend is read once
+
+    # expected from the script: every scripted payment, by who paid it and to what kind of destination
+    pool_expected: dict[str, int] = {}
+    all_expected: dict[str, int] = {}
+    for day_sends in sends.values():
+        for source, outs in day_sends:
+            for dest, value in outs:
+                all_expected[kind_of_dest[dest]] = all_expected.get(kind_of_dest[dest], 0) + value
+                if source in (FOUNDRY_PAYOUT, ANTPOOL_PAYOUT):
+                    pool_expected[kind_of_dest[dest]] = pool_expected.get(kind_of_dest[dest], 0) + value
+
+    def by_kind(rows):
+        out: dict[str, int] = {}
+        for f in rows:
+            out[f["kind"]] = out.get(f["kind"], 0) + f["sat"]
+        return out
+
+    assert by_kind(view["pool_flows"]) == pool_expected
+    assert by_kind(view["flows"]) == all_expected  # MARA's own sale and the pools' payouts together
+    assert sum(d["sat"] for d in view["miner_to_exchange"]) == all_expected["exchange"]
+    # the pool spends' change went back to the pool addresses: not an outflow, a coin followed further
+    rows = await asyncio.to_thread(lambda: sqlite3.connect(db).execute(
+        "select pool, count(*) from pool_coins where coinbase = 0 group by pool").fetchall())
+    assert dict(rows) == {"Foundry USA": 1, "AntPool": 1}
+
+
+async def test_a_reorg_undoes_a_pool_spend_it_orphans(env, pools):
+    ep, server, store, reader = env
+    chain = ep.chain
+    mature = await asyncio.to_thread(chain.mine, 100)  # the episode's first coinbases mature
+    dest = chain.address("reorg pool dest")
+    spend = chain.pay([FOUNDRY_PAYOUT], [(dest, 2 * 10**8)], fee=10_000)
+    chain.mine(time=mature[-1].time + 600)
+    await scan_blocks(store, reader, start=first_height(ep), end=chain.height, now=NOW, pools=pools)
+    first = await follow_tip(store, reader, now=NOW, pools=pools)
+    assert first.spends == 1
+    assert [(r["txid"], r["address"], r["value_units"]) for r in await store.run(pool_outflow_rows)] == \
+        [(spend.txid, dest, 2 * 10**8)]
+
+    chain.reorg(1, drop_txids=[spend.txid])  # the spend's block is orphaned and the spend is gone
+    res = await follow_tip(store, reader, now=NOW, pools=pools)
+    assert res.orphaned == 1 and res.spends == 0
+    assert await store.run(pool_outflow_rows) == []
+    spent = await asyncio.to_thread(lambda: sqlite3.connect(store_path(store)).execute(
+        "select count(*) from pool_coins where spent_by is not null or coinbase = 0").fetchone()[0])
+    assert spent == 0  # the coins it spent are unspent again, its change is gone

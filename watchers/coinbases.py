@@ -34,7 +34,9 @@ from watchers.validate import (
     assert_list,
     assert_number,
     parse_block,
+    Outspend,
     parse_height,
+    parse_outspends,
     parse_tx,
     require,
 )
@@ -119,6 +121,15 @@ class EsploraCoinbases:
             return BlockCoinbase(header, tx, scriptsig)
 
         return await self.http.get_json(f"/block/{block_hash}/txs/0", parse=parse, tally=tally)
+
+    async def outspends(self, txid: str, *, tally: RequestTally | None = None) -> list[Outspend]:
+        """Spending status of each output of a tx (`/tx/:txid/outspends`), for pool payout coins. :raises SourceError:"""
+        return await self.http.get_json(f"/tx/{assert_hex(txid, 'txid')}/outspends", parse=parse_outspends, tally=tally)
+
+    async def tx(self, txid: str, *, tally: RequestTally | None = None) -> ChainTx:
+        """One tx with its inputs' prevouts (`/tx/:txid`). :raises SourceError:"""
+        return await self.http.get_json(f"/tx/{assert_hex(txid, 'txid')}", parse=lambda d: parse_tx(d, chain=self.chain),
+                                        tally=tally)
 
 
 def _check_page(out: list[BlockHeaderInfo], top: int) -> list[BlockHeaderInfo]:
