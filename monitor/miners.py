@@ -22,7 +22,7 @@ spend (`/tx/:txid/outspends`), and each spend's outputs to non-pool addresses ar
 a pool address is a coin again). Their kind comes from the registry when the view is read, so a label
 learned later applies to past outflows. The network-wide miner-to-exchange total is the sum of the
 exchange kind. USD uses the price each flow was classified with, and for pool outflows the stored BTC-USD
-candle of the hour (unpriced otherwise, and said so).
+candle of the hour, else of the day (unpriced otherwise: `unpriced_sat` says how much).
 
 Miner Position Index (CryptoQuant's definition): a day's miner outflow in USD divided by the moving
 average of the daily outflow over the 365 days up to it. Days without an outflow count as 0 inside the
@@ -87,6 +87,7 @@ __all__ = [
     "backfill",
     "miners_view",
     "view_for_registry",
+    "view_from_store",
     "backfill_configured",
     "coinbase_reader",
     "follow_tip",
@@ -754,8 +755,11 @@ def miners_view(
     counted = frozenset(f["txid"] for f in entity_rows if (f.get("entity_kind") or kind_of.get(f["entity"])) == "miner")
 
     def price_at(t: int) -> float | None:
-        c = candle_at(store, "BTC-USD", t)
-        return c.close if c is not None and t - c.end <= _PRICE_STALENESS else None
+        for granularity in (3600, 86_400):  # the hour's candle, else the day's (the CSV source stores days)
+            c = candle_at(store, "BTC-USD", t, granularity)
+            if c is not None and t - c.end <= _PRICE_STALENESS:
+                return c.close
+        return None
 
     pool_rows = pool_outflow_rows(store, chain, since=since)
     pool_flows = pool_flow_days(pool_rows, address_kind or (lambda a: "unknown"), price_at, skip_txids=counted)
@@ -813,6 +817,25 @@ def view_for_registry(store: Store, registry: Any, *, since: int | None = None,
         if owner.kind in ("exchange", "otc", "custodian", "miner"):
             return owner.kind
         return "other"
+
+    return miners_view(store, kind_of=kind_of, reported=reported, owners=owners, since=since,
+                       address_kind=address_kind)
+
+
+def view_from_store(store: Store, *, since: int | None = None,
+                    owners: Mapping[str, str] = DEFAULT_POOL_OWNERS) -> dict[str, Any]:
+    """`miners_view` with entity kinds, reported production and address owners read from storage alone (the
+    entities and addresses the last run synced), for readers without a config: the report (store thread)."""
+    from monitor.registry import normalise_address
+
+    entities = store.entity_rows()
+    kind_of = {e["name"]: e["kind"] for e in entities}
+    reported = {e["name"]: store.entity_profile(e["name"]).monthly_production_btc for e in entities}
+    owner = {(a["chain"], a["address"]): a["entity"] for a in store.address_rows(status="active")}
+
+    def address_kind(address: str) -> str:
+        k = kind_of.get(owner.get(("bitcoin", normalise_address("bitcoin", address)), ""), "")
+        return k if k in ("exchange", "otc", "custodian", "miner") else "other" if k else "unknown"
 
     return miners_view(store, kind_of=kind_of, reported=reported, owners=owners, since=since,
                        address_kind=address_kind)

@@ -12,7 +12,9 @@ What the page shows, per tracked entity with flows (watched miners, sovereigns, 
   routine bound (1.5× production by default);
 - a table of its outflows and internal moves with verdict, severity, amounts, destinations and reasons.
 Then the scenario table (hashprice and miners below cash cost at each price scenario, at the difficulty
-and fees of the newest stored classification context), and every alert with its reasons.
+and fees of the newest stored classification context), the miner view when blocks were scanned
+(`miner_view_section`: production by pool, tracked miners measured vs reported, miners' outflows by
+destination kind, miner-to-exchange total and the Miner Position Index), and every alert with its reasons.
 
 Balance over time. The balance is the running sum of the entity's confirmed flows (`received + change −
 spent` per transaction; replaced and orphaned ones are left out). It is *anchored at the latest balance
@@ -79,6 +81,7 @@ __all__ = [
     "EntitySummary",
     "summarize_entities",
     "build_report",
+    "miner_view_section",
     "render_png",
     "write_report",
     "REPORT_FORMATS",
@@ -754,6 +757,7 @@ def build_report(
     title: str = "treasury-monitor report",
     max_rows: int = 500,
     full: bool = False,
+    miners: dict[str, Any] | None = None,
 ) -> str:
     """The whole report as one self-contained HTML page.
 
@@ -765,7 +769,8 @@ def build_report(
     price in the data and the all-time high). `simulated=True` puts a banner on top listing `sources` (the
     public figures a simulated dataset follows); None (default) shows it when any stored address says
     SIMULATED in its source, as the demo scenario's invented addresses do. `prices` are (Unix time, USD) points to draw instead of the
-    cached candles. `now` is printed as the generation time.
+    cached candles. `now` is printed as the generation time. `miners` is the miner view
+    (`monitor.miners.miners_view`); default: read from the store, shown when blocks were scanned.
     """
     data = _load(store, entity)
     lo, hi = _period(data, since, until)
@@ -807,6 +812,7 @@ def build_report(
         out.append("<p class='muted'>No flows of tracked entities are stored for this selection.</p>")
     out.append("</section>")
     out.append(f"<section id='scenarios'><h2>Price scenarios</h2>{_scenario_section(store, data, scenarios, today)}</section>")
+    out.append(miner_view_section(miners if miners is not None else _miners_view(store, since)))
     out.append(f"<section id='alerts'><h2>Alerts</h2>{_alerts_section(store, entity, since, until, full=full)}</section>")
     for d, s in zip(data, summaries):
         p = d.profile
@@ -839,6 +845,57 @@ def build_report(
                "drawn with matplotlib and embedded in this file, so it opens offline.</p></footer>")
     out.append("</body></html>")
     return "\n".join(out)
+
+
+def _miners_view(store: Store, since: int | None) -> dict[str, Any]:
+    from monitor.miners import view_from_store
+
+    return view_from_store(store, since=since)
+
+
+def miner_view_section(view: dict[str, Any]) -> str:
+    """The "Miner view" section from a miner view (`monitor.miners.miners_view`); "" when no block was scanned."""
+    if not view.get("blocks_scanned"):
+        return ""
+    days = view["days"]
+    out = [f"<section id='miners'><h2>Miner view</h2><p>{view['blocks_scanned']:,} blocks scanned "
+           f"(heights {view['first_height']:,}-{view['last_height']:,}, {_e(days[0])} to {_e(days[-1])}, "
+           f"{len(days)} days). <span class='muted small'>Source: {_e(view['source'])}.</span></p>"]
+    out.append("<h3>Production by pool</h3><table><thead><tr><th>pool</th><th>blocks</th><th>share</th>"
+               "<th>subsidy, BTC</th><th>fees, BTC</th><th>produced, BTC</th><th>days</th><th>tracked miner</th>"
+               "</tr></thead><tbody>")
+    for p in view["pools"]:
+        out.append(f"<tr><td>{_e(p['pool'])}</td><td>{p['blocks']:,}</td><td>{p['share']:.1%}</td>"
+                   f"<td>{_btc(p['subsidy_sat'])}</td><td>{_btc(p['fees_sat'])}</td><td>{_btc(p['produced_sat'])}</td>"
+                   f"<td>{p['days']}</td><td>{_e(p['owner'] or '')}</td></tr>")
+    out.append("</tbody></table>")
+    recs = [r for r in view["tracked_miners"] if r["blocks"] or r["reported_monthly_btc"] is not None]
+    if recs:
+        out.append("<ul class='small'>" + "".join(f"<li>{_e(r['sentence'])}</li>" for r in recs) + "</ul>")
+    kinds: dict[str, list[int]] = {}
+    for f in view["flows"]:
+        kinds.setdefault(f["kind"], [0, 0])[0] += f["sat"]
+    for f in view.get("pool_flows", ()):
+        kinds.setdefault(f["kind"], [0, 0])[1] += f["sat"]
+    if kinds:
+        out.append("<h3>Miners' outflows by destination kind</h3><table><thead><tr><th>kind</th><th>BTC</th>"
+                   "<th>of which from pool payout addresses</th></tr></thead><tbody>")
+        for kind, (sat, pool_sat) in sorted(kinds.items(), key=lambda kv: -kv[1][0]):
+            out.append(f"<tr><td>{_e(kind)}</td><td>{_btc(sat)}</td><td>{_btc(pool_sat)}</td></tr>")
+        out.append("</tbody></table>")
+    to_x = view["miner_to_exchange"]
+    line = f"Miner-to-exchange: {_btc(sum(d['sat'] for d in to_x))} BTC over {len(to_x)} day(s)."
+    last = next((p for p in reversed(view["mpi"]) if p["mpi"] is not None), None)
+    peak = max((p for p in view["mpi"] if p["mpi"] is not None), key=lambda p: p["mpi"], default=None)
+    if last is not None and peak is not None:
+        used = view["mpi_days_used"]
+        note = "" if used >= view["mpi_window"] else f", average over the {used} days covered (fewer than 365)"
+        line += (f" Miner Position Index (outflow USD / its {view['mpi_window']}-day average): {last['mpi']:.2f} on "
+                 f"{_e(last['day'])}, peak {peak['mpi']:.2f} on {_e(peak['day'])}{note}.")
+    else:
+        line += " Miner Position Index: no priced miner outflow yet."
+    out.append(f"<p>{line}</p></section>")
+    return "".join(out)
 
 
 def render_png(

@@ -424,7 +424,10 @@ async def test_pool_payout_outflows_count_by_kind_into_miner_to_exchange(tmp_pat
             entities=[entity_table("MARA", "miner", [mara_hot]), entity_table("CC Exchange", "exchange", [exch])]))
         assert (await cli_run("-c", cfg, "poll")).exit_code == 0
         r = await cli_run("-c", cfg, "miners", "--json")
+        page_path = tmp_path / "report.html"
+        rep = await cli_run("-c", cfg, "report", "--out", page_path)
     assert r.exit_code == 0, r.output
+    assert rep.exit_code == 0, rep.output
     view = json.loads(r.output)
     assert res.error == "" and res.spends == 2 and again.spends == 0  # each spend is read once
 
@@ -451,6 +454,16 @@ async def test_pool_payout_outflows_count_by_kind_into_miner_to_exchange(tmp_pat
     rows = await asyncio.to_thread(lambda: sqlite3.connect(db).execute(
         "select pool, count(*) from pool_coins where coinbase = 0 group by pool").fetchall())
     assert dict(rows) == {"Foundry USA": 1, "AntPool": 1}
+
+    # the static report's miner view: production by pool as scripted, the outflow kinds, the MPI line
+    page = await asyncio.to_thread(page_path.read_text)
+    section = page.split("<section id='miners'>", 1)[1].split("</section>", 1)[0]
+    for pool, (blocks, reward) in ep.expected_by_pool().items():
+        assert re.search(rf"<tr><td>{re.escape(pool)}</td><td>{blocks:,}</td><td>[\d.]+%</td>"
+                         rf"<td>[\d,.]+</td><td>[\d,.]+</td><td>{reward / 1e8:,.2f}</td>", section), pool
+    exch_btc = all_expected["exchange"] / 1e8
+    assert f"<tr><td>exchange</td><td>{exch_btc:,.2f}</td><td>{pool_expected['exchange'] / 1e8:,.2f}</td></tr>" in section
+    assert f"Miner-to-exchange: {exch_btc:,.2f} BTC" in section and "Miner Position Index" in section
 
 
 async def test_a_reorg_undoes_a_pool_spend_it_orphans(env, pools):
