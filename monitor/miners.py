@@ -50,6 +50,7 @@ from storage.miners import (
     miner_block_span,
     pool_coins_to_check,
     pool_outflow_rows,
+    unspent_pool_coins,
     save_miner_blocks,
     save_pool_coins,
     save_pool_outflows,
@@ -507,7 +508,7 @@ class ScanResult:
     orphaned: int  # stored blocks deleted because a reorg replaced them
     requests: int
     error: str = ""
-    spends: int = 0  # pool payout spends read after the scan
+    spends: int = 0  # pool payout spends read (in the scanned blocks, or per coin after the scan)
     pool_outflows: int = 0  # their outputs to non-pool addresses stored
 
 
@@ -532,7 +533,11 @@ async def scan_blocks(
 
     tally = RequestTally()
     chain = reader.chain
-    scanned = skipped = orphaned = 0
+    scanned = skipped = orphaned = spends = outflows_n = 0
+    # A reader that can list a block's spends of given outpoints (a Core node: no spender index) follows pool
+    # coins block by block here; others (Esplora) are asked per coin afterwards (`follow_pool_spends`).
+    in_block = pools is not None and hasattr(reader, "spends")
+    unspent: dict[tuple[str, int], str] | None = None
     h = start
     total = end - start + 1
     while h <= end:
@@ -547,27 +552,46 @@ async def scan_blocks(
                 continue
             rows: list[dict[str, Any]] = []
             coins: list[dict[str, Any]] = []
-            drop_from: int | None = None
+            spent: list[tuple[str, int, str, int]] = []
+            outflows: list[dict[str, Any]] = []
+            drop_from = min((x.height for x in headers if x.height in stored and stored[x.height] != x.hash), default=None)
+            if in_block and (unspent is None or drop_from is not None):
+                unspent = await store.run(unspent_pool_coins, chain, below=drop_from)
             for x in headers:
                 if stored.get(x.height) == x.hash:
                     skipped += 1
                     continue
-                if x.height in stored and drop_from is None:
-                    drop_from = x.height
+                if in_block and unspent:
+                    assert pools is not None
+                    for tx in await reader.spends(x, unspent, tally=tally):  # type: ignore[union-attr]
+                        mine = [(i.prev_txid, i.prev_vout) for i in tx.inputs if (i.prev_txid, i.prev_vout) in unspent]
+                        out, change = pool_spend(tx, pools, unspent[mine[0]])
+                        for k in mine:
+                            spent.append((k[0], k[1], tx.txid, x.height))
+                            del unspent[k]
+                        outflows.extend(out)
+                        coins.extend(change)
+                        unspent.update({(c["txid"], c["n"]): c["pool"] for c in change})
+                        spends += 1
                 block = await reader.coinbase(x, tally=tally)
                 measured = measure_block(block, pools)
                 rows.append(measured.row())
                 if pools is not None:
-                    coins.extend(pool_coins_of(block, measured.pool, pools))
+                    new = pool_coins_of(block, measured.pool, pools)
+                    coins.extend(new)
+                    if unspent is not None:
+                        unspent.update({(c["txid"], c["n"]): c["pool"] for c in new})
         except SourceError as exc:
             log.warning("miner scan stopped at height %d: %s", h, exc)
-            return ScanResult(start, end, scanned, skipped, orphaned, tally.requests, str(exc))
+            return ScanResult(start, end, scanned, skipped, orphaned, tally.requests, str(exc), spends, outflows_n)
 
         def commit(s: Store) -> int:
             with s.batch():
                 n = drop_miner_blocks_from(s, chain, drop_from) if drop_from is not None else 0
                 save_miner_blocks(s, rows, now=now)
-                save_pool_coins(s, coins)
+                save_pool_coins(s, coins)  # before the spends: a change coin may be spent in the same page
+                mark_pool_coins(s, chain, (), spent, tip=top)
+                save_pool_outflows(s, outflows)
             return n
 
         if drop_from is not None or rows:
@@ -576,10 +600,11 @@ async def scan_blocks(
                 log.warning("miner view: reorg at height %d, %d stored block(s) orphaned and undone", drop_from, dropped)
             orphaned += dropped
         scanned += len(rows)
+        outflows_n += len(outflows)
         h = top + 1
         if progress is not None:
             progress(min(h - start, total), total)
-    return ScanResult(start, end, scanned, skipped, orphaned, tally.requests)
+    return ScanResult(start, end, scanned, skipped, orphaned, tally.requests, "", spends, outflows_n)
 
 
 async def backfill(store: AsyncStore, reader: CoinbaseReader, *, days: int, now: int, pools: PoolIndex | None,
@@ -609,8 +634,8 @@ async def _with_spends(store: AsyncStore, reader: CoinbaseReader, res: ScanResul
     if res.error or pools is None:
         return res
     spent = await follow_pool_spends(store, reader, pools=pools, tip=tip, max_checks=max_checks)
-    return replace(res, requests=res.requests + spent.requests, error=spent.error, spends=spent.spends,
-                   pool_outflows=spent.outflows)
+    return replace(res, requests=res.requests + spent.requests, error=spent.error, spends=res.spends + spent.spends,
+                   pool_outflows=res.pool_outflows + spent.outflows)
 
 
 # --- pool payout coins and their spends ---------------------------------------------------------------

@@ -23,6 +23,7 @@ __all__ = [
     "mark_pool_coins",
     "save_pool_outflows",
     "pool_outflow_rows",
+    "unspent_pool_coins",
 ]
 
 
@@ -138,3 +139,14 @@ def pool_outflow_rows(store: Store, chain: str = "bitcoin", *, since: int | None
                            params)
     cols = [c[0] for c in cur.description]
     return [{**dict(zip(cols, r)), "value_units": int(dict(zip(cols, r))["value_units"])} for r in cur.fetchall()]
+
+
+def unspent_pool_coins(store: Store, chain: str, *, below: int | None = None) -> dict[tuple[str, int], str]:
+    """(txid, n) → pool of the unspent pool coins; with `below`, as they stand once the blocks at and above it
+    are dropped (coins created there gone, coins spent there unspent again)."""
+    if below is None:
+        cur = store.db.execute("select txid, n, pool from pool_coins where chain = ? and spent_by is null", [chain])
+    else:
+        cur = store.db.execute("select txid, n, pool from pool_coins where chain = ? and height < ? and "
+                               "(spent_by is null or spent_height >= ?)", [chain, below, below])
+    return {(t, n): p for t, n, p in cur.fetchall()}

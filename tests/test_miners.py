@@ -486,3 +486,56 @@ async def test_a_reorg_undoes_a_pool_spend_it_orphans(env, pools):
     spent = await asyncio.to_thread(lambda: sqlite3.connect(store_path(store)).execute(
         "select count(*) from pool_coins where spent_by is not null or coinbase = 0").fetchone()[0])
     assert spent == 0  # the coins it spent are unspent again, its change is gone
+
+
+async def test_core_follows_pool_spends_block_by_block_like_esplora_per_coin(tmp_path, pools):
+    """A Core node (no spender index: each block's spends of pool coins) and Esplora (outspends per coin) store
+    the same pool outflows, as scripted, and both undo a spend a reorg drops."""
+    labels = SimChain()
+    exch, stranger, mara_hot = (labels.address(x) for x in ("core exch", "core stranger", "core mara hot"))
+    sends = {
+        10: [(FOUNDRY_PAYOUT, ((exch, 4 * 10**8), (stranger, 10**8)))],
+        11: [(ANTPOOL_PAYOUT, ((exch, 2 * 10**8), (mara_hot, 15 * 10**7)))],
+    }
+    ep = await asyncio.to_thread(build_pool_episode, days=12, per_day=12, reorg_day=4, transfers=sends)
+    await asyncio.to_thread(ep.apply_reorg)
+    await asyncio.to_thread(ep.mine_rest)
+    ant_spend = ep.transfer_txids[-1]
+    stores = {k: AsyncStore(await asyncio.to_thread(Store, tmp_path / f"{k}.db")) for k in ("core", "esplora")}
+
+    def outflows(rows):
+        return sorted((r["txid"], r["n"], r["pool"], r["address"], r["value_units"], r["block_height"]) for r in rows)
+
+    def scripted(days):
+        return sorted((dest, value) for d in days for _, outs in sends[d] for dest, value in outs)
+
+    try:
+        async with BitcoindServer(ep.chain) as node, EsploraServer(ep.chain) as server, \
+                aiohttp.ClientSession() as session:
+            readers = {
+                "core": BitcoindCoinbases(BitcoindRpc(node.url, session, clock=FrozenClock(), user="rpcuser",
+                                                      password="rpcpassword", rng=random.Random(1), retries=1)),
+                "esplora": EsploraCoinbases(HttpClient("esplora", [server.url], session, clock=FrozenClock(),
+                                                       rng=random.Random(1), retries=1, rate_limit=None)),
+            }
+            got = {}
+            for k, reader in readers.items():
+                await scan_blocks(stores[k], reader, start=first_height(ep), end=ep.chain.height, now=NOW, pools=pools)
+                res = await follow_tip(stores[k], reader, now=NOW, pools=pools)
+                assert res.error == ""
+                got[k] = outflows(await stores[k].run(pool_outflow_rows))
+            assert got["core"] == got["esplora"]
+            assert sorted((r[3], r[4]) for r in got["core"]) == scripted([10, 11])
+
+            # the whole of day 11 is orphaned and the AntPool spend dropped with it
+            await asyncio.to_thread(ep.chain.reorg, 12, drop_txids=[ant_spend])
+            for k, reader in readers.items():
+                res = await follow_tip(stores[k], reader, now=NOW, pools=pools)
+                assert res.error == "" and res.orphaned == 12
+                got[k] = outflows(await stores[k].run(pool_outflow_rows))
+        assert got["core"] == got["esplora"]
+        assert sorted((r[3], r[4]) for r in got["core"]) == scripted([10])
+        assert ant_spend not in {r[0] for r in got["core"]}
+    finally:
+        for s in stores.values():
+            await s.close()

@@ -14,7 +14,9 @@ Bitcoin Core (`BitcoindCoinbases`, same interface): per 10 blocks one JSON-RPC b
 and one of `getblock <hash> 1` (header fields and the txids, whose first is the coinbase's), then per
 block `getrawtransaction <coinbase> 1 <blockhash>` (with the block hash no `txindex` is needed) for the
 coinbase's outputs and its scriptSig (`vin[0].coinbase`). Amounts are converted exactly
-(`watchers.bitcoind.parse_core_tx`).
+(`watchers.bitcoind.parse_core_tx`). Spends of pool payout coins: Esplora answers per coin
+(`/tx/:txid/outspends`, then `/tx/:txid`); Core has no spender index, so `BitcoindCoinbases.spends` reads
+a block with `getblock <hash> 3` (prevouts: Core 23+) and returns its txs spending the given outpoints.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from collections.abc import Container
 from decimal import Decimal
 
 from monitor.model import ChainTx, MalformedError, SourceError
@@ -213,3 +216,23 @@ class BitcoindCoinbases:
         except ValueError as exc:
             raise MalformedError(f"{p}.vin[0].coinbase: expected hex, got {script!r:.40}") from exc
         return BlockCoinbase(header, tx, scriptsig)
+
+    async def spends(self, header: BlockHeaderInfo, outpoints: Container[tuple[str, int]], *,
+                     tally: RequestTally | None = None) -> list[ChainTx]:
+        """The txs of a block spending any of `outpoints`, with their prevouts (`getblock <hash> 3`, Core 23+).
+
+        Only the matching txs are parsed (and validated); the others are looked at for their outpoints only.
+        :raises SourceError: (MalformedError naming the field)
+        """
+        block_hash = assert_hex(header.hash, "hash")
+        p = f"getblock {block_hash}"
+        d = assert_dict(await self.rpc.call("getblock", block_hash, 3, tally=tally), p)
+        out = []
+        for i, t in enumerate(assert_list(require(d, "tx", p), f"{p}.tx", non_empty=True)[1:], 1):
+            vin = t.get("vin") if isinstance(t, dict) else None
+            if not isinstance(vin, list):
+                raise MalformedError(f"{p}.tx[{i}].vin: expected an array (verbosity 3 needs Core 23.0 or newer)")
+            if any(isinstance(x, dict) and (x.get("txid"), x.get("vout")) in outpoints for x in vin):
+                out.append(parse_core_tx(t, chain=self.chain, prefix=f"{p}.tx[{i}]",
+                                         block=(header.height, block_hash, header.time)))
+        return out
