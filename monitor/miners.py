@@ -715,7 +715,7 @@ async def follow_pool_spends(store: AsyncStore, reader: CoinbaseReader, *, pools
         by_tx.setdefault(c["txid"], []).append(c)
     checked: list[tuple[str, int]] = []
     spent: list[tuple[str, int, str, int]] = []
-    spender_pool: dict[str, str] = {}
+    by_spender: dict[str, list[tuple[str, int, str]]] = {}  # spending txid → the coins it spends (txid, n, pool)
     outflows: list[dict[str, Any]] = []
     change: list[dict[str, Any]] = []
     try:
@@ -725,16 +725,18 @@ async def follow_pool_spends(store: AsyncStore, reader: CoinbaseReader, *, pools
                 if c["n"] >= len(outs):
                     raise MalformedError(f"outspends of {txid}: no output {c['n']}")
                 o = outs[c["n"]]
-                if o.spent and o.confirmed and o.txid and o.block_height is not None and o.block_height <= tip:
-                    spent.append((txid, c["n"], o.txid, o.block_height))
-                    spender_pool.setdefault(o.txid, c["pool"])
+                # mempool.space on a Core backend may say confirmed without the block: the tx tells
+                if o.spent and o.confirmed and o.txid and (o.block_height is None or o.block_height <= tip):
+                    by_spender.setdefault(o.txid, []).append((txid, c["n"], c["pool"]))
                 else:
                     checked.append((txid, c["n"]))
-        for txid, pool in spender_pool.items():
+        for txid, coins_spent in by_spender.items():
             tx = await reader.tx(txid, tally=tally)
-            if tx.block_height is None or tx.block_time is None:
-                raise MalformedError(f"tx {txid}: outspends says confirmed, the tx says unconfirmed")
-            o, ch = pool_spend(tx, pools, pool)
+            if tx.block_height is None or tx.block_time is None or tx.block_height > tip:
+                checked.extend((t, n) for t, n, _ in coins_spent)  # not in a scanned block yet: next time
+                continue
+            spent.extend((t, n, txid, tx.block_height) for t, n, _ in coins_spent)
+            o, ch = pool_spend(tx, pools, coins_spent[0][2])
             outflows.extend(o)
             change.extend(ch)
     except SourceError as exc:
@@ -748,7 +750,7 @@ async def follow_pool_spends(store: AsyncStore, reader: CoinbaseReader, *, pools
             save_pool_coins(s, change)
 
     await store.run(commit)
-    return SpendResult(len(coins), len(spender_pool), len(outflows), tally.requests)
+    return SpendResult(len(coins), len({t for _, _, t, _ in spent}), len(outflows), tally.requests)
 
 
 # --- the view ---------------------------------------------------------------------------------------
