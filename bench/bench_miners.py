@@ -2,7 +2,7 @@
 
 Not a test (pytest never collects bench/). Run from the repo root:
 
-    .venv/bin/python bench/bench_miners.py            # 7 days of 144 blocks (1,008 blocks), under a minute
+    .venv/bin/python bench/bench_miners.py            # 7 days of 144 blocks (1,008 blocks), about a minute
     .venv/bin/python bench/bench_miners.py --quick    # 1 day (144 blocks)
 
 Setup: the simulated pool episode (`monitor/sim/pool_episode.py`: several pools with pools-v2 tags and
@@ -11,7 +11,9 @@ The same chain is scanned twice in the same run into two fresh SQLite files: `mo
 with `pools=None` (measure only: header pages + one `/block/:hash/txs/0` per block, stored) and with the
 bundled pools-v2 index (the same plus tag and payout-address attribution). Reported: blocks/s over the
 wall clock of the scan (server and client share the machine), client CPU per block (the scanning thread's
-`time.thread_time()`), requests per block, and the attribution ratio. The local server answers at
+`time.thread_time()`), requests per block, and the attribution ratio. Two more variants: the
+attributed scan followed by `follow_pool_spends` (every mature pool coin checked, as a backfill does), and
+the same chain read from the local Core JSON-RPC server (attribution + in-block pool spends). The local server answers at
 memory speed, so this is the client's ceiling; a public Esplora is bound by its rate limit instead
 (README: "Miner view").
 """
@@ -34,20 +36,23 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from monitor.clock import FrozenClock  # noqa: E402
-from monitor.miners import measure_block, scan_blocks  # noqa: E402
+from monitor.miners import follow_pool_spends, measure_block, scan_blocks  # noqa: E402
 from monitor.pools import load_pools  # noqa: E402
+from monitor.sim.bitcoind_server import BitcoindServer  # noqa: E402
 from monitor.sim.esplora_server import EsploraServer  # noqa: E402
 from monitor.sim.pool_episode import build_pool_episode  # noqa: E402
 from storage import AsyncStore, Store  # noqa: E402
-from watchers.coinbases import EsploraCoinbases  # noqa: E402
+from watchers.bitcoind import BitcoindRpc  # noqa: E402
+from watchers.coinbases import BitcoindCoinbases, EsploraCoinbases  # noqa: E402
 from watchers.http import HttpClient  # noqa: E402
 
 
 class ServerThread:
-    """The local Esplora server on its own loop in a background thread."""
+    """A local server (Esplora by default) on its own loop in a background thread."""
 
-    def __init__(self, chain):
+    def __init__(self, chain, factory=EsploraServer):
         self.chain = chain
+        self.factory = factory
         self.ready = threading.Event()
         self.loop = asyncio.new_event_loop()
         self.server: EsploraServer | None = None
@@ -55,12 +60,12 @@ class ServerThread:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self.server = EsploraServer(self.chain)
+        self.server = self.factory(self.chain)
         self.loop.run_until_complete(self.server.start())
         self.ready.set()
         self.loop.run_forever()
 
-    def __enter__(self) -> EsploraServer:
+    def __enter__(self):
         self.thread.start()
         self.ready.wait()
         assert self.server is not None
@@ -73,18 +78,27 @@ class ServerThread:
         self.thread.join()
 
 
-async def scan_once(url: str, db: Path, start: int, end: int, pools) -> tuple[float, float, int, int]:
+async def scan_once(url: str, db: Path, start: int, end: int, pools, *, spends: bool = False,
+                    core: bool = False) -> tuple[float, float, int, int]:
     store = AsyncStore(Store(db))
     async with aiohttp.ClientSession() as session:
-        http = HttpClient("esplora", [url], session, clock=FrozenClock(), rng=random.Random(1), retries=1,
-                          rate_limit=None)
-        reader = EsploraCoinbases(http)
+        if core:
+            reader = BitcoindCoinbases(BitcoindRpc(url, session, clock=FrozenClock(), user="rpcuser",
+                                                   password="rpcpassword", rng=random.Random(1), retries=1))
+        else:
+            reader = EsploraCoinbases(HttpClient("esplora", [url], session, clock=FrozenClock(), rng=random.Random(1),
+                                                 retries=1, rate_limit=None))
         wall, cpu = time.perf_counter(), time.thread_time()
         res = await scan_blocks(store, reader, start=start, end=end, now=0, pools=pools)
+        requests = res.requests
+        if spends:  # what a backfill does after the scan: every mature pool coin checked for a spend
+            sp = await follow_pool_spends(store, reader, pools=pools, tip=end, max_checks=None)
+            assert sp.error == "", sp.error
+            requests += sp.requests
         wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
     await store.close()
     assert res.error == "", res.error
-    return wall, cpu, res.scanned, res.requests
+    return wall, cpu, res.scanned, requests
 
 
 def main() -> None:
@@ -101,15 +115,19 @@ def main() -> None:
           f"python {platform.python_version()}, {platform.machine()}")
     pools = load_pools()
     best: dict[str, tuple[float, float, int, int]] = {}
-    with ServerThread(ep.chain) as server, tempfile.TemporaryDirectory() as tmp:
+    variants = (("without attribution", None, False, False), ("with attribution", pools, False, False),
+                ("with pool coin spends", pools, True, False), ("Core node, with spends", pools, False, True))
+    with ServerThread(ep.chain) as server, ServerThread(ep.chain, BitcoindServer) as node, \
+            tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
-            for name, p in (("without attribution", None), ("with attribution", pools)):
-                got = asyncio.run(scan_once(server.url, Path(tmp) / f"{r}-{p is None}.db", start, end, p))
+            for i, (name, p, spends, core) in enumerate(variants):
+                got = asyncio.run(scan_once(node.url if core else server.url, Path(tmp) / f"{r}-{i}.db", start, end,
+                                            p, spends=spends, core=core))
                 if name not in best or got[0] < best[name][0]:
                     best[name] = got
-    print(f"{'variant':<22} {'blocks':>7} {'blocks/s':>9} {'CPU ms/block':>13} {'requests/block':>15}")
+    print(f"{'variant':<24} {'blocks':>7} {'blocks/s':>9} {'CPU ms/block':>13} {'requests/block':>15}")
     for name, (wall, cpu, n, req) in best.items():
-        print(f"{name:<22} {n:>7} {n / wall:>9.0f} {1000 * cpu / n:>13.2f} {req / n:>15.2f}")
+        print(f"{name:<24} {n:>7} {n / wall:>9.0f} {1000 * cpu / n:>13.2f} {req / n:>15.2f}")
     a, b = best["without attribution"], best["with attribution"]
     print(f"with/without blocks/s ratio {(b[2] / b[0]) / (a[2] / a[0]):.2f} "
           f"(client CPU {(b[1] / a[1] - 1) * 100:+.1f}%)")
