@@ -539,3 +539,30 @@ async def test_core_follows_pool_spends_block_by_block_like_esplora_per_coin(tmp
     finally:
         for s in stores.values():
             await s.close()
+
+
+async def test_a_malformed_core_answer_stops_the_scan_clearly_and_loses_nothing(tmp_path, pools):
+    ep = await asyncio.to_thread(build_pool_episode, days=4, per_day=12, reorg_day=3)
+    bad_height = first_height(ep) + 25
+    broken = {"on": True}
+
+    def mutate(method, params, result):
+        if broken["on"] and method == "getrawtransaction" and len(params) == 3 and \
+                ep.chain.block_by_hash(params[2]).height == bad_height:
+            return {**result, "vout": [{**result["vout"][0], "value": 1.5e-9}]}  # not a whole number of sats
+        return result
+
+    store = AsyncStore(await asyncio.to_thread(Store, tmp_path / "m.db"))
+    try:
+        async with BitcoindServer(ep.chain, mutate=mutate) as node, aiohttp.ClientSession() as session:
+            reader = BitcoindCoinbases(BitcoindRpc(node.url, session, clock=FrozenClock(), user="rpcuser",
+                                                   password="rpcpassword", rng=random.Random(1), retries=1))
+            end = ep.chain.height
+            stopped = await scan_blocks(store, reader, start=first_height(ep), end=end, now=NOW, pools=pools)
+            assert "vout[0].value" in stopped.error and stopped.scanned == 20  # the two pages before it are kept
+            broken["on"] = False
+            done = await scan_blocks(store, reader, start=first_height(ep), end=end, now=NOW, pools=pools)
+        assert done.error == "" and done.skipped == 20 and done.scanned == end - first_height(ep) + 1 - 20
+        assert await by_pool(store) == ep.expected_by_pool()
+    finally:
+        await store.close()
