@@ -18,6 +18,14 @@ The message model is `Alert.payload`, a JSON-able dict. The keys read here (and 
                   entities[{entity, asset?, out_amount, balance_change_amount, verdicts{verdict: n}}]}
     attachments   optional [{filename, content_type, data_base64}]; only the email channel uses them
     label         optional, e.g. "SIMULATED" (the demo): every channel puts it in the title and the body
+    message_id    this message's own id ("msg_…"): the webhook `webhook-id`, the email Message-ID;
+                  unique per message, stable across resends (stored with the alert)
+    amends        for update/retraction: the `message_id` of the message it amends (the first one
+                  about the same flow, or the incident's opening message); null otherwise
+    thread        earlier message ids of the same flow or incident, oldest first (email References)
+    incident      incident messages only: {id, entity, status, opened_at, last_flow_at, closed_at,
+                  flows, out_amount, usd_value, share_of_holdings, production_multiple,
+                  destinations[{attribution, amount}], verdicts{verdict: n}, transfers[...]}
 
 Why the renderers are written the way they are:
 - Amounts are shown from their exact decimal strings (`*_amount`, or `*_units` through `format_btc`),
@@ -33,6 +41,7 @@ Why the renderers are written the way they are:
 
 from __future__ import annotations
 
+import hashlib
 import html
 import re
 from dataclasses import dataclass
@@ -57,6 +66,7 @@ __all__ = [
     "render_email",
     "render_webhook",
     "render_console",
+    "message_id_of",
 ]
 
 SLACK_HEADER_MAX = 150
@@ -91,9 +101,21 @@ _RETRACTION_WHY = {
 _UNSAFE_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
+def message_id_of(alert: Alert) -> str:
+    """The alert's message id: the stored `message_id`, or one derived from its row for alerts queued before ids."""
+    stored = (alert.payload or {}).get("message_id")
+    if isinstance(stored, str) and stored:
+        return stored
+    digest = hashlib.sha256(f"{alert.dedup_key}\n{alert.kind}\n{alert.id}\n{alert.created_at}".encode()).hexdigest()
+    return f"msg_{digest[:32]}"
+
+
 def payload_of(alert: Alert) -> dict[str, Any]:
-    """The alert's message model, with `kind` and `dedup_key` filled in from the Alert when absent."""
-    return {"kind": alert.kind, "dedup_key": alert.dedup_key, **(alert.payload or {})}
+    """The alert's message model, with `kind`, `dedup_key` and `message_id` filled in from the Alert when absent."""
+    payload = {"kind": alert.kind, "dedup_key": alert.dedup_key, **(alert.payload or {})}
+    if not payload.get("message_id"):
+        payload["message_id"] = message_id_of(alert)
+    return payload
 
 
 # --- small formatters -----------------------------------------------------------------------------
@@ -657,6 +679,12 @@ def render_webhook(payload: dict[str, Any]) -> dict[str, Any]:
         body["note"] = label_note(payload)
     if body["kind"] == "digest" and isinstance(payload.get("digest"), dict):
         body["digest"] = payload["digest"]
+    # Standard Webhooks: the body names itself and what it amends, so a receiver can link them.
+    body["message_id"] = payload.get("message_id")
+    body["amends"] = payload.get("amends")
+    if isinstance(payload.get("incident"), dict):
+        body["incident_id"] = payload["incident"].get("id")
+        body["incident"] = payload["incident"]
     return body
 
 

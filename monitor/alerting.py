@@ -9,9 +9,11 @@ alert commits together with the classification that caused it. `StoreQueue` expo
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from alerts.render import message_id_of
 from alerts.router import Route, Rule, changes_between, dedup_key, matching_channels, route_classification, route_retraction
 from monitor.export import flow_record
 from monitor.model import Alert, Classification, Delivery
@@ -21,7 +23,7 @@ from storage import AsyncStore, Store
 from storage import alerts as outbox_store
 from storage.reads import flow_row
 
-__all__ = ["AlertSettings", "AlertPlanner", "StoreQueue", "alert_payload", "sample_alert"]
+__all__ = ["AlertSettings", "AlertPlanner", "StoreQueue", "alert_payload", "sample_alert", "new_message_id"]
 
 DEFAULT_EXPLORER = "https://mempool.space/tx/{txid}"
 #: Explorers of the other chains (the configured `explorer_url` is Bitcoin's).
@@ -40,6 +42,21 @@ class AlertSettings:
     max_age: int = DEFAULT_MAX_AGE
     notify_confirmations: bool = False  # an update when an alerted unconfirmed flow confirms
     label: str = ""  # e.g. SIMULATED: every renderer puts it in the title and the body
+
+
+def new_message_id(dedup_key: str, kind: str, now: int, seq: int) -> str:
+    """A message id unique in this database (`seq` is the outbox's alert sequence) and fixed once stored."""
+    return "msg_" + hashlib.sha256(f"{dedup_key}\n{kind}\n{now}\n{seq}".encode()).hexdigest()[:32]
+
+
+def thread_fields(store: Store, route: Route, earlier: Sequence[Alert], *, now: int) -> dict:
+    """`message_id`, `amends` (the first earlier message) and `thread` (earlier ids) of a new message."""
+    ids = [message_id_of(a) for a in earlier]
+    return {
+        "message_id": new_message_id(route.dedup_key, route.kind, now, outbox_store.alert_count(store) + 1),
+        "amends": ids[0] if ids and route.kind in ("update", "retraction") else None,
+        "thread": ids if route.kind in ("update", "retraction") else [],
+    }
 
 
 def alert_payload(route: Route, record: dict, *, explorer_url: str | None, label: str = "") -> dict:
@@ -67,12 +84,15 @@ class AlertPlanner:
     def _is_live(self, c: Classification, block_time: int | None, now: int) -> bool:
         return block_time is None or now - block_time <= self.settings.max_age
 
-    def _queue(self, store: Store, route: Route, c: Classification, *, now: int) -> int:
+    def _queue(self, store: Store, route: Route, c: Classification, *, now: int, amends_txid: str | None = None) -> int:
         row = flow_row(store, c.chain, c.txid, c.entity)
         if row is None:
             return 0
         payload = alert_payload(route, flow_record(row), explorer_url=self.settings.explorer_url,
                                 label=self.settings.label)
+        # An RBF replacement amends what was said about the tx it replaced.
+        earlier = outbox_store.flow_messages(store, c.chain, amends_txid or c.txid, c.entity)
+        payload.update(thread_fields(store, route, earlier, now=now))
         alert = Alert(route.dedup_key, route.kind, route.channels, payload, created_at=now)
         outbox_store.queue_alert(store, alert, chain=c.chain, txid=c.txid, entity=c.entity, classification_id=c.id, now=now)
         return 1
@@ -119,7 +139,7 @@ class AlertPlanner:
                 channels = tuple(dict.fromkeys(matching_channels(self.settings.rules, c, kind) + tuple(heard_old)))
                 changes = (f"replaced (RBF) by {c.txid}; {old.txid} will not confirm",) + changes_between(old, c)
                 route = Route("update", dedup_key(c.chain, c.txid, c.entity, c.verdict), channels, changes)
-                queued += self._queue(store, route, c, now=now)
+                queued += self._queue(store, route, c, now=now, amends_txid=old.txid)
             elif d.is_new or d.is_changed:
                 heard = outbox_store.alerted_channels(store, c.chain, c.txid, c.entity)
                 route = route_classification(self.settings.rules, c, d.previous, entity_kind=kind, already_alerted=heard)

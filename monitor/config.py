@@ -175,7 +175,12 @@ _CHANNEL_SETTINGS: dict[str, dict[str, tuple[str, str]]] = {
         "security": ("string", "plain"),
         "timeout": ("number", "plain"),
     },
-    "webhook": {"url": ("string", "secret"), "secret": ("string", "secret"), "timeout": ("number", "plain")},
+    "webhook": {
+        "url": ("string", "secret"),
+        "secret": ("string", "secret"),
+        "timeout": ("number", "plain"),
+        "legacy_headers": ("boolean", "plain"),  # deprecated: also send X-Timestamp/X-Signature/X-Dedup-Key
+    },
     "console": {"stream": ("string", "plain")},
 }
 _CHANNEL_REQUIRED = {"slack": ("webhook_url",), "email": ("host", "sender", "recipients"), "webhook": ("url", "secret"), "console": ()}
@@ -1167,7 +1172,7 @@ def _parse_alerts(value: Any, ctx: _Context) -> AlertsConfig:
     )
 
 
-_SETTING_KINDS = {"string": STRING, "number": NUMBER, "integer": INTEGER, "strings": STRINGS}
+_SETTING_KINDS = {"string": STRING, "number": NUMBER, "integer": INTEGER, "strings": STRINGS, "boolean": BOOLEAN}
 
 
 def _parse_channels(value: Any, ctx: _Context) -> tuple[ChannelConfig, ...]:

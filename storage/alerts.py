@@ -20,6 +20,8 @@ __all__ = [
     "Pending",
     "queue_alert",
     "alerted_channels",
+    "flow_messages",
+    "alert_count",
     "due",
     "begin_attempt",
     "finish_attempt",
@@ -93,6 +95,20 @@ def alerted_channels(store: Store, chain: str, txid: str, entity: str) -> set[st
         [chain, txid, entity],
     )
     return {r["channel"] for r in rows}
+
+
+def flow_messages(store: Store, chain: str, txid: str, entity: str) -> list[Alert]:
+    """Alerts already queued about this flow (every kind), oldest first, to thread and amend."""
+    rows = store.query(
+        "select * from alerts where chain = ? and txid = ? and entity = ? order by id", [chain, txid, entity]
+    )
+    return [_alert_from_row(r, ()) for r in rows]
+
+
+def alert_count(store: Store) -> int:
+    """How many alerts were ever queued (a sequence for ids made inside the writing transaction)."""
+    row = store.db.execute("select count(*), coalesce(max(id), 0) from alerts").fetchone()
+    return max(row[0], row[1]) if row else 0
 
 
 def _channels_of(store: Store, alert_id: int) -> tuple[str, ...]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import email
 import email.policy
 import io
@@ -19,6 +20,8 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from builders import self_signed_cert
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
 from fakes.receiver import Receiver, Reply, block_kit_problems, free_port
 
 from alerts.channels import REGISTRY, Channel, build_channel
@@ -26,10 +29,18 @@ from alerts.channels.console import ConsoleChannel
 from alerts.channels.email import DEDUP_HEADER, EmailChannel
 from alerts.channels.http import parse_retry_after
 from alerts.channels.slack import SlackChannel
-from alerts.channels.webhook import WebhookChannel, dedup_header, sign, verify_signature
+from alerts.channels.webhook import (
+    WebhookChannel,
+    dedup_header,
+    sign,
+    signing_keys,
+    standard_signature,
+    verify_signature,
+    verify_standard,
+)
 from alerts.ratelimit import MinInterval, RateLimitedChannel
-from alerts.render import render_webhook
-from monitor.clock import FrozenClock
+from alerts.render import payload_of, render_webhook
+from monitor.clock import FrozenClock, SystemClock
 from monitor.model import Alert, ConfigError, DeliveryError
 
 TXID = "4f" * 32
@@ -257,36 +268,85 @@ async def test_retry_after_http_date_uses_the_clock(receiver, session, clock):
 # --- webhook --------------------------------------------------------------------------------------
 
 
-def verifying(secret: str, clock: FrozenClock):
-    """An on_request hook: 401 unless the signature verifies with `secret` at the clock's time."""
+def verifying(secret, clock=None):
+    """An on_request hook: 401 unless the Standard Webhooks signature verifies with the reference library.
+
+    `standardwebhooks.Webhook.verify` checks the timestamp against the wall clock (5 minutes), so the
+    sending channel in these tests runs on `SystemClock`."""
 
     def check(req):
-        ok = verify_signature(secret, req.headers.get("X-Timestamp"), req.body, req.headers.get("X-Signature"),
-                              now=clock.time())
-        return None if ok else Reply(401, "bad signature")
+        try:
+            Webhook(secret).verify(req.body, dict(req.headers))
+        except WebhookVerificationError:
+            return Reply(401, "bad signature")
+        return None
 
     return check
 
 
-async def test_webhook_signature_verifies_at_the_receiver(session, clock):
-    async with Receiver(on_request=verifying(HMAC_SECRET, clock)) as rx:
-        channel = WebhookChannel("hook", rx.url("/ingest?token=abc123456"), HMAC_SECRET, session, clock=clock)
-        alert = make_alert(kind="update", changes=["severity notice → critical"])
+WHSEC = "whsec_" + base64.b64encode(b"a 32-byte key for the test hook!").decode()
+WHSEC_OLD = "whsec_" + base64.b64encode(b"the key being rotated out, 32 b.").decode()
+
+
+async def test_webhook_standard_signature_verifies_with_the_reference_library(session):
+    clock = SystemClock()
+    async with Receiver(on_request=verifying(WHSEC)) as rx:
+        channel = WebhookChannel("hook", rx.url("/ingest?token=abc123456"), WHSEC, session, clock=clock)
+        alert = make_alert(kind="update", changes=["severity notice → critical"], message_id="msg_upd",
+                           amends="msg_first")
         await channel.send(alert)
+        await channel.send(alert)  # a resend (e.g. after a timeout) repeats the id, not the message
+    first, again = rx.requests
+    assert first.status == again.status == 200
+    assert first.headers["webhook-id"] == again.headers["webhook-id"] == "msg_upd"
+    assert first.headers["webhook-signature"].startswith("v1,")
+    assert "X-Signature" not in first.headers and "X-Dedup-Key" not in first.headers  # legacy is opt-in
+    assert first.json == render_webhook(payload_of(alert))
+    assert first.json["kind"] == "update" and first.json["changes"] == ["severity notice → critical"]
+    assert first.json["message_id"] == "msg_upd" and first.json["amends"] == "msg_first"
+    assert first.json["dedup_key"] == DEDUP
+    assert first.json["out_amount"] == "1250.00000000" and first.json["out_units"] == 125000000000
+    # a raw (non-whsec_) secret is the key's UTF-8 bytes, as the reference library takes bytes
+    async with Receiver(on_request=verifying(HMAC_SECRET.encode())) as rx:
+        await WebhookChannel("hook", rx.url("/i"), HMAC_SECRET, session, clock=clock).send(make_alert())
+    assert rx.requests[0].status == 200
+
+
+async def test_webhook_messages_without_a_stored_id_get_distinct_stable_ids(receiver, session, clock):
+    channel = WebhookChannel("hook", receiver.url("/h"), WHSEC, session, clock=clock)
+    new, upd = make_alert(alert_id=1), make_alert(alert_id=2, kind="update")
+    for a in (new, upd, new):
+        await channel.send(a)
+    ids = [r.headers["webhook-id"] for r in receiver.requests]
+    assert ids[0] == ids[2] != ids[1] and all(i.startswith("msg_") for i in ids)
+    assert receiver.requests[0].headers["webhook-timestamp"] == str(NOW)
+
+
+async def test_webhook_rotation_signs_with_every_secret(session):
+    clock = SystemClock()
+    for receivers_secret in (WHSEC, WHSEC_OLD):  # a receiver on either key accepts the message
+        async with Receiver(on_request=verifying(receivers_secret)) as rx:
+            await WebhookChannel("hook", rx.url("/i"), f"{WHSEC} {WHSEC_OLD}", session, clock=clock).send(make_alert())
+        [req] = rx.requests
+        assert req.status == 200 and len(req.headers["webhook-signature"].split(" ")) == 2
+
+
+async def test_webhook_legacy_headers_behind_the_deprecated_option(session, clock):
+    async with Receiver() as rx:
+        channel = WebhookChannel("hook", rx.url("/ingest"), HMAC_SECRET, session, clock=clock, legacy_headers=True)
+        await channel.send(make_alert())
     [req] = rx.requests
-    assert req.status == 200
     assert req.headers["X-Timestamp"] == str(NOW)
     assert req.headers["X-Dedup-Key"] == DEDUP
     assert req.headers["X-Signature"] == sign(HMAC_SECRET, NOW, req.body)
-    assert req.json == render_webhook(alert.payload)
-    assert req.json["kind"] == "update" and req.json["changes"] == ["severity notice → critical"]
-    assert req.json["out_amount"] == "1250.00000000" and req.json["out_units"] == 125000000000
+    assert verify_signature(HMAC_SECRET, req.headers["X-Timestamp"], req.body, req.headers["X-Signature"], now=NOW)
+    assert verify_standard(HMAC_SECRET, req.headers, req.body, now=NOW)  # and the standard headers too
 
 
 async def test_webhook_dedup_header_is_safe_for_any_key(receiver, session, clock):
     key = "bitcoin:ab:Druk Holding – Bhutan\r\nX-Evil: 1:sovereign_sale"
-    channel = WebhookChannel("hook", receiver.url("/h"), HMAC_SECRET, session, clock=clock)
-    await channel.send(make_alert(dedup_key=key))
+    channel = WebhookChannel("hook", receiver.url("/h"), HMAC_SECRET, session, clock=clock, legacy_headers=True)
+    await channel.send(make_alert(dedup_key=key, message_id="msg_a\r\nX-Evil: 2"))
     [req] = receiver.requests
     assert "X-Evil" not in req.headers
     assert req.headers["X-Dedup-Key"] == (
@@ -295,19 +355,20 @@ async def test_webhook_dedup_header_is_safe_for_any_key(receiver, session, clock
     assert dedup_header(DEDUP) == DEDUP  # ordinary keys are sent as they are
 
 
-async def test_webhook_wrong_secret_fails_verification(session, clock, caplog):
+async def test_webhook_wrong_secret_fails_verification(session, caplog):
     caplog.set_level(logging.DEBUG)
-    async with Receiver(on_request=verifying("the-receivers-secret", clock)) as rx:
-        channel = WebhookChannel("hook", rx.url("/ingest"), HMAC_SECRET, session, clock=clock)
+    other = "whsec_" + base64.b64encode(b"the receiver's own different key").decode()
+    async with Receiver(on_request=verifying(other)) as rx:
+        channel = WebhookChannel("hook", rx.url("/ingest"), WHSEC, session, clock=SystemClock())
         with pytest.raises(DeliveryError) as info:
             await channel.send(make_alert())
     assert info.value.retryable is False
     assert str(info.value) == "hook: HTTP 401 from 127.0.0.1: bad signature"
     [req] = rx.requests
-    assert not verify_signature("the-receivers-secret", req.headers["X-Timestamp"], req.body,
-                                req.headers["X-Signature"], now=NOW)
-    assert verify_signature(HMAC_SECRET, req.headers["X-Timestamp"], req.body, req.headers["X-Signature"], now=NOW)
-    assert_no_secret(info.value, caplog, HMAC_SECRET)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(other).verify(req.body, dict(req.headers))
+    Webhook(WHSEC).verify(req.body, dict(req.headers))
+    assert_no_secret(info.value, caplog, WHSEC)
 
 
 def test_verify_signature_rejects_stale_tampered_and_malformed():
@@ -326,11 +387,27 @@ def test_verify_signature_rejects_stale_tampered_and_malformed():
     assert not verify_signature(HMAC_SECRET, NOW, body, None, now=NOW)
 
 
+def test_verify_standard_rejects_stale_tampered_and_malformed():
+    body = b'{"kind":"new"}'
+    keys = signing_keys(WHSEC)
+    h = {"webhook-id": "msg_1", "webhook-timestamp": str(NOW), "webhook-signature": standard_signature(keys, "msg_1", NOW, body)}
+    assert verify_standard(WHSEC, h, body, now=NOW + 299)
+    assert not verify_standard(WHSEC, h, body, now=NOW + 301)
+    assert not verify_standard(WHSEC, h, body + b" ", now=NOW)
+    assert not verify_standard(WHSEC, {**h, "webhook-id": "msg_2"}, body, now=NOW)  # the id is signed
+    assert not verify_standard(WHSEC_OLD, h, body, now=NOW)
+    assert not verify_standard(WHSEC, {**h, "webhook-timestamp": "x"}, body, now=NOW)
+    assert not verify_standard(WHSEC, {"webhook-id": "msg_1"}, body, now=NOW)
+    # the reference library agrees with our signer
+    assert Webhook(WHSEC).sign("msg_1", dt.datetime.fromtimestamp(NOW, dt.timezone.utc), body) == h["webhook-signature"]
+    with pytest.raises(ValueError, match="part 1 starts with whsec_ but is not base64"):
+        signing_keys("whsec_@@@notbase64")
+
+
 async def test_stale_webhook_is_rejected_by_a_verifying_receiver(session):
-    sender_clock = FrozenClock(now=NOW)
-    receiver_clock = FrozenClock(now=NOW + 600)  # the receiver sees it 10 minutes late
-    async with Receiver(on_request=verifying(HMAC_SECRET, receiver_clock)) as rx:
-        channel = WebhookChannel("hook", rx.url("/ingest"), HMAC_SECRET, session, clock=sender_clock)
+    sender_clock = FrozenClock(now=NOW)  # years before the receiver's (wall) clock
+    async with Receiver(on_request=verifying(WHSEC)) as rx:
+        channel = WebhookChannel("hook", rx.url("/ingest"), WHSEC, session, clock=sender_clock)
         with pytest.raises(DeliveryError) as info:
             await channel.send(make_alert())
     assert info.value.retryable is False and "401" in str(info.value)

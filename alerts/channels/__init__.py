@@ -11,7 +11,7 @@ and at most the host.
     slack     SlackChannel     webhook_url, timeout                                session[, clock]
     email     EmailChannel     host, [port], sender, recipients, username, password,
                                security (starttls | tls | none), timeout, tls_context
-    webhook   WebhookChannel   url, secret, timeout                                session, clock
+    webhook   WebhookChannel   url, secret, timeout, legacy_headers                session, clock
     console   ConsoleChannel   stream ("stdout" | "stderr" | a text stream)
 
 Every type also takes `min_interval` (seconds between sends, see `alerts.ratelimit`).
