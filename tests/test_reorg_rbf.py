@@ -15,7 +15,9 @@ from builders import (
     fact,
     rule,
     slack_channel,
+    webhook_channel,
 )
+from standardwebhooks import Webhook
 from fakes.offloop import in_store
 from fakes.receiver import Receiver
 
@@ -33,10 +35,23 @@ def config(tmp_path: Path, url: str, hot: str, exchange: str, *, confirmations: 
         entities=[entity_table("Test Miner", "miner", [hot], profile={"holdings_btc": fact(1000)}),
                   entity_table("Test Exchange", "exchange", [exchange])],
         alerts={"max_age": 100000000, "notify_confirmations": confirmations},
-        channels=[slack_channel("slack", "TM_RR_SLACK")],
-        rules=[rule("all", ["slack"])],
+        channels=[slack_channel("slack", "TM_RR_SLACK"), webhook_channel("hook", "TM_RR_HOOK", "TM_RR_HOOK_SECRET")],
+        rules=[rule("all", ["slack", "hook"])],
     ))
     return p
+
+
+HOOK_SECRET = "whsec_" + "cmVvcmctYW5kLXJiZi10ZXN0LWtleS0zMi1ieXRlcw=="
+
+
+def verified(hook: Receiver) -> list[dict]:
+    """Each webhook body, after the reference Standard Webhooks library verified its signature."""
+    out = []
+    for r in hook.requests:
+        body = Webhook(HOOK_SECRET).verify(r.body, dict(r.headers))
+        assert body["message_id"] == r.headers["webhook-id"]
+        out.append(body)
+    return out
 
 
 async def alerts_of(tmp_path: Path) -> list[tuple[str, str]]:
@@ -55,8 +70,10 @@ async def test_rbf_of_an_alerted_mempool_outflow_is_one_update(tmp_path, monkeyp
     hot, exch = chain.address("rr-hot"), chain.address("rr-exchange")
     chain.fund(hot, 50 * COIN)
     chain.mine()
-    async with EsploraServer(chain) as server, Receiver() as slack:
+    async with EsploraServer(chain) as server, Receiver() as slack, Receiver() as hook:
         monkeypatch.setenv("TM_RR_SLACK", slack.url("/hook"))
+        monkeypatch.setenv("TM_RR_HOOK", hook.url("/in"))
+        monkeypatch.setenv("TM_RR_HOOK_SECRET", HOOK_SECRET)
         cfg = await asyncio.to_thread(config, tmp_path, server.url, hot, exch, confirmations=True)
         await poll_and_dispatch(cfg)
         first = chain.pay([hot], [(exch, 20 * COIN)], fee=1_000)
@@ -83,6 +100,11 @@ async def test_rbf_of_an_alerted_mempool_outflow_is_one_update(tmp_path, monkeyp
         recs = {x["txid"]: x for x in map(json.loads, r.output.splitlines())}
         assert recs[second.txid]["status"] == "confirmed" and recs[first.txid]["status"] == "replaced"
         assert len(slack.requests) == 3  # nothing sent twice
+        new, rbf, confirmed = verified(hook)
+        assert [b["kind"] for b in (new, rbf, confirmed)] == ["new", "update", "update"]
+        assert new["amends"] is None and rbf["amends"] == new["message_id"]  # the replacement amends the original
+        assert confirmed["amends"] == rbf["message_id"]  # the confirmation amends what was said about its tx
+        assert len({new["message_id"], rbf["message_id"], confirmed["message_id"]}) == 3
 
 
 async def test_two_block_reorg_retracts_the_alerted_outflow_and_alerts_the_new_branch_once(tmp_path, monkeypatch):
@@ -91,8 +113,10 @@ async def test_two_block_reorg_retracts_the_alerted_outflow_and_alerts_the_new_b
     chain.fund(hot, 50 * COIN)
     chain.fund(hot, 30 * COIN)
     chain.mine()
-    async with EsploraServer(chain) as server, Receiver() as slack:
+    async with EsploraServer(chain) as server, Receiver() as slack, Receiver() as hook:
         monkeypatch.setenv("TM_RR_SLACK", slack.url("/hook"))
+        monkeypatch.setenv("TM_RR_HOOK", hook.url("/in"))
+        monkeypatch.setenv("TM_RR_HOOK_SECRET", HOOK_SECRET)
         cfg = await asyncio.to_thread(config, tmp_path, server.url, hot, exch)
         await poll_and_dispatch(cfg)
         doomed = chain.pay([hot], [(exch, 40 * COIN)], fee=1_000)
@@ -111,6 +135,13 @@ async def test_two_block_reorg_retracts_the_alerted_outflow_and_alerts_the_new_b
         assert await alerts_of(tmp_path) == [("new", doomed.txid), ("retraction", doomed.txid), ("new", other.txid)]
         kinds = [r.json for r in slack.requests]
         assert len(kinds) == 3 and "RETRACTED" in json.dumps(kinds[1])
+        # the webhook retraction has its own id and names the id of the alert it retracts
+        alerted, retraction, other_new = verified(hook)
+        assert retraction["kind"] == "retraction" and retraction["txid"] == doomed.txid
+        assert retraction["message_id"] != alerted["message_id"]
+        assert retraction["amends"] == alerted["message_id"] == hook.requests[0].headers["webhook-id"]
+        assert retraction["dedup_key"] == alerted["dedup_key"]
+        assert other_new["amends"] is None
         def check_stored(store):
             assert store.tx_status("bitcoin", doomed.txid) == "orphaned"
 
