@@ -16,7 +16,7 @@ from monitor.model import Alert, Clock
 __all__ = ["MinInterval", "RateLimitedChannel", "DEFAULT_MIN_INTERVAL"]
 
 #: Seconds between sends per channel type when the settings do not say (Slack: 1 msg/s per webhook).
-DEFAULT_MIN_INTERVAL = {"slack": 1.0}
+DEFAULT_MIN_INTERVAL = {"slack": 1.0, "apprise": 1.0}  # apprise: Telegram allows ~1 msg/s per chat
 
 
 class MinInterval:

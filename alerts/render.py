@@ -67,6 +67,8 @@ __all__ = [
     "render_webhook",
     "render_console",
     "message_id_of",
+    "render_apprise",
+    "APPRISE_FORMATS",
 ]
 
 SLACK_HEADER_MAX = 150
@@ -701,3 +703,48 @@ def render_console(payload: dict[str, Any]) -> str:
     if tail.strip():
         lines.append(tail)
     return "\n".join(lines)
+
+
+# --- apprise (Telegram, Discord, Teams, ntfy, PagerDuty, ...) -------------------------------------
+
+#: Body formats an apprise channel can ask for.
+APPRISE_FORMATS = ("markdown", "text", "html")
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>#|~])")  # no `[`: no link, image or mention
+
+
+def _md(text: str) -> str:
+    """Untrusted text as Markdown literal: a label cannot make a link, a heading or a mention."""
+    return _MD_SPECIAL.sub(r"\\\1", text)
+
+
+def render_apprise(payload: dict[str, Any], fmt: str = "markdown") -> tuple[str, str]:
+    """(title, body) for apprise in `fmt` (markdown | text | html), from the same message model."""
+    m = _message(payload)
+    title = f"[{m.severity.upper()}] {m.headline}"
+    if fmt == "html":
+        _, _, body = render_email(payload)
+        return title, body
+    if fmt == "text":
+        _, text, _ = render_email(payload)
+        return title, text
+    lines: list[str] = []
+    if m.why:
+        lines += [f"**Retracted:** {_md(m.why)}", ""]
+    if m.changes:
+        lines += ["**What changed**"] + [f"- {_md(c)}" for c in m.changes] + [""]
+    lines += [f"**{_md(label)}:** {_md(value)}" for label, value in m.facts]
+    if m.facts:
+        lines.append("")
+    if m.reasons:
+        lines += ["**Reasons**"] + [f"- {_md(r)}" for r in m.reasons] + [""]
+    if m.destinations:
+        lines += ["**Destinations**"] + [f"- `{a.replace('`', '')}` {_md(amt)} → {_md(attr)}" for a, amt, attr in m.destinations]
+        if m.more_destinations:
+            lines.append(f"- …and {m.more_destinations} more")
+        lines.append("")
+    if m.digest_lines:
+        lines += ["**Entities**"] + [f"- {_md(d)}" for d in m.digest_lines] + [""]
+    if m.explorer_url:
+        lines += [f"[View transaction]({m.explorer_url})", ""]
+    lines.append(f"dedup key `{m.dedup_key.replace('`', '')}`")
+    return title, "\n".join(lines)

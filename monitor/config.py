@@ -114,7 +114,7 @@ _TRACE_MAX_BRANCHES_BOUND = 256
 
 NETWORKS = ("mainnet", "testnet", "signet", "regtest")
 PRICE_SOURCES = ("coinbase", "kraken", "coingecko", "csv")
-CHANNEL_TYPES = ("slack", "email", "webhook", "console")
+CHANNEL_TYPES = ("slack", "email", "webhook", "console", "apprise")
 SOURCE_TYPES = ("esplora", "evm", "bitcoind")
 SOURCE_CHAINS = ("bitcoin", "ethereum")
 #: The chain each source type serves.
@@ -182,8 +182,10 @@ _CHANNEL_SETTINGS: dict[str, dict[str, tuple[str, str]]] = {
         "legacy_headers": ("boolean", "plain"),  # deprecated: also send X-Timestamp/X-Signature/X-Dedup-Key
     },
     "console": {"stream": ("string", "plain")},
+    "apprise": {"url": ("string", "secret"), "format": ("string", "plain"), "timeout": ("number", "plain")},
 }
-_CHANNEL_REQUIRED = {"slack": ("webhook_url",), "email": ("host", "sender", "recipients"), "webhook": ("url", "secret"), "console": ()}
+_CHANNEL_REQUIRED = {"slack": ("webhook_url",), "email": ("host", "sender", "recipients"), "webhook": ("url", "secret"), "console": (),
+                     "apprise": ("url",)}
 _DISCOVERY_KEYS = (
     "cospend",
     "pools",
@@ -1209,9 +1211,26 @@ def _parse_channels(value: Any, ctx: _Context) -> tuple[ChannelConfig, ...]:
                 pr.append(f"{path}.security: {_show(sec)} is not one of starttls, tls, none")
             elif sec == "none" and "password" in dict(settings):
                 pr.append(f"{path}.security: \"none\" would send the password in clear text; use starttls or tls")
+        if type_ == "apprise":
+            _check_apprise(dict(settings), path, pr)
         min_interval = _take(t, "min_interval", NUMBER, path, pr, None, at_least=0)
         out.append(ChannelConfig(name=name, type=type_, settings=tuple(settings), min_interval=min_interval))
     return tuple(out)
+
+
+def _check_apprise(settings: dict[str, Any], path: str, pr: list[str]) -> None:
+    """An apprise channel's format, and a URL apprise knows (checked at load; the URL is never shown)."""
+    from alerts.channels.apprise import apprise_url_problem
+    from alerts.render import APPRISE_FORMATS
+
+    fmt = settings.get("format", "markdown")
+    if fmt not in APPRISE_FORMATS:
+        pr.append(f"{path}.format: {_show(fmt)} is not one of {', '.join(APPRISE_FORMATS)}")
+    url = settings.get("url")
+    if isinstance(url, Secret):
+        problem = apprise_url_problem(url.reveal())
+        if problem:
+            pr.append(f"{path}.url: {problem}")
 
 
 def _parse_rules(value: Any, ctx: _Context, channel_names: set[str]) -> tuple[Rule, ...]:

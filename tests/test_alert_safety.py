@@ -20,7 +20,6 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
-from urllib.parse import unquote
 
 import aiohttp
 from aiosmtpd.controller import Controller
@@ -43,7 +42,7 @@ from builders import (
 )
 from fakes.receiver import Receiver, RecordedRequest, Reply, free_port
 
-from alerts.channels import verify_signature
+from alerts.channels.webhook import verify_standard
 from monitor.alerting import sample_alert
 from monitor.clock import SystemClock
 from monitor.model import Alert
@@ -134,10 +133,9 @@ def arrived_keys(rx: Receiver, channel: str, keys: list[str]) -> list[str]:
     got = []
     for r in rx.requests:
         if channel == "hook":
-            # the header (percent-encoded) and the body carry the same key; the body is signed
-            assert unquote(r.headers["X-Dedup-Key"]) == r.json["dedup_key"]
-            assert verify_signature(HOOK_SECRET, r.headers["X-Timestamp"], r.body, r.headers["X-Signature"],
-                                    now=SystemClock().time())
+            # Standard Webhooks: the id header is the body's message id, and the body is signed
+            assert r.headers["webhook-id"] == r.json["message_id"]
+            assert verify_standard(HOOK_SECRET, r.headers, r.body, now=SystemClock().time())
             got.append(r.json["dedup_key"])
         else:
             # a Slack message shows the key in its context block
@@ -338,8 +336,7 @@ async def test_secrets_never_appear_in_logs_exports_lists_api_or_database(tmp_pa
     await asyncio.to_thread(controller.start)
 
     def verifying(req: RecordedRequest) -> Reply | None:
-        ok = verify_signature(HMAC_SECRET, req.headers.get("X-Timestamp"), req.body, req.headers.get("X-Signature"),
-                              now=SystemClock().time())
+        ok = verify_standard(HMAC_SECRET, req.headers, req.body, now=SystemClock().time())
         return None if ok else Reply(401, "bad signature")
 
     db = tmp_path / "tm.db"

@@ -718,7 +718,7 @@ async def test_build_channel_from_settings(session, clock, receiver):
     await slack.send(make_alert())
     await hook.send(make_alert())
     assert len(receiver.requests) == 2
-    assert set(REGISTRY) == {"slack", "email", "webhook", "console"}
+    assert set(REGISTRY) == {"slack", "email", "webhook", "console", "apprise"}
 
 
 def test_build_channel_reports_every_problem_without_values(clock):

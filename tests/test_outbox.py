@@ -6,7 +6,8 @@ import aiohttp
 import pytest
 from fakes.receiver import Receiver
 
-from alerts.channels import SlackChannel, WebhookChannel, verify_signature
+from alerts.channels import SlackChannel, WebhookChannel
+from alerts.channels.webhook import verify_standard
 from alerts.outbox import Dispatcher, RetryPolicy
 from monitor.alerting import StoreQueue, sample_alert
 from monitor.clock import FrozenClock
@@ -155,8 +156,8 @@ async def test_permanent_error_fails_at_once_and_other_channels_still_deliver(h,
         states = {c["channel"]: c["status"] for c in row["channels"]}
         assert states == {"slack": "failed", "hook": "delivered"} and row["status"] == "failed"
         [req] = hook.requests
-        assert verify_signature(SECRET, req.headers["X-Timestamp"], req.body, req.headers["X-Signature"], now=int(h.clock.time()))
-        assert req.headers["X-Dedup-Key"] == row["dedup_key"]
+        assert verify_standard(SECRET, req.headers, req.body, now=int(h.clock.time()))
+        assert req.json["dedup_key"] == row["dedup_key"] and req.headers["webhook-id"] == req.json["message_id"]
 
 
 async def test_unknown_channel_fails_with_a_clear_error(h, session):

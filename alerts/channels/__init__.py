@@ -13,6 +13,7 @@ and at most the host.
                                security (starttls | tls | none), timeout, tls_context
     webhook   WebhookChannel   url, secret, timeout, legacy_headers                session, clock
     console   ConsoleChannel   stream ("stdout" | "stderr" | a text stream)
+    apprise   AppriseChannel   url, format (markdown | text | html), timeout      [clock]
 
 Every type also takes `min_interval` (seconds between sends, see `alerts.ratelimit`).
 """
@@ -26,6 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import aiohttp
 
+from alerts.channels.apprise import AppriseChannel
 from alerts.channels.console import ConsoleChannel
 from alerts.channels.email import EmailChannel
 from alerts.channels.slack import SlackChannel
@@ -41,6 +43,7 @@ __all__ = [
     "EmailChannel",
     "WebhookChannel",
     "ConsoleChannel",
+    "AppriseChannel",
     "RateLimitedChannel",
     "verify_signature",
 ]
@@ -66,6 +69,7 @@ REGISTRY: dict[str, type] = {
     "email": EmailChannel,
     "webhook": WebhookChannel,
     "console": ConsoleChannel,
+    "apprise": AppriseChannel,
 }
 
 _INJECTED = ("session", "clock")

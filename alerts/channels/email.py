@@ -4,8 +4,10 @@ Security modes: `starttls` (port 587; the upgrade is required, a server without 
 error), `tls` (implicit TLS, port 465), `none` (plain SMTP, port 25, for a local relay only); `port=None`
 picks the mode's port.
 
-Every message carries `Message-ID` (stable for one Alert, so a resend after a crash has the same id)
-and `X-Treasury-Monitor-Dedup-Key`; receivers and mail filters can drop a duplicate by either.
+Every message carries `Message-ID` (`<message_id@sender domain>`: stable for one Alert, so a resend
+after a crash has the same id) and `X-Treasury-Monitor-Dedup-Key`; receivers and mail filters can drop a
+duplicate by either. An update, a retraction or an incident update carries `In-Reply-To` (the previous
+message of its thread) and `References` (every earlier one), so mail clients show one thread.
 
 Errors: SMTP 4xx replies and connection failures/timeouts are retryable; 5xx replies are permanent;
 an authentication failure (535) is permanent, with a message naming the user, never the password.
@@ -16,7 +18,6 @@ from __future__ import annotations
 import base64
 import binascii
 import email.policy
-import hashlib
 import logging
 import re
 import ssl
@@ -116,7 +117,12 @@ class EmailChannel:
         msg["To"] = ", ".join(self.recipients)
         # The send time (a replay's alert was created in simulated time; the event time is in the body).
         msg["Date"] = formatdate(self._clock.time() if self._clock is not None else alert.created_at, usegmt=True)
-        msg["Message-ID"] = self._message_id(alert, dedup_key, kind)
+        msg["Message-ID"] = self._message_id(payload.get("message_id"))
+        # Updates, retractions and incident updates reply to the thread their first message opened.
+        thread = [self._message_id(t) for t in payload.get("thread") or () if isinstance(t, str) and t]
+        if thread:
+            msg["In-Reply-To"] = thread[-1]
+            msg["References"] = " ".join(thread)
         msg[DEDUP_HEADER] = dedup_key
         msg[KIND_HEADER] = kind
         msg.set_content(text, cte="quoted-printable")
@@ -132,13 +138,13 @@ class EmailChannel:
                                filename=filename)
         return msg
 
-    def _message_id(self, alert: Alert, dedup_key: str, kind: str) -> str:
-        # Stable across resends of the same Alert; distinct for the update or retraction of the same key.
-        digest = hashlib.sha256(f"{dedup_key}\n{kind}\n{alert.id}\n{alert.created_at}".encode()).hexdigest()[:32]
+    def _message_id(self, message_id: object) -> str:
+        # The message model's id: stable across resends of one alert, distinct for its update or retraction.
+        local = re.sub(r"[^A-Za-z0-9._-]", "-", str(message_id or "alert"))[:64]
         domain = self.sender.rpartition("@")[2]
         if not re.fullmatch(r"[A-Za-z0-9.-]+", domain or ""):
             domain = "treasury-monitor.invalid"
-        return f"<{digest}.{kind or 'alert'}@{domain}>"
+        return f"<{local}@{domain}>"
 
     async def send(self, alert: Alert) -> None:
         """Send one alert to every recipient.
