@@ -84,6 +84,8 @@ SLACK_FALLBACK_MAX = 3000
 EMAIL_SUBJECT_MAX = 200
 MAX_DESTINATIONS_SHOWN = 10
 DIGEST_SCHEMA = "treasury-monitor.digest/1"
+INCIDENT_SCHEMA = "treasury-monitor.incident/1"
+MAX_TRANSFERS_SHOWN = 12
 
 _SEVERITY_EMOJI = {
     "critical": ":rotating_light:",
@@ -217,6 +219,7 @@ class _Message:
     digest_lines: tuple[str, ...]
     explorer_url: str | None
     txid: str
+    transfer_lines: tuple[str, ...] = ()  # incidents: the transfers counted, newest last
 
 
 def _flow(payload: dict[str, Any]) -> dict[str, Any]:
@@ -293,6 +296,8 @@ def build_title(payload: dict[str, Any]) -> str:
             f"Digest {_clean(digest.get('period_start')) or '?'} → {_clean(digest.get('period_end')) or '?'}: "
             f"{len(entities)} {'entity' if len(entities) == 1 else 'entities'}"
         )
+    if isinstance(payload.get("incident"), dict):
+        return _incident_title(payload["incident"])
     flow = _flow(payload)
     if not flow:
         return "treasury-monitor test alert" if kind == "test" else "treasury-monitor alert"
@@ -473,7 +478,14 @@ def _message(payload: dict[str, Any]) -> _Message:
         if flow.get("txid"):
             why = f"{why} (txid {_clean(flow.get('txid'))})"
 
+    incident = payload.get("incident") if isinstance(payload.get("incident"), dict) else None
+    transfer_lines: tuple[str, ...] = ()
+    if incident is not None:
+        facts, transfer_lines = _incident_facts(incident)
+        severity = _clean(incident.get("severity")) or severity
+
     return _Message(
+        transfer_lines=transfer_lines,
         kind=kind,
         headline=headline(payload),
         note=label_note(payload),
@@ -555,6 +567,8 @@ def render_slack(payload: dict[str, Any]) -> dict[str, Any]:
             lines.append(f"…and {m.more_destinations} more")
         text = "*Destinations*\n" + "\n".join(lines)
         blocks.append(_section(text))
+    if m.transfer_lines:
+        blocks.extend(_bulleted_sections("Transfers", list(m.transfer_lines), 3))
     # Tail blocks (link, context) always fit: the digest gets what is left of the budget.
     tail: list[dict[str, Any]] = []
     if m.explorer_url and len(m.explorer_url) <= SLACK_URL_MAX:
@@ -586,6 +600,7 @@ def render_slack(payload: dict[str, Any]) -> dict[str, Any]:
         fallback.append(f"Retracted: {_mrkdwn(m.why)}")
     fallback += [f"Changed: {_mrkdwn(c)}" for c in m.changes]
     fallback += [_mrkdwn(line) for line in m.digest_lines]
+    fallback += [_mrkdwn(line) for line in m.transfer_lines]
     if m.explorer_url:
         fallback.append(m.explorer_url)
     return {"text": _clip("\n".join(fallback), SLACK_FALLBACK_MAX), "blocks": blocks}
@@ -616,6 +631,8 @@ def render_email(payload: dict[str, Any]) -> tuple[str, str, str]:
         lines.append("")
     if m.digest_lines:
         lines += ["Entities:"] + [f"  - {d}" for d in m.digest_lines] + [""]
+    if m.transfer_lines:
+        lines += ["Transfers:"] + [f"  - {t}" for t in m.transfer_lines] + [""]
     if m.explorer_url:
         lines += [f"Transaction: {m.explorer_url}", ""]
     lines.append(f"Dedup key: {m.dedup_key}")
@@ -657,6 +674,10 @@ def render_email(payload: dict[str, Any]) -> tuple[str, str, str]:
         parts.append("<p><strong>Entities</strong></p><ul>")
         parts += [f"<li>{e(d)}</li>" for d in m.digest_lines]
         parts.append("</ul>")
+    if m.transfer_lines:
+        parts.append("<p><strong>Transfers</strong></p><ul>")
+        parts += [f"<li>{e(t)}</li>" for t in m.transfer_lines]
+        parts.append("</ul>")
     if m.explorer_url:
         parts.append(f'<p><a href="{e(m.explorer_url, quote=True)}">View transaction</a></p>')
     parts.append(f'<p style="color:#777; font-size: 12px;">Dedup key: <code>{e(m.dedup_key)}</code></p>')
@@ -671,6 +692,8 @@ def render_webhook(payload: dict[str, Any]) -> dict[str, Any]:
     """Webhook JSON: the flow export record as is, plus `kind`, `dedup_key`, `changes` (and `digest`)."""
     flow = payload.get("flow")
     body: dict[str, Any] = dict(flow) if isinstance(flow, dict) else {"schema": DIGEST_SCHEMA}
+    if not isinstance(flow, dict) and isinstance(payload.get("incident"), dict):
+        body = {"schema": INCIDENT_SCHEMA}
     body["kind"] = payload.get("kind") or "new"
     body["dedup_key"] = payload.get("dedup_key")
     body["changes"] = list(payload.get("changes") or [])
@@ -699,6 +722,8 @@ def render_console(payload: dict[str, Any]) -> str:
     lines += [f"  changed: {c}" for c in m.changes]
     lines += [f"  - {r}" for r in m.reasons]
     lines += [f"  {d}" for d in m.digest_lines]
+    if m.kind in ("new", "update") and m.transfer_lines and not m.changes:
+        lines += [f"  {label}: {value}" for label, value in m.facts if label in ("Total", "Transfers", "Destinations")]
     tail = "  " + " ".join(x for x in (m.explorer_url or "", f"[{m.dedup_key}]" if m.dedup_key else "") if x)
     if tail.strip():
         lines.append(tail)
@@ -744,7 +769,106 @@ def render_apprise(payload: dict[str, Any], fmt: str = "markdown") -> tuple[str,
         lines.append("")
     if m.digest_lines:
         lines += ["**Entities**"] + [f"- {_md(d)}" for d in m.digest_lines] + [""]
+    if m.transfer_lines:
+        lines += ["**Transfers**"] + [f"- {_md(t)}" for t in m.transfer_lines] + [""]
     if m.explorer_url:
         lines += [f"[View transaction]({m.explorer_url})", ""]
     lines.append(f"dedup key `{m.dedup_key.replace('`', '')}`")
     return title, "\n".join(lines)
+
+
+# --- incidents ------------------------------------------------------------------------------------
+
+
+def _exact(text: Any) -> str:
+    """An exact decimal string grouped, trailing zeros dropped (never rounded): `14,269.67`."""
+    d = _decimal(text)
+    if d is None:
+        return _clean(text) or "?"
+    shown = f"{d:,f}"
+    if "." in shown:
+        shown = shown.rstrip("0").rstrip(".")
+    return shown
+
+
+def _who(attribution: Any) -> str:
+    """`exchange:Coinbase` → `Coinbase` for headlines; `unknown` stays."""
+    text = _clean(attribution) or "unknown"
+    return text.split(":", 1)[1] if ":" in text else text
+
+
+def _and(items: list[str]) -> str:
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _incident_title(inc: dict[str, Any]) -> str:
+    """`MARA selling: 12 transfers, 4,690.5 BTC ($322.1M) over 6.2 days, to Coinbase and Kraken`."""
+    n = _int(inc.get("flows")) or 0
+    asset = _clean(inc.get("asset")) or "BTC"
+    title = f"{_clean(inc.get('entity')) or '?'} selling: {n} transfer{'s' if n != 1 else ''}, {_exact(inc.get('out_amount'))} {asset}"
+    usd = _num(inc.get("usd_value"))
+    if usd is not None:
+        title += f" ({format_usd(usd, compact=True)})"
+    days = _num(inc.get("days"))
+    if days is not None and n > 1:
+        title += f" over {days:g} days"
+    dests = [_who(d.get("attribution")) for d in inc.get("destinations") or () if isinstance(d, dict)]
+    if dests:
+        shown = dests[:3] + ([f"{len(dests) - 3} more"] if len(dests) > 3 else [])
+        title += f", to {_and(shown)}"
+    if inc.get("status") == "closed":
+        title = f"CLOSED: {title}"
+    return title
+
+
+def _incident_facts(inc: dict[str, Any]) -> tuple[list[tuple[str, str]], tuple[str, ...]]:
+    """(facts, transfer lines) of an incident: totals with their context, then each transfer."""
+    asset = _clean(inc.get("asset")) or "BTC"
+    facts: list[tuple[str, str]] = []
+    ekind = _clean(inc.get("entity_kind"))
+    entity = _clean(inc.get("entity")) or "?"
+    facts.append(("Entity", f"{entity} ({ekind})" if ekind else entity))
+    status = _clean(inc.get("status")) or "open"
+    since = _clean(inc.get("opened_at"))
+    facts.append(("Incident", f"#{_clean(inc.get('id'))} {status}, first transfer {since}, latest {_clean(inc.get('last_flow_at'))}"))
+    total = f"{_exact(inc.get('out_amount'))} {asset}"
+    usd = _num(inc.get("usd_value"))
+    if usd is not None:
+        total += f" ≈ {format_usd(usd, compact=True)} ({format_usd(usd)})"
+    missing = _int(inc.get("usd_missing")) or 0
+    if missing:
+        total += f"; {missing} transfer{'s' if missing != 1 else ''} without a price"
+    facts.append(("Total", total))
+    n = _int(inc.get("flows")) or 0
+    days = _num(inc.get("days"))
+    facts.append(("Transfers", f"{n}" + (f" over {days:g} days" if days is not None else "")))
+    share, holdings = _num(inc.get("share_of_holdings")), _num(inc.get("holdings_btc"))
+    if share is not None and holdings:
+        facts.append(("Share of holdings", f"{share * 100:.1f}% of {holdings:,.0f} {asset} held"))
+    mult, production = _num(inc.get("production_multiple")), _num(inc.get("monthly_production_btc"))
+    if mult is not None and production:
+        facts.append(("× production", f"{mult:.1f}× monthly production ({production:,.0f} {asset})"))
+    dests = [d for d in inc.get("destinations") or () if isinstance(d, dict)]
+    if dests:
+        facts.append(("Destinations", ", ".join(
+            f"{_clean(d.get('attribution')) or 'unknown'} {_exact(d.get('out_amount'))} {asset}" for d in dests[:6])
+            + (f", and {len(dests) - 6} more" if len(dests) > 6 else "")))
+    verdicts = inc.get("verdicts") if isinstance(inc.get("verdicts"), dict) else {}
+    if verdicts:
+        facts.append(("Verdicts", ", ".join(f"{_clean(v)} ×{_clean(k)}" for v, k in verdicts.items())))
+    facts.append(("Severity", _clean(inc.get("severity")) or "info"))
+    transfers = [t for t in inc.get("transfers") or () if isinstance(t, dict)]
+    lines = []
+    for t in transfers[-MAX_TRANSFERS_SHOWN:]:
+        line = f"{_clean(t.get('at'))} {_exact(t.get('out_amount'))} {asset}"
+        tusd = _num(t.get("usd_value"))
+        if tusd is not None:
+            line += f" ({format_usd(tusd, compact=True)})"
+        line += f" {_clean(t.get('verdict'))} {_clean(t.get('txid'))[:16]}"
+        lines.append(line)
+    earlier = len(transfers) - len(lines) + (_int(inc.get("transfers_omitted")) or 0)
+    if earlier > 0:
+        lines.insert(0, f"…{earlier} earlier transfer{'s' if earlier != 1 else ''}")
+    return facts, tuple(lines)

@@ -13,6 +13,10 @@ and a minimum USD value, and names channels. For one flow:
 
 `dedup_key` is stable per (chain, txid, entity, verdict); a receiver that sees a key twice for the same
 kind can drop the second message.
+
+A rule's `mode` is `every_flow` (the above) or `incident`: then its sale-type flows are not alerted one
+by one but grouped, per entity, into an incident (`monitor.incidents`): the first flow opens it, later
+ones update it, a quiet period closes it. Its other verdicts are still alerted one by one.
 """
 
 from __future__ import annotations
@@ -20,9 +24,22 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from monitor.model import SEVERITIES, VERDICTS, Classification, severity_rank
+from monitor.model import SALE_VERDICTS, SEVERITIES, VERDICTS, Classification, severity_rank
 
-__all__ = ["Rule", "Route", "dedup_key", "matching_channels", "route_classification", "route_retraction", "changes_between"]
+__all__ = [
+    "Rule",
+    "Route",
+    "MODES",
+    "dedup_key",
+    "matching_channels",
+    "incident_channels",
+    "route_classification",
+    "route_retraction",
+    "changes_between",
+]
+
+#: How a rule delivers: every flow as its own alert, or sale-type flows grouped into incidents.
+MODES = ("every_flow", "incident")
 
 #: Verdicts a rule matches when it names none: everything but own moves.
 DEFAULT_RULE_VERDICTS = tuple(v for v in VERDICTS if v != "internal")
@@ -39,10 +56,17 @@ class Rule:
     verdicts: tuple[str, ...] = DEFAULT_RULE_VERDICTS
     min_severity: str = "info"
     min_usd: float | None = None
+    mode: str = "every_flow"
 
     def __post_init__(self) -> None:
         if self.min_severity not in SEVERITIES:
             raise ValueError(f"min_severity {self.min_severity!r} is not one of {', '.join(SEVERITIES)}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode {self.mode!r} is not one of {', '.join(MODES)}")
+
+    def groups(self, verdict: str) -> bool:
+        """Whether this rule delivers a flow of this verdict through an incident rather than on its own."""
+        return self.mode == "incident" and verdict in SALE_VERDICTS
 
     def matches(self, *, entity: str, entity_kind: str, verdict: str, severity: str, usd_value: float | None) -> bool:
         """Whether a classification of this entity passes the rule."""
@@ -76,10 +100,23 @@ def dedup_key(chain: str, txid: str, entity: str, verdict: str) -> str:
 
 
 def matching_channels(rules: Iterable[Rule], c: Classification, entity_kind: str) -> tuple[str, ...]:
-    """Channels of every rule the classification passes, in rule order, without repeats."""
+    """Channels of every rule the classification passes that delivers it as its own alert (not grouped
+    into an incident), in rule order, without repeats."""
     out: dict[str, None] = {}
     for r in rules:
+        if r.groups(c.verdict):
+            continue
         if r.matches(entity=c.entity, entity_kind=entity_kind, verdict=c.verdict, severity=c.severity, usd_value=c.usd_value):
+            out.update(dict.fromkeys(r.channels))
+    return tuple(out)
+
+
+def incident_channels(rules: Iterable[Rule], c: Classification, entity_kind: str) -> tuple[str, ...]:
+    """Channels of every incident-mode rule that groups this (sale-type) classification, in rule order."""
+    out: dict[str, None] = {}
+    for r in rules:
+        if r.groups(c.verdict) and r.matches(entity=c.entity, entity_kind=entity_kind, verdict=c.verdict,
+                                             severity=c.severity, usd_value=c.usd_value):
             out.update(dict.fromkeys(r.channels))
     return tuple(out)
 

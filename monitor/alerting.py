@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from alerts.render import message_id_of
 from alerts.router import Route, Rule, changes_between, dedup_key, matching_channels, route_classification, route_retraction
 from monitor.export import flow_record
+from monitor.incident_alerts import IncidentSettings, plan_incidents
 from monitor.model import Alert, Classification, Delivery
 from monitor.pipeline import Decision, TickEvents
 from monitor.registry import Registry
@@ -42,6 +43,7 @@ class AlertSettings:
     max_age: int = DEFAULT_MAX_AGE
     notify_confirmations: bool = False  # an update when an alerted unconfirmed flow confirms
     label: str = ""  # e.g. SIMULATED: every renderer puts it in the title and the body
+    incidents: IncidentSettings = IncidentSettings()
 
 
 def new_message_id(dedup_key: str, kind: str, now: int, seq: int) -> str:
@@ -151,6 +153,8 @@ class AlertPlanner:
                     route = Route("update", dedup_key(c.chain, c.txid, c.entity, c.verdict), tuple(heard),
                                   (f"confirmed in block {d.flow.block_height}",))
                     queued += self._queue(store, route, c, now=now)
+        queued += plan_incidents(store, self.registry, self.settings.rules, self.settings.incidents, decisions, retracted,
+                                 replacing=replacing, is_live=self._is_live, now=now)
         return queued
 
 

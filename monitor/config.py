@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from alerts.router import DEFAULT_RULE_VERDICTS, Rule
+from alerts.router import DEFAULT_RULE_VERDICTS, MODES, Rule
 from monitor.classify import Thresholds
 from monitor.model import ENTITY_KINDS, SEVERITIES, VERDICTS, ConfigError, Entity, EntityAddress, Fact, Profile
 from monitor.registry import normalise_address
@@ -91,6 +91,8 @@ DEFAULT_GIVE_UP_AFTER = 86_400.0  # seconds an undelivered alert is retried befo
 DEFAULT_RETRY_BASE = 5.0  # seconds, first backoff step of the outbox
 DEFAULT_RETRY_CAP = 900.0  # seconds, longest backoff step of the outbox
 DEFAULT_DISPATCH_INTERVAL = 2.0  # seconds between outbox passes in the daemon
+DEFAULT_INCIDENT_WINDOW = 7 * 86_400  # seconds: a sale this close to an incident's last one joins it; quiet this long closes it
+DEFAULT_GROUP_WAIT = 0  # seconds an incident's opening message waits to take in the flows that follow it
 DEFAULT_HTTP_HOST = "127.0.0.1"
 DEFAULT_HTTP_PORT = 8787
 DEFAULT_SHUTDOWN_GRACE = 10.0  # seconds to flush the outbox on SIGTERM
@@ -160,8 +162,8 @@ _SECRET_KEYS = ("env", "file")
 _CLASSIFY_KEYS = tuple(f.name for f in fields(Thresholds))
 _PRICE_KEYS = ("sources", "csv", "staleness", "refresh_interval")
 _ALERTS_KEYS = ("explorer_url", "max_age", "give_up_after", "retry_base", "retry_cap", "dispatch_interval",
-                "notify_confirmations", "channels", "rules")
-_RULE_KEYS = ("name", "entities", "kinds", "verdicts", "min_severity", "min_usd", "channels")
+                "notify_confirmations", "incident_window", "group_wait", "channels", "rules")
+_RULE_KEYS = ("name", "entities", "kinds", "verdicts", "min_severity", "min_usd", "channels", "mode")
 #: Settings per channel type: key → (kind, how): "plain", "secret" (must be { env } / { file }), "either".
 _CHANNEL_SETTINGS: dict[str, dict[str, tuple[str, str]]] = {
     "slack": {"webhook_url": ("string", "secret"), "timeout": ("number", "plain")},
@@ -326,6 +328,8 @@ class AlertsConfig:
     retry_cap: float = DEFAULT_RETRY_CAP
     dispatch_interval: float = DEFAULT_DISPATCH_INTERVAL
     notify_confirmations: bool = False  # an update when an alerted unconfirmed outflow confirms
+    incident_window: int = DEFAULT_INCIDENT_WINDOW
+    group_wait: int = DEFAULT_GROUP_WAIT
     channels: tuple[ChannelConfig, ...] = ()
     rules: tuple[Rule, ...] = ()
 
@@ -1169,6 +1173,8 @@ def _parse_alerts(value: Any, ctx: _Context) -> AlertsConfig:
         retry_cap=_take(t, "retry_cap", NUMBER, "alerts", pr, DEFAULT_RETRY_CAP, above=0),
         dispatch_interval=_take(t, "dispatch_interval", NUMBER, "alerts", pr, DEFAULT_DISPATCH_INTERVAL, above=0),
         notify_confirmations=_take(t, "notify_confirmations", BOOLEAN, "alerts", pr, False),
+        incident_window=_take(t, "incident_window", INTEGER, "alerts", pr, DEFAULT_INCIDENT_WINDOW, above=0),
+        group_wait=_take(t, "group_wait", INTEGER, "alerts", pr, DEFAULT_GROUP_WAIT, at_least=0),
         channels=channels,
         rules=rules,
     )
@@ -1262,6 +1268,7 @@ def _parse_rules(value: Any, ctx: _Context, channel_names: set[str]) -> tuple[Ru
                 verdicts=verdicts,
                 min_severity=_take(t, "min_severity", STRING, path, pr, "info", choices=SEVERITIES),
                 min_usd=_take(t, "min_usd", NUMBER, path, pr, None, at_least=0),
+                mode=_take(t, "mode", STRING, path, pr, "every_flow", choices=MODES),
             )
         )
     return tuple(out)

@@ -186,12 +186,14 @@ def make_planner(config: Config, registry: Registry, *, label: str = ""):
     """The pipeline's alert hook for the configured rules (None when no rule is configured); `label` (e.g.
     SIMULATED) is put on every alert it queues."""
     from monitor.alerting import AlertPlanner, AlertSettings
+    from monitor.incident_alerts import IncidentSettings
 
     a = config.alerts
     if not a.rules:
         return None
     return AlertPlanner(registry, AlertSettings(rules=a.rules, explorer_url=a.explorer_url, max_age=a.max_age,
-                                                notify_confirmations=a.notify_confirmations, label=label))
+                                                notify_confirmations=a.notify_confirmations, label=label,
+                                                incidents=IncidentSettings(a.incident_window, a.group_wait)))
 
 
 def make_pushes(config: Config, registry: Registry, session: aiohttp.ClientSession, clock: Clock) -> list[tuple[str, object]]:

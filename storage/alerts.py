@@ -22,6 +22,8 @@ __all__ = [
     "alerted_channels",
     "flow_messages",
     "alert_count",
+    "is_unsent",
+    "replace_payload",
     "due",
     "begin_attempt",
     "finish_attempt",
@@ -63,9 +65,12 @@ def queue_alert(
     txid: str = "",
     entity: str = "",
     classification_id: int | None = None,
+    incident_id: int | None = None,
     now: int,
+    not_before: int | None = None,
 ) -> int:
-    """Queue an alert for each of its channels; returns its id (call inside the tick's batch)."""
+    """Queue an alert for each of its channels, due at `not_before` (default now); returns its id (call
+    inside the tick's batch)."""
     aid = store.db["alerts"].insert(
         {
             "dedup_key": alert.dedup_key,
@@ -74,6 +79,7 @@ def queue_alert(
             "txid": txid,
             "entity": entity,
             "classification_id": classification_id,
+            "incident_id": incident_id,
             "payload": json.dumps(alert.payload, ensure_ascii=False, sort_keys=True),
             "status": "queued",
             "created_at": alert.created_at,
@@ -81,7 +87,8 @@ def queue_alert(
         }
     ).last_pk
     store.db["alert_channels"].insert_all(
-        {"alert_id": aid, "channel": c, "status": "queued", "attempts": 0, "next_at": now, "last_error": "", "delivered_at": None}
+        {"alert_id": aid, "channel": c, "status": "queued", "attempts": 0, "next_at": not_before or now, "last_error": "",
+         "delivered_at": None}
         for c in dict.fromkeys(alert.channels)
     )
     return aid
@@ -103,6 +110,27 @@ def flow_messages(store: Store, chain: str, txid: str, entity: str) -> list[Aler
         "select * from alerts where chain = ? and txid = ? and entity = ? order by id", [chain, txid, entity]
     )
     return [_alert_from_row(r, ()) for r in rows]
+
+
+def is_unsent(store: Store, alert_id: int | None) -> bool:
+    """True when no attempt was made yet on any channel of the alert (it can still be rewritten)."""
+    row = store.db.execute(
+        "select count(*), coalesce(sum(attempts), 0) from alert_channels where alert_id = ?", [alert_id]
+    ).fetchone()
+    return bool(row and row[0] and row[1] == 0)
+
+
+def replace_payload(store: Store, alert_id: int | None, payload: dict[str, Any], *, channels: tuple[str, ...], now: int) -> None:
+    """Rewrite a not-yet-sent alert's message model and add channels to it (keeps when it is due)."""
+    store.db.execute("update alerts set payload = ?, updated_at = ? where id = ?",
+                     [json.dumps(payload, ensure_ascii=False, sort_keys=True), now, alert_id])
+    due = store.db.execute("select min(next_at) from alert_channels where alert_id = ?", [alert_id]).fetchone()[0]
+    have = {r["channel"] for r in store.query("select channel from alert_channels where alert_id = ?", [alert_id])}
+    store.db["alert_channels"].insert_all(
+        {"alert_id": alert_id, "channel": c, "status": "queued", "attempts": 0, "next_at": due, "last_error": "",
+         "delivered_at": None}
+        for c in channels if c not in have
+    )
 
 
 def alert_count(store: Store) -> int:

@@ -490,3 +490,35 @@ def _pool_coins(db: Database) -> None:
         pk=("chain", "txid", "n"),
     )
     db["pool_outflows"].create_index(["chain", "block_time"])
+
+
+@migrations(name="015_incidents")
+def _incidents(db: Database) -> None:
+    # An incident: one entity's run of sale-type flows, alerted as one thread with running totals.
+    db["incidents"].create(
+        {
+            "id": int,
+            "chain": str,
+            "entity": str,
+            "status": str,  # open | closed
+            "opened_at": int,  # time of its first flow (block time, or first seen while unconfirmed)
+            "last_flow_at": int,  # time of its latest flow: the quiet period runs from here
+            "closed_at": int,
+            "channels": str,  # JSON list of the channels that heard of it
+            "updated_at": int,
+        },
+        pk="id",
+    )
+    db["incidents"].create_index(["chain", "entity", "status"])
+    db["incident_flows"].create(
+        {"incident_id": int, "chain": str, "txid": str, "entity": str, "added_at": int},
+        pk=("chain", "txid", "entity"),
+    )
+    db["incident_flows"].create_index(["incident_id"])
+    db["alerts"].add_column("incident_id", int)
+    db["alerts"].create_index(["incident_id"])
+    # What a channel answered when it posted a message that later ones thread under (Slack's `ts`).
+    db["channel_threads"].create(
+        {"message_id": str, "channel": str, "ref": str, "created_at": int},
+        pk=("message_id", "channel"),
+    )

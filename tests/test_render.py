@@ -315,7 +315,8 @@ def test_webhook_is_the_flow_record_plus_kind_dedup_key_changes():
     original = copy.deepcopy(payload)
     body = render_webhook(payload)
     assert payload == original  # the payload is not mutated
-    extra = {"kind": "update", "dedup_key": DEDUP, "changes": ["severity notice → warning"]}
+    extra = {"kind": "update", "dedup_key": DEDUP, "changes": ["severity notice → warning"], "message_id": None,
+             "amends": None}
     assert body == {**make_flow(), **extra}
     assert json.loads(json.dumps(body)) == body
 
@@ -324,7 +325,7 @@ def test_webhook_digest_body():
     digest = {"period_start": "a", "period_end": "b", "entities": [{"entity": "MARA", "out_amount": "1.0"}]}
     body = render_webhook({"kind": "digest", "dedup_key": "digest:a", "flow": None, "digest": digest})
     assert body == {"schema": "treasury-monitor.digest/1", "kind": "digest", "dedup_key": "digest:a",
-                    "changes": [], "digest": digest}
+                    "changes": [], "digest": digest, "message_id": None, "amends": None}
 
 
 def test_console_strips_control_characters():
