@@ -362,7 +362,8 @@ def headline(payload: dict[str, Any]) -> str:
 def _headline(payload: dict[str, Any]) -> str:
     kind = payload.get("kind") or "new"
     title = _clean(payload.get("title")) or build_title(payload)
-    if kind == "update":
+    incident = payload.get("incident") if isinstance(payload.get("incident"), dict) else {}
+    if kind == "update" and incident.get("status") != "closed":  # a closing summary says CLOSED instead
         return f"UPDATE: {title}"
     if kind == "retraction":
         return f"RETRACTED: {title} ({_retraction(_flow(payload))[0]})"

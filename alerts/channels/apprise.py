@@ -19,37 +19,28 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 import re
-from typing import Any
-
-import apprise
-import requests.sessions
+from typing import TYPE_CHECKING, Any
 
 from alerts.channels.http import parse_retry_after, scrub, url_secrets
 from alerts.render import APPRISE_FORMATS, payload_of, render_apprise
 from monitor.model import Alert, Clock, DeliveryError
 
+if TYPE_CHECKING:
+    import apprise
+
 __all__ = ["AppriseChannel", "apprise_url_problem"]
 
 log = logging.getLogger(__name__)
 
-_NOTIFY_TYPE = {
-    "critical": apprise.NotifyType.FAILURE,
-    "warning": apprise.NotifyType.WARNING,
-}
-_FORMATS = {
-    "markdown": apprise.NotifyFormat.MARKDOWN,
-    "text": apprise.NotifyFormat.TEXT,
-    "html": apprise.NotifyFormat.HTML,
-}
 _SEVERITY = re.compile(r"^\[(\w+)\]")
 
 # (status, Retry-After) of every HTTP response during the current apprise send, or None outside one.
 _responses: contextvars.ContextVar[list[tuple[int, str | None]] | None] = contextvars.ContextVar(
     "treasury_monitor_apprise_responses", default=None
 )
-_default_hooks = requests.sessions.default_hooks
 
 
 def _record(response: Any, *args: Any, **kwargs: Any) -> None:
@@ -58,15 +49,24 @@ def _record(response: Any, *args: Any, **kwargs: Any) -> None:
         box.append((int(response.status_code), response.headers.get("Retry-After")))
 
 
-def _hooks_with_recorder() -> dict[str, list[Any]]:
-    hooks = _default_hooks()
-    hooks["response"].append(_record)
-    return hooks
+@functools.cache
+def _lib() -> Any:
+    """apprise, imported on first use (it reads many files: callers run this off the event loop).
 
+    Every `requests` session apprise creates then gets the response recorder, a no-op outside our sends.
+    """
+    import apprise as lib
+    import requests.sessions
 
-if requests.sessions.default_hooks is _default_hooks:
-    # Every `requests` session apprise creates gets the recorder; it is a no-op outside our sends.
-    requests.sessions.default_hooks = _hooks_with_recorder
+    default_hooks = requests.sessions.default_hooks
+
+    def hooks_with_recorder() -> dict[str, list[Any]]:
+        hooks = default_hooks()
+        hooks["response"].append(_record)
+        return hooks
+
+    requests.sessions.default_hooks = hooks_with_recorder
+    return lib
 
 
 class _Scrub(logging.Filter):
@@ -86,8 +86,9 @@ class _Scrub(logging.Filter):
 
 def apprise_url_problem(url: str) -> str | None:
     """Why apprise cannot use `url` (never quoting it), or None; reads apprise's plugin files: not on the loop."""
+    lib = _lib()
     try:
-        service = apprise.Apprise.instantiate(url, asset=apprise.AppriseAsset(storage_mode="memory"))
+        service = lib.Apprise.instantiate(url, asset=lib.AppriseAsset(storage_mode="memory"))
     except Exception as exc:  # noqa: BLE001 - apprise's plugins raise what they like on a bad URL
         return f"apprise rejects it ({type(exc).__name__})"
     return None if service else "apprise does not recognise it (see apprise's list of services)"
@@ -122,8 +123,9 @@ class AppriseChannel:
         return f"AppriseChannel(name={self.name!r})"
 
     def _build(self) -> apprise.Apprise:
-        asset = apprise.AppriseAsset(storage_mode="memory")  # no cache files written behind our back
-        ap = apprise.Apprise(asset=asset)
+        lib = _lib()
+        asset = lib.AppriseAsset(storage_mode="memory")  # no cache files written behind our back
+        ap = lib.Apprise(asset=asset)
         if not ap.add(self._url):
             raise DeliveryError(f"{self.name}: apprise does not recognise the configured url", retryable=False)
         for service in ap:
@@ -138,16 +140,20 @@ class AppriseChannel:
         """
         payload = payload_of(alert)
         title, body = render_apprise(payload, self._format)
-        m = _SEVERITY.match(title)
-        notify_type = _NOTIFY_TYPE.get(m.group(1).lower() if m else "", apprise.NotifyType.INFO)
         async with self._building:
             if self._apprise is None:
                 self._apprise = await asyncio.to_thread(self._build)
+        lib = _lib()  # imported by the build above
+        m = _SEVERITY.match(title)
+        severity = m.group(1).lower() if m else ""
+        notify_type = {"critical": lib.NotifyType.FAILURE, "warning": lib.NotifyType.WARNING}.get(
+            severity, lib.NotifyType.INFO)
+        formats = {"markdown": lib.NotifyFormat.MARKDOWN, "text": lib.NotifyFormat.TEXT, "html": lib.NotifyFormat.HTML}
         box: list[tuple[int, str | None]] = []
         token = _responses.set(box)
         try:
             result = await self._apprise.async_notify(
-                body=body, title=title, notify_type=notify_type, body_format=_FORMATS[self._format],
+                body=body, title=title, notify_type=notify_type, body_format=formats[self._format],
                 timeout=self._timeout,
             )
         finally:

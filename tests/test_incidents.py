@@ -1,0 +1,197 @@
+"""Incidents through the real pipeline: the simulated MARA campaign (served by the local Esplora server, polled
+step by step as the demo drives the daemon) becomes ONE incident that grows, delivered to a Standard Webhooks
+receiver and as one email thread to a real aiosmtpd server, while an every-flow rule still gets its alerts."""
+
+import asyncio
+import base64
+import datetime as dt
+import email
+import email.policy
+import functools
+from decimal import Decimal
+
+from aiosmtpd.controller import Controller
+from fakes.offloop import in_store
+from fakes.receiver import Receiver, free_port
+from standardwebhooks import Webhook
+
+from monitor.clock import FrozenClock
+from monitor.config import load_config
+from monitor.model import SALE_VERDICTS
+from monitor.runtime import runtime
+from monitor.sim.esplora_server import EsploraServer
+from monitor.sim.scenario import build_scenario
+from storage import incidents as inc_store
+from storage.alerts import alert_rows
+from storage.reads import flow_rows
+
+HOOK_SECRET = "whsec_" + base64.b64encode(b"incident-test-key-of-32-bytes!!!").decode()
+COIN = 100_000_000
+
+
+@functools.cache
+def scenario():
+    return build_scenario(seed=2026, scale=1.0)
+
+
+class Sink:
+    def __init__(self):
+        self.envelopes = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.envelopes.append(envelope)
+        return "250 OK"
+
+    def messages(self):
+        return [email.message_from_bytes(e.content, policy=email.policy.default) for e in self.envelopes]
+
+
+def extra_toml(smtp_port: int) -> str:
+    return f"""
+[[alerts.channels]]
+name = "hook"
+type = "webhook"
+url = {{ env = "TM_INC_HOOK" }}
+secret = {{ env = "TM_INC_SECRET" }}
+min_interval = 0
+
+[[alerts.channels]]
+name = "mail"
+type = "email"
+host = "127.0.0.1"
+port = {smtp_port}
+security = "none"
+sender = "alerts@treasury.example"
+recipients = ["desk@fund.example"]
+
+[[alerts.channels]]
+name = "flows"
+type = "webhook"
+url = {{ env = "TM_INC_FLOWS" }}
+secret = {{ env = "TM_INC_SECRET" }}
+min_interval = 0
+
+[[alerts.rules]]
+name = "mara-campaign"
+entities = ["MARA"]
+mode = "incident"
+channels = ["hook", "mail"]
+
+[[alerts.rules]]
+name = "mara-every-flow"
+entities = ["MARA"]
+min_usd = 30000000
+channels = ["flows"]
+"""
+
+
+def signed_bodies(rx: Receiver) -> list[dict]:
+    """Each request's body after checking its signature with the reference library's signer (the simulated
+    clock is in March 2026, so the library's wall-clock tolerance check cannot be used)."""
+    out = []
+    for r in rx.requests:
+        ts = dt.datetime.fromtimestamp(int(r.headers["webhook-timestamp"]), dt.timezone.utc)
+        expected = Webhook(HOOK_SECRET).sign(r.headers["webhook-id"], ts, r.body)
+        assert expected in r.headers["webhook-signature"].split(" ")
+        out.append(r.json)
+    return out
+
+
+async def test_the_mara_campaign_is_one_incident_that_grows(tmp_path, monkeypatch):
+    sc = await asyncio.to_thread(scenario)
+    mara = sc.expected["MARA"]
+    sales = [f for f in mara.flows if f.verdict in SALE_VERDICTS and f.status == "active"]
+    run = sc.start()
+    db = tmp_path / "demo.db"
+    sink = Sink()
+    smtp = Controller(sink, hostname="127.0.0.1", port=free_port())
+    await asyncio.to_thread(smtp.start)
+    try:
+        async with EsploraServer(run.chain) as server, Receiver() as hook, Receiver() as flows:
+            monkeypatch.setenv("TM_INC_HOOK", hook.url("/incidents"))
+            monkeypatch.setenv("TM_INC_FLOWS", flows.url("/flows"))
+            monkeypatch.setenv("TM_INC_SECRET", HOOK_SECRET)
+            path = tmp_path / "demo.toml"
+            text = sc.config_toml(server.url, db, alert_max_age=400 * 86_400, extra_toml=extra_toml(smtp.port))
+            await asyncio.to_thread(path.write_text, text)
+            clock = FrozenClock(now=sc.start_time)
+            async with runtime(await asyncio.to_thread(load_config, path), clock=clock) as rt:
+                for step in sc.steps:
+                    run.apply(step)
+                    clock.now = step.at + 60
+                    if step.observe or step.entity == "MARA":
+                        await rt.pipeline.tick(rt.sources[0])
+                        await rt.dispatcher.dispatch_once()
+                clock.now = sc.end_time + 3_600
+                await rt.pipeline.tick(rt.sources[0])
+                await rt.dispatcher.dispatch_once()
+                before_quiet_end = len(hook.requests)
+                # a week after MARA's last sale the incident closes on the next tick, with a summary
+                clock.now = sales[-1].at + 7 * 86_400 + 60
+                await rt.pipeline.tick(rt.sources[0])
+                await rt.dispatcher.dispatch_once()
+    finally:
+        await asyncio.to_thread(smtp.stop)
+
+    bodies = signed_bodies(hook)
+    incident_msgs = [b for b in bodies if b.get("incident_id") is not None]
+    per_flow = [b for b in bodies if b.get("incident_id") is None]
+    # one incident: an opening message, then one update per later sale, then (after a quiet week) the close
+    ids = {b["incident_id"] for b in incident_msgs}
+    assert len(ids) == 1
+    opening, *updates = incident_msgs
+    assert opening["kind"] == "new" and opening["schema"] == "treasury-monitor.incident/1"
+    closing = updates[-1]
+    assert hook.requests[before_quiet_end].json is closing or hook.requests[before_quiet_end].json == closing
+    assert closing["incident"]["status"] == "closed" and "incident closed" in closing["changes"][0]
+    growth = updates[:-1]
+    assert len(growth) == len(sales) - 1
+    # running totals after each message: the scripted sales so far, exactly
+    running = 0
+    for n, (body, sale) in enumerate(zip([opening, *growth], sales), start=1):
+        running += sale.out_sat
+        inc = body["incident"]
+        assert (inc["flows"], inc["out_units"]) == (n, running), n
+        assert inc["transfers"][-1]["txid"] == sale.txid
+    final = closing["incident"]
+    assert final["out_units"] == mara.sold_sat == 1_426_967_000_000  # 14,269.67 BTC
+    assert final["verdicts"] == {"balance_sheet_sale": len(sales)}
+    # every message threads under the opening one and has its own id
+    assert all(b["amends"] == opening["message_id"] for b in updates)
+    assert len({b["message_id"] for b in incident_msgs}) == len(incident_msgs)
+    assert [r.headers["webhook-id"] for r in hook.requests if r.json.get("incident_id")] == [
+        b["message_id"] for b in incident_msgs]
+
+    def stored(store):
+        recs = {(r["txid"]): r for r in flow_rows(store, entity="MARA")}
+        return recs, alert_rows(store), inc_store.incident_rows(store)
+
+    recs, alerts, incidents = await in_store(db, stored)
+    [incident] = incidents
+    assert incident["status"] == "closed" and len(incident["flows"]) == len(sales)
+    usd = sum(recs[s.txid]["classification"]["usd_value"] for s in sales)
+    assert final["usd_value"] == round(usd, 2)
+    holdings = final["holdings_btc"]
+    assert abs(final["share_of_holdings"] - 14_269.67 / holdings) < 1e-9
+    assert abs(final["production_multiple"] - 14_269.67 / final["monthly_production_btc"]) < 1e-9
+    dest_total = sum(Decimal(d["out_amount"]) for d in final["destinations"])
+    assert dest_total == Decimal("14269.67")  # every sold satoshi has a destination
+    # the custody moves (not sales) still go out one by one on the incident rule's channels
+    assert sorted(b["classification"]["verdict"] for b in per_flow) == ["custody_move", "custody_move"]
+    # the every-flow rule still gets each MARA flow above its USD floor on its own
+    flow_bodies = signed_bodies(flows)
+    big = [s for s in mara.flows if s.verdict != "internal" and recs[s.txid]["classification"]["usd_value"] >= 30e6]
+    assert sorted(b["txid"] for b in flow_bodies) == sorted(s.txid for s in big)
+    assert all(b.get("incident_id") is None for b in flow_bodies)
+
+    # email: one thread; each reply carries In-Reply-To (the previous) and References (all before it)
+    mails = [m for m in sink.messages() if m["Subject"] and "selling" in m["Subject"]]
+    assert len(mails) == len(incident_msgs)
+    first_id = mails[0]["Message-ID"]
+    assert mails[0]["In-Reply-To"] is None and first_id == f"<{opening['message_id']}@treasury.example>"
+    for prev, (i, m) in zip(mails, enumerate(mails[1:], start=1)):
+        assert m["In-Reply-To"] == prev["Message-ID"]
+        assert m["References"].split() == [x["Message-ID"] for x in mails[:i]]
+    assert "14,269.67 BTC" in mails[-1]["Subject"] and mails[-1]["Subject"].startswith("[CRITICAL] CLOSED: MARA selling")
+    text = mails[-1].get_body(preferencelist=("plain",)).get_content()
+    assert "Share of holdings:" in text and "monthly production" in text
