@@ -811,7 +811,8 @@ def _incident_title(inc: dict[str, Any]) -> str:
     title = f"{_clean(inc.get('entity')) or '?'} selling: {n} transfer{'s' if n != 1 else ''}, {_exact(inc.get('out_amount'))} {asset}"
     usd = _num(inc.get("usd_value"))
     if usd is not None:
-        title += f" ({format_usd(usd, compact=True)})"
+        # "$982M" reads better than "$1.0B" for a campaign's total (three digits either way)
+        title += f" (${usd / 1e6:,.0f}M)" if 1e8 <= usd < 1e10 else f" ({format_usd(usd, compact=True)})"
     days = _num(inc.get("days"))
     if days is not None and n > 1:
         title += f" over {days:g} days"

@@ -22,9 +22,10 @@ from monitor.pipeline import Decision, TickEvents
 from monitor.registry import Registry
 from storage import AsyncStore, Store
 from storage import alerts as outbox_store
+from storage import incidents as inc_store
 from storage.reads import flow_row
 
-__all__ = ["AlertSettings", "AlertPlanner", "StoreQueue", "alert_payload", "sample_alert", "new_message_id"]
+__all__ = ["AlertSettings", "AlertPlanner", "StoreQueue", "StoreThreads", "alert_payload", "sample_alert", "new_message_id"]
 
 DEFAULT_EXPLORER = "https://mempool.space/tx/{txid}"
 #: Explorers of the other chains (the configured `explorer_url` is Bitcoin's).
@@ -175,6 +176,20 @@ class StoreQueue:
 
     async def recover(self, now: int) -> int:
         return await self.store.run(outbox_store.recover_in_flight, now=now)
+
+
+class StoreThreads:
+    """`alerts.channels.slack.ThreadStore` over the async store: what a channel answered per message."""
+
+    def __init__(self, store: AsyncStore, clock):
+        self.store = store
+        self.clock = clock
+
+    async def get(self, message_id: str, channel: str) -> str | None:
+        return await self.store.run(inc_store.thread_ref, message_id, channel)
+
+    async def put(self, message_id: str, channel: str, ref: str) -> None:
+        await self.store.run(inc_store.save_thread_ref, message_id, channel, ref, now=int(self.clock.time()))
 
 
 def sample_alert(now: int, channels: tuple[str, ...]) -> Alert:

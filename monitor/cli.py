@@ -297,6 +297,7 @@ def alerts_dispatch(state: State, until_empty: bool) -> None:
     """Deliver queued alerts (what the daemon does in the background)."""
     import aiohttp
 
+    from monitor.alerting import StoreThreads
     from monitor.runtime import build_channels, make_dispatcher
     from storage import AsyncStore
 
@@ -307,7 +308,8 @@ def alerts_dispatch(state: State, until_empty: bool) -> None:
         astore = AsyncStore(await asyncio.to_thread(open_existing_store, state))
         try:
             async with aiohttp.ClientSession() as session:
-                d = make_dispatcher(cfg, astore, build_channels(cfg, session, clock), clock)
+                channels = build_channels(cfg, session, clock, StoreThreads(astore, clock))
+                d = make_dispatcher(cfg, astore, channels, clock)
                 await d.recover()
                 while True:
                     n = await d.dispatch_once()

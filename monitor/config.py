@@ -166,7 +166,13 @@ _ALERTS_KEYS = ("explorer_url", "max_age", "give_up_after", "retry_base", "retry
 _RULE_KEYS = ("name", "entities", "kinds", "verdicts", "min_severity", "min_usd", "channels", "mode")
 #: Settings per channel type: key → (kind, how): "plain", "secret" (must be { env } / { file }), "either".
 _CHANNEL_SETTINGS: dict[str, dict[str, tuple[str, str]]] = {
-    "slack": {"webhook_url": ("string", "secret"), "timeout": ("number", "plain")},
+    "slack": {
+        "webhook_url": ("string", "secret"),
+        "bot_token": ("string", "secret"),  # chat.postMessage: threads updates and incidents
+        "channel_id": ("string", "plain"),
+        "api_url": ("string", "plain"),
+        "timeout": ("number", "plain"),
+    },
     "email": {
         "host": ("string", "plain"),
         "port": ("integer", "plain"),
@@ -186,7 +192,7 @@ _CHANNEL_SETTINGS: dict[str, dict[str, tuple[str, str]]] = {
     "console": {"stream": ("string", "plain")},
     "apprise": {"url": ("string", "secret"), "format": ("string", "plain"), "timeout": ("number", "plain")},
 }
-_CHANNEL_REQUIRED = {"slack": ("webhook_url",), "email": ("host", "sender", "recipients"), "webhook": ("url", "secret"), "console": (),
+_CHANNEL_REQUIRED = {"slack": (), "email": ("host", "sender", "recipients"), "webhook": ("url", "secret"), "console": (),
                      "apprise": ("url",)}
 _DISCOVERY_KEYS = (
     "cospend",
@@ -1219,6 +1225,13 @@ def _parse_channels(value: Any, ctx: _Context) -> tuple[ChannelConfig, ...]:
                 pr.append(f"{path}.security: \"none\" would send the password in clear text; use starttls or tls")
         if type_ == "apprise":
             _check_apprise(dict(settings), path, pr)
+        if type_ == "slack":
+            given = dict(settings)
+            if ("webhook_url" in given) == ("bot_token" in given):
+                pr.append(f"{path}: set webhook_url (Incoming Webhook: cannot thread) or bot_token with channel_id "
+                          "(chat.postMessage: threads updates), not both or neither")
+            elif "bot_token" in given and "channel_id" not in given:
+                pr.append(f"{path}.channel_id: required with bot_token")
         min_interval = _take(t, "min_interval", NUMBER, path, pr, None, at_least=0)
         out.append(ChannelConfig(name=name, type=type_, settings=tuple(settings), min_interval=min_interval))
     return tuple(out)

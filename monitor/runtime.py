@@ -145,7 +145,7 @@ def describe_source(source: SourceConfig, n_addresses: int) -> str:
     return f"{source.type}: transfers of {n_addresses} addresses from blocks ({source.confirmations} confirmations)"
 
 
-def build_channels(config: Config, session: aiohttp.ClientSession, clock: Clock) -> dict[str, object]:
+def build_channels(config: Config, session: aiohttp.ClientSession, clock: Clock, threads: object | None = None) -> dict[str, object]:
     """Every configured alert channel, ready to send; their secrets are registered for log redaction."""
     from alerts.channels import build_channel
     from monitor.logs import redact
@@ -153,7 +153,8 @@ def build_channels(config: Config, session: aiohttp.ClientSession, clock: Clock)
     out = {}
     for c in config.alerts.channels:
         redact(*c.secret_values())
-        out[c.name] = build_channel(c.type, c.name, c.revealed_settings(), session=session, clock=clock)
+        out[c.name] = build_channel(c.type, c.name, c.revealed_settings(), session=session, clock=clock,
+                                    threads=threads)
     return out
 
 
@@ -298,7 +299,9 @@ async def runtime(
             on_registry_change=rewatch,
             provisional=config.discovery.provisional,
         )
-        channels = build_channels(config, session, send_clock or clock)
+        from monitor.alerting import StoreThreads
+
+        channels = build_channels(config, session, send_clock or clock, StoreThreads(astore, clock))
         dispatcher = make_dispatcher(config, astore, channels, clock)
         yield Runtime(config, astore, registry, clock, session, sources, pipeline, channels, dispatcher)
     finally:

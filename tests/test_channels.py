@@ -734,3 +734,75 @@ def test_build_channel_reports_every_problem_without_values(clock):
         build_channel("pager", "p", {})
     with pytest.raises(ConfigError, match="channels.mail: security must be one of"):
         build_channel("email", "mail", {"host": "h", "port": 1, "sender": "s", "recipients": ["r"], "security": "ssl"})
+
+
+# --- Slack with a bot token (chat.postMessage, threads) -------------------------------------------
+
+BOT_TOKEN = "xoxb-1111-bot-s3cr3t-token"
+
+
+class MemoryThreads:
+    """ThreadStore in memory (the durable one over storage is exercised in test_incidents.py)."""
+
+    def __init__(self):
+        self.refs = {}
+
+    async def get(self, message_id, channel):
+        return self.refs.get((message_id, channel))
+
+    async def put(self, message_id, channel, ref):
+        self.refs[(message_id, channel)] = ref
+
+
+async def test_slack_bot_threads_an_update_under_the_first_message(session):
+    answers = iter(["1772625600.000100", "1772625660.000200"])
+
+    def api(req):
+        return Reply(200, '{"ok":true,"channel":"C1","ts":"%s","message":{}}' % next(answers))
+
+    threads = MemoryThreads()
+    async with Receiver(on_request=api) as rx:
+        ch = SlackChannel("bot", None, session, bot_token=BOT_TOKEN, channel_id="C1", api_url=rx.url("/api"),
+                          threads=threads)
+        assert ch.can_thread
+        await ch.send(make_alert(message_id="msg_first"))
+        await ch.send(make_alert(alert_id=2, kind="update", message_id="msg_upd", thread=["msg_first"],
+                                 amends="msg_first", changes=["severity notice → critical"]))
+    first, update = rx.requests
+    assert first.headers["Authorization"] == f"Bearer {BOT_TOKEN}"
+    assert first.json["channel"] == "C1" and "thread_ts" not in first.json and first.json["blocks"]
+    assert update.json["thread_ts"] == "1772625600.000100"
+    assert threads.refs == {("msg_first", "bot"): "1772625600.000100"}
+    assert not SlackChannel("hook", "https://hooks.slack.com/services/x", session).can_thread
+
+
+@pytest.mark.parametrize("reply, retryable", [
+    (Reply(200, '{"ok":false,"error":"invalid_auth"}'), False),
+    (Reply(200, '{"ok":false,"error":"channel_not_found"}'), False),
+    (Reply(200, '{"ok":false,"error":"internal_error"}'), True),
+    (Reply(429, "", headers={"Retry-After": "30"}), True),
+])
+async def test_slack_bot_api_errors_are_classified_without_the_token(reply, retryable, session, caplog):
+    caplog.set_level(logging.DEBUG)
+    async with Receiver() as rx:
+        rx.script(reply)
+        ch = SlackChannel("bot", None, session, bot_token=BOT_TOKEN, channel_id="C1", api_url=rx.url("/api"))
+        with pytest.raises(DeliveryError) as info:
+            await ch.send(make_alert())
+    assert info.value.retryable is retryable
+    assert_no_secret(info.value, caplog, BOT_TOKEN)
+
+
+async def test_slack_bot_answer_without_the_documented_json_is_not_resent(session, caplog):
+    async with Receiver() as rx:
+        rx.script(Reply(200, "ok"))
+        ch = SlackChannel("bot", None, session, bot_token=BOT_TOKEN, channel_id="C1", api_url=rx.url("/api"))
+        await ch.send(make_alert())  # 2xx: delivered, but nothing to thread under
+    assert "without the documented JSON" in caplog.text
+
+
+def test_slack_needs_exactly_one_way_in(session):
+    with pytest.raises(ValueError, match="either webhook_url or bot_token"):
+        SlackChannel("s", "https://hooks.slack.com/x", session, bot_token=BOT_TOKEN, channel_id="C1")
+    with pytest.raises(ValueError, match="channel_id: required"):
+        SlackChannel("s", None, session, bot_token=BOT_TOKEN)

@@ -8,11 +8,12 @@ import datetime as dt
 import email
 import email.policy
 import functools
+import json
 from decimal import Decimal
 
 from aiosmtpd.controller import Controller
 from fakes.offloop import in_store
-from fakes.receiver import Receiver, free_port
+from fakes.receiver import Receiver, Reply, free_port
 from standardwebhooks import Webhook
 
 from monitor.clock import FrozenClock
@@ -46,7 +47,7 @@ class Sink:
         return [email.message_from_bytes(e.content, policy=email.policy.default) for e in self.envelopes]
 
 
-def extra_toml(smtp_port: int) -> str:
+def extra_toml(smtp_port: int, slack_api_url: str) -> str:
     return f"""
 [[alerts.channels]]
 name = "hook"
@@ -71,11 +72,19 @@ url = {{ env = "TM_INC_FLOWS" }}
 secret = {{ env = "TM_INC_SECRET" }}
 min_interval = 0
 
+[[alerts.channels]]
+name = "slackbot"
+type = "slack"
+bot_token = {{ env = "TM_INC_SLACK_TOKEN" }}
+channel_id = "C0DESK"
+api_url = "{slack_api_url}"
+min_interval = 0
+
 [[alerts.rules]]
 name = "mara-campaign"
 entities = ["MARA"]
 mode = "incident"
-channels = ["hook", "mail"]
+channels = ["hook", "mail", "slackbot"]
 
 [[alerts.rules]]
 name = "mara-every-flow"
@@ -83,6 +92,18 @@ entities = ["MARA"]
 min_usd = 30000000
 channels = ["flows"]
 """
+
+
+SLACK_TOKEN = "xoxb-0000-incident-test-token"
+
+
+def slack_api(req):
+    """Slack's chat.postMessage as documented: 200 {"ok": true, "channel", "ts", "message"}; the ts is new each time."""
+    if req.headers.get("Authorization") != f"Bearer {SLACK_TOKEN}":
+        return Reply(200, json.dumps({"ok": False, "error": "invalid_auth"}))
+    slack_api.n = getattr(slack_api, "n", 0) + 1
+    return Reply(200, json.dumps({"ok": True, "channel": req.json["channel"], "ts": f"1772600000.{slack_api.n:06d}",
+                                  "message": {"text": req.json.get("text", "")}}))
 
 
 def signed_bodies(rx: Receiver) -> list[dict]:
@@ -107,12 +128,14 @@ async def test_the_mara_campaign_is_one_incident_that_grows(tmp_path, monkeypatc
     smtp = Controller(sink, hostname="127.0.0.1", port=free_port())
     await asyncio.to_thread(smtp.start)
     try:
-        async with EsploraServer(run.chain) as server, Receiver() as hook, Receiver() as flows:
+        async with EsploraServer(run.chain) as server, Receiver() as hook, Receiver() as flows, \
+                Receiver(on_request=slack_api) as slack:
+            monkeypatch.setenv("TM_INC_SLACK_TOKEN", SLACK_TOKEN)
             monkeypatch.setenv("TM_INC_HOOK", hook.url("/incidents"))
             monkeypatch.setenv("TM_INC_FLOWS", flows.url("/flows"))
             monkeypatch.setenv("TM_INC_SECRET", HOOK_SECRET)
             path = tmp_path / "demo.toml"
-            text = sc.config_toml(server.url, db, alert_max_age=400 * 86_400, extra_toml=extra_toml(smtp.port))
+            text = sc.config_toml(server.url, db, alert_max_age=400 * 86_400, extra_toml=extra_toml(smtp.port, slack.url("/api/chat.postMessage")))
             await asyncio.to_thread(path.write_text, text)
             clock = FrozenClock(now=sc.start_time)
             async with runtime(await asyncio.to_thread(load_config, path), clock=clock) as rt:
@@ -192,6 +215,13 @@ async def test_the_mara_campaign_is_one_incident_that_grows(tmp_path, monkeypatc
     for prev, (i, m) in zip(mails, enumerate(mails[1:], start=1)):
         assert m["In-Reply-To"] == prev["Message-ID"]
         assert m["References"].split() == [x["Message-ID"] for x in mails[:i]]
-    assert "14,269.67 BTC" in mails[-1]["Subject"] and mails[-1]["Subject"].startswith("[CRITICAL] CLOSED: MARA selling")
+    assert "14,269.67 BTC ($982M) over 21.2 days" in mails[-1]["Subject"] and mails[-1]["Subject"].startswith("[CRITICAL] CLOSED: MARA selling")
     text = mails[-1].get_body(preferencelist=("plain",)).get_content()
     assert "Share of holdings:" in text and "monthly production" in text
+
+    # Slack (bot token): the opening message is top-level, every later one replies in its thread
+    posts = [r.json for r in slack.requests if "incident:bitcoin:MARA" in r.text]
+    assert len(posts) == len(incident_msgs) and all(p["channel"] == "C0DESK" for p in posts)
+    assert len(slack.requests) == len(posts) + 2  # and the two custody moves, each its own message
+    assert "thread_ts" not in posts[0] and posts[0]["text"].startswith("MARA selling: 1 transfer")
+    assert {p.get("thread_ts") for p in posts[1:]} == {"1772600000.000001"}

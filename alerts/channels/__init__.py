@@ -8,7 +8,8 @@ reveals them just before construction. Channels never log a secret or put one in
 and at most the host.
 
     type      class            settings (constructor keywords)                     shared resources
-    slack     SlackChannel     webhook_url, timeout                                session[, clock]
+    slack     SlackChannel     webhook_url | bot_token + channel_id, api_url,      session[, clock, threads]
+                               timeout
     email     EmailChannel     host, [port], sender, recipients, username, password,
                                security (starttls | tls | none), timeout, tls_context
     webhook   WebhookChannel   url, secret, timeout, legacy_headers                session, clock
@@ -72,7 +73,7 @@ REGISTRY: dict[str, type] = {
     "apprise": AppriseChannel,
 }
 
-_INJECTED = ("session", "clock")
+_INJECTED = ("session", "clock", "threads")
 _STREAMS = {"stdout": None, "stderr": sys.stderr}
 
 
@@ -83,6 +84,7 @@ def build_channel(
     *,
     session: aiohttp.ClientSession | None = None,
     clock: Clock | None = None,
+    threads: object | None = None,
 ) -> Channel:
     """A ready channel of config type `type_`, rate-limited when `min_interval` (or the type default) > 0.
 
@@ -101,7 +103,7 @@ def build_channel(
             raise ConfigError(f"channels.{name}.stream: must be stdout or stderr")
         settings["stream"] = _STREAMS[settings["stream"]]
     params = {k: p for k, p in inspect.signature(cls.__init__).parameters.items() if k not in ("self", "name")}
-    injected = {"session": session, "clock": clock}
+    injected = {"session": session, "clock": clock, "threads": threads}
     problems = [
         f"channels.{name}.{key}: unknown setting for a {type_} channel"
         for key in settings

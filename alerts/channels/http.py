@@ -107,8 +107,8 @@ async def post(
     timeout: float,
     secrets: Iterable[str | bytes] = (),
     clock: Clock | None = None,
-) -> None:
-    """POST `body` to `url`; return on 2xx.
+) -> bytes:
+    """POST `body` to `url`; on 2xx return the first 64 KiB of the answer (Slack's API answers JSON).
 
     :raises DeliveryError: classified as described in the module docstring; its message and cause
         never contain `url` or any of `secrets`.
@@ -127,7 +127,7 @@ async def post(
             allow_redirects=False,
         ) as resp:
             status = resp.status
-            raw = await resp.content.read(4096)
+            raw = await resp.content.read(65536)
             retry_after_header = resp.headers.get("Retry-After")
     except aiohttp.InvalidURL:
         # The exception text is the URL itself: never chain it.
@@ -145,7 +145,7 @@ async def post(
 
     if 200 <= status < 300:
         log.debug("delivered channel=%s host=%s status=%d", channel, host, status)
-        return
+        return raw
     excerpt = _UNSAFE.sub(" ", raw.decode("utf-8", errors="replace")).strip()
     excerpt = scrub(excerpt, secrets)[:EXCERPT_MAX]
     message = f"{channel}: HTTP {status} from {host}" + (f": {excerpt}" if excerpt else "")
