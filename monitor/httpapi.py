@@ -7,7 +7,10 @@
     GET /api/entities                 entities with address counts, balances seen and flow counts
     GET /api/flows?since=&until=&entity=&verdict=&direction=&limit=
                                       flow records in the export schema (treasury-monitor.flow/1)
-    GET /api/alerts?status=           alerts with per-channel delivery state and their flow record
+    GET /api/alerts?status=           alerts with per-channel delivery state and their flow record, their
+                                      message_id, amends and incident_id (incident messages: totals)
+    GET /api/incidents?status=&entity=
+                                      incidents, newest first: flows, channels, message ids, latest totals
     GET /api/events?after=ID&limit=   every stored classification, update and retraction, in event-id
                                       order: {"events": [...], "last_id": N}; with `Accept:
                                       text/event-stream` (or /api/events/stream) the same events as
@@ -39,12 +42,13 @@ from monitor.clock import iso, parse_iso
 from monitor.dashboard import add_routes as add_dashboard_routes
 from monitor.export import flow_record
 from storage import alerts as outbox_store
+from storage import incidents as inc_store
 from storage.reads import entity_summaries, events_after, flow_row, flow_rows
 
 if TYPE_CHECKING:
     from monitor.daemon import Daemon
 
-__all__ = ["make_app", "start_http", "event_record"]
+__all__ = ["make_app", "start_http", "event_record", "incident_records"]
 
 log = logging.getLogger("treasury_monitor.http")
 DAEMON_KEY = web.AppKey("daemon", object)
@@ -162,6 +166,10 @@ def _alert_record(r: dict[str, Any]) -> dict[str, Any]:
             for c in r["channels"]
         ],
         "flow": p.get("flow"),
+        "message_id": p.get("message_id"),
+        "amends": p.get("amends"),
+        "incident_id": r.get("incident_id"),
+        **({"incident": p["incident"]} if isinstance(p.get("incident"), dict) else {}),
         **({"digest": p["digest"]} if "digest" in p else {}),
     }
 
@@ -175,6 +183,29 @@ async def api_alerts(request: web.Request) -> web.Response:
     after = _int_param(request, "after", 0, hi=2**62)
     rows = await daemon.rt.store.run(outbox_store.alert_rows, status=status, after_id=after, limit=limit)
     return _json([_alert_record(r) for r in rows])
+
+
+def incident_records(store, status: str | None, entity: str | None) -> list[dict[str, Any]]:
+    """Incidents, newest first, each with its latest totals (from the newest message sent about it)."""
+    out = []
+    for r in inc_store.incident_rows(store, status=status, entity=entity):
+        messages = inc_store.incident_messages(store, r["id"])
+        totals = messages[-1].payload.get("incident") if messages else None
+        out.append({
+            "id": r["id"], "chain": r["chain"], "entity": r["entity"], "status": r["status"],
+            "opened_at": iso(r["opened_at"]), "last_flow_at": iso(r["last_flow_at"]), "closed_at": iso(r["closed_at"]),
+            "flows": r["flows"], "channels": r["channels"], "messages": [m.id for m in messages], "totals": totals,
+        })
+    return out
+
+
+async def api_incidents(request: web.Request) -> web.Response:
+    daemon: Daemon = request.app[DAEMON_KEY]  # type: ignore[assignment]
+    status = request.query.get("status") or None
+    if status not in (None, "open", "closed"):
+        raise _bad("status: one of open, closed")
+    entity = request.query.get("entity") or None
+    return _json(await daemon.rt.store.run(incident_records, status, entity))
 
 
 def event_record(store, ev: dict[str, Any]) -> dict[str, Any]:
@@ -250,6 +281,7 @@ def make_app(daemon: Daemon) -> web.Application:
     app.router.add_get("/api/entities", api_entities)
     app.router.add_get("/api/flows", api_flows)
     app.router.add_get("/api/alerts", api_alerts)
+    app.router.add_get("/api/incidents", api_incidents)
     app.router.add_get("/api/events", api_events)
     app.router.add_get("/api/events/stream", api_events)
     app.router.add_get("/api/miners", api_miners)

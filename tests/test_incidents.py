@@ -18,6 +18,7 @@ from standardwebhooks import Webhook
 
 from monitor.clock import FrozenClock
 from monitor.config import load_config
+from monitor.httpapi import incident_records
 from monitor.model import SALE_VERDICTS
 from monitor.runtime import runtime
 from monitor.sim.esplora_server import EsploraServer
@@ -187,9 +188,14 @@ async def test_the_mara_campaign_is_one_incident_that_grows(tmp_path, monkeypatc
 
     def stored(store):
         recs = {(r["txid"]): r for r in flow_rows(store, entity="MARA")}
-        return recs, alert_rows(store), inc_store.incident_rows(store)
+        return recs, alert_rows(store), inc_store.incident_rows(store), incident_records(store, None, "MARA")
 
-    recs, alerts, incidents = await in_store(db, stored)
+    recs, alerts, incidents, api = await in_store(db, stored)
+    # what /api/incidents answers: the incident, its flows, every message id and the final totals
+    [api_incident] = api
+    assert api_incident["totals"] == final and api_incident["status"] == "closed"
+    assert [a["payload"]["message_id"] for a in alerts if a["id"] in api_incident["messages"]] == [
+        b["message_id"] for b in incident_msgs]
     [incident] = incidents
     assert incident["status"] == "closed" and len(incident["flows"]) == len(sales)
     usd = sum(recs[s.txid]["classification"]["usd_value"] for s in sales)
