@@ -231,3 +231,50 @@ async def test_the_mara_campaign_is_one_incident_that_grows(tmp_path, monkeypatc
     assert len(slack.requests) == len(posts) + 2  # and the two custody moves, each its own message
     assert "thread_ts" not in posts[0] and posts[0]["text"].startswith("MARA selling: 1 transfer")
     assert {p.get("thread_ts") for p in posts[1:]} == {"1772600000.000001"}
+
+
+async def test_group_wait_opens_the_incident_with_the_burst_in_one_message(tmp_path, monkeypatch):
+    """With `group_wait` = 6 h the 10:00 and 15:00 sales of March 4 open the incident as ONE message."""
+    sc = await asyncio.to_thread(scenario)
+    sales = [f for f in sc.expected["MARA"].flows if f.verdict in SALE_VERDICTS and f.status == "active"]
+    run = sc.start()
+    db = tmp_path / "gw.db"
+    async with EsploraServer(run.chain) as server, Receiver() as hook:
+        monkeypatch.setenv("TM_GW_HOOK", hook.url("/incidents"))
+        monkeypatch.setenv("TM_GW_SECRET", HOOK_SECRET)
+        extra = """
+[[alerts.channels]]
+name = "hook"
+type = "webhook"
+url = { env = "TM_GW_HOOK" }
+secret = { env = "TM_GW_SECRET" }
+min_interval = 0
+
+[[alerts.rules]]
+name = "mara-campaign"
+entities = ["MARA"]
+mode = "incident"
+verdicts = ["balance_sheet_sale"]
+channels = ["hook"]
+"""
+        text = sc.config_toml(server.url, db, alert_max_age=400 * 86_400, extra_toml=extra)
+        text = text.replace("[alerts]\n", "[alerts]\ngroup_wait = 21600\n", 1)
+        path = tmp_path / "gw.toml"
+        await asyncio.to_thread(path.write_text, text)
+        clock = FrozenClock(now=sc.start_time)
+        async with runtime(await asyncio.to_thread(load_config, path), clock=clock) as rt:
+            for step in sc.steps:
+                if step.at > sales[3].at:
+                    break
+                run.apply(step)
+                clock.now = step.at + 60
+                await rt.dispatcher.dispatch_once()  # what the daemon's dispatcher does between polls
+                if step.observe or step.entity == "MARA":
+                    await rt.pipeline.tick(rt.sources[0])
+                    await rt.dispatcher.dispatch_once()
+    bodies = signed_bodies(hook)
+    assert [b["kind"] for b in bodies] == ["new", "update", "update"]
+    opening = bodies[0]["incident"]
+    assert opening["flows"] == 2 and opening["out_units"] == sales[0].out_sat + sales[1].out_sat
+    assert [b["incident"]["flows"] for b in bodies[1:]] == [3, 4]
+    assert all(b["amends"] == bodies[0]["message_id"] for b in bodies[1:])
