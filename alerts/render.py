@@ -23,6 +23,9 @@ The message model is `Alert.payload`, a JSON-able dict. The keys read here (and 
     amends        for update/retraction: the `message_id` of the message it amends (the first one
                   about the same flow, or the incident's opening message); null otherwise
     thread        earlier message ids of the same flow or incident, oldest first (email References)
+    facts, reasons, severity
+                  balance and dormancy alerts: [[label, value]], [sentence], severity (override the flow's)
+    watch         balance and dormancy alerts: {type, rule, entity, ...their numbers}
     incident      incident messages only: {id, entity, status, opened_at, last_flow_at, closed_at,
                   flows, out_amount, usd_value, share_of_holdings, production_multiple,
                   destinations[{attribution, amount}], verdicts{verdict: n}, transfers[...]}
@@ -85,6 +88,7 @@ EMAIL_SUBJECT_MAX = 200
 MAX_DESTINATIONS_SHOWN = 10
 DIGEST_SCHEMA = "treasury-monitor.digest/1"
 INCIDENT_SCHEMA = "treasury-monitor.incident/1"
+WATCH_SCHEMA = "treasury-monitor.watch/1"
 MAX_TRANSFERS_SHOWN = 12
 
 _SEVERITY_EMOJI = {
@@ -484,6 +488,14 @@ def _message(payload: dict[str, Any]) -> _Message:
     if incident is not None:
         facts, transfer_lines = _incident_facts(incident)
         severity = _clean(incident.get("severity")) or severity
+    reasons = tuple(_clean(r) for r in cls.get("reasons") or () if _clean(r))
+    # Balance and dormancy alerts state their own facts, reasons and severity (a flow may ride along).
+    if isinstance(payload.get("facts"), list):
+        facts = [(_clean(f[0]), _clean(f[1])) for f in payload["facts"] if isinstance(f, (list, tuple)) and len(f) == 2]
+    if isinstance(payload.get("reasons"), list):
+        reasons = tuple(_clean(r) for r in payload["reasons"] if _clean(r))
+    if _clean(payload.get("severity")):
+        severity = _clean(payload.get("severity"))
 
     return _Message(
         transfer_lines=transfer_lines,
@@ -495,7 +507,7 @@ def _message(payload: dict[str, Any]) -> _Message:
         why=why,
         changes=tuple(_clean(c) for c in payload.get("changes") or () if _clean(c)),
         facts=tuple(facts),
-        reasons=tuple(_clean(r) for r in cls.get("reasons") or () if _clean(r)),
+        reasons=reasons,
         destinations=shown,
         more_destinations=max(0, len(dests) - len(shown)),
         digest_lines=tuple(digest_lines),
@@ -695,6 +707,8 @@ def render_webhook(payload: dict[str, Any]) -> dict[str, Any]:
     body: dict[str, Any] = dict(flow) if isinstance(flow, dict) else {"schema": DIGEST_SCHEMA}
     if not isinstance(flow, dict) and isinstance(payload.get("incident"), dict):
         body = {"schema": INCIDENT_SCHEMA}
+    if not isinstance(flow, dict) and isinstance(payload.get("watch"), dict):
+        body = {"schema": WATCH_SCHEMA}
     body["kind"] = payload.get("kind") or "new"
     body["dedup_key"] = payload.get("dedup_key")
     body["changes"] = list(payload.get("changes") or [])
@@ -711,6 +725,9 @@ def render_webhook(payload: dict[str, Any]) -> dict[str, Any]:
     if isinstance(payload.get("incident"), dict):
         body["incident_id"] = payload["incident"].get("id")
         body["incident"] = payload["incident"]
+    if isinstance(payload.get("watch"), dict):
+        body["watch"] = payload["watch"]
+        body["reasons"] = list(payload.get("reasons") or [])
     return body
 
 

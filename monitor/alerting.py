@@ -17,6 +17,7 @@ from alerts.render import message_id_of
 from alerts.router import Route, Rule, changes_between, dedup_key, matching_channels, route_classification, route_retraction
 from monitor.export import flow_record
 from monitor.incident_alerts import IncidentSettings, plan_incidents
+from monitor.watch_alerts import BalanceRule, DormancyRule, plan_balances, plan_dormancy
 from monitor.model import Alert, Classification, Delivery
 from monitor.pipeline import Decision, TickEvents
 from monitor.registry import Registry
@@ -45,6 +46,8 @@ class AlertSettings:
     notify_confirmations: bool = False  # an update when an alerted unconfirmed flow confirms
     label: str = ""  # e.g. SIMULATED: every renderer puts it in the title and the body
     incidents: IncidentSettings = IncidentSettings()
+    dormancy: tuple[DormancyRule, ...] = ()
+    balance: tuple[BalanceRule, ...] = ()
 
 
 def new_message_id(dedup_key: str, kind: str, now: int, seq: int) -> str:
@@ -156,6 +159,10 @@ class AlertPlanner:
                     queued += self._queue(store, route, c, now=now)
         queued += plan_incidents(store, self.registry, self.settings.rules, self.settings.incidents, decisions, retracted,
                                  replacing=replacing, is_live=self._is_live, now=now)
+        queued += plan_dormancy(store, self.registry, self.settings.dormancy, decisions, is_live=self._is_live,
+                                explorer_url=self.settings.explorer_url, now=now)
+        if self.settings.balance:
+            queued += plan_balances(store, self.registry, self.settings.balance, now=now)
         return queued
 
 

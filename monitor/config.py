@@ -37,6 +37,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from alerts.router import DEFAULT_RULE_VERDICTS, MODES, Rule
+from monitor.watch_alerts import BalanceRule, DormancyRule
 from monitor.classify import Thresholds
 from monitor.model import ENTITY_KINDS, SEVERITIES, VERDICTS, ConfigError, Entity, EntityAddress, Fact, Profile
 from monitor.registry import normalise_address
@@ -162,7 +163,9 @@ _SECRET_KEYS = ("env", "file")
 _CLASSIFY_KEYS = tuple(f.name for f in fields(Thresholds))
 _PRICE_KEYS = ("sources", "csv", "staleness", "refresh_interval")
 _ALERTS_KEYS = ("explorer_url", "max_age", "give_up_after", "retry_base", "retry_cap", "dispatch_interval",
-                "notify_confirmations", "incident_window", "group_wait", "channels", "rules")
+                "notify_confirmations", "incident_window", "group_wait", "channels", "rules", "dormancy", "balance")
+_DORMANCY_KEYS = ("name", "entities", "min_years", "min_btc", "channels")
+_BALANCE_KEYS = ("name", "entities", "below_btc", "drop_pct", "within_days", "channels")
 _RULE_KEYS = ("name", "entities", "kinds", "verdicts", "min_severity", "min_usd", "channels", "mode")
 #: Settings per channel type: key → (kind, how): "plain", "secret" (must be { env } / { file }), "either".
 _CHANNEL_SETTINGS: dict[str, dict[str, tuple[str, str]]] = {
@@ -338,6 +341,8 @@ class AlertsConfig:
     group_wait: int = DEFAULT_GROUP_WAIT
     channels: tuple[ChannelConfig, ...] = ()
     rules: tuple[Rule, ...] = ()
+    dormancy: tuple[DormancyRule, ...] = ()
+    balance: tuple[BalanceRule, ...] = ()
 
     def channel(self, name: str) -> ChannelConfig:
         """The channel called `name`.
@@ -1171,7 +1176,10 @@ def _parse_alerts(value: Any, ctx: _Context) -> AlertsConfig:
     channels = _parse_channels(t.get("channels", []), ctx)
     names = {c.name for c in channels}
     rules = _parse_rules(t.get("rules", []), ctx, names)
+    dormancy, balance = _parse_watches(t, ctx, names)
     return AlertsConfig(
+        dormancy=dormancy,
+        balance=balance,
         explorer_url=explorer,
         max_age=_take(t, "max_age", INTEGER, "alerts", pr, DEFAULT_ALERT_MAX_AGE, at_least=0),
         give_up_after=_take(t, "give_up_after", NUMBER, "alerts", pr, DEFAULT_GIVE_UP_AFTER, above=0),
@@ -1250,6 +1258,55 @@ def _check_apprise(settings: dict[str, Any], path: str, pr: list[str]) -> None:
         problem = apprise_url_problem(url.reveal())
         if problem:
             pr.append(f"{path}.url: {problem}")
+
+
+def _rule_channels(t: dict, path: str, pr: list[str], channel_names: set[str]) -> tuple[str, ...]:
+    channels = _take(t, "channels", STRINGS, path, pr)
+    for i, ch in enumerate(channels or ()):
+        if ch not in channel_names:
+            pr.append(f"{path}.channels[{i}]: {_show(ch)} is not a channel defined in [[alerts.channels]]")
+    if channels is not None and not channels:
+        pr.append(f"{path}.channels: must name at least one channel")
+    return tuple(channels or ())
+
+
+def _parse_watches(t: dict, ctx: _Context, channel_names: set[str]) -> tuple[tuple[DormancyRule, ...], tuple[BalanceRule, ...]]:
+    """[[alerts.dormancy]] and [[alerts.balance]]: conditions on stored data, checked every tick."""
+    pr = ctx.problems
+    dormancy = []
+    for path, d in _tables(t.get("dormancy", []), "alerts.dormancy", pr, section=True):
+        _check_keys(d, _DORMANCY_KEYS, path, pr)
+        years = _take(d, "min_years", NUMBER, path, pr, None, above=0)
+        if years is None and "min_years" not in d:
+            pr.append(f"{path}.min_years: required (coins unmoved at least this many years)")
+        dormancy.append(DormancyRule(
+            name=_take(d, "name", STRING, path, pr, path, nonempty=True),
+            channels=_rule_channels(d, path, pr, channel_names),
+            min_years=years or 1.0,
+            min_btc=_take(d, "min_btc", NUMBER, path, pr, 0.0, at_least=0),
+            entities=_take(d, "entities", STRINGS, path, pr, ()),
+        ))
+    balance = []
+    for path, b in _tables(t.get("balance", []), "alerts.balance", pr, section=True):
+        _check_keys(b, _BALANCE_KEYS, path, pr)
+        entities = _take(b, "entities", STRINGS, path, pr, ())
+        if not entities:
+            pr.append(f"{path}.entities: name at least one entity whose balance to watch")
+        below = _take(b, "below_btc", NUMBER, path, pr, None, at_least=0)
+        drop = _take(b, "drop_pct", NUMBER, path, pr, None, above=0)
+        if drop is not None and drop >= 100:
+            pr.append(f"{path}.drop_pct: must be below 100, got {_show(drop)}")
+        if below is None and drop is None:
+            pr.append(f"{path}: set below_btc (a level) and/or drop_pct (a fall within within_days)")
+        balance.append(BalanceRule(
+            name=_take(b, "name", STRING, path, pr, path, nonempty=True),
+            channels=_rule_channels(b, path, pr, channel_names),
+            entities=tuple(entities),
+            below_btc=below,
+            drop_pct=drop,
+            within_days=_take(b, "within_days", NUMBER, path, pr, 7.0, above=0),
+        ))
+    return tuple(dormancy), tuple(balance)
 
 
 def _parse_rules(value: Any, ctx: _Context, channel_names: set[str]) -> tuple[Rule, ...]:

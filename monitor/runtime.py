@@ -190,11 +190,12 @@ def make_planner(config: Config, registry: Registry, *, label: str = ""):
     from monitor.incident_alerts import IncidentSettings
 
     a = config.alerts
-    if not a.rules:
+    if not (a.rules or a.dormancy or a.balance):
         return None
     return AlertPlanner(registry, AlertSettings(rules=a.rules, explorer_url=a.explorer_url, max_age=a.max_age,
                                                 notify_confirmations=a.notify_confirmations, label=label,
-                                                incidents=IncidentSettings(a.incident_window, a.group_wait)))
+                                                incidents=IncidentSettings(a.incident_window, a.group_wait),
+                                                dormancy=a.dormancy, balance=a.balance))
 
 
 def make_pushes(config: Config, registry: Registry, session: aiohttp.ClientSession, clock: Clock) -> list[tuple[str, object]]:

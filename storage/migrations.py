@@ -517,6 +517,8 @@ def _incidents(db: Database) -> None:
     db["incident_flows"].create_index(["incident_id"])
     db["alerts"].add_column("incident_id", int)
     db["alerts"].create_index(["incident_id"])
+    # Whether a balance condition is firing, so a level crossing or a drop alerts once, not every tick.
+    db["watch_state"].create({"key": str, "value": str, "updated_at": int}, pk="key")
     # What a channel answered when it posted a message that later ones thread under (Slack's `ts`).
     db["channel_threads"].create(
         {"message_id": str, "channel": str, "ref": str, "created_at": int},
