@@ -94,6 +94,7 @@ DEFAULT_RETRY_CAP = 900.0  # seconds, longest backoff step of the outbox
 DEFAULT_DISPATCH_INTERVAL = 2.0  # seconds between outbox passes in the daemon
 DEFAULT_INCIDENT_WINDOW = 7 * 86_400  # seconds: a sale this close to an incident's last one joins it; quiet this long closes it
 DEFAULT_GROUP_WAIT = 0  # seconds an incident's opening message waits to take in the flows that follow it
+DEFAULT_GROUP_INTERVAL = 0  # seconds at least between two updates of an incident (86400: a daily summary)
 DEFAULT_HTTP_HOST = "127.0.0.1"
 DEFAULT_HTTP_PORT = 8787
 DEFAULT_SHUTDOWN_GRACE = 10.0  # seconds to flush the outbox on SIGTERM
@@ -163,7 +164,7 @@ _SECRET_KEYS = ("env", "file")
 _CLASSIFY_KEYS = tuple(f.name for f in fields(Thresholds))
 _PRICE_KEYS = ("sources", "csv", "staleness", "refresh_interval")
 _ALERTS_KEYS = ("explorer_url", "max_age", "give_up_after", "retry_base", "retry_cap", "dispatch_interval",
-                "notify_confirmations", "incident_window", "group_wait", "channels", "rules", "dormancy", "balance")
+                "notify_confirmations", "incident_window", "group_wait", "group_interval", "channels", "rules", "dormancy", "balance")
 _DORMANCY_KEYS = ("name", "entities", "min_years", "min_btc", "channels")
 _BALANCE_KEYS = ("name", "entities", "below_btc", "drop_pct", "within_days", "channels")
 _RULE_KEYS = ("name", "entities", "kinds", "verdicts", "min_severity", "min_usd", "channels", "mode")
@@ -339,6 +340,7 @@ class AlertsConfig:
     notify_confirmations: bool = False  # an update when an alerted unconfirmed outflow confirms
     incident_window: int = DEFAULT_INCIDENT_WINDOW
     group_wait: int = DEFAULT_GROUP_WAIT
+    group_interval: int = DEFAULT_GROUP_INTERVAL
     channels: tuple[ChannelConfig, ...] = ()
     rules: tuple[Rule, ...] = ()
     dormancy: tuple[DormancyRule, ...] = ()
@@ -1189,6 +1191,7 @@ def _parse_alerts(value: Any, ctx: _Context) -> AlertsConfig:
         notify_confirmations=_take(t, "notify_confirmations", BOOLEAN, "alerts", pr, False),
         incident_window=_take(t, "incident_window", INTEGER, "alerts", pr, DEFAULT_INCIDENT_WINDOW, above=0),
         group_wait=_take(t, "group_wait", INTEGER, "alerts", pr, DEFAULT_GROUP_WAIT, at_least=0),
+        group_interval=_take(t, "group_interval", INTEGER, "alerts", pr, DEFAULT_GROUP_INTERVAL, at_least=0),
         channels=channels,
         rules=rules,
     )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from alerts.render import format_usd
 from alerts.router import Route, changes_between, incident_channels
 from monitor.export import flow_record
-from monitor.incidents import DEFAULT_GROUP_WAIT, DEFAULT_INCIDENT_WINDOW, incident_dedup_key, summarize, union
+from monitor.incidents import DEFAULT_GROUP_INTERVAL, DEFAULT_GROUP_WAIT, DEFAULT_INCIDENT_WINDOW, incident_dedup_key, summarize, union
 from monitor.model import Alert, Classification
 from monitor.pipeline import Decision
 from monitor.registry import Registry
@@ -28,10 +28,11 @@ __all__ = ["IncidentSettings", "plan_incidents", "incident_payload"]
 
 @dataclass(frozen=True)
 class IncidentSettings:
-    """Config `[alerts]` `incident_window` and `group_wait` (seconds)."""
+    """Config `[alerts]` `incident_window`, `group_wait` and `group_interval` (seconds)."""
 
     window: int = DEFAULT_INCIDENT_WINDOW
     group_wait: int = DEFAULT_GROUP_WAIT
+    group_interval: int = DEFAULT_GROUP_INTERVAL
 
 
 def _short(txid: str) -> str:
@@ -64,32 +65,33 @@ def incident_payload(store: Store, registry: Registry, inc: inc_store.IncidentRo
 
 
 def _queue(store: Store, registry: Registry, inc: inc_store.IncidentRow, kind: str, changes: Sequence[str],
-           channels: tuple[str, ...], *, now: int, group_wait: int) -> int:
+           channels: tuple[str, ...], *, now: int, settings: IncidentSettings, fold: bool = True) -> int:
     from monitor.alerting import thread_fields  # the one id scheme for every message
 
     payload = incident_payload(store, registry, inc, kind, changes, now=now)
     earlier = inc_store.incident_messages(store, inc.id)
-    pending = _pending_opening(store, earlier) if group_wait > 0 else None
-    if pending is not None:
-        # The opening message is still waiting out `group_wait`: it goes out with the latest totals instead.
-        payload.update({k: pending.payload.get(k) for k in ("message_id", "amends", "thread")})
-        payload["kind"] = "new"
-        payload["changes"] = []
-        outbox_store.replace_payload(store, pending.id, payload, channels=channels, now=now)
+    last = earlier[-1] if earlier else None
+    if fold and last is not None and last.id is not None and outbox_store.is_unsent(store, last.id):
+        # The last message is still waiting (group_wait / group_interval): it goes out once, with the
+        # latest totals and every change since the message before it.
+        payload.update({k: last.payload.get(k) for k in ("message_id", "amends", "thread")})
+        payload["kind"] = last.kind
+        payload["changes"] = [] if last.kind == "new" else [*last.payload.get("changes", []), *changes]
+        outbox_store.replace_payload(store, last.id, payload, channels=channels, now=now)
         return 0
     route = Route(kind, payload["dedup_key"], channels, tuple(changes))
     payload.update(thread_fields(store, route, earlier, now=now))
     alert = Alert(route.dedup_key, kind, channels, payload, created_at=now)
-    not_before = now + group_wait if kind == "new" else now
+    if kind == "new":
+        not_before = now + settings.group_wait
+    elif fold and last is not None and settings.group_interval:
+        sent = outbox_store.first_attempt_at(store, last.id) or now
+        not_before = max(now, sent + settings.group_interval)
+    else:
+        not_before = now
     outbox_store.queue_alert(store, alert, chain=inc.chain, entity=inc.entity, incident_id=inc.id, now=now,
                              not_before=not_before)
     return 1
-
-
-def _pending_opening(store: Store, earlier: Sequence[Alert]) -> Alert | None:
-    if len(earlier) == 1 and earlier[0].kind == "new" and outbox_store.is_unsent(store, earlier[0].id):
-        return earlier[0]
-    return None
 
 
 def plan_incidents(
@@ -144,7 +146,7 @@ def plan_incidents(
         at = _flow_at(d, now)
         inc = inc_store.find_open(store, c.chain, c.entity)
         if inc is not None and at - inc.last_flow_at > settings.window:
-            queued_early = _close(store, registry, inc, now=now, group_wait=settings.group_wait)
+            queued_early = _close(store, registry, inc, now=now, settings=settings)
             closed_count[0] += queued_early
             inc = None
         if inc is None:
@@ -170,20 +172,20 @@ def plan_incidents(
         kind = "new" if iid in opened else "update"
         channels = union(inc.channels, extra_channels.get(iid, ()))
         queued += _queue(store, registry, inc, kind, changes.get(iid, ()) if kind == "update" else (), channels,
-                         now=now, group_wait=settings.group_wait)
+                         now=now, settings=settings)
 
     touched = opened | set(changes)
     for inc in inc_store.open_incidents(store):
         if inc.id not in touched and now - inc.last_flow_at > settings.window:
-            queued += _close(store, registry, inc, now=now, group_wait=settings.group_wait)
+            queued += _close(store, registry, inc, now=now, settings=settings)
     return queued
 
 
-def _close(store: Store, registry: Registry, inc: inc_store.IncidentRow, *, now: int, group_wait: int) -> int:
+def _close(store: Store, registry: Registry, inc: inc_store.IncidentRow, *, now: int, settings: IncidentSettings) -> int:
     inc_store.close(store, inc.id, now=now)
     closed = inc_store.get_incident(store, inc.id)
     assert closed is not None
     days = (now - inc.last_flow_at) / 86_400
     note = f"incident closed: no sale for {days:.1f} days since its last transfer"
-    # Never folded into a pending opening message: the closing summary is its own message.
-    return _queue(store, registry, closed, "update", (note,), closed.channels, now=now, group_wait=0)
+    # Never folded into a pending message and never held: the closing summary is its own message, now.
+    return _queue(store, registry, closed, "update", (note,), closed.channels, now=now, settings=settings, fold=False)

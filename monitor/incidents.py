@@ -12,7 +12,12 @@ MARA's March 2026 campaign was 30 sales in three weeks; a desk wants ONE inciden
 - when no sale joined for `incident_window` seconds, the incident closes with a final `update` (the
   summary); the next sale opens a new incident;
 - `group_wait` (seconds, Alertmanager's name): the opening message waits this long, so a burst of flows
-  goes out as ONE opening message with the burst's totals rather than an opening plus updates.
+  goes out as ONE opening message with the burst's totals rather than an opening plus updates;
+- `group_interval` (seconds, Alertmanager's name): at most one update per interval; the flows in between
+  fold into the waiting update (86,400 = a daily summary of a campaign that sells twice a day).
+
+A message still waiting to be sent is rewritten in place (latest totals, every change since the message
+before it), never sent twice; the closing summary is never held.
 
 Totals are recomputed from what is stored (the flows' newest classifications) each time, never kept as
 running sums that could drift: BTC out (exact), USD (sum of the flows' USD values at their own prices),
@@ -30,11 +35,12 @@ from typing import Any
 from monitor.clock import iso
 from monitor.model import SALE_VERDICTS, SATS_PER_BTC, Entity, format_btc, severity_rank
 
-__all__ = ["DEFAULT_INCIDENT_WINDOW", "DEFAULT_GROUP_WAIT", "counts_in_incident", "summarize", "incident_dedup_key"]
+__all__ = ["DEFAULT_INCIDENT_WINDOW", "DEFAULT_GROUP_WAIT", "DEFAULT_GROUP_INTERVAL", "counts_in_incident", "summarize", "incident_dedup_key"]
 
 #: Seconds without a new sale after which an incident closes (MARA paused over weekends: 3 days).
 DEFAULT_INCIDENT_WINDOW = 7 * 86_400
 DEFAULT_GROUP_WAIT = 0
+DEFAULT_GROUP_INTERVAL = 0
 MAX_TRANSFERS_LISTED = 50
 
 

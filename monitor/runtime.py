@@ -194,7 +194,7 @@ def make_planner(config: Config, registry: Registry, *, label: str = ""):
         return None
     return AlertPlanner(registry, AlertSettings(rules=a.rules, explorer_url=a.explorer_url, max_age=a.max_age,
                                                 notify_confirmations=a.notify_confirmations, label=label,
-                                                incidents=IncidentSettings(a.incident_window, a.group_wait),
+                                                incidents=IncidentSettings(a.incident_window, a.group_wait, a.group_interval),
                                                 dormancy=a.dormancy, balance=a.balance))
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "flow_messages",
     "alert_count",
     "is_unsent",
+    "first_attempt_at",
     "replace_payload",
     "due",
     "begin_attempt",
@@ -131,6 +132,12 @@ def replace_payload(store: Store, alert_id: int | None, payload: dict[str, Any],
          "delivered_at": None}
         for c in channels if c not in have
     )
+
+
+def first_attempt_at(store: Store, alert_id: int | None) -> int | None:
+    """When the alert was first attempted on any channel (≈ sent), or None."""
+    row = store.db.execute("select min(at) from deliveries where alert_id = ?", [alert_id]).fetchone()
+    return row[0] if row else None
 
 
 def alert_count(store: Store) -> int:

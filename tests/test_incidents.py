@@ -233,10 +233,10 @@ async def test_the_mara_campaign_is_one_incident_that_grows(tmp_path, monkeypatc
     assert {p.get("thread_ts") for p in posts[1:]} == {"1772600000.000001"}
 
 
-async def test_group_wait_opens_the_incident_with_the_burst_in_one_message(tmp_path, monkeypatch):
-    """With `group_wait` = 6 h the 10:00 and 15:00 sales of March 4 open the incident as ONE message."""
+async def play_incident_rule(tmp_path, monkeypatch, alerts_lines: str, *, until: int | None = None) -> Receiver:
+    """Play the scenario (dispatching between polls, as the daemon does) with an incident rule for MARA's
+    sales on a webhook; `alerts_lines` go into [alerts]. Returns the receiver."""
     sc = await asyncio.to_thread(scenario)
-    sales = [f for f in sc.expected["MARA"].flows if f.verdict in SALE_VERDICTS and f.status == "active"]
     run = sc.start()
     db = tmp_path / "gw.db"
     async with EsploraServer(run.chain) as server, Receiver() as hook:
@@ -258,13 +258,13 @@ verdicts = ["balance_sheet_sale"]
 channels = ["hook"]
 """
         text = sc.config_toml(server.url, db, alert_max_age=400 * 86_400, extra_toml=extra)
-        text = text.replace("[alerts]\n", "[alerts]\ngroup_wait = 21600\n", 1)
+        text = text.replace("[alerts]\n", "[alerts]\n" + alerts_lines + "\n", 1)
         path = tmp_path / "gw.toml"
         await asyncio.to_thread(path.write_text, text)
         clock = FrozenClock(now=sc.start_time)
         async with runtime(await asyncio.to_thread(load_config, path), clock=clock) as rt:
             for step in sc.steps:
-                if step.at > sales[3].at:
+                if until is not None and step.at > until:
                     break
                 run.apply(step)
                 clock.now = step.at + 60
@@ -272,9 +272,34 @@ channels = ["hook"]
                 if step.observe or step.entity == "MARA":
                     await rt.pipeline.tick(rt.sources[0])
                     await rt.dispatcher.dispatch_once()
+    return hook
+
+
+def mara_sales():
+    return [f for f in scenario().expected["MARA"].flows if f.verdict in SALE_VERDICTS and f.status == "active"]
+
+
+async def test_group_wait_opens_the_incident_with_the_burst_in_one_message(tmp_path, monkeypatch):
+    """With `group_wait` = 6 h the 10:00 and 15:00 sales of March 4 open the incident as ONE message."""
+    sales = await asyncio.to_thread(mara_sales)
+    hook = await play_incident_rule(tmp_path, monkeypatch, "group_wait = 21600", until=sales[3].at)
     bodies = signed_bodies(hook)
     assert [b["kind"] for b in bodies] == ["new", "update", "update"]
     opening = bodies[0]["incident"]
     assert opening["flows"] == 2 and opening["out_units"] == sales[0].out_sat + sales[1].out_sat
     assert [b["incident"]["flows"] for b in bodies[1:]] == [3, 4]
     assert all(b["amends"] == bodies[0]["message_id"] for b in bodies[1:])
+
+
+async def test_group_interval_makes_a_daily_summary_that_tells_every_sale_once(tmp_path, monkeypatch):
+    sales = await asyncio.to_thread(mara_sales)
+    hook = await play_incident_rule(tmp_path, monkeypatch, "group_interval = 86400")
+    bodies = signed_bodies(hook)
+    days = (sales[-1].at - sales[0].at) / 86_400
+    assert bodies[0]["kind"] == "new" and all(b["kind"] == "update" for b in bodies[1:])
+    assert len(bodies) <= days + 2 < len(sales)  # at most one message a day, not one per sale
+    told = [c for b in bodies[1:] for c in b["changes"] if c.startswith("new transfer")]
+    assert len(told) == len(sales) - 1  # every later sale is told exactly once, in the update that took it in
+    assert bodies[-1]["incident"]["out_units"] == sum(s.out_sat for s in sales)
+    sent = [int(r.headers["webhook-timestamp"]) for r in hook.requests]
+    assert all(b - a >= 86_400 - 3_600 for a, b in zip(sent[1:], sent[2:]))  # updates a day apart (within a tick)
