@@ -2,8 +2,9 @@
 
 - **Dormancy** (`[[alerts.dormancy]]`): a watched entity's transaction spends outputs that sat unmoved for
   at least `min_years` (age = this tx's time − the block time of the tx that funded each spent output, both
-  from storage). Whale Alert's best-known alert. One alert per (tx, entity); inputs whose funding tx is not
-  stored (no backfill) are counted as "age unknown" and said so, never guessed. What else looks like this
+  from storage). Whale Alert's best-known alert. Inputs whose funding tx is not
+  stored (no backfill) are counted as "age unknown" and said so, never guessed. One alert per set of old
+  outputs (an RBF replacement spends the same coins: not a second alert). What else looks like this
   on chain: an entity moving its own long-held cold storage (a consolidation, a custody change); the alert
   names the flow's verdict so the reader sees "internal" or "custody_move" rather than assuming a sale.
 - **Balance** (`[[alerts.balance]]`): the entity's confirmed balance (its addresses' latest snapshots)
@@ -110,7 +111,10 @@ def plan_dormancy(store: Store, registry: Registry, rules: Sequence[DormancyRule
             old_units = sum(i.value for i, _, _ in old)
             if not old or old_units < Decimal(str(rule.min_btc)) * SATS_PER_BTC:
                 continue
-            key = f"dormancy:{c.chain}:{c.txid}:{c.entity}:{rule.name}"
+            # Keyed by the old outputs, not the txid: an RBF replacement or a re-broadcast after a reorg
+            # spends the same coins, and that is the same awakening, told once.
+            spent = ",".join(sorted(f"{i.prev_txid}:{i.prev_vout}" for i, _, _ in old))
+            key = f"dormancy:{c.chain}:{c.entity}:{rule.name}:{hashlib.sha256(spent.encode()).hexdigest()[:24]}"
             if watch_store.alert_exists(store, key):
                 continue
             oldest_in, oldest_age, (oldest_time, oldest_height) = max(old, key=lambda x: x[1])

@@ -57,6 +57,7 @@ async def test_coins_funded_years_before_moving_raise_one_dormancy_alert(tmp_pat
     hot, young_hot, exch = chain.address("old-hot"), chain.address("young-hot"), chain.address("exch")
     old = chain.fund(hot, 50 * COIN)  # mined 2017-06-01
     funded_at = chain.blocks[-1].time
+    old2 = chain.fund(hot, 40 * COIN)
     chain.mine(time=ts(2025, 9, 1))
     young = chain.fund(hot, 20 * COIN)  # mined 2025-09: half a year old when spent
     chain.mine(time=ts(2026, 3, 5, 12))
@@ -74,7 +75,17 @@ async def test_coins_funded_years_before_moving_raise_one_dormancy_alert(tmp_pat
             assert r.exit_code == 0, r.output
             r = await cli_run("-c", cfg, "alerts", "dispatch")
             assert r.exit_code == 0, r.output
-    [req] = hook.requests
+        # more 2017 coins move, first unconfirmed, then replaced (RBF): the same coins, ONE more alert
+        first = chain.pay([], [(exch, 39 * COIN)], inputs=[old2], fee=1_000)
+        for _ in range(2):
+            assert (await cli_run("-c", cfg, "poll")).exit_code == 0
+            assert (await cli_run("-c", cfg, "alerts", "dispatch")).exit_code == 0
+            if _ == 0:
+                replacement = chain.replace(first.txid, fee=9_000)
+                chain.mine()
+    req, again = hook.requests
+    assert again.json["watch"]["txid"] == first.txid and again.json["watch"]["dormant_units"] == 40 * COIN
+    assert replacement.txid != first.txid
     body = req.json
     assert body["schema"] == "treasury-monitor.flow/1" and body["txid"] == spend.txid  # the flow rides along
     w = body["watch"]
@@ -85,8 +96,9 @@ async def test_coins_funded_years_before_moving_raise_one_dormancy_alert(tmp_pat
     assert any(f"{(spent_at - funded_at) / YEAR:.1f} years before it was spent" in x for x in body["reasons"])
     assert any("verdict is" in x for x in body["reasons"])
     rows = await in_store(tmp_path / "d.db", alert_rows)
-    assert [r["dedup_key"] for r in rows] == [f"dormancy:bitcoin:{spend.txid}:Old Miner:sleepers"]
-    title = rows[0]["payload"]["title"]
+    row = rows[0]
+    assert len(rows) == 2 and row["dedup_key"].startswith("dormancy:bitcoin:Old Miner:sleepers:") and row["entity"] == "Old Miner"
+    title = row["payload"]["title"]
     assert title.startswith("Old Miner: 50 BTC dormant 8.8 years moved")
 
 
