@@ -114,7 +114,8 @@ def message_id_of(alert: Alert) -> str:
     stored = (alert.payload or {}).get("message_id")
     if isinstance(stored, str) and stored:
         return stored
-    digest = hashlib.sha256(f"{alert.dedup_key}\n{alert.kind}\n{alert.id}\n{alert.created_at}".encode()).hexdigest()
+    # Not `created_at`: `alerts retry` restarts that clock, and a retried message must keep its id.
+    digest = hashlib.sha256(f"{alert.dedup_key}\n{alert.kind}\n{alert.id}".encode()).hexdigest()
     return f"msg_{digest[:32]}"
 
 

@@ -233,9 +233,10 @@ async def test_the_mara_campaign_is_one_incident_that_grows(tmp_path, monkeypatc
     assert {p.get("thread_ts") for p in posts[1:]} == {"1772600000.000001"}
 
 
-async def play_incident_rule(tmp_path, monkeypatch, alerts_lines: str, *, until: int | None = None) -> Receiver:
-    """Play the scenario (dispatching between polls, as the daemon does) with an incident rule for MARA's
-    sales on a webhook; `alerts_lines` go into [alerts]. Returns the receiver."""
+async def play_incident_rule(tmp_path, monkeypatch, alerts_lines: str, *, until: int | None = None,
+                             entity: str = "MARA", verdicts: str = '["balance_sheet_sale"]') -> Receiver:
+    """Play the scenario (dispatching between polls, as the daemon does) with an incident rule for an
+    entity's sales on a webhook; `alerts_lines` go into [alerts]. Returns the receiver."""
     sc = await asyncio.to_thread(scenario)
     run = sc.start()
     db = tmp_path / "gw.db"
@@ -251,12 +252,12 @@ secret = { env = "TM_GW_SECRET" }
 min_interval = 0
 
 [[alerts.rules]]
-name = "mara-campaign"
-entities = ["MARA"]
+name = "campaign"
+entities = ["ENTITY"]
 mode = "incident"
-verdicts = ["balance_sheet_sale"]
+verdicts = VERDICTS
 channels = ["hook"]
-"""
+""".replace("ENTITY", entity).replace("VERDICTS", verdicts)
         text = sc.config_toml(server.url, db, alert_max_age=400 * 86_400, extra_toml=extra)
         text = text.replace("[alerts]\n", "[alerts]\n" + alerts_lines + "\n", 1)
         path = tmp_path / "gw.toml"
@@ -269,7 +270,7 @@ channels = ["hook"]
                 run.apply(step)
                 clock.now = step.at + 60
                 await rt.dispatcher.dispatch_once()  # what the daemon's dispatcher does between polls
-                if step.observe or step.entity == "MARA":
+                if step.observe or step.entity == entity:
                     await rt.pipeline.tick(rt.sources[0])
                     await rt.dispatcher.dispatch_once()
     return hook
@@ -303,3 +304,30 @@ async def test_group_interval_makes_a_daily_summary_that_tells_every_sale_once(t
     assert bodies[-1]["incident"]["out_units"] == sum(s.out_sat for s in sales)
     sent = [int(r.headers["webhook-timestamp"]) for r in hook.requests]
     assert all(b - a >= 86_400 - 3_600 for a, b in zip(sent[1:], sent[2:]))  # updates a day apart (within a tick)
+
+
+async def test_a_reorged_out_tranche_and_an_rbf_replacement_update_the_incident_totals(tmp_path, monkeypatch):
+    sc = await asyncio.to_thread(scenario)
+    for entity in ("Cango", "Riot"):
+        exp = sc.expected[entity]
+        [gone] = exp.retracted_txids
+        await asyncio.to_thread((tmp_path / entity).mkdir)
+        hook = await play_incident_rule(tmp_path / entity, monkeypatch, "", entity=entity,
+                                        verdicts=json.dumps(sorted(SALE_VERDICTS)))
+        bodies = signed_bodies(hook)
+        told = [c for b in bodies for c in b["changes"] if gone[:10] in c]
+        final = bodies[-1]["incident"]
+        counted = {t["txid"] for t in final["transfers"]}
+        assert gone not in counted
+        sales = [f for f in exp.flows if f.verdict in SALE_VERDICTS and f.status == "active"]
+        # the totals end as the sales that stayed: the retracted one left them
+        by_incident = {}
+        for b in bodies:
+            by_incident[b["incident_id"]] = b["incident"]
+        assert sum(i["out_units"] for i in by_incident.values()) == sum(f.out_sat for f in sales)
+        assert any(gone in {t["txid"] for t in b["incident"]["transfers"]} for b in bodies)  # it counted while it stood
+        said = [c for c in told if not c.startswith("new transfer")]
+        if entity == "Cango":  # reorged out: said so, once
+            assert said == [f"transfer {gone[:10]}… retracted: its block was orphaned by a reorg; no longer counted"]
+        else:  # replaced: told as the replacement of that transfer, not as a retraction plus a new sale
+            assert len(said) == 1 and said[0].startswith(f"transfer {gone[:10]}… replaced (RBF) by")
