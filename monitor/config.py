@@ -1179,6 +1179,12 @@ def _parse_alerts(value: Any, ctx: _Context) -> AlertsConfig:
     names = {c.name for c in channels}
     rules = _parse_rules(t.get("rules", []), ctx, names)
     dormancy, balance = _parse_watches(t, ctx, names)
+    webhook_slack = {c.name for c in channels if c.type == "slack" and "webhook_url" in dict(c.settings)}
+    for i, r in enumerate(rules):
+        for ch in r.channels:
+            if r.mode == "incident" and ch in webhook_slack:
+                ctx.warn(f"alerts.rules[{i}]", f"channel {ch!r} is a Slack Incoming Webhook, which cannot thread: each "
+                         "incident update arrives as its own message (a bot_token with channel_id threads them)")
     return AlertsConfig(
         dormancy=dormancy,
         balance=balance,

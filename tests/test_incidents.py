@@ -331,3 +331,15 @@ async def test_a_reorged_out_tranche_and_an_rbf_replacement_update_the_incident_
             assert said == [f"transfer {gone[:10]}… retracted: its block was orphaned by a reorg; no longer counted"]
         else:  # replaced: told as the replacement of that transfer, not as a retraction plus a new sale
             assert len(said) == 1 and said[0].startswith(f"transfer {gone[:10]}… replaced (RBF) by")
+
+
+def test_an_incident_rule_on_a_slack_incoming_webhook_warns_that_it_cannot_thread(tmp_path, monkeypatch):
+    from monitor.config import parse_config
+
+    monkeypatch.setenv("TM_SLACK_URL", "https://hooks.slack.com/services/T0/B0/x")
+    cfg = parse_config({
+        "monitor": {"storage": str(tmp_path / "x.db")},
+        "alerts": {"channels": [{"name": "s", "type": "slack", "webhook_url": {"env": "TM_SLACK_URL"}}],
+                   "rules": [{"name": "campaigns", "mode": "incident", "channels": ["s"]}]},
+    }, base_dir=tmp_path)
+    assert any("cannot thread" in w and "bot_token" in w for w in cfg.warnings)
