@@ -337,3 +337,17 @@ def test_console_strips_control_characters():
         "[CRITICAL] MARA sold 1,250.00000000 BTC ($85.5M) to exchange:Binance — balance_sheet_sale"
     )
     assert f"https://mempool.space/tx/{TXID}" in out
+
+
+def test_apprise_markdown_cannot_be_made_into_links_or_mentions_by_a_label():
+    from alerts.render import render_apprise
+
+    flow = make_flow()
+    flow["destinations"][0]["attribution"] = "exchange:[click me](https://evil.example) <!channel> *bold*"
+    flow["classification"]["reasons"] = ["label says [here](https://evil.example)"]
+    title, body = render_apprise(make_payload(flow=flow))
+    assert "](https://evil.example)" not in body.replace("\\](", "")  # every bracket is escaped
+    assert "\\[click me\\]" in body and "\\<!channel\\>" in body and "\\*bold\\*" in body
+    assert title.startswith("[CRITICAL] ") or title.startswith("[")
+    _, text = render_apprise(make_payload(flow=flow), "text")
+    assert "[click me](https://evil.example)" in text  # plain text shows it as text, which is safe there
