@@ -232,6 +232,10 @@ def commit_batch(
                          provisional=provisional_inputs(txs.get(f.txid), f.entity, registry))
             stored, prev = store.save_classification(c, context=context_json(ctx), now=now)
             decisions.append(Decision(f, stored, prev, ctx))
+        # Balances before alerts: balance alerts read the state this batch leaves (same transaction).
+        store.save_snapshots(batch.snapshots)
+        if batch.utxos_added or batch.utxos_spent:
+            apply_utxo_changes(store, batch.chain, batch.utxos_added, batch.utxos_spent)
         if alert_hook is not None:
             alerts = alert_hook(store, decisions, retracted, now=now,
                                 events=TickEvents(replaced_by, frozenset(confirmed)))
@@ -243,9 +247,6 @@ def commit_batch(
             if d is not None:
                 decisions.append(d)
                 alerts += int(d.is_changed)
-        store.save_snapshots(batch.snapshots)
-        if batch.utxos_added or batch.utxos_spent:
-            apply_utxo_changes(store, batch.chain, batch.utxos_added, batch.utxos_spent)
         store.set_cursors(batch.cursors, now=now)
     return TickResult(
         source=batch.source,

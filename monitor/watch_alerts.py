@@ -7,7 +7,8 @@
   outputs (an RBF replacement spends the same coins: not a second alert). What else looks like this
   on chain: an entity moving its own long-held cold storage (a consolidation, a custody change); the alert
   names the flow's verdict so the reader sees "internal" or "custody_move" rather than assuming a sale.
-- **Balance** (`[[alerts.balance]]`): the entity's confirmed balance (its addresses' latest snapshots)
+- **Balance** (`[[alerts.balance]]`): the entity's confirmed balance (its addresses' latest snapshots in
+  address mode, its watched UTXO set in block mode)
   crosses below `below_btc`, or falls at least `drop_pct` % below its highest point within `within_days`
   (the history is rebuilt from the current balance and the stored confirmed flows since). Each condition
   alerts when it starts and again only after it has cleared (a drop: below half its threshold), so a
@@ -180,7 +181,7 @@ def plan_balances(store: Store, registry: Registry, rules: Sequence[BalanceRule]
             except KeyError:
                 continue
             addresses = [a.address for a in entity.addresses if a.chain == "bitcoin"]
-            snap = watch_store.confirmed_balance(store, "bitcoin", addresses)
+            snap = watch_store.confirmed_balance(store, "bitcoin", addresses, now=now)
             if snap is None:
                 continue
             current, as_of = snap

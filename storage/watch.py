@@ -20,9 +20,33 @@ __all__ = [
 ]
 
 
-def confirmed_balance(store: Store, chain: str, addresses: Sequence[str]) -> tuple[int, int] | None:
-    """(sum of the addresses' latest confirmed balances, oldest of those snapshots' times), or None when
-    no address has a snapshot."""
+def confirmed_balance(store: Store, chain: str, addresses: Sequence[str], *, now: int) -> tuple[int, int] | None:
+    """(the addresses' confirmed balance, as of when): from block mode's watched UTXO set when it holds
+    any of them (as of the newest stored confirmed tx), else from their latest balance snapshots
+    (address mode; as of the oldest of those); None when neither has anything for these addresses."""
+    total, seen = 0, False
+    for i in range(0, len(addresses), 400):
+        chunk = list(addresses[i : i + 400])
+        marks = ",".join("?" * len(chunk))
+        for r in store.query(
+            f"select value_units from watched_utxos where chain = ? and address in ({marks}) and height is not null",
+            [chain, *chunk],
+        ):
+            seen = True
+            total += int(r["value_units"])
+    if seen:
+        # The set is as current as the newest block applied; the newest stored confirmed tx is a safe
+        # "as of" (a poll that has not applied the latest block yet must not date the balance `now`).
+        row = store.db.execute(
+            "select max(block_time) from transactions where chain = ? and status = 'confirmed' and block_time <= ?",
+            [chain, now],
+        ).fetchone()
+        return total, (row[0] if row and row[0] is not None else now)
+    # Block mode may also have seeded snapshots once; they are stale there, hence the UTXO set first.
+    return _snapshot_balance(store, chain, addresses)
+
+
+def _snapshot_balance(store: Store, chain: str, addresses: Sequence[str]) -> tuple[int, int] | None:
     total, oldest, seen = 0, None, False
     for i in range(0, len(addresses), 400):
         chunk = list(addresses[i : i + 400])

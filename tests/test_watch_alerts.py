@@ -7,6 +7,7 @@ import datetime as dt
 import functools
 from pathlib import Path
 
+import pytest
 from builders import (
     BUNDLED_PRICES,
     COIN,
@@ -110,7 +111,8 @@ def scenario():
     return build_scenario(seed=2026, scale=1.0)
 
 
-async def test_mara_balance_drop_and_level_crossing_alert_once_each(tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode", ["address", "block"])
+async def test_mara_balance_drop_and_level_crossing_alert_once_each(tmp_path, monkeypatch, mode):
     sc = await asyncio.to_thread(scenario)
     run = sc.start()
     db = tmp_path / "b.db"
@@ -134,8 +136,9 @@ within_days = 7
 channels = ["hook"]
 """
         path = tmp_path / "b.toml"
-        await asyncio.to_thread(path.write_text, sc.config_toml(server.url, db, alert_max_age=400 * 86_400,
-                                                                 extra_toml=extra))
+        text = sc.config_toml(server.url, db, alert_max_age=400 * 86_400, extra_toml=extra)
+        text = text.replace('type = "esplora"\n', f'type = "esplora"\nmode = "{mode}"\n', 1)
+        await asyncio.to_thread(path.write_text, text)
         clock = FrozenClock(now=sc.start_time)
         async with runtime(await asyncio.to_thread(load_config, path), clock=clock) as rt:
             for step in sc.steps:
