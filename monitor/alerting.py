@@ -9,6 +9,7 @@ alert commits together with the classification that caused it. `StoreQueue` expo
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -157,12 +158,14 @@ class AlertPlanner:
                     route = Route("update", dedup_key(c.chain, c.txid, c.entity, c.verdict), tuple(heard),
                                   (f"confirmed in block {d.flow.block_height}",))
                     queued += self._queue(store, route, c, now=now)
-        queued += plan_incidents(store, self.registry, self.settings.rules, self.settings.incidents, decisions, retracted,
+        label = self.settings.label
+        incidents = dataclasses.replace(self.settings.incidents, label=label)
+        queued += plan_incidents(store, self.registry, self.settings.rules, incidents, decisions, retracted,
                                  replacing=replacing, is_live=self._is_live, now=now)
         queued += plan_dormancy(store, self.registry, self.settings.dormancy, decisions, is_live=self._is_live,
-                                explorer_url=self.settings.explorer_url, now=now)
+                                explorer_url=self.settings.explorer_url, now=now, label=label)
         if self.settings.balance:
-            queued += plan_balances(store, self.registry, self.settings.balance, now=now)
+            queued += plan_balances(store, self.registry, self.settings.balance, now=now, label=label)
         return queued
 
 

@@ -33,6 +33,7 @@ class IncidentSettings:
     window: int = DEFAULT_INCIDENT_WINDOW
     group_wait: int = DEFAULT_GROUP_WAIT
     group_interval: int = DEFAULT_GROUP_INTERVAL
+    label: str = ""  # e.g. SIMULATED (the demo): on every incident message
 
 
 def _short(txid: str) -> str:
@@ -69,6 +70,8 @@ def _queue(store: Store, registry: Registry, inc: inc_store.IncidentRow, kind: s
     from monitor.alerting import thread_fields  # the one id scheme for every message
 
     payload = incident_payload(store, registry, inc, kind, changes, now=now)
+    if settings.label:
+        payload["label"] = settings.label
     earlier = inc_store.incident_messages(store, inc.id)
     last = earlier[-1] if earlier else None
     if fold and last is not None and last.id is not None and outbox_store.is_unsent(store, last.id):

@@ -73,7 +73,9 @@ def _message_id(key: str, now: int) -> str:
 
 
 def _queue(store: Store, key: str, channels: tuple[str, ...], payload: dict, *, entity: str, chain: str,
-           txid: str = "", now: int) -> int:
+           txid: str = "", now: int, label: str = "") -> int:
+    if label:
+        payload = {**payload, "label": label}
     payload = {"kind": "new", "dedup_key": key, "changes": [], "explorer_url": None, "message_id": _message_id(key, now),
                "amends": None, "thread": [], **payload}
     alert = Alert(key, "new", channels, payload, created_at=now)
@@ -86,7 +88,7 @@ def _queue(store: Store, key: str, channels: tuple[str, ...], payload: dict, *, 
 
 
 def plan_dormancy(store: Store, registry: Registry, rules: Sequence[DormancyRule], decisions: Sequence[Decision], *,
-                  is_live: Callable, explorer_url: str | None, now: int) -> int:
+                  is_live: Callable, explorer_url: str | None, now: int, label: str = "") -> int:
     """Queue a dormancy alert for each new outflow that spends coins older than a rule's `min_years`."""
     if not rules:
         return 0
@@ -152,7 +154,7 @@ def plan_dormancy(store: Store, registry: Registry, rules: Sequence[DormancyRule
                           "oldest_years": round(years, 3), "oldest_funding_txid": oldest_in.prev_txid,
                           "oldest_funding_height": oldest_height, "unknown_age_inputs": len(unknown)},
             }
-            queued += _queue(store, key, rule.channels, payload, entity=c.entity, chain=c.chain, now=now)
+            queued += _queue(store, key, rule.channels, payload, entity=c.entity, chain=c.chain, now=now, label=label)
     return queued
 
 
@@ -171,7 +173,7 @@ def balance_history(current: int, as_of: int, flows_newest_first: Sequence[tuple
     return points
 
 
-def plan_balances(store: Store, registry: Registry, rules: Sequence[BalanceRule], *, now: int) -> int:
+def plan_balances(store: Store, registry: Registry, rules: Sequence[BalanceRule], *, now: int, label: str = "") -> int:
     """Evaluate every balance rule from stored snapshots and flows; queue an alert for each condition that starts."""
     queued = 0
     for rule in rules:
@@ -189,9 +191,9 @@ def plan_balances(store: Store, registry: Registry, rules: Sequence[BalanceRule]
             flows = watch_store.net_flows_since(store, "bitcoin", name, since)
             history = balance_history(current, as_of, flows)
             if rule.below_btc is not None:
-                queued += _level(store, rule, entity, current, history, flows, now=now)
+                queued += _level(store, rule, entity, current, history, flows, now=now, label=label)
             if rule.drop_pct is not None:
-                queued += _drop(store, rule, entity, current, history, flows, now=now)
+                queued += _drop(store, rule, entity, current, history, flows, now=now, label=label)
     return queued
 
 
@@ -203,7 +205,7 @@ def _outflows_line(flows: Sequence[tuple[int, int, str]], after: int, as_of: int
     return f"{len(outs)} outflow{'s' if len(outs) != 1 else ''} since then took {_btc(total)} BTC (newest {outs[0][2]})"
 
 
-def _level(store: Store, rule: BalanceRule, entity, current: int, history, flows, *, now: int) -> int:
+def _level(store: Store, rule: BalanceRule, entity, current: int, history, flows, *, now: int, label: str = "") -> int:
     assert rule.below_btc is not None
     level = int(Decimal(str(rule.below_btc)) * SATS_PER_BTC)
     key = f"balance:{rule.name}:{entity.name}:below"
@@ -225,10 +227,11 @@ def _level(store: Store, rule: BalanceRule, entity, current: int, history, flows
         "watch": {"type": "balance_below", "rule": rule.name, "entity": entity.name, "balance_units": current,
                   "as_of": iso(history[0][0]), "level_units": level},
     }
-    return _queue(store, f"{key}:{now}", rule.channels, payload, entity=entity.name, chain="bitcoin", now=now)
+    return _queue(store, f"{key}:{now}", rule.channels, payload, entity=entity.name, chain="bitcoin", now=now,
+                  label=label)
 
 
-def _drop(store: Store, rule: BalanceRule, entity, current: int, history, flows, *, now: int) -> int:
+def _drop(store: Store, rule: BalanceRule, entity, current: int, history, flows, *, now: int, label: str = "") -> int:
     assert rule.drop_pct is not None
     peak_at, peak = max(history, key=lambda p: (p[1], p[0]))
     key = f"balance:{rule.name}:{entity.name}:drop"
@@ -259,4 +262,5 @@ def _drop(store: Store, rule: BalanceRule, entity, current: int, history, flows,
         "watch": {"type": "balance_drop", "rule": rule.name, "entity": entity.name, "balance_units": current,
                   "as_of": iso(history[0][0]), "peak_units": peak, "peak_at": iso(peak_at), "drop_pct": round(pct, 3)},
     }
-    return _queue(store, f"{key}:{now}", rule.channels, payload, entity=entity.name, chain="bitcoin", now=now)
+    return _queue(store, f"{key}:{now}", rule.channels, payload, entity=entity.name, chain="bitcoin", now=now,
+                  label=label)

@@ -25,7 +25,7 @@ from fakes.receiver import Receiver, block_kit_problems, free_port
 from alerts.channels.console import ConsoleChannel
 from alerts.channels.email import EmailChannel
 from alerts.channels.slack import SlackChannel
-from alerts.channels.webhook import WebhookChannel, verify_signature
+from alerts.channels.webhook import WebhookChannel, verify_standard
 from monitor.clock import FrozenClock
 from monitor.config import load_config
 from monitor.runtime import runtime
@@ -231,7 +231,7 @@ async def test_signed_webhooks_from_the_episode(tmp_path_factory):
             await channel.send(a)
         reqs = await rx.wait_for(len(alerts))
     for a, req in zip(alerts, reqs):
-        assert verify_signature(SECRET, req.headers["X-Timestamp"], req.body, req.headers["X-Signature"], now=clock.now)
+        assert verify_standard(SECRET, req.headers, req.body, now=clock.now)
         c, flow = _flow_and_cls(a, flows, cls)
         body = req.json["classification"]
         for key in ("verdict", "severity", "reasons", "usd_value", "btc_usd", "hashprice_usd", "version"):

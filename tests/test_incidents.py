@@ -263,7 +263,7 @@ channels = ["hook"]
         path = tmp_path / "gw.toml"
         await asyncio.to_thread(path.write_text, text)
         clock = FrozenClock(now=sc.start_time)
-        async with runtime(await asyncio.to_thread(load_config, path), clock=clock) as rt:
+        async with runtime(await asyncio.to_thread(load_config, path), clock=clock, alert_label="SIMULATED") as rt:
             for step in sc.steps:
                 if until is not None and step.at > until:
                     break
@@ -302,6 +302,8 @@ async def test_group_interval_makes_a_daily_summary_that_tells_every_sale_once(t
     told = [c for b in bodies[1:] for c in b["changes"] if c.startswith("new transfer")]
     assert len(told) == len(sales) - 1  # every later sale is told exactly once, in the update that took it in
     assert bodies[-1]["incident"]["out_units"] == sum(s.out_sat for s in sales)
+    # the demo's label reaches incident messages too: the scenario is simulated
+    assert all(b["label"] == "SIMULATED" and b["title"].startswith("SIMULATED: ") for b in bodies)
     sent = [int(r.headers["webhook-timestamp"]) for r in hook.requests]
     assert all(b - a >= 86_400 - 3_600 for a, b in zip(sent[1:], sent[2:]))  # updates a day apart (within a tick)
 
