@@ -7,6 +7,8 @@
                                   balance and price with outflows by verdict, the flows table with
                                   filters and paging, hop traces, dated facts with sources, candidates
     GET /scenarios                price and difficulty cases → hashprice, breakeven, miners below cost
+    GET /miners?since=            the chain-wide miner view (`monitor.dashboard_miners`, the same view as
+                                  /api/miners): production by pool, measured vs reported, outflows, MPI
     GET /static/...               the CSS and the one small script; no asset comes from elsewhere
 
 Read-only and offline: pages are rendered with jinja2 (autoescaped) from storage reads, charts are inline
@@ -413,6 +415,20 @@ def add_routes(app: web.Application, daemon_key: web.AppKey) -> None:
         table = await daemon.rt.store.run(scenario_html)
         return _render("scenarios.html", nav="scenarios", table=table)
 
+    async def miners(request: web.Request) -> web.Response:
+        from monitor.dashboard_miners import miners_page
+        from monitor.miners import view_for_registry
+
+        daemon = daemon_of(request)
+        raw = request.query.get("since") or ""
+        try:
+            since = parse_iso(raw) if raw else None
+        except ValueError as exc:
+            raise web.HTTPBadRequest(text=f"since: expected an ISO date: {exc}") from None
+        registry = daemon.rt.pipeline.registry
+        view = await daemon.rt.store.run(lambda store: view_for_registry(store, registry, since=since))
+        return _render("miners.html", nav="miners", since=raw, **miners_page(view))
+
     async def static(request: web.Request) -> web.Response:
         found = _STATIC.get(request.match_info["name"])
         if found is None:
@@ -424,5 +440,6 @@ def add_routes(app: web.Application, daemon_key: web.AppKey) -> None:
     app.router.add_get("/", index)
     app.router.add_get("/entity/{name:.+}", entity)
     app.router.add_get("/scenarios", scenarios)
+    app.router.add_get("/miners", miners)
     app.router.add_get("/static/{name}", static)
 

@@ -82,6 +82,7 @@ __all__ = [
     "summarize_entities",
     "build_report",
     "miner_view_section",
+    "mpi_summary",
     "render_png",
     "write_report",
     "REPORT_FORMATS",
@@ -884,18 +885,43 @@ def miner_view_section(view: dict[str, Any]) -> str:
             out.append(f"<tr><td>{_e(kind)}</td><td>{_btc(sat)}</td><td>{_btc(pool_sat)}</td></tr>")
         out.append("</tbody></table>")
     to_x = view["miner_to_exchange"]
-    line = f"Miner-to-exchange: {_btc(sum(d['sat'] for d in to_x))} BTC over {len(to_x)} day(s)."
+    line = f"Miner-to-exchange: {_btc(sum(d['sat'] for d in to_x))} BTC over {len(to_x)} day(s). {_e(mpi_summary(view))}"
+    out.append(f"<p>{line}</p>")
+    if any(p["mpi"] is not None for p in view["mpi"]):
+        out.append(_img(_mpi_png(view), "Miner Position Index per day"))
+    out.append("</section>")
+    return "".join(out)
+
+
+def mpi_summary(view: dict[str, Any]) -> str:
+    """The Miner Position Index in a sentence: the last and the peak value, and the days the average uses."""
     last = next((p for p in reversed(view["mpi"]) if p["mpi"] is not None), None)
     peak = max((p for p in view["mpi"] if p["mpi"] is not None), key=lambda p: p["mpi"], default=None)
-    if last is not None and peak is not None:
-        used = view["mpi_days_used"]
-        note = "" if used >= view["mpi_window"] else f", average over the {used} days covered (fewer than 365)"
-        line += (f" Miner Position Index (outflow USD / its {view['mpi_window']}-day average): {last['mpi']:.2f} on "
-                 f"{_e(last['day'])}, peak {peak['mpi']:.2f} on {_e(peak['day'])}{note}.")
-    else:
-        line += " Miner Position Index: no priced miner outflow yet."
-    out.append(f"<p>{line}</p></section>")
-    return "".join(out)
+    if last is None or peak is None:
+        return "Miner Position Index: no priced miner outflow yet."
+    used = view["mpi_days_used"]
+    note = "" if used >= view["mpi_window"] else f", average over the {used} days covered (fewer than 365)"
+    return (f"Miner Position Index (outflow USD / its {view['mpi_window']}-day average): {last['mpi']:.2f} on "
+            f"{last['day']}, peak {peak['mpi']:.2f} on {peak['day']}{note}.")
+
+
+def _mpi_png(view: dict[str, Any]) -> bytes:
+    """The MPI line per day, the reference at 1 dashed, and the days-used caveat in the title."""
+    pts = [p for p in view["mpi"] if p["mpi"] is not None]
+    xs = [_dt.datetime.fromisoformat(p["day"]) for p in pts]
+    fig = Figure(figsize=(9.6, 2.6))
+    ax = fig.add_axes((0.075, 0.2, 0.9, 0.65))
+    ax.plot(xs, [p["mpi"] for p in pts], color="#0072B2", marker="o", markersize=3, linewidth=1.8)
+    ax.axhline(1.0, color="#6F6F6F", linestyle="--", linewidth=1)
+    used, window = view["mpi_days_used"], view["mpi_window"]
+    note = f"average over the {used} days covered, fewer than {window}" if used < window else f"{window}-day average"
+    ax.set_title(_mpl(f"Miner Position Index: miners' outflow USD / its average ({note})"), fontsize=9, loc="left")
+    ax.set_ylim(bottom=0)
+    loc = AutoDateLocator()
+    ax.xaxis.set_major_locator(loc)
+    ax.xaxis.set_major_formatter(ConciseDateFormatter(loc))
+    ax.grid(axis="y", color="#E5E5E5")
+    return _png(fig)
 
 
 def render_png(
