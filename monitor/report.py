@@ -917,6 +917,10 @@ def _mpi_png(view: dict[str, Any]) -> bytes:
     note = f"average over the {used} days covered, fewer than {window}" if used < window else f"{window}-day average"
     ax.set_title(_mpl(f"Miner Position Index: miners' outflow USD / its average ({note})"), fontsize=9, loc="left")
     ax.set_ylim(bottom=0)
+    # the whole covered span, not just the priced days: how long the index has been flat at no outflow shows
+    pad = _dt.timedelta(hours=12)
+    ax.set_xlim(_dt.datetime.fromisoformat(view["mpi"][0]["day"]) - pad,
+                _dt.datetime.fromisoformat(view["mpi"][-1]["day"]) + pad)
     loc = AutoDateLocator()
     ax.xaxis.set_major_locator(loc)
     ax.xaxis.set_major_formatter(ConciseDateFormatter(loc))

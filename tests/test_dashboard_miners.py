@@ -11,6 +11,7 @@ and 375 px (no horizontal overflow, no console errors, keyboard reachable); scre
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import html
 import json
@@ -58,6 +59,7 @@ def blockbuster():
 @dataclass
 class Served:
     base: str
+    cfg: Path
     ep: PoolEpisode
     by_kind: dict[str, int]  # every scripted payment (pools' and MARA's) by destination kind
     pool_by_kind: dict[str, int]  # the pools' part
@@ -110,7 +112,7 @@ async def served_miner_view(tmp_path: Path) -> AsyncIterator[Served]:
         try:
             base = f"http://127.0.0.1:{port}"
             await wait_http(base + "/healthz", proc=proc)
-            yield Served(base, ep, by_kind, pool_by_kind)
+            yield Served(base, cfg, ep, by_kind, pool_by_kind)
         finally:
             proc.send_signal(signal.SIGTERM)
             await wait_exit(proc, 15)
@@ -199,6 +201,16 @@ async def test_miners_page_shows_the_api_view_and_the_script(tmp_path):
         assert (await get("/miners?since=last-tuesday", headers=AUTH))[0] == 400
         status, empty = await get("/miners?since=2099-01-01", headers=AUTH)
         assert status == 200 and "No block scanned yet since 2099-01-01" in empty and "miners backfill" in empty
+
+        # The static report of the same database: its miner section carries the MPI as a PNG chart.
+        out = tmp_path / "report.html"
+        rep = await cli_run("-c", srv.cfg, "report", "--out", out, env={"TM_TOKEN": TOKEN})
+        assert rep.exit_code == 0, rep.output
+    section = (await asyncio.to_thread(out.read_text)).split("<section id='miners'>", 1)[1].split("</section>", 1)[0]
+    assert f"{priced[-1]['mpi']:.2f} on {priced[-1]['day']}" in section
+    assert f"average over the {api['mpi_days_used']} days covered" in section
+    png = re.search(r'<img src="data:image/png;base64,([^"]+)" alt="Miner Position Index per day"', section)
+    assert png and base64.b64decode(png.group(1))[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (.ci/run installs it)")
