@@ -427,7 +427,7 @@ def add_routes(app: web.Application, daemon_key: web.AppKey) -> None:
             raise web.HTTPBadRequest(text=f"since: expected an ISO date: {exc}") from None
         registry = daemon.rt.pipeline.registry
         view = await daemon.rt.store.run(lambda store: view_for_registry(store, registry, since=since))
-        return _render("miners.html", nav="miners", since=raw, **miners_page(view))
+        return _render("miners.html", nav="miners", since=raw, entities=set(registry.entities), **miners_page(view))
 
     async def static(request: web.Request) -> web.Response:
         found = _STATIC.get(request.match_info["name"])

@@ -257,6 +257,7 @@ async def test_miners_page_in_chromium(tmp_path):
             seen["weight_bytes"] = await page.evaluate(
                 "performance.getEntriesByType('navigation').concat(performance.getEntriesByType('resource'))"
                 ".reduce((s, e) => s + e.decodedBodySize, 0)")
+            seen["html_bytes"] = await page.evaluate("performance.getEntriesByType('navigation')[0].decodedBodySize")
             seen["transfer_bytes"] = await page.evaluate(
                 "performance.getEntriesByType('navigation').concat(performance.getEntriesByType('resource'))"
                 ".reduce((s, e) => s + e.transferSize, 0)")
