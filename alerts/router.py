@@ -15,7 +15,7 @@ and a minimum USD value, and names channels. For one flow:
 kind can drop the second message.
 
 A rule's `mode` is `every_flow` (the above) or `incident`: then its sale-type flows are not alerted one
-by one but grouped, per entity, into an incident (`monitor.incidents`): the first flow opens it, later
+by one but grouped, per entity, into an incident (`monitor.run.incidents`): the first flow opens it, later
 ones update it, a quiet period closes it. Its other verdicts are still alerted one by one.
 """
 

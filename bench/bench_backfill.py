@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from click.testing import CliRunner  # noqa: E402
 
-from monitor.cli import cli  # noqa: E402
+from monitor.cli.main import cli  # noqa: E402
 from monitor.sim.chain import COIN, SimChain  # noqa: E402
 from storage import Store  # noqa: E402
 

@@ -69,7 +69,7 @@ from builders import (
 from fakes.receiver import Receiver, RecordedRequest, free_port
 
 from monitor.config import load_config
-from monitor.runtime import build_registry
+from monitor.run.runtime import build_registry
 from monitor.sim.chain import COIN, SimChain
 from monitor.sim.esplora_server import EsploraServer
 from monitor.sim.mempool_ws import MempoolWsServer

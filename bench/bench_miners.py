@@ -7,7 +7,7 @@ Not a test (pytest never collects bench/). Run from the repo root:
 
 Setup: the simulated pool episode (`monitor/sim/pool_episode.py`: several pools with pools-v2 tags and
 payout addresses, one background tx per block) served by the local Esplora server in a background thread.
-The same chain is scanned twice in the same run into two fresh SQLite files: `monitor.miners.scan_blocks`
+The same chain is scanned twice in the same run into two fresh SQLite files: `monitor.discovery.miners.scan_blocks`
 with `pools=None` (measure only: header pages + one `/block/:hash/txs/0` per block, stored) and with the
 bundled pools-v2 index (the same plus tag and payout-address attribution). Reported: blocks/s over the
 wall clock of the scan (server and client share the machine), client CPU per block (the scanning thread's
@@ -36,8 +36,8 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from monitor.clock import FrozenClock  # noqa: E402
-from monitor.miners import follow_pool_spends, measure_block, scan_blocks  # noqa: E402
-from monitor.pools import load_pools  # noqa: E402
+from monitor.discovery.miners import follow_pool_spends, measure_block, scan_blocks  # noqa: E402
+from monitor.discovery.pools import load_pools  # noqa: E402
 from monitor.sim.bitcoind_server import BitcoindServer  # noqa: E402
 from monitor.sim.esplora_server import EsploraServer  # noqa: E402
 from monitor.sim.pool_episode import build_pool_episode  # noqa: E402

@@ -37,10 +37,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from alerts.router import DEFAULT_RULE_VERDICTS, MODES, Rule
-from monitor.watch_alerts import BalanceRule, DormancyRule
-from monitor.classify import Thresholds
+from monitor.run.watch_alerts import BalanceRule, DormancyRule
+from monitor.core.classify import Thresholds
 from monitor.model import ENTITY_KINDS, SEVERITIES, VERDICTS, ConfigError, Entity, EntityAddress, Fact, Profile
-from monitor.registry import normalise_address
+from monitor.core.registry import normalise_address
 from watchers.addresses import InvalidAddress, validate_address
 
 __all__ = [
@@ -1118,7 +1118,7 @@ def _section(value: Any, name: str, ctx: _Context) -> dict | None:
 
 
 def _parse_classify(value: Any, ctx: _Context) -> Thresholds:
-    """[classify]: the classifier's thresholds (monitor.classify.Thresholds), each optional."""
+    """[classify]: the classifier's thresholds (monitor.core.classify.Thresholds), each optional."""
     t = _section(value, "classify", ctx)
     if t is None:
         return Thresholds()

@@ -1,7 +1,7 @@
 """Reads for the dashboard: one page of an entity's flows with filters, the newest events, flow counts.
 
 Rows have the same shape as `storage.reads.flow_rows` (stored columns, exact integer amounts, the
-destinations and the newest classification attached); shaping them for a page is `monitor.dashboard`'s job.
+destinations and the newest classification attached); shaping them for a page is `monitor.output.dashboard`'s job.
 """
 
 from __future__ import annotations

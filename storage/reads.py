@@ -1,7 +1,7 @@
 """Typed read queries for export, the CLI and the HTTP API (filters: since, entity, direction, ...).
 
 Reads return plain dicts of stored columns (amounts as exact integers); shaping them into the export
-schema is `monitor.export`'s job.
+schema is `monitor.output.export`'s job.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from monitor.cli import cli
+from monitor.cli.main import cli
 from monitor.model import ChainTx, Entity, EntityAddress, TxInput, TxOutput
 from watchers.addresses import script_to_address
 

@@ -43,7 +43,7 @@ from builders import (
 from fakes.receiver import Receiver, RecordedRequest, Reply, free_port
 
 from alerts.channels.webhook import verify_standard
-from monitor.alerting import sample_alert
+from monitor.run.alert_plan import sample_alert
 from monitor.clock import SystemClock
 from monitor.model import Alert
 from monitor.sim.chain import SimChain
@@ -472,12 +472,12 @@ async def test_secrets_never_appear_in_logs_exports_lists_api_or_database(tmp_pa
 
 
 def test_redaction_holds_in_json_log_lines_when_the_secret_has_characters_json_escapes():
-    """`monitor.logs` redacts "in every formatted line": also when JSON escaping changes how the secret
+    """`monitor.run.logs` redacts "in every formatted line": also when JSON escaping changes how the secret
     is written (a quote or backslash in a password), and in the traceback of a logged exception."""
     import io
     import logging
 
-    from monitor.logs import configure_logging, redact
+    from monitor.run.logs import configure_logging, redact
 
     secret = 'pw"with\\quote-and-backslash-8c1e'
     redact(secret)

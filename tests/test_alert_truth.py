@@ -28,7 +28,7 @@ from alerts.channels.slack import SlackChannel
 from alerts.channels.webhook import WebhookChannel, verify_standard
 from monitor.clock import FrozenClock
 from monitor.config import load_config
-from monitor.runtime import runtime
+from monitor.run.runtime import runtime
 from monitor.sim.esplora_server import EsploraServer
 from monitor.sim.scenario import build_scenario
 from storage.alerts import alert_rows
@@ -285,7 +285,7 @@ async def test_a_january_sale_is_judged_against_the_january_facts(tmp_path_facto
 
 async def test_only_later_figures_are_used_and_said_to_be_later():
     """A flow before every point of a figure uses the earliest point and says it is dated after the flow."""
-    from monitor.classify import classify
+    from monitor.core.classify import classify
     from monitor.model import Attribution, Destination, Entity, EntityFlow, Fact, FlowHistory, MarketContext, Profile
 
     at = 1_735_689_600  # 2025-01-01

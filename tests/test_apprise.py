@@ -11,7 +11,7 @@ from fakes.receiver import Receiver, Reply, free_port
 from alerts.channels import AppriseChannel, build_channel
 from alerts.outbox import Dispatcher, RetryPolicy
 from alerts.render import render_apprise
-from monitor.alerting import StoreQueue, sample_alert
+from monitor.run.alert_plan import StoreQueue, sample_alert
 from monitor.clock import FrozenClock
 from monitor.config import parse_config
 from monitor.model import ConfigError, DeliveryError

@@ -76,7 +76,7 @@ def test_no_wall_clock_outside_clock_module():
 
 def test_the_checker_catches_a_violation(tmp_path):
     # the rules above must be able to fail: a forbidden import is recognised as such
-    tree = ast.parse("from monitor.pipeline import Pipeline\nimport storage.store\n")
+    tree = ast.parse("from monitor.run.pipeline import Pipeline\nimport storage.store\n")
     mods = [m for _, m in _our_imports(tree)]
     assert not _allowed("watchers", mods[0]) and not _allowed("alerts", mods[1])
     assert _allowed("monitor", mods[0]) and _allowed("watchers", "monitor.model")

@@ -18,9 +18,9 @@ import pytest
 from builders import entity
 
 from monitor.clock import FrozenClock
-from monitor.flows import entity_flows
+from monitor.core.flows import entity_flows
 from monitor.model import MalformedError, SourceError, TransientError
-from monitor.registry import Registry
+from monitor.core.registry import Registry
 from monitor.sim.bitcoind_server import (
     BitcoindServer,
     RawNumber,

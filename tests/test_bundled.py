@@ -19,7 +19,7 @@ from monitor.bundled import (
     parse_registry,
     short_source,
 )
-from monitor.registry import Registry
+from monitor.core.registry import Registry
 from watchers.addresses import validate_address
 
 # The copies must stay verbatim copies of shared/data (hashes recorded in monitor/data/README.md).
@@ -163,7 +163,7 @@ def test_holdings_cite_a_source_about_them(entities):
 
 
 def test_january_points_differ_from_the_newest(entities):
-    from monitor.facts import fact_at
+    from monitor.core.facts import fact_at
 
     bitdeer = entities["Bitdeer"].profile
     jan = fact_at(bitdeer, "holdings_btc", "2026-01-15")
@@ -273,9 +273,9 @@ def test_data_readme_lists_every_dated_point(entities):
 
 def test_a_dated_config_figure_joins_the_bundled_series_and_the_shipped_config_agrees(entities):
     from monitor.config import load_config
-    from monitor.facts import fact_at
+    from monitor.core.facts import fact_at
     from monitor.model import Entity, Fact, Profile
-    from monitor.registry import merge_entities
+    from monitor.core.registry import merge_entities
 
     newer = Fact(41_000.0, "MARA Apr 2026 update (test)", "2026-04-30", quote="held 41,000 BTC")
     [mara] = [e for e in merge_entities(entities.values(), [Entity("MARA", "miner", profile=Profile(holdings_btc=newer))])

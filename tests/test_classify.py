@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import pytest
 
 from monitor.bundled import SECTOR_CASH_COST
-from monitor.classify import Thresholds, classify
-from monitor.context import build_context
+from monitor.core.classify import Thresholds, classify
+from monitor.core.hashprice import build_context
 from monitor.model import (
     SATS_PER_BTC,
     Attribution,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from monitor.cli import cli
+from monitor.cli.main import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = Path(__file__).parent / "data" / "config"
@@ -24,7 +24,7 @@ def test_check_config_ok_on_the_example():
     # it counts what the daemon will watch: the bundled entities too, not only the file's four
     from monitor.bundled import load_bundled_entities
     from monitor.config import load_config
-    from monitor.registry import merge_entities
+    from monitor.core.registry import merge_entities
 
     merged = merge_entities(load_bundled_entities(), load_config(ROOT / "config.toml", env={}).entities)
     assert f"{len(merged)} entities (4 from this file, the rest bundled)" in r.output

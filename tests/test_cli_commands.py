@@ -103,7 +103,7 @@ async def test_a_blind_monitor_says_so_in_exit_codes_and_status(tmp_path):
     """Every source unreachable: backfill and poll exit 4; one of two: 3; `status` shows the failure."""
     from fakes.receiver import free_port
 
-    from monitor.health import EXIT_FAILED, EXIT_PARTIAL
+    from monitor.run.health import EXIT_FAILED, EXIT_PARTIAL
 
     chain = SimChain(start_time=MARCH_5_2026)
     hot = chain.address("blind-hot")

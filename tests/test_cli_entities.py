@@ -6,7 +6,7 @@ import pytest
 from builders import addr
 from fakes.discovery import cli_sync, entity_toml, write_config
 
-from monitor.cli_entities import entities
+from monitor.cli.entities import entities
 from monitor.model import EntityAddress
 from storage import Store
 from storage.discovery import Evidence, add_evidence

@@ -29,7 +29,7 @@ from monitor.config import (
     parse_config,
 )
 from monitor.model import ConfigError, Entity, EntityAddress, Fact, Profile
-from monitor.registry import Registry
+from monitor.core.registry import Registry
 
 DATA = Path(__file__).parent / "data" / "config"
 REPO = Path(__file__).parent.parent

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from monitor.context import (
+from monitor.core.hashprice import (
     avg_fees_sat,
     block_subsidy_sat,
     breakeven_power_usd_per_kwh,

@@ -35,7 +35,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.clock import SystemClock
 from monitor.config import load_config
-from monitor.daemon import Daemon
+from monitor.run.daemon import Daemon
 from monitor.sim.chain import SimChain
 from monitor.sim.esplora_server import EsploraServer
 

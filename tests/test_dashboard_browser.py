@@ -19,8 +19,8 @@ import pytest
 from blockbuster import blockbuster_ctx
 from playwright.async_api import Page, async_playwright
 
-from monitor.demo import DemoServer, run_demo
-from monitor.httpapi import start_http
+from monitor.cli.demo import DemoServer, run_demo
+from monitor.run.httpapi import start_http
 from monitor.model import SALE_VERDICTS, SATS_PER_BTC
 from storage.reads import last_event_id
 

@@ -31,8 +31,8 @@ from fakes.receiver import free_port
 from test_daemon import start_daemon, wait_exit
 
 from monitor.clock import FrozenClock
-from monitor.miners import follow_tip, scan_blocks
-from monitor.pools import load_pools
+from monitor.discovery.miners import follow_tip, scan_blocks
+from monitor.discovery.pools import load_pools
 from monitor.sim.chain import SimChain
 from monitor.sim.esplora_server import EsploraServer
 from monitor.sim.pool_episode import PoolEpisode, build_pool_episode

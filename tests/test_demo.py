@@ -5,7 +5,7 @@ import json
 import sqlite3
 from html.parser import HTMLParser
 
-from monitor.demo import run_demo
+from monitor.cli.demo import run_demo
 from monitor.sim.scenario import build_scenario
 
 SEED, SCALE = 7, 0.1

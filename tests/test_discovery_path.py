@@ -24,8 +24,8 @@ from fakes.receiver import free_port
 
 from monitor.clock import FrozenClock
 from monitor.config import load_config
-from monitor.daemon import Daemon, SourceState
-from monitor.runtime import runtime
+from monitor.run.daemon import Daemon, SourceState
+from monitor.run.runtime import runtime
 from monitor.sim.chain import Outpoint, SimChain
 from monitor.sim.esplora_server import EsploraServer
 from storage.discovery import candidate_rows

@@ -7,8 +7,8 @@ import click
 import pytest
 
 from monitor import config as cfg
-from monitor.cli import cli
-from monitor.export import CLASSIFICATION_FIELDS, CSV_FIELDS, FLOW_FIELDS
+from monitor.cli.main import cli
+from monitor.output.export import CLASSIFICATION_FIELDS, CSV_FIELDS, FLOW_FIELDS
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

@@ -26,7 +26,7 @@ from builders import (
 )
 from fakes.receiver import Receiver, block_kit_problems
 
-from monitor.export import CLASSIFICATION_FIELDS, CSV_FIELDS, FLOW_FIELDS
+from monitor.output.export import CLASSIFICATION_FIELDS, CSV_FIELDS, FLOW_FIELDS
 from monitor.sim.chain import SimChain
 from monitor.sim.esplora_server import EsploraServer
 

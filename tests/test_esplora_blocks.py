@@ -16,9 +16,9 @@ import pytest
 from aiohttp import web
 
 from monitor.clock import FrozenClock
-from monitor.flows import entity_flows
+from monitor.core.flows import entity_flows
 from monitor.model import Cursor, Entity, EntityAddress, WatchedUtxo
-from monitor.registry import Registry
+from monitor.core.registry import Registry
 from monitor.sim.chain import COIN, SimChain
 from monitor.sim.esplora_server import EsploraServer
 from storage import AsyncStore, Store

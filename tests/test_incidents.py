@@ -18,9 +18,9 @@ from standardwebhooks import Webhook
 
 from monitor.clock import FrozenClock
 from monitor.config import load_config
-from monitor.httpapi import incident_records
+from monitor.run.httpapi import incident_records
 from monitor.model import SALE_VERDICTS
-from monitor.runtime import runtime
+from monitor.run.runtime import runtime
 from monitor.sim.esplora_server import EsploraServer
 from monitor.sim.scenario import build_scenario
 from storage import incidents as inc_store

@@ -7,8 +7,8 @@ import pytest
 from builders import addr, entity
 from fakes.discovery import cli_sync, entity_toml, write_config
 
-from monitor.labels import LabelImportError, apply_import, parse_label_text, plan_import
-from monitor.registry import Registry
+from monitor.discovery.labels import LabelImportError, apply_import, parse_label_text, plan_import
+from monitor.core.registry import Registry
 from storage import Store
 from storage.discovery import evidence_rows
 

@@ -20,8 +20,8 @@ from fakes.receiver import free_port
 
 from monitor.clock import FrozenClock, SystemClock
 from monitor.config import load_config
-from monitor.daemon import Daemon
-from monitor.miners import (
+from monitor.run.daemon import Daemon
+from monitor.discovery.miners import (
     BLOCKS_PER_DAY,
     backfill,
     block_subsidy,
@@ -34,7 +34,7 @@ from monitor.miners import (
     scan_blocks,
 )
 from monitor.model import Fact
-from monitor.pools import load_pools
+from monitor.discovery.pools import load_pools
 from monitor.sim.chain import SimChain
 from monitor.sim.bitcoind_server import BitcoindServer
 from monitor.sim.esplora_server import EsploraServer

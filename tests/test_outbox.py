@@ -9,7 +9,7 @@ from fakes.receiver import Receiver
 from alerts.channels import SlackChannel, WebhookChannel
 from alerts.channels.webhook import verify_standard
 from alerts.outbox import Dispatcher, RetryPolicy
-from monitor.alerting import StoreQueue, sample_alert
+from monitor.run.alert_plan import StoreQueue, sample_alert
 from monitor.clock import FrozenClock
 from storage import AsyncStore, Store
 from storage import alerts as ob

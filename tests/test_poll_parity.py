@@ -18,8 +18,8 @@ from fakes.offloop import in_store
 
 from monitor.clock import SystemClock
 from monitor.config import DEFAULT_MEMPOOL_CHECKS, load_config
-from monitor.daemon import Daemon, SourceState
-from monitor.runtime import runtime
+from monitor.run.daemon import Daemon, SourceState
+from monitor.run.runtime import runtime
 from monitor.sim.chain import SimChain
 from monitor.sim.esplora_server import EsploraServer
 from watchers.esplora_blocks import DEFAULT_MAX_SEED

@@ -11,10 +11,10 @@ from fakes.discovery import COIN, MARCH_5_2026, cli_run, entity_toml, write_conf
 from fakes.offloop import in_store
 
 from monitor.model import SALE_VERDICTS, ChainTx, TxInput, TxOutput
-from monitor.pools import attribute_block, load_pools, payouts_of, production_check, proposals
-from monitor.registry import Registry
+from monitor.discovery.pools import attribute_block, load_pools, payouts_of, production_check, proposals
+from monitor.core.registry import Registry
 from monitor.bundled import load_bundled_entities
-from monitor.runtime import build_registry
+from monitor.run.runtime import build_registry
 from monitor.config import load_config
 from monitor.sim.chain import Outpoint, SimChain, subsidy
 from monitor.sim.esplora_server import EsploraServer
@@ -191,7 +191,7 @@ async def test_auto_accept_threshold_and_rejected_recipients_never_return(tmp_pa
 
 
 def test_recipient_owned_by_another_entity_is_not_proposed(db_path):
-    from monitor.pools import _commit_follow  # the transaction step, on a real file
+    from monitor.discovery.pools import _commit_follow  # the transaction step, on a real file
 
     exch, member = addr("direct-to-exchange"), addr("member")
     reg = Registry(load_bundled_entities() + [entity("Some Exchange", "exchange", [exch], watch=False)])

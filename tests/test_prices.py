@@ -18,7 +18,7 @@ import pytest
 from fakes.price_apis import PriceApis, price
 from monitor.clock import FrozenClock
 from monitor.model import MalformedError, RateLimitedError, SourceError, TransientError
-from monitor.prices import PriceService, build_price_sources
+from monitor.market.prices import PriceService, build_price_sources
 from storage.prices import candle_at, candles_between, latest_candle, save_candles
 from storage.store import AsyncStore, Store
 from watchers.http import http_status

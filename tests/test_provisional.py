@@ -4,10 +4,10 @@ first; only the address's later behaviour tells them apart. The routes run end t
 
 from builders import COIN, addr, entity, make_tx
 
-from monitor.flows import entity_flows
+from monitor.core.flows import entity_flows
 from monitor.model import Attribution
-from monitor.provisional import apply_provisional, find_sweeps, judge_spends
-from monitor.registry import Registry
+from monitor.discovery.provisional import apply_provisional, find_sweeps, judge_spends
+from monitor.core.registry import Registry
 
 MAIN, COLD, COLD2, KRAKEN, STRANGER, FRESH = (addr(x) for x in ("p-main", "p-cold", "p-cold2", "p-kraken", "p-stranger", "p-fresh"))
 BASE = Registry([entity("Miner", "miner", [MAIN]), entity("Kraken", "exchange", [KRAKEN], watch=False)])

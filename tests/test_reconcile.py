@@ -10,8 +10,8 @@ from fakes.offloop import in_store
 
 from monitor.config import load_config
 from monitor.model import Fact, Profile
-from monitor.reconcile import format_btc_amount, reconcile, reconcile_store
-from monitor.runtime import build_registry
+from monitor.discovery.reconcile import format_btc_amount, reconcile, reconcile_store
+from monitor.run.runtime import build_registry
 from monitor.sim.chain import SimChain
 from monitor.sim.esplora_server import EsploraServer
 

@@ -12,14 +12,14 @@ from builders import addr, make_tx
 from PIL import Image
 
 from alerts.router import Rule
-from monitor.alerting import AlertPlanner, AlertSettings
-from monitor.attribution import attribute
-from monitor.context import build_context
-from monitor.flows import entity_flows
+from monitor.run.alert_plan import AlertPlanner, AlertSettings
+from monitor.core.attribution import attribute
+from monitor.core.hashprice import build_context
+from monitor.core.flows import entity_flows
 from monitor.model import VERDICTS, BalanceSnapshot, Batch, Entity, EntityAddress, Fact, Profile
-from monitor.pipeline import commit_batch
-from monitor.registry import Registry
-from monitor.report import RETRACTED_STYLE, VERDICT_STYLES, build_report, render_png, summarize_entities, write_report
+from monitor.run.pipeline import commit_batch
+from monitor.core.registry import Registry
+from monitor.output.report import RETRACTED_STYLE, VERDICT_STYLES, build_report, render_png, summarize_entities, write_report
 from storage import Store
 from storage.alerts import alert_rows
 from storage.prices import save_candles

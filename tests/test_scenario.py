@@ -13,13 +13,13 @@ import pytest
 from click.testing import CliRunner
 from fakes.offloop import in_store
 
-from monitor.cli import cli
+from monitor.cli.main import cli
 from monitor.clock import FrozenClock
 from monitor.config import load_config
-from monitor.context import block_subsidy_sat, hashprice_usd_per_ph_day
+from monitor.core.hashprice import block_subsidy_sat, hashprice_usd_per_ph_day
 from monitor.model import SALE_VERDICTS
-from monitor.report import build_report, render_png
-from monitor.runtime import build_registry, runtime
+from monitor.output.report import build_report, render_png
+from monitor.run.runtime import build_registry, runtime
 from monitor.sim.esplora_server import EsploraServer
 from monitor.sim.scenario import (
     FEE_PER_BLOCK_SAT,

@@ -6,9 +6,9 @@ import sqlite3
 import pytest
 from builders import addr, entity, make_tx
 
-from monitor.flows import entity_flows
+from monitor.core.flows import entity_flows
 from monitor.model import BalanceSnapshot, Cursor, EntityAddress, Fact, Profile, StorageError
-from monitor.registry import Registry
+from monitor.core.registry import Registry
 from storage import AsyncStore, Store
 
 A, B = addr("store-a"), addr("store-b")

@@ -23,7 +23,7 @@ from fakes.receiver import Receiver
 
 from monitor.clock import FrozenClock
 from monitor.config import load_config
-from monitor.runtime import runtime
+from monitor.run.runtime import runtime
 from monitor.sim.chain import SimChain
 from monitor.sim.esplora_server import EsploraServer
 from monitor.sim.scenario import build_scenario

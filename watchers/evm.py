@@ -40,7 +40,7 @@ Normalisation (`ChainTx`, amounts are ints in wei / token base units, addresses 
 - native transfer: txid = tx hash (`0x…`, lower-case), asset `ETH`, decimals 18,
   `inputs=(TxInput(from, value + fee),)`, `outputs=(TxOutput(to, value, n=0),)`,
   `fee = gasUsed × effectiveGasPrice (+ blobGasUsed × blobGasPrice)`. The input carries value + fee so
-  that, as on Bitcoin, `total_in == total_out + fee` and `monitor.flows` gets `out = value` for the
+  that, as on Bitcoin, `total_in == total_out + fee` and `monitor.core.flows` gets `out = value` for the
   sender. A contract creation pays its new contract (`receipt.contractAddress`).
 - token Transfer log: txid = `f"{tx_hash}:{log_index}"`, asset = token symbol, decimals = token
   decimals, `inputs=(TxInput(from, value),)`, `outputs=(TxOutput(to, value, n=0),)`, fee 0 (the gas
