@@ -26,6 +26,7 @@ __all__ = [
     "upsert_address",
     "propose_address",
     "set_status",
+    "update_address",
     "rejected_addresses",
     "provisional_rows",
     "is_outpoint_spent",
@@ -115,6 +116,11 @@ def propose_address(store: Store, entity: str, a: EntityAddress, *, status: str,
         store.set_address_status(a.chain, a.address, "active")
         return "added"
     return "known"
+
+
+def update_address(store: Store, chain: str, address: str, **fields: Any) -> None:
+    """Set some columns of a stored address (status, learned_by, source, label, as_of, evidence)."""
+    store.db["addresses"].update((chain, address), fields)
 
 
 def set_status(store: Store, chain: str, address: str, status: str) -> dict[str, Any] | None:

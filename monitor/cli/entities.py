@@ -13,12 +13,9 @@ import click
 
 from monitor.cli.common import State, run_async
 from monitor.clock import SystemClock, iso
-from monitor.model import format_btc
+from monitor.model import MonitorError, format_btc
 
 __all__ = ["entities"]
-
-_DISCOVERED = frozenset({"cospend", "pool_payout", "change", "sweep"})
-_FIXED = frozenset({"config", "registry"})
 
 
 def _now() -> int:
@@ -43,29 +40,21 @@ class _Ctx:
     def __enter__(self) -> _Ctx:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         self.store.close()
+        if isinstance(exc, MonitorError):  # the address book's refusals: exit 1 with its sentence
+            raise click.ClickException(str(exc)) from exc
 
     def canonical(self, address: str) -> str:
-        from watchers.addresses import InvalidAddress, validate_address
+        from monitor.discovery.addressbook import canonical
 
-        try:
-            return validate_address(address.strip(), self.cfg.network).address
-        except InvalidAddress as exc:
-            raise click.ClickException(f"{address!r} is not a valid {self.cfg.network} Bitcoin address ({exc})") from exc
+        return canonical(address, self.cfg.network)
 
     def entity(self, name: str):
         if name not in self.registry:
             raise click.ClickException(f"no entity named {name!r} (see `treasury-monitor entities`)")
         return self.registry.get(name)
 
-    def row(self, address: str) -> dict:
-        from storage.discovery import address_row
-
-        row = address_row(self.store, "bitcoin", address)
-        if row is None:
-            raise click.ClickException(f"{address} is not a known address")
-        return row
 
 
 def _pct(share: float | None) -> str:
@@ -132,7 +121,8 @@ def import_(state: State, file: str, entity_name: str | None, source: str | None
     Every address is checksum-checked against the configured network; one bad row fails the whole
     import, naming its row. Duplicates and conflicts (an address another entity owns) are reported.
     """
-    from monitor.discovery.labels import LabelImportError, apply_import, parse_label_file, plan_import
+    from monitor.discovery.addressbook import apply_import, plan_import
+    from monitor.discovery.labels import LabelImportError, parse_label_file
 
     with _Ctx(state) as c:
         try:
@@ -169,31 +159,13 @@ def import_(state: State, file: str, entity_name: str | None, source: str | None
 @click.pass_obj
 def add(state: State, address: str, entity_name: str, source: str, label: str) -> None:
     """Add one address to an entity by hand (learned_by manual), with its source."""
-    from monitor.discovery.labels import check_new_address
-    from monitor.model import EntityAddress
-    from storage.discovery import Evidence, add_evidence, address_row, upsert_address
+    from monitor.discovery import addressbook
 
     with _Ctx(state) as c:
         c.entity(entity_name)
-        a = c.canonical(address)
-        why = check_new_address(c.store, c.registry, entity_name, "bitcoin", a)
-        if why is not None:
-            raise click.ClickException(f"{a} {why}; remove it there first")
-        row = address_row(c.store, "bitcoin", a)
-        if row is not None and row["status"] == "active":
-            click.echo(f"{a} is already {entity_name}'s ({row['learned_by']}: {row['source']})")
-            return
-        if c.registry.entity_of("bitcoin", a) is not None:
-            click.echo(f"{a} is already {entity_name}'s (config)")
-            return
-        now = _now()
-        with c.store.batch():
-            upsert_address(c.store, entity_name, EntityAddress("bitcoin", a, source=source, learned_by="manual",
-                                                               label=label, as_of=iso(now)[:10]), status="active", now=now)
-            add_evidence(c.store, [Evidence("bitcoin", a, entity_name, "manual", detail={"source": source, "at": iso(now)})],
-                         now=now)
-    was = f" (was {row['status']}, {row['learned_by']})" if row is not None else ""
-    click.echo(f"added {a} to {entity_name}{was}; source: {source}")
+        msg = addressbook.add(c.store, c.registry, entity=entity_name, address=c.canonical(address), source=source,
+                              label=label, now=_now())
+    click.echo(msg)
 
 
 @entities.command("remove")
@@ -201,19 +173,10 @@ def add(state: State, address: str, entity_name: str, source: str, label: str) -
 @click.pass_obj
 def remove(state: State, address: str) -> None:
     """Remove an imported or manual address; a discovered one is rejected instead (never re-learned)."""
+    from monitor.discovery import addressbook
+
     with _Ctx(state) as c:
-        a = c.canonical(address)
-        row = c.row(a)
-        if row["learned_by"] in _FIXED:
-            where = "config.toml" if row["learned_by"] == "config" else "the bundled registry"
-            raise click.ClickException(f"{a} comes from {where} ({row['entity']}); remove it there")
-        with c.store.batch():
-            if row["learned_by"] in _DISCOVERED:
-                c.store.set_address_status("bitcoin", a, "rejected")
-                msg = f"rejected {a} ({row['entity']}, {row['learned_by']}): discovery will not add it again"
-            else:
-                c.store.remove_address("bitcoin", a)
-                msg = f"removed {a} from {row['entity']} ({row['learned_by']}: {row['source']})"
+        msg = addressbook.remove(c.store, c.canonical(address))
     click.echo(msg)
 
 
@@ -266,23 +229,11 @@ def _evidence_line(e: dict) -> str:
 @click.pass_obj
 def accept(state: State, address: str) -> None:
     """Accept a candidate address: it becomes active and is watched from the next poll."""
-    from monitor.discovery.labels import check_new_address
+    from monitor.discovery import addressbook
 
     with _Ctx(state) as c:
-        a = c.canonical(address)
-        row = c.row(a)
-        if row["status"] == "active":
-            click.echo(f"{a} is already active for {row['entity']}")
-            return
-        if row["status"] == "rejected":
-            raise click.ClickException(f"{a} was rejected; add it on purpose with `entities add {a} --entity "
-                                       f"{row['entity']!r} --source ...`")
-        why = check_new_address(c.store, c.registry, row["entity"], "bitcoin", a)
-        if why is not None:
-            raise click.ClickException(f"{a} {why}")
-        with c.store.batch():
-            c.store.set_address_status("bitcoin", a, "active")
-    click.echo(f"accepted {a} for {row['entity']} ({row['learned_by']}: {row['evidence'] or row['source']})")
+        msg = addressbook.accept(c.store, c.registry, c.canonical(address))
+    click.echo(msg)
 
 
 @entities.command("reject")
@@ -290,14 +241,11 @@ def accept(state: State, address: str) -> None:
 @click.pass_obj
 def reject(state: State, address: str) -> None:
     """Reject a candidate or learned address: it stops counting and is never re-added by discovery."""
+    from monitor.discovery import addressbook
+
     with _Ctx(state) as c:
-        a = c.canonical(address)
-        row = c.row(a)
-        if row["learned_by"] in _FIXED:
-            raise click.ClickException(f"{a} comes from {row['learned_by']}; remove it there instead")
-        with c.store.batch():
-            c.store.set_address_status("bitcoin", a, "rejected")
-    click.echo(f"rejected {a} ({row['entity']}, was {row['status']})")
+        msg = addressbook.reject(c.store, c.canonical(address))
+    click.echo(msg)
 
 
 # --- show ---------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from monitor.model import ChainTx
 from monitor.discovery.pools import FollowResult, PoolIndex, follow_pool_payouts
 from monitor.core.registry import Registry
 from monitor.model import SATS_PER_BTC
-from monitor.discovery.provisional import settle_provisional
+from monitor.discovery.addressbook import settle_provisional
 from monitor.discovery.tracing import TraceLimits, trace_pending
 from storage import Store
 from storage.discovery import get_state, rejected_addresses, save_learned, set_state, transactions_after

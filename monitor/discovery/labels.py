@@ -1,4 +1,4 @@
-"""Label imports: read CSV / JSON address-label exports, check every row, and add them all or nothing.
+"""Label files: read CSV / JSON address-label exports into rows (checking and adding is monitor.discovery.addressbook).
 
 Accepted files (the format is chosen by the extension, `.csv` / `.json`, or by the first character):
 
@@ -19,21 +19,8 @@ JSON, one of:
     {"addresses": [...]} / {"data": [...]} / {"results": [...]}   any of the lists above, wrapped
     {"<address>": {...} or "<label>", ...}                   an object keyed by address
 
-Rules:
-- Every address is checked (checksum, format, network) with `watchers.addresses.validate_address`
-  against the configured network and stored in canonical form. Any invalid row fails the whole import;
-  every problem is reported with its row number (row 1 = the first data row; CSV rows also give the line).
-- Duplicates (the same address twice for the same entity in the file, or already known for the entity)
-  are reported and skipped.
-- Conflicts (one address, two entities: two rows naming different entities, or an address that config,
-  the bundled registry, a learned address or a candidate already gives to another entity) are reported;
-  they fail the import unless `skip_conflicts` is set, in which case only the conflicting rows are left out.
-- An address a user rejected earlier is reported and skipped (`entities add` re-adds it on purpose).
-- With `entity` given every row goes to it (a row's own entity column is kept in its label, because
-  label exports name companies their own way: "Marathon Digital" for MARA); without it, each row's
-  entity column must name a registry entity.
-- Writing is one storage transaction: all new rows (learned_by "import", status active, with source,
-  label and an evidence row naming file and row) or none.
+The import rules (checksums, duplicates, conflicts, rejected addresses, one transaction) are
+`monitor.discovery.addressbook`'s: `plan_import` and `apply_import`.
 """
 
 from __future__ import annotations
@@ -41,28 +28,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from monitor.clock import iso
-from monitor.model import EntityAddress, MonitorError
-from monitor.core.registry import Registry, normalise_address
-from storage import Store
-from storage.discovery import Evidence, add_evidence, address_row
-from watchers.addresses import InvalidAddress, validate_address
+from monitor.model import MonitorError
 
-__all__ = [
-    "LabelRow",
-    "ImportPlan",
-    "LabelImportError",
-    "parse_label_file",
-    "parse_label_text",
-    "plan_import",
-    "apply_import",
-    "check_new_address",
-]
+__all__ = ["LabelRow", "LabelImportError", "parse_label_file", "parse_label_text"]
 
 _ALIASES = {
     "address": ("address", "addr", "wallet", "address_id", "wallet_address"),
@@ -104,22 +76,6 @@ class LabelRow:
     @property
     def where(self) -> str:
         return f"row {self.row}" + (f" (line {self.line})" if self.line is not None else "")
-
-
-@dataclass(frozen=True)
-class ImportPlan:
-    """What an import would do: the addresses to add per entity and everything reported about the rest."""
-
-    file: str
-    to_add: tuple[tuple[str, EntityAddress, int], ...] = ()  # (entity, address, row)
-    duplicates: tuple[str, ...] = ()
-    conflicts: tuple[str, ...] = ()
-    rejected: tuple[str, ...] = ()
-    errors: tuple[str, ...] = field(default=())
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
 
 
 # --- reading ----------------------------------------------------------------------------------------
@@ -248,135 +204,3 @@ def parse_label_file(path: str | Path) -> list[LabelRow]:
     fmt = "json" if ext == ".json" else "csv" if ext in (".csv", ".tsv", ".txt") else (
         "json" if text.lstrip()[:1] in "[{" else "csv")
     return parse_label_text(text, fmt=fmt)
-
-
-# --- checking ---------------------------------------------------------------------------------------
-
-
-def check_new_address(store: Store, registry: Registry, entity: str, chain: str, address: str) -> str | None:
-    """Why `address` cannot be given to `entity` (another owner in config, bundled data or storage), or None."""
-    owner = registry.entity_of(chain, address)
-    if owner is not None and owner.name != entity:
-        rec = registry.address_record(chain, address)
-        how = f" ({rec.learned_by}: {rec.source})" if rec is not None else ""
-        return f"already belongs to {owner.name!r}{how}"
-    row = address_row(store, chain, address)
-    if row is not None and row["entity"] != entity and row["status"] != "rejected":
-        return f"already belongs to {row['entity']!r} ({row['status']}, {row['learned_by']}: {row['source']})"
-    return None
-
-
-def plan_import(
-    rows: Iterable[LabelRow],
-    *,
-    registry: Registry,
-    store: Store,
-    network: str,
-    entity: str | None,
-    source: str | None,
-    file: str,
-    skip_conflicts: bool = False,
-) -> ImportPlan:
-    """Check every row and decide what to add (nothing is written). See the module docstring for the rules."""
-    errors: list[str] = []
-    if entity is not None and entity not in registry:
-        errors.append(f"--entity {entity!r} is not a known entity (add it to config.toml first)")
-    first: dict[str, tuple[str, LabelRow]] = {}  # canonical address → (entity, first row)
-    to_add: list[tuple[str, EntityAddress, int]] = []
-    dups: list[str] = []
-    conflicts: list[str] = []
-    rejected: list[str] = []
-    conflicting: set[str] = set()
-    for r in rows:
-        if not r.address:
-            errors.append(f"{r.where}: no address")
-            continue
-        if r.chain.lower() not in _BITCOIN_NAMES:
-            errors.append(f"{r.where}: chain {r.chain!r} is not supported by import (bitcoin only)")
-            continue
-        try:
-            canonical = validate_address(r.address, network).address
-        except InvalidAddress as exc:
-            errors.append(f"{r.where}: {r.address!r} is not a valid {network} Bitcoin address ({exc})")
-            continue
-        if r.as_of and len(r.as_of) >= 10 and r.as_of[4] == "-":
-            as_of = r.as_of[:10]
-        elif r.as_of:
-            errors.append(f"{r.where}: as_of {r.as_of!r} is not an ISO date (YYYY-MM-DD)")
-            continue
-        else:
-            as_of = ""
-        target = entity
-        if target is None:
-            if not r.entity:
-                errors.append(f"{r.where}: no entity column value and no --entity given")
-                continue
-            if r.entity not in registry:
-                errors.append(f"{r.where}: entity {r.entity!r} is not a known entity")
-                continue
-            target = r.entity
-        key = normalise_address("bitcoin", canonical)
-        if key in first:
-            prev_entity, prev = first[key]
-            claimed = r.entity or target
-            prev_claimed = prev.entity or prev_entity
-            if claimed != prev_claimed:
-                conflicts.append(f"{r.where}: {canonical} is given to {claimed!r} here and to {prev_claimed!r} at {prev.where}")
-                conflicting.add(key)
-            else:
-                dups.append(f"{r.where}: {canonical} repeats {prev.where} (skipped)")
-            continue
-        first[key] = (target, r)
-        why = check_new_address(store, registry, target, "bitcoin", canonical)
-        if why is not None:
-            conflicts.append(f"{r.where}: {canonical} {why}")
-            conflicting.add(key)
-            continue
-        row = address_row(store, "bitcoin", canonical)
-        known = registry.entity_of("bitcoin", canonical)
-        if row is not None and row["status"] == "rejected":
-            rejected.append(f"{r.where}: {canonical} was rejected for {row['entity']!r} earlier (skipped; "
-                            "`entities add` re-adds it on purpose)")
-            continue
-        if (row is not None and row["status"] == "active") or (known is not None and known.name == target):
-            how = row["learned_by"] if row is not None else "config"
-            dups.append(f"{r.where}: {canonical} is already {target}'s ({how}; skipped)")
-            continue
-        label = r.label
-        if entity is not None and r.entity and r.entity != entity:
-            label = f"{label} (file entity: {r.entity})" if label else f"file entity: {r.entity}"
-        src = r.source or source or f"label file {Path(file).name}"
-        to_add.append((target, EntityAddress("bitcoin", canonical, source=src, learned_by="import", label=label,
-                                             as_of=as_of, evidence=f"{Path(file).name} {r.where}"), r.row))
-    if conflicts and not skip_conflicts:
-        errors.append(f"{len(conflicts)} conflict(s): nothing imported (use --skip-conflicts to import the rest)")
-    # A conflict found later in the file also removes the first row of that address.
-    to_add = [t for t in to_add if normalise_address("bitcoin", t[1].address) not in conflicting]
-    return ImportPlan(file, tuple(to_add), tuple(dups), tuple(conflicts), tuple(rejected), tuple(errors))
-
-
-def apply_import(store: Store, plan: ImportPlan, *, now: int) -> int:
-    """Write a checked plan in one transaction; returns how many addresses were added.
-
-    :raises LabelImportError: when the plan has errors (nothing is written).
-    """
-    if not plan.ok:
-        raise LabelImportError(list(plan.errors) + list(plan.conflicts))
-    added = 0
-    with store.batch():
-        for entity, a, row in plan.to_add:
-            # A candidate row of the same entity becomes an imported, active address.
-            existing = address_row(store, a.chain, a.address)
-            if existing is not None:
-                store.db["addresses"].update(
-                    (a.chain, a.address),
-                    {"status": "active", "learned_by": "import", "source": a.source, "label": a.label,
-                     "as_of": a.as_of, "evidence": a.evidence},
-                )
-            else:
-                store.add_addresses(entity, [a], now=now)
-            add_evidence(store, [Evidence(a.chain, a.address, entity, "import",
-                                          detail={"file": plan.file, "row": row, "source": a.source,
-                                                  "imported_at": iso(now)})], now=now)
-            added += 1
-    return added

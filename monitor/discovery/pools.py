@@ -36,6 +36,7 @@ from typing import Any
 from monitor.bundled import short_source
 from monitor.clock import iso
 from monitor.model import SATS_PER_BTC, ChainTx, EntityAddress, Fact, MalformedError, SourceError
+from monitor.discovery.addressbook import propose
 from monitor.discovery.reconcile import format_btc_amount
 from monitor.core.registry import Registry, normalise_address
 from storage import AsyncStore, Store
@@ -46,7 +47,6 @@ from storage.discovery import (
     evidence_rows,
     pool_block_rows,
     pool_blocks_known,
-    propose_address,
     save_pool_block,
 )
 from watchers.addresses import InvalidAddress, validate_address
@@ -365,11 +365,7 @@ def _commit_follow(
                     as_of=(iso(max(r["block_time"] or 0 for r in ev[prop.address])) or "")[:10],
                     evidence=summary,
                 )
-                outcome = propose_address(store, entity, a, status=prop.status, now=now)
-                if outcome == "known":
-                    row = address_row(store, "bitcoin", prop.address)
-                    if row is not None and row["learned_by"] == "pool_payout":
-                        store.db["addresses"].update(("bitcoin", prop.address), {"source": a.source, "evidence": a.evidence})
+                outcome = propose(store, entity, a, status=prop.status, now=now, refresh_origin=True)
                 out.append(replace(prop, outcome=outcome))
         store.set_cursors(cursors, now=now)
     return out

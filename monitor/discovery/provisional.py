@@ -21,7 +21,7 @@ neither ignored nor believed (the clustering literature's "what else looks like 
     `exchange:unidentified` when the sweep's target is unlabelled) and becomes a sale, with one update;
   * anything else (e.g. paying an unattributed address with no change) decides nothing: the spend is
     classified as the entity's, labelled provisional, and hop tracing follows it.
-- `settle_provisional` (the discovery job) confirms an address whose swept coins sat unspent for `settle_days`.
+- `monitor.discovery.addressbook.settle_provisional` (the discovery job) confirms an address whose swept coins sat unspent for `settle_days`.
 """
 
 from __future__ import annotations
@@ -32,16 +32,6 @@ from dataclasses import dataclass, replace
 from monitor.clock import iso
 from monitor.model import Attribution, ChainTx, EntityAddress
 from monitor.core.registry import Registry, normalise_address
-from storage import Store
-from storage.discovery import (
-    Evidence,
-    add_evidence,
-    address_row,
-    evidence_rows,
-    is_outpoint_spent,
-    propose_address,
-    provisional_rows,
-)
 
 __all__ = [
     "MAX_SWEEP_OUTPUTS",
@@ -50,8 +40,6 @@ __all__ = [
     "find_sweeps",
     "judge_spends",
     "apply_provisional",
-    "commit_provisional",
-    "settle_provisional",
     "provisional_inputs",
 ]
 
@@ -191,47 +179,3 @@ def provisional_inputs(tx: ChainTx | None, entity: str, registry: Registry) -> t
             if owner is not None and owner.name == entity and rec is not None:
                 out[rec.address] = rec
     return tuple(out.values())
-
-
-def commit_provisional(store: Store, sweeps: Iterable[Sweep], judgements: Iterable[Judgement], *,
-                       now: int) -> list[tuple[str, str, str, int, Attribution]]:
-    """Store new provisional addresses and decisions (store thread, in the caller's transaction).
-
-    Returns the sweep flows to re-attribute, (chain, txid, entity, n, attribution), one per deposit.
-    """
-    for s in sweeps:
-        stored = replace(s.entity_address(), learned_by="sweep")  # the status says provisional
-        if propose_address(store, s.entity, stored, status="provisional", now=now) == "added":
-            add_evidence(store, [Evidence(s.chain, s.address, s.entity, "sweep", s.txid, s.block_height, s.block_time,
-                                          s.value, {"n": s.n, "reason": f"every input {s.entity}'s, every output to an "
-                                                    "unattributed address, no change: a consolidation or an exchange deposit"})],
-                         now=now)
-    redo: list[tuple[str, str, str, int, Attribution]] = []
-    for j in judgements:
-        row = address_row(store, j.chain, j.address)
-        if row is None or row["status"] != "provisional":
-            continue
-        store.set_address_status(j.chain, j.address, "active" if j.outcome == "confirmed" else "rejected")
-        add_evidence(store, [Evidence(j.chain, j.address, j.entity, f"sweep_{j.outcome}", j.txid,
-                                      detail={"reason": j.reason, "attribution": str(j.attribution or "")})], now=now)
-        if j.outcome == "deposit" and j.attribution is not None:
-            for e in evidence_rows(store, chain=j.chain, address=j.address, kind="sweep"):
-                path = (e["txid"], j.txid)
-                redo.append((j.chain, e["txid"], j.entity, e["detail"]["n"],
-                             Attribution(j.attribution.kind, j.attribution.name, path)))
-    return redo
-
-
-def settle_provisional(store: Store, *, now: int, settle_days: float) -> list[str]:
-    """Confirm provisional addresses whose swept coins sat unspent for `settle_days` (store thread); returns them."""
-    settled = []
-    with store.batch():
-        for r in provisional_rows(store, added_before=now - int(settle_days * 86400)):
-            sweeps = evidence_rows(store, chain=r["chain"], address=r["address"], kind="sweep")
-            if not sweeps or any(is_outpoint_spent(store, r["chain"], e["txid"], e["detail"]["n"]) for e in sweeps):
-                continue
-            store.set_address_status(r["chain"], r["address"], "active")
-            add_evidence(store, [Evidence(r["chain"], r["address"], r["entity"], "sweep_confirmed",
-                                          detail={"reason": f"sat unspent for {settle_days:g} days"})], now=now)
-            settled.append(r["address"])
-    return settled

@@ -25,7 +25,8 @@ from monitor.core.flows import entity_flows
 from monitor.market.context import Market, context_json
 from monitor.discovery.miners import with_measured_production
 from monitor.model import Attribution, Batch, Classification, Clock, Entity, EntityFlow, FlowHistory, MarketContext, TraceShare
-from monitor.discovery.provisional import Judgement, Sweep, apply_provisional, commit_provisional, find_sweeps, judge_spends, provisional_inputs
+from monitor.discovery.addressbook import commit_provisional
+from monitor.discovery.provisional import Judgement, Sweep, apply_provisional, find_sweeps, judge_spends, provisional_inputs
 from monitor.core.registry import Registry
 from storage import AsyncStore, Store
 from storage.discovery import rejected_addresses
