@@ -28,6 +28,8 @@ from monitor.model import SALE_VERDICTS, SEVERITIES, VERDICTS, Classification, s
 
 __all__ = [
     "Rule",
+    "DormancyRule",
+    "BalanceRule",
     "Route",
     "MODES",
     "dedup_key",
@@ -162,3 +164,28 @@ def route_retraction(c: Classification, *, already_alerted: Iterable[str], why: 
     if not channels:
         return None
     return Route("retraction", dedup_key(c.chain, c.txid, c.entity, c.verdict), channels, (why,))
+
+
+# The watch rules (`[[alerts.dormancy]]`, `[[alerts.balance]]`) are declared here with the other rules;
+# monitor.run.watch_alerts evaluates them against storage.
+@dataclass(frozen=True)
+class DormancyRule:
+    """One `[[alerts.dormancy]]` entry."""
+
+    name: str
+    channels: tuple[str, ...]
+    min_years: float
+    min_btc: float = 0.0
+    entities: tuple[str, ...] = ()  # empty: every watched entity
+
+
+@dataclass(frozen=True)
+class BalanceRule:
+    """One `[[alerts.balance]]` entry; at least one of `below_btc` and `drop_pct`."""
+
+    name: str
+    channels: tuple[str, ...]
+    entities: tuple[str, ...]
+    below_btc: float | None = None
+    drop_pct: float | None = None
+    within_days: float = 7.0

@@ -36,8 +36,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from alerts.router import DEFAULT_RULE_VERDICTS, MODES, Rule
-from monitor.run.watch_alerts import BalanceRule, DormancyRule
+from alerts.router import BalanceRule, DormancyRule, DEFAULT_RULE_VERDICTS, MODES, Rule
 from monitor.core.classify import Thresholds
 from monitor.model import ENTITY_KINDS, SEVERITIES, VERDICTS, ConfigError, Entity, EntityAddress, Fact, Profile
 from monitor.core.registry import normalise_address

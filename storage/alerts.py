@@ -72,7 +72,7 @@ def queue_alert(
 ) -> int:
     """Queue an alert for each of its channels, due at `not_before` (default now); returns its id (call
     inside the tick's batch)."""
-    aid = store.db["alerts"].insert(
+    aid = store._db["alerts"].insert(
         {
             "dedup_key": alert.dedup_key,
             "kind": alert.kind,
@@ -87,7 +87,7 @@ def queue_alert(
             "updated_at": now,
         }
     ).last_pk
-    store.db["alert_channels"].insert_all(
+    store._db["alert_channels"].insert_all(
         {"alert_id": aid, "channel": c, "status": "queued", "attempts": 0, "next_at": not_before or now, "last_error": "",
          "delivered_at": None}
         for c in dict.fromkeys(alert.channels)
@@ -97,7 +97,7 @@ def queue_alert(
 
 def alerted_channels(store: Store, chain: str, txid: str, entity: str) -> set[str]:
     """Channels that were sent (or are queued to get) an alert about this flow."""
-    rows = store.query(
+    rows = store._query(
         """select distinct ac.channel from alerts a join alert_channels ac on ac.alert_id = a.id
            where a.chain = ? and a.txid = ? and a.entity = ? and a.kind != 'retraction'""",
         [chain, txid, entity],
@@ -107,7 +107,7 @@ def alerted_channels(store: Store, chain: str, txid: str, entity: str) -> set[st
 
 def flow_messages(store: Store, chain: str, txid: str, entity: str) -> list[Alert]:
     """Alerts already queued about this flow (every kind), oldest first, to thread and amend."""
-    rows = store.query(
+    rows = store._query(
         "select * from alerts where chain = ? and txid = ? and entity = ? order by id", [chain, txid, entity]
     )
     return [_alert_from_row(r, ()) for r in rows]
@@ -115,7 +115,7 @@ def flow_messages(store: Store, chain: str, txid: str, entity: str) -> list[Aler
 
 def is_unsent(store: Store, alert_id: int | None) -> bool:
     """True when no attempt was made yet on any channel of the alert (it can still be rewritten)."""
-    row = store.db.execute(
+    row = store._db.execute(
         "select count(*), coalesce(sum(attempts), 0) from alert_channels where alert_id = ?", [alert_id]
     ).fetchone()
     return bool(row and row[0] and row[1] == 0)
@@ -123,11 +123,11 @@ def is_unsent(store: Store, alert_id: int | None) -> bool:
 
 def replace_payload(store: Store, alert_id: int | None, payload: dict[str, Any], *, channels: tuple[str, ...], now: int) -> None:
     """Rewrite a not-yet-sent alert's message model and add channels to it (keeps when it is due)."""
-    store.db.execute("update alerts set payload = ?, updated_at = ? where id = ?",
+    store._db.execute("update alerts set payload = ?, updated_at = ? where id = ?",
                      [json.dumps(payload, ensure_ascii=False, sort_keys=True), now, alert_id])
-    due = store.db.execute("select min(next_at) from alert_channels where alert_id = ?", [alert_id]).fetchone()[0]
-    have = {r["channel"] for r in store.query("select channel from alert_channels where alert_id = ?", [alert_id])}
-    store.db["alert_channels"].insert_all(
+    due = store._db.execute("select min(next_at) from alert_channels where alert_id = ?", [alert_id]).fetchone()[0]
+    have = {r["channel"] for r in store._query("select channel from alert_channels where alert_id = ?", [alert_id])}
+    store._db["alert_channels"].insert_all(
         {"alert_id": alert_id, "channel": c, "status": "queued", "attempts": 0, "next_at": due, "last_error": "",
          "delivered_at": None}
         for c in channels if c not in have
@@ -136,23 +136,23 @@ def replace_payload(store: Store, alert_id: int | None, payload: dict[str, Any],
 
 def first_attempt_at(store: Store, alert_id: int | None) -> int | None:
     """When the alert was first attempted on any channel (≈ sent), or None."""
-    row = store.db.execute("select min(at) from deliveries where alert_id = ?", [alert_id]).fetchone()
+    row = store._db.execute("select min(at) from deliveries where alert_id = ?", [alert_id]).fetchone()
     return row[0] if row else None
 
 
 def alert_count(store: Store) -> int:
     """How many alerts were ever queued (a sequence for ids made inside the writing transaction)."""
-    row = store.db.execute("select count(*), coalesce(max(id), 0) from alerts").fetchone()
+    row = store._db.execute("select count(*), coalesce(max(id), 0) from alerts").fetchone()
     return max(row[0], row[1]) if row else 0
 
 
 def _channels_of(store: Store, alert_id: int) -> tuple[str, ...]:
-    return tuple(r["channel"] for r in store.query("select channel from alert_channels where alert_id = ? order by rowid", [alert_id]))
+    return tuple(r["channel"] for r in store._query("select channel from alert_channels where alert_id = ? order by rowid", [alert_id]))
 
 
 def due(store: Store, *, now: int, limit: int = 100) -> list[Pending]:
     """Queued pairs whose next attempt is due, oldest alert first."""
-    rows = store.query(
+    rows = store._query(
         """select a.*, ac.channel as ch, ac.attempts as attempts from alert_channels ac
            join alerts a on a.id = ac.alert_id
            where ac.status = 'queued' and ac.next_at <= ? order by a.id, ac.channel limit ?""",
@@ -163,22 +163,22 @@ def due(store: Store, *, now: int, limit: int = 100) -> list[Pending]:
 
 def next_due_at(store: Store) -> int | None:
     """When the next queued pair is due, or None when nothing is queued."""
-    row = store.db.execute("select min(next_at) from alert_channels where status = 'queued'").fetchone()
+    row = store._db.execute("select min(next_at) from alert_channels where status = 'queued'").fetchone()
     return row[0] if row else None
 
 
 def begin_attempt(store: Store, alert_id: int, channel: str, *, now: int) -> int:
     """Mark a pair as being sent (committed before the send); returns the attempt number."""
     with store.batch():
-        row = store.db.execute(
+        row = store._db.execute(
             "select attempts, status from alert_channels where alert_id = ? and channel = ?", [alert_id, channel]
         ).fetchone()
         attempt = (row[0] if row else 0) + 1
-        store.db.execute(
+        store._db.execute(
             "update alert_channels set status = 'sending', attempts = ? where alert_id = ? and channel = ?",
             [attempt, alert_id, channel],
         )
-        store.db["deliveries"].insert(
+        store._db["deliveries"].insert(
             {"alert_id": alert_id, "channel": channel, "attempt": attempt, "at": now, "status": "sending", "error": "", "next_at": None}
         )
     return attempt
@@ -188,13 +188,13 @@ def finish_attempt(store: Store, d: Delivery) -> None:
     """Record how an attempt ended: ok → delivered, retry → queued until `next_at`, failed → failed."""
     state = {"ok": "delivered", "retry": "queued", "failed": "failed"}[d.status]
     with store.batch():
-        store.db.execute(
+        store._db.execute(
             """update alert_channels set status = ?, next_at = coalesce(?, next_at), last_error = ?,
                delivered_at = case when ? = 'delivered' then ? else delivered_at end
                where alert_id = ? and channel = ?""",
             [state, d.next_at, d.error, state, d.at, d.alert_id, d.channel],
         )
-        store.db.execute(
+        store._db.execute(
             """update deliveries set status = ?, error = ?, next_at = ?
                where alert_id = ? and channel = ? and attempt = ?""",
             [d.status, d.error, d.next_at, d.alert_id, d.channel, d.attempt],
@@ -203,26 +203,26 @@ def finish_attempt(store: Store, d: Delivery) -> None:
 
 
 def _refresh_status(store: Store, alert_id: int, *, now: int) -> None:
-    states = {r["status"] for r in store.query("select status from alert_channels where alert_id = ?", [alert_id])}
+    states = {r["status"] for r in store._query("select status from alert_channels where alert_id = ?", [alert_id])}
     if states & {"queued", "sending"}:
         status = "queued"
     elif "failed" in states:
         status = "failed"
     else:
         status = "delivered"
-    store.db.execute("update alerts set status = ?, updated_at = ? where id = ?", [status, now, alert_id])
+    store._db.execute("update alerts set status = ?, updated_at = ? where id = ?", [status, now, alert_id])
 
 
 def recover_in_flight(store: Store, *, now: int) -> int:
     """After a crash: pairs left `sending` may or may not have been sent; queue them again (at most one resend)."""
     with store.batch():
-        rows = store.query("select alert_id, channel, attempts from alert_channels where status = 'sending'")
+        rows = store._query("select alert_id, channel, attempts from alert_channels where status = 'sending'")
         for r in rows:
-            store.db.execute(
+            store._db.execute(
                 "update alert_channels set status = 'queued', next_at = ? where alert_id = ? and channel = ?",
                 [now, r["alert_id"], r["channel"]],
             )
-            store.db.execute(
+            store._db.execute(
                 """update deliveries set status = 'interrupted', error = 'process stopped during the send; resending once'
                    where alert_id = ? and channel = ? and attempt = ?""",
                 [r["alert_id"], r["channel"], r["attempts"]],
@@ -233,13 +233,13 @@ def recover_in_flight(store: Store, *, now: int) -> int:
 def retry_alert(store: Store, alert_id: int, *, now: int) -> int:
     """Queue an alert's failed channels again now; returns how many pairs were requeued."""
     with store.batch():
-        cur = store.db.execute(
+        cur = store._db.execute(
             "update alert_channels set status = 'queued', next_at = ? where alert_id = ? and status = 'failed'",
             [now, alert_id],
         )
         n = cur.rowcount
         if n:
-            store.db.execute("update alerts set created_at = ? where id = ?", [now, alert_id])  # restart give-up age
+            store._db.execute("update alerts set created_at = ? where id = ?", [now, alert_id])  # restart give-up age
             _refresh_status(store, alert_id, now=now)
     return n
 
@@ -251,10 +251,10 @@ def alert_rows(store: Store, *, status: str | None = None, after_id: int = 0, li
     if limit:
         sql += " limit ?"
         params.append(limit)
-    rows = store.query(sql, params)
+    rows = store._query(sql, params)
     for r in rows:
         r["payload"] = json.loads(r["payload"])
-        r["channels"] = store.query(
+        r["channels"] = store._query(
             "select channel, status, attempts, next_at, last_error, delivered_at from alert_channels where alert_id = ? order by channel",
             [r["id"]],
         )
@@ -265,10 +265,10 @@ def deliveries_of(store: Store, alert_id: int) -> list[Delivery]:
     """Every recorded attempt of an alert, in order."""
     return [
         Delivery(r["alert_id"], r["channel"], r["attempt"], r["at"], r["status"], r["error"] or "", r["next_at"])
-        for r in store.query("select * from deliveries where alert_id = ? order by id", [alert_id])
+        for r in store._query("select * from deliveries where alert_id = ? order by id", [alert_id])
     ]
 
 
 def status_counts(store: Store) -> dict[str, int]:
     """Number of alerts by status."""
-    return {r["status"]: r["n"] for r in store.query("select status, count(*) as n from alerts group by status")}
+    return {r["status"]: r["n"] for r in store._query("select status, count(*) as n from alerts group by status")}

@@ -19,7 +19,7 @@ def save_block_facts(store: Store, chain: str, block_hash: str, *, height: int, 
                      coinbase_total: int | None) -> None:
     """Keep one block's facts (an upsert: the same hash always has the same facts)."""
     with store.batch():
-        store.db["block_facts"].upsert(
+        store._db["block_facts"].upsert(
             {"chain": chain, "hash": block_hash, "height": height, "difficulty": difficulty, "time": time,
              "coinbase_total_units": None if coinbase_total is None else str(coinbase_total)},
             pk=("chain", "hash"),
@@ -28,7 +28,7 @@ def save_block_facts(store: Store, chain: str, block_hash: str, *, height: int, 
 
 def block_facts(store: Store, chain: str, block_hash: str) -> dict[str, Any] | None:
     """The stored facts of a block (height, difficulty, time, coinbase_total), or None."""
-    row = store.db.execute(
+    row = store._db.execute(
         "select height, difficulty, time, coinbase_total_units from block_facts where chain = ? and hash = ?",
         [chain, block_hash],
     ).fetchone()
@@ -40,7 +40,7 @@ def block_facts(store: Store, chain: str, block_hash: str) -> dict[str, Any] | N
 
 def coinbase_totals(store: Store, chain: str, lo: int, hi: int) -> list[tuple[int, int]]:
     """(height, coinbase total) of the stored blocks with lo < height <= hi, by height."""
-    rows = store.db.execute(
+    rows = store._db.execute(
         "select height, coinbase_total_units from block_facts where chain = ? and height > ? and height <= ? "
         "and coinbase_total_units is not null order by height",
         [chain, lo, hi],

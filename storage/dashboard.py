@@ -59,8 +59,8 @@ def flow_page(
         where.append(f"{at} < ?")
         params.append(until)
     cond = " and ".join(where)
-    total = store.query(f"select count(*) as n from flows f where {cond}", params)[0]["n"]
-    rows = store.query(
+    total = store._query(f"select count(*) as n from flows f where {cond}", params)[0]["n"]
+    rows = store._query(
         f"select f.*, e.kind as entity_kind from flows f left join entities e on e.name = f.entity where {cond}"
         f" order by {at} desc, f.txid limit ? offset ?",
         [*params, limit, offset],

@@ -80,7 +80,7 @@ class _FlagLike(Protocol):
 
 def address_row(store: Store, chain: str, address: str) -> dict[str, Any] | None:
     """The stored row of one address (any status), or None."""
-    rows = store.query("select * from addresses where chain = ? and address = ?", [chain, address])
+    rows = store._query("select * from addresses where chain = ? and address = ?", [chain, address])
     return rows[0] if rows else None
 
 
@@ -93,7 +93,7 @@ def upsert_address(store: Store, entity: str, a: EntityAddress, *, status: str, 
     if row is not None and row["entity"] != entity:
         return f"conflict:{row['entity']}"
     values = address_values(entity, a, status=status, added_at=now if row is None else row["added_at"])
-    store.db["addresses"].upsert(values, pk=("chain", "address"))
+    store._db["addresses"].upsert(values, pk=("chain", "address"))
     return "added" if row is None else "updated"
 
 
@@ -120,7 +120,7 @@ def propose_address(store: Store, entity: str, a: EntityAddress, *, status: str,
 
 def update_address(store: Store, chain: str, address: str, **fields: Any) -> None:
     """Set some columns of a stored address (status, learned_by, source, label, as_of, evidence)."""
-    store.db["addresses"].update((chain, address), fields)
+    store._db["addresses"].update((chain, address), fields)
 
 
 def set_status(store: Store, chain: str, address: str, status: str) -> dict[str, Any] | None:
@@ -134,18 +134,18 @@ def set_status(store: Store, chain: str, address: str, status: str) -> dict[str,
 def rejected_addresses(store: Store, chain: str | None = None) -> set[tuple[str, str]]:
     """(chain, address) of every rejected address."""
     sql = "select chain, address from addresses where status = 'rejected'" + (" and chain = ?" if chain else "")
-    return {(r["chain"], r["address"]) for r in store.query(sql, [chain] if chain else [])}
+    return {(r["chain"], r["address"]) for r in store._query(sql, [chain] if chain else [])}
 
 
 def provisional_rows(store: Store, *, added_before: int | None = None) -> list[dict[str, Any]]:
     """Addresses watched provisionally (a sweep's destination not decided yet), optionally added before a time."""
     sql = "select * from addresses where status = 'provisional'" + (" and added_at <= ?" if added_before is not None else "")
-    return store.query(sql + " order by added_at, address", [added_before] if added_before is not None else [])
+    return store._query(sql + " order by added_at, address", [added_before] if added_before is not None else [])
 
 
 def is_outpoint_spent(store: Store, chain: str, txid: str, vout: int) -> bool:
     """Whether a stored, still valid tx spends output `vout` of `txid` (inputs are stored as JSON lists)."""
-    rows = store.query(
+    rows = store._query(
         "select 1 from transactions where chain = ? and status in ('confirmed', 'mempool') and inputs like ? limit 1",
         [chain, f'%"{txid}", {int(vout)}]%'],
     )
@@ -156,13 +156,13 @@ def add_evidence(store: Store, items: Iterable[Evidence], *, now: int) -> int:
     """Record evidence rows (idempotent per address, kind and txid); returns how many were new."""
     added = 0
     for e in items:
-        exists = store.db.execute(
+        exists = store._db.execute(
             "select 1 from address_evidence where chain = ? and address = ? and kind = ? and txid = ?",
             [e.chain, e.address, e.kind, e.txid],
         ).fetchone()
         if exists:
             continue
-        store.db["address_evidence"].insert(
+        store._db["address_evidence"].insert(
             {
                 "chain": e.chain,
                 "address": e.address,
@@ -192,7 +192,7 @@ def evidence_rows(store: Store, *, chain: str | None = None, address: str | None
     """Stored evidence, oldest block first, filtered by address, entity and/or kind."""
     where, params = where_equal(chain=chain, address=address, entity=entity, kind=kind)
     sql = f"select * from address_evidence{where} order by coalesce(block_height, 0), id"
-    return [_evidence_from_row(r) for r in store.query(sql, params)]
+    return [_evidence_from_row(r) for r in store._query(sql, params)]
 
 
 def candidate_rows(store: Store, *, entity: str | None = None, status: str = "candidate") -> list[dict[str, Any]]:
@@ -239,7 +239,7 @@ def save_learned(store: Store, learned: Iterable[_LearnedLike], flags: Iterable[
             )
         results.append((item, outcome))
     for f in flags:
-        store.db.execute(
+        store._db.execute(
             "insert or ignore into discovery_flags (chain, txid, entity, kind, detail, created_at) values (?, ?, ?, ?, ?, ?)",
             [f.chain, f.txid, f.entity, f.kind, f.detail, now],
         )
@@ -249,7 +249,7 @@ def save_learned(store: Store, learned: Iterable[_LearnedLike], flags: Iterable[
 def flag_rows(store: Store, *, entity: str | None = None) -> list[dict[str, Any]]:
     """Flagged co-spends (not merged), newest first."""
     sql = "select * from discovery_flags" + (" where entity like ?" if entity else "") + " order by id desc"
-    return store.query(sql, [f"%{entity}%"] if entity else [])
+    return store._query(sql, [f"%{entity}%"] if entity else [])
 
 
 # --- pool blocks ------------------------------------------------------------------------------------
@@ -257,12 +257,12 @@ def flag_rows(store: Store, *, entity: str | None = None) -> list[dict[str, Any]
 
 def save_pool_block(store: Store, row: dict[str, Any], *, now: int) -> bool:
     """Record a block attributed to a pool; True when it was new (a known coinbase is not rewritten)."""
-    exists = store.db.execute(
+    exists = store._db.execute(
         "select 1 from pool_blocks where chain = ? and txid = ?", [row["chain"], row["txid"]]
     ).fetchone()
     if exists:
         return False
-    store.db["pool_blocks"].insert({**row, "reward_units": str(row["reward_units"]), "created_at": now})
+    store._db["pool_blocks"].insert({**row, "reward_units": str(row["reward_units"]), "created_at": now})
     return True
 
 
@@ -281,7 +281,7 @@ def pool_block_rows(store: Store, *, pools: Iterable[str] | None = None, since: 
         where.append("block_time < ?")
         params.append(until)
     sql = "select * from pool_blocks" + (" where " + " and ".join(where) if where else "") + " order by block_height, txid"
-    rows = store.query(sql, params)
+    rows = store._query(sql, params)
     for r in rows:
         r["reward_units"] = int(r["reward_units"])
     return rows
@@ -293,7 +293,7 @@ def pool_blocks_known(store: Store, chain: str, txids: Iterable[str]) -> set[str
     out: set[str] = set()
     for i in range(0, len(ids), 400):
         chunk = ids[i : i + 400]
-        rows = store.query(
+        rows = store._query(
             f"select txid from pool_blocks where chain = ? and txid in ({','.join('?' * len(chunk))})", [chain, *chunk]
         )
         out |= {r["txid"] for r in rows}
@@ -382,7 +382,7 @@ def queue_traces(store: Store, *, now: int, value_floor: int = 0) -> int:
 
     Only destinations worth at least `value_floor` base units, on bitcoin. Returns how many were queued.
     """
-    rows = store.query(
+    rows = store._query(
         """select d.chain, d.txid, d.entity, d.n, d.address, d.value_units from destinations d
            join flows f on f.chain = d.chain and f.txid = d.txid and f.entity = d.entity
            left join traces t on t.chain = d.chain and t.txid = d.txid and t.entity = d.entity and t.n = d.n
@@ -393,7 +393,7 @@ def queue_traces(store: Store, *, now: int, value_floor: int = 0) -> int:
     for r in rows:
         if int(r["value_units"]) < value_floor:
             continue
-        store.db["traces"].insert(
+        store._db["traces"].insert(
             {
                 "chain": r["chain"], "txid": r["txid"], "entity": r["entity"], "n": r["n"], "address": r["address"],
                 "value_units": r["value_units"], "status": "pending", "hops": 1, "path": json.dumps([r["txid"]]),
@@ -410,7 +410,7 @@ def queue_traces(store: Store, *, now: int, value_floor: int = 0) -> int:
 
 def due_traces(store: Store, *, now: int, limit: int = 50) -> list[TraceState]:
     """Pending traces whose next check is due, oldest due first."""
-    rows = store.query(
+    rows = store._query(
         "select * from traces where status = 'pending' and next_at <= ? order by next_at, created_at limit ?", [now, limit]
     )
     return [_trace_from_row(r) for r in rows]
@@ -418,7 +418,7 @@ def due_traces(store: Store, *, now: int, limit: int = 50) -> list[TraceState]:
 
 def save_trace(store: Store, t: TraceState, *, now: int) -> None:
     """Write a trace's new state."""
-    store.db["traces"].upsert(
+    store._db["traces"].upsert(
         {
             "chain": t.chain, "txid": t.txid, "entity": t.entity, "n": t.n, "address": t.address,
             "value_units": str(t.value), "status": t.status, "hops": t.hops, "path": json.dumps(list(t.path)),
@@ -434,7 +434,7 @@ def save_trace(store: Store, t: TraceState, *, now: int) -> None:
 def trace_rows(store: Store, *, entity: str | None = None, status: str | None = None) -> list[TraceState]:
     """Stored traces, optionally for one entity and/or status."""
     where, params = where_equal(entity=entity, status=status)
-    return [_trace_from_row(r) for r in store.query(f"select * from traces{where} order by created_at, txid, n", params)]
+    return [_trace_from_row(r) for r in store._query(f"select * from traces{where} order by created_at, txid, n", params)]
 
 
 # --- job state and stored txs -------------------------------------------------------------------------
@@ -442,24 +442,24 @@ def trace_rows(store: Store, *, entity: str | None = None, status: str | None = 
 
 def get_state(store: Store, key: str, default: Any = None) -> Any:
     """A discovery job's stored JSON state."""
-    row = store.db.execute("select value from discovery_state where key = ?", [key]).fetchone()
+    row = store._db.execute("select value from discovery_state where key = ?", [key]).fetchone()
     return json.loads(row[0]) if row else default
 
 
 def set_state(store: Store, key: str, value: Any, *, now: int) -> None:
     """Store a discovery job's JSON state."""
-    store.db["discovery_state"].upsert({"key": key, "value": json.dumps(value), "updated_at": now}, pk="key")
+    store._db["discovery_state"].upsert({"key": key, "value": json.dumps(value), "updated_at": now}, pk="key")
 
 
 def transactions_after(store: Store, rowid: int, *, limit: int = 500) -> list[tuple[int, str, ChainTx]]:
     """Stored txs after a position in the `transactions` table: (rowid, status, tx), in insertion order."""
-    rows = store.query("select rowid as _rowid, * from transactions where rowid > ? order by rowid limit ?", [rowid, limit])
+    rows = store._query("select rowid as _rowid, * from transactions where rowid > ? order by rowid limit ?", [rowid, limit])
     return [(r["_rowid"], r["status"], Store.tx_from_row(r)) for r in rows]
 
 
 def latest_btc_balances(store: Store) -> dict[str, tuple[int, int]]:
     """Latest confirmed BTC balance snapshot per bitcoin address: address → (base units, snapshot time)."""
-    rows = store.query(
+    rows = store._query(
         """select s.address, s.confirmed_units, s.at from balance_snapshots s
            join (select chain, address, asset, max(at) as at from balance_snapshots group by chain, address, asset) m
              on s.chain = m.chain and s.address = m.address and s.asset = m.asset and s.at = m.at

@@ -35,25 +35,25 @@ def save_miner_blocks(store: Store, rows: Iterable[dict[str, Any]], *, now: int)
         for r in rows
     ]
     if out:
-        store.db["miner_blocks"].upsert_all(out, pk=("chain", "height"))
+        store._db["miner_blocks"].upsert_all(out, pk=("chain", "height"))
     return len(out)
 
 
 def drop_miner_blocks_from(store: Store, chain: str, height: int) -> int:
     """Delete the rows at and above `height` (blocks a reorg orphaned), with the pool coins they created, the
     pool outflows they confirmed, and the spends of older coins they held. Returns how many blocks."""
-    cur = store.db.execute("delete from miner_blocks where chain = ? and height >= ?", [chain, height])
+    cur = store._db.execute("delete from miner_blocks where chain = ? and height >= ?", [chain, height])
     n = cur.rowcount
-    store.db.execute("delete from pool_coins where chain = ? and height >= ?", [chain, height])
-    store.db.execute("delete from pool_outflows where chain = ? and block_height >= ?", [chain, height])
-    store.db.execute("update pool_coins set spent_by = null, spent_height = null, checked_height = 0 "
+    store._db.execute("delete from pool_coins where chain = ? and height >= ?", [chain, height])
+    store._db.execute("delete from pool_outflows where chain = ? and block_height >= ?", [chain, height])
+    store._db.execute("update pool_coins set spent_by = null, spent_height = null, checked_height = 0 "
                      "where chain = ? and spent_height >= ?", [chain, height])
     return n
 
 
 def miner_block_hashes(store: Store, chain: str, low: int, high: int) -> dict[int, str]:
     """Height → stored hash for heights in [low, high]."""
-    rows = store.db.execute(
+    rows = store._db.execute(
         "select height, hash from miner_blocks where chain = ? and height between ? and ?", [chain, low, high]
     ).fetchall()
     return {h: x for h, x in rows}
@@ -61,7 +61,7 @@ def miner_block_hashes(store: Store, chain: str, low: int, high: int) -> dict[in
 
 def miner_block_span(store: Store, chain: str) -> tuple[int, int, int] | None:
     """(lowest height, highest height, row count) scanned, or None."""
-    row = store.db.execute(
+    row = store._db.execute(
         "select min(height), max(height), count(*) from miner_blocks where chain = ?", [chain]
     ).fetchone()
     return None if row is None or row[2] == 0 else (row[0], row[1], row[2])
@@ -78,7 +78,7 @@ def miner_block_rows(
     if until is not None:
         where.append("time < ?")
         params.append(until)
-    cur = store.db.execute(f"select * from miner_blocks where {' and '.join(where)} order by height", params)
+    cur = store._db.execute(f"select * from miner_blocks where {' and '.join(where)} order by height", params)
     cols = [c[0] for c in cur.description]
     out = []
     for row in cur.fetchall():
@@ -94,7 +94,7 @@ def save_pool_coins(store: Store, rows: Iterable[dict[str, Any]]) -> int:
     out = [{**r, "value_units": str(r["value_units"]), "spent_by": None, "spent_height": None, "checked_height": 0}
            for r in rows]
     if out:
-        store.db["pool_coins"].upsert_all(out, pk=("chain", "txid", "n"))
+        store._db["pool_coins"].upsert_all(out, pk=("chain", "txid", "n"))
     return len(out)
 
 
@@ -107,7 +107,7 @@ def pool_coins_to_check(store: Store, chain: str, *, tip: int, mature: int, limi
     if limit is not None:
         sql += " limit ?"
         params.append(limit)
-    cur = store.db.execute(sql, params)
+    cur = store._db.execute(sql, params)
     cols = [c[0] for c in cur.description]
     return [{**dict(zip(cols, r)), "value_units": int(r[4])} for r in cur.fetchall()]
 
@@ -115,9 +115,9 @@ def pool_coins_to_check(store: Store, chain: str, *, tip: int, mature: int, limi
 def mark_pool_coins(store: Store, chain: str, checked: Iterable[tuple[str, int]], spent: Iterable[tuple[str, int, str, int]],
                     *, tip: int) -> None:
     """Record a check at `tip` of (txid, n) coins, and the (txid, n, spending txid, its height) of spent ones."""
-    store.db.conn.executemany("update pool_coins set checked_height = ? where chain = ? and txid = ? and n = ?",
+    store._db.conn.executemany("update pool_coins set checked_height = ? where chain = ? and txid = ? and n = ?",
                          [(tip, chain, t, n) for t, n in checked])
-    store.db.conn.executemany("update pool_coins set spent_by = ?, spent_height = ?, checked_height = ? "
+    store._db.conn.executemany("update pool_coins set spent_by = ?, spent_height = ?, checked_height = ? "
                          "where chain = ? and txid = ? and n = ?", [(s, h, tip, chain, t, n) for t, n, s, h in spent])
 
 
@@ -125,7 +125,7 @@ def save_pool_outflows(store: Store, rows: Iterable[dict[str, Any]]) -> int:
     """Upsert the outputs of pool spends to non-pool addresses (keyed by chain, txid, n)."""
     out = [{**r, "value_units": str(r["value_units"])} for r in rows]
     if out:
-        store.db["pool_outflows"].upsert_all(out, pk=("chain", "txid", "n"))
+        store._db["pool_outflows"].upsert_all(out, pk=("chain", "txid", "n"))
     return len(out)
 
 
@@ -135,7 +135,7 @@ def pool_outflow_rows(store: Store, chain: str = "bitcoin", *, since: int | None
     if since is not None:
         where.append("block_time >= ?")
         params.append(since)
-    cur = store.db.execute(f"select * from pool_outflows where {' and '.join(where)} order by block_height, txid, n",
+    cur = store._db.execute(f"select * from pool_outflows where {' and '.join(where)} order by block_height, txid, n",
                            params)
     cols = [c[0] for c in cur.description]
     return [{**dict(zip(cols, r)), "value_units": int(dict(zip(cols, r))["value_units"])} for r in cur.fetchall()]
@@ -145,8 +145,8 @@ def unspent_pool_coins(store: Store, chain: str, *, below: int | None = None) ->
     """(txid, n) → pool of the unspent pool coins; with `below`, as they stand once the blocks at and above it
     are dropped (coins created there gone, coins spent there unspent again)."""
     if below is None:
-        cur = store.db.execute("select txid, n, pool from pool_coins where chain = ? and spent_by is null", [chain])
+        cur = store._db.execute("select txid, n, pool from pool_coins where chain = ? and spent_by is null", [chain])
     else:
-        cur = store.db.execute("select txid, n, pool from pool_coins where chain = ? and height < ? and "
+        cur = store._db.execute("select txid, n, pool from pool_coins where chain = ? and height < ? and "
                                "(spent_by is null or spent_height >= ?)", [chain, below, below])
     return {(t, n): p for t, n, p in cur.fetchall()}

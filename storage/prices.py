@@ -84,13 +84,13 @@ def save_candles(
     if not rows:
         return 0
     with store.batch():
-        store.db["price_candles"].upsert_all(rows, pk=("pair", "granularity", "start"))
+        store._db["price_candles"].upsert_all(rows, pk=("pair", "granularity", "start"))
     return len(rows)
 
 
 def candle_at(store: Store, pair: str, at: int, granularity: int = 3600) -> StoredCandle | None:
     """The candle containing `at`, else the latest one before it (compare `end` with `at`), else None."""
-    rows = store.query(
+    rows = store._query(
         f"select {_COLUMNS} from price_candles where pair = ? and granularity = ? and start <= ?"
         " order by start desc limit 1",
         [pair, granularity, at],
@@ -100,7 +100,7 @@ def candle_at(store: Store, pair: str, at: int, granularity: int = 3600) -> Stor
 
 def candles_between(store: Store, pair: str, start: int, end: int, granularity: int = 3600) -> list[StoredCandle]:
     """Cached candles with `start <= candle.start < end`, oldest first."""
-    rows = store.query(
+    rows = store._query(
         f"select {_COLUMNS} from price_candles where pair = ? and granularity = ? and start >= ? and start < ?"
         " order by start",
         [pair, granularity, start, end],
@@ -110,7 +110,7 @@ def candles_between(store: Store, pair: str, start: int, end: int, granularity: 
 
 def latest_candle(store: Store, pair: str, granularity: int = 3600) -> StoredCandle | None:
     """The most recent cached candle of a pair, or None."""
-    rows = store.query(
+    rows = store._query(
         f"select {_COLUMNS} from price_candles where pair = ? and granularity = ? order by start desc limit 1",
         [pair, granularity],
     )

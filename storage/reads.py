@@ -12,7 +12,20 @@ from typing import Any
 
 from storage.store import Store
 
-__all__ = ["flow_rows", "flow_row", "entity_summaries", "events_after", "last_event_id", "save_source_health", "source_health_rows"]
+__all__ = [
+    "flow_rows",
+    "flow_row",
+    "entity_summaries",
+    "events_after",
+    "last_event_id",
+    "save_source_health",
+    "source_health_rows",
+    "has_digest",
+    "alert_counts",
+    "latest_verdicts",
+    "newest_chain_context",
+    "newest_candle",
+]
 
 _PAGE = 500
 
@@ -69,7 +82,7 @@ def flow_rows(
     )
     offset = 0
     while True:
-        rows = store.query(sql, [*params, _PAGE, offset])
+        rows = store._query(sql, [*params, _PAGE, offset])
         if not rows:
             return
         keys = [(r["chain"], r["txid"], r["entity"]) for r in rows]
@@ -95,7 +108,7 @@ def _destinations(store: Store, keys: list[tuple[str, str, str]]) -> dict[tuple[
     for i in range(0, len(txids), 400):
         chunk = txids[i : i + 400]
         marks = ",".join("?" * len(chunk))
-        for d in store.query(f"select * from destinations where txid in ({marks}) order by n", chunk):
+        for d in store._query(f"select * from destinations where txid in ({marks}) order by n", chunk):
             d["value_units"] = int(d["value_units"])
             d["path"] = json.loads(d["path"] or "[]")
             d["shares"] = [{**x, "value_units": int(x["value_units"])} for x in json.loads(d.get("shares") or "[]")]
@@ -109,7 +122,7 @@ def _latest_classifications(store: Store, keys: list[tuple[str, str, str]]) -> d
     for i in range(0, len(txids), 400):
         chunk = txids[i : i + 400]
         marks = ",".join("?" * len(chunk))
-        for c in store.query(
+        for c in store._query(
             f"select * from classifications where txid in ({marks}) order by version", chunk
         ):  # ascending versions: the newest one per flow wins
             c["reasons"] = json.loads(c["reasons"])
@@ -128,7 +141,7 @@ def entity_summaries(store: Store) -> list[dict[str, Any]]:
         active = [a for a in addrs if a["status"] == "active"]
         bal = sum(balances.get((a["chain"], a["address"], "BTC"), 0) for a in active if a["chain"] == "bitcoin")
         seen = sum(1 for a in active if (a["chain"], a["address"], "BTC") in balances)
-        counts = store.query(
+        counts = store._query(
             "select direction, count(*) as n from flows where entity = ? group by direction", [e["name"]]
         )
         out.append(
@@ -150,7 +163,7 @@ def entity_summaries(store: Store) -> list[dict[str, Any]]:
 
 def events_after(store: Store, after: int, *, limit: int = 500) -> list[dict[str, Any]]:
     """Events with id > `after`, oldest first, each with the classification it refers to (decoded)."""
-    rows = store.query(
+    rows = store._query(
         """select e.id as event_id, e.kind as event_kind, e.created_at as event_at, c.* from events e
            join classifications c on c.id = e.classification_id where e.id > ? order by e.id limit ?""",
         [after, limit],
@@ -165,14 +178,48 @@ def events_after(store: Store, after: int, *, limit: int = 500) -> list[dict[str
 
 def last_event_id(store: Store) -> int:
     """The newest event id (0 when there is none)."""
-    return store.db.execute("select coalesce(max(id), 0) from events").fetchone()[0]
+    return store._db.execute("select coalesce(max(id), 0) from events").fetchone()[0]
 
 
 def save_source_health(store: Store, row: dict[str, Any]) -> None:
     """Upsert one source's health row (keys as the source_health table)."""
-    store.db["source_health"].upsert(row, pk="source")
+    store._db["source_health"].upsert(row, pk="source")
 
 
 def source_health_rows(store: Store) -> list[dict[str, Any]]:
     """Stored health of every source."""
-    return store.query("select * from source_health order by source")
+    return store._query("select * from source_health order by source")
+
+
+def has_digest(store: Store, dedup_key: str) -> bool:
+    """Whether a digest with this dedup key was queued already."""
+    return bool(store._query("select 1 from alerts where dedup_key = ? and kind = 'digest'", [dedup_key]))
+
+
+def alert_counts(store: Store) -> dict[str, int]:
+    """How many alerts of each kind are stored."""
+    return {r["kind"]: r["n"] for r in store._query("select kind, count(*) as n from alerts group by kind")}
+
+
+def latest_verdicts(store: Store) -> dict[tuple[str, str], str]:
+    """(txid, entity) → the verdict of its newest classification."""
+    return {(r["txid"], r["entity"]): r["verdict"]
+            for r in store._query("select txid, entity, verdict from classifications order by version")}
+
+
+def newest_chain_context(store: Store, *, scan: int = 50) -> dict[str, Any] | None:
+    """The newest stored classification context that carries difficulty and height (of the last `scan`)."""
+    rows = store._query(
+        "select context from classifications where context like '%\"difficulty\": %' order by id desc limit ?", [scan]
+    )
+    for r in rows:
+        ctx = json.loads(r["context"])
+        if ctx.get("difficulty") and ctx.get("height"):
+            return ctx
+    return None
+
+
+def newest_candle(store: Store, pair: str = "BTC-USD") -> dict[str, Any] | None:
+    """The newest stored price candle of `pair` (close, start, source)."""
+    rows = store._query("select close, start, source from price_candles where pair = ? order by start desc limit 1", [pair])
+    return rows[0] if rows else None

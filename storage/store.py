@@ -147,22 +147,22 @@ class Store:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             # check_same_thread=False: AsyncStore moves all use of this connection onto its one thread.
             conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30.0)
-            self.db = Database(conn)
-            with self.db.ensure_autocommit_on():
-                self.db.execute("PRAGMA journal_mode=wal")
-                self.db.execute("PRAGMA synchronous=NORMAL")
-                self.db.execute("PRAGMA foreign_keys=ON")
-            migrations.apply(self.db)
+            self._db = Database(conn)
+            with self._db.ensure_autocommit_on():
+                self._db.execute("PRAGMA journal_mode=wal")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.execute("PRAGMA foreign_keys=ON")
+            migrations.apply(self._db)
         except (sqlite3.Error, OSError) as exc:
             raise StorageError(f"cannot open database {self.path}: {exc}") from exc
 
     def close(self) -> None:
         """Close the connection (a WAL checkpoint happens on the last close)."""
-        self.db.close()
+        self._db.close()
 
     def applied_migrations(self) -> list[str]:
         """Names of the schema steps applied to this file, in order."""
-        return [m.name for m in migrations.applied(self.db)]
+        return [m.name for m in migrations.applied(self._db)]
 
     @contextmanager
     def batch(self) -> Iterator[Store]:
@@ -171,7 +171,7 @@ class Store:
         :raises StorageError: when SQLite refuses the write.
         """
         try:
-            with self.db.atomic():
+            with self._db.atomic():
                 yield self
         except sqlite3.Error as exc:
             raise StorageError(f"write to {self.path} failed: {exc}") from exc
@@ -182,7 +182,7 @@ class Store:
         """Record the configured and bundled entities and their addresses (rejected ones stay rejected)."""
         with self.batch():
             for e in entities:
-                self.db["entities"].upsert(
+                self._db["entities"].upsert(
                     {
                         "name": e.name,
                         "kind": e.kind,
@@ -199,25 +199,25 @@ class Store:
         """Add addresses to an entity; existing rows keep their status and origin. Returns how many were new."""
         added = 0
         for a in addresses:
-            existing = self.db.execute(
+            existing = self._db.execute(
                 "select entity, status from addresses where chain = ? and address = ?", [a.chain, a.address]
             ).fetchone()
             if existing is not None:
                 continue
-            self.db["addresses"].insert(address_values(entity, a, status=status, added_at=now))
+            self._db["addresses"].insert(address_values(entity, a, status=status, added_at=now))
             added += 1
         return added
 
     def set_address_status(self, chain: str, address: str, status: str) -> bool:
         """Set an address's status (active | candidate | rejected); False when it is unknown."""
-        cur = self.db.execute(
+        cur = self._db.execute(
             "update addresses set status = ? where chain = ? and address = ?", [status, chain, address]
         )
         return cur.rowcount > 0
 
     def remove_address(self, chain: str, address: str) -> bool:
         """Forget an address entirely; False when it is unknown."""
-        cur = self.db.execute("delete from addresses where chain = ? and address = ?", [chain, address])
+        cur = self._db.execute("delete from addresses where chain = ? and address = ?", [chain, address])
         return cur.rowcount > 0
 
     def address_rows(self, *, entity: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
@@ -252,7 +252,7 @@ class Store:
 
     def entity_profile(self, name: str) -> Profile:
         """The stored profile of an entity (empty when unknown)."""
-        row = self.db.execute("select profile from entities where name = ?", [name]).fetchone()
+        row = self._db.execute("select profile from entities where name = ?", [name]).fetchone()
         return _profile_from_json(row[0] if row else None)
 
     # --- chain data -----------------------------------------------------------------------------
@@ -264,7 +264,7 @@ class Store:
         for i in range(0, len(ids), _CHUNK):
             chunk = ids[i : i + _CHUNK]
             sql = f"select {cols} from {table} where chain = ? and txid in ({', '.join('?' * len(chunk))})"
-            out.extend(tuple(r) for r in self.db.execute(sql, [chain, *chunk]).fetchall())
+            out.extend(tuple(r) for r in self._db.execute(sql, [chain, *chunk]).fetchall())
         return out
 
     def tx_statuses(self, chain: str, txids: Iterable[str]) -> dict[str, str]:
@@ -280,7 +280,7 @@ class Store:
         rows = [_tx_values(tx, now) for tx in txs]
         keys = {(r[0], r[1]) for r in rows}
         known = {(c, t) for c in {k[0] for k in keys} for t in self.tx_statuses(c, (k[1] for k in keys if k[0] == c))}
-        self.db.conn.executemany(_UPSERT_TX, rows)
+        self._db.conn.executemany(_UPSERT_TX, rows)
         return len(keys - known)
 
     def save_flows(self, flows: Iterable[EntityFlow], *, now: int) -> int:
@@ -291,9 +291,9 @@ class Store:
         keys = [(f.chain, f.txid, f.entity) for f in flows]
         known = {(c, t, e) for c in {k[0] for k in keys}
                  for t, e in self._by_txids("flows", "txid, entity", c, (k[1] for k in keys if k[0] == c))}
-        self.db.conn.executemany(_UPSERT_FLOW, [_flow_values(f, now, None) for f in flows])
-        self.db.conn.executemany("delete from destinations where chain = ? and txid = ? and entity = ?", keys)
-        self.db.conn.executemany(
+        self._db.conn.executemany(_UPSERT_FLOW, [_flow_values(f, now, None) for f in flows])
+        self._db.conn.executemany("delete from destinations where chain = ? and txid = ? and entity = ?", keys)
+        self._db.conn.executemany(
             "insert or replace into destinations (chain, txid, entity, n, address, value_units, attribution, path, shares) "
             "values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [(f.chain, f.txid, f.entity, d.n, d.address, str(d.value), str(d.attribution), json.dumps(list(d.attribution.path)),
@@ -303,7 +303,7 @@ class Store:
 
     def save_tx(self, tx: ChainTx, *, now: int) -> bool:
         """Insert or update a tx (a mempool tx that confirms is updated in place). True when it was new."""
-        old = self.db.execute("select first_seen from transactions where chain = ? and txid = ?", [tx.chain, tx.txid]).fetchone()
+        old = self._db.execute("select first_seen from transactions where chain = ? and txid = ?", [tx.chain, tx.txid]).fetchone()
         row = {
             "chain": tx.chain,
             "txid": tx.txid,
@@ -320,7 +320,7 @@ class Store:
             "first_seen": old[0] if old else now,
             "updated_at": now,
         }
-        self.db["transactions"].upsert(row, pk=("chain", "txid"))
+        self._db["transactions"].upsert(row, pk=("chain", "txid"))
         return old is None
 
     def get_tx(self, chain: str, txid: str) -> ChainTx | None:
@@ -347,22 +347,22 @@ class Store:
 
     def tx_status(self, chain: str, txid: str) -> str | None:
         """Stored status of a tx (mempool | confirmed | orphaned | replaced), or None when unknown."""
-        r = self.db.execute("select status from transactions where chain = ? and txid = ?", [chain, txid]).fetchone()
+        r = self._db.execute("select status from transactions where chain = ? and txid = ?", [chain, txid]).fetchone()
         return r[0] if r else None
 
     def set_tx_status(self, chain: str, txid: str, status: str, *, now: int) -> None:
         """Mark a tx and its flows (e.g. `replaced`, `orphaned`, or `mempool` after a reorg)."""
-        self.db.execute(
+        self._db.execute(
             "update transactions set status = ?, updated_at = ? where chain = ? and txid = ?", [status, now, chain, txid]
         )
-        self.db.execute("update flows set status = ?, updated_at = ? where chain = ? and txid = ?", [status, now, chain, txid])
+        self._db.execute("update flows set status = ?, updated_at = ? where chain = ? and txid = ?", [status, now, chain, txid])
 
     def save_flow(self, flow: EntityFlow, *, now: int, status: str | None = None) -> bool:
         """Insert or update an entity flow and its destinations. True when it was new."""
-        old = self.db.execute(
+        old = self._db.execute(
             "select first_seen from flows where chain = ? and txid = ? and entity = ?", [flow.chain, flow.txid, flow.entity]
         ).fetchone()
-        self.db["flows"].upsert(
+        self._db["flows"].upsert(
             {
                 "chain": flow.chain,
                 "txid": flow.txid,
@@ -383,10 +383,10 @@ class Store:
             },
             pk=("chain", "txid", "entity"),
         )
-        self.db.execute(
+        self._db.execute(
             "delete from destinations where chain = ? and txid = ? and entity = ?", [flow.chain, flow.txid, flow.entity]
         )
-        self.db["destinations"].insert_all(
+        self._db["destinations"].insert_all(
             (
                 {
                     "chain": flow.chain,
@@ -480,7 +480,7 @@ class Store:
 
     def classification_context(self, cid: int) -> dict[str, Any]:
         """The market context stored with a classification."""
-        row = self.db.execute("select context from classifications where id = ?", [cid]).fetchone()
+        row = self._db.execute("select context from classifications where id = ?", [cid]).fetchone()
         return json.loads(row[0]) if row and row[0] else {}
 
     def save_classification(
@@ -501,7 +501,7 @@ class Store:
         ):
             return prev, prev
         if prev is not None and prev.status == "active":
-            self.db.execute("update classifications set status = 'superseded' where id = ?", [prev.id])
+            self._db.execute("update classifications set status = 'superseded' where id = ?", [prev.id])
         version = (prev.version + 1) if prev is not None else 1
         row = {
             "chain": c.chain,
@@ -522,7 +522,7 @@ class Store:
             "status": "active",
             "created_at": now,
         }
-        cid = self.db["classifications"].insert(row).last_pk
+        cid = self._db["classifications"].insert(row).last_pk
         stored = self.classification_by_id(cid)
         assert stored is not None
         self.add_event("classification" if prev is None else "update", cid, now=now)
@@ -535,14 +535,14 @@ class Store:
         )
         out = []
         for r in rows:
-            self.db.execute("update classifications set status = 'retracted' where id = ?", [r["id"]])
+            self._db.execute("update classifications set status = 'retracted' where id = ?", [r["id"]])
             self.add_event("retraction", r["id"], now=now)
             out.append(self._cls_from_row({**r, "status": "retracted"}))
         return out
 
     def add_event(self, kind: str, classification_id: int, *, now: int) -> int:
         """Append an event (classification | update | retraction); returns its id."""
-        return self.db["events"].insert({"kind": kind, "classification_id": classification_id, "created_at": now}).last_pk
+        return self._db["events"].insert({"kind": kind, "classification_id": classification_id, "created_at": now}).last_pk
 
     def outflow_history(self, entity: str, *, since: int, before: tuple[int, str]) -> list[dict[str, Any]]:
         """An entity's earlier outflows with their active classification, oldest first.
@@ -568,7 +568,7 @@ class Store:
         block time, or first seen while unconfirmed; orphaned and replaced txs are left out.
         """
         at = "coalesce(block_time, first_seen)"
-        rows = self.db.execute(
+        rows = self._db.execute(
             f"""select received_units, spent_units, change_units from flows
                 where entity = ? and asset = ? and status in ('confirmed', 'mempool')
                   and {at} >= ? and ({at} < ? or ({at} = ? and txid < ?))""",
@@ -582,7 +582,7 @@ class Store:
 
     def set_cursors(self, cursors: Iterable[Cursor], *, now: int) -> None:
         """Store cursors (call inside the batch that stores the data they cover)."""
-        self.db["cursors"].upsert_all(
+        self._db["cursors"].upsert_all(
             ({"source": c.source, "key": c.key, "state": c.state, "updated_at": now} for c in cursors),
             pk=("source", "key"),
         )
@@ -593,7 +593,7 @@ class Store:
 
     def save_snapshots(self, snapshots: Iterable[BalanceSnapshot]) -> None:
         """Record address balances as a source reported them."""
-        self.db["balance_snapshots"].upsert_all(
+        self._db["balance_snapshots"].upsert_all(
             (
                 {
                     "chain": s.chain,
@@ -621,11 +621,11 @@ class Store:
     # --- helpers --------------------------------------------------------------------------------
 
     def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
-        cur = self.db.execute(sql, list(params))
+        cur = self._db.execute(sql, list(params))
         cols = [d[0] for d in cur.description]
         return [dict(zip(cols, row)) for row in cur.fetchall()]
 
-    def query(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
+    def _query(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
         """Rows of a read-only query as dicts (for storage.reads)."""
         return self._rows(sql, params)
 

@@ -28,7 +28,7 @@ def confirmed_balance(store: Store, chain: str, addresses: Sequence[str], *, now
     for i in range(0, len(addresses), 400):
         chunk = list(addresses[i : i + 400])
         marks = ",".join("?" * len(chunk))
-        for r in store.query(
+        for r in store._query(
             f"select value_units from watched_utxos where chain = ? and address in ({marks}) and height is not null",
             [chain, *chunk],
         ):
@@ -37,7 +37,7 @@ def confirmed_balance(store: Store, chain: str, addresses: Sequence[str], *, now
     if seen:
         # The set is as current as the newest block applied; the newest stored confirmed tx is a safe
         # "as of" (a poll that has not applied the latest block yet must not date the balance `now`).
-        row = store.db.execute(
+        row = store._db.execute(
             "select max(block_time) from transactions where chain = ? and status = 'confirmed' and block_time <= ?",
             [chain, now],
         ).fetchone()
@@ -51,7 +51,7 @@ def _snapshot_balance(store: Store, chain: str, addresses: Sequence[str]) -> tup
     for i in range(0, len(addresses), 400):
         chunk = list(addresses[i : i + 400])
         marks = ",".join("?" * len(chunk))
-        rows = store.query(
+        rows = store._query(
             f"""select s.confirmed_units, s.at from balance_snapshots s
                 join (select address, max(at) as at from balance_snapshots
                       where chain = ? and asset = 'BTC' and address in ({marks}) group by address) m
@@ -69,7 +69,7 @@ def _snapshot_balance(store: Store, chain: str, addresses: Sequence[str]) -> tup
 def net_flows_since(store: Store, chain: str, entity: str, since: int) -> list[tuple[int, int, str]]:
     """(block time, net change in base units, txid) of the entity's confirmed flows after `since`, newest
     first; net = received + change − spent (what the tx added to or took from the entity's balance)."""
-    rows = store.query(
+    rows = store._query(
         """select block_time, txid, received_units, change_units, spent_units from flows
            where chain = ? and entity = ? and status = 'confirmed' and block_time > ? order by block_time desc, txid""",
         [chain, entity, since],
@@ -85,7 +85,7 @@ def funding_times(store: Store, chain: str, txids: Sequence[str]) -> dict[str, t
     for i in range(0, len(uniq), 400):
         chunk = uniq[i : i + 400]
         marks = ",".join("?" * len(chunk))
-        for r in store.query(
+        for r in store._query(
             f"select txid, block_time, block_height from transactions where chain = ? and txid in ({marks}) "
             "and block_time is not null and status = 'confirmed'",
             [chain, *chunk],
@@ -96,15 +96,15 @@ def funding_times(store: Store, chain: str, txids: Sequence[str]) -> dict[str, t
 
 def state(store: Store, key: str) -> dict[str, Any] | None:
     """The stored state of a watched condition, or None."""
-    rows = store.query("select value from watch_state where key = ?", [key])
+    rows = store._query("select value from watch_state where key = ?", [key])
     return json.loads(rows[0]["value"]) if rows else None
 
 
 def set_state(store: Store, key: str, value: dict[str, Any], *, now: int) -> None:
     """Record a watched condition's state (inside the tick's transaction)."""
-    store.db["watch_state"].upsert({"key": key, "value": json.dumps(value, sort_keys=True), "updated_at": now}, pk="key")
+    store._db["watch_state"].upsert({"key": key, "value": json.dumps(value, sort_keys=True), "updated_at": now}, pk="key")
 
 
 def alert_exists(store: Store, dedup_key: str) -> bool:
     """Whether an alert with this dedup key was ever queued."""
-    return bool(store.query("select 1 from alerts where dedup_key = ? limit 1", [dedup_key]))
+    return bool(store._query("select 1 from alerts where dedup_key = ? limit 1", [dedup_key]))

@@ -273,3 +273,14 @@ async def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen | No
                 if loop.time() > deadline:
                     raise
                 await asyncio.sleep(0.1)
+
+
+
+def sql(store, query: str, params: Sequence = ()) -> list[tuple]:
+    """Rows (tuples) of a read query on the store's own connection: tests peek, the product reads through storage."""
+    return store._db.execute(query, list(params)).fetchall()
+
+
+def sql_dicts(store, query: str, params: Sequence = ()) -> list[dict]:
+    """Rows of a read query as dicts, on the store's own connection."""
+    return store._query(query, params)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+
+from builders import sql_dicts
 from aiosmtpd.controller import Controller
 from fakes.offloop import in_store
 from fakes.receiver import Receiver, block_kit_problems, free_port
@@ -72,7 +74,7 @@ def _load(store):
     flows = {(r["txid"], r["entity"]): r for r in flow_rows(store)}
     # The stored classifications, straight from their table: the source of truth the messages must match.
     by_id = {}
-    for r in store.query("select * from classifications"):
+    for r in sql_dicts(store, "select * from classifications"):
         r["reasons"] = json.loads(r["reasons"])
         r["facts"] = json.loads(r["facts"] or "[]")
         by_id[r["id"]] = r

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from aiohttp import web
-from builders import BUNDLED_PRICES, COIN, MARCH_5_2026, cli_run, config_toml, entity_table, esplora_source, make_tx
+from builders import sql, BUNDLED_PRICES, COIN, MARCH_5_2026, cli_run, config_toml, entity_table, esplora_source, make_tx
 from fakes.offloop import in_store
 
 from monitor.model import Attribution, Destination, EntityFlow
@@ -40,7 +40,7 @@ def write_config(tmp_path: Path, url: str, hot: str, exch: str) -> Path:
 
 def counts(store: Store) -> tuple[int, int, int]:
     """(txs, outflows, active classifications) stored."""
-    one = lambda sql: store.db.execute(sql).fetchone()[0]  # noqa: E731
+    one = lambda query: sql(store, query)[0][0]  # noqa: E731
     return (one("select count(*) from transactions"), one("select count(*) from flows where direction = 'out'"),
             one("select count(*) from classifications where status = 'active'"))
 
@@ -105,7 +105,7 @@ def test_batched_writes_keep_first_seen_update_status_and_count_new(tmp_path):
     confirmed = tx("aa", 101)
     assert store.save_txs([confirmed, b, tx("cc", 101)], now=20) == 1
     assert store.tx_statuses("bitcoin", ["aa" * 32, "bb" * 32, "dd" * 32]) == {"aa" * 32: "confirmed", "bb" * 32: "confirmed"}
-    row = store.db.execute("select first_seen, updated_at, block_height from transactions where txid = ?", ["aa" * 32]).fetchone()
+    row = sql(store, "select first_seen, updated_at, block_height from transactions where txid = ?", ["aa" * 32])[0]
     assert tuple(row) == (10, 20, 101)
     assert store.get_tx("bitcoin", "aa" * 32) == confirmed
     flow = EntityFlow(chain="bitcoin", txid="aa" * 32, entity="M", block_height=101, block_time=5, spent=10, change=2,
@@ -114,7 +114,7 @@ def test_batched_writes_keep_first_seen_update_status_and_count_new(tmp_path):
     moved = EntityFlow(**{**flow.__dict__, "destinations": (Destination("y", 7, 1, Attribution("unknown")),)})
     assert store.save_flows([moved], now=40) == 0
     assert store.get_flow("bitcoin", "aa" * 32, "M") == moved  # destinations replaced, not added to
-    assert store.db.execute("select first_seen from flows").fetchone()[0] == 30
+    assert sql(store, "select first_seen from flows")[0][0] == 30
     store.close()
 
 

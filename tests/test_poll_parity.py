@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
-from builders import COIN, MARCH_5_2026, cli_run, config_toml, entity_table, esplora_source
+from builders import sql, COIN, MARCH_5_2026, cli_run, config_toml, entity_table, esplora_source
 from fakes.offloop import in_store
 
 from monitor.clock import SystemClock
@@ -42,7 +42,7 @@ def _timeless(context: str) -> str:
 
 
 def rows(store) -> dict[str, list[tuple]]:
-    out = {t: sorted(tuple(r) for r in store.db.execute(f"select {cols} from {t}").fetchall()) for t, cols in TABLES.items()}
+    out = {t: sorted(tuple(r) for r in sql(store, f"select {cols} from {t}")) for t, cols in TABLES.items()}
     out["classifications"] = sorted(r[:-1] + (_timeless(r[-1]),) for r in out["classifications"])
     out["balances"] = sorted((c, a, u) for (c, a, _), u in store.latest_balances().items())
     return out

@@ -4,7 +4,7 @@ import asyncio
 import sqlite3
 
 import pytest
-from builders import addr, entity, make_tx
+from builders import sql, sql_dicts, addr, entity, make_tx
 
 from monitor.core.flows import entity_flows
 from monitor.model import BalanceSnapshot, Cursor, EntityAddress, Fact, Profile, StorageError
@@ -17,12 +17,12 @@ A, B = addr("store-a"), addr("store-b")
 def test_schema_is_migrated_once_and_wal(db_path):
     s = Store(db_path)
     assert s.applied_migrations()[0] == "001_foundation"
-    assert s.db.execute("pragma journal_mode").fetchone()[0] == "wal"
+    assert sql(s, "pragma journal_mode")[0][0] == "wal"
     s.close()
     s2 = Store(db_path)  # reopening applies nothing twice
     assert s2.applied_migrations().count("001_foundation") == 1
     assert {"entities", "addresses", "transactions", "flows", "destinations", "cursors", "balance_snapshots"} <= set(
-        s2.db.table_names())
+        r[0] for r in sql(s2, "select name from sqlite_master where type = 'table'"))
     s2.close()
 
 
@@ -33,7 +33,7 @@ def test_mempool_tx_that_confirms_is_stored_once_and_updated(db_path):
     assert s.tx_status("bitcoin", "aa" * 32) == "mempool"
     conf = make_tx([(A, 100_000)], [(B, 90_000)], height=880_001, txid="aa" * 32)
     assert s.save_tx(conf, now=20) is False
-    rows = s.query("select * from transactions")
+    rows = sql_dicts(s, "select * from transactions")
     assert len(rows) == 1 and rows[0]["block_height"] == 880_001 and rows[0]["first_seen"] == 10
     assert s.get_tx("bitcoin", "aa" * 32) == conf
 

@@ -39,6 +39,7 @@ from monitor.sim.esplora_server import EsploraServer
 from monitor.sim.chain import SimChain
 from monitor.sim.scenario import Scenario, build_scenario
 from storage import Store
+from storage.reads import alert_counts, latest_verdicts
 
 __all__ = ["DemoResult", "DemoServer", "EntityCheck", "run_demo", "DEFAULT_SPEED", "DEFAULT_SEED", "ALERT_LABEL"]
 
@@ -256,11 +257,8 @@ def _check(db_path: Path, scenario: Scenario) -> tuple[list[EntityCheck], dict[s
     store = Store(db_path)
     try:
         summaries = {s.name: s for s in summarize_entities(store)}
-        alerts = {r["kind"]: r["n"] for r in store.query("select kind, count(*) as n from alerts group by kind")}
-        verdicts = {
-            (r["txid"], r["entity"]): r["verdict"]
-            for r in store.query("select txid, entity, verdict from classifications order by version")
-        }
+        alerts = alert_counts(store)
+        verdicts = latest_verdicts(store)
     finally:
         store.close()
     checks = []

@@ -100,7 +100,7 @@ def miners(ctx: click.Context, as_json: bool, since: str | None) -> None:
 def miners_backfill(state: State, days: int, no_attribution: bool, progress: bool | None) -> None:
     """Scan the coinbases of the last N days of blocks (resumes after an interruption)."""
     import monitor.run.runtime  # noqa: F401 -- module code runs at first import: before the loop, not on it
-    from monitor.discovery.miners import backfill_configured
+    from monitor.run.runtime import backfill_configured
 
     show = sys.stderr.isatty() if progress is None else progress
 

@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
 
-from monitor.clock import iso
+from monitor.core.facts import day_of
 from monitor.model import ChainTx, EntityAddress
 from monitor.core.registry import Registry, normalise_address
 
@@ -216,7 +216,7 @@ def learn_from_txs(
             if o is None and i.address is not None
         ]
         unknown = list(dict.fromkeys(normalise_address(tx.chain, a) for a in unknown))
-        when = iso(tx.block_time)[:10] if tx.block_time else ""
+        when = day_of(tx.block_time) if tx.block_time else ""
         if len(known) > 1:
             flags.append(Flag(tx.chain, tx.txid, ", ".join(tracked), "mixed_entities",
                               f"inputs of {len(known)} known entities ({', '.join(known)}) in one tx; "

@@ -89,7 +89,6 @@ __all__ = [
     "miners_view",
     "view_for_registry",
     "view_from_store",
-    "backfill_configured",
     "coinbase_reader",
     "follow_tip",
     "with_measured_production",
@@ -882,20 +881,6 @@ def coinbase_reader(sources: Sequence[Any], name: str | None = None) -> Coinbase
         if isinstance(getattr(s, "http", None), HttpClient):
             return EsploraCoinbases(s.http, chain="bitcoin")
     return None
-
-
-async def backfill_configured(config: Any, *, db: Any, days: int, now: int, attribute: bool = True,
-                              progress: Callable[[int, int], Any] | None = None) -> ScanResult:
-    """`miners backfill`: scan the last `days` of blocks through `[miners].source` or the first Bitcoin source."""
-    from monitor.model import ConfigError
-    from monitor.run.runtime import runtime
-
-    async with runtime(config, db=db) as rt:
-        reader = coinbase_reader(rt.sources, config.miners.source)
-        if reader is None:
-            raise ConfigError(["miners backfill needs an esplora or bitcoind [[sources]] entry on chain bitcoin"])
-        pools = await asyncio.to_thread(load_pools, config.network) if attribute else None
-        return await backfill(rt.store, reader, days=days, now=now, pools=pools, progress=progress)
 
 
 def with_measured_production(store: Store, entity: Any, *, at: int, owners: Mapping[str, str] = DEFAULT_POOL_OWNERS,

@@ -8,7 +8,6 @@ newest stored price candle, else the last close of the bundled (simulated) serie
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,22 +42,18 @@ def inputs_from_store(db: Path | None) -> ScenarioInputs:
     today, today_source = None, ""
     if db is not None and db.exists():
         from storage import Store
+        from storage.reads import newest_candle, newest_chain_context
 
         store = Store(db)
         try:
-            rows = store.query(
-                "select context from classifications where context like '%\"difficulty\": %' order by id desc limit 50"
-            )
-            for r in rows:
-                ctx = json.loads(r["context"])
-                if ctx.get("difficulty") and ctx.get("height"):
-                    difficulty, height = float(ctx["difficulty"]), int(ctx["height"])
-                    fees = int(ctx.get("avg_fees_sat") or 0)
-                    chain_source = f"newest stored block context (height {height})"
-                    break
-            candle = store.query("select close, start, source from price_candles where pair = 'BTC-USD' order by start desc limit 1")
+            ctx = newest_chain_context(store)
+            if ctx is not None:
+                difficulty, height = float(ctx["difficulty"]), int(ctx["height"])
+                fees = int(ctx.get("avg_fees_sat") or 0)
+                chain_source = f"newest stored block context (height {height})"
+            candle = newest_candle(store)
             if candle:
-                today, today_source = float(candle[0]["close"]), f"newest stored price ({candle[0]['source']})"
+                today, today_source = float(candle["close"]), f"newest stored price ({candle['source']})"
         finally:
             store.close()
     if today is None:

@@ -9,7 +9,7 @@ from monitor.clock import iso
 from monitor.model import Alert, format_btc
 from storage import Store
 from storage import alerts as outbox_store
-from storage.reads import flow_rows
+from storage.reads import flow_rows, has_digest
 
 __all__ = ["digest_payload", "queue_digest", "DAY"]
 
@@ -66,7 +66,7 @@ def digest_payload(store: Store, *, now: int, period: int = DAY, chart: bool = T
 def queue_digest(store: Store, channels: tuple[str, ...], *, now: int, period: int = DAY) -> int | None:
     """Queue today's digest once (its dedup key is the date); returns the alert id, or None if already queued."""
     payload = digest_payload(store, now=now, period=period)
-    if store.query("select 1 from alerts where dedup_key = ? and kind = 'digest'", [payload["dedup_key"]]):
+    if has_digest(store, payload["dedup_key"]):
         return None
     with store.batch():
         return outbox_store.queue_alert(store, Alert(payload["dedup_key"], "digest", channels, payload, created_at=now), now=now)

@@ -10,14 +10,13 @@ alert commits together with the classification that caused it. `StoreQueue` expo
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from alerts.render import message_id_of
 from alerts.router import Route, Rule, changes_between, dedup_key, matching_channels, route_classification, route_retraction
 from monitor.output.export import flow_record
 from monitor.run.incident_alerts import IncidentSettings, plan_incidents
+from monitor.run.threads import new_message_id, thread_fields
 from monitor.run.watch_alerts import BalanceRule, DormancyRule, plan_balances, plan_dormancy
 from monitor.model import Alert, Classification, Delivery
 from monitor.run.pipeline import Decision, TickEvents
@@ -49,21 +48,6 @@ class AlertSettings:
     incidents: IncidentSettings = IncidentSettings()
     dormancy: tuple[DormancyRule, ...] = ()
     balance: tuple[BalanceRule, ...] = ()
-
-
-def new_message_id(dedup_key: str, kind: str, now: int, seq: int) -> str:
-    """A message id unique in this database (`seq` is the outbox's alert sequence) and fixed once stored."""
-    return "msg_" + hashlib.sha256(f"{dedup_key}\n{kind}\n{now}\n{seq}".encode()).hexdigest()[:32]
-
-
-def thread_fields(store: Store, route: Route, earlier: Sequence[Alert], *, now: int) -> dict:
-    """`message_id`, `amends` (the first earlier message) and `thread` (earlier ids) of a new message."""
-    ids = [message_id_of(a) for a in earlier]
-    return {
-        "message_id": new_message_id(route.dedup_key, route.kind, now, outbox_store.alert_count(store) + 1),
-        "amends": ids[0] if ids and route.kind in ("update", "retraction") else None,
-        "thread": ids if route.kind in ("update", "retraction") else [],
-    }
 
 
 def alert_payload(route: Route, record: dict, *, explorer_url: str | None, label: str = "") -> dict:

@@ -34,26 +34,42 @@ import asyncio
 import hmac
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from monitor.clock import iso, parse_iso
+from monitor.config import Config
 from monitor.output.dashboard import add_routes as add_dashboard_routes
 from monitor.output.export import flow_record
+from monitor.run.metrics import Metrics
+from monitor.run.runtime import Runtime
 from storage import alerts as outbox_store
 from storage import incidents as inc_store
 from storage.reads import entity_summaries, events_after, flow_row, flow_rows
 
-if TYPE_CHECKING:
-    from monitor.run.daemon import Daemon
-
-__all__ = ["make_app", "start_http", "event_record", "incident_records"]
+__all__ = ["ApiHost", "make_app", "start_http", "event_record", "incident_records"]
 
 log = logging.getLogger("treasury_monitor.http")
 DAEMON_KEY = web.AppKey("daemon", object)
 MAX_LIMIT = 5000
 TOKEN_COOKIE = "treasury_monitor_token"
+
+
+class ApiHost(Protocol):
+    """What the endpoints read of the running daemon (monitor.run.daemon.Daemon is one); no import back to it."""
+
+    config: Config
+    metrics: Metrics
+    rt: Runtime
+    events: asyncio.Event
+
+    @property
+    def is_stopping(self) -> bool: ...
+
+    def health(self) -> tuple[bool, dict[str, Any]]: ...
+
+    async def refresh_gauges(self) -> None: ...
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -89,7 +105,7 @@ def _time_param(request: web.Request, name: str) -> int | None:
 
 @web.middleware
 async def _auth(request: web.Request, handler):
-    daemon: Daemon = request.app[DAEMON_KEY]  # type: ignore[assignment]
+    daemon: ApiHost = request.app[DAEMON_KEY]  # type: ignore[assignment]
     token = daemon.config.daemon.token
     if token is not None:
         secret = token.reveal().encode()
@@ -109,25 +125,25 @@ async def _auth(request: web.Request, handler):
 
 
 async def healthz(request: web.Request) -> web.Response:
-    daemon: Daemon = request.app[DAEMON_KEY]  # type: ignore[assignment]
+    daemon: ApiHost = request.app[DAEMON_KEY]  # type: ignore[assignment]
     ok, body = daemon.health()
     return _json(body, 200 if ok else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
-    daemon: Daemon = request.app[DAEMON_KEY]  # type: ignore[assignment]
+    daemon: ApiHost = request.app[DAEMON_KEY]  # type: ignore[assignment]
     await daemon.refresh_gauges()
     return web.Response(text=daemon.metrics.render(), content_type="text/plain", charset="utf-8",
                         headers={"X-Content-Type-Options": "nosniff"})
 
 
 async def api_entities(request: web.Request) -> web.Response:
-    daemon: Daemon = request.app[DAEMON_KEY]  # type: ignore[assignment]
+    daemon: ApiHost = request.app[DAEMON_KEY]  # type: ignore[assignment]
     return _json(await daemon.rt.store.run(entity_summaries))
 
 
 async def api_flows(request: web.Request) -> web.Response:
-    daemon: Daemon = request.app[DAEMON_KEY]  # type: ignore[assignment]
+    daemon: ApiHost = request.app[DAEMON_KEY]  # type: ignore[assignment]
     limit = _int_param(request, "limit", 1000, lo=1)
     direction = request.query.get("direction")
     if direction not in (None, "", "out", "in", "internal"):
@@ -175,7 +191,7 @@ def _alert_record(r: dict[str, Any]) -> dict[str, Any]:
 
 
 async def api_alerts(request: web.Request) -> web.Response:
-    daemon: Daemon = request.app[DAEMON_KEY]  # type: ignore[assignment]
+    daemon: ApiHost = request.app[DAEMON_KEY]  # type: ignore[assignment]
     status = request.query.get("status") or None
     if status not in (None, "queued", "delivered", "failed"):
         raise _bad("status: one of queued, delivered, failed")
@@ -200,7 +216,7 @@ def incident_records(store, status: str | None, entity: str | None) -> list[dict
 
 
 async def api_incidents(request: web.Request) -> web.Response:
-    daemon: Daemon = request.app[DAEMON_KEY]  # type: ignore[assignment]
+    daemon: ApiHost = request.app[DAEMON_KEY]  # type: ignore[assignment]
     status = request.query.get("status") or None
     if status not in (None, "open", "closed"):
         raise _bad("status: one of open, closed")
@@ -220,7 +236,7 @@ def _read_events(store, after: int, limit: int) -> list[dict[str, Any]]:
 
 
 async def api_events(request: web.Request) -> web.StreamResponse:
-    daemon: Daemon = request.app[DAEMON_KEY]  # type: ignore[assignment]
+    daemon: ApiHost = request.app[DAEMON_KEY]  # type: ignore[assignment]
     if request.path.endswith("/stream") or "text/event-stream" in request.headers.get("Accept", ""):
         return await _sse(request, daemon)
     after = _int_param(request, "after", 0, hi=2**62)
@@ -229,7 +245,7 @@ async def api_events(request: web.Request) -> web.StreamResponse:
     return _json({"events": events, "last_id": events[-1]["id"] if events else after})
 
 
-async def _sse(request: web.Request, daemon: Daemon) -> web.StreamResponse:
+async def _sse(request: web.Request, daemon: ApiHost) -> web.StreamResponse:
     last = request.headers.get("Last-Event-ID") or request.query.get("after") or "0"
     try:
         after = int(last)
@@ -266,13 +282,13 @@ async def _sse(request: web.Request, daemon: Daemon) -> web.StreamResponse:
 async def api_miners(request: web.Request) -> web.Response:
     from monitor.discovery.miners import view_for_registry
 
-    daemon: Daemon = request.app[DAEMON_KEY]  # type: ignore[assignment]
+    daemon: ApiHost = request.app[DAEMON_KEY]  # type: ignore[assignment]
     since = _time_param(request, "since")
     registry = daemon.rt.pipeline.registry
     return _json(await daemon.rt.store.run(lambda store: view_for_registry(store, registry, since=since)))
 
 
-def make_app(daemon: Daemon) -> web.Application:
+def make_app(daemon: ApiHost) -> web.Application:
     """The aiohttp application serving the daemon's endpoints."""
     app = web.Application(middlewares=[_auth])
     app[DAEMON_KEY] = daemon
@@ -289,7 +305,7 @@ def make_app(daemon: Daemon) -> web.Application:
     return app
 
 
-async def start_http(daemon: Daemon, host: str, port: int) -> tuple[web.AppRunner, int]:
+async def start_http(daemon: ApiHost, host: str, port: int) -> tuple[web.AppRunner, int]:
     """Serve the app; returns the runner (cleanup on stop) and the bound port (useful with port 0)."""
     runner = web.AppRunner(make_app(daemon), access_log=None, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()

@@ -17,6 +17,7 @@ from monitor.output.export import flow_record
 from monitor.run.incidents import DEFAULT_GROUP_INTERVAL, DEFAULT_GROUP_WAIT, DEFAULT_INCIDENT_WINDOW, incident_dedup_key, summarize, union
 from monitor.model import Alert, Classification
 from monitor.run.pipeline import Decision
+from monitor.run.threads import thread_fields  # the one id scheme for every message
 from monitor.core.registry import Registry
 from storage import Store
 from storage import alerts as outbox_store
@@ -67,8 +68,6 @@ def incident_payload(store: Store, registry: Registry, inc: inc_store.IncidentRo
 
 def _queue(store: Store, registry: Registry, inc: inc_store.IncidentRow, kind: str, changes: Sequence[str],
            channels: tuple[str, ...], *, now: int, settings: IncidentSettings, fold: bool = True) -> int:
-    from monitor.run.alert_plan import thread_fields  # the one id scheme for every message
-
     payload = incident_payload(store, registry, inc, kind, changes, now=now)
     if settings.label:
         payload["label"] = settings.label

@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import aiohttp
 
 from monitor.bundled import load_bundled_entities
 from monitor.clock import SystemClock
 from monitor.config import Config, Secret, SourceConfig
-from monitor.model import Clock, Entity
+from monitor.discovery.miners import ScanResult, backfill, coinbase_reader, load_pools
+from monitor.model import Clock, ConfigError, Entity
 from monitor.run.pipeline import Pipeline
 # imported here, not at first use: a first import runs module code (monitor.market.prices resolves its data
 # path on disk), and first use is inside runtime(), on the event loop
@@ -31,7 +32,8 @@ from watchers.esplora import EsploraSource
 from watchers.esplora_blocks import EsploraBlockSource, choose_mode, mode_sees
 from watchers.http import HttpClient
 
-__all__ = ["describe_source", "make_pushes", "build_registry", "open_store", "Runtime", "runtime", "make_source", "build_channels", "make_dispatcher", "make_planner"]
+__all__ = ["describe_source", "make_pushes", "build_registry", "open_store", "Runtime", "runtime", "make_source", "build_channels", "make_dispatcher", "make_planner",
+           "backfill_configured"]
 
 log = logging.getLogger("treasury_monitor")
 
@@ -311,3 +313,14 @@ async def runtime(
                 await src.close()
         await session.close()
         await astore.close()
+
+
+async def backfill_configured(config: Any, *, db: Any, days: int, now: int, attribute: bool = True,
+                              progress: Callable[[int, int], Any] | None = None) -> ScanResult:
+    """`miners backfill`: scan the last `days` of blocks through `[miners].source` or the first Bitcoin source."""
+    async with runtime(config, db=db) as rt:
+        reader = coinbase_reader(rt.sources, config.miners.source)
+        if reader is None:
+            raise ConfigError(["miners backfill needs an esplora or bitcoind [[sources]] entry on chain bitcoin"])
+        pools = await asyncio.to_thread(load_pools, config.network) if attribute else None
+        return await backfill(rt.store, reader, days=days, now=now, pools=pools, progress=progress)

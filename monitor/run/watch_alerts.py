@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from decimal import Decimal
 
+from alerts.router import BalanceRule, DormancyRule
 from monitor.clock import iso
 from monitor.output.export import flow_record
 from monitor.model import SATS_PER_BTC, Alert, format_btc
@@ -38,29 +38,6 @@ from storage.reads import flow_row
 __all__ = ["BalanceRule", "DormancyRule", "plan_dormancy", "plan_balances", "balance_history"]
 
 YEAR = 365.25 * 86_400
-
-
-@dataclass(frozen=True)
-class DormancyRule:
-    """One `[[alerts.dormancy]]` entry."""
-
-    name: str
-    channels: tuple[str, ...]
-    min_years: float
-    min_btc: float = 0.0
-    entities: tuple[str, ...] = ()  # empty: every watched entity
-
-
-@dataclass(frozen=True)
-class BalanceRule:
-    """One `[[alerts.balance]]` entry; at least one of `below_btc` and `drop_pct`."""
-
-    name: str
-    channels: tuple[str, ...]
-    entities: tuple[str, ...]
-    below_btc: float | None = None
-    drop_pct: float | None = None
-    within_days: float = 7.0
 
 
 def _btc(units: int) -> str:
