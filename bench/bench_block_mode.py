@@ -314,7 +314,7 @@ async def main(quick: bool) -> None:
               f"{fmt_ratio(ad['cpu'], nv['cpu'])} CPU | {fmt_ratio(bl['requests'], nv['requests'])} req, "
               f"{fmt_ratio(bl['cpu'], nv['cpu'])} CPU | {how} |")
     print()
-    for n, _, ad, bl, how in rows[:-1]:
+    for n, _, ad, bl, _how in rows[:-1]:
         print(f"one-time start at {n:,}: address-mode backfill {ad['warm_requests']:,} requests; "
               f"block-mode start + seeding {bl['warm_requests']:,} requests (2 per address, plus tip checks)")
     print(f"block mode at {big:,} addresses, seeded cursor given: start {rows[-1][3]['warm_requests']} requests; "

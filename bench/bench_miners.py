@@ -144,8 +144,8 @@ def main() -> None:
 
 def _coinbase(chain, height: int):
     """The coinbase of a sim block as the reader returns it (through the server's JSON and the validator)."""
-    from monitor.sim.esplora_server import block_json, tx_json
     from monitor.sim.chain import TxStatus
+    from monitor.sim.esplora_server import block_json, tx_json
     from watchers.coinbases import BlockCoinbase, BlockHeaderInfo
     from watchers.validate import parse_block, parse_tx
 

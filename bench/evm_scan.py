@@ -21,9 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))  # the anvil helper lives in tests/fakes
 
+import fakes.anvil as anvil  # noqa: E402
 from web3 import AsyncHTTPProvider, AsyncWeb3  # noqa: E402
 
-import fakes.anvil as anvil  # noqa: E402
 from monitor.clock import SystemClock  # noqa: E402
 from watchers.evm import EvmSource  # noqa: E402
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from monitor.model import Clock
 
@@ -83,7 +83,7 @@ def iso(ts: float | int | None) -> str | None:
     """Unix seconds → ISO 8601 UTC (`2026-03-04T12:00:00Z`); None stays None."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_iso(text: str) -> int:
@@ -96,5 +96,5 @@ def parse_iso(text: str) -> int:
         t = t[:-1] + "+00:00"
     dt = datetime.fromisoformat(t)
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return int(dt.timestamp())

@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from alerts.router import BalanceRule, DormancyRule, DEFAULT_RULE_VERDICTS, MODES, Rule
+from alerts.router import DEFAULT_RULE_VERDICTS, MODES, BalanceRule, DormancyRule, Rule
 from monitor.core.classify import Thresholds
-from monitor.model import ENTITY_KINDS, SEVERITIES, VERDICTS, ConfigError, Entity, EntityAddress, Fact, Profile
 from monitor.core.registry import normalise_address
+from monitor.model import ENTITY_KINDS, SEVERITIES, VERDICTS, ConfigError, Entity, EntityAddress, Fact, Profile
 from watchers.addresses import InvalidAddress, validate_address
 
 __all__ = [

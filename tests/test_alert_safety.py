@@ -43,9 +43,9 @@ from builders import (
 from fakes.receiver import Receiver, RecordedRequest, Reply, free_port
 
 from alerts.channels.webhook import verify_standard
-from monitor.run.alert_plan import sample_alert
 from monitor.clock import SystemClock
 from monitor.model import Alert
+from monitor.run.alert_plan import sample_alert
 from monitor.sim.chain import SimChain
 from monitor.sim.esplora_server import EsploraServer
 from storage import Store

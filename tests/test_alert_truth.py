@@ -17,10 +17,8 @@ from decimal import Decimal
 from pathlib import Path
 
 import aiohttp
-import pytest
-
-from builders import sql_dicts
 from aiosmtpd.controller import Controller
+from builders import sql_dicts
 from fakes.offloop import in_store
 from fakes.receiver import Receiver, block_kit_problems, free_port
 
@@ -176,7 +174,7 @@ async def test_slack_messages_from_the_episode(tmp_path_factory):
             for t in _texts(req.json["blocks"])
         )
         check_message(shown, c, flow)
-        assert f"Price vs cost" in shown or c["verdict"] == "sovereign_sale"
+        assert "Price vs cost" in shown or c["verdict"] == "sovereign_sale"
         assert expected_fields(c, flow)["verdict"] in text and "no cost data" not in blocks
 
 
@@ -260,7 +258,7 @@ async def test_console_lines_from_the_episode(tmp_path_factory):
 def _day(t: int) -> str:
     import datetime as dt
 
-    return dt.datetime.fromtimestamp(t, tz=dt.timezone.utc).strftime("%Y-%m-%d")
+    return dt.datetime.fromtimestamp(t, tz=dt.UTC).strftime("%Y-%m-%d")
 
 
 async def test_a_january_sale_is_judged_against_the_january_facts(tmp_path_factory):

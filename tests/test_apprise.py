@@ -11,10 +11,10 @@ from fakes.receiver import Receiver, Reply, free_port
 from alerts.channels import AppriseChannel, build_channel
 from alerts.outbox import Dispatcher, RetryPolicy
 from alerts.render import render_apprise
-from monitor.run.alert_plan import StoreQueue, sample_alert
 from monitor.clock import FrozenClock
 from monitor.config import parse_config
 from monitor.model import ConfigError, DeliveryError
+from monitor.run.alert_plan import StoreQueue, sample_alert
 from storage import AsyncStore, Store
 from storage import alerts as ob
 

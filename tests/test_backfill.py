@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from aiohttp import web
-from builders import sql, BUNDLED_PRICES, COIN, MARCH_5_2026, cli_run, config_toml, entity_table, esplora_source, make_tx
+from builders import BUNDLED_PRICES, COIN, MARCH_5_2026, cli_run, config_toml, entity_table, esplora_source, make_tx, sql
 from fakes.offloop import in_store
 
 from monitor.model import Attribution, Destination, EntityFlow

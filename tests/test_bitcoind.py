@@ -19,8 +19,8 @@ from builders import entity
 
 from monitor.clock import FrozenClock
 from monitor.core.flows import entity_flows
-from monitor.model import MalformedError, SourceError, TransientError
 from monitor.core.registry import Registry
+from monitor.model import MalformedError, SourceError, TransientError
 from monitor.sim.bitcoind_server import (
     BitcoindServer,
     RawNumber,

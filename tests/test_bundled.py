@@ -274,8 +274,8 @@ def test_data_readme_lists_every_dated_point(entities):
 def test_a_dated_config_figure_joins_the_bundled_series_and_the_shipped_config_agrees(entities):
     from monitor.config import load_config
     from monitor.core.facts import fact_at
-    from monitor.model import Entity, Fact, Profile
     from monitor.core.registry import merge_entities
+    from monitor.model import Entity, Fact, Profile
 
     newer = Fact(41_000.0, "MARA Apr 2026 update (test)", "2026-04-30", quote="held 41,000 BTC")
     [mara] = [e for e in merge_entities(entities.values(), [Entity("MARA", "miner", profile=Profile(holdings_btc=newer))])

@@ -20,9 +20,9 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from builders import self_signed_cert
+from fakes.receiver import Receiver, Reply, block_kit_problems, free_port
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
-from fakes.receiver import Receiver, Reply, block_kit_problems, free_port
 
 from alerts.channels import REGISTRY, Channel, build_channel
 from alerts.channels.console import ConsoleChannel
@@ -399,7 +399,7 @@ def test_verify_standard_rejects_stale_tampered_and_malformed():
     assert not verify_standard(WHSEC, {**h, "webhook-timestamp": "x"}, body, now=NOW)
     assert not verify_standard(WHSEC, {"webhook-id": "msg_1"}, body, now=NOW)
     # the reference library agrees with our signer
-    assert Webhook(WHSEC).sign("msg_1", dt.datetime.fromtimestamp(NOW, dt.timezone.utc), body) == h["webhook-signature"]
+    assert Webhook(WHSEC).sign("msg_1", dt.datetime.fromtimestamp(NOW, dt.UTC), body) == h["webhook-signature"]
     with pytest.raises(ValueError, match="part 1 starts with whsec_ but is not base64"):
         signing_keys("whsec_@@@notbase64")
 
@@ -758,7 +758,7 @@ async def test_slack_bot_threads_an_update_under_the_first_message(session):
     answers = iter(["1772625600.000100", "1772625660.000200"])
 
     def api(req):
-        return Reply(200, '{"ok":true,"channel":"C1","ts":"%s","message":{}}' % next(answers))
+        return Reply(200, f'{{"ok":true,"channel":"C1","ts":"{next(answers)}","message":{{}}}}')
 
     threads = MemoryThreads()
     async with Receiver(on_request=api) as rx:

@@ -102,7 +102,7 @@ UNKNOWN = Attribution("unknown")
 
 
 def ts(date: str) -> int:
-    return int(dt.datetime.fromisoformat(date).replace(tzinfo=dt.timezone.utc).timestamp())
+    return int(dt.datetime.fromisoformat(date).replace(tzinfo=dt.UTC).timestamp())
 
 
 def sats(btc: float) -> int:
@@ -432,7 +432,7 @@ def _miner(name: str, tags: tuple[str, ...]) -> Entity:
         strategy_tags=tags, strategy_source="ChainCatcher 2026-04-03 (test)"))
 
 
-MARCH_10 = int(dt.datetime(2026, 3, 10, 14, 2, tzinfo=dt.timezone.utc).timestamp())
+MARCH_10 = int(dt.datetime(2026, 3, 10, 14, 2, tzinfo=dt.UTC).timestamp())
 
 
 def _ctx(price: float, *, granularity: int = 3600):

@@ -10,8 +10,8 @@ from fakes.discovery import COIN, MARCH_5_2026, cli_run, entity_toml, write_conf
 from fakes.offloop import in_store
 
 from monitor.core.cluster import address_type, apply_learned, change_marks, coinjoin_shape, learn_from_txs
-from monitor.discovery.jobs import learn_and_commit
 from monitor.core.registry import Registry
+from monitor.discovery.jobs import learn_and_commit
 from monitor.sim.chain import SimChain
 from monitor.sim.esplora_server import EsploraServer
 from storage import Store

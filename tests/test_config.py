@@ -28,8 +28,8 @@ from monitor.config import (
     load_config,
     parse_config,
 )
-from monitor.model import ConfigError, Entity, EntityAddress, Fact, Profile
 from monitor.core.registry import Registry
+from monitor.model import ConfigError, Entity, EntityAddress, Fact, Profile
 
 DATA = Path(__file__).parent / "data" / "config"
 REPO = Path(__file__).parent.parent

@@ -17,9 +17,9 @@ from monitor.core.hashprice import (
     block_subsidy_sat,
     breakeven_power_usd_per_kwh,
     build_context,
+    default_scenario_prices,
     hashprice_usd_per_ph_day,
     network_hashrate,
-    default_scenario_prices,
     scenarios,
 )
 from monitor.model import Entity, Fact, Profile

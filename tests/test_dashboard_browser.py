@@ -20,8 +20,8 @@ from blockbuster import blockbuster_ctx
 from playwright.async_api import Page, async_playwright
 
 from monitor.cli.demo import DemoServer, run_demo
-from monitor.run.httpapi import start_http
 from monitor.model import SALE_VERDICTS, SATS_PER_BTC
+from monitor.run.httpapi import start_http
 from storage.reads import last_event_id
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -34,7 +34,7 @@ async def test_demo_plays_the_episode_and_the_monitor_concludes_what_was_scripte
     assert result.is_ok, out
     by_name = {c.name: c for c in result.checks}
     # every treasury's sold total equals the scripted one; MARA's sold + custody is exactly 15,133 BTC
-    for name, exp in scenario.expected.items():
+    for name in scenario.expected:
         assert by_name[name].sold_btc == by_name[name].expected_btc
     mara = scenario.expected["MARA"]
     assert mara.sold_sat + mara.custody_sat == 15_133 * 100_000_000
@@ -104,7 +104,6 @@ channels = ["my-slack", "my-hook"]
 
 async def test_demo_alerts_say_simulated_reach_user_channels_only_when_asked_and_verify(tmp_path, monkeypatch):
     from fakes.receiver import Receiver
-
     from standardwebhooks import Webhook
 
     from monitor.clock import SystemClock

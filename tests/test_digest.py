@@ -12,10 +12,10 @@ from fakes.receiver import free_port
 
 from alerts.channels import EmailChannel
 from alerts.outbox import Dispatcher
-from monitor.run.alert_plan import StoreQueue
 from monitor.clock import FrozenClock
 from monitor.config import load_config
 from monitor.output.digest import queue_digest
+from monitor.run.alert_plan import StoreQueue
 from monitor.run.runtime import runtime
 from monitor.sim.esplora_server import EsploraServer
 from monitor.sim.scenario import build_scenario

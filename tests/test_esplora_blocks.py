@@ -17,8 +17,8 @@ from aiohttp import web
 
 from monitor.clock import FrozenClock
 from monitor.core.flows import entity_flows
-from monitor.model import Cursor, Entity, EntityAddress, WatchedUtxo
 from monitor.core.registry import Registry
+from monitor.model import Cursor, Entity, EntityAddress, WatchedUtxo
 from monitor.sim.chain import COIN, SimChain
 from monitor.sim.esplora_server import EsploraServer
 from storage import AsyncStore, Store

@@ -9,7 +9,6 @@ import asyncio
 import json
 import logging
 import random
-
 from pathlib import Path
 
 import aiohttp

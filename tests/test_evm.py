@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import fakes.anvil as _anvil
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from eth_account import Account
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
-import fakes.anvil as _anvil
 from monitor.clock import FrozenClock
 from monitor.model import ChainTx, SourceError, TransientError, TxInput, TxOutput
 from watchers.evm import (
@@ -246,7 +246,7 @@ def test_transfer_topic_is_the_event_signature_hash():
 def test_range_refusals_of_real_providers_are_recognised():
     from web3.exceptions import Web3RPCError
 
-    for status, error in REFUSALS.values():
+    for _status, error in REFUSALS.values():
         message = error["message"].format(range=30, limit=4, lo_hex="0x1", hi_hex="0x4")
         exc = Web3RPCError(message, rpc_response={"jsonrpc": "2.0", "id": 1, "error": {**error, "message": message}})
         assert is_range_too_large(exc), message

@@ -4,8 +4,8 @@ from builders import addr, entity, make_tx
 
 from monitor.core.attribution import attribute
 from monitor.core.flows import entity_flows
-from monitor.model import Attribution
 from monitor.core.registry import Registry
+from monitor.model import Attribution
 
 MARA_HOT, MARA_COLD, MARA_CHANGE = addr("mara-hot"), addr("mara-cold", "p2sh"), addr("mara-change", "p2tr")
 RIOT = addr("riot-1")

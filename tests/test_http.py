@@ -34,7 +34,7 @@ class Script:
         self.seen: list[tuple[str, dict]] = []
 
     def then(self, status: int = 200, body: bytes | str = b'{"ok": true}', headers: dict | None = None,
-             delay: float = 0.0, times: int = 1) -> "Script":
+             delay: float = 0.0, times: int = 1) -> Script:
         raw = body.encode() if isinstance(body, str) else body
         self.answers.extend([(status, raw, headers or {}, delay)] * times)
         return self
@@ -89,7 +89,7 @@ async def test_json_success_counts_request(script_server, session):
 async def test_429_with_retry_after_waits_exactly_that(script_server, session):
     clock = FrozenClock()
     notice = "Blockstream Explorer API NOTICE: Your request rate exceeds the current limit"
-    script_server.then(429, '{"notice": "%s"}' % notice, {"Retry-After": "7"}).then(200, "[1, 2]")
+    script_server.then(429, f'{{"notice": "{notice}"}}', {"Retry-After": "7"}).then(200, "[1, 2]")
     client = make_client(session, [script_server.url], clock)
     assert await client.get_json("/a") == [1, 2]
     assert clock.sleeps == [7.0]

@@ -18,8 +18,8 @@ from standardwebhooks import Webhook
 
 from monitor.clock import FrozenClock
 from monitor.config import load_config
-from monitor.run.httpapi import incident_records
 from monitor.model import SALE_VERDICTS
+from monitor.run.httpapi import incident_records
 from monitor.run.runtime import runtime
 from monitor.sim.esplora_server import EsploraServer
 from monitor.sim.scenario import build_scenario
@@ -112,7 +112,7 @@ def signed_bodies(rx: Receiver) -> list[dict]:
     clock is in March 2026, so the library's wall-clock tolerance check cannot be used)."""
     out = []
     for r in rx.requests:
-        ts = dt.datetime.fromtimestamp(int(r.headers["webhook-timestamp"]), dt.timezone.utc)
+        ts = dt.datetime.fromtimestamp(int(r.headers["webhook-timestamp"]), dt.UTC)
         expected = Webhook(HOOK_SECRET).sign(r.headers["webhook-id"], ts, r.body)
         assert expected in r.headers["webhook-signature"].split(" ")
         out.append(r.json)

@@ -7,9 +7,9 @@ import pytest
 from builders import addr, entity
 from fakes.discovery import cli_sync, entity_toml, write_config
 
+from monitor.core.registry import Registry
 from monitor.discovery.addressbook import apply_import, plan_import
 from monitor.discovery.labels import LabelImportError, parse_label_text
-from monitor.core.registry import Registry
 from storage import Store
 from storage.discovery import evidence_rows
 

@@ -20,7 +20,6 @@ from fakes.receiver import free_port
 
 from monitor.clock import FrozenClock, SystemClock
 from monitor.config import load_config
-from monitor.run.daemon import Daemon
 from monitor.discovery.miners import (
     BLOCKS_PER_DAY,
     backfill,
@@ -33,10 +32,11 @@ from monitor.discovery.miners import (
     reconcile_production,
     scan_blocks,
 )
-from monitor.model import Fact
 from monitor.discovery.pools import load_pools
-from monitor.sim.chain import SimChain
+from monitor.model import Fact
+from monitor.run.daemon import Daemon
 from monitor.sim.bitcoind_server import BitcoindServer
+from monitor.sim.chain import SimChain
 from monitor.sim.esplora_server import EsploraServer
 from monitor.sim.pool_episode import PRE_REORG_BLOCKS, build_pool_episode
 from storage import AsyncStore, Store

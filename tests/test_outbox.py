@@ -9,8 +9,8 @@ from fakes.receiver import Receiver
 from alerts.channels import SlackChannel, WebhookChannel
 from alerts.channels.webhook import verify_standard
 from alerts.outbox import Dispatcher, RetryPolicy
-from monitor.run.alert_plan import StoreQueue, sample_alert
 from monitor.clock import FrozenClock
+from monitor.run.alert_plan import StoreQueue, sample_alert
 from storage import AsyncStore, Store
 from storage import alerts as ob
 

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
-from builders import sql, COIN, MARCH_5_2026, cli_run, config_toml, entity_table, esplora_source
+from builders import COIN, MARCH_5_2026, cli_run, config_toml, entity_table, esplora_source, sql
 from fakes.offloop import in_store
 
 from monitor.clock import SystemClock

@@ -10,12 +10,12 @@ from builders import addr, entity, make_tx
 from fakes.discovery import COIN, MARCH_5_2026, cli_run, entity_toml, write_config
 from fakes.offloop import in_store
 
-from monitor.model import SALE_VERDICTS, ChainTx, TxInput, TxOutput
-from monitor.discovery.pools import attribute_block, load_pools, payouts_of, production_check, proposals
-from monitor.core.registry import Registry
 from monitor.bundled import load_bundled_entities
-from monitor.run.runtime import build_registry
 from monitor.config import load_config
+from monitor.core.registry import Registry
+from monitor.discovery.pools import attribute_block, load_pools, payouts_of, production_check, proposals
+from monitor.model import SALE_VERDICTS, ChainTx, TxInput, TxOutput
+from monitor.run.runtime import build_registry
 from monitor.sim.chain import Outpoint, SimChain, subsidy
 from monitor.sim.esplora_server import EsploraServer
 from storage import Store

@@ -9,16 +9,16 @@ import math
 import re
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
 import pytest
-
 from fakes.price_apis import PriceApis, price
+
 from monitor.clock import FrozenClock
-from monitor.model import MalformedError, RateLimitedError, SourceError, TransientError
 from monitor.market.prices import PriceService, build_price_sources
+from monitor.model import MalformedError, RateLimitedError, SourceError, TransientError
 from storage.prices import candle_at, candles_between, latest_candle, save_candles
 from storage.store import AsyncStore, Store
 from watchers.http import http_status
@@ -48,7 +48,7 @@ NOW = 1_773_158_400  # 2026-03-10T16:00:00Z, the fake's and the clock's "now"
 
 
 def ts(text: str) -> int:
-    return int(datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp())
+    return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp())
 
 
 def sample(name: str):
@@ -528,7 +528,7 @@ async def test_bundled_csv_parses_and_matches_the_anchors():
     src = CsvPriceSource(BUNDLED)
     candles = await src.candles("BTC-USD", ts("2025-01-01T00:00:00"), ts("2026-07-01T00:00:00"), D)
     assert len(candles) == 546 and src.granularity == D  # every day of 2025-01-01 .. 2026-06-30
-    by_day = {datetime.fromtimestamp(c.start, tz=timezone.utc).date().isoformat(): c.close for c in candles}
+    by_day = {datetime.fromtimestamp(c.start, tz=UTC).date().isoformat(): c.close for c in candles}
     for day, usd in ANCHORS.items():
         assert abs(by_day[day] / usd - 1) < 0.02, (day, by_day[day], usd)
     assert max(by_day.values()) == by_day["2025-10-06"]  # the October 2025 peak is the high

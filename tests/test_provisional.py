@@ -5,9 +5,9 @@ first; only the address's later behaviour tells them apart. The routes run end t
 from builders import COIN, addr, entity, make_tx
 
 from monitor.core.flows import entity_flows
-from monitor.model import Attribution
-from monitor.discovery.provisional import apply_provisional, find_sweeps, judge_spends
 from monitor.core.registry import Registry
+from monitor.discovery.provisional import apply_provisional, find_sweeps, judge_spends
+from monitor.model import Attribution
 
 MAIN, COLD, COLD2, KRAKEN, STRANGER, FRESH = (addr(x) for x in ("p-main", "p-cold", "p-cold2", "p-kraken", "p-stranger", "p-fresh"))
 BASE = Registry([entity("Miner", "miner", [MAIN]), entity("Kraken", "exchange", [KRAKEN], watch=False)])

@@ -9,8 +9,8 @@ from fakes.discovery import COIN, MARCH_5_2026, cli_run, entity_toml, write_conf
 from fakes.offloop import in_store
 
 from monitor.config import load_config
-from monitor.model import Fact, Profile
 from monitor.discovery.reconcile import format_btc_amount, reconcile, reconcile_store
+from monitor.model import Fact, Profile
 from monitor.run.runtime import build_registry
 from monitor.sim.chain import SimChain
 from monitor.sim.esplora_server import EsploraServer

@@ -7,7 +7,6 @@ import json
 import re
 
 import pytest
-
 from fakes.receiver import block_kit_problems
 
 from alerts.render import (
@@ -22,8 +21,6 @@ from alerts.render import (
     render_slack,
     render_webhook,
 )
-
-
 
 TXID = "4f" * 32
 DEDUP = f"bitcoin:{TXID}:MARA:balance_sheet_sale"

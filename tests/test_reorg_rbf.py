@@ -17,9 +17,9 @@ from builders import (
     slack_channel,
     webhook_channel,
 )
-from standardwebhooks import Webhook
 from fakes.offloop import in_store
 from fakes.receiver import Receiver
+from standardwebhooks import Webhook
 
 from monitor.sim.chain import SimChain
 from monitor.sim.esplora_server import EsploraServer

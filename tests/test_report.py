@@ -12,14 +12,14 @@ from builders import addr, make_tx
 from PIL import Image
 
 from alerts.router import Rule
-from monitor.run.alert_plan import AlertPlanner, AlertSettings
 from monitor.core.attribution import attribute
-from monitor.core.hashprice import build_context
 from monitor.core.flows import entity_flows
-from monitor.model import VERDICTS, BalanceSnapshot, Batch, Entity, EntityAddress, Fact, Profile
-from monitor.run.pipeline import commit_batch
+from monitor.core.hashprice import build_context
 from monitor.core.registry import Registry
+from monitor.model import VERDICTS, BalanceSnapshot, Batch, Entity, EntityAddress, Fact, Profile
 from monitor.output.report import RETRACTED_STYLE, VERDICT_STYLES, build_report, render_png, summarize_entities, write_report
+from monitor.run.alert_plan import AlertPlanner, AlertSettings
+from monitor.run.pipeline import commit_batch
 from storage import Store
 from storage.alerts import alert_rows
 from storage.prices import save_candles

@@ -44,7 +44,7 @@ def scenario(scale: float = 1.0):
 
 
 def t(month, day, hour=0, minute=0):
-    return int(dt.datetime(2026, month, day, hour, minute, tzinfo=dt.timezone.utc).timestamp())
+    return int(dt.datetime(2026, month, day, hour, minute, tzinfo=dt.UTC).timestamp())
 
 
 def balance_at(sc, entity, at):

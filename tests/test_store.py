@@ -4,11 +4,11 @@ import asyncio
 import sqlite3
 
 import pytest
-from builders import sql, sql_dicts, addr, entity, make_tx
+from builders import addr, entity, make_tx, sql, sql_dicts
 
 from monitor.core.flows import entity_flows
-from monitor.model import BalanceSnapshot, Cursor, EntityAddress, Fact, Profile, StorageError
 from monitor.core.registry import Registry
+from monitor.model import BalanceSnapshot, Cursor, EntityAddress, Fact, Profile, StorageError
 from storage import AsyncStore, Store
 
 A, B = addr("store-a"), addr("store-b")

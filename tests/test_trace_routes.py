@@ -27,11 +27,11 @@ from fakes.receiver import Receiver
 
 from monitor.clock import FrozenClock
 from monitor.config import load_config
+from monitor.discovery.tracing import RETRY_BASE
 from monitor.run.daemon import Daemon, SourceState
 from monitor.run.runtime import runtime
 from monitor.sim.chain import SimChain
 from monitor.sim.esplora_server import EsploraServer
-from monitor.discovery.tracing import RETRY_BASE
 from storage.alerts import alert_rows
 from storage.discovery import address_row, evidence_rows, trace_rows
 from storage.reads import flow_row

@@ -15,12 +15,12 @@ from fakes.offloop import in_store
 
 from monitor.clock import FrozenClock
 from monitor.config import load_config
-from monitor.model import Attribution
 from monitor.core.registry import Registry
+from monitor.discovery.tracing import RETRY_BASE, TraceLimits, advance_trace, trace_pending
+from monitor.model import Attribution
 from monitor.run.runtime import runtime
 from monitor.sim.chain import SimChain
 from monitor.sim.esplora_server import EsploraServer
-from monitor.discovery.tracing import RETRY_BASE, TraceLimits, advance_trace, trace_pending
 from storage.alerts import alert_rows
 from storage.discovery import TraceState, trace_rows
 from storage.reads import flow_row

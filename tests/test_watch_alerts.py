@@ -34,7 +34,7 @@ SECRET = "whsec_" + "d2F0Y2gtYWxlcnRzLXRlc3Qta2V5LTMyLWJ5dGVzIQ=="
 
 
 def ts(*args) -> int:
-    return int(dt.datetime(*args, tzinfo=dt.timezone.utc).timestamp())
+    return int(dt.datetime(*args, tzinfo=dt.UTC).timestamp())
 
 
 def dormancy_config(tmp_path: Path, url: str, hot: str, exchange: str) -> Path:

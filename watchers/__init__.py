@@ -17,7 +17,8 @@ address codec). Import them directly; this package imports nothing on load.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Protocol, runtime_checkable
+from collections.abc import Callable, Mapping
+from typing import Protocol, runtime_checkable
 
 from monitor.model import Batch
 

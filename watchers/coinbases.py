@@ -21,23 +21,22 @@ a block with `getblock <hash> 3` (prevouts: Core 23+) and returns its txs spendi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 from collections.abc import Container
+from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from monitor.model import ChainTx, MalformedError, SourceError
 from watchers.bitcoind import BitcoindRpc, parse_core_tx
 from watchers.http import HttpClient, RequestTally
 from watchers.validate import (
+    Outspend,
     assert_dict,
     assert_hex,
     assert_int,
     assert_list,
     assert_number,
     parse_block,
-    Outspend,
     parse_height,
     parse_outspends,
     parse_tx,

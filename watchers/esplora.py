@@ -71,11 +71,12 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 from urllib.parse import quote
 
-from monitor.model import Batch, BalanceSnapshot, ChainTx, Clock, Cursor, MalformedError, SourceError
+from monitor.model import BalanceSnapshot, Batch, ChainTx, Clock, Cursor, MalformedError, SourceError
 from watchers.http import HttpClient, RequestTally, http_status
 from watchers.validate import (
     AddressStats,

@@ -83,8 +83,9 @@ import json
 import logging
 import random
 import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 from eth_utils import is_checksum_address, to_checksum_address
@@ -810,8 +811,7 @@ class EvmSource:
             self._requests += 1
             try:
                 return await make()
-            except (SourceError, aiohttp.ClientError, TimeoutError, asyncio.TimeoutError, Web3Exception,
-                    ValueError, TypeError, KeyError) as exc:
+            except (SourceError, aiohttp.ClientError, TimeoutError, Web3Exception, ValueError, TypeError, KeyError) as exc:
                 error = _translate(exc, what)
                 cause: BaseException = exc
             if self.url in str(error):  # the URL may carry an API key (Infura, Alchemy paths)

@@ -38,9 +38,10 @@ import json
 import logging
 import math
 import random
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timezone
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from datetime import UTC
+from typing import Any, TypeVar
 
 import aiohttp
 from yarl import URL
@@ -101,7 +102,7 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
         except (TypeError, ValueError, IndexError):
             return None
         if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
+            when = when.replace(tzinfo=UTC)
         seconds = when.timestamp() - now
     if not math.isfinite(seconds):
         return None

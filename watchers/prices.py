@@ -59,10 +59,11 @@ import csv
 import logging
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 from urllib.parse import urlencode
 
 import aiohttp
@@ -228,7 +229,7 @@ def _iso_time(value: Any, field: str) -> int:
 
 
 def _iso(ts: int) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _check_request(pair: str, start: int, end: int, granularity: int) -> int:
@@ -542,7 +543,7 @@ class CsvPriceSource:
         except ValueError as exc:
             raise MalformedError(f"{field}: expected a date, ISO time or Unix seconds, got {_show(text)}") from exc
         if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=timezone.utc)
+            dt = dt.replace(tzinfo=UTC)
         return _time(int(dt.timestamp()), field)
 
     @staticmethod

@@ -134,7 +134,7 @@ def verify_standard(
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> bool:
     """True when the Standard Webhooks headers carry a `v1` signature by one of `secret`'s keys, in time."""
-    get = getattr(headers, "get")
+    get = headers.get
     msg_id, ts, sig = get("webhook-id"), get("webhook-timestamp"), get("webhook-signature")
     if not (msg_id and ts and sig):
         return False

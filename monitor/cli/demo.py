@@ -32,11 +32,11 @@ from pathlib import Path
 
 from monitor.clock import AcceleratedClock, Stopwatch, SystemClock
 from monitor.config import Config, load_config, parse_config
-from monitor.run.daemon import Daemon
 from monitor.model import ConfigError, format_btc
 from monitor.output.report import build_report, summarize_entities
-from monitor.sim.esplora_server import EsploraServer
+from monitor.run.daemon import Daemon
 from monitor.sim.chain import SimChain
+from monitor.sim.esplora_server import EsploraServer
 from monitor.sim.scenario import Scenario, build_scenario
 from storage import Store
 from storage.reads import alert_counts, latest_verdicts

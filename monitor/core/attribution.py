@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from monitor.model import Attribution, EntityFlow
 from monitor.core.registry import Registry
+from monitor.model import Attribution, EntityFlow
 
 __all__ = ["attribute", "attribute_address"]
 

@@ -61,8 +61,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from monitor.bundled import is_sector_default, short_source
-from monitor.core.hashprice import breakeven_power_usd_per_kwh
 from monitor.core.facts import FactUse, Holdings, cite, day_of, fact_at, holdings_at
+from monitor.core.hashprice import breakeven_power_usd_per_kwh
 from monitor.model import (
     SATS_PER_BTC,
     SEVERITIES,
@@ -195,7 +195,7 @@ def _cite(use: FactUse) -> str:
 
 
 def _when(at: int, granularity: int | None) -> str:
-    t = _dt.datetime.fromtimestamp(at, tz=_dt.timezone.utc)
+    t = _dt.datetime.fromtimestamp(at, tz=_dt.UTC)
     return t.strftime("%Y-%m-%d") if granularity == 86400 else t.strftime("%Y-%m-%d %H:%M UTC")
 
 

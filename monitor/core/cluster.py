@@ -30,8 +30,8 @@ from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
 
 from monitor.core.facts import day_of
-from monitor.model import ChainTx, EntityAddress
 from monitor.core.registry import Registry, normalise_address
+from monitor.model import ChainTx, EntityAddress
 
 __all__ = [
     "COINJOIN_MIN_EQUAL",

@@ -25,13 +25,13 @@ __all__ = ["FactUse", "fact_at", "day_of", "day_end", "Holdings", "holdings_at",
 
 def day_of(at: int) -> str:
     """ISO UTC date of a Unix time."""
-    return _dt.datetime.fromtimestamp(at, tz=_dt.timezone.utc).strftime("%Y-%m-%d")
+    return _dt.datetime.fromtimestamp(at, tz=_dt.UTC).strftime("%Y-%m-%d")
 
 
 def day_end(as_of: str) -> int:
     """Unix time of the end of an ISO date (UTC midnight after it): a figure 'as of' a day covers that day."""
     d = _dt.date.fromisoformat(as_of) + _dt.timedelta(days=1)
-    return int(_dt.datetime(d.year, d.month, d.day, tzinfo=_dt.timezone.utc).timestamp())
+    return int(_dt.datetime(d.year, d.month, d.day, tzinfo=_dt.UTC).timestamp())
 
 
 @dataclass(frozen=True)

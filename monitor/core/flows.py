@@ -14,8 +14,8 @@ turns out to be a deposit. Coins arriving there from others are E's receipts, as
 
 from __future__ import annotations
 
-from monitor.model import ChainTx, Destination, EntityFlow
 from monitor.core.registry import Registry
+from monitor.model import ChainTx, Destination, EntityFlow
 
 __all__ = ["entity_flows"]
 

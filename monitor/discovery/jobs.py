@@ -21,12 +21,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from monitor.core.cluster import CHANGE_MIN_VOTES, COINJOIN_MIN_EQUAL, LearnResult, apply_learned, learn_from_txs
-from monitor.model import ChainTx
-from monitor.discovery.pools import FollowResult, PoolIndex, follow_pool_payouts
 from monitor.core.registry import Registry
-from monitor.model import SATS_PER_BTC
 from monitor.discovery.addressbook import settle_provisional
+from monitor.discovery.pools import FollowResult, PoolIndex, follow_pool_payouts
 from monitor.discovery.tracing import TraceLimits, trace_pending
+from monitor.model import SATS_PER_BTC, ChainTx
 from storage import Store
 from storage.discovery import get_state, rejected_addresses, save_learned, set_state, transactions_after
 

@@ -31,7 +31,6 @@ covered span; when fewer than 365 days are covered the average uses those days a
 
 from __future__ import annotations
 
-import asyncio
 import datetime as _dt
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -39,8 +38,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from monitor.core.facts import day_of, fact_at
+from monitor.discovery.pools import DEFAULT_POOL_OWNERS, POOLS_SOURCE, PoolIndex, attribute_block
 from monitor.model import SATS_PER_BTC, ChainTx, Fact, MalformedError, SourceError
-from monitor.discovery.pools import DEFAULT_POOL_OWNERS, POOLS_SOURCE, PoolIndex, attribute_block, load_pools
 from storage import AsyncStore, Store
 from storage.miners import (
     drop_miner_blocks_from,
@@ -50,10 +49,10 @@ from storage.miners import (
     miner_block_span,
     pool_coins_to_check,
     pool_outflow_rows,
-    unspent_pool_coins,
     save_miner_blocks,
     save_pool_coins,
     save_pool_outflows,
+    unspent_pool_coins,
 )
 from watchers.coinbases import BitcoindCoinbases, BlockCoinbase, EsploraCoinbases
 
@@ -584,13 +583,14 @@ async def scan_blocks(
             log.warning("miner scan stopped at height %d: %s", h, exc)
             return ScanResult(start, end, scanned, skipped, orphaned, tally.requests, str(exc), spends, outflows_n)
 
+        # awaited below within this iteration, so the closure sees this iteration's values (B023 is a false alarm)
         def commit(s: Store) -> int:
             with s.batch():
-                n = drop_miner_blocks_from(s, chain, drop_from) if drop_from is not None else 0
-                save_miner_blocks(s, rows, now=now)
-                save_pool_coins(s, coins)  # before the spends: a change coin may be spent in the same page
-                mark_pool_coins(s, chain, (), spent, tip=top)
-                save_pool_outflows(s, outflows)
+                n = drop_miner_blocks_from(s, chain, drop_from) if drop_from is not None else 0  # noqa: B023
+                save_miner_blocks(s, rows, now=now)  # noqa: B023
+                save_pool_coins(s, coins)  # before the spends: a change coin may be spent in the same page  # noqa: B023
+                mark_pool_coins(s, chain, (), spent, tip=top)  # noqa: B023
+                save_pool_outflows(s, outflows)  # noqa: B023
             return n
 
         if drop_from is not None or rows:

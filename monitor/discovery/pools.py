@@ -35,10 +35,10 @@ from typing import Any
 
 from monitor.bundled import short_source
 from monitor.clock import iso
-from monitor.model import SATS_PER_BTC, ChainTx, EntityAddress, Fact, MalformedError, SourceError
+from monitor.core.registry import Registry, normalise_address
 from monitor.discovery.addressbook import propose
 from monitor.discovery.reconcile import format_btc_amount
-from monitor.core.registry import Registry, normalise_address
+from monitor.model import SATS_PER_BTC, ChainTx, EntityAddress, Fact, MalformedError, SourceError
 from storage import AsyncStore, Store
 from storage.discovery import (
     Evidence,

@@ -30,8 +30,8 @@ from collections.abc import Container, Iterable
 from dataclasses import dataclass, replace
 
 from monitor.clock import iso
-from monitor.model import Attribution, ChainTx, EntityAddress
 from monitor.core.registry import Registry, normalise_address
+from monitor.model import Attribution, ChainTx, EntityAddress
 
 __all__ = [
     "MAX_SWEEP_OUTPUTS",

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from monitor.bundled import short_source
-from monitor.model import SATS_PER_BTC, Entity, Fact, format_btc
 from monitor.core.registry import Registry
+from monitor.model import SATS_PER_BTC, Entity, Fact, format_btc
 from storage import Store
 from storage.discovery import latest_btc_balances
 

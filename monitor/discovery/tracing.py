@@ -54,8 +54,8 @@ from typing import Any, Protocol
 
 from monitor.core.attribution import attribute_address
 from monitor.core.classify import trace_breakdown
-from monitor.model import SATS_PER_BTC, Attribution, ChainTx, SourceError, TraceShare
 from monitor.core.registry import Registry
+from monitor.model import SATS_PER_BTC, Attribution, ChainTx, SourceError, TraceShare
 from storage import AsyncStore, Store
 from storage.discovery import TraceBranch, TraceState, due_traces, queue_traces, save_trace
 

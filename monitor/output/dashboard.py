@@ -31,9 +31,9 @@ from aiohttp import web
 from jinja2 import DictLoader, Environment, select_autoescape
 
 from monitor.clock import iso, parse_iso
+from monitor.model import SALE_VERDICTS, SATS_PER_BTC, severity_rank
 from monitor.output.dashboard_charts import Branch, Marker, balance_chart, marker_shape, sparkline, trace_graph
 from monitor.output.export import flow_record
-from monitor.model import SALE_VERDICTS, SATS_PER_BTC, severity_rank
 from monitor.output.report import (
     RETRACTED_STYLE,
     VERDICT_STYLES,

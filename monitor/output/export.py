@@ -12,9 +12,8 @@ import csv
 import io
 import json
 from collections.abc import Iterable, Iterator
-from typing import Any
-
 from pathlib import Path
+from typing import Any
 
 from monitor.clock import iso
 from monitor.model import format_btc

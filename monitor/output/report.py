@@ -66,9 +66,10 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
 from monitor.bundled import ASIC_EFFICIENCIES, SCENARIO_PRICES, short_source
-from monitor.core.classify import Thresholds
 from monitor.clock import iso
-from monitor.core.hashprice import default_scenario_prices, scenarios as price_scenarios
+from monitor.core.classify import Thresholds
+from monitor.core.hashprice import default_scenario_prices
+from monitor.core.hashprice import scenarios as price_scenarios
 from monitor.model import SALE_VERDICTS, SATS_PER_BTC, Entity, Profile, severity_rank
 from storage import Store
 from storage.alerts import alert_rows
@@ -162,7 +163,7 @@ def _when(t: int | None) -> str:
 
 
 def _dt_of(t: int) -> _dt.datetime:
-    return _dt.datetime.fromtimestamp(t, tz=_dt.timezone.utc)
+    return _dt.datetime.fromtimestamp(t, tz=_dt.UTC)
 
 
 # --- data ---------------------------------------------------------------------------------------------

@@ -14,13 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from alerts.router import Route, Rule, changes_between, dedup_key, matching_channels, route_classification, route_retraction
+from monitor.core.registry import Registry
+from monitor.model import Alert, Classification, Delivery
 from monitor.output.export import flow_record
 from monitor.run.incident_alerts import IncidentSettings, plan_incidents
+from monitor.run.pipeline import Decision, TickEvents
 from monitor.run.threads import new_message_id, thread_fields
 from monitor.run.watch_alerts import BalanceRule, DormancyRule, plan_balances, plan_dormancy
-from monitor.model import Alert, Classification, Delivery
-from monitor.run.pipeline import Decision, TickEvents
-from monitor.core.registry import Registry
 from storage import AsyncStore, Store
 from storage import alerts as outbox_store
 from storage import incidents as inc_store

@@ -25,16 +25,16 @@ import logging
 import os
 import signal
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from monitor.clock import SystemClock, iso
 from monitor.config import Config
+from monitor.model import Clock, ConfigError, MonitorError, SourceError, TransientError
 from monitor.run.httpapi import start_http
 from monitor.run.metrics import Metrics
-from monitor.model import Clock, ConfigError, MonitorError, SourceError, TransientError
 from monitor.run.runtime import Runtime, runtime
 from storage import Store
 from storage import alerts as outbox_store
@@ -170,7 +170,7 @@ class Daemon:
         self._http, self.bound_port = await start_http(self, self.host, self.port)
         log.warning("treasury-monitor listening on http://%s:%s (sources: %s)", self.host, self.bound_port,
                     ", ".join(s.name for s in self.rt.sources) or "none")
-        self.scheduler = AsyncIOScheduler(timezone=timezone.utc)
+        self.scheduler = AsyncIOScheduler(timezone=UTC)
         now = self._now_dt()
         for cfg, src in zip(self.config.sources, self.rt.sources):
             self.scheduler.add_job(
@@ -237,7 +237,7 @@ class Daemon:
     def _now_dt(self) -> datetime:
         # The scheduler runs on wall time even when decisions use another clock (the demo's
         # accelerated one): APScheduler computes its fire times from real datetimes.
-        return datetime.fromtimestamp(self._wall.time(), tz=timezone.utc)
+        return datetime.fromtimestamp(self._wall.time(), tz=UTC)
 
     async def run(self, *, install_signals: bool = True) -> int:
         """Start, serve until a stop is asked for, shut down gracefully; returns the exit status."""

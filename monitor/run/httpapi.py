@@ -269,7 +269,7 @@ async def _sse(request: web.Request, daemon: ApiHost) -> web.StreamResponse:
             try:
                 # short waits so a stopping daemon is never held up by an open stream
                 await asyncio.wait_for(daemon.events.wait(), timeout=1.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 idle += 1.0
                 if idle >= 15.0:
                     await resp.write(b": keep-alive\n\n")

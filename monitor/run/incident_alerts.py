@@ -13,12 +13,19 @@ from dataclasses import dataclass
 
 from alerts.render import format_usd
 from alerts.router import Route, changes_between, incident_channels
-from monitor.output.export import flow_record
-from monitor.run.incidents import DEFAULT_GROUP_INTERVAL, DEFAULT_GROUP_WAIT, DEFAULT_INCIDENT_WINDOW, incident_dedup_key, summarize, union
+from monitor.core.registry import Registry
 from monitor.model import Alert, Classification
+from monitor.output.export import flow_record
+from monitor.run.incidents import (
+    DEFAULT_GROUP_INTERVAL,
+    DEFAULT_GROUP_WAIT,
+    DEFAULT_INCIDENT_WINDOW,
+    incident_dedup_key,
+    summarize,
+    union,
+)
 from monitor.run.pipeline import Decision
 from monitor.run.threads import thread_fields  # the one id scheme for every message
-from monitor.core.registry import Registry
 from storage import Store
 from storage import alerts as outbox_store
 from storage import incidents as inc_store

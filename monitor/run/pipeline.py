@@ -19,15 +19,15 @@ from typing import Any, Protocol
 from monitor.core.attribution import attribute
 from monitor.core.classify import Thresholds, classify
 from monitor.core.cluster import LearnResult, apply_learned, learn_from_txs
-from monitor.discovery.jobs import commit_learned
 from monitor.core.facts import day_end
 from monitor.core.flows import entity_flows
-from monitor.market.context import Market, context_json
-from monitor.discovery.miners import with_measured_production
-from monitor.model import Attribution, Batch, Classification, Clock, Entity, EntityFlow, FlowHistory, MarketContext, TraceShare
-from monitor.discovery.addressbook import commit_provisional
-from monitor.discovery.provisional import Judgement, Sweep, apply_provisional, find_sweeps, judge_spends, provisional_inputs
 from monitor.core.registry import Registry
+from monitor.discovery.addressbook import commit_provisional
+from monitor.discovery.jobs import commit_learned
+from monitor.discovery.miners import with_measured_production
+from monitor.discovery.provisional import Judgement, Sweep, apply_provisional, find_sweeps, judge_spends, provisional_inputs
+from monitor.market.context import Market, context_json
+from monitor.model import Attribution, Batch, Classification, Clock, Entity, EntityFlow, FlowHistory, MarketContext, TraceShare
 from storage import AsyncStore, Store
 from storage.discovery import rejected_addresses
 from storage.utxos import apply_utxo_changes

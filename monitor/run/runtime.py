@@ -8,24 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import aiohttp
 
 from monitor.bundled import load_bundled_entities
 from monitor.clock import SystemClock
 from monitor.config import Config, Secret, SourceConfig
-from monitor.discovery.miners import ScanResult, backfill, coinbase_reader, load_pools
-from monitor.model import Clock, ConfigError, Entity
-from monitor.run.pipeline import Pipeline
+from monitor.core.registry import Registry, merge_entities
+from monitor.discovery.miners import ScanResult, backfill, coinbase_reader
+from monitor.discovery.pools import load_pools
+
 # imported here, not at first use: a first import runs module code (monitor.market.prices resolves its data
 # path on disk), and first use is inside runtime(), on the event loop
 from monitor.market.prices import PriceService, build_price_sources
-from monitor.core.registry import Registry, merge_entities
+from monitor.model import Clock, ConfigError, Entity
+from monitor.run.pipeline import Pipeline
 from storage import AsyncStore, Store
 from storage.utxos import load_utxos
 from watchers.esplora import EsploraSource

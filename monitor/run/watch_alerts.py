@@ -26,10 +26,10 @@ from decimal import Decimal
 
 from alerts.router import BalanceRule, DormancyRule
 from monitor.clock import iso
-from monitor.output.export import flow_record
-from monitor.model import SATS_PER_BTC, Alert, format_btc
-from monitor.run.pipeline import Decision
 from monitor.core.registry import Registry
+from monitor.model import SATS_PER_BTC, Alert, format_btc
+from monitor.output.export import flow_record
+from monitor.run.pipeline import Decision
 from storage import Store
 from storage import alerts as outbox_store
 from storage import watch as watch_store

@@ -130,7 +130,7 @@ def _btc(sat: int) -> str:
 
 
 def _date(at: int) -> str:
-    return _dt.datetime.fromtimestamp(at, tz=_dt.timezone.utc).strftime("%Y-%m-%d")
+    return _dt.datetime.fromtimestamp(at, tz=_dt.UTC).strftime("%Y-%m-%d")
 
 
 # --- published figures ----------------------------------------------------------------------------

@@ -1,0 +1,20 @@
+# Developer tasks (https://github.com/casey/just). CI runs the same commands from .ci/run.
+
+# the whole test suite (README's test command)
+test:
+    .venv/bin/python -m pytest
+
+# lint (ruff), as CI does
+lint:
+    .venv/bin/ruff check .
+
+# type-check (mypy: strict on monitor/core/, basic elsewhere); not gating yet, it still reports errors
+types:
+    .venv/bin/mypy
+
+# the benchmarks (figures and ratios against a baseline measured in the same run; never part of `test`)
+bench:
+    .venv/bin/python bench/bench_block_mode.py
+    .venv/bin/python bench/bench_backfill.py
+    .venv/bin/python bench/bench_miners.py
+    .venv/bin/python bench/bench_latency.py
