@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -247,7 +248,7 @@ def trace_breakdown(total: int, shares: tuple[TraceShare, ...], *, entity: str =
         g = groups["entity"]
         v = sum(s.value for s in g)
         parts.append(f"{amount(v)} ({pct(v)}) reached tracked {_and(list(dict.fromkeys(s.attribution for s in g)))}")
-    texts = {
+    texts: dict[str, Callable[[int], str]] = {
         "waiting": lambda n: f"wait at {'an unattributed address' if n == 1 else f'{n} unattributed addresses'}",
         "below_floor": lambda n: (f"went on in {n} branch(es) below the {floor_sat} sat floor" if floor_sat is not None
                                   else f"went on in {n} branch(es) below the value floor"),
@@ -405,7 +406,7 @@ def classify(
     reasons.extend(traced)
 
     # Price sentence: always where the price came from and for when.
-    if price_ok:
+    if price_ok and ctx.btc_usd is not None:
         reasons.append(f"BTC price {_price(ctx.btc_usd)}: {price_basis(ctx)}")
     if ctx.btc_usd is None:
         reasons.append(
@@ -435,12 +436,12 @@ def classify(
     if hold is not None:
         used.append(FactUsed("holdings_btc", hold.btc, hold.use.fact.as_of, hold.use.fact.source,
                              reported=hold.reported_btc, is_later=hold.use.is_later))
-    if multiple is not None:
+    if multiple is not None and prod is not None:
         reasons.append(
             f"{_amount(total_30d, dec, asset)} in 30 days is {multiple:.1f}× {name}'s monthly production of "
             f"{_num(prod.fact.value)} BTC ({_cite(prod)})"
         )
-    if share is not None or (is_btc and hold is not None):
+    if hold is not None and (share is not None or is_btc):
         held = _holdings_text(name, hold)
         if share is not None:
             reasons.append(f"{_amount(total_30d, dec, asset)} in 30 days is {share:.1%} of {held}")
@@ -450,7 +451,7 @@ def classify(
         reasons.append(f"{asset} is not BTC: production and holdings comparisons are skipped")
 
     below: bool | None = None
-    if price_ok and cost is not None and cost.fact.value > 0 and entity.kind != "sovereign":
+    if price_ok and ctx.btc_usd is not None and cost is not None and cost.fact.value > 0 and entity.kind != "sovereign":
         used.append(FactUsed("cash_cost_usd", cost.fact.value, cost.fact.as_of, cost.fact.source, is_later=cost.is_later))
         gap = (ctx.btc_usd - cost.fact.value) / cost.fact.value
         below = gap < 0
@@ -467,6 +468,7 @@ def classify(
     # Acceleration: in USD when this flow and enough earlier ones have dollar sizes, otherwise in coins.
     accelerating = False
     recent_usd = history.recent_usd[-t.acceleration_window:]
+    fmt: Callable[[float], str]
     if usd_value is not None and len(recent_usd) >= t.acceleration_min_count:
         prev_sizes, this_size, fmt = recent_usd, usd_value, _money
     else:
