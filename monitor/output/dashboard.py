@@ -38,6 +38,7 @@ from monitor.output.report import (
     RETRACTED_STYLE,
     VERDICT_STYLES,
     entity_histories,
+    format_usd,
     is_retracted,
     price_series,
     scenario_html,
@@ -71,16 +72,6 @@ def _btc(units: int | float | None) -> str:
     return "–" if units is None else f"{units / SATS_PER_BTC:,.2f}"
 
 
-def _usd(v: float | None) -> str:
-    if v is None:
-        return "–"
-    if abs(v) >= 1e9:
-        return f"${v / 1e9:,.2f}B"
-    if abs(v) >= 1e6:
-        return f"${v / 1e6:,.1f}M"
-    return f"${v:,.0f}"
-
-
 def _when(t: int | None) -> str:
     return (iso(t) or "–").replace("T", " ").replace("Z", "")[:16]
 
@@ -102,7 +93,7 @@ def _segment(text: str) -> str:
     return urllib.parse.quote(str(text), safe="")
 
 
-_env.filters.update(btc=_btc, usd=_usd, when=_when, segment=_segment)
+_env.filters.update(btc=_btc, usd=format_usd, when=_when, segment=_segment)
 _env.globals.update(verdict_css=_verdict_css(), verdicts=list(VERDICT_STYLES), destination_kinds=DESTINATION_KINDS)
 
 
@@ -416,8 +407,8 @@ def add_routes(app: web.Application, daemon_key: web.AppKey) -> None:
         return _render("scenarios.html", nav="scenarios", table=table)
 
     async def miners(request: web.Request) -> web.Response:
-        from monitor.output.dashboard_miners import miners_page
         from monitor.discovery.miners import view_for_registry
+        from monitor.output.dashboard_miners import miners_page
 
         daemon = daemon_of(request)
         raw = request.query.get("since") or ""

@@ -14,8 +14,8 @@ import html
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from monitor.output.dashboard_charts import _ticks
 from monitor.model import SATS_PER_BTC
+from monitor.output.dashboard_charts import _ticks
 from monitor.output.report import mpi_summary
 
 __all__ = ["POOL_PALETTE", "OTHER_COLOUR", "pool_colours", "bar_chart", "mpi_chart", "miners_page"]

@@ -77,6 +77,7 @@ from storage.prices import candles_between
 from storage.reads import entity_summaries, flow_rows
 
 __all__ = [
+    "format_usd",
     "VERDICT_STYLES",
     "RETRACTED_STYLE",
     "EntitySummary",
@@ -144,7 +145,8 @@ def _btc(units: int | float) -> str:
     return f"{units / SATS_PER_BTC:,.2f}"
 
 
-def _usd(v: float | None) -> str:
+def format_usd(v: float | None) -> str:
+    """Dollars for a reader: $1.23B, $4.5M, $678; – when unknown (the report and the dashboard)."""
     if v is None:
         return "–"
     if abs(v) >= 1e9:
@@ -575,7 +577,7 @@ def _summary_table(summaries: Sequence[EntitySummary], ids: dict[str, str]) -> s
         body.append(
             f"<tr><td><a href='#{ids[s.name]}'>{_e(s.name)}</a></td><td>{_e(s.kind)}</td>"
             f"<td class='num'>{_btc(s.balance_units)}{basis}</td><td class='num'>{_btc(s.sold_units)}</td>"
-            f"<td class='num'>{_usd(s.sold_usd)}</td><td class='num'>{_btc(s.custody_units)}</td>"
+            f"<td class='num'>{format_usd(s.sold_usd)}</td><td class='num'>{_btc(s.custody_units)}</td>"
             f"<td class='num'>{s.internal}</td><td>{chips or '–'}</td><td>{_sev(s.max_severity)}</td>"
             f"<td class='num'>{s.retracted}</td></tr>"
         )
@@ -617,7 +619,7 @@ def _flow_table(d: _EntityData, rows: list[dict[str, Any]], max_rows: int, *, fu
             f"<tr class='{'retracted' if retracted else ''}'><td>{_e(_when(d.at(r)))}</td>"
             f"<td><code title='{_e(r['txid'])}'>{_e(r['txid'][:16])}…</code></td>"
             f"<td class='keep'>{_chip(c.get('verdict'), retracted)}</td><td class='keep'>{_sev(c.get('severity'))}</td>"
-            f"<td class='num'>{_btc(r['out_units'])}</td><td class='num'>{_usd(c.get('usd_value'))}</td>"
+            f"<td class='num'>{_btc(r['out_units'])}</td><td class='num'>{format_usd(c.get('usd_value'))}</td>"
             f"<td class='small'>{dests}</td><td class='small keep'>{_e(status)}</td>"
             f"<td class='small'><details{' open' if full else ''}><summary>{len(c.get('reasons') or ())} reason(s)"
             f"</summary>{_reasons(c.get('reasons', ()))}</details></td></tr>"
@@ -725,14 +727,14 @@ def _alerts_section(store: Store, entity: str | None, since: int | None, until: 
                 f"<tr id='alert-{int(a['id'])}'><td class='num'>{int(a['id'])}</td><td>{_e(_when(a['created_at']))}</td>"
                 f"<td>{_e(a['kind'])}</td><td>{_chip(c.get('verdict'), a['kind'] == 'retraction')}</td>"
                 f"<td>{_sev(c.get('severity'))}</td><td class='num'>{_e(flow.get('out_amount', '–'))}</td>"
-                f"<td class='num'>{_usd(c.get('usd_value'))}</td><td class='small'>{_e(delivery)}</td>"
+                f"<td class='num'>{format_usd(c.get('usd_value'))}</td><td class='small'>{_e(delivery)}</td>"
                 f"<td class='small'><details{' open' if full else ''}><summary>{len(c.get('reasons') or ()) + len(changes)} "
                 f"reason(s)</summary>{reasons}</details></td></tr>"
             )
         sev = ", ".join(f"{_sev(k)}&nbsp;×{severities[k]}" for k in sorted(severities, key=severity_rank, reverse=True))
         kind = ", ".join(f"{_e(k)} {n}" for k, n in sorted(kinds.items()))
         summary = (f"<strong>{_e(name)}</strong>: {len(alerts)} alert(s) ({kind}); {sev}"
-                   + (f"; new alerts worth {_usd(usd)}" if usd else ""))
+                   + (f"; new alerts worth {format_usd(usd)}" if usd else ""))
         groups.append(_details(summary, _table(head, body), is_open=full))
     return (f"<p>{len(rows)} alert(s), per entity, oldest first within each; open an entity to see them.</p>"
             + "".join(groups))
@@ -832,7 +834,7 @@ def build_report(
             + (f"<p class='muted small'>{_e(d.note)}</p>" if d.note else "")
             + f"<ul class='small'>{facts}{tags}</ul>"
             + f"<p>Balance {_btc(s.balance_units)} BTC ({_e(basis)}); in the period: sold {_btc(s.sold_units)} BTC "
-            f"({_usd(s.sold_usd)}), custody moves {_btc(s.custody_units)} BTC, {s.internal} internal move(s), "
+            f"({format_usd(s.sold_usd)}), custody moves {_btc(s.custody_units)} BTC, {s.internal} internal move(s), "
             f"received {_btc(s.received_units)} BTC.</p>"
             + _img(_balance_chart(d, lo, hi, series), f"{d.name}: balance and BTC price with outflows by verdict")
             + _details("Outflows per 30 days against monthly production",
