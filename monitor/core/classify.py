@@ -293,6 +293,10 @@ def classify(
     `provisional` names the entity's provisional addresses the flow spends from (monitor.discovery.provisional):
     the flow is the entity's, and its reasons say it is provisionally so.
 
+    The steps, in order: internal moves; where the coins went (`_destinations`); the price sentence; the
+    dated measures (production multiple, share of holdings, cost, hashprice: `_measure`); acceleration;
+    severity; and the verdict by precedence (`_verdict`), whose sentence goes second in the reasons.
+
     :raises ValueError: for an incoming flow (not a sale: do not classify it), a flow of another entity,
         or an entity that is a counterparty (exchange, OTC desk, custodian).
     """
@@ -302,10 +306,14 @@ def classify(
         raise ValueError(f"{entity.name} is a counterparty ({entity.kind}); its flows are not classified")
     if flow.direction == "in":
         raise ValueError(f"flow {flow.txid} is incoming to {entity.name}; only outflows are classified")
-    t = thresholds
-    name, asset, dec, profile = entity.name, flow.asset, flow.decimals, entity.profile
+    name, asset, dec = entity.name, flow.asset, flow.decimals
     reasons: list[str] = []
     used: list[FactUsed] = []
+
+    # Price state first: every later USD figure depends on it.
+    price_ok = ctx.btc_usd is not None and not ctx.is_price_stale
+    is_btc = asset.upper() in BTC_ASSETS
+    asset_usd = ctx.asset_usd if ctx.asset_usd is not None else (ctx.btc_usd if is_btc else None)
 
     def result(verdict: str, severity: int, usd: float | None = None, attribution: str = "") -> Classification:
         return Classification(
@@ -325,11 +333,6 @@ def classify(
             created_at=now,
         )
 
-    # Price state first: every later USD figure depends on it.
-    price_ok = ctx.btc_usd is not None and not ctx.is_price_stale
-    is_btc = asset.upper() in BTC_ASSETS
-    asset_usd = ctx.asset_usd if ctx.asset_usd is not None else (ctx.btc_usd if is_btc else None)
-
     if provisional:
         reasons.append(
             f"spent from {_and([a.address for a in provisional])}: provisionally {name}'s ({provisional[0].source}); "
@@ -339,27 +342,67 @@ def classify(
     # 1. internal
     self_value = sum(d.value for d in flow.destinations if d.attribution.kind == "self")
     moved = max(0, flow.out - self_value)
-    watching = {a.address for a in entity.addresses if a.learned_by == "provisional"}
     if flow.out == 0 or moved == 0 or (flow.destinations and all(d.attribution.kind == "self" for d in flow.destinations)):
-        swept = [d for d in flow.destinations if d.attribution.kind == "self" and d.address in watching]
-        if swept:
-            reasons.append(
-                f"probable consolidation; watching the destination: {_amount(sum(d.value for d in swept), dec, asset)} "
-                f"went to {_and([d.address or '' for d in swept])}, paid by {name}'s inputs alone without change; "
-                "watched provisionally as {name}'s: an exchange deposit address looks the same until its coins move"
-                .replace("{name}", name)
-            )
-        elif flow.out == 0:
-            reasons.append(
-                f"all value stayed with {name}: {_amount(flow.spent, dec, asset)} spent, "
-                f"{_amount(flow.change, dec, asset)} came back as change, fee {_amount(flow.fee_share, dec, asset)}"
-            )
-        else:
-            reasons.append(f"{_amount(flow.out, dec, asset)} went to {name}'s own addresses (attributed self)")
+        reasons.append(_internal_reason(flow, entity))
         usd = flow.out / 10**dec * asset_usd if price_ok and asset_usd is not None else None
         return result("internal", 0, usd, "self")
 
-    # 2. group the destinations
+    # 2. where the coins went
+    dest = _destinations(flow, moved, name)
+    usd_value = moved / 10**dec * asset_usd if price_ok and asset_usd is not None else None
+    worth = f" (≈ {_money(usd_value)})" if usd_value is not None else ""
+    reasons.append(f"{_amount(moved, dec, asset)}{worth} left {name}: {dest.split}")
+    reasons.extend(dest.traced)
+    reasons.extend(_price_reasons(ctx, price_ok))
+
+    # Measures, acceleration, severity.
+    m = _measure(flow, entity, ctx, history, moved, price_ok=price_ok, is_btc=is_btc, reasons=reasons, used=used)
+    accelerating = _acceleration(history, usd_value, moved, thresholds, flow, reasons)
+    t = thresholds
+    usd_step = _step(usd_value, t.usd_notice, t.usd_warning, t.usd_critical)
+    share_step = _step(m.share, t.share_notice, t.share_warning, t.share_critical)
+    prod_step = _step(m.multiple, t.production_notice, t.production_warning, t.production_critical)
+    severity = min(3, max(usd_step, share_step, prod_step) + (1 if accelerating else 0))
+
+    # 3. the verdict
+    verdict, level, why = _verdict(entity, dest, m, severity, usd_value, t, is_btc=is_btc, asset=asset)
+    reasons.insert(1, why)
+    return result(verdict, level, usd_value, dest.main_attr)
+
+
+def _internal_reason(flow: EntityFlow, entity: Entity) -> str:
+    """The sentence of an internal move: a provisional sweep, everything back as change, or to own addresses."""
+    name, asset, dec = entity.name, flow.asset, flow.decimals
+    watching = {a.address for a in entity.addresses if a.learned_by == "provisional"}
+    swept = [d for d in flow.destinations if d.attribution.kind == "self" and d.address in watching]
+    if swept:
+        return (
+            f"probable consolidation; watching the destination: {_amount(sum(d.value for d in swept), dec, asset)} "
+            f"went to {_and([d.address or '' for d in swept])}, paid by {name}'s inputs alone without change; "
+            "watched provisionally as {name}'s: an exchange deposit address looks the same until its coins move"
+            .replace("{name}", name)
+        )
+    if flow.out == 0:
+        return (
+            f"all value stayed with {name}: {_amount(flow.spent, dec, asset)} spent, "
+            f"{_amount(flow.change, dec, asset)} came back as change, fee {_amount(flow.fee_share, dec, asset)}"
+        )
+    return f"{_amount(flow.out, dec, asset)} went to {name}'s own addresses (attributed self)"
+
+
+@dataclass(frozen=True)
+class _Destinations:
+    """Where the coins that left went: the main group and attribution, the split sentence, hop tracing."""
+
+    main_group: str
+    main_attr: str
+    split: str
+    traced: tuple[str, ...]
+
+
+def _destinations(flow: EntityFlow, moved: int, name: str) -> _Destinations:
+    """Group the destinations (traced shares count where they ended) and pick the main one."""
+    asset, dec = flow.asset, flow.decimals
     groups: dict[str, int] = dict.fromkeys(_GROUP_ORDER, 0)
     by_attr: dict[str, tuple[str, int]] = {}
     traced_sale = False
@@ -399,30 +442,43 @@ def classify(
     split = ", ".join(
         f"{v / total_dest:.0%} to {a}" for a, (_, v) in sorted(by_attr.items(), key=lambda kv: -kv[1][1])
     )
+    return _Destinations(main_group, main_attr, split, tuple(traced))
 
-    usd_value = moved / 10**dec * asset_usd if price_ok and asset_usd is not None else None
-    worth = f" (≈ {_money(usd_value)})" if usd_value is not None else ""
-    reasons.append(f"{_amount(moved, dec, asset)}{worth} left {name}: {split}")
-    reasons.extend(traced)
 
-    # Price sentence: always where the price came from and for when.
+def _price_reasons(ctx: MarketContext, price_ok: bool) -> list[str]:
+    """The price sentence: always where the price came from and for when, or why there is none."""
+    out = []
     if price_ok and ctx.btc_usd is not None:
-        reasons.append(f"BTC price {_price(ctx.btc_usd)}: {price_basis(ctx)}")
+        out.append(f"BTC price {_price(ctx.btc_usd)}: {price_basis(ctx)}")
     if ctx.btc_usd is None:
-        reasons.append(
+        out.append(
             "no BTC price for the transaction time: the USD value, the cost comparison and the USD "
             "severity step are skipped"
         )
     elif ctx.is_price_stale:
         age = _age(ctx.at - ctx.price_at) if ctx.price_at is not None else "an unknown time"
         when = "before" if ctx.price_at is not None and ctx.price_at <= ctx.at else "after"
-        reasons.append(
+        out.append(
             f"price {_price(ctx.btc_usd)} ({price_basis(ctx)}) is stale: observed {age} "
             f"{when} the transaction, beyond the staleness bound, so the USD value, the cost comparison "
             f"and the USD severity step are skipped"
         )
+    return out
 
-    # Measures: each figure is the profile point in force on the flow's day.
+
+@dataclass(frozen=True)
+class _Measures:
+    """The flow measured against the entity's dated figures."""
+
+    multiple: float | None  # 30-day total / monthly production
+    share: float | None  # 30-day total / holdings
+    below: bool | None  # price below cash cost (None: not comparable)
+
+
+def _measure(flow: EntityFlow, entity: Entity, ctx: MarketContext, history: FlowHistory, moved: int, *,
+             price_ok: bool, is_btc: bool, reasons: list[str], used: list[FactUsed]) -> _Measures:
+    """Each figure is the profile point in force on the flow's day; appends its sentences and the facts used."""
+    name, asset, dec, profile = entity.name, flow.asset, flow.decimals, entity.profile
     day = day_of(flow.block_time if flow.block_time is not None else ctx.at)
     total_30d = history.out_30d + moved
     total_coins = total_30d / 10**dec
@@ -464,52 +520,52 @@ def classify(
         hp = _hashprice_reason(entity, ctx, day, used)
         if hp:
             reasons.append(hp)
+    return _Measures(multiple, share, below)
 
-    # Acceleration: in USD when this flow and enough earlier ones have dollar sizes, otherwise in coins.
-    accelerating = False
+
+def _acceleration(history: FlowHistory, usd_value: float | None, moved: int, t: Thresholds, flow: EntityFlow,
+                  reasons: list[str]) -> bool:
+    """Whether selling accelerates: in USD when this flow and enough earlier ones have dollar sizes, else in coins."""
     recent_usd = history.recent_usd[-t.acceleration_window:]
     fmt: Callable[[float], str]
     if usd_value is not None and len(recent_usd) >= t.acceleration_min_count:
         prev_sizes, this_size, fmt = recent_usd, usd_value, _money
     else:
         prev_sizes, this_size = history.recent_out[-t.acceleration_window:], moved
-        fmt = lambda units: _amount(int(units), dec, asset)  # noqa: E731
+        fmt = lambda units: _amount(int(units), flow.decimals, flow.asset)  # noqa: E731
     if len(prev_sizes) >= t.acceleration_min_count:
         med = statistics.median(prev_sizes)
         if med > 0 and this_size >= t.acceleration_factor * med:
-            accelerating = True
             reasons.append(
                 f"{fmt(this_size)} is {this_size / med:.1f}× the median of the previous {len(prev_sizes)} "
                 f"transfers ({fmt(med)}): selling accelerates"
             )
+            return True
+    return False
 
-    # Severity factors.
-    usd_step = _step(usd_value, t.usd_notice, t.usd_warning, t.usd_critical)
-    share_step = _step(share, t.share_notice, t.share_warning, t.share_critical)
-    prod_step = _step(multiple, t.production_notice, t.production_warning, t.production_critical)
-    severity = min(3, max(usd_step, share_step, prod_step) + (1 if accelerating else 0))
 
-    # 2b. non-sale groups
-    if main_group == "custodian":
-        reasons.insert(1, f"to {main_attr}, a custodian: custody, a sale is not implied")
-        return result("custody_move", min(severity, 2), usd_value, main_attr)
-    if main_group == "entity":
+def _verdict(entity: Entity, dest: _Destinations, m: _Measures, severity: int, usd_value: float | None,
+             t: Thresholds, *, is_btc: bool, asset: str) -> tuple[str, int, str]:
+    """(verdict, severity, the sentence that explains it) by precedence: non-sale groups, sovereign, miner sale."""
+    name, profile, main_attr = entity.name, entity.profile, dest.main_attr
+    multiple, share, below = m.multiple, m.share, m.below
+    # non-sale groups
+    if dest.main_group == "custodian":
+        return "custody_move", min(severity, 2), f"to {main_attr}, a custodian: custody, a sale is not implied"
+    if dest.main_group == "entity":
         other = main_attr.partition(":")[2]
-        reasons.insert(
-            1,
-            f"to {other}, another tracked entity: not a sale by itself; {other}'s own flows are classified separately",
-        )
-        return result("unknown_transfer", severity, usd_value, main_attr)
-    if main_group == "unknown":
-        reasons.insert(1, "destination not attributed yet (unknown): hop tracing may attribute it and update this verdict")
-        return result("unknown_transfer", severity, usd_value, main_attr)
+        return ("unknown_transfer", severity,
+                f"to {other}, another tracked entity: not a sale by itself; {other}'s own flows are classified separately")
+    if dest.main_group == "unknown":
+        return ("unknown_transfer", severity,
+                "destination not attributed yet (unknown): hop tracing may attribute it and update this verdict")
 
-    # 3. sovereign sale
+    # sovereign sale
     if entity.kind == "sovereign":
-        reasons.insert(1, f"{name} is a sovereign sending to {main_attr}: coins sent to an exchange or OTC desk are usually sold")
-        return result("sovereign_sale", severity, usd_value, main_attr)
+        return ("sovereign_sale", severity,
+                f"{name} is a sovereign sending to {main_attr}: coins sent to an exchange or OTC desk are usually sold")
 
-    # 4. miner (or other tracked treasury) sale
+    # miner (or other tracked treasury) sale
     tags = set(profile.strategy_tags)
     routine = multiple <= t.production_multiple if multiple is not None else None
     if multiple is not None and multiple > t.production_multiple:
@@ -529,60 +585,49 @@ def classify(
         return f"{name} is tagged {tag} ({profile.strategy_source})" if profile.strategy_source else f"{name} is tagged {tag}"
 
     if routine:
-        reasons.insert(1, f"within {t.production_multiple:g}× monthly production over 30 days: a routine sale of production")
-        return result("production_sale", 1 if below else 0, usd_value, main_attr)
+        return ("production_sale", 1 if below else 0,
+                f"within {t.production_multiple:g}× monthly production over 30 days: a routine sale of production")
     conv = sorted(tags & CONVERTIBLE_TAGS)
     basis = "at or above cost" if below is False else "below cost" if below else "cost not comparable"
     if large and conv:
-        reasons.insert(1, f"a large sale ({why_large}) by a miner that sells BTC to buy back debt: {tag_reason(conv[0])}")
-        return result("balance_sheet_sale", severity, usd_value, main_attr)
+        return ("balance_sheet_sale", severity,
+                f"a large sale ({why_large}) by a miner that sells BTC to buy back debt: {tag_reason(conv[0])}")
     if large and tags & AI_SHIFT_TAGS:
-        reasons.insert(
-            1,
-            f"a large sale ({why_large}), {basis}, by a miner on the 'complete shift to AI' path, for which BTC is "
-            f"no longer a core asset: an expected reallocation, not distress; {tag_reason('ai_shift')}",
-        )
-        return result("reallocation_sale", severity, usd_value, main_attr)
+        return ("reallocation_sale", severity,
+                f"a large sale ({why_large}), {basis}, by a miner on the 'complete shift to AI' path, for which BTC is "
+                f"no longer a core asset: an expected reallocation, not distress; {tag_reason('ai_shift')}")
     if below:
         what = f"selling {'beyond production ' if multiple is not None else ''}below cash cost: distress"
         if tags & MINING_FOCUS_TAGS:
             # A miner that bets on mining through the cycle sells its stack only when it must.
-            reasons.insert(1, f"{what}, and a stronger signal for a miner on the 'stick to mining' path, which "
-                              f"sells beyond production only under pressure; {tag_reason('mining_focus')}")
-            return result("distress_sale", min(3, max(1, severity) + 1), usd_value, main_attr)
+            return ("distress_sale", min(3, max(1, severity) + 1),
+                    f"{what}, and a stronger signal for a miner on the 'stick to mining' path, which "
+                    f"sells beyond production only under pressure; {tag_reason('mining_focus')}")
         if tags & DUAL_TRACK_TAGS:
             what += (f", though a miner on the 'walk on two legs' path may also be funding AI/HPC; "
                      f"{tag_reason('dual_track')}")
-        reasons.insert(1, what)
-        return result("distress_sale", max(1, severity), usd_value, main_attr)
+        return "distress_sale", max(1, severity), what
     if large and tags & DUAL_TRACK_TAGS:
-        reasons.insert(
-            1,
-            f"a large sale ({why_large}), {basis}, by a miner on the 'walk on two legs' path (keeps BTC, funds "
-            f"AI/HPC): a reallocation; {tag_reason('dual_track')}",
-        )
-        return result("reallocation_sale", severity, usd_value, main_attr)
+        return ("reallocation_sale", severity,
+                f"a large sale ({why_large}), {basis}, by a miner on the 'walk on two legs' path (keeps BTC, funds "
+                f"AI/HPC): a reallocation; {tag_reason('dual_track')}")
     if large and tags & AI_HPC_TAGS:
-        reasons.insert(1, f"a large sale ({why_large}), {basis}, by a miner pivoting to AI/HPC: {tag_reason('ai_hpc_pivot')}")
-        return result("reallocation_sale", severity, usd_value, main_attr)
+        return ("reallocation_sale", severity,
+                f"a large sale ({why_large}), {basis}, by a miner pivoting to AI/HPC: {tag_reason('ai_hpc_pivot')}")
     if large and tags & MINING_FOCUS_TAGS:
-        reasons.insert(
-            1,
-            f"a large sale ({why_large}), {basis}, by a miner on the 'stick to mining' path, which does not usually "
-            f"sell its holdings: a treasury reallocation worth watching; {tag_reason('mining_focus')}",
-        )
-        return result("strategic_sale", severity, usd_value, main_attr)
+        return ("strategic_sale", severity,
+                f"a large sale ({why_large}), {basis}, by a miner on the 'stick to mining' path, which does not usually "
+                f"sell its holdings: a treasury reallocation worth watching; {tag_reason('mining_focus')}")
     if large:
-        reasons.insert(1, f"a large sale ({why_large}), {basis}, with no known strategy tag: a treasury reallocation")
-        return result("strategic_sale", severity, usd_value, main_attr)
+        return ("strategic_sale", severity,
+                f"a large sale ({why_large}), {basis}, with no known strategy tag: a treasury reallocation")
     if not is_btc:
         presumed = f"a {asset} transfer worth less than {_money(t.large_usd_fallback)}"
     elif share is not None:
         presumed = f"no monthly production figure; {share:.1%} of holdings is under the {t.large_share_of_holdings:.0%} large-sale bar"
     else:
         presumed = f"no production or holdings figure and the value is under {_money(t.large_usd_fallback)}"
-    reasons.insert(1, f"{presumed}: treated as a routine sale of production")
-    return result("production_sale", 1 if below else 0, usd_value, main_attr)
+    return "production_sale", 1 if below else 0, f"{presumed}: treated as a routine sale of production"
 
 
 def _holdings_text(name: str, hold: Holdings) -> str:
