@@ -867,7 +867,7 @@ def _parse_bitcoind_source(t: dict, path: str, ctx: _Context) -> dict[str, Any]:
 
 def _parse_evm_source(t: dict, path: str, ctx: _Context) -> dict[str, Any]:
     """The keys of an evm source: url (may be a secret), chain_id, confirmations, ranges, tokens."""
-    from watchers.evm import validate_evm_address
+    from watchers.addresses import validate_evm_address
 
     pr = ctx.problems
     url = _take_secret(t, "url", path, ctx, plain_ok=True)
@@ -1044,7 +1044,7 @@ def _parse_address(
 
 def _parse_evm_address(item: Any, path: str, ctx: _Context, default_source: str) -> EntityAddress | None:
     """One entry of `ethereum`, EIP-55 checked."""
-    from watchers.evm import validate_evm_address
+    from watchers.addresses import validate_evm_address
 
     entry = _address_entry(item, path, ctx, default_source)
     if entry is None:

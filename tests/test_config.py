@@ -570,3 +570,17 @@ def test_miners_section_defaults_and_checks(tmp_path):
         parse_config({"sources": [src], "miners": {"source": "nope", "interval": 0, "x": 1}}, base_dir=tmp_path)
     text = str(err.value)
     assert "miners.source: 'nope' is not a source" in text and "miners.interval" in text and "miners.x" in text
+
+
+def test_loading_a_config_with_evm_addresses_does_not_import_web3(tmp_path):
+    # EIP-55 validation lives beside the Bitcoin codec (watchers/addresses.py): check-config stays light
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "evm.toml"
+    cfg.write_text('[[entities]]\nname = "X"\nkind = "sovereign"\n'
+                   'ethereum = ["0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed", "0xfb6916095ca1df60bb79ce92ce3ea74c37c5d359"]\n')
+    code = ("import sys; from monitor.config import load_config; c = load_config(sys.argv[1]); "
+            "print(sorted(a.address for a in c.entities[0].addresses), 'web3' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(cfg)], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == ("['0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed', '0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359'] False")

@@ -1,17 +1,23 @@
-"""Bitcoin address codec: validation per network, address ↔ output script.
+"""Address codecs: Bitcoin validation per network and address ↔ output script; EVM (EIP-55) validation.
 
 Validation is strict (BIP-173 bech32 for witness v0, BIP-350 bech32m for v1+, base58check) and is
 cross-checked with bitcoinlib's `deserialize_address`. The script conversions are our own because the
 block-mode matcher converts thousands of scripts per block and bitcoinlib is too slow for that; they
 never round-trip through bitcoinlib's `Address.parse`, which rewrites taproot addresses wrongly.
+
+EVM addresses are checked here too (eth_utils' EIP-55 checksum, without web3), so loading a config
+does not import web3.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 from dataclasses import dataclass
+
+from eth_utils import is_checksum_address, to_checksum_address
 
 __all__ = [
     "NETWORKS",
@@ -21,6 +27,7 @@ __all__ = [
     "address_to_script",
     "script_to_address",
     "script_type",
+    "validate_evm_address",
 ]
 
 
@@ -265,3 +272,25 @@ def script_to_address(script: bytes, network: str = "mainnet") -> str | None:
     if 4 <= n <= 42 and 0x51 <= script[0] <= 0x60 and script[1] == n - 2:
         return _segwit_encode(net.hrp, script[0] - 0x50, script[2:])
     return None
+
+
+# --- EVM ---------------------------------------------------------------------------------------------
+
+_HEX_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+
+
+def validate_evm_address(address: str) -> str:
+    """EIP-55 checksummed form of an EVM address; all-lower/all-upper hex is accepted as is.
+
+    :raises ValueError: when it is not 0x + 40 hex digits, or mixes cases that fail the checksum.
+    """
+    if not isinstance(address, str) or not _HEX_ADDRESS.fullmatch(address.strip()):
+        raise ValueError(f"{address!r} is not an EVM address (0x followed by 40 hex digits)")
+    address = address.strip()
+    body = address[2:]
+    if body != body.lower() and body != body.upper() and not is_checksum_address(address):
+        raise ValueError(
+            f"{address} has mixed-case letters that fail its EIP-55 checksum: one character is "
+            "probably wrong; copy the address again from its source"
+        )
+    return to_checksum_address(address)

@@ -88,7 +88,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiohttp
-from eth_utils import is_checksum_address, to_checksum_address
+from eth_utils import to_checksum_address
 from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.exceptions import MethodUnavailable, TooManyRequests, Web3Exception, Web3RPCError
 
@@ -104,6 +104,7 @@ from monitor.model import (
     TxInput,
     TxOutput,
 )
+from watchers.addresses import validate_evm_address
 
 __all__ = [
     "Token",
@@ -177,23 +178,6 @@ _RATE_LIMITED = re.compile(r"rate limit|too many requests|request count exceeded
 
 class _RangeTooLarge(SourceError):
     """The node refused an eth_getLogs range as too large (internal: triggers a split)."""
-
-
-def validate_evm_address(address: str) -> str:
-    """EIP-55 checksummed form of an EVM address; all-lower/all-upper hex is accepted as is.
-
-    :raises ValueError: when it is not 0x + 40 hex digits, or mixes cases that fail the checksum.
-    """
-    if not isinstance(address, str) or not _HEX_ADDRESS.fullmatch(address.strip()):
-        raise ValueError(f"{address!r} is not an EVM address (0x followed by 40 hex digits)")
-    address = address.strip()
-    body = address[2:]
-    if body != body.lower() and body != body.upper() and not is_checksum_address(address):
-        raise ValueError(
-            f"{address} has mixed-case letters that fail its EIP-55 checksum: one character is "
-            "probably wrong; copy the address again from its source"
-        )
-    return to_checksum_address(address)
 
 
 def is_range_too_large(exc: BaseException) -> bool:
