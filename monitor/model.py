@@ -28,6 +28,8 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 __all__ = [
+    "normalise_address",
+    "normalise_bitcoin_address",
     "MonitorError",
     "ConfigError",
     "SourceError",
@@ -524,3 +526,17 @@ class Delivery:
     status: str  # ok | retry | failed
     error: str = ""
     next_at: int | None = None
+
+
+def normalise_bitcoin_address(address: str) -> str:
+    """Index key of a Bitcoin address: bech32 is case-insensitive (lower-cased), base58 is not (kept)."""
+    a = address.strip()
+    low = a.lower()
+    if low.startswith(("bc1", "tb1", "bcrt1")):
+        return a if low == a else low  # the same object when already canonical: one string per address
+    return a
+
+
+def normalise_address(chain: str, address: str) -> str:
+    """Index key of an address on `chain`: Bitcoin as above; EVM hex is case-insensitive (lower-cased)."""
+    return normalise_bitcoin_address(address) if chain == "bitcoin" else address.strip().lower()

@@ -98,6 +98,7 @@ from monitor.model import (
     TxInput,
     TxOutput,
 )
+from monitor.model import normalise_bitcoin_address as _norm
 from watchers.http import RequestTally
 from watchers.validate import (
     MAX_MONEY,
@@ -296,12 +297,6 @@ def _parse_json(text: str) -> Any:
         raise ValueError(f"non-standard JSON constant {name}")
 
     return json.loads(text, parse_float=Decimal, parse_constant=reject)
-
-
-def _norm(address: str) -> str:
-    # Bech32 is case-insensitive and Core writes it in lower case; base58 is case-sensitive.
-    low = address.strip().lower()
-    return low if low.startswith(("bc1", "tb1", "bcrt1")) else address.strip()
 
 
 # --- JSON-RPC client ------------------------------------------------------------------------------

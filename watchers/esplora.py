@@ -77,6 +77,7 @@ from typing import Any
 from urllib.parse import quote
 
 from monitor.model import BalanceSnapshot, Batch, ChainTx, Clock, Cursor, MalformedError, SourceError
+from monitor.model import normalise_bitcoin_address as _norm
 from watchers.http import HttpClient, RequestTally, http_status
 from watchers.validate import (
     AddressStats,
@@ -150,12 +151,6 @@ class _State:
 
 def _stats_key(s: AddressStats) -> tuple[int, ...]:
     return (s.chain_tx_count, s.chain_funded, s.chain_spent, s.mempool_tx_count, s.mempool_funded, s.mempool_spent)
-
-
-def _norm(address: str) -> str:
-    # Bech32 is case-insensitive and Esplora answers in lower case; base58 is case-sensitive.
-    low = address.lower()
-    return low if low.startswith(("bc1", "tb1", "bcrt1")) else address
 
 
 def _touches(tx: ChainTx, address: str) -> bool:

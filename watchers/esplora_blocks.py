@@ -116,6 +116,7 @@ from monitor.model import (
     TxOutput,
     WatchedUtxo,
 )
+from monitor.model import normalise_bitcoin_address as _norm
 from watchers.addresses import InvalidAddress, _b58decode_check, _segwit_decode, script_to_address
 from watchers.esplora import ELECTRUM_PAGE, MEMPOOL_LIMIT, EsploraSource
 from watchers.http import HttpClient, RequestTally, http_status
@@ -215,15 +216,6 @@ def address_script(address: str) -> bytes:
     if payload[0] in (0x05, 0xC4):
         return b"\xa9\x14" + payload[1:] + b"\x87"
     raise InvalidAddress(f"has an unknown base58 version byte {payload[0]}")
-
-
-def _norm(address: str) -> str:
-    # Returns the same object when the address is already canonical: one string per address, not two.
-    a = address.strip()
-    low = a.lower()
-    if low.startswith(("bc1", "tb1", "bcrt1")):
-        return a if low == a else low
-    return a
 
 
 # --- cursor state ---------------------------------------------------------------------------------

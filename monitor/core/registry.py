@@ -9,22 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import replace
 
-from monitor.model import Entity, EntityAddress, Fact
+from monitor.model import Entity, EntityAddress, Fact, normalise_address
 
 __all__ = ["Registry", "normalise_address", "merge_entities"]
 
 _FIGURES = ("holdings_btc", "monthly_production_btc", "cash_cost_usd", "efficiency_j_th")
 #: Entity kinds whose own flows are classified; the others are counterparties (labels only).
 TRACKED_KINDS = frozenset({"miner", "sovereign", "other"})
-
-
-def normalise_address(chain: str, address: str) -> str:
-    """Index key of an address: bech32 and EVM hex are case-insensitive, base58 is not."""
-    a = address.strip()
-    if chain == "bitcoin":
-        low = a.lower()
-        return low if low.startswith(("bc1", "tb1", "bcrt1")) else a
-    return a.lower()
 
 
 class Registry:
