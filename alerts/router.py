@@ -11,6 +11,9 @@ and a minimum USD value, and names channels. For one flow:
 - a retraction (the tx was replaced or its block orphaned) → a `retraction` to every channel that heard
   about the flow, and to nobody else.
 
+`plan()` makes every per-flow decision of a tick at once from what the caller read (which channels
+heard about each flow, tx statuses, entity kinds); the caller queues what it returns.
+
 `dedup_key` is stable per (chain, txid, entity, verdict); a receiver that sees a key twice for the same
 kind can drop the second message.
 
@@ -21,7 +24,7 @@ ones update it, a quiet period closes it. Its other verdicts are still alerted o
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from monitor.model import SALE_VERDICTS, SEVERITIES, VERDICTS, Classification, severity_rank
@@ -38,6 +41,9 @@ __all__ = [
     "route_classification",
     "route_retraction",
     "changes_between",
+    "FlowDecision",
+    "Planned",
+    "plan",
 ]
 
 #: How a rule delivers: every flow as its own alert, or sale-type flows grouped into incidents.
@@ -164,6 +170,104 @@ def route_retraction(c: Classification, *, already_alerted: Iterable[str], why: 
     if not channels:
         return None
     return Route("retraction", dedup_key(c.chain, c.txid, c.entity, c.verdict), channels, (why,))
+
+
+@dataclass(frozen=True)
+class FlowDecision:
+    """One classification stored in a tick, as the planner needs it (the pipeline's Decision, flattened)."""
+
+    classification: Classification
+    previous: Classification | None
+    is_new: bool
+    is_changed: bool
+    block_time: int | None = None
+    block_height: int | None = None
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A route to queue for a classification; `amends_txid` names the replaced tx an RBF update amends."""
+
+    route: Route
+    classification: Classification
+    amends_txid: str | None = None
+
+
+def plan(
+    rules: Sequence[Rule],
+    decisions: Sequence[FlowDecision],
+    retracted: Sequence[Classification],
+    *,
+    heard: Mapping[tuple[str, str, str], Iterable[str]],
+    statuses: Mapping[tuple[str, str], str],
+    kinds: Mapping[str, str],
+    replacing: Mapping[str, str] = {},
+    confirmed: Container[str] = frozenset(),
+    notify_confirmations: bool = False,
+    max_age: int,
+    now: int,
+) -> list[Planned]:
+    """Every per-flow alert decision of one tick, in queueing order (pure: the caller reads and writes).
+
+    `heard` maps (chain, txid, entity) to the channels already told about that flow (not by a
+    retraction), `statuses` (chain, txid) to the stored tx status of each retracted classification,
+    `kinds` entity names to their kind, `replacing` a replacement txid to the txid it replaced (RBF).
+    Retractions come first; an RBF-replaced tx whose channels heard about it gets ONE update through its
+    replacement instead of a retraction plus a second "new" alert for what is the same outflow; a flow
+    older than `max_age` (block time) is not alerted; with `notify_confirmations` a flow confirmed in
+    this tick gets an update to the channels that heard about it.
+    """
+    told = {k: set(v) for k, v in heard.items()}
+
+    def heard_of(c: Classification, txid: str | None = None) -> set[str]:
+        return told.get((c.chain, txid or c.txid, c.entity), set())
+
+    out: list[Planned] = []
+
+    def add(route: Route, c: Classification, amends_txid: str | None = None) -> None:
+        out.append(Planned(route, c, amends_txid))
+        if route.kind != "retraction":  # what the outbox will answer for this flow from now on
+            told.setdefault((c.chain, c.txid, c.entity), set()).update(route.channels)
+
+    retracted_by_key = {(c.txid, c.entity): c for c in retracted}
+    rbf: dict[tuple[str, str], tuple[Classification, set[str]]] = {}  # (new txid, entity) → (old, heard)
+    for d in decisions:
+        c = d.classification
+        replaced = replacing.get(c.txid)
+        old = retracted_by_key.get((replaced, c.entity)) if replaced is not None else None
+        if old is not None and (d.is_new or d.is_changed):
+            heard_old = heard_of(old)
+            if heard_old:
+                rbf[(c.txid, c.entity)] = (old, set(heard_old))
+    superseded = {(old.txid, entity) for (_, entity), (old, _) in rbf.items()}
+    for c in retracted:
+        if (c.txid, c.entity) in superseded:
+            continue
+        status = statuses.get((c.chain, c.txid)) or "gone"
+        why = "the transaction was replaced (RBF)" if status == "replaced" else "its block was orphaned by a reorg"
+        route = route_retraction(c, already_alerted=heard_of(c), why=why)
+        if route is not None:
+            add(route, c)
+    for d in decisions:
+        c = d.classification
+        if d.block_time is not None and now - d.block_time > max_age:
+            continue
+        kind = kinds[c.entity]
+        if (c.txid, c.entity) in rbf:
+            old, heard_old = rbf[(c.txid, c.entity)]
+            channels = tuple(dict.fromkeys(matching_channels(rules, c, kind) + tuple(heard_old)))
+            changes = (f"replaced (RBF) by {c.txid}; {old.txid} will not confirm",) + changes_between(old, c)
+            add(Route("update", dedup_key(c.chain, c.txid, c.entity, c.verdict), channels, changes), c, old.txid)
+        elif d.is_new or d.is_changed:
+            route = route_classification(rules, c, d.previous, entity_kind=kind, already_alerted=heard_of(c))
+            if route is not None:
+                add(route, c)
+        elif notify_confirmations and c.txid in confirmed:
+            told_now = heard_of(c)
+            if told_now:
+                add(Route("update", dedup_key(c.chain, c.txid, c.entity, c.verdict), tuple(told_now),
+                          (f"confirmed in block {d.block_height}",)), c)
+    return out
 
 
 # The watch rules (`[[alerts.dormancy]]`, `[[alerts.balance]]`) are declared here with the other rules;

@@ -1,9 +1,11 @@
 """Alerting glue: the pipeline's alert hook (rules → queued alerts) and the outbox over storage.
 
-`AlertPlanner` runs inside a tick's storage transaction: for each new or changed classification and each
-retraction it asks `alerts.router` for a Route, builds the message model (the flow's export record plus
-kind, dedup key, changes and an explorer link) and queues it with `storage.alerts.queue_alert`, so the
-alert commits together with the classification that caused it. `StoreQueue` exposes the durable queue to
+`AlertPlanner` runs inside a tick's storage transaction: it reads what the outbox already told each
+flow's channels, asks `alerts.router.plan` (pure) for the tick's routes (new and changed
+classifications, retractions, RBF updates, confirmations), and for each route builds the message model
+(the flow's export record plus kind, dedup key, changes and an explorer link) and queues it with
+`storage.alerts.queue_alert`, so the alert commits together with the classification that caused it.
+`StoreQueue` exposes the durable queue to
 `alerts.outbox.Dispatcher` through the async store thread.
 """
 
@@ -13,7 +15,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from alerts.router import Route, Rule, changes_between, dedup_key, matching_channels, route_classification, route_retraction
+from alerts.router import FlowDecision, Route, Rule, plan
 from monitor.core.registry import Registry
 from monitor.model import Alert, Classification, Delivery
 from monitor.output.export import flow_record
@@ -99,49 +101,17 @@ class AlertPlanner:
     ) -> int:
         queued = 0
         replacing = {new: old for old, new in events.replaced_by.items()}
-        retracted_by_key = {(c.txid, c.entity): c for c in retracted}
-        # RBF: a replaced tx whose channels heard about it gets ONE update through its replacement, never
-        # a retraction plus a second "new" alert for what is the same outflow.
-        rbf: dict[tuple[str, str], tuple[Classification, set[str]]] = {}  # (new txid, entity) → (old, heard)
-        for d in decisions:
-            c = d.classification
-            old = retracted_by_key.get((replacing.get(c.txid), c.entity))
-            if old is not None and (d.is_new or d.is_changed):
-                heard_old = outbox_store.alerted_channels(store, c.chain, old.txid, c.entity)
-                if heard_old:
-                    rbf[(c.txid, c.entity)] = (old, heard_old)
-        superseded = {(old.txid, entity) for (_, entity), (old, _) in rbf.items()}
-        for c in retracted:
-            if (c.txid, c.entity) in superseded:
-                continue
-            status = store.tx_status(c.chain, c.txid) or "gone"
-            why = "the transaction was replaced (RBF)" if status == "replaced" else "its block was orphaned by a reorg"
-            heard = outbox_store.alerted_channels(store, c.chain, c.txid, c.entity)
-            route = route_retraction(c, already_alerted=heard, why=why)
-            if route is not None:
-                queued += self._queue(store, route, c, now=now)
-        for d in decisions:
-            c = d.classification
-            if not self._is_live(c, d.flow.block_time, now):
-                continue
-            kind = self.registry.get(c.entity).kind
-            if (c.txid, c.entity) in rbf:
-                old, heard_old = rbf[(c.txid, c.entity)]
-                channels = tuple(dict.fromkeys(matching_channels(self.settings.rules, c, kind) + tuple(heard_old)))
-                changes = (f"replaced (RBF) by {c.txid}; {old.txid} will not confirm",) + changes_between(old, c)
-                route = Route("update", dedup_key(c.chain, c.txid, c.entity, c.verdict), channels, changes)
-                queued += self._queue(store, route, c, now=now, amends_txid=old.txid)
-            elif d.is_new or d.is_changed:
-                heard = outbox_store.alerted_channels(store, c.chain, c.txid, c.entity)
-                route = route_classification(self.settings.rules, c, d.previous, entity_kind=kind, already_alerted=heard)
-                if route is not None:
-                    queued += self._queue(store, route, c, now=now)
-            elif self.settings.notify_confirmations and c.txid in events.confirmed:
-                heard = outbox_store.alerted_channels(store, c.chain, c.txid, c.entity)
-                if heard:
-                    route = Route("update", dedup_key(c.chain, c.txid, c.entity, c.verdict), tuple(heard),
-                                  (f"confirmed in block {d.flow.block_height}",))
-                    queued += self._queue(store, route, c, now=now)
+        # read → decide (alerts.router.plan, pure) → write
+        flows = [FlowDecision(d.classification, d.previous, d.is_new, d.is_changed, d.flow.block_time, d.flow.block_height)
+                 for d in decisions]
+        keys = {(c.chain, c.txid, c.entity) for c in [*retracted, *(d.classification for d in decisions)]}
+        heard = {k: outbox_store.alerted_channels(store, *k) for k in keys}
+        statuses = {(c.chain, c.txid): store.tx_status(c.chain, c.txid) or "gone" for c in retracted}
+        kinds = {c.entity: self.registry.get(c.entity).kind for c in (d.classification for d in decisions)}
+        for p in plan(self.settings.rules, flows, retracted, heard=heard, statuses=statuses, kinds=kinds,
+                      replacing=replacing, confirmed=events.confirmed, notify_confirmations=self.settings.notify_confirmations,
+                      max_age=self.settings.max_age, now=now):
+            queued += self._queue(store, p.route, p.classification, now=now, amends_txid=p.amends_txid)
         label = self.settings.label
         incidents = dataclasses.replace(self.settings.incidents, label=label)
         queued += plan_incidents(store, self.registry, self.settings.rules, incidents, decisions, retracted,
