@@ -5,8 +5,7 @@ flow's channels, asks `alerts.router.plan` (pure) for the tick's routes (new and
 classifications, retractions, RBF updates, confirmations), and for each route builds the message model
 (the flow's export record plus kind, dedup key, changes and an explorer link) and queues it with
 `storage.alerts.queue_alert`, so the alert commits together with the classification that caused it.
-`StoreQueue` exposes the durable queue to
-`alerts.outbox.Dispatcher` through the async store thread.
+`StoreQueue` exposes the durable queue to `alerts.outbox.Dispatcher` through the async store thread.
 """
 
 from __future__ import annotations
