@@ -6,7 +6,6 @@ Area-specific fixtures (servers, nodes) live beside their tests or in `tests/fak
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 from collections.abc import Iterator
 
@@ -18,13 +17,6 @@ os.environ.setdefault("BCL_DATA_DIR", os.path.join(tempfile.gettempdir(), "treas
 import bitcoinlib.keys  # noqa: E402,F401
 import pytest  # noqa: E402
 from blockbuster import BlockBuster, blockbuster_ctx  # noqa: E402
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (for servers that cannot bind port 0)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -5,24 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import socket
 
 import aiohttp
 import pytest
 from aiohttp import web
+from fakes.net import free_port
 
 from monitor.clock import FrozenClock
 from monitor.model import MalformedError, RateLimitedError, SourceError, TransientError
 from watchers.http import HttpClient, RequestTally, http_status, parse_retry_after
 
 SECRET = "Bearer sk-live-0123456789abcdef"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (copied from tests/conftest.py)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Script:

@@ -20,7 +20,6 @@ import contextlib
 import fcntl
 import json
 import os
-import socket
 import subprocess
 import tempfile
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes.net import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 ANVIL_BIN = REPO / "node_modules" / "@foundry-rs" / "anvil-linux-amd64" / "bin" / "anvil"
@@ -44,13 +44,6 @@ DEV_KEYS = (
 )
 DEFAULT_CHAIN_ID = 31337
 START_TIMEOUT_S = 20.0
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (copied from tests/conftest.py)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ensure_anvil() -> Path:

@@ -26,7 +26,6 @@ import contextlib
 import fcntl
 import json
 import os
-import socket
 import subprocess
 import tempfile
 import time
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes.net import free_port
 
 BCOIN_VERSION = "1.0.2"
 START_TIMEOUT_S = 30.0
@@ -68,13 +68,6 @@ def cache_dir() -> Path:
         return Path(env)
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "treasury-monitor" / f"bcoin-{BCOIN_VERSION}"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (copied from tests/conftest.py)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ensure_bcoin() -> Path:

@@ -29,23 +29,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from fakes.net import free_port
 from multidict import CIMultiDict, CIMultiDictProxy
 
 __all__ = ["Receiver", "Reply", "OK", "RecordedRequest", "free_port", "block_kit_problems"]
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (copied from tests/conftest.py)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass(frozen=True)

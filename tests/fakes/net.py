@@ -1,0 +1,10 @@
+"""A free TCP port on 127.0.0.1, for the local servers that cannot bind port 0 (aiosmtpd, anvil, bcoin)."""
+
+import socket
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
