@@ -417,3 +417,28 @@ async def test_sigterm_mid_poll_is_a_clean_stop_and_says_what_is_true(tmp_path):
     assert code == 0, err
     assert "Traceback" not in err and " ERROR " not in err and "ERROR" not in err, err
     assert "some alerts are still queued" not in err and "still queued" not in err, err
+
+
+async def test_a_non_utf8_authorization_header_is_a_401_not_a_500(tmp_path, monkeypatch):
+    chain, addrs = chain_with_wallet()
+    port = free_port()
+    async with EsploraServer(chain) as server, Receiver() as slack:
+        monkeypatch.setenv("TM_SLACK_URL", slack.url("/hook"))
+        monkeypatch.setenv("TM_TOKEN", "tok-123456")
+        cfg = await write_config(tmp_path / "c.toml", [esplora(server.url, interval=3600)], addrs, port=port,
+                                 db=tmp_path / "d.db", token=env("TM_TOKEN"))
+        daemon = Daemon(await asyncio.to_thread(load_config, cfg), clock=SystemClock())
+        task = asyncio.create_task(daemon.run(install_signals=False))
+        try:
+            await until(lambda: daemon.bound_port is not None, timeout=15)
+            for header in (b"Bearer \xff\xfe-not-utf8", "Bearer tok-123456".encode("latin-1") + b"\xe9"):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"GET /api/flows HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: " + header
+                             + b"\r\nConnection: close\r\n\r\n")
+                await writer.drain()
+                answer = await reader.read()
+                writer.close()
+                assert answer.split(b"\r\n", 1)[0] == b"HTTP/1.1 401 Unauthorized", answer[:200]
+        finally:
+            daemon.request_stop()
+            assert await task == 0

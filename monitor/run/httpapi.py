@@ -108,17 +108,19 @@ async def _auth(request: web.Request, handler):
     daemon: ApiHost = request.app[DAEMON_KEY]  # type: ignore[assignment]
     token = daemon.config.daemon.token
     if token is not None:
+        # aiohttp decodes header bytes that are not UTF-8 as surrogates: compare the bytes the client sent,
+        # so a garbled header is a wrong token (401), not an encoding error (500)
         secret = token.reveal().encode()
         in_query = request.query.get("token")
-        if in_query is not None and hmac.compare_digest(in_query.encode(), secret):
+        if in_query is not None and hmac.compare_digest(in_query.encode("utf-8", "surrogateescape"), secret):
             # Swap the token in the address for a cookie, so it leaves the address bar and history.
             resp = web.HTTPSeeOther(str(request.rel_url.without_query_params("token")))
             resp.set_cookie(TOKEN_COOKIE, token.reveal(), httponly=True, samesite="Strict", path="/")
             return resp
-        given = request.headers.get("Authorization", "")
-        expected = f"Bearer {token.reveal()}"
-        cookie = request.cookies.get(TOKEN_COOKIE, "")
-        if not (hmac.compare_digest(given.encode(), expected.encode()) or hmac.compare_digest(cookie.encode(), secret)):
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+        expected = f"Bearer {token.reveal()}".encode()
+        cookie = request.cookies.get(TOKEN_COOKIE, "").encode("utf-8", "surrogateescape")
+        if not (hmac.compare_digest(given, expected) or hmac.compare_digest(cookie, secret)):
             return web.json_response({"error": "missing or wrong bearer token"}, status=401,
                                      headers={"WWW-Authenticate": 'Bearer realm="treasury-monitor"'})
     return await handler(request)
