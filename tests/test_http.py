@@ -320,3 +320,40 @@ async def test_parse_errors_are_retried_like_garbled_bodies(script_server, sessi
     assert await client.get_json("/h", parse=parse) == 7
     assert client.stats.errors == {"malformed": 1} and client.stats.requests == 2
     assert await client.get_text("/t", parse=str.upper) == '{"OK": TRUE}'
+
+
+async def test_a_redirect_to_another_host_is_refused_and_gets_no_configured_header(aiohttp_server, session, caplog):
+    """An API key must never follow a 302 to another host, nor that host's answer become the source's data."""
+    elsewhere_seen: list[dict] = []
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        elsewhere_seen.append(dict(request.headers))
+        return web.json_response({"height": 666})
+
+    other_app = web.Application()
+    other_app.router.add_get("/{tail:.*}", elsewhere)
+    other = await aiohttp_server(other_app, host="127.0.0.2")
+
+    async def origin(request: web.Request) -> web.Response:
+        if request.path == "/api/moved":  # same host: followed, with the header
+            raise web.HTTPFound("/api/here")
+        if request.path == "/api/here":
+            return web.json_response({"height": 5, "key": request.headers.get("X-Api-Key")})
+        raise web.HTTPFound(str(other.make_url(request.path)) + "?token=leak")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", origin)
+    server = await aiohttp_server(app)
+    client = make_client(session, [str(server.make_url("/api"))], FrozenClock(), headers={"X-Api-Key": "key-0123456789"})
+
+    assert await client.get_json("/moved") == {"height": 5, "key": "key-0123456789"}
+    caplog.set_level(logging.WARNING, logger="watchers.http")
+    for _ in range(2):
+        with pytest.raises(SourceError) as info:
+            await client.get_json("/tip")
+        assert not isinstance(info.value, TransientError)  # permanent: not retried against the other host
+        assert "another host" in str(info.value) and "key-0123456789" not in str(info.value)
+    assert elsewhere_seen == []
+    refused = [r.getMessage() for r in caplog.records if "redirect refused" in r.getMessage()]
+    assert refused == [f"http redirect refused source=esplora-test url={server.make_url('/api')} to=http://127.0.0.2:{other.port}"]
+    assert "leak" not in caplog.text and "key-0123456789" not in caplog.text

@@ -470,7 +470,9 @@ class BitcoindRpc:
             tally.requests += 1
         where = f"bitcoind at {self.where}: {label}"
         try:
-            async with self._session.post(self._url, data=body, timeout=self._timeout, headers=headers) as resp:
+            # A JSON-RPC server never redirects; following one would send the credentials elsewhere.
+            async with self._session.post(self._url, data=body, timeout=self._timeout, headers=headers,
+                                          allow_redirects=False) as resp:
                 status = resp.status
                 if status == 401:
                     if self._cookie_file is not None and self._user is None:

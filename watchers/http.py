@@ -29,6 +29,10 @@ request starts. Slots are reserved before sleeping, so concurrent callers queue 
 Logging records state changes only: the first failure after a success, a failover, a failback, and
 the recovery. Header values may be secrets (API keys, bearer tokens): they are never logged and are
 scrubbed from every error message this module builds.
+
+Redirects are followed (up to 5) only within a base URL's origin (scheme, host and port). A redirect to
+another origin is a permanent `SourceError` (kind `redirect`), logged once per target: following it would
+send the configured headers to that host and take its answer as this source's data.
 """
 
 from __future__ import annotations
@@ -63,6 +67,9 @@ DEFAULT_FAILBACK_AFTER = 300.0
 #: Largest body read from a source; a bigger answer is malformed (a block page is ~100 kB).
 DEFAULT_MAX_BODY = 32 * 1024 * 1024
 _EXCERPT_BYTES = 300
+#: Redirects followed within a base URL's origin; one to another origin is refused.
+_MAX_REDIRECTS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _EXCERPT_CHARS = 120
 
 T = TypeVar("T")
@@ -207,6 +214,7 @@ class HttpClient:
         self._active_since = 0.0
         self._failing = False
         self._failed_attempts = 0
+        self._refused: set[tuple[str, str]] = set()  # (base URL, target origin) already logged
         self.stats = HttpStats(requests_by_url={self._shown[u]: 0 for u in self.base_urls})
 
     @property
@@ -309,22 +317,19 @@ class HttpClient:
         self.stats.requests_by_url[shown] += 1
         if tally is not None:
             tally.requests += 1
+        url = URL(base + path)
         try:
-            async with self._session.get(base + path, headers=self._headers, timeout=self._timeout) as resp:
-                status = resp.status
-                if 200 <= status < 300:
-                    return await self._read(resp, where)
-                excerpt = _excerpt(await resp.content.read(_EXCERPT_BYTES))
-                if status == 429:
-                    retry_after = parse_retry_after(resp.headers.get("Retry-After"), self._clock.time())
-                    raise _error(RateLimitedError, "rate_limited",
-                                 self._scrub(f"{where} status=429 retry_after={retry_after} body={excerpt!r}"),
-                                 status=429, retry_after=retry_after)
-                if status >= 500:
-                    raise _error(TransientError, "http_5xx", self._scrub(f"{where} status={status} body={excerpt!r}"),
-                                 status=status)
-                raise _error(SourceError, "http_4xx", self._scrub(f"{where} status={status} body={excerpt!r}"),
-                             status=status)
+            for _hop in range(_MAX_REDIRECTS + 1):
+                # Redirects are followed here, not by aiohttp: it would send the configured headers (API
+                # keys) to whatever host the Location names, and take that host's answer as our data.
+                async with self._session.get(url, headers=self._headers, timeout=self._timeout,
+                                             allow_redirects=False) as resp:
+                    status = resp.status
+                    if status in _REDIRECTS and "Location" in resp.headers:
+                        url = self._redirect_target(base, url, resp.headers["Location"], where)
+                        continue
+                    return await self._answer(resp, status, where)
+            raise _error(SourceError, "redirect", f"{where} more than {_MAX_REDIRECTS} redirects", status=status)
         except SourceError:
             raise
         except TimeoutError as exc:  # asyncio.TimeoutError and aiohttp's timeout errors
@@ -336,6 +341,41 @@ class HttpClient:
                          self._scrub(f"{where} connection error: {type(exc).__name__}: {exc}")) from exc
         except aiohttp.ClientError as exc:
             raise _error(TransientError, "client", self._scrub(f"{where} {type(exc).__name__}: {exc}")) from exc
+
+    def _redirect_target(self, base: str, url: URL, location: str, where: str) -> URL:
+        """The URL a redirect names, when it stays on the base URL's origin (scheme, host, port).
+
+        :raises SourceError: (permanent) for a redirect to another origin, logged once per target.
+        """
+        try:
+            target = url.join(URL(location))
+        except ValueError as exc:
+            raise _error(SourceError, "redirect", f"{where} redirect to an invalid Location") from exc
+        origin = URL(base).origin()
+        if target.is_absolute() and target.origin() == origin:
+            return target
+        shown = str(target.origin()) if target.is_absolute() else "?"
+        message = (f"{where} redirects to another host ({shown}); refused: the source's headers are not sent "
+                   f"there and its answer is not taken as this source's data (fix the source's url)")
+        if (base, shown) not in self._refused:
+            self._refused.add((base, shown))
+            self._log.warning("http redirect refused source=%s url=%s to=%s", self.name, self._shown[base], shown)
+        raise _error(SourceError, "redirect", self._scrub(message), status=None)
+
+    async def _answer(self, resp: aiohttp.ClientResponse, status: int, where: str) -> bytes:
+        if 200 <= status < 300:
+            return await self._read(resp, where)
+        excerpt = _excerpt(await resp.content.read(_EXCERPT_BYTES))
+        if status == 429:
+            retry_after = parse_retry_after(resp.headers.get("Retry-After"), self._clock.time())
+            raise _error(RateLimitedError, "rate_limited",
+                         self._scrub(f"{where} status=429 retry_after={retry_after} body={excerpt!r}"),
+                         status=429, retry_after=retry_after)
+        if status >= 500:
+            raise _error(TransientError, "http_5xx", self._scrub(f"{where} status={status} body={excerpt!r}"),
+                         status=status)
+        raise _error(SourceError, "http_4xx", self._scrub(f"{where} status={status} body={excerpt!r}"),
+                     status=status)
 
     async def _read(self, resp: aiohttp.ClientResponse, where: str) -> bytes:
         chunks: list[bytes] = []
