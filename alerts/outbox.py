@@ -10,8 +10,10 @@ this room imports no storage code). For each due (alert, channel) pair the dispa
 - a permanent DeliveryError (bad request, bad credentials), an unknown channel, or an alert older than
   `give_up_after` → failed, visible in `alerts list` and the export, and retried only on request.
 
-On start `recover()` requeues pairs left "sending" by a crash: the channel may already have them, so the
-resend carries the same dedup key for the receiver to drop (at most one resend per crash). Channels are
+A pair is claimed before it is sent (`begin` returns None when another dispatcher claimed it first, and
+this one skips it). On start `recover()` requeues pairs left "sending" by a process that is gone: the
+channel may already have them, so the resend carries the same dedup key for the receiver to drop (at
+most one resend per crash). Channels are
 served concurrently, so one receiver being down never delays the others; within a channel, alerts go out
 in the order they were queued.
 """
@@ -58,7 +60,7 @@ class OutboxQueue(Protocol):
 
     async def due(self, now: int, limit: int) -> list[PendingLike]: ...
 
-    async def begin(self, alert_id: int, channel: str, now: int) -> int: ...
+    async def begin(self, alert_id: int, channel: str, now: int) -> int | None: ...
 
     async def finish(self, delivery: Delivery) -> None: ...
 
@@ -127,6 +129,8 @@ class Dispatcher:
         assert alert.id is not None
         now = self.clock.time()
         attempt = await self.queue.begin(alert.id, name, int(now))
+        if attempt is None:  # another dispatcher claimed this pair first: it sends it, not us
+            return False
         self.attempts += 1
         channel = self.channels.get(name)
         if channel is None:

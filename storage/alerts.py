@@ -3,13 +3,15 @@
 An alert is queued in the same transaction as the classification that caused it (the pipeline calls
 `queue_alert` inside `store.batch()`). Each (alert, channel) pair moves queued → sending → delivered,
 back to queued with a `next_at` after a failed attempt, or to failed. `sending` is committed before
-the send, so after a crash `recover_in_flight` knows which pairs may have been sent already and
-requeues them: at most one resend per crash, carrying the same dedup key.
+the send, by a conditional claim (only from `queued`, recording the claiming process), so two
+dispatchers never both send one pair; after a crash `recover_in_flight` requeues the pairs whose owner
+is gone, which may have been sent already: at most one resend per crash, carrying the same dedup key.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,17 +169,24 @@ def next_due_at(store: Store) -> int | None:
     return row[0] if row else None
 
 
-def begin_attempt(store: Store, alert_id: int, channel: str, *, now: int) -> int:
-    """Mark a pair as being sent (committed before the send); returns the attempt number."""
+def begin_attempt(store: Store, alert_id: int, channel: str, *, now: int, owner: str = "") -> int | None:
+    """Claim a queued pair for sending (committed before the send); returns the attempt number.
+
+    The claim is one conditional update: only a pair still `queued` is taken, so when two dispatchers
+    see the same pair due, one wins and the other gets None and must not send.
+    """
     with store.batch():
-        row = store._db.execute(
-            "select attempts, status from alert_channels where alert_id = ? and channel = ?", [alert_id, channel]
-        ).fetchone()
-        attempt = (row[0] if row else 0) + 1
-        store._db.execute(
-            "update alert_channels set status = 'sending', attempts = ? where alert_id = ? and channel = ?",
-            [attempt, alert_id, channel],
+        cur = store._db.execute(
+            """update alert_channels set status = 'sending', attempts = attempts + 1, claimed_by = ?
+               where alert_id = ? and channel = ? and status = 'queued'""",
+            [owner, alert_id, channel],
         )
+        if cur.rowcount != 1:
+            return None
+        row = store._db.execute(
+            "select attempts from alert_channels where alert_id = ? and channel = ?", [alert_id, channel]
+        ).fetchone()
+        attempt = row[0]
         store._db["deliveries"].insert(
             {"alert_id": alert_id, "channel": channel, "attempt": attempt, "at": now, "status": "sending", "error": "", "next_at": None}
         )
@@ -213,13 +222,20 @@ def _refresh_status(store: Store, alert_id: int, *, now: int) -> None:
     store._db.execute("update alerts set status = ?, updated_at = ? where id = ?", [status, now, alert_id])
 
 
-def recover_in_flight(store: Store, *, now: int) -> int:
-    """After a crash: pairs left `sending` may or may not have been sent; queue them again (at most one resend)."""
+def recover_in_flight(store: Store, *, now: int, live_owners: Collection[str] = ()) -> int:
+    """Queue again the pairs left `sending` by owners that are gone (at most one resend per crash).
+
+    A pair claimed by one of `live_owners` is being sent right now by a live process and stays as it is;
+    the caller knows who is alive (the database's process lock).
+    """
     with store.batch():
-        rows = store._query("select alert_id, channel, attempts from alert_channels where status = 'sending'")
+        rows = [
+            r for r in store._query("select alert_id, channel, attempts, claimed_by from alert_channels where status = 'sending'")
+            if r["claimed_by"] not in live_owners
+        ]
         for r in rows:
             store._db.execute(
-                "update alert_channels set status = 'queued', next_at = ? where alert_id = ? and channel = ?",
+                "update alert_channels set status = 'queued', next_at = ? where alert_id = ? and channel = ? and status = 'sending'",
                 [now, r["alert_id"], r["channel"]],
             )
             store._db.execute(

@@ -524,3 +524,10 @@ def _incidents(db: Database) -> None:
         {"message_id": str, "channel": str, "ref": str, "created_at": int},
         pk=("message_id", "channel"),
     )
+
+
+@migrations(name="016_delivery_owner")
+def _delivery_owner(db: Database) -> None:
+    # The process (its lock's owner token) that claimed an (alert, channel) pair for sending: only pairs
+    # whose owner is gone are recovered, never those another live dispatcher is sending.
+    db["alert_channels"].add_column("claimed_by", str)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -85,6 +86,11 @@ def address_values(entity: str, a: EntityAddress, *, status: str, added_at: int)
     }
 
 
+def _file_identity(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
 def _profile_to_json(p: Profile) -> str:
     return json.dumps(asdict(p), sort_keys=True)
 
@@ -153,8 +159,27 @@ class Store:
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 self._db.execute("PRAGMA foreign_keys=ON")
             migrations.apply(self._db)
+            self._identity = _file_identity(self.path)
         except (sqlite3.Error, OSError) as exc:
             raise StorageError(f"cannot open database {self.path}: {exc}") from exc
+
+    def check_file(self) -> None:
+        """Check that the path still names the file this connection writes to.
+
+        A database deleted or replaced under a running process leaves the connection writing into an
+        unlinked file: everything written from then on is lost at exit.
+
+        :raises StorageError: when the file is gone or another file now has its path.
+        """
+        try:
+            now = _file_identity(self.path)
+        except FileNotFoundError:
+            raise StorageError(f"database {self.path} was deleted while in use; what was written since is lost") from None
+        except OSError as exc:
+            raise StorageError(f"database {self.path} cannot be checked: {exc}") from exc
+        if now != self._identity:
+            raise StorageError(f"database {self.path} was replaced by another file while in use; "
+                               "this process was writing to the old one") from None
 
     def close(self) -> None:
         """Close the connection (a WAL checkpoint happens on the last close)."""

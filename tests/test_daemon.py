@@ -442,3 +442,61 @@ async def test_a_non_utf8_authorization_header_is_a_401_not_a_500(tmp_path, monk
         finally:
             daemon.request_stop()
             assert await task == 0
+
+
+async def test_a_second_daemon_or_dispatcher_on_one_database_is_refused_naming_the_holder(tmp_path):
+    chain, addrs = chain_with_wallet()
+    async with EsploraServer(chain) as server, Receiver() as slack:
+        db, port = tmp_path / "d.db", free_port()
+        cfg = await write_config(tmp_path / "c.toml", [esplora(server.url)], addrs, port=port, db=db)
+        env_ = {"TM_SLACK_URL": slack.url("/h")}
+        first = await start_daemon(cfg, env_)
+        try:
+            await wait_http(f"http://127.0.0.1:{port}/healthz", proc=first)
+            for args in (["--port", str(free_port())], None):
+                cmd = ["run", *args] if args else ["alerts", "dispatch", "--forever"]
+                p = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "monitor", "-c", str(cfg), *cmd],
+                                            cwd=ROOT, env={**os.environ, **env_}, capture_output=True, text=True,
+                                            timeout=60)
+                assert p.returncode == 1, (cmd, p.stderr)
+                assert f"is in use by `treasury-monitor run` (pid {first.pid} on " in p.stderr, p.stderr
+                assert "Traceback" not in p.stderr
+            assert first.poll() is None  # the first one is untouched
+        finally:
+            first.send_signal(signal.SIGTERM)
+            assert await wait_exit(first, 15) == 0
+        # once it is gone (a SIGKILL too: the OS releases the lock), the next one starts
+        second = await start_daemon(cfg, env_)
+        try:
+            await wait_http(f"http://127.0.0.1:{port}/healthz", proc=second)
+        finally:
+            second.kill()
+            await wait_exit(second, 15)
+        p = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "monitor", "-c", str(cfg), "alerts",
+                                                     "dispatch"], cwd=ROOT, env={**os.environ, **env_},
+                                    capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+
+
+async def test_a_database_deleted_or_replaced_while_running_stops_the_daemon_unhealthy(tmp_path, monkeypatch, caplog):
+    chain, addrs = chain_with_wallet()
+    async with EsploraServer(chain) as server, Receiver() as slack:
+        monkeypatch.setenv("TM_SLACK_URL", slack.url("/hook"))
+        for how in ("deleted", "replaced"):
+            db = tmp_path / f"{how}.db"
+            cfg = await write_config(tmp_path / "c.toml", [esplora(server.url)], addrs, port=free_port(), db=db)
+            daemon = Daemon(await asyncio.to_thread(load_config, cfg), clock=SystemClock())
+            task = asyncio.create_task(daemon.run(install_signals=False))
+            await until(lambda: daemon.states.get("local") and daemon.states["local"].polls >= 1, timeout=15)
+            assert daemon.health()[0] is True
+            if how == "deleted":
+                await asyncio.to_thread(os.remove, db)
+            else:  # e.g. a restore copied over it: a new file (inode) under the same name
+                await asyncio.to_thread(lambda: (db.with_suffix(".new").write_bytes(db.read_bytes()),
+                                                 os.replace(db.with_suffix(".new"), db)))
+            await until(task.done, timeout=15, what=f"the daemon stops on a {how} database")
+            assert task.result() == 1
+            ok, body = daemon.health()
+            assert ok is False and body["status"] == "unhealthy" and how in body["database"]
+            assert any(how in r.getMessage() and "stopping (exit status 1)" in r.getMessage()
+                       for r in caplog.records if r.levelname == "ERROR")

@@ -199,3 +199,37 @@ async def test_overlapping_passes_never_send_twice(h, session):
         d = h.dispatcher({"slack": SlackChannel("slack", rx.url("/hook"), session)})
         await __import__("asyncio").gather(d.dispatch_once(), d.dispatch_once(), d.dispatch_once())
         assert len(rx.requests) == 3
+
+
+async def test_two_dispatchers_on_one_database_send_each_alert_once(h, db_path, session):
+    """Two processes' dispatchers (own connections to one file) race for the same due pairs: one claim wins."""
+    other = await asyncio.to_thread(Harness, db_path, h.clock)
+    try:
+        async with Receiver() as rx:
+            rx.delay(0.2, times=6)  # every send is slow: the other dispatcher runs meanwhile
+            ids = await h.queue(n=3)
+            channel = {"slack": SlackChannel("slack", rx.url("/hook"), session)}
+            first, second = h.dispatcher(channel), other.dispatcher(channel)
+            await asyncio.gather(first.dispatch_once(), second.dispatch_once())
+            keys = [r.body for r in rx.requests]
+            assert len(rx.requests) == 3 and len(set(keys)) == 3
+            rows = await h.astore.run(ob.alert_rows)
+            assert [r["status"] for r in rows] == ["delivered"] * 3
+            for aid in ids:
+                assert [a.status for a in await h.astore.run(ob.deliveries_of, aid)] == ["ok"]
+    finally:
+        await other.astore.close()
+
+
+async def test_recovery_leaves_a_live_owners_sends_alone(h):
+    """Only pairs whose owner is gone are requeued: a live dispatcher's send in progress is not resent."""
+    [live, dead] = await h.queue(n=2)
+    now = int(h.clock.time())
+    assert await h.astore.run(ob.begin_attempt, live, "slack", now=now, owner="alive-1") == 1
+    assert await h.astore.run(ob.begin_attempt, dead, "slack", now=now, owner="gone-2") == 1
+    assert await h.astore.run(ob.begin_attempt, live, "slack", now=now, owner="late-3") is None  # already claimed
+    assert await h.astore.run(ob.recover_in_flight, now=now, live_owners=("alive-1",)) == 1
+    rows = {r["id"]: r["channels"][0] for r in await h.astore.run(ob.alert_rows)}
+    assert rows[live]["status"] == "sending" and rows[dead]["status"] == "queued"
+    assert [a.status for a in await h.astore.run(ob.deliveries_of, live)] == ["sending"]
+    assert [a.status for a in await h.astore.run(ob.deliveries_of, dead)] == ["interrupted"]

@@ -300,16 +300,24 @@ def alerts_dispatch(state: State, until_empty: bool) -> None:
     from monitor.run.alert_plan import StoreThreads
     from monitor.run.runtime import build_channels, make_dispatcher
     from storage import AsyncStore
+    from storage.lock import ProcessLock
 
     cfg = state.config()
 
     async def go() -> tuple[int, int]:
         clock = SystemClock()
         astore = AsyncStore(await asyncio.to_thread(open_existing_store, state))
+        # One dispatcher per database (the daemon is one): refused, naming the holder, while another runs.
+        lock = ProcessLock(astore.store.path)
+        try:
+            holder = await asyncio.to_thread(lock.acquire, "treasury-monitor alerts dispatch", now=int(clock.time()))
+        except BaseException:
+            await astore.close()
+            raise
         try:
             async with aiohttp.ClientSession() as session:
                 channels = build_channels(cfg, session, clock, StoreThreads(astore, clock))
-                d = make_dispatcher(cfg, astore, channels, clock)
+                d = make_dispatcher(cfg, astore, channels, clock, holder.owner)
                 await d.recover()
                 while True:
                     n = await d.dispatch_once()
@@ -320,6 +328,7 @@ def alerts_dispatch(state: State, until_empty: bool) -> None:
                 return d.delivered, d.failed
         finally:
             await astore.close()
+            lock.release()
 
     delivered, failed = run_async(go())
     click.echo(f"delivered {delivered}, failed {failed}")
@@ -341,12 +350,15 @@ def run(state: State, host: str | None, port: int | None) -> None:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     try:
-        code = asyncio.run(Daemon(cfg, db=state.db, host=h, port=port).run())
+        daemon = Daemon(cfg, db=state.db, host=h, port=port)
+        code = asyncio.run(daemon.run())
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except MonitorError as exc:
         raise click.ClickException(str(exc)) from exc
+    if daemon.fatal:
+        click.echo(f"error: {daemon.fatal}; the daemon stopped", err=True)
     sys.exit(code)
 
 

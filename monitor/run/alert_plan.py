@@ -123,22 +123,28 @@ class AlertPlanner:
 
 
 class StoreQueue:
-    """`alerts.outbox.OutboxQueue` over the async store."""
+    """`alerts.outbox.OutboxQueue` over the async store, claiming pairs as `owner`.
 
-    def __init__(self, store: AsyncStore):
+    `owner` is this process's lock token (`storage.lock`); `live_owners` are the owners whose in-flight
+    pairs recovery must leave alone (this process's own: while it holds the database's lock, no other
+    dispatcher of the database is alive).
+    """
+
+    def __init__(self, store: AsyncStore, owner: str = ""):
         self.store = store
+        self.owner = owner
 
     async def due(self, now: int, limit: int) -> Sequence[outbox_store.Pending]:
         return await self.store.run(outbox_store.due, now=now, limit=limit)
 
-    async def begin(self, alert_id: int, channel: str, now: int) -> int:
-        return await self.store.run(outbox_store.begin_attempt, alert_id, channel, now=now)
+    async def begin(self, alert_id: int, channel: str, now: int) -> int | None:
+        return await self.store.run(outbox_store.begin_attempt, alert_id, channel, now=now, owner=self.owner)
 
     async def finish(self, delivery: Delivery) -> None:
         await self.store.run(outbox_store.finish_attempt, delivery)
 
     async def recover(self, now: int) -> int:
-        return await self.store.run(outbox_store.recover_in_flight, now=now)
+        return await self.store.run(outbox_store.recover_in_flight, now=now, live_owners=(self.owner,) if self.owner else ())
 
 
 class StoreThreads:

@@ -10,6 +10,11 @@ one asyncio loop with APScheduler 3's AsyncIOScheduler:
   and the daily digest (`[daemon].digest_hour` UTC);
 - push sources (when configured) call `wake(source)` to run a source's poll job at once.
 
+One daemon per database: `start` takes the database's process lock (`storage.lock`), and a second
+daemon on the same file is refused with a message naming the holder. Before each job the database file
+is checked to be the one opened: deleted or replaced, the daemon turns unhealthy and stops with exit
+status 1 (without sending more alerts, whose deliveries could no longer be recorded).
+
 SIGTERM/SIGINT: stop scheduling, let the tick in progress finish, flush the outbox for up to
 `[daemon].shutdown_grace` seconds, close sessions and the database, exit 0. A second signal exits at
 once (status 130). After SIGKILL a restart continues from the stored cursors; alerts left in flight are
@@ -38,6 +43,7 @@ from monitor.run.metrics import Metrics
 from monitor.run.runtime import Runtime, runtime
 from storage import Store
 from storage import alerts as outbox_store
+from storage.lock import ProcessLock
 from storage.reads import save_source_health, source_health_rows
 
 __all__ = ["Daemon", "SourceState", "check_bind", "is_loopback_host"]
@@ -141,6 +147,8 @@ class Daemon:
         self.started_at = self.clock.time()
         self._pools = None  # the bundled pools data, loaded at the first miner-view pass
         self.miner_scans = 0  # miner-view passes run
+        self.fatal: str | None = None  # why the daemon must stop (its database is gone): exit status 1
+        self._lock: ProcessLock | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -148,10 +156,15 @@ class Daemon:
         """Open everything, recover the outbox, start HTTP and the scheduler.
 
         :raises ConfigError: on a non-loopback bind without a token.
+        :raises StorageError: when another daemon holds the database (the message names it).
         """
         check_bind(self.host, self.config.daemon.token)
+        # One daemon per database: a second one would poll and alert everything twice.
+        self._lock = ProcessLock(self.db if self.db is not None else self.config.storage)
+        holder = await asyncio.to_thread(self._lock.acquire, "treasury-monitor run", now=int(self._wall.time()))
         self.rt = await self._stack.enter_async_context(runtime(
-            self.config, db=self.db, clock=self.clock, send_clock=self._send_clock, alert_label=self._alert_label))
+            self.config, db=self.db, clock=self.clock, send_clock=self._send_clock, alert_label=self._alert_label,
+            owner=holder.owner))
         for row in await self.rt.store.run(source_health_rows):
             st = SourceState(row["source"], row["last_success_at"], row["last_error"] or None, row["last_error_at"],
                              row["failing_since"], row["polls"] or 0, row["errors"] or 0, row["tip_height"])
@@ -250,7 +263,7 @@ class Daemon:
             await self._stop.wait()
         finally:
             await self.shutdown()
-        return 0
+        return 1 if self.fatal else 0
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if self._stopping:
@@ -299,7 +312,7 @@ class Daemon:
             await asyncio.gather(*late, return_exceptions=True)
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
-        if self.rt is not None:
+        if self.rt is not None and self.fatal is None:  # a lost database records nothing: send nothing more
             remaining = max(0.0, deadline - self._wall.time())
             try:
                 await self.rt.dispatcher.flush(remaining)
@@ -317,6 +330,9 @@ class Daemon:
             self._http = None
         await self._stack.aclose()
         self.rt = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     # --- jobs -----------------------------------------------------------------------------------
 
@@ -328,6 +344,8 @@ class Daemon:
         if task is not None:
             self._inflight.add(task)
         try:
+            if not await self._database_ok():
+                return
             await fn(*args)
         except asyncio.CancelledError:
             if self._stopping:
@@ -340,6 +358,19 @@ class Daemon:
         finally:
             if task is not None:
                 self._inflight.discard(task)
+
+    async def _database_ok(self) -> bool:
+        """Before each job: is the database file still the one we opened? If not, stop (exit 1)."""
+        if self.rt is None or self.fatal is not None:
+            return False
+        try:
+            await self.rt.store.run(Store.check_file)
+        except MonitorError as exc:
+            self.fatal = str(exc)
+            log.error("%s: stopping (exit status 1); restore the file, or start again on a new database", exc)
+            self.request_stop()
+            return False
+        return True
 
     async def poll_source(self, name: str) -> None:
         """One tick of one source; failures are recorded for health, never raised."""
@@ -532,8 +563,12 @@ class Daemon:
                 "polls": st.polls,
                 "errors": st.errors,
             }
-        return ok, {"status": "ok" if ok else "unhealthy", "uptime_seconds": round(now - self.started_at, 1),
-                    "sources": sources}
+        body: dict[str, Any] = {"status": "ok" if ok else "unhealthy", "uptime_seconds": round(now - self.started_at, 1),
+                                "sources": sources}
+        if self.fatal is not None:
+            ok = False
+            body.update(status="unhealthy", database=self.fatal)
+        return ok, body
 
     async def refresh_gauges(self) -> None:
         """Update gauges that come from storage (alerts by status, source ages)."""

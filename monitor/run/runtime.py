@@ -162,14 +162,14 @@ def build_channels(config: Config, session: aiohttp.ClientSession, clock: Clock,
     return out
 
 
-def make_dispatcher(config: Config, store: AsyncStore, channels: dict[str, object], clock: Clock):
-    """The outbox dispatcher over the store, with the configured retry policy."""
+def make_dispatcher(config: Config, store: AsyncStore, channels: dict[str, object], clock: Clock, owner: str = ""):
+    """The outbox dispatcher over the store, with the configured retry policy, claiming pairs as `owner`."""
     from alerts.outbox import Dispatcher, RetryPolicy
     from monitor.run.alert_plan import StoreQueue
 
     a = config.alerts
     policy = RetryPolicy(base=a.retry_base, cap=a.retry_cap, give_up_after=a.give_up_after)
-    return Dispatcher(StoreQueue(store), channels, clock, policy=policy)
+    return Dispatcher(StoreQueue(store, owner), channels, clock, policy=policy)
 
 
 def make_prices(config: Config, store: AsyncStore, session: aiohttp.ClientSession, clock: Clock):
@@ -265,11 +265,13 @@ async def runtime(
     clock: Clock | None = None,
     send_clock: Clock | None = None,
     alert_label: str = "",
+    owner: str = "",
 ) -> AsyncIterator[Runtime]:
     """Open store, registry, one shared HTTP session and the configured sources; close them on exit.
 
     `send_clock` stamps what channels send (email Date, webhook timestamps) when decisions run on another
-    clock (the demo's accelerated one); `alert_label` (e.g. SIMULATED) marks every queued alert.
+    clock (the demo's accelerated one); `alert_label` (e.g. SIMULATED) marks every queued alert. `owner` is
+    the database lock's token of the process (`storage.lock`), for the outbox's claims.
     """
     clock = clock or SystemClock()
     redact_config_secrets(config)
@@ -307,7 +309,7 @@ async def runtime(
         from monitor.run.alert_plan import StoreThreads
 
         channels = build_channels(config, session, send_clock or clock, StoreThreads(astore, clock))
-        dispatcher = make_dispatcher(config, astore, channels, clock)
+        dispatcher = make_dispatcher(config, astore, channels, clock, owner)
         yield Runtime(config, astore, registry, clock, session, sources, pipeline, channels, dispatcher)
     finally:
         for src in locals().get("sources", []):
