@@ -103,6 +103,21 @@ DEFAULT_PRICE_INTERVAL = 600.0  # seconds between price refreshes in the daemon
 DEFAULT_DISCOVERY_INTERVAL = 600.0  # seconds between pool-payout following / hop-tracing passes
 DEFAULT_MINERS_FOLLOW = True  # the daemon keeps the miner view current once a backfill has started it
 DEFAULT_MINERS_INTERVAL = 120.0  # seconds between the daemon's miner-view scans (a block comes every ~600 s)
+
+_HOUR, _DAY, _WEEK, _YEAR = 3_600, 86_400, 7 * 86_400, 365 * 86_400
+#: Largest value of each numeric key (in any section): beyond it a value is a mistake that would break the
+#: daemon, e.g. `poll_interval = 1e300` does not fit a timer and a million `retries` never end a tick.
+MAX_VALUES: dict[str, float] = {
+    "rate_limit": 10_000, "timeout": _HOUR, "retries": 10, "poll_interval": _DAY, "push_cap": 100_000,
+    "max_blocks": 10_000, "max_mempool_txs": 1_000_000, "start_height": 100_000_000, "chain_id": 2**53 - 1,
+    "confirmations": 10_000, "max_log_range": 1_000_000, "start_block": 10**12, "decimals": 255,
+    "staleness": _YEAR, "refresh_interval": _DAY, "max_age": 10 * _YEAR, "give_up_after": _YEAR,
+    "retry_base": _DAY, "retry_cap": _WEEK, "dispatch_interval": _HOUR, "min_interval": _DAY, "port": 65_535,
+    "shutdown_grace": _HOUR, "unhealthy_after": _WEEK, "interval": _WEEK, "pool_min_payouts": 1_000,
+    "pool_auto_accept_payouts": 1_000, "trace_max_hops": 100, "trace_value_floor_btc": 21_000_000,
+}
+#: Any other number (thresholds, profile figures, USD amounts): beyond this it is a typo, not a setting.
+MAX_NUMBER = 1e15
 DEFAULT_POOL_OWNERS = {"MARA Pool": "MARA"}  # pools-v2 pool name → the miner whose own pool it is
 DEFAULT_POOL_MIN_PAYOUTS = 2  # a recipient paid this often by its pool is proposed as a candidate
 DEFAULT_TRACE_MAX_HOPS = 20  # peeling chains run for tens of hops (Meiklejohn et al. 2013 followed 100)
@@ -451,6 +466,9 @@ def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Co
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: {_toml_error(exc)}") from exc
+    if not data:  # an empty (or all-comment) file is a mistake: it would run with every default, watching nothing
+        raise ConfigError(f"{p}: the file has no settings; start from the example config.toml "
+                          "(treasury-monitor check-config says what is wrong with a config)")
     return parse_config(data, base_dir=p.parent, env=env, origin=str(p))
 
 
@@ -595,7 +613,8 @@ def _take(
     """`table[key]` checked against `kind` and the constraints, converted; `default` when absent.
 
     A problem is recorded (and `default`, or None for a required key, returned) when the key is
-    missing but required, has the wrong type, or breaks a constraint.
+    missing but required, has the wrong type, or breaks a constraint. Every number also has a ceiling:
+    `MAX_VALUES[key]`, else `MAX_NUMBER`.
     """
     p = _join(path, key)
     fallback = None if default is _REQUIRED else default
@@ -619,6 +638,11 @@ def _take(
     if at_least is not None and not value >= at_least:
         problems.append(f"{p}: must be at least {at_least:g}, got {_show(value)}")
         return fallback
+    if kind is NUMBER or kind is INTEGER:
+        ceiling = MAX_VALUES.get(key, MAX_NUMBER)
+        if value > ceiling:
+            problems.append(f"{p}: must be at most {ceiling:,g}, got {_show(value)}")
+            return fallback
     return kind.convert(value)
 
 
@@ -1361,8 +1385,6 @@ def _parse_daemon(value: Any, ctx: _Context, alerts: AlertsConfig) -> DaemonConf
     _check_keys(t, _DAEMON_KEYS, "daemon", pr)
     host = _take(t, "host", STRING, "daemon", pr, DEFAULT_HTTP_HOST, nonempty=True)
     port = _take(t, "port", INTEGER, "daemon", pr, DEFAULT_HTTP_PORT, at_least=0)
-    if port is not None and port > 65535:
-        pr.append(f"daemon.port: {port} is not a TCP port")
     token = _take_secret(t, "token", "daemon", ctx, plain_ok=False, default=None)
     digest_channels = _take(t, "digest_channels", STRINGS, "daemon", pr, ())
     names = {c.name for c in alerts.channels}

@@ -42,7 +42,8 @@ from monitor.model import (
 )
 from storage.migrations import migrations
 
-__all__ = ["Store", "AsyncStore", "tx_status_of", "address_values", "where_equal", "shares_json", "shares_from_json"]
+__all__ = ["Store", "AsyncStore", "tx_status_of", "address_values", "where_equal", "shares_json", "shares_from_json",
+           "path_problem"]
 
 
 def shares_json(shares: tuple[TraceShare, ...] | list[TraceShare]) -> str:
@@ -84,6 +85,23 @@ def address_values(entity: str, a: EntityAddress, *, status: str, added_at: int)
         "status": status,
         "added_at": added_at,
     }
+
+
+def path_problem(path: str | Path) -> str | None:
+    """Why a database cannot be opened or created at `path`, or None when it can (nothing is created)."""
+    path = Path(path)
+    if path.is_dir():
+        return f"{path} is a directory; give the path of a database file (it is created if missing)"
+    if path.exists():
+        return None if os.access(path, os.R_OK | os.W_OK) else f"{path} is not readable and writable by this user"
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot create {path}: {parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot create {path}: {parent} is not writable by this user"
+    return None
 
 
 def _file_identity(path: Path) -> tuple[int, int]:

@@ -519,7 +519,7 @@ def test_full_alerts_daemon_discovery_sections_parse_to_typed_objects():
     ({"classify": {"usd_notice": -1}}, "classify.usd_notice: must be greater than 0"),
     ({"prices": {"sources": ["bloomberg"]}}, "prices.sources[0]: 'bloomberg' is not one of coinbase, kraken, coingecko, csv"),
     ({"prices": {"csv": "/nonexistent/prices.csv"}}, "prices.csv: '/nonexistent/prices.csv' is not a readable file"),
-    ({"daemon": {"port": 70000}}, "daemon.port: 70000 is not a TCP port"),
+    ({"daemon": {"port": 70000}}, "daemon.port: must be at most 65,535, got 70000"),
     ({"daemon": {"digest_hour": 24}}, "daemon.digest_hour: 24 is not an hour"),
     ({"daemon": {"token": "plain"}}, "daemon.token: a secret must not be written in the file"),
     ({"discovery": {"pool_owners": {"MARA Pool": 3}}}, 'discovery.pool_owners."MARA Pool": expected the name of the miner'),

@@ -50,13 +50,24 @@ def cli(ctx: click.Context, config_path: str, db: str | None, log_level: str, lo
     ctx.obj = State(config_path, db)
 
 
+def _refuse(state: State, problems: list[str]) -> None:
+    """Print what `run` would refuse, as config errors are printed, and exit with status 2."""
+    if problems:
+        click.echo(f"error: invalid configuration ({state.config_path}):", err=True)
+        for p in problems:
+            click.echo(f"  {p}", err=True)
+        sys.exit(2)
+
+
 @cli.command("check-config")
 @click.pass_obj
 def check_config(state: State) -> None:
     """Validate the config file (the same checks `run` makes) and summarise it, with what each source sees."""
+    from monitor.run.daemon import run_problems
     from monitor.run.runtime import build_registry, describe_source
 
     cfg = state.config()
+    _refuse(state, run_problems(cfg, db=state.db))
     # Count what the daemon will watch: the bundled registry with the config's entities merged on top.
     try:
         reg = build_registry(cfg)
@@ -340,15 +351,11 @@ def alerts_dispatch(state: State, until_empty: bool) -> None:
 @click.pass_obj
 def run(state: State, host: str | None, port: int | None) -> None:
     """Run the daemon: poll sources, classify, alert, serve /healthz, /metrics and the JSON API."""
-    from monitor.run.daemon import Daemon, check_bind
+    from monitor.run.daemon import Daemon, run_problems
 
     cfg = state.config()
     h = host if host is not None else cfg.daemon.host
-    try:
-        check_bind(h, cfg.daemon.token)
-    except ConfigError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+    _refuse(state, run_problems(cfg, db=state.db, host=h))
     try:
         daemon = Daemon(cfg, db=state.db, host=h, port=port)
         code = asyncio.run(daemon.run())

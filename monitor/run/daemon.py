@@ -46,7 +46,7 @@ from storage import alerts as outbox_store
 from storage.lock import ProcessLock
 from storage.reads import save_source_health, source_health_rows
 
-__all__ = ["Daemon", "SourceState", "check_bind", "is_loopback_host"]
+__all__ = ["Daemon", "SourceState", "check_bind", "is_loopback_host", "run_problems"]
 
 log = logging.getLogger("treasury_monitor.daemon")
 
@@ -73,6 +73,22 @@ def check_bind(host: str, token: object | None) -> None:
             f'daemon.host: {host!r} is reachable from other machines; set daemon.token = {{ env = "NAME" }} '
             "to require a bearer token, or bind to 127.0.0.1"
         )
+
+
+def run_problems(config: Config, *, db: str | os.PathLike | None = None, host: str | None = None) -> list[str]:
+    """What `run` refuses beyond the config file's own checks (`check-config` runs exactly these too)."""
+    from storage.store import path_problem
+
+    problems = []
+    try:
+        check_bind(host if host is not None else config.daemon.host, config.daemon.token)
+    except ConfigError as exc:
+        problems += exc.problems
+    where = "--db" if db is not None else "monitor.storage"
+    problem = path_problem(db if db is not None else config.storage)
+    if problem is not None:
+        problems.append(f"{where}: {problem}")
+    return problems
 
 
 @dataclass
