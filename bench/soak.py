@@ -68,7 +68,6 @@ from aiosmtpd.controller import Controller  # noqa: E402
 from builders import (  # noqa: E402
     config_toml,
     entity_table,
-    env,
     esplora_source,
     miner_profile,
     rule,
