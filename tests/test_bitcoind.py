@@ -702,3 +702,32 @@ async def test_real_bcoin_node_auth_rpc_shapes_and_the_older_node_error(bcoin):
             f"bitcoind at 127.0.0.1:{bcoin.port} (/bcoin:v1.0.2/) answered getblock verbosity 3 with error -3: "
             "Param #1 must be a boolean."
         )
+
+
+async def test_a_redirect_is_not_followed_with_the_rpc_credentials(aiohttp_server):
+    """A JSON-RPC endpoint answering 307 elsewhere: the credentials and the call stay here; the error says so."""
+    from aiohttp import web
+
+    elsewhere: list[dict] = []
+
+    async def other_handler(request: web.Request) -> web.Response:
+        elsewhere.append(dict(request.headers))
+        return web.json_response({"result": 1, "error": None, "id": 0})
+
+    other_app = web.Application()
+    other_app.router.add_route("*", "/{tail:.*}", other_handler)
+    other = await aiohttp_server(other_app, host="127.0.0.2")
+
+    async def moved(request: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect(str(other.make_url("/")))
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", moved)
+    server = await aiohttp_server(app)
+    async with aiohttp.ClientSession() as session:
+        rpc = BitcoindRpc(str(server.make_url("/")), session, clock=FrozenClock(), user="rpcuser",
+                          password="rpc-pa55word", retries=0)
+        with pytest.raises(SourceError) as info:
+            await rpc.call("getblockcount")
+    assert not isinstance(info.value, TransientError) and "307" in str(info.value)
+    assert elsewhere == []
