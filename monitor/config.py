@@ -115,6 +115,7 @@ MAX_VALUES: dict[str, float] = {
     "retry_base": _DAY, "retry_cap": _WEEK, "dispatch_interval": _HOUR, "min_interval": _DAY, "port": 65_535,
     "shutdown_grace": _HOUR, "unhealthy_after": _WEEK, "interval": _WEEK, "pool_min_payouts": 1_000,
     "pool_auto_accept_payouts": 1_000, "trace_max_hops": 100, "trace_value_floor_btc": 21_000_000,
+    "trace_max_age_days": 36_500, "provisional_settle_days": 3_650,
 }
 #: Any other number (thresholds, profile figures, USD amounts): beyond this it is a typo, not a setting.
 MAX_NUMBER = 1e15
