@@ -114,7 +114,7 @@ MAX_VALUES: dict[str, float] = {
     "staleness": _YEAR, "refresh_interval": _DAY, "max_age": 10 * _YEAR, "give_up_after": _YEAR,
     "retry_base": _DAY, "retry_cap": _WEEK, "dispatch_interval": _HOUR, "min_interval": _DAY, "port": 65_535,
     "shutdown_grace": _HOUR, "unhealthy_after": _WEEK, "interval": _WEEK, "pool_min_payouts": 1_000,
-    "pool_auto_accept_payouts": 1_000, "trace_max_hops": 100, "trace_value_floor_btc": 21_000_000,
+    "pool_auto_accept_payouts": 1_000, "trace_value_floor_btc": 21_000_000,
     "trace_max_age_days": 36_500, "provisional_settle_days": 3_650,
 }
 #: Any other number (thresholds, profile figures, USD amounts): beyond this it is a typo, not a setting.
