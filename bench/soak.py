@@ -385,16 +385,24 @@ async def watch_crashes(side: Side, chaos: Chaos, stop: asyncio.Event) -> None:
 # --- the end ------------------------------------------------------------------------------------------
 
 
-def explained_resends(db: Path) -> tuple[int, int]:
-    """(attempts interrupted by a kill, attempts that timed out at the daemon) — each may have reached the receiver."""
+def why_resent(db: Path, channel: str, dedup_key: str) -> str:
+    """Why a receiver got one alert twice, from the disturbed database's record of its attempts.
+
+    "kill": an attempt was interrupted by a SIGKILL (it had reached the receiver) and resent once after the
+    restart; "slow answer": an attempt timed out at the daemon while the receiver had the message (our
+    receiver held its answer beyond the channel timeout), so it was retried; "unexplained" otherwise.
+    """
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        interrupted = con.execute("select count(*) from deliveries where status = 'interrupted'").fetchone()[0]
-        timed_out = con.execute("select count(*) from deliveries where status = 'retry' and lower(error) like "
-                                "'%timeout%'").fetchone()[0]
-        return interrupted, timed_out
+        rows = con.execute("""select d.status, d.error from deliveries d join alerts a on a.id = d.alert_id
+                              where a.dedup_key = ? and d.channel = ?""", [dedup_key, channel]).fetchall()
     finally:
         con.close()
+    if any(status == "interrupted" for status, _ in rows):
+        return "kill"
+    if any(status == "retry" and ("no answer" in error or "timed out" in error.lower()) for status, error in rows):
+        return "slow answer"
+    return "unexplained"
 
 
 def outbox_state(db: Path) -> Counter:
@@ -526,6 +534,7 @@ async def soak(minutes: float, seed: int, kill_every: float, keep: bool) -> int:
                   for r in recs["undisturbed"] if r.get("classification")}
     got = {s.name: s.delivered() for s in sides}
     expected = lost = delivered = dup = extra = 0
+    why: Counter = Counter()
     lost_keys: list[str] = []
     for ch in CHANNELS:
         calm_keys = {k for _, k in got["undisturbed"][ch]}
@@ -537,8 +546,12 @@ async def soak(minutes: float, seed: int, kill_every: float, keep: bool) -> int:
         lost_keys += [f"{ch}:{k}" for k in sorted(want - chaotic_keys)]
         extra += len(chaotic_keys - final_keys)
         calm_count = Counter(i for i, _ in got["undisturbed"][ch])
+        key_of = dict(got["disturbed"][ch])
         for ident, n in Counter(i for i, _ in got["disturbed"][ch]).items():
-            dup += max(0, n - max(1, calm_count.get(ident, 0)))
+            extra_copies = max(0, n - max(1, calm_count.get(ident, 0)))
+            if extra_copies:
+                dup += extra_copies
+                why[await asyncio.to_thread(why_resent, chaotic.db, ch, key_of[ident])] += extra_copies
     calm_rows = {projection(r) for r in recs["undisturbed"]}
     chaotic_rows = {projection(r) for r in recs["disturbed"]}
     states = {s.name: await asyncio.to_thread(outbox_state, s.db) for s in sides}
@@ -555,16 +568,18 @@ async def soak(minutes: float, seed: int, kill_every: float, keep: bool) -> int:
           f"SMTP down {chaos.smtp_down_s:.0f} s in total")
     print(f"SIGKILLs: {len(chaos.kills)} ({sum(k.during_send for k in chaos.kills)} aimed at a send; "
           f"{len(during)} found deliveries in flight)")
-    interrupted, timed_out = await asyncio.to_thread(explained_resends, chaotic.db)
     print(f"alerts expected {expected} / delivered {delivered} / lost {lost} / duplicated {dup} "
           f"(extra, for flows not in the final chain or verdicts changed since: {extra})")
-    print(f"duplicates explained: {interrupted} sends interrupted by a kill and resent once, {timed_out} answers "
-          f"slower than the channel timeout (the receiver had it; retried); unexplained: "
-          f"{max(0, dup - interrupted - timed_out)}")
+    print(f"duplicates by cause: {why.get('kill', 0)} resends of a send a kill interrupted, "
+          f"{why.get('slow answer', 0)} retries of a send the receiver answered after the channel timeout, "
+          f"{why.get('unexplained', 0)} unexplained")
     resends = [k.sending for k in during]
-    print(f"resends: {sum(resends)} interrupted deliveries over {len(during)} kills during a send "
-          f"(per kill: {', '.join(map(str, resends)) or '-'}); duplicates per such kill: "
-          f"{dup / len(during):.2f}" if during else "resends: no kill landed during a send")
+    if during:
+        print(f"resends: {sum(resends)} interrupted deliveries over {len(during)} kills during a send, each resent "
+              f"once (interrupted per kill: {', '.join(map(str, resends))}; one per channel that was sending); "
+              f"duplicates caused by kills per such kill: {why.get('kill', 0) / len(during):.2f}")
+    else:
+        print("resends: no kill landed during a send")
     print(f"crashes other than the injected kills: {len(chaos.crashes)} {chaos.crashes or ''}; "
           f"'failed unexpectedly'/tracebacks in logs: {problems}")
     print(f"outbox at the end: {dict(states['undisturbed'])} undisturbed, {dict(states['disturbed'])} disturbed")
