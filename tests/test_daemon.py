@@ -480,23 +480,27 @@ async def test_a_second_daemon_or_dispatcher_on_one_database_is_refused_naming_t
 
 async def test_a_database_deleted_or_replaced_while_running_stops_the_daemon_unhealthy(tmp_path, monkeypatch, caplog):
     chain, addrs = chain_with_wallet()
+
+    def replace(db: Path) -> None:  # e.g. a restore copied over it: a new file (inode) under the same name
+        db.with_suffix(".new").write_bytes(db.read_bytes())
+        os.replace(db.with_suffix(".new"), db)
+
+    async def lose_database(how: str, server: EsploraServer) -> None:
+        db = tmp_path / f"{how}.db"
+        cfg = await write_config(tmp_path / "c.toml", [esplora(server.url)], addrs, port=free_port(), db=db)
+        daemon = Daemon(await asyncio.to_thread(load_config, cfg), clock=SystemClock())
+        task = asyncio.create_task(daemon.run(install_signals=False))
+        await until(lambda: daemon.states.get("local") and daemon.states["local"].polls >= 1, timeout=15)
+        assert daemon.health()[0] is True
+        await asyncio.to_thread(os.remove if how == "deleted" else replace, db)
+        await until(task.done, timeout=15, what=f"the daemon stops on a {how} database")
+        assert task.result() == 1
+        ok, body = daemon.health()
+        assert ok is False and body["status"] == "unhealthy" and how in body["database"]
+        assert any(how in r.getMessage() and "stopping (exit status 1)" in r.getMessage()
+                   for r in caplog.records if r.levelname == "ERROR")
+
     async with EsploraServer(chain) as server, Receiver() as slack:
         monkeypatch.setenv("TM_SLACK_URL", slack.url("/hook"))
         for how in ("deleted", "replaced"):
-            db = tmp_path / f"{how}.db"
-            cfg = await write_config(tmp_path / "c.toml", [esplora(server.url)], addrs, port=free_port(), db=db)
-            daemon = Daemon(await asyncio.to_thread(load_config, cfg), clock=SystemClock())
-            task = asyncio.create_task(daemon.run(install_signals=False))
-            await until(lambda: daemon.states.get("local") and daemon.states["local"].polls >= 1, timeout=15)
-            assert daemon.health()[0] is True
-            if how == "deleted":
-                await asyncio.to_thread(os.remove, db)
-            else:  # e.g. a restore copied over it: a new file (inode) under the same name
-                await asyncio.to_thread(lambda: (db.with_suffix(".new").write_bytes(db.read_bytes()),
-                                                 os.replace(db.with_suffix(".new"), db)))
-            await until(task.done, timeout=15, what=f"the daemon stops on a {how} database")
-            assert task.result() == 1
-            ok, body = daemon.health()
-            assert ok is False and body["status"] == "unhealthy" and how in body["database"]
-            assert any(how in r.getMessage() and "stopping (exit status 1)" in r.getMessage()
-                       for r in caplog.records if r.levelname == "ERROR")
+            await lose_database(how, server)
