@@ -108,7 +108,7 @@ _HOUR, _DAY, _WEEK, _YEAR = 3_600, 86_400, 7 * 86_400, 365 * 86_400
 #: Largest value of each numeric key (in any section): beyond it a value is a mistake that would break the
 #: daemon, e.g. `poll_interval = 1e300` does not fit a timer and a million `retries` never end a tick.
 MAX_VALUES: dict[str, float] = {
-    "rate_limit": 10_000, "timeout": _HOUR, "retries": 10, "poll_interval": _DAY, "push_cap": 100_000,
+    "rate_limit": 1_000_000, "timeout": _HOUR, "retries": 10, "poll_interval": _DAY, "push_cap": 100_000,
     "max_blocks": 10_000, "max_mempool_txs": 1_000_000, "start_height": 100_000_000, "chain_id": 2**53 - 1,
     "confirmations": 10_000, "max_log_range": 1_000_000, "start_block": 10**12, "decimals": 255,
     "staleness": _YEAR, "refresh_interval": _DAY, "max_age": 10 * _YEAR, "give_up_after": _YEAR,
