@@ -9,8 +9,8 @@ to fix, never something to skip. `addresses_unverified.csv` is never loaded as e
 available only as `UnverifiedHint`s, which must never be alerted on.
 
 The market constants below (CoinShares' sector cash cost and hashprice range, scenario prices, ASIC
-efficiencies) are quoted from `/work/shared/data/economics.md` and the ChainCatcher article of
-2026-04-03, with the sources those documents give.
+efficiencies) are quoted from the project's sourced economics notes and the ChainCatcher article of
+2026-04-03, each with the original source those documents give (listed in `monitor/data/README.md`).
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ PREVOUT_KEYS = set(FIX_TX["vin"][0]["prevout"])
 VOUT_KEYS = set(FIX_TX["vout"][2])  # with scriptpubkey_address
 VOUT_KEYS_OP_RETURN = set(FIX_TX["vout"][0])
 #: /address/:a/utxo element keys, from the mempool docs example (mempool_docs_mainnet_address_utxo.docs_example.txt
-#: in /work/shared/fixtures/esplora): {txid, vout, status{...}, value}.
+#: in the project's recorded samples): {txid, vout, status{...}, value}.
 UTXO_KEYS = {"txid", "vout", "status", "value"}
 #: /block/:hash/status keys: electrs src/util/block.rs `BlockStatus` (serialized without skipping None).
 BLOCK_STATUS_KEYS = {"in_best_chain", "height", "next_best"}
