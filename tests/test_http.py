@@ -13,7 +13,7 @@ from fakes.net import free_port
 
 from monitor.clock import FrozenClock
 from monitor.model import MalformedError, RateLimitedError, SourceError, TransientError
-from watchers.http import HttpClient, RequestTally, http_status, parse_retry_after
+from watchers.http import FailureLog, HttpClient, RequestTally, RetryPolicy, http_status, parse_retry_after, retry
 
 SECRET = "Bearer sk-live-0123456789abcdef"
 
@@ -357,3 +357,102 @@ async def test_a_redirect_to_another_host_is_refused_and_gets_no_configured_head
     refused = [r.getMessage() for r in caplog.records if "redirect refused" in r.getMessage()]
     assert refused == [f"http redirect refused source=esplora-test url={server.make_url('/api')} to=http://127.0.0.2:{other.port}"]
     assert "leak" not in caplog.text and "key-0123456789" not in caplog.text
+
+
+# --- the shared retry policy and failure log (every source uses them) ------------------------------
+
+
+class Flaky:
+    """A call that raises the scripted errors in turn, then answers "ok"; counts its calls."""
+
+    def __init__(self, *errors: SourceError):
+        self.errors = list(errors)
+        self.calls = 0
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return "ok"
+
+
+async def test_retry_sleeps_jittered_capped_steps_through_the_injected_sleep():
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    call = Flaky(*[TransientError("503")] * 4)
+    policy = RetryPolicy(retries=4, base=1.0, cap=3.0)
+    assert await retry(call, policy, sleep=sleep, rng=random.Random(7)) == "ok"
+    assert call.calls == 5 and len(slept) == 4
+    assert all(0 <= s <= step for s, step in zip(slept, [1.0, 2.0, 3.0, 3.0], strict=True))  # full jitter, capped
+    assert [policy.step(n) for n in range(4)] == [1.0, 2.0, 3.0, 3.0]
+
+
+async def test_retry_gives_up_after_the_budget_and_never_retries_a_permanent_error():
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    failures: list[int] = []
+    spent = Flaky(*[TransientError("timeout")] * 3)
+    with pytest.raises(TransientError):
+        await retry(spent, RetryPolicy(retries=2), sleep=sleep, rng=random.Random(1),
+                    on_failure=lambda exc, attempt: failures.append(attempt))
+    assert spent.calls == 3 and len(slept) == 2 and failures == [0, 1, 2]
+
+    refused = Flaky(SourceError("HTTP 404"))
+    with pytest.raises(SourceError, match="404"):
+        await retry(refused, RetryPolicy(retries=5), sleep=sleep, rng=random.Random(1))
+    assert refused.calls == 1 and len(slept) == 2  # no sleep, no second attempt
+
+    garbled = Flaky(MalformedError("not JSON"))
+    with pytest.raises(MalformedError):  # a caller may narrow what is retryable
+        await retry(garbled, RetryPolicy(retries=5), sleep=sleep, rng=random.Random(1),
+                    retryable=lambda exc: isinstance(exc, TransientError))
+    assert garbled.calls == 1
+
+
+async def test_retry_delay_hook_replaces_the_wait_or_skips_it():
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    call = Flaky(RateLimitedError("429", 7.0), TransientError("503"))
+    delays = iter([None, 0.5])
+    assert await retry(call, RetryPolicy(retries=3), sleep=sleep, rng=random.Random(1),
+                       delay=lambda exc, attempt: next(delays)) == "ok"
+    assert slept == [0.5]  # None: the caller waits elsewhere (HttpClient blocks the URL instead)
+
+
+def test_equal_jitter_always_pauses_at_least_half_the_step():
+    policy = RetryPolicy(base=2.0, cap=8.0)
+    rng = random.Random(3)
+    for attempt, step in enumerate([2.0, 4.0, 8.0, 8.0]):
+        assert all(step / 2 <= policy.equal_jitter(attempt, rng) <= step for _ in range(50))
+
+
+def test_failure_log_logs_the_first_failure_and_the_recovery_per_key(caplog):
+    caplog.set_level(logging.DEBUG, logger="test.failures")
+    failures = FailureLog(logging.getLogger("test.failures"))
+    assert failures.failed("boom", "down key=%s", "still down key=%s", "a", key="a") is True
+    assert failures.failed("boom", "down key=%s", "still down key=%s", "a", key="a") is False
+    assert failures.failed("other", "down key=%s", "still down key=%s", "b", key="b") is True
+    assert "a" in failures and failures.reason("a") == "boom" and failures.reason("c") is None
+    assert failures.recovered("up key=%s", "a", key="a") == "boom"
+    assert failures.recovered("up key=%s", "a", key="a") is None  # not failing: nothing logged
+    got = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert got == [("WARNING", "down key=a"), ("DEBUG", "still down key=a"), ("WARNING", "down key=b"),
+                   ("INFO", "up key=a")]
+
+
+def test_failure_log_with_changes_warns_when_the_reason_changes(caplog):
+    caplog.set_level(logging.DEBUG, logger="test.failures")
+    failures = FailureLog(logging.getLogger("test.failures"), changes=True)
+    for reason in ("ibd", "ibd", "auth"):
+        failures.failed(reason, "failed %s", "still failing %s", reason)
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", "failed ibd"), ("DEBUG", "still failing ibd"), ("WARNING", "still failing auth")]

@@ -99,7 +99,7 @@ from monitor.model import (
     TxOutput,
 )
 from monitor.model import normalise_bitcoin_address as _norm
-from watchers.http import RequestTally
+from watchers.http import FailureLog, RequestTally, RetryPolicy, retry
 from watchers.validate import (
     MAX_MONEY,
     NULL_TXID,
@@ -440,22 +440,25 @@ class BitcoindRpc:
     async def _post(self, payload: Any, label: str, tally: RequestTally | None) -> Any:
         body = json.dumps(payload, separators=(",", ":")).encode()
         reloaded = False
-        attempt = 0
-        while True:
-            try:
-                return await self._attempt(body, label, tally, reload_cookie=reloaded)
-            except _CookieStale:
-                if reloaded:
-                    raise _error(SourceError, self._auth_message(), kind="auth", status=401) from None
-                reloaded = True
-                continue
-            except TransientError as exc:
-                if attempt >= self.retries:
-                    raise
-                step = min(self._backoff_cap, self._backoff_base * 2**attempt)
-                attempt += 1
-                self._log.debug("bitcoind retry rpc=%s attempt=%d error=%s", label, attempt, exc)
-                await self._clock.sleep(self._rng.uniform(0.0, step))
+
+        async def once() -> Any:
+            nonlocal reloaded
+            while True:
+                try:
+                    return await self._attempt(body, label, tally, reload_cookie=reloaded)
+                except _CookieStale:
+                    if reloaded:
+                        raise _error(SourceError, self._auth_message(), kind="auth", status=401) from None
+                    reloaded = True
+
+        def before_retry(exc: SourceError, attempt: int) -> float:
+            self._log.debug("bitcoind retry rpc=%s attempt=%d error=%s", label, attempt + 1, exc)
+            return policy.full_jitter(attempt, self._rng)
+
+        # Only transport trouble is retried: a malformed reply from one node would be malformed again.
+        policy = RetryPolicy(self.retries, self._backoff_base, self._backoff_cap)
+        return await retry(once, policy, sleep=self._clock.sleep, rng=self._rng,
+                           retryable=lambda exc: isinstance(exc, TransientError), delay=before_retry)
 
     def _auth_message(self) -> str:
         return (f"bitcoind at {self.where} rejected the RPC credentials "
@@ -630,7 +633,7 @@ class BitcoindSource:
         self._irrelevant: set[str] = set()
         self._version: int | None = None
         self._subversion = ""
-        self._failing: str | None = None
+        self._failures = FailureLog(self._log, changes=True)
         self.set_addresses(addresses)
 
     @property
@@ -669,20 +672,13 @@ class BitcoindSource:
             self._version = None  # the node may have been restarted or replaced: check it again
             self._note_failure(exc)
             raise
-        if self._failing is not None:
-            self._log.info("bitcoind recovered source=%s node=%s", self.name, self.rpc.where)
-            self._failing = None
+        self._failures.recovered("bitcoind recovered source=%s node=%s", self.name, self.rpc.where)
         return batch
 
     def _note_failure(self, exc: SourceError) -> None:
         reason = f"{type(exc).__name__}: {exc}"
-        if self._failing is None:
-            self._log.warning("bitcoind poll failed source=%s error=%s", self.name, reason)
-        elif reason != self._failing:
-            self._log.warning("bitcoind poll still failing source=%s error=%s", self.name, reason)
-        else:
-            self._log.debug("bitcoind poll still failing source=%s error=%s", self.name, reason)
-        self._failing = reason
+        self._failures.failed(reason, "bitcoind poll failed source=%s error=%s",
+                              "bitcoind poll still failing source=%s error=%s", self.name, reason)
 
     def _load(self, text: str | None) -> _State | None:
         if text is None:

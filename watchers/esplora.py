@@ -78,7 +78,7 @@ from urllib.parse import quote
 
 from monitor.model import BalanceSnapshot, Batch, ChainTx, Clock, Cursor, MalformedError, SourceError
 from monitor.model import normalise_bitcoin_address as _norm
-from watchers.http import HttpClient, RequestTally, http_status
+from watchers.http import FailureLog, HttpClient, RequestTally, http_status
 from watchers.validate import (
     AddressStats,
     Outspend,
@@ -193,7 +193,7 @@ class EsploraSource:
         self._max_pages = max(1, max_pages)
         self._fetch_tip = fetch_tip
         self._log = log or logging.getLogger("watchers.esplora")
-        self._failing: dict[str, str] = {}  # address → reason, while it fails
+        self._failures = FailureLog(self._log)  # per address, while it fails
 
     def set_addresses(self, addresses: Sequence[str]) -> None:
         """Watch this address list from the next poll on (e.g. after co-spend learned new ones)."""
@@ -222,9 +222,9 @@ class EsploraSource:
                 continue
             except Exception:  # a bug must not stop the other addresses; CancelledError passes through
                 failed.append(address)
-                if address not in self._failing:
-                    self._log.exception("esplora address skipped (bug) source=%s address=%s", self.name, address)
-                self._failing[address] = "unexpected error"
+                self._failures.failed("unexpected error", "esplora address skipped (bug) source=%s address=%s",
+                                      "esplora address still failing (bug) source=%s address=%s", self.name, address,
+                                      key=address, level=logging.ERROR, exc_info=True)
                 continue
             self._note_success(address)
             for tx in reversed(result.txs):  # oldest first
@@ -455,15 +455,12 @@ class EsploraSource:
 
     def _note_failure(self, address: str, exc: SourceError) -> None:
         reason = f"{type(exc).__name__}: {exc}"
-        if address not in self._failing:
-            self._log.warning("esplora address skipped source=%s address=%s error=%s", self.name, address, reason)
-        else:
-            self._log.debug("esplora address still failing source=%s address=%s error=%s", self.name, address, reason)
-        self._failing[address] = reason
+        self._failures.failed(reason, "esplora address skipped source=%s address=%s error=%s",
+                              "esplora address still failing source=%s address=%s error=%s",
+                              self.name, address, reason, key=address)
 
     def _note_success(self, address: str) -> None:
-        if self._failing.pop(address, None) is not None:
-            self._log.info("esplora address recovered source=%s address=%s", self.name, address)
+        self._failures.recovered("esplora address recovered source=%s address=%s", self.name, address, key=address)
 
     # --- single lookups the rest of the product needs ---------------------------------------------
 

@@ -119,7 +119,7 @@ from monitor.model import (
 from monitor.model import normalise_bitcoin_address as _norm
 from watchers.addresses import InvalidAddress, _b58decode_check, _segwit_decode, script_to_address
 from watchers.esplora import ELECTRUM_PAGE, MEMPOOL_LIMIT, EsploraSource
-from watchers.http import HttpClient, RequestTally, http_status
+from watchers.http import FailureLog, HttpClient, RequestTally, http_status
 from watchers.rawblock import (
     BlockHeader,
     outpoint_key,
@@ -386,9 +386,9 @@ class EsploraBlockSource:
         self._journal: list[tuple[bytes, Any]] = []  # (key, previous value) of uncommitted memory changes
         self._returned: str | None = None  # tip cursor returned last time, while its batch may be uncommitted
         self._raw_ok = True
-        self._failing: str | None = None
+        self._failures = FailureLog(self._log)
         self._history_now: dict[str, str] = {}  # history cursors returned by this poll's backfill
-        self._seed_failing: set[str] = set()  # addresses whose seeding failed (logged once)
+        self._seed_failures = FailureLog(self._log)  # addresses whose seeding failed (logged once)
 
     def set_addresses(self, addresses: Iterable[str]) -> None:
         """The runtime's re-watch hook: the cluster only grows, so this adds what is new."""
@@ -517,7 +517,7 @@ class EsploraBlockSource:
         unfinished: tuple[str, ...] = ()
         if run.error is None:
             unfinished = (("tip",) if tip_state.hash != tip else ()) + tuple(
-                a for a in self._to_seed.values() if a not in self._seed_failing)
+                a for a in self._to_seed.values() if a not in self._seed_failures)
         return Batch(
             source=self.name,
             chain=self.chain,
@@ -874,9 +874,8 @@ class EsploraBlockSource:
             try:
                 answers[a] = await self._seed_one(a, run)
             except SourceError as exc:
-                log = self._log.debug if a in self._seed_failing else self._log.warning
-                log("block mode: seeding failed, retried next poll source=%s address=%s error=%s", self.name, a, exc)
-                self._seed_failing.add(a)
+                message = "block mode: seeding failed, retried next poll source=%s address=%s error=%s"
+                self._seed_failures.failed(str(exc), message, message, self.name, a, exc, key=a)
         if not answers:
             return
         if await self._api.tip_hash(tally=run.tally) != tip:
@@ -900,7 +899,7 @@ class EsploraBlockSource:
             run.touched.add(a)
             self._seeded.add(_norm(a))
             self._to_seed.pop(_norm(a), None)
-            self._seed_failing.discard(a)
+            self._seed_failures.recovered(None, key=a)  # silent: the seeding itself is logged
         if not self._to_seed:
             self._to_seed = {}  # a dict never shrinks by popping: let the big one go
         # Stored with the UTXOs it covers, batch by batch: a process that stops (a CLI `poll`) must not seed
@@ -1016,16 +1015,11 @@ class EsploraBlockSource:
 
     def _note_failure(self, exc: SourceError) -> None:
         reason = f"{type(exc).__name__}: {exc}"
-        if self._failing is None:
-            self._log.warning("block mode poll stopped, retried next poll source=%s error=%s", self.name, reason)
-        else:
-            self._log.debug("block mode still failing source=%s error=%s", self.name, reason)
-        self._failing = reason
+        self._failures.failed(reason, "block mode poll stopped, retried next poll source=%s error=%s",
+                              "block mode still failing source=%s error=%s", self.name, reason)
 
     def _note_success(self) -> None:
-        if self._failing is not None:
-            self._log.info("block mode recovered source=%s", self.name)
-            self._failing = None
+        self._failures.recovered("block mode recovered source=%s", self.name)
 
 
 def _spends(m: Any) -> list[tuple[str, int]]:

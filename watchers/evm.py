@@ -105,6 +105,7 @@ from monitor.model import (
     TxOutput,
 )
 from watchers.addresses import validate_evm_address
+from watchers.http import FailureLog, RetryPolicy, is_retryable, retry
 
 __all__ = [
     "Token",
@@ -403,7 +404,7 @@ class EvmSource:
         self.backoff_cap = backoff_cap
         self.clock = clock
         self.log = log or logging.getLogger("watchers.evm")
-        self.last_error: str | None = None
+        self._failures = FailureLog(self.log, changes=True)
         self._timeout = timeout
         self._w3: AsyncWeb3 | None = None
         self._started = False
@@ -483,16 +484,16 @@ class EvmSource:
             batch = await self._poll(cursors.get(CURSOR_KEY), progress)
         except SourceError as exc:
             message = f"{type(exc).__name__}: {exc}"
-            if self.last_error is None:
-                self.log.warning("evm poll failed source=%s error=%s", self.name, message)
-            elif message != self.last_error:
-                self.log.warning("evm poll failed again source=%s error=%s", self.name, message)
-            self.last_error = message
+            self._failures.failed(message, "evm poll failed source=%s error=%s",
+                                  "evm poll failed again source=%s error=%s", self.name, message)
             return Batch(source=self.name, chain=self.chain, failed=(CURSOR_KEY,), requests=self._requests)
-        if self.last_error is not None:
-            self.log.info("evm poll recovered source=%s after=%s", self.name, self.last_error)
-            self.last_error = None
+        self._failures.recovered("evm poll recovered source=%s after=%s", self.name, self.last_error)
         return batch
+
+    @property
+    def last_error(self) -> str | None:
+        """The reason of the last failed poll while polls fail, else None."""
+        return self._failures.reason()
 
     async def _poll(self, stored: str | None, progress: Callable[[str, int, int], None] | None) -> Batch:
         w3 = self._web3()
@@ -790,28 +791,29 @@ class EvmSource:
 
     async def _call(self, what: str, make: Callable[[], Awaitable[T]]) -> T:
         """Await one request, translated into the model's errors, retried when transient."""
-        attempt = 0
-        while True:
+
+        async def once() -> T:
             self._requests += 1
             try:
                 return await make()
             except (SourceError, aiohttp.ClientError, TimeoutError, Web3Exception, ValueError, TypeError, KeyError) as exc:
                 error = _translate(exc, what)
-                cause: BaseException = exc
-            if self.url in str(error):  # the URL may carry an API key (Infura, Alchemy paths)
-                error.args = (str(error).replace(self.url, self._shown_url()), *error.args[1:])
-            retryable = isinstance(error, (TransientError, MalformedError)) and not isinstance(error, _RangeTooLarge)
-            if not retryable or attempt >= self.retries:
-                if error is cause:
-                    raise error
-                raise error from cause
-            step = min(self.backoff_cap, self.backoff_base * 2 ** attempt)
-            delay = self._random.uniform(0, step)
+                if self.url in str(error):  # the URL may carry an API key (Infura, Alchemy paths)
+                    error.args = (str(error).replace(self.url, self._shown_url()), *error.args[1:])
+                if error is exc:
+                    raise
+                raise error from exc
+
+        def before_retry(error: SourceError, attempt: int) -> float:
+            delay = policy.full_jitter(attempt, self._random)
             if isinstance(error, RateLimitedError) and error.retry_after is not None:
                 if error.retry_after > self.backoff_cap:
-                    raise error from cause
+                    raise error
                 delay = max(delay, error.retry_after)
             if attempt == 0:
                 self.log.info("evm request failed, retrying source=%s what=%s error=%s", self.name, what, error)
-            await self.clock.sleep(delay)
-            attempt += 1
+            return delay
+
+        policy = RetryPolicy(self.retries, self.backoff_base, self.backoff_cap)
+        return await retry(once, policy, sleep=self.clock.sleep, rng=self._random, delay=before_retry,
+                           retryable=lambda exc: is_retryable(exc) and not isinstance(exc, _RangeTooLarge))

@@ -19,6 +19,7 @@ import random
 import aiohttp
 
 from monitor.model import Clock
+from watchers.http import FailureLog
 from watchers.push import Wake, _Backoff, _call_wake, _sleep_or_stop
 
 __all__ = ["EvmHeadsPush"]
@@ -45,7 +46,7 @@ class EvmHeadsPush:
 
     async def run(self, wake: Wake, stop: asyncio.Event) -> None:
         """Subscribe, wake, reconnect until `stop` is set."""
-        failing: str | None = None
+        failures = FailureLog(self._log)
         while not stop.is_set():
             try:
                 async with self._session.ws_connect(self.url, heartbeat=self._heartbeat) as ws:
@@ -53,9 +54,7 @@ class EvmHeadsPush:
                                                   "params": ["newHeads"]}))
                     self.connections += 1
                     self._backoff.reset()
-                    if failing is not None:
-                        self._log.warning("push %s recovered", self.name)
-                        failing = None
+                    failures.recovered("push %s recovered", self.name)
                     if self.connections > 1:
                         await self._wake(wake, f"{self.name} reconnected: polling covers the heads it missed")
                     reason = await self._read(ws, wake, stop)
@@ -65,9 +64,8 @@ class EvmHeadsPush:
                 raise
             except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
                 reason = f"{type(exc).__name__}: {exc}"
-            if failing is None:
-                self._log.warning("push %s disconnected (%s); reconnecting", self.name, reason)
-            failing = reason
+            failures.failed(reason, "push %s disconnected (%s); reconnecting", "push %s still disconnected (%s)",
+                            self.name, reason)
             await _sleep_or_stop(self._clock, self._backoff.next(), stop)
 
     async def _wake(self, wake: Wake, reason: str) -> None:

@@ -27,7 +27,11 @@ request starts. Slots are reserved before sleeping, so concurrent callers queue 
 `clock.time()`, so tests with `FrozenClock` record the delays instead of waiting.
 
 Logging records state changes only: the first failure after a success, a failover, a failback, and
-the recovery. Header values may be secrets (API keys, bearer tokens): they are never logged and are
+the recovery.
+
+Every source shares two helpers from here: `RetryPolicy` + `retry` (the one bounded, jittered retry loop,
+sleeping through an injected async `sleep` so tests record the delays) and `FailureLog` (the one "log
+the first failure, log the recovery" bookkeeping, per key). Header values may be secrets (API keys, bearer tokens): they are never logged and are
 scrubbed from every error message this module builds.
 
 Redirects are followed (up to 5) only within a base URL's origin (scheme, host and port). A redirect to
@@ -42,7 +46,7 @@ import json
 import logging
 import math
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any, TypeVar
@@ -53,6 +57,10 @@ from yarl import URL
 from monitor.model import Clock, MalformedError, RateLimitedError, SourceError, TransientError
 
 __all__ = [
+    "FailureLog",
+    "RetryPolicy",
+    "retry",
+    "is_retryable",
     "HttpClient",
     "HttpStats",
     "RequestTally",
@@ -164,6 +172,108 @@ def _decode_json(body: bytes) -> Any:
         raise _error(MalformedError, "malformed", f"body is not JSON ({exc}): {_excerpt(body)!r}") from exc
 
 
+# --- the one retry policy and the one failure/recovery log of every source -------------------------
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """`1 + retries` attempts; the n-th wait (n from 0) is jittered within `min(cap, base * 2**n)` seconds."""
+
+    retries: int = 3
+    base: float = 0.25
+    cap: float = 10.0
+
+    def step(self, attempt: int) -> float:
+        """The capped exponential step before retry number `attempt` (0-based)."""
+        return min(self.cap, self.base * 2**attempt)
+
+    def full_jitter(self, attempt: int, rng: random.Random) -> float:
+        """`uniform(0, step)`: retries of many callers spread over the whole step."""
+        return rng.uniform(0.0, self.step(attempt))
+
+    def equal_jitter(self, attempt: int, rng: random.Random) -> float:
+        """`uniform(step/2, step)`: always a real pause (throttled servers, reconnects)."""
+        step = self.step(attempt)
+        return rng.uniform(step / 2, step)
+
+
+def is_retryable(exc: SourceError) -> bool:
+    """Transient (5xx, 429, timeouts, connections) and malformed answers are worth another attempt."""
+    return isinstance(exc, (TransientError, MalformedError))
+
+
+async def retry(
+    call: Callable[[], Awaitable[T]],
+    policy: RetryPolicy,
+    *,
+    sleep: Callable[[float], Awaitable[None]],
+    rng: random.Random,
+    retryable: Callable[[SourceError], bool] = is_retryable,
+    on_failure: Callable[[SourceError, int], None] | None = None,
+    delay: Callable[[SourceError, int], float | None] | None = None,
+) -> T:
+    """Await `call()` up to `1 + policy.retries` times while it raises a retryable SourceError.
+
+    `on_failure(exc, attempt)` sees every retryable failure (the last one included); `delay(exc, attempt)`
+    replaces the full-jitter wait before a retry (None: no sleep) and may raise to stop early. A
+    permanent error, or the last retryable one, is raised. :raises SourceError:
+    """
+    attempt = 0
+    while True:
+        try:
+            return await call()
+        except SourceError as exc:
+            if not retryable(exc):
+                raise
+            if on_failure is not None:
+                on_failure(exc, attempt)
+            if attempt >= policy.retries:
+                raise
+            wait = policy.full_jitter(attempt, rng) if delay is None else delay(exc, attempt)
+            if wait is not None:
+                await sleep(wait)
+            attempt += 1
+
+
+class FailureLog:
+    """Logs state changes, not attempts: per key, the first failure at WARNING, repeats at DEBUG, the recovery at INFO.
+
+    `changes=True` logs a repeat whose reason differs from the last one at WARNING too. A key is
+    anything hashable (an address, a URL, a call kind); None stands for "the source as a whole".
+    """
+
+    def __init__(self, log: logging.Logger, *, changes: bool = False):
+        self.log = log
+        self._changes = changes
+        self._reasons: dict[Hashable, str] = {}
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._reasons
+
+    def reason(self, key: Hashable = None) -> str | None:
+        """The last failure reason of `key` while it fails, else None."""
+        return self._reasons.get(key)
+
+    def failed(self, reason: str, first: str, again: str, *args: Any, key: Hashable = None,
+               level: int = logging.WARNING, exc_info: bool = False) -> bool:
+        """Record a failure; log `first % args` (at `level`) if `key` was not failing, else `again % args`. True if first."""
+        previous = self._reasons.get(key)
+        self._reasons[key] = reason
+        if previous is None:
+            self.log.log(level, first, *args, exc_info=exc_info)
+            return True
+        changed = self._changes and reason != previous
+        self.log.log(logging.WARNING if changed else logging.DEBUG, again, *args)
+        return False
+
+    def recovered(self, message: str | None, *args: Any, key: Hashable = None) -> str | None:
+        """Forget `key`'s failure; log `message % args` at INFO if it was failing. Returns its last reason."""
+        previous = self._reasons.pop(key, None)
+        if previous is not None and message is not None:
+            self.log.info(message, *args)
+        return previous
+
+
 class HttpClient:
     """GETs against one source's base URLs with retries, rate limit and failover (see module docstring)."""
 
@@ -212,7 +322,7 @@ class HttpClient:
         self._blocked_until = {u: float("-inf") for u in self.base_urls}
         self._active = 0
         self._active_since = 0.0
-        self._failing = False
+        self._failures = FailureLog(self._log)
         self._failed_attempts = 0
         self._refused: set[tuple[str, str]] = set()  # (base URL, target origin) already logged
         self.stats = HttpStats(requests_by_url={self._shown[u]: 0 for u in self.base_urls})
@@ -259,25 +369,31 @@ class HttpClient:
                     self.name, self._shown[order[position - 1]], self._shown[base], path,
                     _kind(last) if last else "?",
                 )
-            for attempt in range(self.retries + 1):
-                try:
-                    value = decode(await self._attempt(base, path, tally))
-                except (TransientError, MalformedError) as exc:
-                    last = exc
-                    self._note_failure(base, path, exc)
-                    if attempt < self.retries:
-                        self.stats.retries += 1
-                        await self._wait_before_retry(base, attempt, exc)
-                    continue
-                except SourceError as exc:  # permanent: the server answered, and the answer is "no"
-                    self._count_error(exc)
-                    self._log.debug("http permanent error source=%s url=%s path=%s error=%s",
-                                    self.name, self._shown[base], path, exc)
-                    raise
-                self._note_success(base, path)
-                return value
+            try:
+                value = await self._retry(base, path, decode, tally)
+            except (TransientError, MalformedError) as exc:  # this URL's attempts are spent: fail over
+                last = exc
+                continue
+            except SourceError as exc:  # permanent: the server answered, and the answer is "no"
+                self._count_error(exc)
+                self._log.debug("http permanent error source=%s url=%s path=%s error=%s",
+                                self.name, self._shown[base], path, exc)
+                raise
+            self._note_success(base, path)
+            return value
         assert last is not None
         raise last
+
+    async def _retry(self, base: str, path: str, decode: Callable[[bytes], T], tally: RequestTally | None) -> T:
+        async def once() -> T:
+            return decode(await self._attempt(base, path, tally))
+
+        return await retry(
+            once, RetryPolicy(self.retries, self._backoff_base, self._backoff_cap),
+            sleep=self._clock.sleep, rng=self._rng,
+            on_failure=lambda exc, _attempt: self._note_failure(base, path, exc),
+            delay=lambda exc, attempt: self._delay_before_retry(base, attempt, exc),
+        )
 
     def _url_order(self) -> list[str]:
         now = self._clock.time()
@@ -287,18 +403,19 @@ class HttpClient:
             self._active = 0
         return list(self.base_urls[self._active:] + self.base_urls[: self._active])
 
-    async def _wait_before_retry(self, base: str, attempt: int, exc: SourceError) -> None:
-        step = min(self._backoff_cap, self._backoff_base * (2**attempt))
+    def _delay_before_retry(self, base: str, attempt: int, exc: SourceError) -> float | None:
+        self.stats.retries += 1
+        policy = RetryPolicy(self.retries, self._backoff_base, self._backoff_cap)
         if isinstance(exc, RateLimitedError):
             if exc.retry_after is not None:
                 delay = min(exc.retry_after, self._max_retry_after)
             else:
-                delay = self._rng.uniform(step / 2, step)
+                delay = policy.equal_jitter(attempt, self._rng)
             # Blocking the URL (not just this call) makes concurrent callers honour the limit too;
             # the wait itself happens in `_acquire` before the next attempt.
             self._blocked_until[base] = max(self._blocked_until[base], self._clock.time() + delay)
-            return
-        await self._clock.sleep(self._rng.uniform(0.0, step))
+            return None
+        return policy.full_jitter(attempt, self._rng)
 
     async def _acquire(self, base: str) -> None:
         now = self._clock.time()
@@ -403,13 +520,9 @@ class HttpClient:
     def _note_failure(self, base: str, path: str, exc: SourceError) -> None:
         self._count_error(exc)
         self._failed_attempts += 1
-        if not self._failing:
-            self._failing = True
-            self._log.warning("http failing source=%s url=%s%s kind=%s error=%s",
+        self._failures.failed(_kind(exc), "http failing source=%s url=%s%s kind=%s error=%s",
+                              "http still failing source=%s url=%s%s kind=%s error=%s",
                               self.name, self._shown[base], path, _kind(exc), self.stats.last_error)
-        else:
-            self._log.debug("http still failing source=%s url=%s%s kind=%s",
-                            self.name, self._shown[base], path, _kind(exc))
 
     def _note_success(self, base: str, path: str) -> None:
         now = self._clock.time()
@@ -418,8 +531,6 @@ class HttpClient:
         if index != self._active:
             self._active = index
             self._active_since = now
-        if self._failing:
-            self._log.info("http recovered source=%s url=%s%s failed_attempts=%d",
-                           self.name, self._shown[base], path, self._failed_attempts)
-            self._failing = False
-            self._failed_attempts = 0
+        self._failures.recovered("http recovered source=%s url=%s%s failed_attempts=%d",
+                                 self.name, self._shown[base], path, self._failed_attempts)
+        self._failed_attempts = 0

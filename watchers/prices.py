@@ -69,7 +69,7 @@ from urllib.parse import urlencode
 import aiohttp
 
 from monitor.model import Clock, MalformedError, RateLimitedError, SourceError, TransientError
-from watchers.http import HttpClient
+from watchers.http import FailureLog, HttpClient
 from watchers.validate import assert_dict, assert_list, require
 
 __all__ = [
@@ -588,7 +588,7 @@ class FailoverPrices:
             raise ValueError("FailoverPrices needs at least one source")
         self.sources = tuple(sources)
         self._log = log or logging.getLogger("watchers.prices")
-        self._failing: dict[str, bool] = {s.name: False for s in self.sources}
+        self._failures = FailureLog(self._log)  # per source name
         self._serving: dict[str, str] = {}  # call kind → the source that answered last
 
     @property
@@ -596,17 +596,12 @@ class FailoverPrices:
         return tuple(s.name for s in self.sources)
 
     def _failed(self, source: PriceSource, what: str, exc: SourceError) -> None:
-        if not self._failing[source.name]:
-            self._failing[source.name] = True
-            self._log.warning("price source failing source=%s call=%s kind=%s error=%s",
-                              source.name, what, type(exc).__name__, exc)
-        else:
-            self._log.debug("price source still failing source=%s call=%s error=%s", source.name, what, exc)
+        self._failures.failed(str(exc), "price source failing source=%s call=%s kind=%s error=%s",
+                              "price source still failing source=%s call=%s kind=%s error=%s",
+                              source.name, what, type(exc).__name__, exc, key=source.name)
 
     def _answered(self, source: PriceSource, what: str) -> None:
-        if self._failing[source.name]:
-            self._failing[source.name] = False
-            self._log.info("price source recovered source=%s call=%s", source.name, what)
+        self._failures.recovered("price source recovered source=%s call=%s", source.name, what, key=source.name)
 
     def _served(self, kind: str, source: str) -> None:
         previous = self._serving.get(kind)

@@ -49,6 +49,7 @@ import aiohttp
 
 from monitor.model import Clock, MalformedError, SourceError
 from watchers.addresses import InvalidAddress, address_to_script
+from watchers.http import FailureLog, RetryPolicy
 from watchers.rawblock import RawTx, parse_tx
 
 __all__ = [
@@ -90,16 +91,16 @@ async def _sleep_or_stop(clock: Clock, seconds: float, stop: asyncio.Event) -> N
 
 
 class _Backoff:
-    """Exponential backoff with equal jitter (at least half the step), reset after a success."""
+    """Reconnect waits: the shared RetryPolicy with equal jitter (at least half the step), reset after a success."""
 
     def __init__(self, base: float, cap: float, rng: random.Random):
-        self.base, self.cap, self.rng = base, cap, rng
+        self.policy, self.rng = RetryPolicy(0, base, cap), rng
         self.attempt = 0
 
     def next(self) -> float:
-        step = min(self.cap, self.base * 2**self.attempt)
+        delay = self.policy.equal_jitter(self.attempt, self.rng)
         self.attempt += 1
-        return self.rng.uniform(step / 2, step)
+        return delay
 
     def reset(self) -> None:
         self.attempt = 0
@@ -165,7 +166,7 @@ class MempoolPush:
         if not self.tracked:
             self._log.info("push %s has no address to track; not connecting", self.name)
             return
-        failing: str | None = None
+        failures = FailureLog(self._log)
         while not stop.is_set():
             try:
                 async with self._session.ws_connect(self.url, heartbeat=self._heartbeat, autoping=True) as ws:
@@ -173,9 +174,7 @@ class MempoolPush:
                     await ws.send_str(json.dumps({"track-addresses": list(self.tracked)}))
                     self.connections += 1
                     self._backoff.reset()
-                    if failing is not None:
-                        self._log.info("push %s recovered url=%s", self.name, self.url)
-                        failing = None
+                    failures.recovered("push %s recovered url=%s", self.name, self.url)
                     if self.connections > 1:
                         await self._wake(wake, f"{self.name} push reconnected: polling covers what was missed")
                     closed_by = await self._read(ws, wake, stop)
@@ -186,11 +185,8 @@ class MempoolPush:
                 raise
             except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
                 reason = f"{type(exc).__name__}: {exc}"
-            if failing is None:
-                self._log.warning("push %s disconnected url=%s reason=%s; reconnecting", self.name, self.url, reason)
-            else:
-                self._log.debug("push %s still disconnected url=%s reason=%s", self.name, self.url, reason)
-            failing = reason
+            failures.failed(reason, "push %s disconnected url=%s reason=%s; reconnecting",
+                            "push %s still disconnected url=%s reason=%s", self.name, self.url, reason)
             await _sleep_or_stop(self._clock, self._backoff.next(), stop)
 
     async def _wake(self, wake: Wake, reason: str) -> None:
