@@ -42,7 +42,7 @@ from monitor.sim.bitcoind_server import BitcoindServer  # noqa: E402
 from monitor.sim.esplora_server import EsploraServer  # noqa: E402
 from monitor.sim.pool_episode import build_pool_episode  # noqa: E402
 from storage import AsyncStore, Store  # noqa: E402
-from watchers.bitcoind import BitcoindRpc  # noqa: E402
+from watchers.bitcoind.rpc import BitcoindRpc  # noqa: E402
 from watchers.coinbases import BitcoindCoinbases, EsploraCoinbases  # noqa: E402
 from watchers.http import HttpClient  # noqa: E402
 

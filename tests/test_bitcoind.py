@@ -31,15 +31,9 @@ from monitor.sim.bitcoind_server import (
 from monitor.sim.chain import SimChain
 from monitor.sim.esplora_server import EsploraServer
 from watchers import Source
-from watchers.bitcoind import (
-    TIP_KEY,
-    BitcoindRpc,
-    BitcoindSource,
-    btc_to_sats,
-    format_core_version,
-    parse_core_tx,
-    rpc_code,
-)
+from watchers.bitcoind.parse import btc_to_sats, format_core_version, parse_core_tx
+from watchers.bitcoind.rpc import BitcoindRpc, rpc_code
+from watchers.bitcoind.source import TIP_KEY, BitcoindSource
 from watchers.esplora import EsploraSource
 from watchers.http import HttpClient
 

@@ -41,7 +41,7 @@ from monitor.sim.esplora_server import EsploraServer
 from monitor.sim.pool_episode import PRE_REORG_BLOCKS, build_pool_episode
 from storage import AsyncStore, Store
 from storage.miners import miner_block_rows, pool_outflow_rows
-from watchers.bitcoind import BitcoindRpc
+from watchers.bitcoind.rpc import BitcoindRpc
 from watchers.coinbases import BitcoindCoinbases, EsploraCoinbases
 from watchers.http import HttpClient
 

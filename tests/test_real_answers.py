@@ -18,7 +18,7 @@ from aiohttp import web
 
 from monitor.clock import FrozenClock
 from monitor.model import MalformedError
-from watchers.bitcoind import _txout_fields, parse_core_tx
+from watchers.bitcoind.parse import _txout_fields, parse_core_tx
 from watchers.prices import (
     parse_coinbase_candles,
     parse_coinbase_ticker,

@@ -7,10 +7,11 @@ cursors are absent, so they are read again next time) and txids that left the ch
 A source never lets one key's failure escape `poll`; errors it raises are `monitor.model.SourceError`
 (a single-key source such as `bitcoind` raises them; the daemon logs and retries at the next interval).
 
-Modules: `http` (the shared HTTP client: timeouts, retries, rate limit, failover), `validate`
+Modules: `http` (the shared HTTP client: timeouts, retries, rate limit, failover; and every source's
+one `RetryPolicy`/`retry` and `FailureLog`), `validate`
 (untrusted JSON → typed values or `MalformedError`), `esplora` (Esplora REST, address mode),
 `esplora_blocks` (Esplora block mode: each block read once as raw bytes), `rawblock` (the fast raw
-block/tx parser and matcher), `bitcoind` (Bitcoin Core JSON-RPC), `evm` (web3: ETH and ERC-20),
+block/tx parser and matcher), `bitcoind/` (Bitcoin Core: `rpc`, `parse`, `source`), `evm` (web3: ETH and ERC-20),
 `push` (mempool.space websocket and ZMQ wake-ups), `prices` (BTC/ETH prices), `addresses` (Bitcoin
 address codec). Import them directly; this package imports nothing on load.
 """

@@ -14,7 +14,7 @@ Bitcoin Core (`BitcoindCoinbases`, same interface): per 10 blocks one JSON-RPC b
 and one of `getblock <hash> 1` (header fields and the txids, whose first is the coinbase's), then per
 block `getrawtransaction <coinbase> 1 <blockhash>` (with the block hash no `txindex` is needed) for the
 coinbase's outputs and its scriptSig (`vin[0].coinbase`). Amounts are converted exactly
-(`watchers.bitcoind.parse_core_tx`). Spends of pool payout coins: Esplora answers per coin
+(`watchers.bitcoind.parse.parse_core_tx`). Spends of pool payout coins: Esplora answers per coin
 (`/tx/:txid/outspends`, then `/tx/:txid`); Core has no spender index, so `BitcoindCoinbases.spends` reads
 a block with `getblock <hash> 3` (prevouts: Core 23+) and returns its txs spending the given outpoints.
 """
@@ -27,7 +27,8 @@ from decimal import Decimal
 from typing import Any
 
 from monitor.model import ChainTx, MalformedError, SourceError
-from watchers.bitcoind import BitcoindRpc, parse_core_tx
+from watchers.bitcoind.parse import parse_core_tx
+from watchers.bitcoind.rpc import BitcoindRpc
 from watchers.http import HttpClient, RequestTally
 from watchers.validate import (
     Outspend,

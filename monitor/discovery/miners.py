@@ -870,7 +870,7 @@ def view_from_store(store: Store, *, since: int | None = None,
 def coinbase_reader(sources: Sequence[Any], name: str | None = None) -> CoinbaseReader | None:
     """The miner view's block reader over a built source: `name`, else the first Esplora or Bitcoin Core
     source on chain bitcoin (EsploraCoinbases or BitcoindCoinbases); None when there is none."""
-    from watchers.bitcoind import BitcoindSource
+    from watchers.bitcoind.source import BitcoindSource
     from watchers.http import HttpClient
 
     for s in sources:

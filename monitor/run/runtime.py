@@ -88,7 +88,8 @@ def make_source(source: SourceConfig, registry: Registry, session: aiohttp.Clien
         # fetch_tip: one request per poll buys the tip height for /healthz, /metrics and `status`
         return EsploraSource(source.name, http, addresses, clock=clock, chain=source.chain, fetch_tip=True)
     if source.type == "bitcoind":
-        from watchers.bitcoind import BitcoindRpc, BitcoindSource
+        from watchers.bitcoind.rpc import BitcoindRpc
+        from watchers.bitcoind.source import BitcoindSource
 
         user = source.rpc_user.reveal() if hasattr(source.rpc_user, "reveal") else source.rpc_user
         rpc = BitcoindRpc(

@@ -1,4 +1,4 @@
-"""Bitcoin Core source: follows the tip over JSON-RPC, reads each block once, matches it against watched addresses.
+"""The Bitcoin Core source: follows the tip over JSON-RPC, reads each block once, matches it against watched addresses.
 
 Requirements on the node (see docs/bitcoind.md): Bitcoin Core 23.0 or newer, because `getblock <hash> 3`
 (added in 23.0) puts the spent output (`prevout`: value, scriptPubKey, address) on every input; the blocks
@@ -55,66 +55,37 @@ before it is address mode's job), or at `start_height` when given.
 Errors: `poll` raises (it does not return `Batch.failed`): this source has one key, so there is nothing
 to isolate, and a raised `SourceError` carries the clear message to the caller, which logs it and tries
 again at the next interval (the stored cursor is untouched, so nothing is skipped). The first failure and
-the recovery are logged here too. Messages: HTTP 401 → "bitcoind at host:port rejected the RPC
-credentials (check rpcuser/rpcpassword or the cookie file)" (`SourceError`; a cookie file is re-read once
-first, as the node writes a new one at each start); initial block download or warm-up (-28) →
-`TransientError`; Core older than 23.0, or a node that answers `getblock <hash> 3` with an error or
-without prevouts and does not say it is Core 23+ → "Bitcoin Core 23.0 or newer is needed (getblock
-verbosity 3 returns prevouts); ..."; missing prevout on Core 23+ (pruned block) and malformed amounts →
-`MalformedError` naming the field; HTTP 503 "Work queue depth exceeded", other 5xx without a JSON-RPC
-body, timeouts and refused connections → `TransientError`, retried `retries` times with jittered backoff
-inside one call. Credentials (user/password, cookie) never appear in logs or messages.
-
-Amounts: Core writes BTC as JSON numbers (`0.00012000`). Answers are parsed with
-`json.loads(text, parse_float=Decimal)` and converted exactly: value × 10^8 must be a whole number of
-satoshis (0 to 21M BTC) or the answer is a `MalformedError`. No float ever holds an amount.
+the recovery are logged here too. The RPC errors are `watchers.bitcoind.rpc`'s; here: Core older than
+23.0, or a node that answers `getblock <hash> 3` with an error or without prevouts and does not say it is
+Core 23+ → "Bitcoin Core 23.0 or newer is needed (getblock verbosity 3 returns prevouts); ..."; missing
+prevout on Core 23+ (pruned block) and malformed amounts → `MalformedError` naming the field.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import itertools
 import json
 import logging
-import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
-from pathlib import Path
+from decimal import Decimal
 from typing import Any
 
-import aiohttp
-from yarl import URL
-
-from monitor.model import (
-    Batch,
-    ChainTx,
-    Clock,
-    Cursor,
-    MalformedError,
-    SourceError,
-    TransientError,
-    TxInput,
-    TxOutput,
-)
+from monitor.model import Batch, ChainTx, Clock, Cursor, MalformedError, SourceError, TransientError
 from monitor.model import normalise_bitcoin_address as _norm
-from watchers.http import FailureLog, RequestTally, RetryPolicy, retry
-from watchers.validate import (
-    MAX_MONEY,
-    NULL_TXID,
-    assert_address,
-    assert_bool,
-    assert_dict,
-    assert_hex,
-    assert_int,
-    assert_list,
-    assert_number,
-    require,
+from watchers.bitcoind.parse import (
+    MAX_U32,
+    Header,
+    address_of,
+    format_core_version,
+    parse_core_tx,
+    parse_header,
+    show,
 )
+from watchers.bitcoind.rpc import RPC_INVALID_ADDRESS_OR_KEY, BitcoindRpc, rpc_code, source_error
+from watchers.http import FailureLog, RequestTally
+from watchers.validate import assert_bool, assert_dict, assert_hex, assert_int, assert_list, assert_number, require
 
 __all__ = [
-    "BitcoindRpc",
     "BitcoindSource",
     "TIP_KEY",
     "MIN_CORE_VERSION",
@@ -122,11 +93,6 @@ __all__ = [
     "KEEP_BLOCKS",
     "DEFAULT_MAX_BLOCKS",
     "DEFAULT_MAX_MEMPOOL_TXS",
-    "NULL_TXID",
-    "btc_to_sats",
-    "parse_core_tx",
-    "rpc_code",
-    "format_core_version",
 ]
 
 TIP_KEY = "tip"
@@ -141,395 +107,9 @@ DEFAULT_MAX_BLOCKS = 20
 DEFAULT_MAX_MEMPOOL_TXS = 10_000
 #: Calls per JSON-RPC batch request.
 RPC_BATCH = 500
-_COINBASE_VOUT = 0xFFFFFFFF
-_MAX_U32 = 2**32 - 1
-_DEFAULT_MAX_BODY = 256 * 1024 * 1024  # a verbosity-3 block of a full 4 MWU block is ~10-30 MB of JSON
 _NEED_CORE = "Bitcoin Core 23.0 or newer is needed (getblock verbosity 3 returns prevouts)"
 #: Core's `getblockchaininfo.chain` per network name used in config.
 _CHAIN_NAMES = {"mainnet": ("main",), "testnet": ("test", "testnet4"), "signet": ("signet",), "regtest": ("regtest",)}
-
-# Core RPC error codes (src/rpc/protocol.h)
-RPC_INVALID_ADDRESS_OR_KEY = -5
-RPC_IN_WARMUP = -28
-RPC_CLIENT_IN_INITIAL_DOWNLOAD = -10
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _error(cls: type[SourceError], message: str, *, kind: str, code: int | None = None,
-           status: int | None = None, rpc_message: str = "") -> SourceError:
-    exc = cls(message)
-    exc.kind = kind  # type: ignore[attr-defined]
-    exc.rpc_code = code  # type: ignore[attr-defined]
-    exc.rpc_message = rpc_message  # type: ignore[attr-defined]
-    exc.status = status  # type: ignore[attr-defined]
-    return exc
-
-
-def rpc_code(exc: BaseException) -> int | None:
-    """The JSON-RPC error code behind a SourceError raised by BitcoindRpc (e.g. -5), or None."""
-    return getattr(exc, "rpc_code", None)
-
-
-def format_core_version(version: int) -> str:
-    """Core's integer version as released: 240100 → '24.1', 220000 → '22.0', 210100 → '0.21.1'."""
-    major, minor, patch = version // 10000, version // 100 % 100, version % 100
-    text = f"0.{major}.{minor}" if major < 22 else f"{major}.{minor}"
-    return text + (f".{patch}" if patch else "")
-
-
-def btc_to_sats(value: Any, field_name: str) -> int:
-    """A Core amount (BTC as a JSON number, parsed as Decimal or int) → integer satoshis, exactly.
-
-    :raises MalformedError: not a number, a float (lost precision), not a whole number of satoshis, or
-        outside 0..21M BTC.
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, Decimal)):
-        what = "a float (amounts must be parsed exactly)" if isinstance(value, float) else _show(value)
-        raise MalformedError(f"{field_name}: expected an amount in BTC (a JSON number), got {what}")
-    try:
-        sats = Decimal(value).scaleb(8)
-        if not sats.is_finite() or sats != sats.to_integral_value():
-            raise MalformedError(f"{field_name}: {value} BTC is not a whole number of satoshis")
-    except InvalidOperation as exc:
-        raise MalformedError(f"{field_name}: {value} is not a valid amount") from exc
-    n = int(sats)
-    if not 0 <= n <= MAX_MONEY:
-        raise MalformedError(f"{field_name}: {value} BTC is outside 0..21,000,000 BTC")
-    return n
-
-
-def _at(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
-
-
-def _txout_fields(obj: Any, p: str) -> tuple[int, str | None]:
-    """(sats, address or None) of an output-like object: a vout entry, a prevout or a gettxout answer."""
-    d = assert_dict(obj, p)
-    value = btc_to_sats(require(d, "value", p), _at(p, "value"))
-    spk = assert_dict(require(d, "scriptPubKey", p), _at(p, "scriptPubKey"))
-    address = spk.get("address")
-    if address is None:
-        legacy = spk.get("addresses")  # Core before 22.0 (never a watched spend here, but parse it right)
-        if isinstance(legacy, list) and len(legacy) == 1:
-            address = legacy[0]
-    if address is not None:
-        address = assert_address(address, _at(p, "scriptPubKey.address"))
-    return value, address
-
-
-def parse_core_tx(
-    obj: Any,
-    *,
-    chain: str = "bitcoin",
-    prefix: str = "tx",
-    block: tuple[int, str, int] | None = None,
-    prevouts: Mapping[tuple[str, int], Any] | None = None,
-) -> ChainTx:
-    """A Core verbose tx object (getblock 3 / getrawtransaction) → ChainTx with exact satoshis.
-
-    `block` is (height, hash, time) when confirmed. Input prevouts come from the object's `prevout`
-    (getblock 3) or else from `prevouts[(txid, vout)]` (a vout entry or gettxout answer).
-    :raises MalformedError: naming the field, e.g. `tx[3].vin[0].prevout: missing`.
-    """
-    d = assert_dict(obj, prefix)
-    txid = assert_hex(require(d, "txid", prefix), _at(prefix, "txid"))
-    vin = assert_list(require(d, "vin", prefix), _at(prefix, "vin"), non_empty=True)
-    vout = assert_list(require(d, "vout", prefix), _at(prefix, "vout"), non_empty=True)
-    inputs: list[TxInput] = []
-    coinbase = False
-    for j, x in enumerate(vin):
-        q = f"{prefix}.vin[{j}]"
-        x = assert_dict(x, q)
-        if "coinbase" in x:
-            if len(vin) != 1:
-                raise MalformedError(f"{q}.coinbase: a coinbase tx has exactly one input, this one has {len(vin)}")
-            coinbase = True
-            inputs.append(TxInput(address=None, value=0, prev_txid=NULL_TXID, prev_vout=_COINBASE_VOUT))
-            continue
-        prev_txid = assert_hex(require(x, "txid", q), f"{q}.txid")
-        prev_n = assert_int(require(x, "vout", q), f"{q}.vout", minimum=0, maximum=_MAX_U32)
-        prev = x.get("prevout")
-        if prev is None and prevouts is not None:
-            prev = prevouts.get((prev_txid, prev_n))
-        if prev is None:
-            raise MalformedError(f"{q}.prevout: missing")
-        value, address = _txout_fields(prev, f"{q}.prevout")
-        inputs.append(TxInput(address=address, value=value, prev_txid=prev_txid, prev_vout=prev_n))
-    outputs: list[TxOutput] = []
-    for n, x in enumerate(vout):
-        q = f"{prefix}.vout[{n}]"
-        value, address = _txout_fields(x, q)
-        if "n" in x and assert_int(x["n"], f"{q}.n", minimum=0) != n:
-            raise MalformedError(f"{q}.n: expected {n}, got {_show(x['n'])}")
-        outputs.append(TxOutput(address=address, value=value, n=n))
-    total_out = sum(o.value for o in outputs)
-    if coinbase:
-        fee = 0
-    else:
-        total_in = sum(i.value for i in inputs)
-        fee = total_in - total_out
-        if fee < 0:
-            raise MalformedError(f"{_at(prefix, 'vin')}: inputs hold {total_in} sat, less than the outputs' {total_out} sat (txid {txid})")
-        if "fee" in d:
-            stated = btc_to_sats(d["fee"], _at(prefix, "fee"))
-            if stated != fee:
-                raise MalformedError(f"{_at(prefix, 'fee')}: expected inputs - outputs = {fee} sat, got {stated} sat (txid {txid})")
-    height, block_hash, block_time = block if block is not None else (None, None, None)
-    return ChainTx(
-        chain=chain,
-        txid=txid,
-        block_height=height,
-        block_time=block_time,
-        inputs=tuple(inputs),
-        outputs=tuple(outputs),
-        fee=fee,
-        block_hash=block_hash,
-        is_coinbase=coinbase,
-    )
-
-
-def _parse_json(text: str) -> Any:
-    def reject(name: str) -> Any:
-        raise ValueError(f"non-standard JSON constant {name}")
-
-    return json.loads(text, parse_float=Decimal, parse_constant=reject)
-
-
-# --- JSON-RPC client ------------------------------------------------------------------------------
-
-
-class BitcoindRpc:
-    """JSON-RPC 1.0 calls and batches to one bitcoind over a shared aiohttp session.
-
-    Credentials: `user`/`password`, or `cookie_file` (Core's `<datadir>/.cookie`, `__cookie__:<token>`,
-    re-read after a 401 because the node writes a new one at each start), or none. Credentials in the
-    URL (`http://user:pass@host:port`) are accepted and moved to the Authorization header. Only
-    `host:port` ever appears in messages and logs.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        session: aiohttp.ClientSession,
-        *,
-        clock: Clock,
-        user: str | None = None,
-        password: str | None = None,
-        cookie_file: str | Path | None = None,
-        timeout: float = 60.0,
-        retries: int = 3,
-        backoff_base: float = 0.5,
-        backoff_cap: float = 10.0,
-        max_body: int = _DEFAULT_MAX_BODY,
-        rng: random.Random | None = None,
-        log: logging.Logger | None = None,
-    ):
-        u = URL(url)
-        if u.user is not None and user is None:
-            user, password = u.user, u.password or ""
-        self._url = str(u.with_user(None).with_password(None))
-        self.where = f"{u.host}:{u.port}"
-        self._session = session
-        self._clock = clock
-        self._user, self._password = user, password
-        self._cookie_file = Path(cookie_file) if cookie_file is not None else None
-        self._cookie_auth: str | None = None
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self.retries = max(0, retries)
-        self._backoff_base, self._backoff_cap = backoff_base, backoff_cap
-        self._max_body = max_body
-        self._rng = rng or random.Random()
-        self._log = log or logging.getLogger("watchers.bitcoind")
-        self._ids = itertools.count(1)
-
-    def __repr__(self) -> str:
-        return f"BitcoindRpc({self.where})"
-
-    # credentials
-
-    async def _auth(self, reload: bool = False) -> str | None:
-        """The Authorization header value (never logged); the cookie file is read off the event loop."""
-        if self._user is not None:
-            return _basic(self._user, self._password or "")
-        if self._cookie_file is None:
-            return None
-        if self._cookie_auth is None or reload:
-            try:
-                text = (await asyncio.to_thread(self._cookie_file.read_text)).strip()
-            except OSError as exc:
-                raise _error(SourceError, f"cannot read the bitcoind cookie file {self._cookie_file} ({exc.strerror}); "
-                             f"is bitcoind at {self.where} running with that datadir?", kind="auth") from exc
-            user, sep, password = text.partition(":")
-            if not sep:
-                raise _error(SourceError, f"the bitcoind cookie file {self._cookie_file} is not of the form user:password",
-                             kind="auth")
-            self._cookie_auth = _basic(user, password)
-        return self._cookie_auth
-
-    # calls
-
-    async def call(self, method: str, *params: Any, tally: RequestTally | None = None) -> Any:
-        """One RPC; returns its `result`. :raises SourceError: (rpc_code() tells JSON-RPC errors apart)"""
-        reply = await self._post({"jsonrpc": "1.0", "id": next(self._ids), "method": method, "params": list(params)},
-                                 method, tally)
-        return self._unwrap(reply, method)
-
-    async def batch(self, calls: Sequence[tuple[str, Sequence[Any]]], *,
-                    tally: RequestTally | None = None) -> list[Any]:
-        """Several RPCs in one HTTP request; each item is the result or the SourceError of that call.
-
-        :raises SourceError: when the request as a whole fails (transport, auth, malformed reply).
-        """
-        if not calls:
-            return []
-        ids = [next(self._ids) for _ in calls]
-        payload = [{"jsonrpc": "1.0", "id": i, "method": m, "params": list(p)}
-                   for i, (m, p) in zip(ids, calls, strict=True)]
-        label = f"batch of {len(calls)} ({calls[0][0]}...)"
-        replies = await self._post(payload, label, tally)
-        if not isinstance(replies, list):
-            raise _error(MalformedError, f"bitcoind at {self.where}: {label}: expected an array of replies, got {_show(replies)}",
-                         kind="malformed")
-        by_id: dict[Any, Any] = {}
-        for r in replies:
-            if isinstance(r, dict) and "id" in r:
-                by_id[r["id"]] = r
-        out: list[Any] = []
-        for i, (method, _) in zip(ids, calls, strict=True):
-            reply = by_id.get(i)
-            if reply is None:
-                raise _error(MalformedError, f"bitcoind at {self.where}: {label}: no reply for {method} (id {i})",
-                             kind="malformed")
-            try:
-                out.append(self._unwrap(reply, method))
-            except SourceError as exc:
-                if isinstance(exc, MalformedError):
-                    raise
-                out.append(exc)
-        return out
-
-    def _unwrap(self, reply: Any, method: str) -> Any:
-        if not isinstance(reply, dict):
-            raise _error(MalformedError, f"bitcoind at {self.where}: {method}: expected a JSON-RPC reply object, got {_show(reply)}",
-                         kind="malformed")
-        err = reply.get("error")
-        if err is not None:
-            if not isinstance(err, dict):
-                raise _error(MalformedError, f"bitcoind at {self.where}: {method}: error: expected an object, got {_show(err)}",
-                             kind="malformed")
-            code = err.get("code")
-            code = code if isinstance(code, int) and not isinstance(code, bool) else None
-            message = str(err.get("message", ""))[:300]
-            if code == RPC_IN_WARMUP:
-                raise _error(TransientError, f"bitcoind at {self.where} is starting ({message}); waiting",
-                             kind="warmup", code=code)
-            if code == RPC_CLIENT_IN_INITIAL_DOWNLOAD:
-                raise _error(TransientError, f"bitcoind at {self.where} is in initial block download ({message}); waiting",
-                             kind="ibd", code=code)
-            raise _error(SourceError, f"bitcoind at {self.where}: {method} failed with error {code}: {message}",
-                         kind="rpc", code=code, rpc_message=message)
-        if "result" not in reply:
-            raise _error(MalformedError, f"bitcoind at {self.where}: {method}: reply has neither result nor error",
-                         kind="malformed")
-        return reply["result"]
-
-    async def _post(self, payload: Any, label: str, tally: RequestTally | None) -> Any:
-        body = json.dumps(payload, separators=(",", ":")).encode()
-        reloaded = False
-
-        async def once() -> Any:
-            nonlocal reloaded
-            while True:
-                try:
-                    return await self._attempt(body, label, tally, reload_cookie=reloaded)
-                except _CookieStale:
-                    if reloaded:
-                        raise _error(SourceError, self._auth_message(), kind="auth", status=401) from None
-                    reloaded = True
-
-        def before_retry(exc: SourceError, attempt: int) -> float:
-            self._log.debug("bitcoind retry rpc=%s attempt=%d error=%s", label, attempt + 1, exc)
-            return policy.full_jitter(attempt, self._rng)
-
-        # Only transport trouble is retried: a malformed reply from one node would be malformed again.
-        policy = RetryPolicy(self.retries, self._backoff_base, self._backoff_cap)
-        return await retry(once, policy, sleep=self._clock.sleep, rng=self._rng,
-                           retryable=lambda exc: isinstance(exc, TransientError), delay=before_retry)
-
-    def _auth_message(self) -> str:
-        return (f"bitcoind at {self.where} rejected the RPC credentials "
-                f"(check rpcuser/rpcpassword or the cookie file)")
-
-    async def _attempt(self, body: bytes, label: str, tally: RequestTally | None, *, reload_cookie: bool) -> Any:
-        auth = await self._auth(reload=reload_cookie)
-        headers = {"Content-Type": "application/json"}
-        if auth is not None:
-            headers["Authorization"] = auth
-        if tally is not None:
-            tally.requests += 1
-        where = f"bitcoind at {self.where}: {label}"
-        try:
-            # A JSON-RPC server never redirects; following one would send the credentials elsewhere.
-            async with self._session.post(self._url, data=body, timeout=self._timeout, headers=headers,
-                                          allow_redirects=False) as resp:
-                status = resp.status
-                if status == 401:
-                    if self._cookie_file is not None and self._user is None:
-                        raise _CookieStale()
-                    raise _error(SourceError, self._auth_message(), kind="auth", status=401)
-                if status == 403:
-                    raise _error(SourceError, f"bitcoind at {self.where} refused the RPC connection "
-                                 f"(HTTP 403: allow this machine with rpcallowip=)", kind="http_4xx", status=403)
-                raw = await self._read(resp, where)
-        except SourceError:
-            raise
-        except _CookieStale:
-            raise
-        except TimeoutError as exc:
-            raise _error(TransientError, f"{where}: timeout after {self._timeout.total}s", kind="timeout") from exc
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
-            raise _error(TransientError, f"{where}: connection error: {type(exc).__name__}: {exc}",
-                         kind="connection") from exc
-        except aiohttp.ClientError as exc:
-            raise _error(TransientError, f"{where}: {type(exc).__name__}: {exc}", kind="client") from exc
-        try:
-            text = raw.decode("utf-8")
-            value = _parse_json(text) if text.strip() else None
-        except (UnicodeDecodeError, ValueError) as exc:
-            excerpt = " ".join(raw[:200].decode("utf-8", "replace").split())[:120]
-            if status >= 500:
-                # Core answers 503 "Work queue depth exceeded" when -rpcworkqueue is full: try again.
-                raise _error(TransientError, f"{where}: HTTP {status}: {excerpt!r}", kind="http_5xx", status=status) from exc
-            if status == 200:
-                raise _error(MalformedError, f"{where}: reply is not JSON ({exc}): {excerpt!r}", kind="malformed") from exc
-            raise _error(SourceError, f"{where}: HTTP {status}: {excerpt!r}", kind="http_4xx", status=status) from exc
-        if value is None and status != 200:
-            kind, cls = ("http_5xx", TransientError) if status >= 500 else ("http_4xx", SourceError)
-            raise _error(cls, f"{where}: HTTP {status} with an empty body", kind=kind, status=status)
-        # Core answers RPC errors with HTTP 500/404/400 and a JSON-RPC body: the body decides.
-        return value
-
-    async def _read(self, resp: aiohttp.ClientResponse, where: str) -> bytes:
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in resp.content.iter_chunked(1 << 16):
-            size += len(chunk)
-            if size > self._max_body:
-                raise _error(MalformedError, f"{where}: reply larger than {self._max_body} bytes", kind="malformed")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-
-def _basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-
-
-class _CookieStale(Exception):
-    """A 401 with cookie auth: re-read the cookie file once before giving up."""
 
 
 # --- cursor -----------------------------------------------------------------------------------------
@@ -569,26 +149,6 @@ class _State:
         self.blocks.append((height, block_hash, txids))
         del self.blocks[:-KEEP_BLOCKS]
         self.height, self.hash = height, block_hash
-
-
-@dataclass(frozen=True)
-class _Header:
-    hash: str
-    height: int
-    time: int
-    prev: str | None
-    confirmations: int
-
-
-def _parse_header(d: dict, p: str) -> _Header:
-    prev = d.get("previousblockhash")
-    return _Header(
-        hash=assert_hex(require(d, "hash", p), _at(p, "hash")),
-        height=assert_int(require(d, "height", p), _at(p, "height"), minimum=0),
-        time=assert_int(require(d, "time", p), _at(p, "time"), minimum=0),
-        prev=None if prev is None else assert_hex(prev, _at(p, "previousblockhash")),
-        confirmations=assert_int(require(d, "confirmations", p), _at(p, "confirmations"), minimum=-1),
-    )
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
@@ -697,7 +257,7 @@ class BitcoindSource:
         self._subversion = str(info.get("subversion", ""))[:60]
         if isinstance(version, int) and not isinstance(version, bool):
             if version < MIN_CORE_VERSION:
-                raise _error(SourceError, f"{_NEED_CORE}; bitcoind at {self.rpc.where} is {format_core_version(version)} "
+                raise source_error(SourceError, f"{_NEED_CORE}; bitcoind at {self.rpc.where} is {format_core_version(version)} "
                              f"({self._subversion or version})", kind="version")
             self._version = version
         else:
@@ -743,7 +303,7 @@ class BitcoindSource:
             height = state.height + 1
             block_hash = assert_hex(await self.rpc.call("getblockhash", height, tally=tally), f"getblockhash {height}")
             data = await self._getblock3(block_hash, height, tally)
-            header = _parse_header(data, f"getblock {block_hash}")
+            header = parse_header(data, f"getblock {block_hash}")
             if header.hash != block_hash or header.height != height:
                 raise MalformedError(f"getblock {block_hash}: answered block {header.hash} at height {header.height}")
             if header.confirmations < 0:
@@ -832,11 +392,11 @@ class BitcoindSource:
         if ibd:
             progress = info.get("verificationprogress")
             pct = f"{float(progress) * 100:.1f}% verified" if isinstance(progress, (int, Decimal)) and not isinstance(progress, bool) else "progress unknown"
-            raise _error(TransientError, f"bitcoind at {self.rpc.where} is in initial block download ({pct}); waiting",
+            raise source_error(TransientError, f"bitcoind at {self.rpc.where} is in initial block download ({pct}); waiting",
                          kind="ibd")
         chain = require(info, "chain", p)
         if self.network is not None and chain not in _CHAIN_NAMES[self.network]:
-            raise _error(SourceError, f"bitcoind at {self.rpc.where} is on chain {chain!r}, but this source is configured "
+            raise source_error(SourceError, f"bitcoind at {self.rpc.where} is on chain {chain!r}, but this source is configured "
                          f"for {self.network}", kind="chain")
         height = assert_int(require(info, "blocks", p), f"{p}.blocks", minimum=0)
         return height, assert_hex(require(info, "bestblockhash", p), f"{p}.bestblockhash")
@@ -850,13 +410,13 @@ class BitcoindSource:
                 raise
             message = getattr(exc, "rpc_message", "") or str(exc)
             if code == RPC_INVALID_ADDRESS_OR_KEY:
-                raise _error(TransientError, f"bitcoind at {self.rpc.where}: block {block_hash} at height {height} "
+                raise source_error(TransientError, f"bitcoind at {self.rpc.where}: block {block_hash} at height {height} "
                              f"is gone (reorg under way?)", kind="rpc", code=code) from exc
             if "prune" in message.lower():
-                raise _error(SourceError, f"bitcoind at {self.rpc.where} has pruned block {height} ({block_hash}); the "
+                raise source_error(SourceError, f"bitcoind at {self.rpc.where} has pruned block {height} ({block_hash}); the "
                              f"Bitcoin Core source reads every new block: keep them (prune= large enough, or no pruning)",
                              kind="pruned", code=code) from exc
-            raise _error(SourceError, f"{_NEED_CORE}; bitcoind at {self.rpc.where} ({self._node_name()}) answered "
+            raise source_error(SourceError, f"{_NEED_CORE}; bitcoind at {self.rpc.where} ({self._node_name()}) answered "
                          f"getblock verbosity 3 with error {code}: {message}",
                          kind="version", code=code) from exc
         return assert_dict(data, f"getblock {block_hash}")
@@ -866,7 +426,7 @@ class BitcoindSource:
             return f"Core {format_core_version(self._version)}"
         return self._subversion or "version unknown"
 
-    def _scan_block(self, data: dict, header: _Header) -> tuple[list[tuple[int, ChainTx]], list[str]]:
+    def _scan_block(self, data: dict, header: Header) -> tuple[list[tuple[int, ChainTx]], list[str]]:
         """(position, ChainTx) of the txs touching watched addresses, and every txid of the block."""
         where = f"getblock {header.hash} (height {header.height})"
         txs = assert_list(require(data, "tx", where), "tx", non_empty=True)
@@ -876,7 +436,7 @@ class BitcoindSource:
         for i, t in enumerate(txs):
             p = f"tx[{i}]"
             if not isinstance(t, dict):
-                raise _error(SourceError, f"{_NEED_CORE}; bitcoind at {self.rpc.where} ({self._node_name()}) answered "
+                raise source_error(SourceError, f"{_NEED_CORE}; bitcoind at {self.rpc.where} ({self._node_name()}) answered "
                              f"getblock verbosity 3 with txids only", kind="version")
             vin = t.get("vin")
             vout = t.get("vout")
@@ -891,14 +451,14 @@ class BitcoindSource:
                 prev = x.get("prevout")
                 if prev is None:
                     if not self._version:
-                        raise _error(SourceError, f"{_NEED_CORE}; bitcoind at {self.rpc.where} ({self._node_name()}) "
+                        raise source_error(SourceError, f"{_NEED_CORE}; bitcoind at {self.rpc.where} ({self._node_name()}) "
                                      f"answered getblock verbosity 3 without prevouts", kind="version")
                     raise MalformedError(f"{p}.vin[{j}].prevout: missing in {where} verbosity 3 (no undo data for "
                                          f"this block: pruned?)")
-                if not hit and _address_of(prev) in watched:
+                if not hit and address_of(prev) in watched:
                     hit = True
             if not hit:
-                hit = any(_address_of(x) in watched for x in vout)
+                hit = any(address_of(x) in watched for x in vout)
             txid = assert_hex(t.get("txid"), f"{p}.txid")
             txids.append(txid)
             if hit:
@@ -964,7 +524,7 @@ class BitcoindSource:
                     raise a
                 d = assert_dict(a, f"getrawtransaction {t}")
                 if d.get("txid") != t:
-                    raise MalformedError(f"getrawtransaction {t}: txid: expected {t}, got {_show(d.get('txid'))}")
+                    raise MalformedError(f"getrawtransaction {t}: txid: expected {t}, got {show(d.get('txid'))}")
                 raw[t] = d
 
         need: dict[tuple[str, int], None] = {}
@@ -973,7 +533,7 @@ class BitcoindSource:
                 x = assert_dict(x, f"getrawtransaction {t}.vin[{j}]")
                 if "coinbase" not in x and x.get("prevout") is None:
                     key = (assert_hex(require(x, "txid"), f"{t}.vin[{j}].txid"),
-                           assert_int(require(x, "vout"), f"{t}.vin[{j}].vout", minimum=0, maximum=_MAX_U32))
+                           assert_int(require(x, "vout"), f"{t}.vin[{j}].vout", minimum=0, maximum=MAX_U32))
                     need[key] = None
         prevouts: dict[tuple[str, int], Any] = {}
         parents: dict[str, dict] = dict(raw)
@@ -1003,9 +563,9 @@ class BitcoindSource:
         irrelevant: set[str] = set()
         unresolved: set[str] = set()
         for t in txids:
-            d = raw.get(t)
-            if d is None:
+            if t not in raw:
                 continue
+            d = raw[t]
             vin = d["vin"]
             ins = []
             complete = True
@@ -1017,7 +577,7 @@ class BitcoindSource:
                     complete = False
                 else:
                     ins.append(prev)
-            hit = any(_address_of(x) in watched for x in ins) or any(_address_of(x) in watched for x in assert_list(
+            hit = any(address_of(x) in watched for x in ins) or any(address_of(x) in watched for x in assert_list(
                 require(d, "vout", t), f"getrawtransaction {t}.vout"))
             if not complete:
                 unresolved.add(t)
@@ -1054,7 +614,7 @@ class BitcoindSource:
         _check_hex(block_hash)
         d = assert_dict(await self.rpc.call("getblock", block_hash, 1), f"getblock {block_hash}")
         p = f"getblock {block_hash}"
-        header = _parse_header(d, p)
+        header = parse_header(d, p)
         if header.hash != block_hash:
             raise MalformedError(f"{p}.hash: expected {block_hash}, got {header.hash}")
         bits = require(d, "bits", p)
@@ -1063,7 +623,7 @@ class BitcoindSource:
         except ValueError:
             bits_int = None
         if bits_int is None:
-            raise MalformedError(f"{p}.bits: expected 8 hex digits, got {_show(bits)}")
+            raise MalformedError(f"{p}.bits: expected 8 hex digits, got {show(bits)}")
         difficulty = require(d, "difficulty", p)
         if isinstance(difficulty, Decimal):
             difficulty = float(difficulty)
@@ -1097,20 +657,7 @@ class BitcoindSource:
         return parsed.total_out
 
 
-def _address_of(obj: Any) -> str | None:
-    """The address of an output-like object (vout entry, prevout), without validation (matching only)."""
-    if not isinstance(obj, dict):
-        return None
-    spk = obj.get("scriptPubKey")
-    if not isinstance(spk, dict):
-        return None
-    a = spk.get("address")
-    return a if isinstance(a, str) else None
-
-
 def _check_hex(value: str) -> None:
     # Caller input, not remote data: a bad hash is a programming error.
     if not isinstance(value, str) or len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
         raise ValueError(f"expected 64 lower-case hex digits, got {value!r}")
-
-
