@@ -7,7 +7,8 @@ Rules (STYLE.md rule 4):
   got 'ten'`). Values that may be secrets are never echoed.
 - Secrets are written `{ env = "NAME" }` (or `{ file = "path" }`) and become `Secret`, which prints as
   `***`; they are accepted only where a field says so.
-- Defaults are the `DEFAULT_*` constants below, and nowhere else.
+- Defaults, bounds and docs of scalar keys are the settings table (`monitor/settings.py`), read with
+  `_opt`; the `DEFAULT_*` names below are taken from it.
 - Plain `http://` to a host other than loopback is allowed but logged as a warning (and kept in
   `Config.warnings` so `check-config` can show it).
 
@@ -40,6 +41,7 @@ from alerts.router import DEFAULT_RULE_VERDICTS, MODES, BalanceRule, DormancyRul
 from monitor.core.classify import Thresholds
 from monitor.core.registry import normalise_address
 from monitor.model import ENTITY_KINDS, SEVERITIES, VERDICTS, ConfigError, Entity, EntityAddress, Fact, Profile
+from monitor.settings import max_values, setting
 from watchers.addresses import InvalidAddress, validate_address
 
 __all__ = [
@@ -74,75 +76,63 @@ log = logging.getLogger(__name__)
 
 # --- defaults and allowed values: the one place they are written -----------------------------------
 
-DEFAULT_NETWORK = "mainnet"
-DEFAULT_STORAGE = "./treasury-monitor.db"
+DEFAULT_NETWORK = setting("monitor", "network").default
+DEFAULT_STORAGE = setting("monitor", "storage").default
 DEFAULT_CHAIN = "bitcoin"
-DEFAULT_RATE_LIMIT = 1.0  # requests per second, per base URL
-DEFAULT_TIMEOUT = 10.0  # seconds per request
-DEFAULT_RETRIES = 3  # attempts per request, the first included
-DEFAULT_POLL_INTERVAL = 60.0  # seconds between polls of a source
-DEFAULT_MODE = "address"
+DEFAULT_RATE_LIMIT = setting("sources", "rate_limit").default
+DEFAULT_TIMEOUT = setting("sources", "timeout").default
+DEFAULT_RETRIES = setting("sources", "retries").default
+DEFAULT_POLL_INTERVAL = setting("sources", "poll_interval").default
+DEFAULT_MODE = setting("sources", "mode").default
 DEFAULT_WATCH = True
-DEFAULT_PRICE_SOURCES = ("coinbase", "kraken", "coingecko")
-DEFAULT_PRICE_STALENESS = 7200  # seconds between a price observation and the time it is used for
-DEFAULT_EXPLORER_URL = "https://mempool.space/tx/{txid}"
-DEFAULT_ALERT_MAX_AGE = 86_400  # seconds: older flows (backfills) are classified but not alerted
-DEFAULT_GIVE_UP_AFTER = 86_400.0  # seconds an undelivered alert is retried before it is marked failed
-DEFAULT_RETRY_BASE = 5.0  # seconds, first backoff step of the outbox
-DEFAULT_RETRY_CAP = 900.0  # seconds, longest backoff step of the outbox
-DEFAULT_DISPATCH_INTERVAL = 2.0  # seconds between outbox passes in the daemon
-DEFAULT_INCIDENT_WINDOW = 7 * 86_400  # seconds: a sale this close to an incident's last one joins it; quiet this long closes it
-DEFAULT_GROUP_WAIT = 0  # seconds an incident's opening message waits to take in the flows that follow it
-DEFAULT_GROUP_INTERVAL = 0  # seconds at least between two updates of an incident (86400: a daily summary)
-DEFAULT_HTTP_HOST = "127.0.0.1"
-DEFAULT_HTTP_PORT = 8787
-DEFAULT_SHUTDOWN_GRACE = 10.0  # seconds to flush the outbox on SIGTERM
-DEFAULT_UNHEALTHY_AFTER = 600.0  # seconds a source may fail before /healthz reports 503
-DEFAULT_DIGEST_HOUR = 8  # UTC hour of the daily digest; -1 disables it
-DEFAULT_PRICE_INTERVAL = 600.0  # seconds between price refreshes in the daemon
-DEFAULT_DISCOVERY_INTERVAL = 600.0  # seconds between pool-payout following / hop-tracing passes
-DEFAULT_MINERS_FOLLOW = True  # the daemon keeps the miner view current once a backfill has started it
-DEFAULT_MINERS_INTERVAL = 120.0  # seconds between the daemon's miner-view scans (a block comes every ~600 s)
+DEFAULT_PRICE_SOURCES = setting("prices", "sources").default
+DEFAULT_PRICE_STALENESS = setting("prices", "staleness").default
+DEFAULT_EXPLORER_URL = setting("alerts", "explorer_url").default
+DEFAULT_ALERT_MAX_AGE = setting("alerts", "max_age").default
+DEFAULT_GIVE_UP_AFTER = setting("alerts", "give_up_after").default
+DEFAULT_RETRY_BASE = setting("alerts", "retry_base").default
+DEFAULT_RETRY_CAP = setting("alerts", "retry_cap").default
+DEFAULT_DISPATCH_INTERVAL = setting("alerts", "dispatch_interval").default
+DEFAULT_INCIDENT_WINDOW = setting("alerts", "incident_window").default
+DEFAULT_GROUP_WAIT = setting("alerts", "group_wait").default
+DEFAULT_GROUP_INTERVAL = setting("alerts", "group_interval").default
+DEFAULT_HTTP_HOST = setting("daemon", "host").default
+DEFAULT_HTTP_PORT = setting("daemon", "port").default
+DEFAULT_SHUTDOWN_GRACE = setting("daemon", "shutdown_grace").default
+DEFAULT_UNHEALTHY_AFTER = setting("daemon", "unhealthy_after").default
+DEFAULT_DIGEST_HOUR = setting("daemon", "digest_hour").default
+DEFAULT_PRICE_INTERVAL = setting("prices", "refresh_interval").default
+DEFAULT_DISCOVERY_INTERVAL = setting("discovery", "interval").default
+DEFAULT_MINERS_FOLLOW = setting("miners", "follow").default
+DEFAULT_MINERS_INTERVAL = setting("miners", "interval").default
 
-_HOUR, _DAY, _WEEK, _YEAR = 3_600, 86_400, 7 * 86_400, 365 * 86_400
-#: Largest value of each numeric key (in any section): beyond it a value is a mistake that would break the
-#: daemon, e.g. `poll_interval = 1e300` does not fit a timer and a million `retries` never end a tick.
-MAX_VALUES: dict[str, float] = {
-    "rate_limit": 1_000_000, "timeout": _HOUR, "retries": 10, "poll_interval": _DAY, "push_cap": 100_000,
-    "max_blocks": 10_000, "max_mempool_txs": 1_000_000, "start_height": 100_000_000, "chain_id": 2**53 - 1,
-    "confirmations": 10_000, "max_log_range": 1_000_000, "start_block": 10**12, "decimals": 255,
-    "staleness": _YEAR, "refresh_interval": _DAY, "max_age": 10 * _YEAR, "give_up_after": _YEAR,
-    "retry_base": _DAY, "retry_cap": _WEEK, "dispatch_interval": _HOUR, "min_interval": _DAY, "port": 65_535,
-    "shutdown_grace": _HOUR, "unhealthy_after": _WEEK, "interval": _WEEK, "pool_min_payouts": 1_000,
-    "pool_auto_accept_payouts": 1_000, "trace_value_floor_btc": 21_000_000,
-    "trace_max_age_days": 36_500, "provisional_settle_days": 3_650,
-}
+#: Largest value of each numeric key (in any section), from the settings table: beyond it a value is a
+#: mistake that would break the daemon, e.g. `poll_interval = 1e300` does not fit a timer.
+MAX_VALUES: dict[str, float] = max_values()
 #: Any other number (thresholds, profile figures, USD amounts): beyond this it is a typo, not a setting.
 MAX_NUMBER = 1e15
 DEFAULT_POOL_OWNERS = {"MARA Pool": "MARA"}  # pools-v2 pool name → the miner whose own pool it is
-DEFAULT_POOL_MIN_PAYOUTS = 2  # a recipient paid this often by its pool is proposed as a candidate
-DEFAULT_TRACE_MAX_HOPS = 20  # peeling chains run for tens of hops (Meiklejohn et al. 2013 followed 100)
-DEFAULT_TRACE_VALUE_FLOOR_BTC = 0.1  # branches smaller than this are not followed
-DEFAULT_TRACE_FLOOR_SHARE = 0.01  # ... nor branches below this share of the traced amount
-DEFAULT_TRACE_MAX_BRANCHES = 16  # outputs followed at once per trace (fan-out bound)
-DEFAULT_TRACE_MAX_AGE_DAYS = 180.0  # a trace still waiting after this long gives up
-DEFAULT_TRACE_SIGNIFICANT_SHARE = 0.10  # share reaching exchanges/OTC that re-classifies the flow
-DEFAULT_PROVISIONAL_SETTLE_DAYS = 30.0  # a provisional (swept-to) address that sits this long is the entity's
-_TRACE_MAX_HOPS_BOUND = 200
-_TRACE_MAX_BRANCHES_BOUND = 256
+DEFAULT_POOL_MIN_PAYOUTS = setting("discovery", "pool_min_payouts").default
+DEFAULT_TRACE_MAX_HOPS = setting("discovery", "trace_max_hops").default
+DEFAULT_TRACE_VALUE_FLOOR_BTC = setting("discovery", "trace_value_floor_btc").default
+DEFAULT_TRACE_FLOOR_SHARE = setting("discovery", "trace_floor_share").default
+DEFAULT_TRACE_MAX_BRANCHES = setting("discovery", "trace_max_branches").default
+DEFAULT_TRACE_MAX_AGE_DAYS = setting("discovery", "trace_max_age_days").default
+DEFAULT_TRACE_SIGNIFICANT_SHARE = setting("discovery", "trace_significant_share").default
+DEFAULT_PROVISIONAL_SETTLE_DAYS = setting("discovery", "provisional_settle_days").default
 
-NETWORKS = ("mainnet", "testnet", "signet", "regtest")
+NETWORKS = setting("monitor", "network").choices or ()
 PRICE_SOURCES = ("coinbase", "kraken", "coingecko", "csv")
 CHANNEL_TYPES = ("slack", "email", "webhook", "console", "apprise")
 SOURCE_TYPES = ("esplora", "evm", "bitcoind")
 SOURCE_CHAINS = ("bitcoin", "ethereum")
 #: The chain each source type serves.
 SOURCE_TYPE_CHAINS = {"esplora": ("bitcoin",), "evm": ("ethereum",), "bitcoind": ("bitcoin",)}
-DEFAULT_PUSH_CAP = 1500  # mempool.space stops pushing past about 1,500 addresses per connection
-DEFAULT_MEMPOOL_CHECKS = 25  # block mode: addresses whose mempool is read per poll (1 request each)
-DEFAULT_EVM_CONFIRMATIONS = 12
-DEFAULT_MAX_LOG_RANGE = 2000
-SOURCE_MODES = ("address", "block", "auto")
+DEFAULT_PUSH_CAP = setting("sources", "push_cap").default
+DEFAULT_MEMPOOL_CHECKS = setting("sources", "mempool_checks").default
+DEFAULT_EVM_CONFIRMATIONS = setting("sources", "confirmations").default
+DEFAULT_MAX_LOG_RANGE = setting("sources", "max_log_range").default
+SOURCE_MODES = setting("sources", "mode").choices or ()
 #: Top-level sections, in the order they are parsed.
 SECTIONS = ("monitor", "sources", "entities", "classify", "prices", "alerts", "daemon", "discovery", "miners")
 
@@ -553,6 +543,8 @@ TABLE = _Kind("a table", lambda v: isinstance(v, dict))
 ARRAY = _Kind("an array", lambda v: isinstance(v, list))
 STRINGS = _Kind("an array of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), tuple)
 
+_SETTING_KINDS = {"string": STRING, "number": NUMBER, "integer": INTEGER, "strings": STRINGS, "boolean": BOOLEAN}
+
 _REQUIRED: Any = object()
 
 
@@ -645,6 +637,13 @@ def _take(
             problems.append(f"{p}: must be at most {ceiling:,g}, got {_show(value)}")
             return fallback
     return kind.convert(value)
+
+
+def _opt(table: dict, section: str, key: str, path: str, problems: list[str]) -> Any:
+    """`table[key]` checked by its row of the settings table (kind, default, bounds, choices)."""
+    row = setting(section, key)
+    return _take(table, key, _SETTING_KINDS[row.type], path, problems, row.default, choices=row.choices,
+                 above=row.above, at_least=row.at_least)
 
 
 def _tables(value: Any, path: str, problems: list[str], *, section: bool = False) -> Iterator[tuple[str, dict]]:
@@ -789,7 +788,7 @@ def _parse_monitor(value: Any, ctx: _Context) -> tuple[str | None, Path]:
         return None, Path(DEFAULT_STORAGE)
     _check_keys(value, _MONITOR_KEYS, "monitor", ctx.problems)
     before = len(ctx.problems)
-    network = _take(value, "network", STRING, "monitor", ctx.problems, DEFAULT_NETWORK, choices=NETWORKS)
+    network = _opt(value, "monitor", "network", "monitor", ctx.problems)
     if len(ctx.problems) > before:
         network = None
     storage = _take(value, "storage", STRING, "monitor", ctx.problems, DEFAULT_STORAGE, nonempty=True)
@@ -829,11 +828,11 @@ def _parse_sources(value: Any, ctx: _Context) -> tuple[SourceConfig, ...]:
                 chain=chain,
                 urls=_parse_urls(t, path, ctx) if type_ in (None, "esplora") else (),
                 **extra,
-                rate_limit=_take(t, "rate_limit", NUMBER, path, pr, DEFAULT_RATE_LIMIT, above=0),
-                timeout=_take(t, "timeout", NUMBER, path, pr, DEFAULT_TIMEOUT, above=0),
-                retries=_take(t, "retries", INTEGER, path, pr, DEFAULT_RETRIES, at_least=1),
-                poll_interval=_take(t, "poll_interval", NUMBER, path, pr, DEFAULT_POLL_INTERVAL, above=0),
-                mode=_take(t, "mode", STRING, path, pr, DEFAULT_MODE, choices=SOURCE_MODES),
+                rate_limit=_opt(t, "sources", "rate_limit", path, pr),
+                timeout=_opt(t, "sources", "timeout", path, pr),
+                retries=_opt(t, "sources", "retries", path, pr),
+                poll_interval=_opt(t, "sources", "poll_interval", path, pr),
+                mode=_opt(t, "sources", "mode", path, pr),
                 headers=_parse_headers(t, path, ctx),
             )
         )
@@ -847,8 +846,8 @@ def _parse_push(t: dict, path: str, ctx: _Context) -> dict[str, Any]:
     if url is not None and urlsplit(url).scheme not in ("ws", "wss"):
         pr.append(f"{path}.push_url: {_show(url)} is not a ws:// or wss:// URL")
         url = None
-    return {"push_url": url, "push_cap": _take(t, "push_cap", INTEGER, path, pr, DEFAULT_PUSH_CAP, at_least=1),
-            "mempool_checks": _take(t, "mempool_checks", INTEGER, path, pr, DEFAULT_MEMPOOL_CHECKS, at_least=0)}
+    return {"push_url": url, "push_cap": _opt(t, "sources", "push_cap", path, pr),
+            "mempool_checks": _opt(t, "sources", "mempool_checks", path, pr)}
 
 
 def _parse_bitcoind_source(t: dict, path: str, ctx: _Context) -> dict[str, Any]:
@@ -882,10 +881,10 @@ def _parse_bitcoind_source(t: dict, path: str, ctx: _Context) -> dict[str, Any]:
         "cookie_file": cookie_path,
         "rpc_user": user,
         "rpc_password": password if isinstance(password, Secret) else None,
-        "max_blocks": _take(t, "max_blocks", INTEGER, path, pr, 20, at_least=1),
-        "max_mempool_txs": _take(t, "max_mempool_txs", INTEGER, path, pr, 10_000, at_least=0),
-        "mempool": _take(t, "mempool", BOOLEAN, path, pr, True),
-        "start_height": _take(t, "start_height", INTEGER, path, pr, None, at_least=0),
+        "max_blocks": _opt(t, "sources", "max_blocks", path, pr),
+        "max_mempool_txs": _opt(t, "sources", "max_mempool_txs", path, pr),
+        "mempool": _opt(t, "sources", "mempool", path, pr),
+        "start_height": _opt(t, "sources", "start_height", path, pr),
         **zmq,
     }
 
@@ -906,9 +905,9 @@ def _parse_evm_source(t: dict, path: str, ctx: _Context) -> dict[str, Any]:
         "url": url,
         "ws_url": ws,
         "chain_id": _take(t, "chain_id", INTEGER, path, pr, at_least=1),
-        "confirmations": _take(t, "confirmations", INTEGER, path, pr, DEFAULT_EVM_CONFIRMATIONS, at_least=0),
-        "max_log_range": _take(t, "max_log_range", INTEGER, path, pr, DEFAULT_MAX_LOG_RANGE, at_least=1),
-        "start_block": _take(t, "start_block", INTEGER, path, pr, None, at_least=0),
+        "confirmations": _opt(t, "sources", "confirmations", path, pr),
+        "max_log_range": _opt(t, "sources", "max_log_range", path, pr),
+        "start_block": _opt(t, "sources", "start_block", path, pr),
     }
     if "tokens" in t:
         tokens = []
@@ -1169,7 +1168,7 @@ def _parse_prices(value: Any, ctx: _Context) -> PricesConfig:
         return PricesConfig()
     pr = ctx.problems
     _check_keys(t, _PRICE_KEYS, "prices", pr)
-    sources = _take(t, "sources", STRINGS, "prices", pr, DEFAULT_PRICE_SOURCES)
+    sources = _opt(t, "prices", "sources", "prices", pr)
     for i, name in enumerate(sources):
         if name not in PRICE_SOURCES:
             pr.append(f"prices.sources[{i}]: {_show(name)} is not one of {', '.join(PRICE_SOURCES)}")
@@ -1182,8 +1181,8 @@ def _parse_prices(value: Any, ctx: _Context) -> PricesConfig:
     return PricesConfig(
         sources=tuple(sources),
         csv=csv_path,
-        staleness=_take(t, "staleness", INTEGER, "prices", pr, DEFAULT_PRICE_STALENESS, above=0),
-        refresh_interval=_take(t, "refresh_interval", NUMBER, "prices", pr, DEFAULT_PRICE_INTERVAL, above=0),
+        staleness=_opt(t, "prices", "staleness", "prices", pr),
+        refresh_interval=_opt(t, "prices", "refresh_interval", "prices", pr),
     )
 
 
@@ -1194,7 +1193,7 @@ def _parse_alerts(value: Any, ctx: _Context) -> AlertsConfig:
         return AlertsConfig()
     pr = ctx.problems
     _check_keys(t, _ALERTS_KEYS, "alerts", pr)
-    explorer = _take(t, "explorer_url", STRING, "alerts", pr, DEFAULT_EXPLORER_URL)
+    explorer = _opt(t, "alerts", "explorer_url", "alerts", pr)
     if explorer == "":
         explorer = None
     elif explorer is not None and "{txid}" not in explorer:
@@ -1213,21 +1212,18 @@ def _parse_alerts(value: Any, ctx: _Context) -> AlertsConfig:
         dormancy=dormancy,
         balance=balance,
         explorer_url=explorer,
-        max_age=_take(t, "max_age", INTEGER, "alerts", pr, DEFAULT_ALERT_MAX_AGE, at_least=0),
-        give_up_after=_take(t, "give_up_after", NUMBER, "alerts", pr, DEFAULT_GIVE_UP_AFTER, above=0),
-        retry_base=_take(t, "retry_base", NUMBER, "alerts", pr, DEFAULT_RETRY_BASE, above=0),
-        retry_cap=_take(t, "retry_cap", NUMBER, "alerts", pr, DEFAULT_RETRY_CAP, above=0),
-        dispatch_interval=_take(t, "dispatch_interval", NUMBER, "alerts", pr, DEFAULT_DISPATCH_INTERVAL, above=0),
-        notify_confirmations=_take(t, "notify_confirmations", BOOLEAN, "alerts", pr, False),
-        incident_window=_take(t, "incident_window", INTEGER, "alerts", pr, DEFAULT_INCIDENT_WINDOW, above=0),
-        group_wait=_take(t, "group_wait", INTEGER, "alerts", pr, DEFAULT_GROUP_WAIT, at_least=0),
-        group_interval=_take(t, "group_interval", INTEGER, "alerts", pr, DEFAULT_GROUP_INTERVAL, at_least=0),
+        max_age=_opt(t, "alerts", "max_age", "alerts", pr),
+        give_up_after=_opt(t, "alerts", "give_up_after", "alerts", pr),
+        retry_base=_opt(t, "alerts", "retry_base", "alerts", pr),
+        retry_cap=_opt(t, "alerts", "retry_cap", "alerts", pr),
+        dispatch_interval=_opt(t, "alerts", "dispatch_interval", "alerts", pr),
+        notify_confirmations=_opt(t, "alerts", "notify_confirmations", "alerts", pr),
+        incident_window=_opt(t, "alerts", "incident_window", "alerts", pr),
+        group_wait=_opt(t, "alerts", "group_wait", "alerts", pr),
+        group_interval=_opt(t, "alerts", "group_interval", "alerts", pr),
         channels=channels,
         rules=rules,
     )
-
-
-_SETTING_KINDS = {"string": STRING, "number": NUMBER, "integer": INTEGER, "strings": STRINGS, "boolean": BOOLEAN}
 
 
 def _parse_channels(value: Any, ctx: _Context) -> tuple[ChannelConfig, ...]:
@@ -1385,22 +1381,22 @@ def _parse_daemon(value: Any, ctx: _Context, alerts: AlertsConfig) -> DaemonConf
     pr = ctx.problems
     _check_keys(t, _DAEMON_KEYS, "daemon", pr)
     host = _take(t, "host", STRING, "daemon", pr, DEFAULT_HTTP_HOST, nonempty=True)
-    port = _take(t, "port", INTEGER, "daemon", pr, DEFAULT_HTTP_PORT, at_least=0)
+    port = _opt(t, "daemon", "port", "daemon", pr)
     token = _take_secret(t, "token", "daemon", ctx, plain_ok=False, default=None)
     digest_channels = _take(t, "digest_channels", STRINGS, "daemon", pr, ())
     names = {c.name for c in alerts.channels}
     for i, ch in enumerate(digest_channels):
         if ch not in names:
             pr.append(f"daemon.digest_channels[{i}]: {_show(ch)} is not a channel defined in [[alerts.channels]]")
-    digest_hour = _take(t, "digest_hour", INTEGER, "daemon", pr, DEFAULT_DIGEST_HOUR, at_least=-1)
+    digest_hour = _opt(t, "daemon", "digest_hour", "daemon", pr)
     if digest_hour is not None and digest_hour > 23:
         pr.append(f"daemon.digest_hour: {digest_hour} is not an hour (0-23, or -1 to disable)")
     return DaemonConfig(
         host=host,
         port=port,
         token=token if isinstance(token, Secret) else None,
-        shutdown_grace=_take(t, "shutdown_grace", NUMBER, "daemon", pr, DEFAULT_SHUTDOWN_GRACE, at_least=0),
-        unhealthy_after=_take(t, "unhealthy_after", NUMBER, "daemon", pr, DEFAULT_UNHEALTHY_AFTER, above=0),
+        shutdown_grace=_opt(t, "daemon", "shutdown_grace", "daemon", pr),
+        unhealthy_after=_opt(t, "daemon", "unhealthy_after", "daemon", pr),
         digest_hour=digest_hour,
         digest_channels=digest_channels,
     )
@@ -1420,31 +1416,26 @@ def _parse_discovery(value: Any, ctx: _Context) -> DiscoveryConfig:
             pr.append(f"{_join('discovery.pool_owners', pool)}: expected the name of the miner that owns the pool")
         else:
             owners.append((pool, miner))
-    auto = _take(t, "pool_auto_accept_payouts", INTEGER, "discovery", pr, 0, at_least=0)
-    hops = _take(t, "trace_max_hops", INTEGER, "discovery", pr, DEFAULT_TRACE_MAX_HOPS, at_least=1)
-    branches = _take(t, "trace_max_branches", INTEGER, "discovery", pr, DEFAULT_TRACE_MAX_BRANCHES, at_least=1)
-    floor_share = _take(t, "trace_floor_share", NUMBER, "discovery", pr, DEFAULT_TRACE_FLOOR_SHARE, at_least=0)
-    significant = _take(t, "trace_significant_share", NUMBER, "discovery", pr, DEFAULT_TRACE_SIGNIFICANT_SHARE, above=0)
-    for key, value, bound in (("trace_max_hops", hops, _TRACE_MAX_HOPS_BOUND),
-                              ("trace_max_branches", branches, _TRACE_MAX_BRANCHES_BOUND),
-                              ("trace_floor_share", floor_share, 1), ("trace_significant_share", significant, 1)):
-        if value is not None and value > bound:
-            pr.append(f"discovery.{key}: must be at most {bound}, got {_show(value)}")
+    auto = _opt(t, "discovery", "pool_auto_accept_payouts", "discovery", pr)
+    hops = _opt(t, "discovery", "trace_max_hops", "discovery", pr)
+    branches = _opt(t, "discovery", "trace_max_branches", "discovery", pr)
+    floor_share = _opt(t, "discovery", "trace_floor_share", "discovery", pr)
+    significant = _opt(t, "discovery", "trace_significant_share", "discovery", pr)
     return DiscoveryConfig(
-        cospend=_take(t, "cospend", BOOLEAN, "discovery", pr, True),
-        pools=_take(t, "pools", BOOLEAN, "discovery", pr, True),
-        trace=_take(t, "trace", BOOLEAN, "discovery", pr, True),
-        interval=_take(t, "interval", NUMBER, "discovery", pr, DEFAULT_DISCOVERY_INTERVAL, above=0),
+        cospend=_opt(t, "discovery", "cospend", "discovery", pr),
+        pools=_opt(t, "discovery", "pools", "discovery", pr),
+        trace=_opt(t, "discovery", "trace", "discovery", pr),
+        interval=_opt(t, "discovery", "interval", "discovery", pr),
         pool_owners=tuple(owners),
-        pool_min_payouts=_take(t, "pool_min_payouts", INTEGER, "discovery", pr, DEFAULT_POOL_MIN_PAYOUTS, at_least=1),
+        pool_min_payouts=_opt(t, "discovery", "pool_min_payouts", "discovery", pr),
         pool_auto_accept_payouts=auto or None,
         trace_max_hops=hops,
-        trace_value_floor_btc=_take(t, "trace_value_floor_btc", NUMBER, "discovery", pr, DEFAULT_TRACE_VALUE_FLOOR_BTC, at_least=0),
+        trace_value_floor_btc=_opt(t, "discovery", "trace_value_floor_btc", "discovery", pr),
         trace_floor_share=floor_share,
         trace_max_branches=branches,
-        trace_max_age_days=_take(t, "trace_max_age_days", NUMBER, "discovery", pr, DEFAULT_TRACE_MAX_AGE_DAYS, above=0),
+        trace_max_age_days=_opt(t, "discovery", "trace_max_age_days", "discovery", pr),
         trace_significant_share=significant,
-        provisional=_take(t, "provisional", BOOLEAN, "discovery", pr, True),
+        provisional=_opt(t, "discovery", "provisional", "discovery", pr),
         provisional_settle_days=_take(t, "provisional_settle_days", NUMBER, "discovery", pr,
                                       DEFAULT_PROVISIONAL_SETTLE_DAYS, above=0),
     )
@@ -1465,8 +1456,8 @@ def _parse_miners(value: Any, ctx: _Context, sources: tuple[SourceConfig, ...]) 
         elif src.type not in ("esplora", "bitcoind") or src.chain != "bitcoin":
             pr.append(f"miners.source: {_show(source)} must be an esplora or bitcoind source on chain bitcoin")
     return MinersConfig(
-        follow=_take(t, "follow", BOOLEAN, "miners", pr, DEFAULT_MINERS_FOLLOW),
-        interval=_take(t, "interval", NUMBER, "miners", pr, DEFAULT_MINERS_INTERVAL, above=0),
+        follow=_opt(t, "miners", "follow", "miners", pr),
+        interval=_opt(t, "miners", "interval", "miners", pr),
         source=source,
     )
 

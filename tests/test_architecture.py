@@ -98,7 +98,9 @@ SUBROOMS = {
     "monitor.clock": _BASE,
     "monitor.bundled": _BASE,
     "monitor.core": _BASE | {"monitor.core", "monitor.bundled"},
-    "monitor.config": _BASE | {"monitor.config", "monitor.core"},
+    "monitor.settings": set(),
+    "monitor.config": _BASE | {"monitor.config", "monitor.core", "monitor.settings"},
+    "monitor.config_schema": _BASE | {"monitor.config", "monitor.core", "monitor.settings"},
     "monitor.market": _BASE | {"monitor.market", "monitor.core", "monitor.bundled", "monitor.clock", "monitor.config"},
     "monitor.discovery": _BASE | {"monitor.discovery", "monitor.core", "monitor.bundled", "monitor.clock", "monitor.config"},
     # output shows what the others computed (the report's miner view is discovery.miners'); nothing imports output back
@@ -107,7 +109,7 @@ SUBROOMS = {
     "monitor.sim": _BASE | {"monitor.sim", "monitor.bundled", "monitor.clock"},
     "monitor.run": _BASE | {"monitor.run", "monitor.core", "monitor.bundled", "monitor.clock", "monitor.config",
                             "monitor.market", "monitor.discovery", "monitor.output"},
-    "monitor.cli": _BASE | {"monitor", "monitor.cli", "monitor.run", "monitor.core", "monitor.bundled", "monitor.clock",
+    "monitor.cli": _BASE | {"monitor", "monitor.cli", "monitor.config_schema", "monitor.run", "monitor.core", "monitor.bundled", "monitor.clock",
                             "monitor.config", "monitor.market", "monitor.discovery", "monitor.output", "monitor.sim"},
     "monitor.__main__": {"monitor.cli"},
 }
@@ -117,6 +119,7 @@ OTHER_ROOMS = {
     "monitor.bundled": {"watchers"},
     "monitor.sim": {"watchers"},
     "monitor.config": {"watchers", "alerts"},
+    "monitor.config_schema": {"watchers", "alerts"},
 }
 # Modules and calls a pure function has no use for: I/O, the event loop, wall time, processes.
 IMPURE = {"asyncio", "aiohttp", "socket", "sqlite3", "sqlite_utils", "subprocess", "os", "io", "pathlib", "shutil",
