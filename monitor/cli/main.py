@@ -60,9 +60,17 @@ def _refuse(state: State, problems: list[str]) -> None:
 
 
 @cli.command("check-config")
+@click.option("--schema", is_flag=True, help="Print the config's JSON Schema (draft 2020-12, for editors) and exit.")
 @click.pass_obj
-def check_config(state: State) -> None:
+def check_config(state: State, schema: bool) -> None:
     """Validate the config file (the same checks `run` makes) and summarise it, with what each source sees."""
+    if schema:  # needs no config file: an editor asks for it before there is one
+        import json
+
+        from monitor.config_schema import json_schema
+
+        click.echo(json.dumps(json_schema(), indent=2))
+        return
     from monitor.run.daemon import run_problems
     from monitor.run.runtime import build_registry, describe_source
 
