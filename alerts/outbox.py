@@ -158,7 +158,9 @@ class Dispatcher:
             log.warning("channel=%s delivering again", name)
         return False
 
-    async def _finish(self, alert: Alert, channel: str, attempt: int, status: str, error: str, next_at: int | None = None) -> None:
+    async def _finish(
+        self, alert: Alert, channel: str, attempt: int, status: str, error: str, next_at: int | None = None
+    ) -> None:
         assert alert.id is not None
         if status == "ok":
             self.delivered += 1

@@ -98,8 +98,7 @@ _SEVERITY_EMOJI = {
     "info": ":information_source:",
 }
 _LABEL_NOTES = {
-    "SIMULATED": "an invented chain replayed by the treasury-monitor demo; no real coins moved and no real "
-    "address is shown",
+    "SIMULATED": "an invented chain replayed by the treasury-monitor demo; no real coins moved and no real address is shown",
 }
 _RETRACTION_WHY = {
     "replaced": ("tx replaced", "the transaction was replaced (RBF) by another one and will not confirm"),
@@ -262,8 +261,11 @@ def _traced_sale_units(flow: dict[str, Any]) -> int | None:
     for d in dests:
         shares = d.get("shares") if isinstance(d.get("shares"), list) else None
         if shares:
-            total += sum(_int(x.get("value_units")) or 0 for x in shares if isinstance(x, dict)
-                         and str(x.get("attribution", "")).partition(":")[0] in _SALE_KINDS)
+            total += sum(
+                _int(x.get("value_units")) or 0
+                for x in shares
+                if isinstance(x, dict) and str(x.get("attribution", "")).partition(":")[0] in _SALE_KINDS
+            )
         elif str(d.get("attribution", "")).partition(":")[0] in _SALE_KINDS:
             total += _int(d.get("value_units")) or 0
     return total
@@ -273,8 +275,11 @@ def _traced_note(d: dict[str, Any], decimals: int, asset: str) -> str:
     shares = d.get("shares") if isinstance(d.get("shares"), list) else None
     if not shares:
         return ""
-    reached = sum(_int(x.get("value_units")) or 0 for x in shares if isinstance(x, dict)
-                  and str(x.get("attribution", "")).partition(":")[0] in ("exchange", "otc", "custodian"))
+    reached = sum(
+        _int(x.get("value_units")) or 0
+        for x in shares
+        if isinstance(x, dict) and str(x.get("attribution", "")).partition(":")[0] in ("exchange", "otc", "custodian")
+    )
     return f" (traced: {format_btc(reached, decimals)} {asset} reached counterparties)"
 
 
@@ -574,9 +579,7 @@ def render_slack(payload: dict[str, Any]) -> dict[str, Any]:
     if m.reasons:
         blocks.extend(_bulleted_sections("Reasons", list(m.reasons), 5))
     if m.destinations:
-        lines = [
-            f"{_code(_mrkdwn(addr))} {_mrkdwn(amount)} → {_mrkdwn(attr)}" for addr, amount, attr in m.destinations
-        ]
+        lines = [f"{_code(_mrkdwn(addr))} {_mrkdwn(amount)} → {_mrkdwn(attr)}" for addr, amount, attr in m.destinations]
         if m.more_destinations:
             lines.append(f"…and {m.more_destinations} more")
         text = "*Destinations*\n" + "\n".join(lines)
@@ -677,10 +680,7 @@ def render_email(payload: dict[str, Any]) -> tuple[str, str, str]:
         parts.append("</ul>")
     if m.destinations:
         parts.append('<p><strong>Destinations</strong></p><table cellpadding="4">')
-        parts += [
-            f"<tr><td><code>{e(a)}</code></td><td>{e(amt)}</td><td>{e(attr)}</td></tr>"
-            for a, amt, attr in m.destinations
-        ]
+        parts += [f"<tr><td><code>{e(a)}</code></td><td>{e(amt)}</td><td>{e(attr)}</td></tr>" for a, amt, attr in m.destinations]
         if m.more_destinations:
             parts.append(f'<tr><td colspan="3">…and {m.more_destinations} more</td></tr>')
         parts.append("</table>")
@@ -852,7 +852,9 @@ def _incident_facts(inc: dict[str, Any]) -> tuple[list[tuple[str, str]], tuple[s
     facts.append(("Entity", f"{entity} ({ekind})" if ekind else entity))
     status = _clean(inc.get("status")) or "open"
     since = _clean(inc.get("opened_at"))
-    facts.append(("Incident", f"#{_clean(inc.get('id'))} {status}, first transfer {since}, latest {_clean(inc.get('last_flow_at'))}"))
+    facts.append(
+        ("Incident", f"#{_clean(inc.get('id'))} {status}, first transfer {since}, latest {_clean(inc.get('last_flow_at'))}")
+    )
     total = f"{_exact(inc.get('out_amount'))} {asset}"
     usd = _num(inc.get("usd_value"))
     if usd is not None:
@@ -872,9 +874,13 @@ def _incident_facts(inc: dict[str, Any]) -> tuple[list[tuple[str, str]], tuple[s
         facts.append(("× production", f"{mult:.1f}× monthly production ({production:,.0f} {asset})"))
     dests = [d for d in inc.get("destinations") or () if isinstance(d, dict)]
     if dests:
-        facts.append(("Destinations", ", ".join(
-            f"{_clean(d.get('attribution')) or 'unknown'} {_exact(d.get('out_amount'))} {asset}" for d in dests[:6])
-            + (f", and {len(dests) - 6} more" if len(dests) > 6 else "")))
+        facts.append(
+            (
+                "Destinations",
+                ", ".join(f"{_clean(d.get('attribution')) or 'unknown'} {_exact(d.get('out_amount'))} {asset}" for d in dests[:6])
+                + (f", and {len(dests) - 6} more" if len(dests) > 6 else ""),
+            )
+        )
     verdicts = inc.get("verdicts") if isinstance(inc.get("verdicts"), dict) else {}
     if verdicts:
         facts.append(("Verdicts", ", ".join(f"{_clean(v)} ×{_clean(k)}" for v, k in verdicts.items())))

@@ -123,8 +123,9 @@ def incident_channels(rules: Iterable[Rule], c: Classification, entity_kind: str
     """Channels of every incident-mode rule that groups this (sale-type) classification, in rule order."""
     out: dict[str, None] = {}
     for r in rules:
-        if r.groups(c.verdict) and r.matches(entity=c.entity, entity_kind=entity_kind, verdict=c.verdict,
-                                             severity=c.severity, usd_value=c.usd_value):
+        if r.groups(c.verdict) and r.matches(
+            entity=c.entity, entity_kind=entity_kind, verdict=c.verdict, severity=c.severity, usd_value=c.usd_value
+        ):
             out.update(dict.fromkeys(r.channels))
     return tuple(out)
 
@@ -265,8 +266,15 @@ def plan(
         elif notify_confirmations and c.txid in confirmed:
             told_now = heard_of(c)
             if told_now:
-                add(Route("update", dedup_key(c.chain, c.txid, c.entity, c.verdict), tuple(told_now),
-                          (f"confirmed in block {d.block_height}",)), c)
+                add(
+                    Route(
+                        "update",
+                        dedup_key(c.chain, c.txid, c.entity, c.verdict),
+                        tuple(told_now),
+                        (f"confirmed in block {d.block_height}",),
+                    ),
+                    c,
+                )
     return out
 
 

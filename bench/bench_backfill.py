@@ -217,8 +217,10 @@ def main() -> None:
         proc.kill()
         proc.join()
 
-    print(f"backfill of one address with a {args.txs:,}-tx history (Python {platform.python_version()}, "
-          f"{platform.machine()}); client CPU = this process (loop + store thread), the server runs in another")
+    print(
+        f"backfill of one address with a {args.txs:,}-tx history (Python {platform.python_version()}, "
+        f"{platform.machine()}); client CPU = this process (loop + store thread), the server runs in another"
+    )
     print("| path | calls | txs after the 1st call | txs stored | flows stored | requests | client CPU s | wall s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, calls, first, txs, flows, reqs, cpu, wall in rows:

@@ -123,9 +123,21 @@ def naive_service(url: str):
     """bitcoinlib's Service pointed at the local server only, without its cache."""
     from bitcoinlib.services.services import Service
 
-    Path(_DATA_DIR, "providers.json").write_text(json.dumps({"local": {
-        "provider": "blockstream", "network": "bitcoin", "client_class": "BlockstreamClient", "url": url + "/",
-        "api_key": "", "priority": 10, "denominator": 100000000}}))
+    Path(_DATA_DIR, "providers.json").write_text(
+        json.dumps(
+            {
+                "local": {
+                    "provider": "blockstream",
+                    "network": "bitcoin",
+                    "client_class": "BlockstreamClient",
+                    "url": url + "/",
+                    "api_key": "",
+                    "priority": 10,
+                    "denominator": 100000000,
+                }
+            }
+        )
+    )
     return Service(network="bitcoin", providers=["blockstream"], cache_uri="", strict=False)
 
 
@@ -153,8 +165,14 @@ async def measure_async(srv: ServerThread, make, world: World, seeded: list[str]
         n0, t0 = srv.count, time.thread_time()
         batch = await source.poll(cursors)
         cpu = time.thread_time() - t0
-        return {"requests": srv.count - n0, "cpu": cpu, "txs": len(batch.txs), "warm_requests": warm[0],
-                "warm_cpu": warm[1], "failed": len(batch.failed)}
+        return {
+            "requests": srv.count - n0,
+            "cpu": cpu,
+            "txs": len(batch.txs),
+            "warm_requests": warm[0],
+            "warm_cpu": warm[1],
+            "failed": len(batch.failed),
+        }
 
 
 def measure_naive(srv: ServerThread, world: World, addresses) -> dict:
@@ -222,8 +240,7 @@ def bitcoinlib_match(raw: bytes, scripts, outpoints) -> int:
     hits = 0
     for tx in block.transactions:
         hits += any(o.lock_script in scripts for o in tx.outputs)
-        hits += any(i.prev_txid[::-1] + int.from_bytes(i.output_n, "big").to_bytes(4, "little") in outpoints
-                    for i in tx.inputs)
+        hits += any(i.prev_txid[::-1] + int.from_bytes(i.output_n, "big").to_bytes(4, "little") in outpoints for i in tx.inputs)
     return hits
 
 
@@ -246,16 +263,29 @@ def measure_memory(n: int) -> dict:
     addr_bytes = sum(sys.getsizeof(a) for a in addresses)
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
-    utxos = [WatchedUtxo("bitcoin", hashlib.sha256(b"u" + i.to_bytes(4, "little")).hexdigest(), i % 3, addresses[i],
-                         10_000 + i, 880_000 + i % 1000) for i in range(n)]
+    utxos = [
+        WatchedUtxo(
+            "bitcoin",
+            hashlib.sha256(b"u" + i.to_bytes(4, "little")).hexdigest(),
+            i % 3,
+            addresses[i],
+            10_000 + i,
+            880_000 + i % 1000,
+        )
+        for i in range(n)
+    ]
     mid = tracemalloc.get_traced_memory()[0]
     held = {outpoint_key(u.txid, u.vout): u for u in utxos}
     utxo_bytes = tracemalloc.get_traced_memory()[0] - base
     index_bytes = tracemalloc.get_traced_memory()[0] - mid
     tracemalloc.stop()
     del held, utxos, src
-    return {"scripts_and_index": watch_bytes, "address_strings": addr_bytes, "utxo_set": utxo_bytes,
-            "utxo_index_only": index_bytes}
+    return {
+        "scripts_and_index": watch_bytes,
+        "address_strings": addr_bytes,
+        "utxo_set": utxo_bytes,
+        "utxo_index_only": index_bytes,
+    }
 
 
 # --- report ----------------------------------------------------------------------------------------
@@ -273,30 +303,35 @@ async def main(quick: bool) -> None:
     sizes = (10, 100) if quick else (10, 1_000)
     big = 10_000 if quick else 100_000
     n_million = 100_000 if quick else 1_000_000
-    print(f"# bench_block_mode  {time.strftime('%Y-%m-%d')}  python {platform.python_version()}  "
-          f"{platform.machine()}  cores={os.cpu_count()}  quick={quick}")
+    print(
+        f"# bench_block_mode  {time.strftime('%Y-%m-%d')}  python {platform.python_version()}  "
+        f"{platform.machine()}  cores={os.cpu_count()}  quick={quick}"
+    )
     t = time.perf_counter()
     world = World(max(sizes))
     srv = ServerThread(world.chain)
-    print(f"world: {len(world.active)} watched addresses with history, {world.chain.height - 879_999} blocks, "
-          f"built in {time.perf_counter() - t:.1f}s; server {srv.server.url}\n")
+    print(
+        f"world: {len(world.active)} watched addresses with history, {world.chain.height - 879_999} blocks, "
+        f"built in {time.perf_counter() - t:.1f}s; server {srv.server.url}\n"
+    )
 
     rows = []
     for n in sizes:
         watched = watched_for(world, n)
         naive = measure_naive(srv, world, watched)
-        addr = await measure_async(srv, lambda http, w=watched: EsploraSource("addr", http, w, clock=SystemClock(),
-                                                                              max_pages=1000), world)
-        block = await measure_async(srv, lambda http, w=watched: EsploraBlockSource("blk", http, w, clock=SystemClock()),
-                                    world)
+        addr = await measure_async(
+            srv, lambda http, w=watched: EsploraSource("addr", http, w, clock=SystemClock(), max_pages=1000), world
+        )
+        block = await measure_async(srv, lambda http, w=watched: EsploraBlockSource("blk", http, w, clock=SystemClock()), world)
         rows.append((n, naive, addr, block, "measured"))
 
     # 100,000: block mode measured (seeded cursor given: seeding would cost 2 requests per address once);
     # naive and address mode from their per-address costs at the largest measured size.
     watched = watched_for(world, big)
     t = time.perf_counter()
-    block = await measure_async(srv, lambda http: EsploraBlockSource("blk-big", http, watched, clock=SystemClock()),
-                                world, seeded=watched)
+    block = await measure_async(
+        srv, lambda http: EsploraBlockSource("blk-big", http, watched, clock=SystemClock()), world, seeded=watched
+    )
     startup = time.perf_counter() - t
     n_ref, naive_ref, addr_ref, _, _ = rows[-1]
     scale = big / n_ref
@@ -305,20 +340,28 @@ async def main(quick: bool) -> None:
     rows.append((big, naive_big, addr_big, block, "block measured; naive, address computed"))
 
     print("## Requests and client CPU per poll (one new block: 5 receipts + 2 spends of watched addresses, 200 noise txs)\n")
-    print("| watched | naive req | address req | block req | naive CPU s | address CPU s | block CPU s | "
-          "address vs naive | block vs naive | how |")
+    print(
+        "| watched | naive req | address req | block req | naive CPU s | address CPU s | block CPU s | "
+        "address vs naive | block vs naive | how |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---|---|---|")
     for n, nv, ad, bl, how in rows:
-        print(f"| {n:,} | {nv['requests']:,} | {ad['requests']:,} | {bl['requests']:,} | {nv['cpu']:.3f} | "
-              f"{ad['cpu']:.3f} | {bl['cpu']:.3f} | {fmt_ratio(ad['requests'], nv['requests'])} req, "
-              f"{fmt_ratio(ad['cpu'], nv['cpu'])} CPU | {fmt_ratio(bl['requests'], nv['requests'])} req, "
-              f"{fmt_ratio(bl['cpu'], nv['cpu'])} CPU | {how} |")
+        print(
+            f"| {n:,} | {nv['requests']:,} | {ad['requests']:,} | {bl['requests']:,} | {nv['cpu']:.3f} | "
+            f"{ad['cpu']:.3f} | {bl['cpu']:.3f} | {fmt_ratio(ad['requests'], nv['requests'])} req, "
+            f"{fmt_ratio(ad['cpu'], nv['cpu'])} CPU | {fmt_ratio(bl['requests'], nv['requests'])} req, "
+            f"{fmt_ratio(bl['cpu'], nv['cpu'])} CPU | {how} |"
+        )
     print()
     for n, _, ad, bl, _how in rows[:-1]:
-        print(f"one-time start at {n:,}: address-mode backfill {ad['warm_requests']:,} requests; "
-              f"block-mode start + seeding {bl['warm_requests']:,} requests (2 per address, plus tip checks)")
-    print(f"block mode at {big:,} addresses, seeded cursor given: start {rows[-1][3]['warm_requests']} requests; "
-          f"construction + start + measured poll {startup:.1f}s wall (mostly decoding {big:,} addresses)\n")
+        print(
+            f"one-time start at {n:,}: address-mode backfill {ad['warm_requests']:,} requests; "
+            f"block-mode start + seeding {bl['warm_requests']:,} requests (2 per address, plus tip checks)"
+        )
+    print(
+        f"block mode at {big:,} addresses, seeded cursor given: start {rows[-1][3]['warm_requests']} requests; "
+        f"construction + start + measured poll {startup:.1f}s wall (mostly decoding {big:,} addresses)\n"
+    )
 
     print(f"## Matching a 4,000-tx block against {n_million:,} watched scripts and {n_million:,} watched outpoints\n")
     raw, txs = big_block()
@@ -331,8 +374,11 @@ async def main(quick: bool) -> None:
     print(f"block: {len(raw) / 1e6:.2f} MB, {n_tx:,} txs; scan_block found {hits} matching txs\n")
     print("| parser | seconds per block | tx/s | vs bitcoinlib |")
     print("|---|---:|---:|---|")
-    for name, s in (("rawblock.scan_block (match only)", scan_t), ("rawblock.parse_block (every tx, txids)", parse_t),
-                    ("bitcoinlib Block.parse_bytes + lookups", bcl_t)):
+    for name, s in (
+        ("rawblock.scan_block (match only)", scan_t),
+        ("rawblock.parse_block (every tx, txids)", parse_t),
+        ("bitcoinlib Block.parse_bytes + lookups", bcl_t),
+    ):
         print(f"| {name} | {s:.3f} | {n_tx / s:,.0f} | {'baseline' if s is bcl_t else f'{bcl_t / s:,.0f}× faster'} |")
     print()
     mem = measure_memory(n_million)

@@ -108,22 +108,34 @@ async def measure(n: int, own_from_raw: bool) -> dict:
         served = srv.server.requests[before:]
     asyncio.run_coroutine_threadsafe(srv.server.stop(), srv.loop).result()
     srv.loop.call_soon_threadsafe(srv.loop.stop)
-    return {"n": n, "requests": batch.requests, "tx_requests": sum(p.startswith("/tx/") for p in served),
-            "matching": len(batch.txs), "foreign": foreign, "own": own, "cpu": cpu, "build": build}
+    return {
+        "n": n,
+        "requests": batch.requests,
+        "tx_requests": sum(p.startswith("/tx/") for p in served),
+        "matching": len(batch.txs),
+        "foreign": foreign,
+        "own": own,
+        "cpu": cpu,
+        "build": build,
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     sizes = [10, 1_000] if ap.parse_args().quick else [10, 1_000, 100_000]
-    print("| watched | matching txs (foreign input / own inputs only) | before: requests | now: requests | goal (3 + foreign) | now: poll CPU s |")
+    print(
+        "| watched | matching txs (foreign input / own inputs only) | before: requests | now: requests | goal (3 + foreign) | now: poll CPU s |"
+    )
     print("|---:|---|---:|---:|---:|---:|")
     for n in sizes:
         before = asyncio.run(measure(n, own_from_raw=False))
         now = asyncio.run(measure(n, own_from_raw=True))
         assert before["matching"] == now["matching"] == before["foreign"] + before["own"]
-        print(f"| {n:,} | {now['matching']} ({now['foreign']} / {now['own']}) | {before['requests']} | {now['requests']} | "
-              f"{3 + now['foreign']} | {now['cpu']:.3f} |")
+        print(
+            f"| {n:,} | {now['matching']} ({now['foreign']} / {now['own']}) | {before['requests']} | {now['requests']} | "
+            f"{3 + now['foreign']} | {now['cpu']:.3f} |"
+        )
 
 
 if __name__ == "__main__":

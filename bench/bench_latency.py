@@ -94,19 +94,34 @@ def build_chain() -> tuple[SimChain, str, str]:
     return chain, miner, exchange
 
 
-def write_config(path: Path, *, url: str, miner: str, exchange: str, port: int, db: Path, mode: str,
-                 push_url: str | None, rate_limit: float) -> Path:
-    path.write_text(config_toml(
-        db=db,
-        sources=[esplora_source("local", url, mode="block" if mode == "block" else "address", rate_limit=rate_limit,
-                                timeout=5.0, retries=2, poll_interval=INTERVAL, push_url=push_url)],
-        entities=[entity_table("Latency Miner", "miner", [miner], profile=miner_profile("bench fixture")),
-                  entity_table("Latency Exchange", "exchange", [exchange])],
-        alerts={"max_age": 100000000},
-        channels=[slack_channel("slack", "TM_SLACK_URL")],
-        rules=[rule("all", ["slack"], min_severity="info")],
-        daemon={"port": port, "shutdown_grace": 5, "digest_hour": -1},
-    ))
+def write_config(
+    path: Path, *, url: str, miner: str, exchange: str, port: int, db: Path, mode: str, push_url: str | None, rate_limit: float
+) -> Path:
+    path.write_text(
+        config_toml(
+            db=db,
+            sources=[
+                esplora_source(
+                    "local",
+                    url,
+                    mode="block" if mode == "block" else "address",
+                    rate_limit=rate_limit,
+                    timeout=5.0,
+                    retries=2,
+                    poll_interval=INTERVAL,
+                    push_url=push_url,
+                )
+            ],
+            entities=[
+                entity_table("Latency Miner", "miner", [miner], profile=miner_profile("bench fixture")),
+                entity_table("Latency Exchange", "exchange", [exchange]),
+            ],
+            alerts={"max_age": 100000000},
+            channels=[slack_channel("slack", "TM_SLACK_URL")],
+            rules=[rule("all", ["slack"], min_severity="info")],
+            daemon={"port": port, "shutdown_grace": 5, "digest_hour": -1},
+        )
+    )
     return path
 
 
@@ -124,7 +139,7 @@ class Log:
     def middleware(self):
         @web.middleware
         async def stamp(request: web.Request, handler):
-            self.requests.append((time.perf_counter(), request.path[len("/api"):]))
+            self.requests.append((time.perf_counter(), request.path[len("/api") :]))
             return await handler(request)
 
         return stamp
@@ -231,9 +246,13 @@ async def wait_http(url: str, proc: subprocess.Popen, errlog: Path, timeout: flo
 def start_daemon(cfg: Path, slack_url: str, errlog: Path) -> subprocess.Popen:
     """`python -m monitor -c cfg run` as a user runs it, its log to a file (a full pipe would stall it)."""
     with open(errlog, "w") as err:
-        return subprocess.Popen([sys.executable, "-m", "monitor", "-c", str(cfg), "--log-level", "info", "run"],
-                                cwd=ROOT, env={**os.environ, "TM_SLACK_URL": slack_url},
-                                stdout=subprocess.DEVNULL, stderr=err)
+        return subprocess.Popen(
+            [sys.executable, "-m", "monitor", "-c", str(cfg), "--log-level", "info", "run"],
+            cwd=ROOT,
+            env={**os.environ, "TM_SLACK_URL": slack_url},
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
 
 
 # --- one mode -----------------------------------------------------------------------------------------
@@ -252,8 +271,17 @@ async def run_mode(mode: str, n_blocks: int, tmp: Path, seed: int, rate_limit: f
         if ws is not None:
             await ws.start()
         port = free_port()
-        cfg = write_config(tmp / f"{mode}.toml", url=server.url, miner=miner, exchange=exchange, port=port,
-                           db=tmp / f"{mode}.db", mode=mode, push_url=ws.url if ws else None, rate_limit=rate_limit)
+        cfg = write_config(
+            tmp / f"{mode}.toml",
+            url=server.url,
+            miner=miner,
+            exchange=exchange,
+            port=port,
+            db=tmp / f"{mode}.db",
+            mode=mode,
+            push_url=ws.url if ws else None,
+            rate_limit=rate_limit,
+        )
         # the daemon polls addresses in the registry's order (bundled tracked entities, then the config's)
         watched = build_registry(load_config(cfg, env={"TM_SLACK_URL": "http://unused"})).watched_addresses("bitcoin")
         start_path = "/blocks/tip/hash" if mode == "block" else f"/address/{watched[0]}"
@@ -269,8 +297,7 @@ async def run_mode(mode: str, n_blocks: int, tmp: Path, seed: int, rate_limit: f
             # blocks land at a random phase of the poll cycle: the interval, or longer when polls take longer
             # (a rate-limited address-mode poll); measured over two steady-state polls after the start-up ones
             n_seen = sum(1 for _, p in log.requests if p == detect_path)
-            await wait_until(lambda: sum(1 for _, p in log.requests if p == detect_path) >= n_seen + 2, 120, proc,
-                             errlog)
+            await wait_until(lambda: sum(1 for _, p in log.requests if p == detect_path) >= n_seen + 2, 120, proc, errlog)
             seen = [t for t, p in log.requests if p == detect_path][-2:]
             cycle = max(INTERVAL, seen[1] - seen[0])
             samples: list[Sample] = []
@@ -336,8 +363,13 @@ def pct(values: list[float], q: float) -> float:
 
 
 def stats(values: list[float]) -> dict[str, float]:
-    return {"p50": pct(values, 50), "p90": pct(values, 90), "p99": pct(values, 99), "max": max(values),
-            "mean": statistics.fmean(values)}
+    return {
+        "p50": pct(values, 50),
+        "p90": pct(values, 90),
+        "p99": pct(values, 99),
+        "max": max(values),
+        "mean": statistics.fmean(values),
+    }
 
 
 def versus(x: float, base: float) -> str:
@@ -353,11 +385,15 @@ def ms(x: float) -> str:
 
 async def main(n_blocks: int, modes: list[str], rate_limit: float) -> None:
     load0 = os.getloadavg()
-    print(f"# bench_latency  {time.strftime('%Y-%m-%d %H:%M %Z')}  python {platform.python_version()}  "
-          f"{platform.system()} {platform.machine()}  cores={os.cpu_count()}  load avg at start "
-          f"{load0[0]:.2f}")
-    print(f"blocks per mode: {n_blocks} (+1 warm-up), poll_interval = {INTERVAL} s (10% jitter), "
-          f"rate_limit = {rate_limit:g} req/s, daemon = `python -m monitor run` subprocess\n")
+    print(
+        f"# bench_latency  {time.strftime('%Y-%m-%d %H:%M %Z')}  python {platform.python_version()}  "
+        f"{platform.system()} {platform.machine()}  cores={os.cpu_count()}  load avg at start "
+        f"{load0[0]:.2f}"
+    )
+    print(
+        f"blocks per mode: {n_blocks} (+1 warm-up), poll_interval = {INTERVAL} s (10% jitter), "
+        f"rate_limit = {rate_limit:g} req/s, daemon = `python -m monitor run` subprocess\n"
+    )
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as d:
         for mode in modes:
@@ -365,11 +401,14 @@ async def main(n_blocks: int, modes: list[str], rate_limit: float) -> None:
             r = await run_mode(mode, n_blocks, Path(d), seed=11, rate_limit=rate_limit)
             r["wall"] = time.perf_counter() - t
             results.append(r)
-            print(f"{mode}: {r['watched']} watched addresses, poll cycle {r['cycle']:.2f}s, "
-                  f"{len(r['samples'])} blocks measured, {r['lost']} lost, daemon ready in {r['ready']:.1f}s, "
-                  f"{r['requests']:,} Esplora requests, {r['polls']} detecting polls, "
-                  f"{r['skipped']} poll runs skipped (instance still running), {r['woken']} push wakes, "
-                  f"exit {r['exit']}, {r['wall']:.0f}s wall", flush=True)
+            print(
+                f"{mode}: {r['watched']} watched addresses, poll cycle {r['cycle']:.2f}s, "
+                f"{len(r['samples'])} blocks measured, {r['lost']} lost, daemon ready in {r['ready']:.1f}s, "
+                f"{r['requests']:,} Esplora requests, {r['polls']} detecting polls, "
+                f"{r['skipped']} poll runs skipped (instance still running), {r['woken']} push wakes, "
+                f"exit {r['exit']}, {r['wall']:.0f}s wall",
+                flush=True,
+            )
             print(f"    requests between t0 and t1 of the last block: {describe(r['last_paths'])}", flush=True)
     print()
     base = next((r for r in results if r["mode"] == "address" and r["samples"]), None)
@@ -386,12 +425,16 @@ async def main(n_blocks: int, modes: list[str], rate_limit: float) -> None:
             vs50, vs99 = versus(s["p50"], b["p50"]), versus(s["p99"], b["p99"])
         else:
             vs50 = vs99 = "baseline"
-        print(f"| {r['mode']} | {len(r['samples'])} | {ms(s['p50'])} | {ms(s['p90'])} | {ms(s['p99'])} | "
-              f"{ms(s['max'])} | {ms(s['mean'])} | {vs50} | {vs99} |")
+        print(
+            f"| {r['mode']} | {len(r['samples'])} | {ms(s['p50'])} | {ms(s['p90'])} | {ms(s['p99'])} | "
+            f"{ms(s['max'])} | {ms(s['mean'])} | {vs50} | {vs99} |"
+        )
     print("\n## Where the time goes (ms; p50 / p90 / max of each part)\n")
-    print("| mode | wait (t0 → the poll that sees it) | poll (→ its last Esplora request) "
-          "| decide+deliver (→ Slack POST) "
-          "| latency − wait, mean | Esplora requests per block, mean |")
+    print(
+        "| mode | wait (t0 → the poll that sees it) | poll (→ its last Esplora request) "
+        "| decide+deliver (→ Slack POST) "
+        "| latency − wait, mean | Esplora requests per block, mean |"
+    )
     print("|---|---|---|---|---:|---:|")
     for r in results:
         ok = [x for x in r["samples"] if x.wait is not None]
@@ -413,9 +456,12 @@ async def main(n_blocks: int, modes: list[str], rate_limit: float) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--blocks", type=int, default=50, help="measured blocks per mode (default 50)")
-    parser.add_argument("--rate-limit", type=float, default=LOCAL_RATE,
-                        help=f"the source's rate_limit, requests/s (default {LOCAL_RATE:g}: unthrottled; "
-                             "1 is the product default)")
+    parser.add_argument(
+        "--rate-limit",
+        type=float,
+        default=LOCAL_RATE,
+        help=f"the source's rate_limit, requests/s (default {LOCAL_RATE:g}: unthrottled; 1 is the product default)",
+    )
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
     args = parser.parse_args()
     chosen = [m.strip() for m in args.modes.split(",") if m.strip()]

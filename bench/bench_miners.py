@@ -78,16 +78,21 @@ class ServerThread:
         self.thread.join()
 
 
-async def scan_once(url: str, db: Path, start: int, end: int, pools, *, spends: bool = False,
-                    core: bool = False) -> tuple[float, float, int, int]:
+async def scan_once(
+    url: str, db: Path, start: int, end: int, pools, *, spends: bool = False, core: bool = False
+) -> tuple[float, float, int, int]:
     store = AsyncStore(Store(db))
     async with aiohttp.ClientSession() as session:
         if core:
-            reader = BitcoindCoinbases(BitcoindRpc(url, session, clock=FrozenClock(), user="rpcuser",
-                                                   password="rpcpassword", rng=random.Random(1), retries=1))
+            reader = BitcoindCoinbases(
+                BitcoindRpc(
+                    url, session, clock=FrozenClock(), user="rpcuser", password="rpcpassword", rng=random.Random(1), retries=1
+                )
+            )
         else:
-            reader = EsploraCoinbases(HttpClient("esplora", [url], session, clock=FrozenClock(), rng=random.Random(1),
-                                                 retries=1, rate_limit=None))
+            reader = EsploraCoinbases(
+                HttpClient("esplora", [url], session, clock=FrozenClock(), rng=random.Random(1), retries=1, rate_limit=None)
+            )
         wall, cpu = time.perf_counter(), time.thread_time()
         res = await scan_blocks(store, reader, start=start, end=end, now=0, pools=pools)
         requests = res.requests
@@ -111,26 +116,33 @@ def main() -> None:
     t = time.perf_counter()
     ep = build_pool_episode(days=days, per_day=144, reorg_day=days - 1)
     start, end = ep.blocks[0].height, ep.chain.height
-    print(f"episode: {end - start + 1} blocks ({days} day(s) x 144) built in {time.perf_counter() - t:.1f} s; "
-          f"python {platform.python_version()}, {platform.machine()}")
+    print(
+        f"episode: {end - start + 1} blocks ({days} day(s) x 144) built in {time.perf_counter() - t:.1f} s; "
+        f"python {platform.python_version()}, {platform.machine()}"
+    )
     pools = load_pools()
     best: dict[str, tuple[float, float, int, int]] = {}
-    variants = (("without attribution", None, False, False), ("with attribution", pools, False, False),
-                ("with pool coin spends", pools, True, False), ("Core node, with spends", pools, False, True))
-    with ServerThread(ep.chain) as server, ServerThread(ep.chain, BitcoindServer) as node, \
-            tempfile.TemporaryDirectory() as tmp:
+    variants = (
+        ("without attribution", None, False, False),
+        ("with attribution", pools, False, False),
+        ("with pool coin spends", pools, True, False),
+        ("Core node, with spends", pools, False, True),
+    )
+    with ServerThread(ep.chain) as server, ServerThread(ep.chain, BitcoindServer) as node, tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             for i, (name, p, spends, core) in enumerate(variants):
-                got = asyncio.run(scan_once(node.url if core else server.url, Path(tmp) / f"{r}-{i}.db", start, end,
-                                            p, spends=spends, core=core))
+                got = asyncio.run(
+                    scan_once(
+                        node.url if core else server.url, Path(tmp) / f"{r}-{i}.db", start, end, p, spends=spends, core=core
+                    )
+                )
                 if name not in best or got[0] < best[name][0]:
                     best[name] = got
     print(f"{'variant':<24} {'blocks':>7} {'blocks/s':>9} {'CPU ms/block':>13} {'requests/block':>15}")
     for name, (wall, cpu, n, req) in best.items():
         print(f"{name:<24} {n:>7} {n / wall:>9.0f} {1000 * cpu / n:>13.2f} {req / n:>15.2f}")
     a, b = best["without attribution"], best["with attribution"]
-    print(f"with/without blocks/s ratio {(b[2] / b[0]) / (a[2] / a[0]):.2f} "
-          f"(client CPU {(b[1] / a[1] - 1) * 100:+.1f}%)")
+    print(f"with/without blocks/s ratio {(b[2] / b[0]) / (a[2] / a[0]):.2f} (client CPU {(b[1] / a[1] - 1) * 100:+.1f}%)")
     # The attribution step alone, on the same coinbases held in memory (no I/O noise).
     coinbases = [_coinbase(ep.chain, h) for h in range(start, end + 1)]
     for name, p in (("measure only", None), ("measure + attribute", pools)):
@@ -151,11 +163,11 @@ def _coinbase(chain, height: int):
 
     blk = chain.block_at(height)
     b = parse_block(block_json(blk))
-    header = BlockHeaderInfo(b["height"], b["id"], b["previousblockhash"], b["timestamp"], b["bits"],
-                             float(b["difficulty"]), b["tx_count"])
+    header = BlockHeaderInfo(
+        b["height"], b["id"], b["previousblockhash"], b["timestamp"], b["bits"], float(b["difficulty"]), b["tx_count"]
+    )
     cb = blk.txs[0]
-    return BlockCoinbase(header, parse_tx(tx_json(chain, cb, TxStatus(blk.height, blk.hash, blk.time))),
-                         cb.vin[0].script_sig)
+    return BlockCoinbase(header, parse_tx(tx_json(chain, cb, TxStatus(blk.height, blk.hash, blk.time))), cb.vin[0].script_sig)
 
 
 if __name__ == "__main__":

@@ -34,8 +34,9 @@ async def build_chain(w3: AsyncWeb3, blocks: int, per_block: int, watched: str, 
 
     def tx(sender: str, value: int):
         nonces[sender] += 1
-        return w3.eth.send_transaction({"from": sender, "to": others[0], "value": value, "gas": 21_000,
-                                        "nonce": nonces[sender] - 1})
+        return w3.eth.send_transaction(
+            {"from": sender, "to": others[0], "value": value, "gas": 21_000, "nonce": nonces[sender] - 1}
+        )
 
     for b in range(blocks):
         pending = [tx(watched, 1 + b)]
@@ -46,9 +47,18 @@ async def build_chain(w3: AsyncWeb3, blocks: int, per_block: int, watched: str, 
 
 
 async def timed_poll(url: str, watched: str, first: int, last: int, per_request: int) -> tuple[float, int, int]:
-    source = EvmSource("bench", url, chain_id=31337, watched=[watched], tokens=(), confirmations=0,
-                       start_block=first, max_blocks_per_poll=last - first + 1,
-                       blocks_per_request=per_request, clock=SystemClock())
+    source = EvmSource(
+        "bench",
+        url,
+        chain_id=31337,
+        watched=[watched],
+        tokens=(),
+        confirmations=0,
+        start_block=first,
+        max_blocks_per_poll=last - first + 1,
+        blocks_per_request=per_request,
+        clock=SystemClock(),
+    )
     await source.start()
     started = time.perf_counter()
     batch = await source.poll({})
@@ -75,9 +85,11 @@ async def main(blocks: int, per_block: int) -> None:
             for label, first, last in (("full", 1, full_last), ("empty", full_last + 1, empty_last)):
                 elapsed, found, requests = await timed_poll(node.url, watched, first, last, per_request)
                 n = last - first + 1
-                print(f"{label:5} blocks, {per_request:2} per request: {n} blocks in {elapsed:.2f} s = "
-                      f"{n / elapsed:,.0f} blocks/s ({n * (per_block if label == 'full' else 0) / elapsed:,.0f} "
-                      f"tx/s), {found} transfers found, {requests} requests")
+                print(
+                    f"{label:5} blocks, {per_request:2} per request: {n} blocks in {elapsed:.2f} s = "
+                    f"{n / elapsed:,.0f} blocks/s ({n * (per_block if label == 'full' else 0) / elapsed:,.0f} "
+                    f"tx/s), {found} transfers found, {requests} requests"
+                )
     finally:
         await w3.provider.disconnect()
         node.stop()

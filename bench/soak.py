@@ -140,13 +140,22 @@ class Side:
         return self.dir / "config.toml"
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "SOAK_SLACK_URL": self.slack.url("/services/T0/B0/soak"),
-                "SOAK_WEBHOOK_URL": self.webhook.url("/hook"), "SOAK_WEBHOOK_SECRET": "soak-secret-0123456789"}
+        return {
+            **os.environ,
+            "SOAK_SLACK_URL": self.slack.url("/services/T0/B0/soak"),
+            "SOAK_WEBHOOK_URL": self.webhook.url("/hook"),
+            "SOAK_WEBHOOK_SECRET": "soak-secret-0123456789",
+        }
 
     def start(self) -> None:
         self.log = open(self.dir / "daemon.log", "a")  # noqa: SIM115 (kept open across restarts)
-        self.proc = subprocess.Popen([sys.executable, "-m", "monitor", "-c", str(self.cfg), "--log-level", "info",
-                                      "run"], cwd=ROOT, env=self.env(), stdout=self.log, stderr=self.log)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "monitor", "-c", str(self.cfg), "--log-level", "info", "run"],
+            cwd=ROOT,
+            env=self.env(),
+            stdout=self.log,
+            stderr=self.log,
+        )
         _procs.append(self.proc)
 
     def delivered(self) -> dict[str, list[tuple[str, str]]]:
@@ -164,25 +173,34 @@ class Side:
 
 
 def write_config(side: Side, addrs: dict[str, list[str]]) -> None:
-    side.cfg.write_text(config_toml(
-        db=side.db,
-        sources=[esplora_source("local", side.server.url, rate_limit=500.0, timeout=2.0, retries=2,
-                                poll_interval=POLL)],
-        entities=[
-            entity_table("Soak Miner", "miner", addrs["miner"], profile=miner_profile("soak fixture")),
-            entity_table("Soak Sovereign", "sovereign", addrs["sovereign"]),
-            entity_table("Soak Exchange", "exchange", addrs["exchange"]),
-        ],
-        alerts={"max_age": 100_000_000, "dispatch_interval": 1.0, "retry_base": 1.0, "retry_cap": 8.0},
-        channels=[
-            slack_channel("slack", "SOAK_SLACK_URL", timeout=3.0),
-            webhook_channel("webhook", "SOAK_WEBHOOK_URL", "SOAK_WEBHOOK_SECRET", timeout=3.0),
-            {"name": "email", "type": "email", "host": "127.0.0.1", "port": side.mail.port, "security": "none",
-             "sender": "soak@treasury.example", "recipients": ["ops@example.com"], "timeout": 3.0},
-        ],
-        rules=[rule("all", list(CHANNELS), min_severity="info")],
-        daemon={"port": side.port, "shutdown_grace": 10, "unhealthy_after": 20, "digest_hour": -1},
-    ))
+    side.cfg.write_text(
+        config_toml(
+            db=side.db,
+            sources=[esplora_source("local", side.server.url, rate_limit=500.0, timeout=2.0, retries=2, poll_interval=POLL)],
+            entities=[
+                entity_table("Soak Miner", "miner", addrs["miner"], profile=miner_profile("soak fixture")),
+                entity_table("Soak Sovereign", "sovereign", addrs["sovereign"]),
+                entity_table("Soak Exchange", "exchange", addrs["exchange"]),
+            ],
+            alerts={"max_age": 100_000_000, "dispatch_interval": 1.0, "retry_base": 1.0, "retry_cap": 8.0},
+            channels=[
+                slack_channel("slack", "SOAK_SLACK_URL", timeout=3.0),
+                webhook_channel("webhook", "SOAK_WEBHOOK_URL", "SOAK_WEBHOOK_SECRET", timeout=3.0),
+                {
+                    "name": "email",
+                    "type": "email",
+                    "host": "127.0.0.1",
+                    "port": side.mail.port,
+                    "security": "none",
+                    "sender": "soak@treasury.example",
+                    "recipients": ["ops@example.com"],
+                    "timeout": 3.0,
+                },
+            ],
+            rules=[rule("all", list(CHANNELS), min_severity="info")],
+            daemon={"port": side.port, "shutdown_grace": 10, "unhealthy_after": 20, "digest_hour": -1},
+        )
+    )
 
 
 # --- the chain ----------------------------------------------------------------------------------------
@@ -210,8 +228,7 @@ def build_chain(seed: int) -> tuple[SimChain, dict[str, list[str]]]:
     return chain, addrs
 
 
-def chain_step(chain: SimChain, addrs: dict[str, list[str]], rng: random.Random, stats: ChainStats,
-               step: int) -> None:
+def chain_step(chain: SimChain, addrs: dict[str, list[str]], rng: random.Random, stats: ChainStats, step: int) -> None:
     """One action on the chain; actions that the wallet cannot afford right now are skipped."""
     ours = addrs["miner"] + addrs["sovereign"]
     r = rng.random()
@@ -394,8 +411,11 @@ def why_resent(db: Path, channel: str, dedup_key: str) -> str:
     """
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        rows = con.execute("""select d.status, d.error from deliveries d join alerts a on a.id = d.alert_id
-                              where a.dedup_key = ? and d.channel = ?""", [dedup_key, channel]).fetchall()
+        rows = con.execute(
+            """select d.status, d.error from deliveries d join alerts a on a.id = d.alert_id
+                              where a.dedup_key = ? and d.channel = ?""",
+            [dedup_key, channel],
+        ).fetchall()
     finally:
         con.close()
     if any(status == "interrupted" for status, _ in rows):
@@ -443,17 +463,32 @@ async def settle(sides: list[Side], chain: SimChain, timeout: float) -> bool:
 
 def export(side: Side) -> list[dict]:
     out = side.dir / "export.json"
-    subprocess.run([sys.executable, "-m", "monitor", "-c", str(side.cfg), "export", "--format", "json", "--out",
-                    str(out)], cwd=ROOT, env=side.env(), check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "monitor", "-c", str(side.cfg), "export", "--format", "json", "--out", str(out)],
+        cwd=ROOT,
+        env=side.env(),
+        check=True,
+        capture_output=True,
+    )
     return json.loads(out.read_text())
 
 
 def projection(rec: dict) -> tuple:
     c = rec.get("classification") or {}
-    return (rec["txid"], rec["entity"], rec["direction"], rec["status"], rec["block_height"], rec["spent_units"],
-            rec["change_units"], rec["out_units"],
-            tuple((d["address"], d["n"], d["value_units"], d["attribution"]) for d in rec["destinations"]),
-            c.get("verdict"), c.get("severity"), c.get("status"))
+    return (
+        rec["txid"],
+        rec["entity"],
+        rec["direction"],
+        rec["status"],
+        rec["block_height"],
+        rec["spent_units"],
+        rec["change_units"],
+        rec["out_units"],
+        tuple((d["address"], d["n"], d["value_units"], d["attribution"]) for d in rec["destinations"]),
+        c.get("verdict"),
+        c.get("severity"),
+        c.get("status"),
+    )
 
 
 def log_problems(side: Side) -> int:
@@ -471,8 +506,7 @@ async def soak(minutes: float, seed: int, kill_every: float, keep: bool) -> int:
         d = work / name
         d.mkdir()
         hook = trap.http_hook if name == "disturbed" else None
-        side = Side(name, d, EsploraServer(chain), Receiver(on_request=hook), Receiver(on_request=hook),
-                    Mailbox(free_port()))
+        side = Side(name, d, EsploraServer(chain), Receiver(on_request=hook), Receiver(on_request=hook), Mailbox(free_port()))
         await side.server.start()
         await side.slack.start()
         await side.webhook.start()
@@ -504,8 +538,11 @@ async def soak(minutes: float, seed: int, kill_every: float, keep: bool) -> int:
         step += 1
         if time.monotonic() - last_report >= 300:
             last_report = time.monotonic()
-            print(f"  {int((last_report - started) / 60)} min: height {chain.height}, {stats.txs} txs, "
-                  f"{stats.reorgs} reorgs, {stats.rbf} RBF, {len(chaos.kills)} kills", flush=True)
+            print(
+                f"  {int((last_report - started) / 60)} min: height {chain.height}, {stats.txs} txs, "
+                f"{stats.reorgs} reorgs, {stats.rbf} RBF, {len(chaos.kills)} kills",
+                flush=True,
+            )
         await asyncio.sleep(STEP)
     for t in tasks[:3]:
         await t
@@ -530,8 +567,11 @@ async def soak(minutes: float, seed: int, kill_every: float, keep: bool) -> int:
     recs = {s.name: [r for r in await asyncio.to_thread(export, s) if r["txid"] in final] for s in sides}
     # An alert is expected for a flow's FINAL verdict: a verdict that changed on confirmation (the price at
     # the block, not at first sight) was alerted first under its earlier verdict only if seen in the mempool.
-    final_keys = {f"{r['chain']}:{r['txid']}:{r['entity']}:{r['classification']['verdict']}"
-                  for r in recs["undisturbed"] if r.get("classification")}
+    final_keys = {
+        f"{r['chain']}:{r['txid']}:{r['entity']}:{r['classification']['verdict']}"
+        for r in recs["undisturbed"]
+        if r.get("classification")
+    }
     got = {s.name: s.delivered() for s in sides}
     expected = lost = delivered = dup = extra = 0
     why: Counter = Counter()
@@ -559,32 +599,50 @@ async def soak(minutes: float, seed: int, kill_every: float, keep: bool) -> int:
     problems = {s.name: log_problems(s) for s in sides}
 
     print()
-    print(f"ran {elapsed:.1f} min (chaos for the first {(chaos_end - started) / 60:.1f}); settled: {settled}; "
-          f"exit codes after SIGTERM: {codes}")
-    print(f"chain: {stats.blocks} blocks mined (height {chain.height}), {stats.txs} entity txs, {stats.rbf} RBF "
-          f"replacements, {stats.reorgs} reorgs ({stats.dropped} txs dropped for good)")
+    print(
+        f"ran {elapsed:.1f} min (chaos for the first {(chaos_end - started) / 60:.1f}); settled: {settled}; "
+        f"exit codes after SIGTERM: {codes}"
+    )
+    print(
+        f"chain: {stats.blocks} blocks mined (height {chain.height}), {stats.txs} entity txs, {stats.rbf} RBF "
+        f"replacements, {stats.reorgs} reorgs ({stats.dropped} txs dropped for good)"
+    )
     print(f"source faults: {sum(chaos.source.values())} ({', '.join(f'{k} {v}' for k, v in sorted(chaos.source.items()))})")
-    print(f"channel outages: {sum(chaos.channel.values())} ({', '.join(f'{k} {v}' for k, v in sorted(chaos.channel.items()))}); "
-          f"SMTP down {chaos.smtp_down_s:.0f} s in total")
-    print(f"SIGKILLs: {len(chaos.kills)} ({sum(k.during_send for k in chaos.kills)} aimed at a send; "
-          f"{len(during)} found deliveries in flight)")
-    print(f"alerts expected {expected} / delivered {delivered} / lost {lost} / duplicated {dup} "
-          f"(extra, for flows not in the final chain or verdicts changed since: {extra})")
-    print(f"duplicates by cause: {why.get('kill', 0)} resends of a send a kill interrupted, "
-          f"{why.get('slow answer', 0)} retries of a send the receiver answered after the channel timeout, "
-          f"{why.get('unexplained', 0)} unexplained")
+    print(
+        f"channel outages: {sum(chaos.channel.values())} ({', '.join(f'{k} {v}' for k, v in sorted(chaos.channel.items()))}); "
+        f"SMTP down {chaos.smtp_down_s:.0f} s in total"
+    )
+    print(
+        f"SIGKILLs: {len(chaos.kills)} ({sum(k.during_send for k in chaos.kills)} aimed at a send; "
+        f"{len(during)} found deliveries in flight)"
+    )
+    print(
+        f"alerts expected {expected} / delivered {delivered} / lost {lost} / duplicated {dup} "
+        f"(extra, for flows not in the final chain or verdicts changed since: {extra})"
+    )
+    print(
+        f"duplicates by cause: {why.get('kill', 0)} resends of a send a kill interrupted, "
+        f"{why.get('slow answer', 0)} retries of a send the receiver answered after the channel timeout, "
+        f"{why.get('unexplained', 0)} unexplained"
+    )
     resends = [k.sending for k in during]
     if during:
-        print(f"resends: {sum(resends)} interrupted deliveries over {len(during)} kills during a send, each resent "
-              f"once (interrupted per kill: {', '.join(map(str, resends))}; one per channel that was sending); "
-              f"duplicates caused by kills per such kill: {why.get('kill', 0) / len(during):.2f}")
+        print(
+            f"resends: {sum(resends)} interrupted deliveries over {len(during)} kills during a send, each resent "
+            f"once (interrupted per kill: {', '.join(map(str, resends))}; one per channel that was sending); "
+            f"duplicates caused by kills per such kill: {why.get('kill', 0) / len(during):.2f}"
+        )
     else:
         print("resends: no kill landed during a send")
-    print(f"crashes other than the injected kills: {len(chaos.crashes)} {chaos.crashes or ''}; "
-          f"'failed unexpectedly'/tracebacks in logs: {problems}")
+    print(
+        f"crashes other than the injected kills: {len(chaos.crashes)} {chaos.crashes or ''}; "
+        f"'failed unexpectedly'/tracebacks in logs: {problems}"
+    )
     print(f"outbox at the end: {dict(states['undisturbed'])} undisturbed, {dict(states['disturbed'])} disturbed")
-    print(f"database: {len(calm_rows)} confirmed flows undisturbed, {len(chaotic_rows)} disturbed, "
-          f"{len(calm_rows & chaotic_rows)} identical, {len(calm_rows ^ chaotic_rows)} differing")
+    print(
+        f"database: {len(calm_rows)} confirmed flows undisturbed, {len(chaotic_rows)} disturbed, "
+        f"{len(calm_rows & chaotic_rows)} identical, {len(calm_rows ^ chaotic_rows)} differing"
+    )
     if lost_keys:
         print("lost:", *lost_keys[:20], sep="\n  ")
     for side in sides:

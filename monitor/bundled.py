@@ -109,8 +109,12 @@ SCENARIO_PRICES: tuple[ScenarioPrice, ...] = (
     *(
         ScenarioPrice(
             f"below cost: ${p // 1000}k",
-            Fact(float(p), _BELOW_COST, "2025-12-31",
-                 note="a chosen case below the $79,995 sector cash cost (Q4 2025), not a forecast"),
+            Fact(
+                float(p),
+                _BELOW_COST,
+                "2025-12-31",
+                note="a chosen case below the $79,995 sector cash cost (Q4 2025), not a forecast",
+            ),
         )
         for p in (75_000, 70_000, 65_000)
     ),
@@ -126,9 +130,18 @@ _ECON = "economics.md §3"
 ASIC_EFFICIENCIES: tuple[tuple[str, Fact], ...] = (
     ("Antminer S21 XP", Fact(13.5, "btcminermarketplace.com/how-to-calculate-roi-for-bitcoin-miner-s21-xp", "2026-11-25")),
     ("Antminer S21+ Hydro", Fact(15.0, "top-crypto-mining-asics.com/?p=4692", "2026-11-25", note="derived: 4,785 W / 319 TH/s")),
-    ("Antminer S21", Fact(16.0, "btccontract.de/s/en/Antminer+S21+Profitability/10624", "2026-11-25", note="derived: ~3,200 W / ~200 TH/s")),
-    ("MARA fleet (end-2024)", Fact(20.0, "exbasi.com/blog/bitcoin-mining-giant-marathon-has-lent-out-730m-in-btc-9095", "2024-12-31")),
-    ("Antminer S19 XP", Fact(21.5, "miningstore.com (is-the-antminer-s19-xp-worth-it-part-1)", "2026-11-25", note="derived: 3,010 W / 140 TH/s")),
+    (
+        "Antminer S21",
+        Fact(16.0, "btccontract.de/s/en/Antminer+S21+Profitability/10624", "2026-11-25", note="derived: ~3,200 W / ~200 TH/s"),
+    ),
+    (
+        "MARA fleet (end-2024)",
+        Fact(20.0, "exbasi.com/blog/bitcoin-mining-giant-marathon-has-lent-out-730m-in-btc-9095", "2024-12-31"),
+    ),
+    (
+        "Antminer S19 XP",
+        Fact(21.5, "miningstore.com (is-the-antminer-s19-xp-worth-it-part-1)", "2026-11-25", note="derived: 3,010 W / 140 TH/s"),
+    ),
 )
 
 #: Columns of addresses.csv and addresses_unverified.csv, in order.
@@ -144,8 +157,17 @@ _TYPE_KINDS = {
     "custodian": {"custodian"},
 }
 _ENTITY_KEYS = {
-    "name", "kind", "watch", "note", "csv_names", "strategy_tags", "strategy_source",
-    "holdings_btc", "monthly_production_btc", "cash_cost_usd", "efficiency_j_th",
+    "name",
+    "kind",
+    "watch",
+    "note",
+    "csv_names",
+    "strategy_tags",
+    "strategy_source",
+    "holdings_btc",
+    "monthly_production_btc",
+    "cash_cost_usd",
+    "efficiency_j_th",
 }
 _FACT_FIELDS = ("holdings_btc", "monthly_production_btc", "cash_cost_usd", "efficiency_j_th")
 _FACT_KEYS = {"value", "source", "as_of", "note", "quote"}
@@ -346,9 +368,7 @@ def parse_unverified(csv_text: str) -> list[UnverifiedHint]:
     hints = []
     for line, row in _rows(csv_text, "addresses_unverified.csv"):
         address = _checked_address("addresses_unverified.csv", line, row)
-        hints.append(
-            UnverifiedHint(row["chain"], address, row["entity"], row["label"], row["source_url"], row["source_note"])
-        )
+        hints.append(UnverifiedHint(row["chain"], address, row["entity"], row["label"], row["source_url"], row["source_note"]))
     return hints
 
 

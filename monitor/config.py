@@ -153,12 +153,41 @@ _SOURCE_KEYS = (
     "mempool_checks",
 )
 #: Keys of a bitcoind source (Bitcoin Core JSON-RPC): one `url`, credentials by cookie file or secrets.
-_BITCOIND_SOURCE_KEYS = ("name", "type", "chain", "timeout", "retries", "poll_interval",
-                         "url", "network", "cookie_file", "rpc_user", "rpc_password", "max_blocks",
-                         "max_mempool_txs", "mempool", "start_height", "zmq_hashblock", "zmq_rawtx")
+_BITCOIND_SOURCE_KEYS = (
+    "name",
+    "type",
+    "chain",
+    "timeout",
+    "retries",
+    "poll_interval",
+    "url",
+    "network",
+    "cookie_file",
+    "rpc_user",
+    "rpc_password",
+    "max_blocks",
+    "max_mempool_txs",
+    "mempool",
+    "start_height",
+    "zmq_hashblock",
+    "zmq_rawtx",
+)
 #: Keys of an evm source: the common ones, then its own (it has one RPC `url`, no `urls`).
-_EVM_SOURCE_KEYS = ("name", "type", "chain", "timeout", "retries", "poll_interval",
-                    "url", "chain_id", "confirmations", "max_log_range", "start_block", "tokens", "ws_url")
+_EVM_SOURCE_KEYS = (
+    "name",
+    "type",
+    "chain",
+    "timeout",
+    "retries",
+    "poll_interval",
+    "url",
+    "chain_id",
+    "confirmations",
+    "max_log_range",
+    "start_block",
+    "tokens",
+    "ws_url",
+)
 _TOKEN_KEYS = ("symbol", "address", "decimals")
 _ENTITY_KEYS = ("name", "kind", "addresses", "ethereum", "note", "watch", "profile")
 _ADDRESS_KEYS = ("address", "source", "label", "as_of")
@@ -168,8 +197,22 @@ _FACT_KEYS = ("value", "source", "as_of", "note", "quote")
 _SECRET_KEYS = ("env", "file")
 _CLASSIFY_KEYS = tuple(f.name for f in fields(Thresholds))
 _PRICE_KEYS = ("sources", "csv", "staleness", "refresh_interval")
-_ALERTS_KEYS = ("explorer_url", "max_age", "give_up_after", "retry_base", "retry_cap", "dispatch_interval",
-                "notify_confirmations", "incident_window", "group_wait", "group_interval", "channels", "rules", "dormancy", "balance")
+_ALERTS_KEYS = (
+    "explorer_url",
+    "max_age",
+    "give_up_after",
+    "retry_base",
+    "retry_cap",
+    "dispatch_interval",
+    "notify_confirmations",
+    "incident_window",
+    "group_wait",
+    "group_interval",
+    "channels",
+    "rules",
+    "dormancy",
+    "balance",
+)
 _DORMANCY_KEYS = ("name", "entities", "min_years", "min_btc", "channels")
 _BALANCE_KEYS = ("name", "entities", "below_btc", "drop_pct", "within_days", "channels")
 _RULE_KEYS = ("name", "entities", "kinds", "verdicts", "min_severity", "min_usd", "channels", "mode")
@@ -201,8 +244,13 @@ _CHANNEL_SETTINGS: dict[str, dict[str, tuple[str, str]]] = {
     "console": {"stream": ("string", "plain")},
     "apprise": {"url": ("string", "secret"), "format": ("string", "plain"), "timeout": ("number", "plain")},
 }
-_CHANNEL_REQUIRED = {"slack": (), "email": ("host", "sender", "recipients"), "webhook": ("url", "secret"), "console": (),
-                     "apprise": ("url",)}
+_CHANNEL_REQUIRED = {
+    "slack": (),
+    "email": ("host", "sender", "recipients"),
+    "webhook": ("url", "secret"),
+    "console": (),
+    "apprise": ("url",),
+}
 _DISCOVERY_KEYS = (
     "cospend",
     "pools",
@@ -306,7 +354,9 @@ class PricesConfig:
     """[prices]: where BTC/USD (and ETH/USD) come from, in failover order."""
 
     sources: tuple[str, ...] = DEFAULT_PRICE_SOURCES
-    csv: Path | None = None  # series for the `csv` source (date,close or time,open,high,low,close); None: the bundled simulated BTC/USD series
+    csv: Path | None = (
+        None  # series for the `csv` source (date,close or time,open,high,low,close); None: the bundled simulated BTC/USD series
+    )
     staleness: int = DEFAULT_PRICE_STALENESS
     refresh_interval: float = DEFAULT_PRICE_INTERVAL
 
@@ -458,8 +508,10 @@ def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Co
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: {_toml_error(exc)}") from exc
     if not data:  # an empty (or all-comment) file is a mistake: it would run with every default, watching nothing
-        raise ConfigError(f"{p}: the file has no settings; start from the example config.toml "
-                          "(treasury-monitor check-config says what is wrong with a config)")
+        raise ConfigError(
+            f"{p}: the file has no settings; start from the example config.toml "
+            "(treasury-monitor check-config says what is wrong with a config)"
+        )
     return parse_config(data, base_dir=p.parent, env=env, origin=str(p))
 
 
@@ -642,8 +694,17 @@ def _take(
 def _opt(table: dict, section: str, key: str, path: str, problems: list[str]) -> Any:
     """`table[key]` checked by its row of the settings table (kind, default, bounds, choices)."""
     row = setting(section, key)
-    return _take(table, key, _SETTING_KINDS[row.type], path, problems, row.default, choices=row.choices,
-                 above=row.above, at_least=row.at_least)
+    return _take(
+        table,
+        key,
+        _SETTING_KINDS[row.type],
+        path,
+        problems,
+        row.default,
+        choices=row.choices,
+        above=row.above,
+        at_least=row.at_least,
+    )
 
 
 def _tables(value: Any, path: str, problems: list[str], *, section: bool = False) -> Iterator[tuple[str, dict]]:
@@ -762,19 +823,13 @@ def _check_url(value: str, path: str, ctx: _Context) -> str | None:
         return None
     if parts.username is not None or parts.password is not None:
         # Not echoed: the URL carries a credential.
-        ctx.problems.append(
-            f'{path}: must not embed credentials (user:password@); send them in headers with {{ env = "NAME" }}'
-        )
+        ctx.problems.append(f'{path}: must not embed credentials (user:password@); send them in headers with {{ env = "NAME" }}')
         return None
     if parts.query or parts.fragment:
-        ctx.problems.append(
-            f"{path}: a base URL must not carry a query string or fragment ({parts.scheme}://{parts.netloc}...)"
-        )
+        ctx.problems.append(f"{path}: a base URL must not carry a query string or fragment ({parts.scheme}://{parts.netloc}...)")
         return None
     if parts.scheme == "http" and not _is_loopback(parts.hostname):
-        ctx.warn(
-            path, f"{_show(value)} is plain http to a non-loopback host; traffic can be read and altered in transit"
-        )
+        ctx.warn(path, f"{_show(value)} is plain http to a non-loopback host; traffic can be read and altered in transit")
     return value.rstrip("/")
 
 
@@ -846,8 +901,11 @@ def _parse_push(t: dict, path: str, ctx: _Context) -> dict[str, Any]:
     if url is not None and urlsplit(url).scheme not in ("ws", "wss"):
         pr.append(f"{path}.push_url: {_show(url)} is not a ws:// or wss:// URL")
         url = None
-    return {"push_url": url, "push_cap": _opt(t, "sources", "push_cap", path, pr),
-            "mempool_checks": _opt(t, "sources", "mempool_checks", path, pr)}
+    return {
+        "push_url": url,
+        "push_cap": _opt(t, "sources", "push_cap", path, pr),
+        "mempool_checks": _opt(t, "sources", "mempool_checks", path, pr),
+    }
 
 
 def _parse_bitcoind_source(t: dict, path: str, ctx: _Context) -> dict[str, Any]:
@@ -1047,9 +1105,7 @@ def _address_entry(item: Any, path: str, ctx: _Context, default_source: str) -> 
     return None
 
 
-def _parse_address(
-    item: Any, path: str, ctx: _Context, network: str | None, default_source: str
-) -> EntityAddress | None:
+def _parse_address(item: Any, path: str, ctx: _Context, network: str | None, default_source: str) -> EntityAddress | None:
     """One entry of `addresses` (Bitcoin), checked against `network`."""
     entry = _address_entry(item, path, ctx, default_source)
     if entry is None:
@@ -1197,7 +1253,7 @@ def _parse_alerts(value: Any, ctx: _Context) -> AlertsConfig:
     if explorer == "":
         explorer = None
     elif explorer is not None and "{txid}" not in explorer:
-        pr.append(f"alerts.explorer_url: {_show(explorer)} must contain {{txid}} (or be \"\" for no links)")
+        pr.append(f'alerts.explorer_url: {_show(explorer)} must contain {{txid}} (or be "" for no links)')
     channels = _parse_channels(t.get("channels", []), ctx)
     names = {c.name for c in channels}
     rules = _parse_rules(t.get("rules", []), ctx, names)
@@ -1206,8 +1262,11 @@ def _parse_alerts(value: Any, ctx: _Context) -> AlertsConfig:
     for i, r in enumerate(rules):
         for ch in r.channels:
             if r.mode == "incident" and ch in webhook_slack:
-                ctx.warn(f"alerts.rules[{i}]", f"channel {ch!r} is a Slack Incoming Webhook, which cannot thread: each "
-                         "incident update arrives as its own message (a bot_token with channel_id threads them)")
+                ctx.warn(
+                    f"alerts.rules[{i}]",
+                    f"channel {ch!r} is a Slack Incoming Webhook, which cannot thread: each "
+                    "incident update arrives as its own message (a bot_token with channel_id threads them)",
+                )
     return AlertsConfig(
         dormancy=dormancy,
         balance=balance,
@@ -1259,14 +1318,16 @@ def _parse_channels(value: Any, ctx: _Context) -> tuple[ChannelConfig, ...]:
             if sec not in ("starttls", "tls", "none"):
                 pr.append(f"{path}.security: {_show(sec)} is not one of starttls, tls, none")
             elif sec == "none" and "password" in dict(settings):
-                pr.append(f"{path}.security: \"none\" would send the password in clear text; use starttls or tls")
+                pr.append(f'{path}.security: "none" would send the password in clear text; use starttls or tls')
         if type_ == "apprise":
             _check_apprise(dict(settings), path, pr)
         if type_ == "slack":
             given = dict(settings)
             if ("webhook_url" in given) == ("bot_token" in given):
-                pr.append(f"{path}: set webhook_url (Incoming Webhook: cannot thread) or bot_token with channel_id "
-                          "(chat.postMessage: threads updates), not both or neither")
+                pr.append(
+                    f"{path}: set webhook_url (Incoming Webhook: cannot thread) or bot_token with channel_id "
+                    "(chat.postMessage: threads updates), not both or neither"
+                )
             elif "bot_token" in given and "channel_id" not in given:
                 pr.append(f"{path}.channel_id: required with bot_token")
         min_interval = _take(t, "min_interval", NUMBER, path, pr, None, at_least=0)
@@ -1308,13 +1369,15 @@ def _parse_watches(t: dict, ctx: _Context, channel_names: set[str]) -> tuple[tup
         years = _take(d, "min_years", NUMBER, path, pr, None, above=0)
         if years is None and "min_years" not in d:
             pr.append(f"{path}.min_years: required (coins unmoved at least this many years)")
-        dormancy.append(DormancyRule(
-            name=_take(d, "name", STRING, path, pr, path, nonempty=True),
-            channels=_rule_channels(d, path, pr, channel_names),
-            min_years=years or 1.0,
-            min_btc=_take(d, "min_btc", NUMBER, path, pr, 0.0, at_least=0),
-            entities=_take(d, "entities", STRINGS, path, pr, ()),
-        ))
+        dormancy.append(
+            DormancyRule(
+                name=_take(d, "name", STRING, path, pr, path, nonempty=True),
+                channels=_rule_channels(d, path, pr, channel_names),
+                min_years=years or 1.0,
+                min_btc=_take(d, "min_btc", NUMBER, path, pr, 0.0, at_least=0),
+                entities=_take(d, "entities", STRINGS, path, pr, ()),
+            )
+        )
     balance = []
     for path, b in _tables(t.get("balance", []), "alerts.balance", pr, section=True):
         _check_keys(b, _BALANCE_KEYS, path, pr)
@@ -1327,14 +1390,16 @@ def _parse_watches(t: dict, ctx: _Context, channel_names: set[str]) -> tuple[tup
             pr.append(f"{path}.drop_pct: must be below 100, got {_show(drop)}")
         if below is None and drop is None:
             pr.append(f"{path}: set below_btc (a level) and/or drop_pct (a fall within within_days)")
-        balance.append(BalanceRule(
-            name=_take(b, "name", STRING, path, pr, path, nonempty=True),
-            channels=_rule_channels(b, path, pr, channel_names),
-            entities=tuple(entities),
-            below_btc=below,
-            drop_pct=drop,
-            within_days=_take(b, "within_days", NUMBER, path, pr, 7.0, above=0),
-        ))
+        balance.append(
+            BalanceRule(
+                name=_take(b, "name", STRING, path, pr, path, nonempty=True),
+                channels=_rule_channels(b, path, pr, channel_names),
+                entities=tuple(entities),
+                below_btc=below,
+                drop_pct=drop,
+                within_days=_take(b, "within_days", NUMBER, path, pr, 7.0, above=0),
+            )
+        )
     return tuple(dormancy), tuple(balance)
 
 
@@ -1436,8 +1501,9 @@ def _parse_discovery(value: Any, ctx: _Context) -> DiscoveryConfig:
         trace_max_age_days=_opt(t, "discovery", "trace_max_age_days", "discovery", pr),
         trace_significant_share=significant,
         provisional=_opt(t, "discovery", "provisional", "discovery", pr),
-        provisional_settle_days=_take(t, "provisional_settle_days", NUMBER, "discovery", pr,
-                                      DEFAULT_PROVISIONAL_SETTLE_DAYS, above=0),
+        provisional_settle_days=_take(
+            t, "provisional_settle_days", NUMBER, "discovery", pr, DEFAULT_PROVISIONAL_SETTLE_DAYS, above=0
+        ),
     )
 
 

@@ -63,26 +63,41 @@ def _classify() -> dict[str, Any]:
 def json_schema() -> dict[str, Any]:
     """The schema of a whole config.toml (as a JSON document)."""
     source_keys = list(dict.fromkeys((*cfg._SOURCE_KEYS, *cfg._BITCOIND_SOURCE_KEYS, *cfg._EVM_SOURCE_KEYS)))
-    channel_keys = list(dict.fromkeys(("name", "type", "min_interval",
-                                       *(k for spec in cfg._CHANNEL_SETTINGS.values() for k in spec))))
+    channel_keys = list(
+        dict.fromkeys(("name", "type", "min_interval", *(k for spec in cfg._CHANNEL_SETTINGS.values() for k in spec)))
+    )
     profile = _table("entities.profile", cfg._PROFILE_KEYS)
     sections = {
         "monitor": _table("monitor", cfg._MONITOR_KEYS),
-        "sources": _array(_table("sources", source_keys, tokens=_array(_table("sources.tokens", cfg._TOKEN_KEYS)),
-                                 type={"enum": list(cfg.SOURCE_TYPES)}, chain={"enum": list(cfg.SOURCE_CHAINS)})),
+        "sources": _array(
+            _table(
+                "sources",
+                source_keys,
+                tokens=_array(_table("sources.tokens", cfg._TOKEN_KEYS)),
+                type={"enum": list(cfg.SOURCE_TYPES)},
+                chain={"enum": list(cfg.SOURCE_CHAINS)},
+            )
+        ),
         "entities": _array(_table("entities", cfg._ENTITY_KEYS, profile=profile)),
         "classify": _classify(),
         "prices": _table("prices", cfg._PRICE_KEYS),
-        "alerts": _table("alerts", cfg._ALERTS_KEYS,
-                         channels=_array(_table("alerts.channels", channel_keys,
-                                                type={"enum": list(cfg.CHANNEL_TYPES)})),
-                         rules=_array(_table("alerts.rules", cfg._RULE_KEYS)),
-                         dormancy=_array(_table("alerts.dormancy", cfg._DORMANCY_KEYS)),
-                         balance=_array(_table("alerts.balance", cfg._BALANCE_KEYS))),
+        "alerts": _table(
+            "alerts",
+            cfg._ALERTS_KEYS,
+            channels=_array(_table("alerts.channels", channel_keys, type={"enum": list(cfg.CHANNEL_TYPES)})),
+            rules=_array(_table("alerts.rules", cfg._RULE_KEYS)),
+            dormancy=_array(_table("alerts.dormancy", cfg._DORMANCY_KEYS)),
+            balance=_array(_table("alerts.balance", cfg._BALANCE_KEYS)),
+        ),
         "daemon": _table("daemon", cfg._DAEMON_KEYS),
         "discovery": _table("discovery", cfg._DISCOVERY_KEYS),
         "miners": _table("miners", cfg._MINERS_KEYS),
     }
     assert tuple(sections) == cfg.SECTIONS
-    return {"$schema": DIALECT, "title": "treasury-monitor config.toml", "type": "object",
-            "properties": sections, "additionalProperties": False}
+    return {
+        "$schema": DIALECT,
+        "title": "treasury-monitor config.toml",
+        "type": "object",
+        "properties": sections,
+        "additionalProperties": False,
+    }

@@ -116,6 +116,7 @@ def format_btc(sats: int, decimals: int = 8) -> str:
 
 # --- errors and time ------------------------------------------------------------------------------
 
+
 class MonitorError(Exception):
     """Base of every error treasury-monitor raises on purpose."""
 

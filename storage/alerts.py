@@ -74,24 +74,35 @@ def queue_alert(
 ) -> int:
     """Queue an alert for each of its channels, due at `not_before` (default now); returns its id (call
     inside the tick's batch)."""
-    aid = store._db["alerts"].insert(
-        {
-            "dedup_key": alert.dedup_key,
-            "kind": alert.kind,
-            "chain": chain,
-            "txid": txid,
-            "entity": entity,
-            "classification_id": classification_id,
-            "incident_id": incident_id,
-            "payload": json.dumps(alert.payload, ensure_ascii=False, sort_keys=True),
-            "status": "queued",
-            "created_at": alert.created_at,
-            "updated_at": now,
-        }
-    ).last_pk
+    aid = (
+        store._db["alerts"]
+        .insert(
+            {
+                "dedup_key": alert.dedup_key,
+                "kind": alert.kind,
+                "chain": chain,
+                "txid": txid,
+                "entity": entity,
+                "classification_id": classification_id,
+                "incident_id": incident_id,
+                "payload": json.dumps(alert.payload, ensure_ascii=False, sort_keys=True),
+                "status": "queued",
+                "created_at": alert.created_at,
+                "updated_at": now,
+            }
+        )
+        .last_pk
+    )
     store._db["alert_channels"].insert_all(
-        {"alert_id": aid, "channel": c, "status": "queued", "attempts": 0, "next_at": not_before or now, "last_error": "",
-         "delivered_at": None}
+        {
+            "alert_id": aid,
+            "channel": c,
+            "status": "queued",
+            "attempts": 0,
+            "next_at": not_before or now,
+            "last_error": "",
+            "delivered_at": None,
+        }
         for c in dict.fromkeys(alert.channels)
     )
     return aid
@@ -109,9 +120,7 @@ def alerted_channels(store: Store, chain: str, txid: str, entity: str) -> set[st
 
 def flow_messages(store: Store, chain: str, txid: str, entity: str) -> list[Alert]:
     """Alerts already queued about this flow (every kind), oldest first, to thread and amend."""
-    rows = store._query(
-        "select * from alerts where chain = ? and txid = ? and entity = ? order by id", [chain, txid, entity]
-    )
+    rows = store._query("select * from alerts where chain = ? and txid = ? and entity = ? order by id", [chain, txid, entity])
     return [_alert_from_row(r, ()) for r in rows]
 
 
@@ -125,14 +134,24 @@ def is_unsent(store: Store, alert_id: int | None) -> bool:
 
 def replace_payload(store: Store, alert_id: int | None, payload: dict[str, Any], *, channels: tuple[str, ...], now: int) -> None:
     """Rewrite a not-yet-sent alert's message model and add channels to it (keeps when it is due)."""
-    store._db.execute("update alerts set payload = ?, updated_at = ? where id = ?",
-                     [json.dumps(payload, ensure_ascii=False, sort_keys=True), now, alert_id])
+    store._db.execute(
+        "update alerts set payload = ?, updated_at = ? where id = ?",
+        [json.dumps(payload, ensure_ascii=False, sort_keys=True), now, alert_id],
+    )
     due = store._db.execute("select min(next_at) from alert_channels where alert_id = ?", [alert_id]).fetchone()[0]
     have = {r["channel"] for r in store._query("select channel from alert_channels where alert_id = ?", [alert_id])}
     store._db["alert_channels"].insert_all(
-        {"alert_id": alert_id, "channel": c, "status": "queued", "attempts": 0, "next_at": due, "last_error": "",
-         "delivered_at": None}
-        for c in channels if c not in have
+        {
+            "alert_id": alert_id,
+            "channel": c,
+            "status": "queued",
+            "attempts": 0,
+            "next_at": due,
+            "last_error": "",
+            "delivered_at": None,
+        }
+        for c in channels
+        if c not in have
     )
 
 
@@ -149,7 +168,9 @@ def alert_count(store: Store) -> int:
 
 
 def _channels_of(store: Store, alert_id: int) -> tuple[str, ...]:
-    return tuple(r["channel"] for r in store._query("select channel from alert_channels where alert_id = ? order by rowid", [alert_id]))
+    return tuple(
+        r["channel"] for r in store._query("select channel from alert_channels where alert_id = ? order by rowid", [alert_id])
+    )
 
 
 def due(store: Store, *, now: int, limit: int = 100) -> list[Pending]:
@@ -188,7 +209,15 @@ def begin_attempt(store: Store, alert_id: int, channel: str, *, now: int, owner:
         ).fetchone()
         attempt = row[0]
         store._db["deliveries"].insert(
-            {"alert_id": alert_id, "channel": channel, "attempt": attempt, "at": now, "status": "sending", "error": "", "next_at": None}
+            {
+                "alert_id": alert_id,
+                "channel": channel,
+                "attempt": attempt,
+                "at": now,
+                "status": "sending",
+                "error": "",
+                "next_at": None,
+            }
         )
     return attempt
 
@@ -230,7 +259,8 @@ def recover_in_flight(store: Store, *, now: int, live_owners: Collection[str] = 
     """
     with store.batch():
         rows = [
-            r for r in store._query("select alert_id, channel, attempts, claimed_by from alert_channels where status = 'sending'")
+            r
+            for r in store._query("select alert_id, channel, attempts, claimed_by from alert_channels where status = 'sending'")
             if r["claimed_by"] not in live_owners
         ]
         for r in rows:

@@ -15,13 +15,20 @@ from storage.store import Store
 __all__ = ["save_block_facts", "block_facts", "coinbase_totals"]
 
 
-def save_block_facts(store: Store, chain: str, block_hash: str, *, height: int, difficulty: float, time: int,
-                     coinbase_total: int | None) -> None:
+def save_block_facts(
+    store: Store, chain: str, block_hash: str, *, height: int, difficulty: float, time: int, coinbase_total: int | None
+) -> None:
     """Keep one block's facts (an upsert: the same hash always has the same facts)."""
     with store.batch():
         store._db["block_facts"].upsert(
-            {"chain": chain, "hash": block_hash, "height": height, "difficulty": difficulty, "time": time,
-             "coinbase_total_units": None if coinbase_total is None else str(coinbase_total)},
+            {
+                "chain": chain,
+                "hash": block_hash,
+                "height": height,
+                "difficulty": difficulty,
+                "time": time,
+                "coinbase_total_units": None if coinbase_total is None else str(coinbase_total),
+            },
             pk=("chain", "hash"),
         )
 
@@ -34,8 +41,7 @@ def block_facts(store: Store, chain: str, block_hash: str) -> dict[str, Any] | N
     ).fetchone()
     if row is None:
         return None
-    return {"height": row[0], "difficulty": row[1], "time": row[2],
-            "coinbase_total": None if row[3] is None else int(row[3])}
+    return {"height": row[0], "difficulty": row[1], "time": row[2], "coinbase_total": None if row[3] is None else int(row[3])}
 
 
 def coinbase_totals(store: Store, chain: str, lo: int, hi: int) -> list[tuple[int, int]]:

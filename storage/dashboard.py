@@ -49,8 +49,10 @@ def flow_page(
         if destination not in DESTINATION_KINDS:
             raise ValueError(f"destination: one of {', '.join(DESTINATION_KINDS)}")
         test = "d.attribution = ?" if destination in ("unknown", "self") else "d.attribution like ?"
-        where.append(f"exists (select 1 from destinations d where d.chain = f.chain and d.txid = f.txid"
-                     f" and d.entity = f.entity and {test})")
+        where.append(
+            f"exists (select 1 from destinations d where d.chain = f.chain and d.txid = f.txid"
+            f" and d.entity = f.entity and {test})"
+        )
         params.append(destination if destination in ("unknown", "self") else destination + ":%")
     if since is not None:
         where.append(f"{at} >= ?")

@@ -187,8 +187,9 @@ def _evidence_from_row(r: dict[str, Any]) -> dict[str, Any]:
     return r
 
 
-def evidence_rows(store: Store, *, chain: str | None = None, address: str | None = None,
-                  entity: str | None = None, kind: str | None = None) -> list[dict[str, Any]]:
+def evidence_rows(
+    store: Store, *, chain: str | None = None, address: str | None = None, entity: str | None = None, kind: str | None = None
+) -> list[dict[str, Any]]:
     """Stored evidence, oldest block first, filtered by address, entity and/or kind."""
     where, params = where_equal(chain=chain, address=address, entity=entity, kind=kind)
     sql = f"select * from address_evidence{where} order by coalesce(block_height, 0), id"
@@ -220,8 +221,9 @@ def candidate_rows(store: Store, *, entity: str | None = None, status: str = "ca
     return out
 
 
-def save_learned(store: Store, learned: Iterable[_LearnedLike], flags: Iterable[_FlagLike] = (), *,
-                 now: int, status: str = "active") -> list[tuple[_LearnedLike, str]]:
+def save_learned(
+    store: Store, learned: Iterable[_LearnedLike], flags: Iterable[_FlagLike] = (), *, now: int, status: str = "active"
+) -> list[tuple[_LearnedLike, str]]:
     """Persist co-spend (or other) learned addresses and flags, in the caller's transaction.
 
     Rejected and already-stored addresses are skipped (see `propose_address`); each learned item gets an
@@ -257,17 +259,16 @@ def flag_rows(store: Store, *, entity: str | None = None) -> list[dict[str, Any]
 
 def save_pool_block(store: Store, row: dict[str, Any], *, now: int) -> bool:
     """Record a block attributed to a pool; True when it was new (a known coinbase is not rewritten)."""
-    exists = store._db.execute(
-        "select 1 from pool_blocks where chain = ? and txid = ?", [row["chain"], row["txid"]]
-    ).fetchone()
+    exists = store._db.execute("select 1 from pool_blocks where chain = ? and txid = ?", [row["chain"], row["txid"]]).fetchone()
     if exists:
         return False
     store._db["pool_blocks"].insert({**row, "reward_units": str(row["reward_units"]), "created_at": now})
     return True
 
 
-def pool_block_rows(store: Store, *, pools: Iterable[str] | None = None, since: int | None = None,
-                    until: int | None = None) -> list[dict[str, Any]]:
+def pool_block_rows(
+    store: Store, *, pools: Iterable[str] | None = None, since: int | None = None, until: int | None = None
+) -> list[dict[str, Any]]:
     """Attributed pool blocks, oldest first, optionally for some pools and a block-time window [since, until)."""
     where, params = [], []
     if pools is not None:
@@ -320,15 +321,28 @@ class TraceBranch:
 
 
 def _branches_json(branches: tuple[TraceBranch, ...]) -> str:
-    return json.dumps([{"txid": b.txid, "vout": b.vout, "value_units": str(b.value), "address": b.address,
-                        "hops": b.hops, "path": list(b.path)} for b in branches])
+    return json.dumps(
+        [
+            {
+                "txid": b.txid,
+                "vout": b.vout,
+                "value_units": str(b.value),
+                "address": b.address,
+                "hops": b.hops,
+                "path": list(b.path),
+            }
+            for b in branches
+        ]
+    )
 
 
 def _branches_from_json(text: str | None) -> tuple[TraceBranch, ...] | None:
     if not text:
         return None
-    return tuple(TraceBranch(d["txid"], d["vout"], int(d["value_units"]), d["address"], d["hops"], tuple(d["path"]))
-                 for d in json.loads(text))
+    return tuple(
+        TraceBranch(d["txid"], d["vout"], int(d["value_units"]), d["address"], d["hops"], tuple(d["path"]))
+        for d in json.loads(text)
+    )
 
 
 @dataclass(frozen=True)
@@ -365,15 +379,42 @@ class TraceState:
 def _trace_from_row(r: dict[str, Any]) -> TraceState:
     branches = _branches_from_json(r.get("branches"))
     if branches is None:  # a trace stored before multi-branch tracing: its single tip is its one branch
-        branches = (TraceBranch(r["tip_txid"], r["tip_vout"], int(r["tip_value_units"]), r["tip_address"], r["hops"],
-                                tuple(json.loads(r["path"]))),) if r["status"] == "pending" else ()
+        branches = (
+            (
+                TraceBranch(
+                    r["tip_txid"],
+                    r["tip_vout"],
+                    int(r["tip_value_units"]),
+                    r["tip_address"],
+                    r["hops"],
+                    tuple(json.loads(r["path"])),
+                ),
+            )
+            if r["status"] == "pending"
+            else ()
+        )
     return TraceState(
-        chain=r["chain"], txid=r["txid"], entity=r["entity"], n=r["n"], address=r["address"],
-        value=int(r["value_units"]), status=r["status"], hops=r["hops"], path=tuple(json.loads(r["path"])),
-        tip_txid=r["tip_txid"], tip_vout=r["tip_vout"], tip_value=int(r["tip_value_units"]),
-        tip_address=r["tip_address"], attempts=r["attempts"], next_at=r["next_at"], result=r["result"] or "",
-        attribution=r["attribution"] or "", created_at=r["created_at"], branches=branches,
-        shares=shares_from_json(r.get("shares")), reported=bool(r.get("reported")),
+        chain=r["chain"],
+        txid=r["txid"],
+        entity=r["entity"],
+        n=r["n"],
+        address=r["address"],
+        value=int(r["value_units"]),
+        status=r["status"],
+        hops=r["hops"],
+        path=tuple(json.loads(r["path"])),
+        tip_txid=r["tip_txid"],
+        tip_vout=r["tip_vout"],
+        tip_value=int(r["tip_value_units"]),
+        tip_address=r["tip_address"],
+        attempts=r["attempts"],
+        next_at=r["next_at"],
+        result=r["result"] or "",
+        attribution=r["attribution"] or "",
+        created_at=r["created_at"],
+        branches=branches,
+        shares=shares_from_json(r.get("shares")),
+        reported=bool(r.get("reported")),
     )
 
 
@@ -395,13 +436,30 @@ def queue_traces(store: Store, *, now: int, value_floor: int = 0) -> int:
             continue
         store._db["traces"].insert(
             {
-                "chain": r["chain"], "txid": r["txid"], "entity": r["entity"], "n": r["n"], "address": r["address"],
-                "value_units": r["value_units"], "status": "pending", "hops": 1, "path": json.dumps([r["txid"]]),
-                "tip_txid": r["txid"], "tip_vout": r["n"], "tip_value_units": r["value_units"],
-                "tip_address": r["address"], "attempts": 0, "next_at": now, "result": "", "attribution": "",
-                "created_at": now, "updated_at": now, "shares": "[]", "reported": 0,
-                "branches": _branches_json((TraceBranch(r["txid"], r["n"], int(r["value_units"]), r["address"], 1,
-                                                        (r["txid"],)),)),
+                "chain": r["chain"],
+                "txid": r["txid"],
+                "entity": r["entity"],
+                "n": r["n"],
+                "address": r["address"],
+                "value_units": r["value_units"],
+                "status": "pending",
+                "hops": 1,
+                "path": json.dumps([r["txid"]]),
+                "tip_txid": r["txid"],
+                "tip_vout": r["n"],
+                "tip_value_units": r["value_units"],
+                "tip_address": r["address"],
+                "attempts": 0,
+                "next_at": now,
+                "result": "",
+                "attribution": "",
+                "created_at": now,
+                "updated_at": now,
+                "shares": "[]",
+                "reported": 0,
+                "branches": _branches_json(
+                    (TraceBranch(r["txid"], r["n"], int(r["value_units"]), r["address"], 1, (r["txid"],)),)
+                ),
             }
         )
         queued += 1
@@ -420,12 +478,28 @@ def save_trace(store: Store, t: TraceState, *, now: int) -> None:
     """Write a trace's new state."""
     store._db["traces"].upsert(
         {
-            "chain": t.chain, "txid": t.txid, "entity": t.entity, "n": t.n, "address": t.address,
-            "value_units": str(t.value), "status": t.status, "hops": t.hops, "path": json.dumps(list(t.path)),
-            "tip_txid": t.tip_txid, "tip_vout": t.tip_vout, "tip_value_units": str(t.tip_value),
-            "tip_address": t.tip_address, "attempts": t.attempts, "next_at": t.next_at, "result": t.result,
-            "attribution": t.attribution, "created_at": t.created_at or now, "updated_at": now,
-            "branches": _branches_json(t.branches), "shares": shares_json(t.shares), "reported": int(t.reported),
+            "chain": t.chain,
+            "txid": t.txid,
+            "entity": t.entity,
+            "n": t.n,
+            "address": t.address,
+            "value_units": str(t.value),
+            "status": t.status,
+            "hops": t.hops,
+            "path": json.dumps(list(t.path)),
+            "tip_txid": t.tip_txid,
+            "tip_vout": t.tip_vout,
+            "tip_value_units": str(t.tip_value),
+            "tip_address": t.tip_address,
+            "attempts": t.attempts,
+            "next_at": t.next_at,
+            "result": t.result,
+            "attribution": t.attribution,
+            "created_at": t.created_at or now,
+            "updated_at": now,
+            "branches": _branches_json(t.branches),
+            "shares": shares_json(t.shares),
+            "reported": int(t.reported),
         },
         pk=("chain", "txid", "entity", "n"),
     )

@@ -47,23 +47,44 @@ class IncidentRow:
 
 
 def _row(r: dict[str, Any]) -> IncidentRow:
-    return IncidentRow(r["id"], r["chain"], r["entity"], r["status"], r["opened_at"], r["last_flow_at"],
-                       r["closed_at"], tuple(json.loads(r["channels"] or "[]")))
+    return IncidentRow(
+        r["id"],
+        r["chain"],
+        r["entity"],
+        r["status"],
+        r["opened_at"],
+        r["last_flow_at"],
+        r["closed_at"],
+        tuple(json.loads(r["channels"] or "[]")),
+    )
 
 
 def open_incident(store: Store, chain: str, entity: str, *, at: int, channels: tuple[str, ...], now: int) -> IncidentRow:
     """Start an incident whose first flow is at `at`."""
-    iid = store._db["incidents"].insert({
-        "chain": chain, "entity": entity, "status": "open", "opened_at": at, "last_flow_at": at,
-        "closed_at": None, "channels": json.dumps(list(channels)), "updated_at": now,
-    }).last_pk
+    iid = (
+        store._db["incidents"]
+        .insert(
+            {
+                "chain": chain,
+                "entity": entity,
+                "status": "open",
+                "opened_at": at,
+                "last_flow_at": at,
+                "closed_at": None,
+                "channels": json.dumps(list(channels)),
+                "updated_at": now,
+            }
+        )
+        .last_pk
+    )
     return IncidentRow(iid, chain, entity, "open", at, at, None, channels)
 
 
 def find_open(store: Store, chain: str, entity: str) -> IncidentRow | None:
     """The entity's open incident on `chain`, if any (the newest)."""
-    rows = store._query("select * from incidents where chain = ? and entity = ? and status = 'open' order by id desc limit 1",
-                       [chain, entity])
+    rows = store._query(
+        "select * from incidents where chain = ? and entity = ? and status = 'open' order by id desc limit 1", [chain, entity]
+    )
     return _row(rows[0]) if rows else None
 
 
@@ -80,8 +101,9 @@ def get_incident(store: Store, incident_id: int) -> IncidentRow | None:
 
 def incident_of_flow(store: Store, chain: str, txid: str, entity: str) -> int | None:
     """The id of the incident a flow belongs to, or None."""
-    rows = store._query("select incident_id from incident_flows where chain = ? and txid = ? and entity = ?",
-                       [chain, txid, entity])
+    rows = store._query(
+        "select incident_id from incident_flows where chain = ? and txid = ? and entity = ?", [chain, txid, entity]
+    )
     return rows[0]["incident_id"] if rows else None
 
 
@@ -100,8 +122,9 @@ def remove_flow(store: Store, chain: str, txid: str, entity: str) -> None:
 
 def flow_keys(store: Store, incident_id: int) -> list[tuple[str, str, str]]:
     """(chain, txid, entity) of the incident's flows, in the order they joined."""
-    rows = store._query("select chain, txid, entity from incident_flows where incident_id = ? order by added_at, rowid",
-                       [incident_id])
+    rows = store._query(
+        "select chain, txid, entity from incident_flows where incident_id = ? order by added_at, rowid", [incident_id]
+    )
     return [(r["chain"], r["txid"], r["entity"]) for r in rows]
 
 
@@ -115,15 +138,15 @@ def touch(store: Store, incident_id: int, *, last_flow_at: int, channels: tuple[
 
 def close(store: Store, incident_id: int, *, now: int) -> None:
     """Close an incident: a later flow opens a new one."""
-    store._db.execute("update incidents set status = 'closed', closed_at = ?, updated_at = ? where id = ?",
-                     [now, now, incident_id])
+    store._db.execute(
+        "update incidents set status = 'closed', closed_at = ?, updated_at = ? where id = ?", [now, now, incident_id]
+    )
 
 
 def incident_messages(store: Store, incident_id: int) -> list[Alert]:
     """The alerts queued about an incident, oldest first (to thread and amend)."""
     rows = store._query("select * from alerts where incident_id = ? order by id", [incident_id])
-    return [Alert(r["dedup_key"], r["kind"], (), json.loads(r["payload"]), r["created_at"], r["status"], r["id"])
-            for r in rows]
+    return [Alert(r["dedup_key"], r["kind"], (), json.loads(r["payload"]), r["created_at"], r["status"], r["id"]) for r in rows]
 
 
 def incident_rows(store: Store, *, status: str | None = None, entity: str | None = None) -> list[dict[str, Any]]:
@@ -147,7 +170,8 @@ def save_thread_ref(store: Store, message_id: str, channel: str, ref: str, *, no
     """Remember what `channel` answered for a posted message (e.g. Slack's `ts`), to thread replies under it."""
     with store.batch():
         store._db["channel_threads"].upsert(
-            {"message_id": message_id, "channel": channel, "ref": ref, "created_at": now}, pk=("message_id", "channel"),
+            {"message_id": message_id, "channel": channel, "ref": ref, "created_at": now},
+            pk=("message_id", "channel"),
         )
 
 

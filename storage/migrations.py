@@ -109,7 +109,6 @@ def _foundation(db: Database) -> None:
     )
 
 
-
 @migrations(name="002_prices")
 def _prices(db: Database) -> None:
     # Hourly (or daily) candles per pair, as each price source reported them; close is what is used.
@@ -374,8 +373,9 @@ def _outflow_history_index(db: Database) -> None:
     # `Store.outflow_history` runs once per classified outflow and reads an entity's outflows by their time
     # (block time, else first seen): without this index each call scanned every flow of the entity, so a
     # backfill of N outflows cost O(N²) row reads.
-    db.execute("create index if not exists idx_flows_entity_direction_at "
-               "on flows (entity, direction, coalesce(block_time, first_seen))")
+    db.execute(
+        "create index if not exists idx_flows_entity_direction_at on flows (entity, direction, coalesce(block_time, first_seen))"
+    )
 
 
 @migrations(name="012_block_facts")
@@ -409,14 +409,14 @@ def _datasette_views(db: Database) -> None:
     db.execute(
         f"""create view if not exists flows_view as
         select f.chain, f.txid, f.entity, e.kind as entity_kind, f.direction, f.status,
-               f.block_height, {_iso('f.block_time')} as block_time, {_iso('f.first_seen')} as seen_at,
+               f.block_height, {_iso("f.block_time")} as block_time, {_iso("f.first_seen")} as seen_at,
                f.asset, {amounts},
                case when f.asset = 'BTC' then cast(f.out_units as real) / {scale} end as out_btc,
                c.verdict, c.severity, c.usd_value, c.btc_usd, c.hashprice_usd, c.attribution,
                c.version as classification_version, c.status as classification_status,
                (select group_concat(d.attribution, '; ') from destinations d
                  where d.chain = f.chain and d.txid = f.txid and d.entity = f.entity) as destinations,
-               {_iso('f.updated_at')} as updated_at
+               {_iso("f.updated_at")} as updated_at
         from flows f
         left join entities e on e.name = f.entity
         left join classifications c on c.id = (
@@ -425,8 +425,8 @@ def _datasette_views(db: Database) -> None:
     )
     db.execute(
         f"""create view if not exists alerts_view as
-        select a.id, a.kind, a.entity, a.chain, a.txid, a.status, {_iso('a.created_at')} as created_at,
-               {_iso('a.updated_at')} as updated_at, c.verdict, c.severity, c.usd_value, c.btc_usd,
+        select a.id, a.kind, a.entity, a.chain, a.txid, a.status, {_iso("a.created_at")} as created_at,
+               {_iso("a.updated_at")} as updated_at, c.verdict, c.severity, c.usd_value, c.btc_usd,
                case when c.asset = 'BTC' then cast(c.out_units as real) / 1e8 end as out_btc,
                (select group_concat(ac.channel || ': ' || ac.status, '; ') from alert_channels ac
                  where ac.alert_id = a.id) as channels,
@@ -447,9 +447,9 @@ def _datasette_views(db: Database) -> None:
                (select sum(cast(f.out_units as real)) / 1e8 from flows f
                  where f.entity = e.name and f.direction = 'out' and f.asset = 'BTC'
                    and f.status in ('confirmed', 'mempool')) as out_btc,
-               (select {_iso('max(coalesce(f.block_time, f.first_seen))')} from flows f
+               (select {_iso("max(coalesce(f.block_time, f.first_seen))")} from flows f
                  where f.entity = e.name) as last_flow_at,
-               {_iso('e.updated_at')} as updated_at
+               {_iso("e.updated_at")} as updated_at
         from entities e"""
     )
 

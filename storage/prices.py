@@ -91,8 +91,7 @@ def save_candles(
 def candle_at(store: Store, pair: str, at: int, granularity: int = 3600) -> StoredCandle | None:
     """The candle containing `at`, else the latest one before it (compare `end` with `at`), else None."""
     rows = store._query(
-        f"select {_COLUMNS} from price_candles where pair = ? and granularity = ? and start <= ?"
-        " order by start desc limit 1",
+        f"select {_COLUMNS} from price_candles where pair = ? and granularity = ? and start <= ? order by start desc limit 1",
         [pair, granularity, at],
     )
     return _row(rows[0]) if rows else None
@@ -101,8 +100,7 @@ def candle_at(store: Store, pair: str, at: int, granularity: int = 3600) -> Stor
 def candles_between(store: Store, pair: str, start: int, end: int, granularity: int = 3600) -> list[StoredCandle]:
     """Cached candles with `start <= candle.start < end`, oldest first."""
     rows = store._query(
-        f"select {_COLUMNS} from price_candles where pair = ? and granularity = ? and start >= ? and start < ?"
-        " order by start",
+        f"select {_COLUMNS} from price_candles where pair = ? and granularity = ? and start >= ? and start < ? order by start",
         [pair, granularity, start, end],
     )
     return [_row(r) for r in rows]

@@ -141,9 +141,7 @@ def entity_summaries(store: Store) -> list[dict[str, Any]]:
         active = [a for a in addrs if a["status"] == "active"]
         bal = sum(balances.get((a["chain"], a["address"], "BTC"), 0) for a in active if a["chain"] == "bitcoin")
         seen = sum(1 for a in active if (a["chain"], a["address"], "BTC") in balances)
-        counts = store._query(
-            "select direction, count(*) as n from flows where entity = ? group by direction", [e["name"]]
-        )
+        counts = store._query("select direction, count(*) as n from flows where entity = ? group by direction", [e["name"]])
         out.append(
             {
                 "name": e["name"],
@@ -203,8 +201,10 @@ def alert_counts(store: Store) -> dict[str, int]:
 
 def latest_verdicts(store: Store) -> dict[tuple[str, str], str]:
     """(txid, entity) → the verdict of its newest classification."""
-    return {(r["txid"], r["entity"]): r["verdict"]
-            for r in store._query("select txid, entity, verdict from classifications order by version")}
+    return {
+        (r["txid"], r["entity"]): r["verdict"]
+        for r in store._query("select txid, entity, verdict from classifications order by version")
+    }
 
 
 def newest_chain_context(store: Store, *, scan: int = 50) -> dict[str, Any] | None:

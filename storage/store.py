@@ -42,20 +42,35 @@ from monitor.model import (
 )
 from storage.migrations import migrations
 
-__all__ = ["Store", "AsyncStore", "tx_status_of", "address_values", "where_equal", "shares_json", "shares_from_json",
-           "path_problem"]
+__all__ = [
+    "Store",
+    "AsyncStore",
+    "tx_status_of",
+    "address_values",
+    "where_equal",
+    "shares_json",
+    "shares_from_json",
+    "path_problem",
+]
 
 
 def shares_json(shares: tuple[TraceShare, ...] | list[TraceShare]) -> str:
     """TraceShares as stored (a JSON list; amounts as decimal strings)."""
-    return json.dumps([{"attribution": s.attribution, "value_units": str(s.value), "hops": s.hops, "path": list(s.path),
-                        "note": s.note} for s in shares])
+    return json.dumps(
+        [
+            {"attribution": s.attribution, "value_units": str(s.value), "hops": s.hops, "path": list(s.path), "note": s.note}
+            for s in shares
+        ]
+    )
 
 
 def shares_from_json(text: str | None) -> tuple[TraceShare, ...]:
     """Inverse of `shares_json` ("" or NULL → no shares)."""
-    return tuple(TraceShare(d["attribution"], int(d["value_units"]), int(d["hops"]), tuple(d["path"]), d.get("note", ""))
-                 for d in json.loads(text or "[]"))
+    return tuple(
+        TraceShare(d["attribution"], int(d["value_units"]), int(d["hops"]), tuple(d["path"]), d.get("note", ""))
+        for d in json.loads(text or "[]")
+    )
+
 
 T = TypeVar("T")
 
@@ -123,24 +138,56 @@ def _profile_from_json(text: str | None) -> Profile:
         if k not in ("strategy_tags", "strategy_source", "earlier")
     }
     earlier = tuple((name, Fact(**f)) for name, f in d.get("earlier", ()))
-    return Profile(**facts, strategy_tags=tuple(d.get("strategy_tags", ())), strategy_source=d.get("strategy_source", ""),
-                   earlier=earlier)
+    return Profile(
+        **facts, strategy_tags=tuple(d.get("strategy_tags", ())), strategy_source=d.get("strategy_source", ""), earlier=earlier
+    )
 
 
 # Batch upserts (`Store.save_txs`, `save_flows`): the same columns and values as the per-row writes.
 _CHUNK = 500
-_TX_COLS = ("chain", "txid", "block_height", "block_hash", "block_time", "fee_units", "asset", "decimals",
-            "is_coinbase", "inputs", "outputs", "status", "first_seen", "updated_at")
-_FLOW_COLS = ("chain", "txid", "entity", "asset", "decimals", "block_height", "block_time", "spent_units",
-              "change_units", "received_units", "fee_share_units", "out_units", "direction", "status",
-              "first_seen", "updated_at")
+_TX_COLS = (
+    "chain",
+    "txid",
+    "block_height",
+    "block_hash",
+    "block_time",
+    "fee_units",
+    "asset",
+    "decimals",
+    "is_coinbase",
+    "inputs",
+    "outputs",
+    "status",
+    "first_seen",
+    "updated_at",
+)
+_FLOW_COLS = (
+    "chain",
+    "txid",
+    "entity",
+    "asset",
+    "decimals",
+    "block_height",
+    "block_time",
+    "spent_units",
+    "change_units",
+    "received_units",
+    "fee_share_units",
+    "out_units",
+    "direction",
+    "status",
+    "first_seen",
+    "updated_at",
+)
 
 
 def _upsert_sql(table: str, cols: tuple[str, ...], pk: tuple[str, ...]) -> str:
     keep = set(pk) | {"first_seen"}
     sets = ", ".join(f"{c} = excluded.{c}" for c in cols if c not in keep)
-    return (f"insert into {table} ({', '.join(cols)}) values ({', '.join('?' * len(cols))}) "
-            f"on conflict ({', '.join(pk)}) do update set {sets}")
+    return (
+        f"insert into {table} ({', '.join(cols)}) values ({', '.join('?' * len(cols))}) "
+        f"on conflict ({', '.join(pk)}) do update set {sets}"
+    )
 
 
 _UPSERT_TX = _upsert_sql("transactions", _TX_COLS, ("chain", "txid"))
@@ -148,17 +195,43 @@ _UPSERT_FLOW = _upsert_sql("flows", _FLOW_COLS, ("chain", "txid", "entity"))
 
 
 def _tx_values(tx: ChainTx, now: int) -> tuple[Any, ...]:
-    return (tx.chain, tx.txid, tx.block_height, tx.block_hash, tx.block_time, str(tx.fee), tx.asset, tx.decimals,
-            int(tx.is_coinbase),
-            json.dumps([[i.address, str(i.value), i.prev_txid, i.prev_vout] for i in tx.inputs]),
-            json.dumps([[o.address, str(o.value), o.n] for o in tx.outputs]),
-            tx_status_of(tx), now, now)
+    return (
+        tx.chain,
+        tx.txid,
+        tx.block_height,
+        tx.block_hash,
+        tx.block_time,
+        str(tx.fee),
+        tx.asset,
+        tx.decimals,
+        int(tx.is_coinbase),
+        json.dumps([[i.address, str(i.value), i.prev_txid, i.prev_vout] for i in tx.inputs]),
+        json.dumps([[o.address, str(o.value), o.n] for o in tx.outputs]),
+        tx_status_of(tx),
+        now,
+        now,
+    )
 
 
 def _flow_values(flow: EntityFlow, now: int, status: str | None) -> tuple[Any, ...]:
-    return (flow.chain, flow.txid, flow.entity, flow.asset, flow.decimals, flow.block_height, flow.block_time,
-            str(flow.spent), str(flow.change), str(flow.received), str(flow.fee_share), str(flow.out), flow.direction,
-            status or ("confirmed" if flow.is_confirmed else "mempool"), now, now)
+    return (
+        flow.chain,
+        flow.txid,
+        flow.entity,
+        flow.asset,
+        flow.decimals,
+        flow.block_height,
+        flow.block_time,
+        str(flow.spent),
+        str(flow.change),
+        str(flow.received),
+        str(flow.fee_share),
+        str(flow.out),
+        flow.direction,
+        status or ("confirmed" if flow.is_confirmed else "mempool"),
+        now,
+        now,
+    )
 
 
 class Store:
@@ -196,8 +269,9 @@ class Store:
         except OSError as exc:
             raise StorageError(f"database {self.path} cannot be checked: {exc}") from exc
         if now != self._identity:
-            raise StorageError(f"database {self.path} was replaced by another file while in use; "
-                               "this process was writing to the old one") from None
+            raise StorageError(
+                f"database {self.path} was replaced by another file while in use; this process was writing to the old one"
+            ) from None
 
     def close(self) -> None:
         """Close the connection (a WAL checkpoint happens on the last close)."""
@@ -253,9 +327,7 @@ class Store:
 
     def set_address_status(self, chain: str, address: str, status: str) -> bool:
         """Set an address's status (active | candidate | rejected); False when it is unknown."""
-        cur = self._db.execute(
-            "update addresses set status = ? where chain = ? and address = ?", [status, chain, address]
-        )
+        cur = self._db.execute("update addresses set status = ? where chain = ? and address = ?", [status, chain, address])
         return cur.rowcount > 0
 
     def remove_address(self, chain: str, address: str) -> bool:
@@ -332,15 +404,31 @@ class Store:
         if not flows:
             return 0
         keys = [(f.chain, f.txid, f.entity) for f in flows]
-        known = {(c, t, e) for c in {k[0] for k in keys}
-                 for t, e in self._by_txids("flows", "txid, entity", c, (k[1] for k in keys if k[0] == c))}
+        known = {
+            (c, t, e)
+            for c in {k[0] for k in keys}
+            for t, e in self._by_txids("flows", "txid, entity", c, (k[1] for k in keys if k[0] == c))
+        }
         self._db.conn.executemany(_UPSERT_FLOW, [_flow_values(f, now, None) for f in flows])
         self._db.conn.executemany("delete from destinations where chain = ? and txid = ? and entity = ?", keys)
         self._db.conn.executemany(
             "insert or replace into destinations (chain, txid, entity, n, address, value_units, attribution, path, shares) "
             "values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(f.chain, f.txid, f.entity, d.n, d.address, str(d.value), str(d.attribution), json.dumps(list(d.attribution.path)),
-              shares_json(d.shares)) for f in flows for d in f.destinations],
+            [
+                (
+                    f.chain,
+                    f.txid,
+                    f.entity,
+                    d.n,
+                    d.address,
+                    str(d.value),
+                    str(d.attribution),
+                    json.dumps(list(d.attribution.path)),
+                    shares_json(d.shares),
+                )
+                for f in flows
+                for d in f.destinations
+            ],
         )
         return len(set(keys) - known)
 
@@ -466,8 +554,15 @@ class Store:
         ):
             att = Attribution.parse(d["attribution"])
             path = tuple(json.loads(d["path"] or "[]"))
-            dests.append(Destination(d["address"], int(d["value_units"]), d["n"], Attribution(att.kind, att.name, path),
-                                     shares_from_json(d.get("shares"))))
+            dests.append(
+                Destination(
+                    d["address"],
+                    int(d["value_units"]),
+                    d["n"],
+                    Attribution(att.kind, att.name, path),
+                    shares_from_json(d.get("shares")),
+                )
+            )
         return EntityFlow(
             chain=r["chain"],
             txid=r["txid"],
@@ -573,9 +668,7 @@ class Store:
 
     def retract(self, chain: str, txid: str, *, now: int) -> list[Classification]:
         """Mark the active classifications of a tx retracted (replaced or orphaned); returns them."""
-        rows = self._rows(
-            "select * from classifications where chain = ? and txid = ? and status = 'active'", [chain, txid]
-        )
+        rows = self._rows("select * from classifications where chain = ? and txid = ? and status = 'active'", [chain, txid])
         out = []
         for r in rows:
             self._db.execute("update classifications set status = 'retracted' where id = ?", [r["id"]])

@@ -14,7 +14,14 @@ def apply_utxo_changes(store: Store, chain: str, added: Iterable[WatchedUtxo], s
     """Add created and remove spent watched outputs (call inside the tick's batch)."""
     store._db["watched_utxos"].upsert_all(
         (
-            {"chain": u.chain, "txid": u.txid, "vout": u.vout, "address": u.address, "value_units": str(u.value), "height": u.height}
+            {
+                "chain": u.chain,
+                "txid": u.txid,
+                "vout": u.vout,
+                "address": u.address,
+                "value_units": str(u.value),
+                "height": u.height,
+            }
             for u in added
         ),
         pk=("chain", "txid", "vout"),

@@ -74,8 +74,7 @@ def net_flows_since(store: Store, chain: str, entity: str, since: int) -> list[t
            where chain = ? and entity = ? and status = 'confirmed' and block_time > ? order by block_time desc, txid""",
         [chain, entity, since],
     )
-    return [(r["block_time"], int(r["received_units"]) + int(r["change_units"]) - int(r["spent_units"]), r["txid"])
-            for r in rows]
+    return [(r["block_time"], int(r["received_units"]) + int(r["change_units"]) - int(r["spent_units"]), r["txid"]) for r in rows]
 
 
 def funding_times(store: Store, chain: str, txids: Sequence[str]) -> dict[str, tuple[int, int | None]]:

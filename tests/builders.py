@@ -65,13 +65,24 @@ def make_tx(
     chain: str = "bitcoin",
 ) -> ChainTx:
     """A ChainTx from (address, sats) pairs; the fee defaults to inputs − outputs."""
-    ins = tuple(TxInput(a, v, prev_txid=hashlib.sha256(f"{a}{v}{k}".encode()).hexdigest(), prev_vout=k) for k, (a, v) in enumerate(inputs))
+    ins = tuple(
+        TxInput(a, v, prev_txid=hashlib.sha256(f"{a}{v}{k}".encode()).hexdigest(), prev_vout=k) for k, (a, v) in enumerate(inputs)
+    )
     outs = tuple(TxOutput(a, v, n) for n, (a, v) in enumerate(outputs))
     if fee is None:
         fee = sum(v for _, v in inputs) - sum(v for _, v in outputs)
     if txid is None:
         txid = hashlib.sha256(repr((ins, outs, height)).encode()).hexdigest()
-    return ChainTx(chain, txid, height, time if height is not None else None, ins, outs, fee, block_hash=("00" * 32 if height is not None else None))
+    return ChainTx(
+        chain,
+        txid,
+        height,
+        time if height is not None else None,
+        ins,
+        outs,
+        fee,
+        block_hash=("00" * 32 if height is not None else None),
+    )
 
 
 def self_signed_cert(directory: Path) -> tuple[Path, Path]:
@@ -87,15 +98,18 @@ def self_signed_cert(directory: Path) -> tuple[Path, Path]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
         .not_valid_after(start + datetime.timedelta(days=365 * 30))
-        .add_extension(x509.SubjectAlternativeName(
-            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = directory / "cert.pem", directory / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_path, key_path
 
 
@@ -123,8 +137,12 @@ BUNDLED_PRICES = {"sources": ["csv"]}  # the csv price source on the product's b
 
 def miner_profile(source: str = "test fixture", **more) -> dict:
     """The test miner's profile: 1000 BTC held, 50 BTC mined a month, the sector-average cash cost."""
-    return {"holdings_btc": fact(1000, source), "monthly_production_btc": fact(50, source),
-            "cash_cost_usd": SECTOR_CASH_COST, **more}
+    return {
+        "holdings_btc": fact(1000, source),
+        "monthly_production_btc": fact(50, source),
+        "cash_cost_usd": SECTOR_CASH_COST,
+        **more,
+    }
 
 
 def sourced(addresses: Sequence[str], source: str = "test fixture") -> list[dict]:
@@ -147,11 +165,24 @@ def evm_source(name: str, url: str, **opts) -> dict:
     return {"name": name, "type": "evm", "url": url, **opts}
 
 
-def entity_table(name: str, kind: str, addresses: Sequence | None = None, *, profile: Mapping | None = None,
-                 ethereum: Sequence | None = None, **opts) -> dict:
+def entity_table(
+    name: str,
+    kind: str,
+    addresses: Sequence | None = None,
+    *,
+    profile: Mapping | None = None,
+    ethereum: Sequence | None = None,
+    **opts,
+) -> dict:
     """One `[[entities]]` table (with `[entities.profile]` when a profile is given); None keys are left out."""
-    return {"name": name, "kind": kind, **opts, "addresses": addresses, "ethereum": ethereum,
-            "profile": Table(profile) if profile else None}
+    return {
+        "name": name,
+        "kind": kind,
+        **opts,
+        "addresses": addresses,
+        "ethereum": ethereum,
+        "profile": Table(profile) if profile else None,
+    }
 
 
 def slack_channel(name: str, url_env: str, **opts) -> dict:
@@ -161,8 +192,14 @@ def slack_channel(name: str, url_env: str, **opts) -> dict:
 
 def webhook_channel(name: str, url_env: str, secret_env: str | None = None, **opts) -> dict:
     """One `[[alerts.channels]]` webhook table, URL (and HMAC secret) from the environment, not rate limited."""
-    return {"name": name, "type": "webhook", "url": env(url_env),
-            "secret": env(secret_env) if secret_env else None, "min_interval": 0, **opts}
+    return {
+        "name": name,
+        "type": "webhook",
+        "url": env(url_env),
+        "secret": env(secret_env) if secret_env else None,
+        "min_interval": 0,
+        **opts,
+    }
 
 
 def console_channel(name: str, **opts) -> dict:
@@ -208,9 +245,18 @@ def toml_table(header: str, table: Mapping, *, array: bool = False) -> str:
     return text
 
 
-def config_toml(*, db: Path, sources: Sequence[Mapping] = (), prices: Mapping | None = CSV_PRICES,
-                entities: Sequence[Mapping] = (), alerts: Mapping | None = None, channels: Sequence[Mapping] = (),
-                rules: Sequence[Mapping] = (), daemon: Mapping | None = None, extra: str = "") -> str:
+def config_toml(
+    *,
+    db: Path,
+    sources: Sequence[Mapping] = (),
+    prices: Mapping | None = CSV_PRICES,
+    entities: Sequence[Mapping] = (),
+    alerts: Mapping | None = None,
+    channels: Sequence[Mapping] = (),
+    rules: Sequence[Mapping] = (),
+    daemon: Mapping | None = None,
+    extra: str = "",
+) -> str:
     """A whole config.toml: storage at `db`, then the given tables (`prices=None`: no [prices]); `extra`, raw
     TOML, goes last."""
     parts = [toml_table("monitor", {"storage": db})]
@@ -273,7 +319,6 @@ async def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen | No
                 if loop.time() > deadline:
                     raise
                 await asyncio.sleep(0.1)
-
 
 
 def sql(store, query: str, params: Sequence = ()) -> list[tuple]:

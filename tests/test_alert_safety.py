@@ -61,8 +61,9 @@ def cli(cfg: Path, *args: str, log: tuple[str, ...] = ()) -> list[str]:
 
 async def spawn(argv: list[str], env: dict[str, str]) -> subprocess.Popen:
     # Popen waits until the child has exec'd: off the loop
-    return await asyncio.to_thread(subprocess.Popen, argv, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True)
+    return await asyncio.to_thread(
+        subprocess.Popen, argv, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def undelivered(db: Path) -> int:
@@ -118,13 +119,17 @@ def queue_alerts(db: Path, n: int, channels: tuple[str, ...]) -> list[str]:
 
 def dispatch_config(path: Path, db: Path) -> Path:
     """Only an outbox: a signed webhook and Slack, retried fast."""
-    path.write_text(config_toml(
-        db=db,
-        prices=None,
-        alerts={"dispatch_interval": 0.1, "retry_base": 0.1, "retry_cap": 0.5},
-        channels=[webhook_channel("hook", "TM_CRASH_HOOK_URL", "TM_CRASH_HOOK_SECRET"),
-                  slack_channel("slack", "TM_CRASH_SLACK_URL")],
-    ))
+    path.write_text(
+        config_toml(
+            db=db,
+            prices=None,
+            alerts={"dispatch_interval": 0.1, "retry_base": 0.1, "retry_cap": 0.5},
+            channels=[
+                webhook_channel("hook", "TM_CRASH_HOOK_URL", "TM_CRASH_HOOK_SECRET"),
+                slack_channel("slack", "TM_CRASH_SLACK_URL"),
+            ],
+        )
+    )
     return path
 
 
@@ -267,23 +272,47 @@ class RefusingSmtp:
 
 def secrets_config(path: Path, *, db: Path, esplora: str, addrs: dict[str, str], smtp_port: int, http_port: int) -> Path:
     """Every kind of secret in use: an Esplora API key header, Slack, SMTP login, webhook URL and HMAC, daemon token."""
-    mail = {"name": "mail", "type": "email", "host": "127.0.0.1", "port": smtp_port, "security": "starttls",
-            "sender": "treasury-monitor@example.com", "recipients": ["ops@example.com"], "username": SMTP_USER,
-            "password": env("TM_SEC_SMTP_PASSWORD"), "timeout": 5, "min_interval": 0}
-    path.write_text(config_toml(
-        db=db,
-        sources=[esplora_source("local", esplora, rate_limit=500.0, timeout=3.0, retries=1, poll_interval=0.3,
-                                headers={"X-Api-Key": env("TM_SEC_ESPLORA_KEY")})],
-        entities=[
-            entity_table("Test Miner", "miner", sourced([addrs["hot"]]), profile=miner_profile()),
-            entity_table("Test Exchange", "exchange", sourced([addrs["exchange"]]), watch=False),
-        ],
-        alerts={"max_age": 100000000, "dispatch_interval": 0.2, "retry_base": 0.1, "retry_cap": 0.3},
-        channels=[slack_channel("slack", "TM_SEC_SLACK_URL"), mail,
-                  webhook_channel("hook", "TM_SEC_HOOK_URL", "TM_SEC_HOOK_SECRET")],
-        rules=[rule("everything", ["slack", "mail", "hook"], min_severity="info")],
-        daemon={"port": http_port, "token": env("TM_SEC_DAEMON_TOKEN"), "shutdown_grace": 3, "digest_hour": -1},
-    ))
+    mail = {
+        "name": "mail",
+        "type": "email",
+        "host": "127.0.0.1",
+        "port": smtp_port,
+        "security": "starttls",
+        "sender": "treasury-monitor@example.com",
+        "recipients": ["ops@example.com"],
+        "username": SMTP_USER,
+        "password": env("TM_SEC_SMTP_PASSWORD"),
+        "timeout": 5,
+        "min_interval": 0,
+    }
+    path.write_text(
+        config_toml(
+            db=db,
+            sources=[
+                esplora_source(
+                    "local",
+                    esplora,
+                    rate_limit=500.0,
+                    timeout=3.0,
+                    retries=1,
+                    poll_interval=0.3,
+                    headers={"X-Api-Key": env("TM_SEC_ESPLORA_KEY")},
+                )
+            ],
+            entities=[
+                entity_table("Test Miner", "miner", sourced([addrs["hot"]]), profile=miner_profile()),
+                entity_table("Test Exchange", "exchange", sourced([addrs["exchange"]]), watch=False),
+            ],
+            alerts={"max_age": 100000000, "dispatch_interval": 0.2, "retry_base": 0.1, "retry_cap": 0.3},
+            channels=[
+                slack_channel("slack", "TM_SEC_SLACK_URL"),
+                mail,
+                webhook_channel("hook", "TM_SEC_HOOK_URL", "TM_SEC_HOOK_SECRET"),
+            ],
+            rules=[rule("everything", ["slack", "mail", "hook"], min_severity="info")],
+            daemon={"port": http_port, "token": env("TM_SEC_DAEMON_TOKEN"), "shutdown_grace": 3, "digest_hour": -1},
+        )
+    )
     return path
 
 
@@ -301,8 +330,9 @@ class Captured:
 
     async def run(self, *args: str, fmt: str = "text", ok: bool = True) -> subprocess.CompletedProcess:
         argv = cli(self.cfg, *args, log=("--log-level", "debug", "--log-format", fmt))
-        p = await asyncio.to_thread(subprocess.run, argv, cwd=ROOT, env={**os.environ, **self.env},
-                                    capture_output=True, text=True, timeout=60)
+        p = await asyncio.to_thread(
+            subprocess.run, argv, cwd=ROOT, env={**os.environ, **self.env}, capture_output=True, text=True, timeout=60
+        )
         label = " ".join(args) + f" [{fmt}]"
         self.add(label + " stdout", p.stdout)
         self.add(label + " stderr", p.stderr)
@@ -313,8 +343,9 @@ class Captured:
         return p
 
     def leaks(self) -> list[str]:
-        return [f"{what} in {label}" for what, value in secret_forms().items()
-                for label, blob in self.blobs if value.encode() in blob]
+        return [
+            f"{what} in {label}" for what, value in secret_forms().items() for label, blob in self.blobs if value.encode() in blob
+        ]
 
 
 async def test_secrets_never_appear_in_logs_exports_lists_api_or_database(tmp_path):
@@ -330,8 +361,15 @@ async def test_secrets_never_appear_in_logs_exports_lists_api_or_database(tmp_pa
     server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_tls.load_cert_chain(cert, key)
     smtp = RefusingSmtp()
-    controller = Controller(smtp, hostname="127.0.0.1", port=free_port(), tls_context=server_tls,
-                            require_starttls=True, authenticator=smtp.authenticator, auth_required=True)
+    controller = Controller(
+        smtp,
+        hostname="127.0.0.1",
+        port=free_port(),
+        tls_context=server_tls,
+        require_starttls=True,
+        authenticator=smtp.authenticator,
+        auth_required=True,
+    )
     # aiosmtpd's Controller starts and stops its server thread synchronously (it waits for it): off the loop
     await asyncio.to_thread(controller.start)
 
@@ -354,8 +392,15 @@ async def test_secrets_never_appear_in_logs_exports_lists_api_or_database(tmp_pa
                 "TM_SEC_ESPLORA_KEY": ESPLORA_KEY,
                 "SSL_CERT_FILE": str(cert),  # the product's default TLS context trusts the test's certificate
             }
-            cfg = await asyncio.to_thread(secrets_config, tmp_path / "secrets.toml", db=db, esplora=esplora.url,
-                                          addrs=addrs, smtp_port=controller.port, http_port=http_port)
+            cfg = await asyncio.to_thread(
+                secrets_config,
+                tmp_path / "secrets.toml",
+                db=db,
+                esplora=esplora.url,
+                addrs=addrs,
+                smtp_port=controller.port,
+                http_port=http_port,
+            )
             out = Captured(cfg, env)
 
             await asyncio.gather(out.run("check-config"), out.run("check-config", fmt="json"))
@@ -367,6 +412,7 @@ async def test_secrets_never_appear_in_logs_exports_lists_api_or_database(tmp_pa
             # deliver: Slack 500 then 200, SMTP refuses the login for good, the webhook verifies and takes it
             for i in range(20):
                 await out.run("alerts", "dispatch", fmt=("text", "json")[i % 2])
+
                 def queued() -> int:
                     with sqlite3.connect(db) as conn:
                         return conn.execute("select count(*) from alert_channels where status = 'queued'").fetchone()[0]
@@ -421,6 +467,7 @@ async def test_secrets_never_appear_in_logs_exports_lists_api_or_database(tmp_pa
                 base = f"http://127.0.0.1:{http_port}"
                 auth = {"Authorization": f"Bearer {DAEMON_TOKEN}"}
                 async with aiohttp.ClientSession() as s:
+
                     async def get(path: str, headers=auth) -> tuple[int, str]:
                         async with s.get(base + path, headers=headers) as r:
                             return r.status, await r.text()
@@ -435,11 +482,21 @@ async def test_secrets_never_appear_in_logs_exports_lists_api_or_database(tmp_pa
                     await until(up, timeout=20)
                     chain.pay([addrs["hot"]], [(addrs["exchange"], 11 * COIN)], fee=3_000)
                     chain.mine()
-                    await until(lambda: sum(r.status == 200 for r in slack.requests[n_slack:]) >= 1, timeout=20,
-                                what="the daemon's alert delivered to Slack")
+                    await until(
+                        lambda: sum(r.status == 200 for r in slack.requests[n_slack:]) >= 1,
+                        timeout=20,
+                        what="the daemon's alert delivered to Slack",
+                    )
                     assert slack.requests[n_slack].status == 500
-                    for path in ("/healthz", "/metrics", "/api/alerts", "/api/alerts?status=failed", "/api/flows",
-                                 "/api/entities", "/api/events"):
+                    for path in (
+                        "/healthz",
+                        "/metrics",
+                        "/api/alerts",
+                        "/api/alerts?status=failed",
+                        "/api/flows",
+                        "/api/entities",
+                        "/api/events",
+                    ):
                         status, body = await get(path)
                         assert status in (200, 503), (path, status)
                         out.add(f"GET {path}", body)
@@ -494,8 +551,11 @@ def test_redaction_holds_in_json_log_lines_when_the_secret_has_characters_json_e
             except ValueError:
                 log.exception("send failed")
             text = stream.getvalue()
-            shown = text if fmt == "text" else "\n".join(
-                " ".join(str(v) for v in json.loads(line).values()) for line in text.splitlines())
+            shown = (
+                text
+                if fmt == "text"
+                else "\n".join(" ".join(str(v) for v in json.loads(line).values()) for line in text.splitlines())
+            )
             assert "login with *** refused" in shown and "bad password ***" in shown, (fmt, text)
             for form in (secret, json.dumps(secret)[1:-1]):
                 assert form not in text, (fmt, text)

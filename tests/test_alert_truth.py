@@ -169,10 +169,7 @@ async def test_slack_messages_from_the_episode(tmp_path_factory):
         blocks = json.dumps(req.json["blocks"], ensure_ascii=False)
         text = html_lib.unescape(json.loads(json.dumps(req.json["text"])))
         # mrkdwn escapes & < >; every block's text, unescaped, is what a reader sees
-        shown = "\n".join(
-            html_lib.unescape(t)
-            for t in _texts(req.json["blocks"])
-        )
+        shown = "\n".join(html_lib.unescape(t) for t in _texts(req.json["blocks"]))
         check_message(shown, c, flow)
         assert "Price vs cost" in shown or c["verdict"] == "sovereign_sale"
         assert expected_fields(c, flow)["verdict"] in text and "no cost data" not in blocks
@@ -206,8 +203,9 @@ async def test_emails_from_the_episode(tmp_path_factory):
     controller = Controller(sink, hostname="127.0.0.1", port=free_port())
     await asyncio.to_thread(controller.start)
     try:
-        channel = EmailChannel("mail", "127.0.0.1", controller.port, "monitor@treasury.example", ["ops@example.com"],
-                               timeout=5.0, security="none")
+        channel = EmailChannel(
+            "mail", "127.0.0.1", controller.port, "monitor@treasury.example", ["ops@example.com"], timeout=5.0, security="none"
+        )
         for a in chosen:
             await channel.send(a)
     finally:
@@ -275,7 +273,9 @@ async def test_a_january_sale_is_judged_against_the_january_facts(tmp_path_facto
     facts = {f["figure"]: f for f in c["facts"]}
     assert facts["monthly_production_btc"]["as_of"] == "2025-05-31" and facts["holdings_btc"]["as_of"] == "2025-12-31"
     # MARA's March holdings are rolled forward from the Feb 2026 figure with what was seen leaving since
-    mara = [(flows[(t, e)]["block_time"], c) for (t, e), c in latest.items() if e == "MARA" and c["verdict"] == "balance_sheet_sale"]
+    mara = [
+        (flows[(t, e)]["block_time"], c) for (t, e), c in latest.items() if e == "MARA" and c["verdict"] == "balance_sheet_sale"
+    ]
     last = max(mara, key=lambda x: x[0])[1]
     held = next(r for r in last["reasons"] if "holdings of ≈" in r)
     assert "53,000 BTC reported (yellow.com, Feb 2026, as of 2026-02-28)" in held and "seen leaving since" in held
@@ -291,9 +291,23 @@ async def test_only_later_figures_are_used_and_said_to_be_later():
     at = 1_735_689_600  # 2025-01-01
     prod = Fact(900.0, "Example miner Mar 2026 update", "2026-03-31", quote="mined 900 BTC in March")
     ent = Entity("X", "miner", profile=Profile(monthly_production_btc=prod))
-    flow = EntityFlow("bitcoin", "ab" * 32, "X", 1, at, 500 * 10**8, 0, 0, 0, 500 * 10**8,
-                      (Destination("bc1qexample", 500 * 10**8, 0, Attribution("exchange", "Kraken")),))
+    flow = EntityFlow(
+        "bitcoin",
+        "ab" * 32,
+        "X",
+        1,
+        at,
+        500 * 10**8,
+        0,
+        0,
+        0,
+        500 * 10**8,
+        (Destination("bc1qexample", 500 * 10**8, 0, Attribution("exchange", "Kraken")),),
+    )
     c = classify(flow, ent, MarketContext(at=at), FlowHistory(), now=at)
-    assert any("monthly production of 900 BTC (Example miner Mar 2026 update, as of 2026-03-31: the earliest "
-               "figure found, dated after this flow)" in r for r in c.reasons), c.reasons
+    assert any(
+        "monthly production of 900 BTC (Example miner Mar 2026 update, as of 2026-03-31: the earliest "
+        "figure found, dated after this flow)" in r
+        for r in c.reasons
+    ), c.reasons
     assert c.facts[0].is_later

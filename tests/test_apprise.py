@@ -51,13 +51,16 @@ async def test_ntfy_schema_delivers_to_the_topic():
     assert req.json["title"].startswith("[INFO] TEST") and "Dedup key: test:" in req.json["message"]
 
 
-@pytest.mark.parametrize("reply, retryable, retry_after", [
-    (Reply(500, "boom"), True, None),
-    (Reply(503, "busy"), True, None),
-    (Reply(429, "slow", headers={"Retry-After": "7"}), True, 7.0),
-    (Reply(400, "bad"), False, None),
-    (Reply(401, "who"), False, None),
-])
+@pytest.mark.parametrize(
+    "reply, retryable, retry_after",
+    [
+        (Reply(500, "boom"), True, None),
+        (Reply(503, "busy"), True, None),
+        (Reply(429, "slow", headers={"Retry-After": "7"}), True, 7.0),
+        (Reply(400, "bad"), False, None),
+        (Reply(401, "who"), False, None),
+    ],
+)
 async def test_failures_are_classified_from_the_http_answer(reply, retryable, retry_after):
     async with Receiver() as rx:
         rx.script(reply)
@@ -89,12 +92,17 @@ async def test_nobody_listening_is_retryable_and_the_token_never_shows(caplog):
 def test_config_errors_name_the_setting_not_the_url(monkeypatch, tmp_path):
     monkeypatch.setenv("TM_AP_BAD", f"nosuchservice://{TOKEN}")
     monkeypatch.setenv("TM_AP_OK", f"ntfys://ntfy.example/{TOKEN}")
-    data = {"monitor": {"storage": str(tmp_path / "x.db")}, "alerts": {"channels": [
-        {"name": "bad", "type": "apprise", "url": {"env": "TM_AP_BAD"}},
-        {"name": "fmt", "type": "apprise", "url": {"env": "TM_AP_OK"}, "format": "rtf"},
-        {"name": "plain", "type": "apprise", "url": f"json://127.0.0.1/{TOKEN}"},
-        {"name": "ok", "type": "apprise", "url": {"env": "TM_AP_OK"}, "format": "html"},
-    ]}}
+    data = {
+        "monitor": {"storage": str(tmp_path / "x.db")},
+        "alerts": {
+            "channels": [
+                {"name": "bad", "type": "apprise", "url": {"env": "TM_AP_BAD"}},
+                {"name": "fmt", "type": "apprise", "url": {"env": "TM_AP_OK"}, "format": "rtf"},
+                {"name": "plain", "type": "apprise", "url": f"json://127.0.0.1/{TOKEN}"},
+                {"name": "ok", "type": "apprise", "url": {"env": "TM_AP_OK"}, "format": "html"},
+            ]
+        },
+    }
     with pytest.raises(ConfigError) as info:
         parse_config(data, base_dir=tmp_path)
     problems = info.value.problems
@@ -144,8 +152,9 @@ async def test_outbox_retries_500s_through_apprise_until_delivered(outbox):
     async with Receiver() as rx:
         rx.fail(3)
         aid = await astore.run(_queue, sample_alert(NOW, ("ap",)), NOW)
-        d = Dispatcher(StoreQueue(astore), {"ap": AppriseChannel("ap", json_url(rx), clock=clock)}, clock,
-                       policy=RetryPolicy(base=1, cap=4))
+        d = Dispatcher(
+            StoreQueue(astore), {"ap": AppriseChannel("ap", json_url(rx), clock=clock)}, clock, policy=RetryPolicy(base=1, cap=4)
+        )
         await drain(d, astore, clock)
     assert [r.status for r in rx.requests] == [500, 500, 500, 200]
     attempts = await astore.run(ob.deliveries_of, aid)
@@ -158,8 +167,12 @@ async def test_outbox_honours_a_429_retry_after_from_an_ntfy_server(outbox):
     async with Receiver() as rx:
         rx.rate_limit(retry_after="30")
         aid = await astore.run(_queue, sample_alert(NOW, ("ap",)), NOW)
-        d = Dispatcher(StoreQueue(astore), {"ap": AppriseChannel("ap", ntfy_url(rx), clock=clock)}, clock,
-                       policy=RetryPolicy(base=0.001, cap=0.001))
+        d = Dispatcher(
+            StoreQueue(astore),
+            {"ap": AppriseChannel("ap", ntfy_url(rx), clock=clock)},
+            clock,
+            policy=RetryPolicy(base=0.001, cap=0.001),
+        )
         await d.dispatch_once()
         [first] = await astore.run(ob.deliveries_of, aid)
         assert first.status == "retry" and first.next_at - NOW >= 30  # the backoff alone would be ~0 s

@@ -104,13 +104,43 @@ SUBROOMS = {
     "monitor.market": _BASE | {"monitor.market", "monitor.core", "monitor.bundled", "monitor.clock", "monitor.config"},
     "monitor.discovery": _BASE | {"monitor.discovery", "monitor.core", "monitor.bundled", "monitor.clock", "monitor.config"},
     # output shows what the others computed (the report's miner view is discovery.miners'); nothing imports output back
-    "monitor.output": _BASE | {"monitor.output", "monitor.core", "monitor.bundled", "monitor.clock", "monitor.config",
-                               "monitor.discovery", "monitor.market"},
+    "monitor.output": _BASE
+    | {
+        "monitor.output",
+        "monitor.core",
+        "monitor.bundled",
+        "monitor.clock",
+        "monitor.config",
+        "monitor.discovery",
+        "monitor.market",
+    },
     "monitor.sim": _BASE | {"monitor.sim", "monitor.bundled", "monitor.clock"},
-    "monitor.run": _BASE | {"monitor.run", "monitor.core", "monitor.bundled", "monitor.clock", "monitor.config",
-                            "monitor.market", "monitor.discovery", "monitor.output"},
-    "monitor.cli": _BASE | {"monitor", "monitor.cli", "monitor.config_schema", "monitor.run", "monitor.core", "monitor.bundled", "monitor.clock",
-                            "monitor.config", "monitor.market", "monitor.discovery", "monitor.output", "monitor.sim"},
+    "monitor.run": _BASE
+    | {
+        "monitor.run",
+        "monitor.core",
+        "monitor.bundled",
+        "monitor.clock",
+        "monitor.config",
+        "monitor.market",
+        "monitor.discovery",
+        "monitor.output",
+    },
+    "monitor.cli": _BASE
+    | {
+        "monitor",
+        "monitor.cli",
+        "monitor.config_schema",
+        "monitor.run",
+        "monitor.core",
+        "monitor.bundled",
+        "monitor.clock",
+        "monitor.config",
+        "monitor.market",
+        "monitor.discovery",
+        "monitor.output",
+        "monitor.sim",
+    },
     "monitor.__main__": {"monitor.cli"},
 }
 # Rooms beside monitor/ each part may use (sim is a leaf the CLI's demo and the tests start; core uses none).
@@ -122,10 +152,33 @@ OTHER_ROOMS = {
     "monitor.config_schema": {"watchers", "alerts"},
 }
 # Modules and calls a pure function has no use for: I/O, the event loop, wall time, processes.
-IMPURE = {"asyncio", "aiohttp", "socket", "sqlite3", "sqlite_utils", "subprocess", "os", "io", "pathlib", "shutil",
-          "threading", "concurrent", "time", "urllib", "http", "web3", "requests", "tempfile", "logging", "importlib"}
-SQL = re.compile(r"\b(select\s+[\w*].*?\s+from\s|insert\s+(or\s+\w+\s+)?into\s|update\s+\w+\s+set\s|delete\s+from\s|"
-                 r"(create|drop)\s+(table|index)\s)", re.I | re.S)
+IMPURE = {
+    "asyncio",
+    "aiohttp",
+    "socket",
+    "sqlite3",
+    "sqlite_utils",
+    "subprocess",
+    "os",
+    "io",
+    "pathlib",
+    "shutil",
+    "threading",
+    "concurrent",
+    "time",
+    "urllib",
+    "http",
+    "web3",
+    "requests",
+    "tempfile",
+    "logging",
+    "importlib",
+}
+SQL = re.compile(
+    r"\b(select\s+[\w*].*?\s+from\s|insert\s+(or\s+\w+\s+)?into\s|update\s+\w+\s+set\s|delete\s+from\s|"
+    r"(create|drop)\s+(table|index)\s)",
+    re.I | re.S,
+)
 
 
 def _name_of(path: Path) -> str:
@@ -235,7 +288,9 @@ def _sql_uses(tree: ast.AST) -> list[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and node.attr in {"_db", "_query"}:
             bad.append(f"{node.lineno}: uses the Store's private .{node.attr}")
-        elif isinstance(node, (ast.Attribute, ast.Subscript)) and isinstance(node.value, ast.Attribute) and node.value.attr == "db":
+        elif (
+            isinstance(node, (ast.Attribute, ast.Subscript)) and isinstance(node.value, ast.Attribute) and node.value.attr == "db"
+        ):
             bad.append(f"{node.lineno}: reaches into a database handle (.db)")
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs and SQL.search(node.value):
             bad.append(f"{node.lineno}: SQL text {node.value[:40]!r}")
@@ -257,8 +312,13 @@ def test_store_has_no_public_sql_escape_hatch():
     store = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == "Store")
     public = {n.name for n in store.body if isinstance(n, ast.FunctionDef)}
     assert not public & {"query", "execute", "db"}
-    assigned = {t.attr for n in ast.walk(store) if isinstance(n, ast.Assign) for t in n.targets
-                if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self"}
+    assigned = {
+        t.attr
+        for n in ast.walk(store)
+        if isinstance(n, ast.Assign)
+        for t in n.targets
+        if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self"
+    }
     assert "db" not in assigned and "_db" in assigned
 
 

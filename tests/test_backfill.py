@@ -31,18 +31,25 @@ def long_history(n: int) -> tuple[SimChain, str, str]:
 
 def write_config(tmp_path: Path, url: str, hot: str, exch: str) -> Path:
     p = tmp_path / "c.toml"
-    p.write_text(config_toml(
-        db=tmp_path / "b.db", sources=[esplora_source("local", url, rate_limit=10000.0, retries=1)], prices=BUNDLED_PRICES,
-        entities=[entity_table("Test Miner", "miner", [hot]), entity_table("Test Exchange", "exchange", [exch])],
-    ))
+    p.write_text(
+        config_toml(
+            db=tmp_path / "b.db",
+            sources=[esplora_source("local", url, rate_limit=10000.0, retries=1)],
+            prices=BUNDLED_PRICES,
+            entities=[entity_table("Test Miner", "miner", [hot]), entity_table("Test Exchange", "exchange", [exch])],
+        )
+    )
     return p
 
 
 def counts(store: Store) -> tuple[int, int, int]:
     """(txs, outflows, active classifications) stored."""
     one = lambda query: sql(store, query)[0][0]  # noqa: E731
-    return (one("select count(*) from transactions"), one("select count(*) from flows where direction = 'out'"),
-            one("select count(*) from classifications where status = 'active'"))
+    return (
+        one("select count(*) from transactions"),
+        one("select count(*) from flows where direction = 'out'"),
+        one("select count(*) from classifications where status = 'active'"),
+    )
 
 
 async def test_backfill_reads_a_history_beyond_one_step_in_one_call_with_progress(tmp_path):
@@ -89,7 +96,7 @@ async def test_an_interrupted_backfill_resumes_where_it_stopped(tmp_path):
         assert r.exit_code == 0 and "failed" not in r.output, r.output
         assert "1075 txs (1075 new)" in r.output
         assert await in_store(tmp_path / "b.db", counts) == (2_100, 210, 210)
-        again = [p for p in server.requests[len(seen):] if "/txs/chain/" in p]
+        again = [p for p in server.requests[len(seen) :] if "/txs/chain/" in p]
         committed = [p for p in seen if "/txs/chain/" in p][:40]
         assert again and not set(again) & set(committed)  # nothing read twice that was stored
 
@@ -108,8 +115,19 @@ def test_batched_writes_keep_first_seen_update_status_and_count_new(tmp_path):
     row = sql(store, "select first_seen, updated_at, block_height from transactions where txid = ?", ["aa" * 32])[0]
     assert tuple(row) == (10, 20, 101)
     assert store.get_tx("bitcoin", "aa" * 32) == confirmed
-    flow = EntityFlow(chain="bitcoin", txid="aa" * 32, entity="M", block_height=101, block_time=5, spent=10, change=2,
-                      received=0, fee_share=1, out=7, destinations=(Destination("x", 7, 0, Attribution("exchange", "K")),))
+    flow = EntityFlow(
+        chain="bitcoin",
+        txid="aa" * 32,
+        entity="M",
+        block_height=101,
+        block_time=5,
+        spent=10,
+        change=2,
+        received=0,
+        fee_share=1,
+        out=7,
+        destinations=(Destination("x", 7, 0, Attribution("exchange", "K")),),
+    )
     assert store.save_flows([flow], now=30) == 1
     moved = EntityFlow(**{**flow.__dict__, "destinations": (Destination("y", 7, 1, Attribution("unknown")),)})
     assert store.save_flows([moved], now=40) == 0
@@ -128,11 +146,15 @@ async def test_backfill_in_block_mode_seeds_every_address_in_one_call(tmp_path):
     chain.mine()
     async with EsploraServer(chain) as server:
         p = tmp_path / "c.toml"
-        await asyncio.to_thread(p.write_text, config_toml(
-            db=tmp_path / "b.db", prices=BUNDLED_PRICES,
-            sources=[esplora_source("local", server.url, rate_limit=100000.0, mode="block", mempool_checks=0)],
-            entities=[entity_table("Test Miner", "miner", hot), entity_table("Test Exchange", "exchange", [exch])],
-        ))
+        await asyncio.to_thread(
+            p.write_text,
+            config_toml(
+                db=tmp_path / "b.db",
+                prices=BUNDLED_PRICES,
+                sources=[esplora_source("local", server.url, rate_limit=100000.0, mode="block", mempool_checks=0)],
+                entities=[entity_table("Test Miner", "miner", hot), entity_table("Test Exchange", "exchange", [exch])],
+            ),
+        )
         r = await cli_run("-c", p, "backfill", "--no-progress")
         assert r.exit_code == 0, r.output
         assert "(1 new)" in r.stdout  # the one funding tx, read in the histories of both steps' addresses

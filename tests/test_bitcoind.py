@@ -93,11 +93,13 @@ async def test_same_txs_and_flows_as_esplora_step_by_step(h):
     b1, b2 = c.address("miner-b", "p2sh"), c.address("miner-b tr", "p2tr")
     x1 = c.address("exchange deposit", "p2wsh")
     stranger = c.address("stranger")
-    registry = Registry([
-        entity("Miner A", addresses=[a1, a2]),
-        entity("Miner B", addresses=[b1, b2]),
-        entity("Exchange X", kind="exchange", addresses=[x1]),
-    ])
+    registry = Registry(
+        [
+            entity("Miner A", addresses=[a1, a2]),
+            entity("Miner B", addresses=[b1, b2]),
+            entity("Exchange X", kind="exchange", addresses=[x1]),
+        ]
+    )
     watched = registry.watched_addresses("bitcoin")
     assert set(watched) == {a1, a2, b1, b2}
     c.fund_many([(a1, 3 * COIN), (a2, 2 * COIN), (b1, 5 * COIN), (b2, COIN)])
@@ -128,8 +130,16 @@ async def test_same_txs_and_flows_as_esplora_step_by_step(h):
     def coinbase_to_watched():
         c.mine(coinbase_to=b1, coinbase_tag="/pool/")
 
-    steps = [spend_with_change, confirm, consolidation_with_unconfirmed_parent, confirm,
-             two_entities_and_a_stranger, unconfirmed_funding_then_spend, confirm, coinbase_to_watched]
+    steps = [
+        spend_with_change,
+        confirm,
+        consolidation_with_unconfirmed_parent,
+        confirm,
+        two_entities_and_a_stranger,
+        unconfirmed_funding_then_spend,
+        confirm,
+        coinbase_to_watched,
+    ]
 
     first_core, first_esplora = await h.poll(core), await h.poll(esplora)
     assert by_txid(first_core) == by_txid(first_esplora)
@@ -157,8 +167,9 @@ def _utxos(chain: SimChain, address: str, exclude: str = "") -> list[tuple[str, 
 async def test_flows_of_a_spend_a_consolidation_and_a_two_entity_tx(h):
     c = h.chain
     a1, a2, b1, x1 = c.address("fa1"), c.address("fa2", "p2pkh"), c.address("fb1"), c.address("fx1")
-    registry = Registry([entity("A", addresses=[a1, a2]), entity("B", addresses=[b1]),
-                         entity("X", kind="exchange", addresses=[x1])])
+    registry = Registry(
+        [entity("A", addresses=[a1, a2]), entity("B", addresses=[b1]), entity("X", kind="exchange", addresses=[x1])]
+    )
     c.fund_many([(a1, 2 * COIN), (a2, COIN), (b1, COIN)])
     core = h.core(registry.watched_addresses("bitcoin"))
     await h.poll(core)
@@ -402,8 +413,7 @@ async def test_wrong_credentials_give_a_clear_message_and_recover(h, caplog):
         await h.poll(core)
     assert not isinstance(err.value, TransientError)
     where = f"127.0.0.1:{h.node.port}"
-    assert str(err.value) == (f"bitcoind at {where} rejected the RPC credentials "
-                              "(check rpcuser/rpcpassword or the cookie file)")
+    assert str(err.value) == (f"bitcoind at {where} rejected the RPC credentials (check rpcuser/rpcpassword or the cookie file)")
     assert "not-the-password" not in caplog.text and "not-the-password" not in str(err.value)
     assert h.node.calls == []  # refused before any method ran
     h.node.password = "not-the-password"  # the operator fixes the node's rpcpassword
@@ -464,11 +474,13 @@ async def test_core_older_than_23_is_refused(h, version, shown):
     h.node.version = version
     with pytest.raises(SourceError) as err:
         await h.poll(h.core([h.chain.address("old")]))
-    assert str(err.value) == (f"Bitcoin Core 23.0 or newer is needed (getblock verbosity 3 returns prevouts); "
-                              f"bitcoind at 127.0.0.1:{h.node.port} is {shown} (/Satoshi:{shown}.0/)"
-                              if version >= 220000 else
-                              f"Bitcoin Core 23.0 or newer is needed (getblock verbosity 3 returns prevouts); "
-                              f"bitcoind at 127.0.0.1:{h.node.port} is {shown} (/Satoshi:{shown}/)")
+    assert str(err.value) == (
+        f"Bitcoin Core 23.0 or newer is needed (getblock verbosity 3 returns prevouts); "
+        f"bitcoind at 127.0.0.1:{h.node.port} is {shown} (/Satoshi:{shown}.0/)"
+        if version >= 220000
+        else f"Bitcoin Core 23.0 or newer is needed (getblock verbosity 3 returns prevouts); "
+        f"bitcoind at 127.0.0.1:{h.node.port} is {shown} (/Satoshi:{shown}/)"
+    )
     assert h.node.methods == ["getnetworkinfo"]
 
 
@@ -483,13 +495,18 @@ async def test_node_that_does_not_say_its_version_is_judged_by_its_getblock_answ
         if method == "getnetworkinfo":
             return {**result, "version": "v1.0.2", "subversion": "/other-node:1.0.2/"}
         if method == "getblock" and params[1:] == [3]:
-            return {**result, "tx": [{**t, "vin": [{k: v for k, v in i.items() if k != "prevout"} for i in t["vin"]]}
-                                     for t in result["tx"]]}
+            return {
+                **result,
+                "tx": [{**t, "vin": [{k: v for k, v in i.items() if k != "prevout"} for i in t["vin"]]} for t in result["tx"]],
+            }
         return result
 
     h.node.mutate = mutate
-    with pytest.raises(SourceError, match=r"Bitcoin Core 23.0 or newer is needed .* \(/other-node:1.0.2/\) answered "
-                                          r"getblock verbosity 3 without prevouts"):
+    with pytest.raises(
+        SourceError,
+        match=r"Bitcoin Core 23.0 or newer is needed .* \(/other-node:1.0.2/\) answered "
+        r"getblock verbosity 3 without prevouts",
+    ):
         await h.poll(h.core([a]))
 
     def refuse(method, params, result):
@@ -532,8 +549,11 @@ async def test_pruned_block_without_prevouts_is_malformed_naming_the_field(h):
         return result
 
     h.node.mutate = no_prevout
-    with pytest.raises(MalformedError, match=r"^tx\[1\]\.vin\[0\]\.prevout: missing in getblock [0-9a-f]{64} "
-                                             r"\(height \d+\) verbosity 3"):
+    with pytest.raises(
+        MalformedError,
+        match=r"^tx\[1\]\.vin\[0\]\.prevout: missing in getblock [0-9a-f]{64} "
+        r"\(height \d+\) verbosity 3",
+    ):
         await h.poll(h.core([a]))
 
 
@@ -634,8 +654,14 @@ def test_btc_to_sats_is_exact():
     assert btc_to_sats(50, "v") == 50 * COIN
     assert btc_to_sats(Decimal("1E-8"), "v") == 1
     assert btc_to_sats(Decimal("0E-8"), "v") == 0
-    for bad, text in [(Decimal("0.000000001"), "not a whole number"), (0.1, "a float"), (True, "True"),
-                      ("1.0", "'1.0'"), (Decimal(-1), "outside"), (Decimal("NaN"), "not a whole number")]:
+    for bad, text in [
+        (Decimal("0.000000001"), "not a whole number"),
+        (0.1, "a float"),
+        (True, "True"),
+        ("1.0", "'1.0'"),
+        (Decimal(-1), "outside"),
+        (Decimal("NaN"), "not a whole number"),
+    ]:
         with pytest.raises(MalformedError, match=text):
             btc_to_sats(bad, "x.value")
 
@@ -643,8 +669,13 @@ def test_btc_to_sats_is_exact():
 def test_parse_core_tx_checks_fee_and_vout_index():
     tx = {
         "txid": "aa" * 32,
-        "vin": [{"txid": "bb" * 32, "vout": 1, "prevout": {"value": Decimal("1.00000000"),
-                                                           "scriptPubKey": {"address": "1BoatSLRHtKNngkdXEeobR76b53LETtpyT"}}}],
+        "vin": [
+            {
+                "txid": "bb" * 32,
+                "vout": 1,
+                "prevout": {"value": Decimal("1.00000000"), "scriptPubKey": {"address": "1BoatSLRHtKNngkdXEeobR76b53LETtpyT"}},
+            }
+        ],
         "vout": [{"value": Decimal("0.99990000"), "n": 0, "scriptPubKey": {"type": "nulldata"}}],
         "fee": Decimal("0.00010000"),
     }
@@ -678,8 +709,9 @@ async def test_real_bcoin_node_auth_rpc_shapes_and_the_older_node_error(bcoin):
         wrong = BitcoindRpc(bcoin.url, session, clock=clock, user="x", password="not-the-key")
         with pytest.raises(SourceError) as err:
             await wrong.call("getblockcount")
-        assert str(err.value) == (f"bitcoind at 127.0.0.1:{bcoin.port} rejected the RPC credentials "
-                                  "(check rpcuser/rpcpassword or the cookie file)")
+        assert str(err.value) == (
+            f"bitcoind at 127.0.0.1:{bcoin.port} rejected the RPC credentials (check rpcuser/rpcpassword or the cookie file)"
+        )
         rpc = BitcoindRpc(bcoin.url, session, clock=clock, user="x", password=bcoin.api_key)
         info = await rpc.call("getblockchaininfo")
         assert (info["chain"], info["blocks"], info["bestblockhash"]) == ("regtest", 3, hashes[-1])
@@ -719,8 +751,9 @@ async def test_a_redirect_is_not_followed_with_the_rpc_credentials(aiohttp_serve
     app.router.add_route("*", "/{tail:.*}", moved)
     server = await aiohttp_server(app)
     async with aiohttp.ClientSession() as session:
-        rpc = BitcoindRpc(str(server.make_url("/")), session, clock=FrozenClock(), user="rpcuser",
-                          password="rpc-pa55word", retries=0)
+        rpc = BitcoindRpc(
+            str(server.make_url("/")), session, clock=FrozenClock(), user="rpcuser", password="rpc-pa55word", retries=0
+        )
         with pytest.raises(SourceError) as info:
             await rpc.call("getblockcount")
     assert not isinstance(info.value, TransientError) and "307" in str(info.value)

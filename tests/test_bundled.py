@@ -30,9 +30,16 @@ SHA256 = {
 MINERS = ["MARA", "Riot", "CleanSpark", "Core Scientific", "Bitdeer", "Cango", "HIVE", "Hut 8", "Cipher", "TeraWulf", "IREN"]
 SOVEREIGNS = ["Bhutan", "US Government", "United Kingdom", "El Salvador", "Germany (BKA)"]
 COUNTERPARTIES = {
-    "QCP Capital": "otc", "Cumberland DRW": "otc", "Flow Traders": "otc",
-    "Coinbase Prime": "custodian", "Cobo": "custodian", "BitGo": "custodian",
-    "Binance": "exchange", "Kraken": "exchange", "Coinbase": "exchange", "OKX": "exchange",
+    "QCP Capital": "otc",
+    "Cumberland DRW": "otc",
+    "Flow Traders": "otc",
+    "Coinbase Prime": "custodian",
+    "Cobo": "custodian",
+    "BitGo": "custodian",
+    "Binance": "exchange",
+    "Kraken": "exchange",
+    "Coinbase": "exchange",
+    "OKX": "exchange",
 }
 
 
@@ -123,8 +130,11 @@ def test_seed_figures(entities):
     assert entities["Bhutan"].profile.holdings_btc.value == 5400
     assert entities["HIVE"].profile.holdings_btc is None and entities["HIVE"].profile.monthly_production_btc is None
     # The article's three paths, each its own tag: stick to mining / walk on two legs / complete shift to AI.
-    for names, tag in ((["CleanSpark", "HIVE"], "mining_focus"), (["MARA", "IREN", "Riot"], "dual_track"),
-                       (["Core Scientific", "TeraWulf", "Cipher"], "ai_shift")):
+    for names, tag in (
+        (["CleanSpark", "HIVE"], "mining_focus"),
+        (["MARA", "IREN", "Riot"], "dual_track"),
+        (["Core Scientific", "TeraWulf", "Cipher"], "ai_shift"),
+    ):
         for n in names:
             assert tag in entities[n].profile.strategy_tags, (n, tag)
     assert "ai_hpc_pivot" in entities["Hut 8"].profile.strategy_tags  # AI/HPC contracts, no path named
@@ -267,8 +277,10 @@ def test_data_readme_lists_every_dated_point(entities):
                 else:
                     name = e.name
                 value = f"{int(f.value):,}" if float(f.value).is_integer() else f"{f.value:,.2f}".rstrip("0").rstrip(".")
-                assert any(r.startswith(f"| {name} |") and f"| {value} | {f.as_of} |" in r
-                           and f.quote.replace("|", "\\|") in r for r in rows), (e.name, figure, f.as_of)
+                assert any(
+                    r.startswith(f"| {name} |") and f"| {value} | {f.as_of} |" in r and f.quote.replace("|", "\\|") in r
+                    for r in rows
+                ), (e.name, figure, f.as_of)
 
 
 def test_a_dated_config_figure_joins_the_bundled_series_and_the_shipped_config_agrees(entities):
@@ -278,14 +290,20 @@ def test_a_dated_config_figure_joins_the_bundled_series_and_the_shipped_config_a
     from monitor.model import Entity, Fact, Profile
 
     newer = Fact(41_000.0, "MARA Apr 2026 update (test)", "2026-04-30", quote="held 41,000 BTC")
-    [mara] = [e for e in merge_entities(entities.values(), [Entity("MARA", "miner", profile=Profile(holdings_btc=newer))])
-              if e.name == "MARA"]
+    [mara] = [
+        e
+        for e in merge_entities(entities.values(), [Entity("MARA", "miner", profile=Profile(holdings_btc=newer))])
+        if e.name == "MARA"
+    ]
     assert [f.as_of for f in mara.profile.series("holdings_btc")] == ["2024-09-30", "2025-09-30", "2026-02-28", "2026-04-30"]
     assert fact_at(mara.profile, "holdings_btc", "2026-03-10").fact.value == 53_000  # March: February's point
     assert fact_at(mara.profile, "holdings_btc", "2026-05-01").fact is newer
     bare = Fact(40_000.0, "config.toml", "")
-    [mara] = [e for e in merge_entities(entities.values(), [Entity("MARA", "miner", profile=Profile(holdings_btc=bare))])
-              if e.name == "MARA"]
+    [mara] = [
+        e
+        for e in merge_entities(entities.values(), [Entity("MARA", "miner", profile=Profile(holdings_btc=bare))])
+        if e.name == "MARA"
+    ]
     assert mara.profile.series("holdings_btc") == (bare,)  # an undated number replaces the series
     # the shipped config.toml does not contradict the registry: every figure it sets is a registry point
     root = __import__("pathlib").Path(__file__).resolve().parent.parent

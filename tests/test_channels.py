@@ -60,21 +60,48 @@ def make_payload(**overrides):
         "changes": [],
         "explorer_url": f"https://mempool.space/tx/{TXID}",
         "flow": {
-            "schema": "treasury-monitor.flow/1", "chain": "bitcoin", "txid": TXID, "entity": "MARA",
-            "entity_kind": "miner", "direction": "out", "status": "confirmed", "block_height": 886000,
-            "block_time": "2026-03-04T12:00:00Z", "seen_at": "2026-03-04T11:58:10Z", "asset": "BTC",
-            "decimals": 8, "spent_units": 125000100000, "spent_amount": "1250.00100000", "change_units": 0,
-            "change_amount": "0.00000000", "received_units": 0, "received_amount": "0.00000000",
-            "fee_share_units": 100000, "fee_share_amount": "0.00100000", "out_units": 125000000000,
+            "schema": "treasury-monitor.flow/1",
+            "chain": "bitcoin",
+            "txid": TXID,
+            "entity": "MARA",
+            "entity_kind": "miner",
+            "direction": "out",
+            "status": "confirmed",
+            "block_height": 886000,
+            "block_time": "2026-03-04T12:00:00Z",
+            "seen_at": "2026-03-04T11:58:10Z",
+            "asset": "BTC",
+            "decimals": 8,
+            "spent_units": 125000100000,
+            "spent_amount": "1250.00100000",
+            "change_units": 0,
+            "change_amount": "0.00000000",
+            "received_units": 0,
+            "received_amount": "0.00000000",
+            "fee_share_units": 100000,
+            "fee_share_amount": "0.00100000",
+            "out_units": 125000000000,
             "out_amount": "1250.00000000",
-            "destinations": [{"address": "bc1qgdjqv0av3q56jvd82tkdjpy7gdp9ut8tlqmgrpmv24sq90ecnvqqjwvw97", "n": 0,
-                              "value_units": 125000000000, "value_amount": "1250.00000000",
-                              "attribution": "exchange:Binance"}],
+            "destinations": [
+                {
+                    "address": "bc1qgdjqv0av3q56jvd82tkdjpy7gdp9ut8tlqmgrpmv24sq90ecnvqqjwvw97",
+                    "n": 0,
+                    "value_units": 125000000000,
+                    "value_amount": "1250.00000000",
+                    "attribution": "exchange:Binance",
+                }
+            ],
             "classification": {
-                "verdict": "balance_sheet_sale", "severity": "critical",
+                "verdict": "balance_sheet_sale",
+                "severity": "critical",
                 "reasons": ["price $68,400 is 14.5% below MARA's cash cost $79,995 (CoinShares Q1 2026)"],
-                "usd_value": 85500000.0, "btc_usd": 68400.0, "hashprice_usd": 29.1, "cash_cost_usd": 79995.0,
-                "version": 1, "status": "active", "classified_at": "2026-03-04T12:01:00Z",
+                "usd_value": 85500000.0,
+                "btc_usd": 68400.0,
+                "hashprice_usd": 29.1,
+                "cash_cost_usd": 79995.0,
+                "version": 1,
+                "status": "active",
+                "classified_at": "2026-03-04T12:01:00Z",
             },
         },
     }
@@ -84,8 +111,9 @@ def make_payload(**overrides):
 
 def make_alert(alert_id: int = 1, **payload_overrides) -> Alert:
     payload = make_payload(**payload_overrides)
-    return Alert(dedup_key=payload["dedup_key"], kind=payload["kind"], channels=("x",), payload=payload,
-                 created_at=NOW, id=alert_id)
+    return Alert(
+        dedup_key=payload["dedup_key"], kind=payload["kind"], channels=("x",), payload=payload, created_at=NOW, id=alert_id
+    )
 
 
 def assert_no_secret(err: BaseException, caplog, *secrets: str) -> None:
@@ -126,8 +154,18 @@ async def test_slack_receiver_gets_valid_block_kit_with_the_numbers(receiver, se
     body = req.json
     assert block_kit_problems(body) == []
     text = req.text
-    for expected in ("1,250.00000000 BTC", "$85.5M", "balance_sheet_sale", "critical", "exchange:Binance",
-                     "$68,400", "$79,995", "14.5% below MARA", f"https://mempool.space/tx/{TXID}", DEDUP):
+    for expected in (
+        "1,250.00000000 BTC",
+        "$85.5M",
+        "balance_sheet_sale",
+        "critical",
+        "exchange:Binance",
+        "$68,400",
+        "$79,995",
+        "14.5% below MARA",
+        f"https://mempool.space/tx/{TXID}",
+        DEDUP,
+    ):
         assert expected in text, expected
     assert body["blocks"][0]["type"] == "header"
 
@@ -292,8 +330,7 @@ async def test_webhook_standard_signature_verifies_with_the_reference_library(se
     clock = SystemClock()
     async with Receiver(on_request=verifying(WHSEC)) as rx:
         channel = WebhookChannel("hook", rx.url("/ingest?token=abc123456"), WHSEC, session, clock=clock)
-        alert = make_alert(kind="update", changes=["severity notice → critical"], message_id="msg_upd",
-                           amends="msg_first")
+        alert = make_alert(kind="update", changes=["severity notice → critical"], message_id="msg_upd", amends="msg_first")
         await channel.send(alert)
         await channel.send(alert)  # a resend (e.g. after a timeout) repeats the id, not the message
     first, again = rx.requests
@@ -349,8 +386,7 @@ async def test_webhook_dedup_header_is_safe_for_any_key(receiver, session, clock
     await channel.send(make_alert(dedup_key=key, message_id="msg_a\r\nX-Evil: 2"))
     [req] = receiver.requests
     assert "X-Evil" not in req.headers
-    assert req.headers["X-Dedup-Key"] == (
-        "bitcoin:ab:Druk%20Holding%20%E2%80%93%20Bhutan%0D%0AX-Evil:%201:sovereign_sale")
+    assert req.headers["X-Dedup-Key"] == ("bitcoin:ab:Druk%20Holding%20%E2%80%93%20Bhutan%0D%0AX-Evil:%201:sovereign_sale")
     assert req.json["dedup_key"] == key
     assert dedup_header(DEDUP) == DEDUP  # ordinary keys are sent as they are
 
@@ -463,7 +499,9 @@ class Sink:
 
 def authenticator(server, session, envelope, mechanism, auth_data):
     ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (
-        SMTP_USER.encode(), SMTP_PASSWORD.encode())
+        SMTP_USER.encode(),
+        SMTP_PASSWORD.encode(),
+    )
     return AuthResult(success=ok, handled=False)  # handled=False: aiosmtpd answers 535 itself
 
 
@@ -484,8 +522,9 @@ def smtp_plain():
 @pytest.fixture
 def smtp_starttls(server_tls):
     """STARTTLS required, AUTH required (only after TLS)."""
-    sink, controller = start_smtp(tls_context=server_tls, require_starttls=True, authenticator=authenticator,
-                                  auth_required=True, auth_require_tls=True)
+    sink, controller = start_smtp(
+        tls_context=server_tls, require_starttls=True, authenticator=authenticator, auth_required=True, auth_require_tls=True
+    )
     yield sink, controller.port
     controller.stop()
 
@@ -502,14 +541,14 @@ def smtp_implicit_tls(server_tls):
 
 def _email_channel(port, **kwargs):
     kwargs.setdefault("security", "none")
-    return EmailChannel("mail", "127.0.0.1", port, "monitor@treasury.example",
-                        ["ops@example.com", "cfo@example.com"], timeout=5.0, **kwargs)
+    return EmailChannel(
+        "mail", "127.0.0.1", port, "monitor@treasury.example", ["ops@example.com", "cfo@example.com"], timeout=5.0, **kwargs
+    )
 
 
 def assert_alert_message(msg):
     assert msg.get_content_type() == "multipart/alternative"
-    assert msg["Subject"] == (
-        "[CRITICAL] MARA sold 1,250.00000000 BTC ($85.5M) to exchange:Binance — balance_sheet_sale")
+    assert msg["Subject"] == ("[CRITICAL] MARA sold 1,250.00000000 BTC ($85.5M) to exchange:Binance — balance_sheet_sale")
     assert msg[DEDUP_HEADER] == DEDUP
     assert msg["From"] == "monitor@treasury.example"
     assert msg["To"] == "ops@example.com, cfo@example.com"
@@ -534,8 +573,7 @@ async def test_email_plain_smtp_multipart_alternative(smtp_plain):
 async def test_email_starttls_with_auth(smtp_starttls, client_tls, caplog):
     caplog.set_level(logging.DEBUG, logger="alerts")
     sink, port = smtp_starttls
-    channel = _email_channel(port, security="starttls", tls_context=client_tls, username=SMTP_USER,
-                             password=SMTP_PASSWORD)
+    channel = _email_channel(port, security="starttls", tls_context=client_tls, username=SMTP_USER, password=SMTP_PASSWORD)
     await channel.send(make_alert())
     assert_alert_message(sink.messages()[0])
     assert sink.authenticated == [True]
@@ -545,8 +583,9 @@ async def test_email_starttls_with_auth(smtp_starttls, client_tls, caplog):
 async def test_email_starttls_wrong_password_is_permanent_and_secret(smtp_starttls, client_tls, caplog):
     caplog.set_level(logging.DEBUG)
     sink, port = smtp_starttls
-    channel = _email_channel(port, security="starttls", tls_context=client_tls, username=SMTP_USER,
-                             password=SMTP_PASSWORD + "-wrong")
+    channel = _email_channel(
+        port, security="starttls", tls_context=client_tls, username=SMTP_USER, password=SMTP_PASSWORD + "-wrong"
+    )
     with pytest.raises(DeliveryError) as info:
         await channel.send(make_alert())
     err = info.value
@@ -560,17 +599,24 @@ async def test_email_server_echoing_the_password_is_scrubbed(server_tls, client_
     caplog.set_level(logging.DEBUG, logger="alerts")
 
     def echoing(server, session, envelope, mechanism, auth_data):
-        return AuthResult(success=False, handled=False,
-                          message=f"535 5.7.8 bad password {auth_data.password.decode()}")
+        return AuthResult(success=False, handled=False, message=f"535 5.7.8 bad password {auth_data.password.decode()}")
 
     sink = Sink()
-    controller = Controller(sink, hostname="127.0.0.1", port=free_port(), tls_context=server_tls,
-                            require_starttls=True, authenticator=echoing, auth_required=True)
+    controller = Controller(
+        sink,
+        hostname="127.0.0.1",
+        port=free_port(),
+        tls_context=server_tls,
+        require_starttls=True,
+        authenticator=echoing,
+        auth_required=True,
+    )
     # aiosmtpd's Controller starts and stops its server thread synchronously (it waits for it): off the loop
     await asyncio.to_thread(controller.start)
     try:
-        channel = _email_channel(controller.port, security="starttls", tls_context=client_tls,
-                                 username=SMTP_USER, password=SMTP_PASSWORD)
+        channel = _email_channel(
+            controller.port, security="starttls", tls_context=client_tls, username=SMTP_USER, password=SMTP_PASSWORD
+        )
         with pytest.raises(DeliveryError) as info:
             await channel.send(make_alert())
     finally:
@@ -581,8 +627,7 @@ async def test_email_server_echoing_the_password_is_scrubbed(server_tls, client_
 
 async def test_email_implicit_tls(smtp_implicit_tls, client_tls):
     sink, port = smtp_implicit_tls
-    channel = _email_channel(port, security="tls", tls_context=client_tls, username=SMTP_USER,
-                             password=SMTP_PASSWORD)
+    channel = _email_channel(port, security="tls", tls_context=client_tls, username=SMTP_USER, password=SMTP_PASSWORD)
     await channel.send(make_alert())
     assert_alert_message(sink.messages()[0])
     assert sink.authenticated == [True]
@@ -591,8 +636,7 @@ async def test_email_implicit_tls(smtp_implicit_tls, client_tls):
 async def test_email_untrusted_certificate_is_permanent(smtp_starttls):
     sink, port = smtp_starttls
     untrusting = ssl.create_default_context()  # system CAs only: the self-signed certificate is unknown
-    channel = _email_channel(port, security="starttls", tls_context=untrusting, username=SMTP_USER,
-                             password=SMTP_PASSWORD)
+    channel = _email_channel(port, security="starttls", tls_context=untrusting, username=SMTP_USER, password=SMTP_PASSWORD)
     with pytest.raises(DeliveryError) as info:
         await channel.send(make_alert())
     assert info.value.retryable is False
@@ -646,8 +690,9 @@ async def test_email_message_id_is_stable_per_alert_and_distinct_per_kind(smtp_p
 async def test_email_attachments(smtp_plain):
     sink, port = smtp_plain
     png = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
-    alert = make_alert(attachments=[{"filename": "digest.png", "content_type": "image/png",
-                                     "data_base64": base64.b64encode(png).decode()}])
+    alert = make_alert(
+        attachments=[{"filename": "digest.png", "content_type": "image/png", "data_base64": base64.b64encode(png).decode()}]
+    )
     await _email_channel(port).send(alert)
     [msg] = sink.messages()
     assert msg.get_content_type() == "multipart/mixed"
@@ -707,11 +752,13 @@ async def test_build_channel_from_settings(session, clock, receiver):
     slack = build_channel("slack", "ops", {"webhook_url": receiver.url(SLACK_PATH)}, session=session, clock=clock)
     assert isinstance(slack, RateLimitedChannel) and slack.limiter.interval == 1.0  # Slack: 1 msg/s
     assert isinstance(slack, Channel)
-    hook = build_channel("webhook", "hook", {"url": receiver.url("/h"), "secret": HMAC_SECRET, "timeout": 3},
-                         session=session, clock=clock)
+    hook = build_channel(
+        "webhook", "hook", {"url": receiver.url("/h"), "secret": HMAC_SECRET, "timeout": 3}, session=session, clock=clock
+    )
     assert isinstance(hook, WebhookChannel)
-    mail = build_channel("email", "mail", {"host": "127.0.0.1", "sender": "a@b.c", "recipients": ["d@e.f"],
-                                           "security": "tls", "min_interval": 0})
+    mail = build_channel(
+        "email", "mail", {"host": "127.0.0.1", "sender": "a@b.c", "recipients": ["d@e.f"], "security": "tls", "min_interval": 0}
+    )
     assert isinstance(mail, EmailChannel) and mail.port == 465  # the port follows `security` when absent
     console = build_channel("console", "c", {"stream": "stdout"})
     assert isinstance(console, ConsoleChannel)
@@ -762,12 +809,19 @@ async def test_slack_bot_threads_an_update_under_the_first_message(session):
 
     threads = MemoryThreads()
     async with Receiver(on_request=api) as rx:
-        ch = SlackChannel("bot", None, session, bot_token=BOT_TOKEN, channel_id="C1", api_url=rx.url("/api"),
-                          threads=threads)
+        ch = SlackChannel("bot", None, session, bot_token=BOT_TOKEN, channel_id="C1", api_url=rx.url("/api"), threads=threads)
         assert ch.can_thread
         await ch.send(make_alert(message_id="msg_first"))
-        await ch.send(make_alert(alert_id=2, kind="update", message_id="msg_upd", thread=["msg_first"],
-                                 amends="msg_first", changes=["severity notice → critical"]))
+        await ch.send(
+            make_alert(
+                alert_id=2,
+                kind="update",
+                message_id="msg_upd",
+                thread=["msg_first"],
+                amends="msg_first",
+                changes=["severity notice → critical"],
+            )
+        )
     first, update = rx.requests
     assert first.headers["Authorization"] == f"Bearer {BOT_TOKEN}"
     assert first.json["channel"] == "C1" and "thread_ts" not in first.json and first.json["blocks"]
@@ -776,12 +830,15 @@ async def test_slack_bot_threads_an_update_under_the_first_message(session):
     assert not SlackChannel("hook", "https://hooks.slack.com/services/x", session).can_thread
 
 
-@pytest.mark.parametrize("reply, retryable", [
-    (Reply(200, '{"ok":false,"error":"invalid_auth"}'), False),
-    (Reply(200, '{"ok":false,"error":"channel_not_found"}'), False),
-    (Reply(200, '{"ok":false,"error":"internal_error"}'), True),
-    (Reply(429, "", headers={"Retry-After": "30"}), True),
-])
+@pytest.mark.parametrize(
+    "reply, retryable",
+    [
+        (Reply(200, '{"ok":false,"error":"invalid_auth"}'), False),
+        (Reply(200, '{"ok":false,"error":"channel_not_found"}'), False),
+        (Reply(200, '{"ok":false,"error":"internal_error"}'), True),
+        (Reply(429, "", headers={"Retry-After": "30"}), True),
+    ],
+)
 async def test_slack_bot_api_errors_are_classified_without_the_token(reply, retryable, session, caplog):
     caplog.set_level(logging.DEBUG)
     async with Receiver() as rx:

@@ -223,8 +223,10 @@ def test_ai_hpc_miner_selling_most_of_its_holdings_is_a_reallocation():
 
 def test_bhutan_accelerating_sovereign_sales():
     # $10M, $12M, then $35M and $45M to an exchange at $70,000.
-    txs = [Tx(d, usd / 70_000, 70_000) for d, usd in
-           [("2026-03-02", 10e6), ("2026-03-05", 12e6), ("2026-03-12", 35e6), ("2026-03-19", 45e6)]]
+    txs = [
+        Tx(d, usd / 70_000, 70_000)
+        for d, usd in [("2026-03-02", 10e6), ("2026-03-05", 12e6), ("2026-03-12", 35e6), ("2026-03-19", 45e6)]
+    ]
     results = run(BHUTAN, txs)
     assert [c.verdict for c in results] == ["sovereign_sale"] * 4
     accel = ["selling accelerates" in reasons(c) for c in results]
@@ -294,8 +296,12 @@ def test_stale_price_keeps_non_usd_judgements():
     # MARA's last tranche with a 2-day-old price: still a balance-sheet sale, critical by production multiple.
     results = run(MARA, MARA_TRANCHES[:-1])
     at = ts("2026-03-25")
-    history = FlowHistory(out_30d=sum(sats(t.btc) for t in MARA_TRANCHES[:-1]), count_30d=6,
-                          recent_usd=tuple(c.usd_value for c in results), recent_out=tuple(sats(t.btc) for t in MARA_TRANCHES[:-1]))
+    history = FlowHistory(
+        out_30d=sum(sats(t.btc) for t in MARA_TRANCHES[:-1]),
+        count_30d=6,
+        recent_usd=tuple(c.usd_value for c in results),
+        recent_out=tuple(sats(t.btc) for t in MARA_TRANCHES[:-1]),
+    )
     flow = make_flow(MARA, [(BINANCE, sats(2_500))], at=at)
     c = classify(flow, MARA, make_ctx(at, 68_400, price_age=2 * DAY), history, now=at)
     assert (c.verdict, c.severity, c.usd_value) == ("balance_sheet_sale", "critical", None)
@@ -408,8 +414,17 @@ def test_token_flow_skips_btc_comparisons_and_uses_the_asset_price():
 
     at = ts("2026-03-10")
     flow = replace(make_flow(CLEANSPARK, [(BINANCE, 2 * 10**18)], at=at, fee=0), asset="ETH", decimals=18)
-    ctx = build_context(at, btc_usd=70_000.0, price_at=at, price_source="t", staleness_bound=3600,
-                        difficulty=144.4 * T, height=940_000, avg_fees_sat=0, asset_usd=3_000.0)
+    ctx = build_context(
+        at,
+        btc_usd=70_000.0,
+        price_at=at,
+        price_source="t",
+        staleness_bound=3600,
+        difficulty=144.4 * T,
+        height=940_000,
+        avg_fees_sat=0,
+        asset_usd=3_000.0,
+    )
     c = classify(flow, CLEANSPARK, ctx, FlowHistory(), now=at)
     assert c.usd_value == pytest.approx(6_000) and c.asset == "ETH"
     assert "ETH is not BTC: production and holdings comparisons are skipped" in reasons(c)
@@ -418,18 +433,36 @@ def test_token_flow_skips_btc_comparisons_and_uses_the_asset_price():
 
 # --- the article's three paths, dated facts, named price and hashprice inputs ----------------------
 
+
 def _sale(entity: str, btc: int, at: int) -> EntityFlow:
     v = btc * SATS_PER_BTC
-    return EntityFlow("bitcoin", "cd" * 32, entity, 940_000, at, v, 0, 0, 0, v,
-                      (Destination("bc1qexchange", v, 0, Attribution("exchange", "Coinbase")),))
+    return EntityFlow(
+        "bitcoin",
+        "cd" * 32,
+        entity,
+        940_000,
+        at,
+        v,
+        0,
+        0,
+        0,
+        v,
+        (Destination("bc1qexchange", v, 0, Attribution("exchange", "Coinbase")),),
+    )
 
 
 def _miner(name: str, tags: tuple[str, ...]) -> Entity:
-    return Entity(name, "miner", profile=Profile(
-        holdings_btc=fact(10_000, f"{name} update", "2026-01-31"),
-        monthly_production_btc=fact(500, f"{name} update", "2026-01-31"),
-        cash_cost_usd=fact(80_000, f"{name} cost", "2025-12-31"),
-        strategy_tags=tags, strategy_source="ChainCatcher 2026-04-03 (test)"))
+    return Entity(
+        name,
+        "miner",
+        profile=Profile(
+            holdings_btc=fact(10_000, f"{name} update", "2026-01-31"),
+            monthly_production_btc=fact(500, f"{name} update", "2026-01-31"),
+            cash_cost_usd=fact(80_000, f"{name} cost", "2025-12-31"),
+            strategy_tags=tags,
+            strategy_source="ChainCatcher 2026-04-03 (test)",
+        ),
+    )
 
 
 MARCH_10 = int(dt.datetime(2026, 3, 10, 14, 2, tzinfo=dt.UTC).timestamp())
@@ -437,22 +470,34 @@ MARCH_10 = int(dt.datetime(2026, 3, 10, 14, 2, tzinfo=dt.UTC).timestamp())
 
 def _ctx(price: float, *, granularity: int = 3600):
     start = MARCH_10 - MARCH_10 % granularity
-    return build_context(MARCH_10, btc_usd=price, price_at=MARCH_10, price_source="coinbase", staleness_bound=7200,
-                         difficulty=144.4 * T, height=940_000, avg_fees_sat=2_000_000, price_granularity=granularity,
-                         price_start=start)
+    return build_context(
+        MARCH_10,
+        btc_usd=price,
+        price_at=MARCH_10,
+        price_source="coinbase",
+        staleness_bound=7200,
+        difficulty=144.4 * T,
+        height=940_000,
+        avg_fees_sat=2_000_000,
+        price_granularity=granularity,
+        price_start=start,
+    )
 
 
-@pytest.mark.parametrize("tags, price, verdict, severity", [
-    # stick to mining: selling beyond production below cost is a stronger distress signal (one step more)
-    (("mining_focus",), 70_000.0, "distress_sale", "critical"),
-    ((), 70_000.0, "distress_sale", "warning"),
-    # complete shift to AI: a large sale is an expected reallocation even below cost
-    (("ai_shift",), 70_000.0, "reallocation_sale", "warning"),
-    # walk on two legs: below cost it is distress, at or above cost a reallocation
-    (("dual_track",), 70_000.0, "distress_sale", "warning"),
-    (("dual_track",), 90_000.0, "reallocation_sale", "warning"),
-    (("mining_focus",), 90_000.0, "strategic_sale", "warning"),
-])
+@pytest.mark.parametrize(
+    "tags, price, verdict, severity",
+    [
+        # stick to mining: selling beyond production below cost is a stronger distress signal (one step more)
+        (("mining_focus",), 70_000.0, "distress_sale", "critical"),
+        ((), 70_000.0, "distress_sale", "warning"),
+        # complete shift to AI: a large sale is an expected reallocation even below cost
+        (("ai_shift",), 70_000.0, "reallocation_sale", "warning"),
+        # walk on two legs: below cost it is distress, at or above cost a reallocation
+        (("dual_track",), 70_000.0, "distress_sale", "warning"),
+        (("dual_track",), 90_000.0, "reallocation_sale", "warning"),
+        (("mining_focus",), 90_000.0, "strategic_sale", "warning"),
+    ],
+)
 def test_the_three_paths_shape_the_verdict(tags, price, verdict, severity):
     # 1,000 BTC: 2x monthly production (large; a notice step) and 10% of holdings (a warning step); the USD
     # steps are set out of reach so that the severity shows the path's effect alone
@@ -470,8 +515,7 @@ def test_reasons_name_the_price_source_and_candle_and_the_hashprice_inputs():
     hp = next(r for r in c.reasons if r.startswith("hashprice"))
     assert "difficulty 144.4 T" in hp and "subsidy 3.125 BTC" in hp and "fees 0.02 BTC per block" in hp
     assert "price $68,000" in hp and "452.88 BTC a day" in hp  # 144 x (3.125 + 0.02)
-    daily = classify(_sale("X", 600, MARCH_10), _miner("X", ()), _ctx(68_000.0, granularity=86_400), FlowHistory(),
-                     now=MARCH_10)
+    daily = classify(_sale("X", 600, MARCH_10), _miner("X", ()), _ctx(68_000.0, granularity=86_400), FlowHistory(), now=MARCH_10)
     assert "BTC price $68,000: Coinbase daily close, 2026-03-10" in daily.reasons
 
 
@@ -480,8 +524,10 @@ def test_holdings_are_rolled_forward_and_stated_as_such():
     history = FlowHistory(since=(("2026-02-28", 0, 15_133 * SATS_PER_BTC),))
     c = classify(_sale("M", 600, MARCH_10), ent, _ctx(68_000.0), history, now=MARCH_10)
     held = next(r for r in c.reasons if "holdings of" in r)
-    assert "of M's holdings of ≈ 37,867 BTC: 53,000 BTC reported (M Feb update, as of 2026-02-28), less " \
-           "15,133.00 BTC seen leaving since" in held
+    assert (
+        "of M's holdings of ≈ 37,867 BTC: 53,000 BTC reported (M Feb update, as of 2026-02-28), less "
+        "15,133.00 BTC seen leaving since" in held
+    )
     assert "1.6%" in held  # 600 / 37,867, not 600 / 53,000
     [h] = [f for f in c.facts if f.figure == "holdings_btc"]
     assert (h.value, h.reported, h.as_of) == (37_867.0, 53_000.0, "2026-02-28")

@@ -44,8 +44,13 @@ def test_every_command_has_help():
 
 
 def test_python_dash_m_monitor_runs_and_exits_2_on_bad_config():
-    p = subprocess.run([sys.executable, "-m", "monitor", "-c", str(CASES / "testnet_address.toml"), "check-config"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-m", "monitor", "-c", str(CASES / "testnet_address.toml"), "check-config"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert p.returncode == 2, p.stderr
     assert "testnet" in p.stderr
 
@@ -71,9 +76,12 @@ def _config(tmp_path, text: str) -> Path:
 def test_numbers_beyond_their_bound_fail_check_config_and_run_alike(tmp_path):
     """1e300 s passed check-config, then crashed `run` with an OverflowError; a million retries never ended a tick."""
     db = tmp_path / "d.db"
-    cfg = _config(tmp_path, f'[monitor]\nstorage = "{db}"\n[[sources]]\nname = "e"\ntype = "esplora"\n'
-                            'urls = ["http://127.0.0.1:1/api"]\npoll_interval = 1e300\nretries = 1000000\n'
-                            '[alerts]\ngive_up_after = 1e300\n')
+    cfg = _config(
+        tmp_path,
+        f'[monitor]\nstorage = "{db}"\n[[sources]]\nname = "e"\ntype = "esplora"\n'
+        'urls = ["http://127.0.0.1:1/api"]\npoll_interval = 1e300\nretries = 1000000\n'
+        "[alerts]\ngive_up_after = 1e300\n",
+    )
     for command in ("check-config", "run"):
         r = run("-c", str(cfg), command)
         assert r.exit_code == 2, (command, r.output)

@@ -56,15 +56,18 @@ async def test_status_alerts_test_and_report(tmp_path, monkeypatch):
     async with EsploraServer(chain) as server, Receiver() as slack:
         monkeypatch.setenv("TM_CC_SLACK", slack.url("/services/T/B/tok"))
         cfg = tmp_path / "c.toml"
-        await asyncio.to_thread(cfg.write_text, config_toml(
-            db=tmp_path / "cc.db",
-            sources=[esplora_source("local", server.url, rate_limit=500.0)],
-            prices=BUNDLED_PRICES,
-            entities=[entity_table("CC Miner", "miner", [hot]), entity_table("CC Exchange", "exchange", [exch])],
-            alerts={"max_age": 100000000},
-            channels=[slack_channel("slack", "TM_CC_SLACK"), console_channel("out")],
-            rules=[rule("all", ["slack"])],
-        ))
+        await asyncio.to_thread(
+            cfg.write_text,
+            config_toml(
+                db=tmp_path / "cc.db",
+                sources=[esplora_source("local", server.url, rate_limit=500.0)],
+                prices=BUNDLED_PRICES,
+                entities=[entity_table("CC Miner", "miner", [hot]), entity_table("CC Exchange", "exchange", [exch])],
+                alerts={"max_age": 100000000},
+                channels=[slack_channel("slack", "TM_CC_SLACK"), console_channel("out")],
+                rules=[rule("all", ["slack"])],
+            ),
+        )
         r = await cli_run("-c", cfg, "status")
         assert r.exit_code == 1 and "nothing has been stored yet" in r.output
         assert (await cli_run("-c", cfg, "poll")).exit_code == 0
@@ -111,15 +114,22 @@ async def test_a_blind_monitor_says_so_in_exit_codes_and_status(tmp_path):
     chain.mine()
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     async with EsploraServer(chain) as server:
+
         def write(name, sources):
             path = tmp_path / name
-            path.write_text(config_toml(
-                db=tmp_path / "blind.db", sources=sources, prices=BUNDLED_PRICES,
-                entities=[entity_table("Blind Miner", "miner", [hot])]))
+            path.write_text(
+                config_toml(
+                    db=tmp_path / "blind.db",
+                    sources=sources,
+                    prices=BUNDLED_PRICES,
+                    entities=[entity_table("Blind Miner", "miner", [hot])],
+                )
+            )
             return path
 
-        blind = await asyncio.to_thread(write, "blind.toml",
-                                        [esplora_source("dead", dead, rate_limit=500.0, timeout=1.0, retries=1)])
+        blind = await asyncio.to_thread(
+            write, "blind.toml", [esplora_source("dead", dead, rate_limit=500.0, timeout=1.0, retries=1)]
+        )
         for command in ("backfill", "poll"):
             r = await cli_run("-c", blind, command, *(["--no-progress"] if command == "backfill" else []))
             assert r.exit_code == EXIT_FAILED, r.output
@@ -130,9 +140,14 @@ async def test_a_blind_monitor_says_so_in_exit_codes_and_status(tmp_path):
         r = await cli_run("-c", blind, "status")
         assert "failing since" in r.output
 
-        half = await asyncio.to_thread(write, "half.toml", [
-            esplora_source("dead", dead, rate_limit=500.0, timeout=1.0, retries=1),
-            esplora_source("local", server.url, rate_limit=500.0)])
+        half = await asyncio.to_thread(
+            write,
+            "half.toml",
+            [
+                esplora_source("dead", dead, rate_limit=500.0, timeout=1.0, retries=1),
+                esplora_source("local", server.url, rate_limit=500.0),
+            ],
+        )
         r = await cli_run("-c", half, "poll")
         assert r.exit_code == EXIT_PARTIAL, r.output
         r = await cli_run("-c", half, "status", "--json")

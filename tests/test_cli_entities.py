@@ -16,8 +16,12 @@ KNOWN, EXCH = addr("cli-e-known"), addr("cli-e-exchange")
 
 @pytest.fixture
 def cfg(tmp_path):
-    return write_config(tmp_path, None, entity_toml("Test Miner", "miner", [KNOWN], holdings=1000, production=50)
-                        + entity_toml("Test Exchange", "exchange", [EXCH], watch=False))
+    return write_config(
+        tmp_path,
+        None,
+        entity_toml("Test Miner", "miner", [KNOWN], holdings=1000, production=50)
+        + entity_toml("Test Exchange", "exchange", [EXCH], watch=False),
+    )
 
 
 def db(cfg):
@@ -67,10 +71,22 @@ def test_candidates_accept_reject_and_remove_of_a_discovered_address(cfg):
     store = db(cfg)
     with store.batch():
         for c in (c1, c2):
-            store.add_addresses("Test Miner", [EntityAddress("bitcoin", c, "recipient of pool payouts", "pool_payout",
-                                                             evidence="2 MARA Pool payouts")], now=1, status="candidate")
-            add_evidence(store, [Evidence("bitcoin", c, "Test Miner", "pool_payout", f"{k:064x}", 880_000 + k, 1, 312_499_000,
-                                          {"pool": "MARA Pool"}) for k in (1, 2)], now=1)
+            store.add_addresses(
+                "Test Miner",
+                [EntityAddress("bitcoin", c, "recipient of pool payouts", "pool_payout", evidence="2 MARA Pool payouts")],
+                now=1,
+                status="candidate",
+            )
+            add_evidence(
+                store,
+                [
+                    Evidence(
+                        "bitcoin", c, "Test Miner", "pool_payout", f"{k:064x}", 880_000 + k, 1, 312_499_000, {"pool": "MARA Pool"}
+                    )
+                    for k in (1, 2)
+                ],
+                now=1,
+            )
     store.close()
     r = cli_sync("-c", cfg, "entities", "candidates")
     assert r.output.count("pool_payout: 2 payouts, 6.24998000 BTC, blocks 880001-880002") == 2
@@ -94,5 +110,7 @@ def test_candidates_accept_reject_and_remove_of_a_discovered_address(cfg):
     d = json.loads(r.output)
     by = {a["address"]: a for a in d["addresses"]}
     assert (by[c2]["status"], by[c2]["learned_by"]) == ("active", "manual")
-    assert d["reconciliation"]["text"] == ("we see 0% of Test Miner's reported 1,000 BTC (as of 2026-03-01, test fixture "
-                                           "holdings): 0.00 BTC on 0 of 2 known address(es)")
+    assert d["reconciliation"]["text"] == (
+        "we see 0% of Test Miner's reported 1,000 BTC (as of 2026-03-01, test fixture "
+        "holdings): 0.00 BTC on 0 of 2 known address(es)"
+    )

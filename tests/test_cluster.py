@@ -25,11 +25,13 @@ U1, U2, U3 = addr("unknown-1"), addr("unknown-2"), addr("unknown-3")
 
 @pytest.fixture
 def reg():
-    return Registry([
-        entity("Miner", "miner", [A, B]),
-        entity("Other Miner", "miner", [addr("other-miner")]),
-        entity("Exchange", "exchange", [EXCH], watch=False),
-    ])
+    return Registry(
+        [
+            entity("Miner", "miner", [A, B]),
+            entity("Other Miner", "miner", [addr("other-miner")]),
+            entity("Exchange", "exchange", [EXCH], watch=False),
+        ]
+    )
 
 
 def test_cospend_with_an_unknown_input_learns_it_with_the_tx_as_evidence(reg):
@@ -55,8 +57,10 @@ def test_clusters_grow_across_a_batch_and_rejected_or_unconfirmed_stay_out(reg):
 
 
 def test_coinjoin_shaped_and_two_entity_txs_are_flagged_not_merged(reg):
-    cj = make_tx([(A, COIN), (U1, COIN), (U2, COIN), (U3, COIN)],
-                 [(addr(f"mix-{k}"), 10_000_000) for k in range(5)] + [(addr("mix-change"), 3 * COIN - 51_000_000)])
+    cj = make_tx(
+        [(A, COIN), (U1, COIN), (U2, COIN), (U3, COIN)],
+        [(addr(f"mix-{k}"), 10_000_000) for k in range(5)] + [(addr("mix-change"), 3 * COIN - 51_000_000)],
+    )
     assert coinjoin_shape(cj) == (10_000_000, 5)
     r = learn_from_txs([cj], reg)
     assert r.learned == () and [(f.kind, f.entity, f.txid) for f in r.flags] == [("coinjoin", "Miner", cj.txid)]
@@ -118,15 +122,24 @@ async def test_cospend_on_the_local_server_through_the_cli(tmp_path):
     s_out = chain.fund(stranger, 3 * COIN)
     m_outs = [chain.fund(m, COIN) for m in mixers]
     async with EsploraServer(chain) as server:
-        cfg = await asyncio.to_thread(write_config, tmp_path, server.url, entity_toml("CS Miner", "miner", [hot])
-                                      + entity_toml("CS Exchange", "exchange", [exch], watch=False))
+        cfg = await asyncio.to_thread(
+            write_config,
+            tmp_path,
+            server.url,
+            entity_toml("CS Miner", "miner", [hot]) + entity_toml("CS Exchange", "exchange", [exch], watch=False),
+        )
         assert (await cli_run("-c", cfg, "backfill", "--no-progress")).exit_code == 0
         hot_utxos = [(u.txid, u.vout) for u in chain.utxos(hot)]
-        cospend = chain.pay([], [(exch, 12 * COIN)], fee=2_000, inputs=[hot_utxos[0], (s_out.txid, s_out.vout)],
-                            change_address=hot)
-        coinjoin = chain.pay([], [(chain.address(f"cj-out-{k}"), COIN - 10_000) for k in range(4)], fee=2_000,
-                             inputs=[hot_utxos[1]] + [(o.txid, o.vout) for o in m_outs[:2]] + [(m_outs[2].txid, m_outs[2].vout)],
-                             change_address=hot)
+        cospend = chain.pay(
+            [], [(exch, 12 * COIN)], fee=2_000, inputs=[hot_utxos[0], (s_out.txid, s_out.vout)], change_address=hot
+        )
+        coinjoin = chain.pay(
+            [],
+            [(chain.address(f"cj-out-{k}"), COIN - 10_000) for k in range(4)],
+            fee=2_000,
+            inputs=[hot_utxos[1]] + [(o.txid, o.vout) for o in m_outs[:2]] + [(m_outs[2].txid, m_outs[2].vout)],
+            change_address=hot,
+        )
         chain.mine()
         # the pipeline learns co-spent addresses during the poll itself (before computing flows)
         assert (await cli_run("-c", cfg, "poll")).exit_code == 0

@@ -206,9 +206,7 @@ EXPECTED: list[tuple[str, list[str]]] = [
     ),
     (
         "duplicate_address.toml",
-        [
-            f"entities[1].addresses[1]: '{KRAKEN}' is already listed at entities[0].addresses[0] (entity 'Kraken')"
-        ],
+        [f"entities[1].addresses[1]: '{KRAKEN}' is already listed at entities[0].addresses[0] (entity 'Kraken')"],
     ),
     ("duplicate_name.toml", ["sources[1].name: 's' is already the name of sources[0]"]),
     (
@@ -218,7 +216,12 @@ EXPECTED: list[tuple[str, list[str]]] = [
             "retries, poll_interval, mode, headers, push_url, push_cap, mempool_checks; did you mean 'urls'?)"
         ],
     ),
-    ("unknown_section.toml", ["reporting: unknown section (expected one of: monitor, sources, entities, classify, prices, alerts, daemon, discovery, miners)"]),
+    (
+        "unknown_section.toml",
+        [
+            "reporting: unknown section (expected one of: monitor, sources, entities, classify, prices, alerts, daemon, discovery, miners)"
+        ],
+    ),
     ("wrong_type.toml", ["sources[0].timeout: expected a number, got 'ten'"]),
     ("bad_enum.toml", ["entities[1].kind: 'minor' is not one of miner, sovereign, exchange, otc, custodian, other"]),
     ("bad_url.toml", ["sources[0].urls[0]: 'ftp://x' is not an http(s) URL"]),
@@ -274,10 +277,8 @@ def test_all_errors_are_reported_at_once():
         "sources[0].mode: 'fast' is not one of address, block, auto",
         "entities[0].colour: unknown key (expected one of: name, kind, addresses, ethereum, note, watch, profile)",
         "entities[0].kind: 'minor' is not one of miner, sovereign, exchange, otc, custodian, other",
-        "entities[0].addresses[0]: 'bc1qxyz' is not a valid mainnet Bitcoin address "
-        "(has an invalid bech32 length or separator)",
-        "entities[0].profile.holdings_btc: expected a number or { value = ..., source = ..., as_of = ... }, "
-        "got 'lots'",
+        "entities[0].addresses[0]: 'bc1qxyz' is not a valid mainnet Bitcoin address (has an invalid bech32 length or separator)",
+        "entities[0].profile.holdings_btc: expected a number or { value = ..., source = ..., as_of = ... }, got 'lots'",
         "entities[0].profile.cash_cost_usd.value: must be greater than 0, got -1",
     ]
 
@@ -365,8 +366,7 @@ def test_plain_string_where_a_secret_is_required_is_refused_without_echoing_it()
     ctx = config_module._Context(base_dir=Path("."), env={"HOOK": TOKEN}, origin="t")
     assert config_module._take_secret({"url": TOKEN}, "url", "alerts.slack", ctx, plain_ok=False) is None
     assert ctx.problems == [
-        'alerts.slack.url: a secret must not be written in the file; set an environment variable and write '
-        '{ env = "NAME" }'
+        'alerts.slack.url: a secret must not be written in the file; set an environment variable and write { env = "NAME" }'
     ]
     ok = config_module._take_secret({"url": {"env": "HOOK"}}, "url", "alerts.slack", ctx, plain_ok=False)
     assert isinstance(ok, Secret) and ok.reveal() == TOKEN and len(ctx.problems) == 1
@@ -402,11 +402,7 @@ def test_https_and_loopback_do_not_warn(valid_path: Path, caplog: pytest.LogCapt
 
 
 def test_plain_credential_header_warns_without_showing_the_value(caplog: pytest.LogCaptureFixture):
-    data = {
-        "sources": [
-            {"name": "s", "type": "esplora", "urls": ["https://x.test/api"], "headers": {"Authorization": TOKEN}}
-        ]
-    }
+    data = {"sources": [{"name": "s", "type": "esplora", "urls": ["https://x.test/api"], "headers": {"Authorization": TOKEN}}]}
     with caplog.at_level(logging.WARNING, logger="monitor.config"):
         cfg = parse_config(data, base_dir=Path("."))
     assert cfg.warnings == (
@@ -452,8 +448,7 @@ def test_address_table_checks_its_own_keys_and_dates():
     with pytest.raises(ConfigError) as info:
         parse_config(data, base_dir=Path("."))
     assert info.value.problems == [
-        "entities[0].addresses[0].labl: unknown key (expected one of: address, source, label, as_of; "
-        "did you mean 'label'?)",
+        "entities[0].addresses[0].labl: unknown key (expected one of: address, source, label, as_of; did you mean 'label'?)",
         "entities[0].addresses[0].as_of: '2026-13-01' is not a date (YYYY-MM-DD)",
         "entities[0].addresses[1].address: required key is missing",
     ]
@@ -471,26 +466,51 @@ def _problems(data, env=None):
 
 
 def test_full_alerts_daemon_discovery_sections_parse_to_typed_objects():
-    env = {"SLACK_URL": "https://hooks.slack.com/services/T/B/x", "SMTP_PW": "pw-123456", "HOOK": "https://h.example/in",
-           "HOOK_SECRET": "s3cr3t-value", "TOKEN": "tok-abcdef"}
-    c = _parse({
-        "classify": {"usd_critical": 60_000_000, "acceleration_window": 4},
-        "prices": {"sources": ["kraken", "csv"], "staleness": 3600},
-        "alerts": {
-            "max_age": 3600,
-            "channels": [
-                {"name": "ops", "type": "slack", "webhook_url": {"env": "SLACK_URL"}, "min_interval": 0.5},
-                {"name": "mail", "type": "email", "host": "smtp.example.com", "port": 587, "sender": "tm@example.com",
-                 "recipients": ["a@example.com"], "username": "tm", "password": {"env": "SMTP_PW"}},
-                {"name": "hook", "type": "webhook", "url": {"env": "HOOK"}, "secret": {"env": "HOOK_SECRET"}},
-                {"name": "out", "type": "console"},
-            ],
-            "rules": [{"name": "sales", "kinds": ["miner"], "verdicts": ["distress_sale"], "min_severity": "warning",
-                       "min_usd": 1e6, "channels": ["ops", "mail"]}],
+    env = {
+        "SLACK_URL": "https://hooks.slack.com/services/T/B/x",
+        "SMTP_PW": "pw-123456",
+        "HOOK": "https://h.example/in",
+        "HOOK_SECRET": "s3cr3t-value",
+        "TOKEN": "tok-abcdef",
+    }
+    c = _parse(
+        {
+            "classify": {"usd_critical": 60_000_000, "acceleration_window": 4},
+            "prices": {"sources": ["kraken", "csv"], "staleness": 3600},
+            "alerts": {
+                "max_age": 3600,
+                "channels": [
+                    {"name": "ops", "type": "slack", "webhook_url": {"env": "SLACK_URL"}, "min_interval": 0.5},
+                    {
+                        "name": "mail",
+                        "type": "email",
+                        "host": "smtp.example.com",
+                        "port": 587,
+                        "sender": "tm@example.com",
+                        "recipients": ["a@example.com"],
+                        "username": "tm",
+                        "password": {"env": "SMTP_PW"},
+                    },
+                    {"name": "hook", "type": "webhook", "url": {"env": "HOOK"}, "secret": {"env": "HOOK_SECRET"}},
+                    {"name": "out", "type": "console"},
+                ],
+                "rules": [
+                    {
+                        "name": "sales",
+                        "kinds": ["miner"],
+                        "verdicts": ["distress_sale"],
+                        "min_severity": "warning",
+                        "min_usd": 1e6,
+                        "channels": ["ops", "mail"],
+                    }
+                ],
+            },
+            "daemon": {"host": "0.0.0.0", "port": 9000, "token": {"env": "TOKEN"}, "digest_channels": ["mail"]},
+            "discovery": {"pool_owners": {"Foundry USA": "Some Miner"}, "pool_auto_accept_payouts": 5},
         },
-        "daemon": {"host": "0.0.0.0", "port": 9000, "token": {"env": "TOKEN"}, "digest_channels": ["mail"]},
-        "discovery": {"pool_owners": {"Foundry USA": "Some Miner"}, "pool_auto_accept_payouts": 5},
-    }, base_dir=Path("."), env=env)
+        base_dir=Path("."),
+        env=env,
+    )
     assert c.classify.usd_critical == 60_000_000 and c.classify.acceleration_window == 4
     assert c.prices.sources == ("kraken", "csv") and c.prices.csv is None and c.prices.staleness == 3600
     assert [ch.name for ch in c.alerts.channels] == ["ops", "mail", "hook", "out"]
@@ -503,28 +523,55 @@ def test_full_alerts_daemon_discovery_sections_parse_to_typed_objects():
         assert secret not in text
 
 
-@pytest.mark.parametrize("data, expected", [
-    ({"alerts": {"channels": [{"name": "ops", "type": "slack", "webhook_url": "https://hooks.slack.com/x"}]}},
-     'alerts.channels[0].webhook_url: a secret must not be written in the file'),
-    ({"alerts": {"rules": [{"name": "r", "channels": ["nope"]}]}},
-     "alerts.rules[0].channels[0]: 'nope' is not a channel defined in [[alerts.channels]]"),
-    ({"alerts": {"channels": [{"name": "m", "type": "email", "host": "h", "sender": "s", "recipients": ["r"],
-                               "security": "none", "password": {"env": "PW"}}]}},
-     'alerts.channels[0].security: "none" would send the password in clear text'),
-    ({"alerts": {"channels": [{"name": "x", "type": "pager"}]}}, "alerts.channels[0].type: 'pager' is not one of"),
-    ({"alerts": {"rules": [{"name": "r", "channels": [], "verdicts": ["panic_sale"]}]}},
-     "alerts.rules[0].verdicts[0]: 'panic_sale' is not one of"),
-    ({"alerts": {"explorer_url": "https://mempool.space/tx/"}}, "alerts.explorer_url: 'https://mempool.space/tx/' must contain {txid}"),
-    ({"classify": {"usd_notice": 5e7, "usd_warning": 1e7}}, "classify:"),
-    ({"classify": {"usd_notice": -1}}, "classify.usd_notice: must be greater than 0"),
-    ({"prices": {"sources": ["bloomberg"]}}, "prices.sources[0]: 'bloomberg' is not one of coinbase, kraken, coingecko, csv"),
-    ({"prices": {"csv": "/nonexistent/prices.csv"}}, "prices.csv: '/nonexistent/prices.csv' is not a readable file"),
-    ({"daemon": {"port": 70000}}, "daemon.port: must be at most 65,535, got 70000"),
-    ({"daemon": {"digest_hour": 24}}, "daemon.digest_hour: 24 is not an hour"),
-    ({"daemon": {"token": "plain"}}, "daemon.token: a secret must not be written in the file"),
-    ({"discovery": {"pool_owners": {"MARA Pool": 3}}}, 'discovery.pool_owners."MARA Pool": expected the name of the miner'),
-    ({"discovery": {"trace_max_hops": 0}}, "discovery.trace_max_hops: must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        (
+            {"alerts": {"channels": [{"name": "ops", "type": "slack", "webhook_url": "https://hooks.slack.com/x"}]}},
+            "alerts.channels[0].webhook_url: a secret must not be written in the file",
+        ),
+        (
+            {"alerts": {"rules": [{"name": "r", "channels": ["nope"]}]}},
+            "alerts.rules[0].channels[0]: 'nope' is not a channel defined in [[alerts.channels]]",
+        ),
+        (
+            {
+                "alerts": {
+                    "channels": [
+                        {
+                            "name": "m",
+                            "type": "email",
+                            "host": "h",
+                            "sender": "s",
+                            "recipients": ["r"],
+                            "security": "none",
+                            "password": {"env": "PW"},
+                        }
+                    ]
+                }
+            },
+            'alerts.channels[0].security: "none" would send the password in clear text',
+        ),
+        ({"alerts": {"channels": [{"name": "x", "type": "pager"}]}}, "alerts.channels[0].type: 'pager' is not one of"),
+        (
+            {"alerts": {"rules": [{"name": "r", "channels": [], "verdicts": ["panic_sale"]}]}},
+            "alerts.rules[0].verdicts[0]: 'panic_sale' is not one of",
+        ),
+        (
+            {"alerts": {"explorer_url": "https://mempool.space/tx/"}},
+            "alerts.explorer_url: 'https://mempool.space/tx/' must contain {txid}",
+        ),
+        ({"classify": {"usd_notice": 5e7, "usd_warning": 1e7}}, "classify:"),
+        ({"classify": {"usd_notice": -1}}, "classify.usd_notice: must be greater than 0"),
+        ({"prices": {"sources": ["bloomberg"]}}, "prices.sources[0]: 'bloomberg' is not one of coinbase, kraken, coingecko, csv"),
+        ({"prices": {"csv": "/nonexistent/prices.csv"}}, "prices.csv: '/nonexistent/prices.csv' is not a readable file"),
+        ({"daemon": {"port": 70000}}, "daemon.port: must be at most 65,535, got 70000"),
+        ({"daemon": {"digest_hour": 24}}, "daemon.digest_hour: 24 is not an hour"),
+        ({"daemon": {"token": "plain"}}, "daemon.token: a secret must not be written in the file"),
+        ({"discovery": {"pool_owners": {"MARA Pool": 3}}}, 'discovery.pool_owners."MARA Pool": expected the name of the miner'),
+        ({"discovery": {"trace_max_hops": 0}}, "discovery.trace_max_hops: must be at least 1"),
+    ],
+)
 def test_section_errors_name_the_key(data, expected):
     problems = _problems(data, env={"PW": "pw"})
     assert any(expected in p for p in problems), problems
@@ -578,9 +625,13 @@ def test_loading_a_config_with_evm_addresses_does_not_import_web3(tmp_path):
     import sys
 
     cfg = tmp_path / "evm.toml"
-    cfg.write_text('[[entities]]\nname = "X"\nkind = "sovereign"\n'
-                   'ethereum = ["0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed", "0xfb6916095ca1df60bb79ce92ce3ea74c37c5d359"]\n')
-    code = ("import sys; from monitor.config import load_config; c = load_config(sys.argv[1]); "
-            "print(sorted(a.address for a in c.entities[0].addresses), 'web3' in sys.modules)")
+    cfg.write_text(
+        '[[entities]]\nname = "X"\nkind = "sovereign"\n'
+        'ethereum = ["0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed", "0xfb6916095ca1df60bb79ce92ce3ea74c37c5d359"]\n'
+    )
+    code = (
+        "import sys; from monitor.config import load_config; c = load_config(sys.argv[1]); "
+        "print(sorted(a.address for a in c.entities[0].addresses), 'web3' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code, str(cfg)], capture_output=True, text=True, check=True).stdout
     assert out.strip() == ("['0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed', '0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359'] False")

@@ -75,14 +75,23 @@ def test_the_schema_is_draft_2020_12_and_the_shipped_config_is_valid():
     data = tomllib.loads((REPO / "config.toml").read_text(encoding="utf-8"))
     assert errors(data) == []
     assert schema["properties"]["sources"]["items"]["properties"]["retries"] == {
-        "description": "attempts per request, the first included", "type": "integer", "default": 3,
-        "minimum": 1, "maximum": 10}
+        "description": "attempts per request, the first included",
+        "type": "integer",
+        "default": 3,
+        "minimum": 1,
+        "maximum": 10,
+    }
 
 
 def test_the_schema_flags_what_the_parser_refuses():
-    bad = {"monitor": {"network": "mainnet", "netwrk": "x"},
-           "sources": [{**SOURCE, "retries": 11, "poll_interval": "ten", "mode": "blocks"}],
-           "daemon": {"port": 70_000}, "prices": {"staleness": 0}, "alerts": {"max_age": -1}, "extra": {}}
+    bad = {
+        "monitor": {"network": "mainnet", "netwrk": "x"},
+        "sources": [{**SOURCE, "retries": 11, "poll_interval": "ten", "mode": "blocks"}],
+        "daemon": {"port": 70_000},
+        "prices": {"staleness": 0},
+        "alerts": {"max_age": -1},
+        "extra": {},
+    }
     assert errors(bad) == [
         ": Additional properties are not allowed ('extra' was unexpected)",
         "alerts.max_age: -1 is less than the minimum of 0",
@@ -110,8 +119,9 @@ def test_every_upper_bound_holds_in_the_parser_and_the_schema(row):
         parse(place(row, over))
 
 
-@pytest.mark.parametrize("row", [r for r in SETTINGS if r.above is not None or r.at_least is not None],
-                         ids=lambda r: f"{r.section}.{r.key}")
+@pytest.mark.parametrize(
+    "row", [r for r in SETTINGS if r.above is not None or r.at_least is not None], ids=lambda r: f"{r.section}.{r.key}"
+)
 def test_every_lower_bound_holds_in_the_parser_and_the_schema(row):
     under = row.above if row.above is not None else row.at_least - 1
     if row.type == "integer":
@@ -121,8 +131,11 @@ def test_every_lower_bound_holds_in_the_parser_and_the_schema(row):
         parse(place(row, under))
 
 
-@pytest.mark.parametrize("row", [r for r in SETTINGS if r.section in OBJECTS or r.section in ("sources", "monitor")],
-                         ids=lambda r: f"{r.section}.{r.key}")
+@pytest.mark.parametrize(
+    "row",
+    [r for r in SETTINGS if r.section in OBJECTS or r.section in ("sources", "monitor")],
+    ids=lambda r: f"{r.section}.{r.key}",
+)
 def test_an_absent_key_takes_the_tables_default(row):
     cfg = parse({"sources": [source_for(row.key)]})
     obj = cfg.sources[0] if row.section == "sources" else cfg if row.section == "monitor" else getattr(cfg, OBJECTS[row.section])

@@ -62,9 +62,15 @@ def test_coinshares_q1_2026_band():
 
 # economics.md §2 derived table: difficulty × price → hashprice (subsidy only).
 TABLE = [
-    (125.86 * T, 70_000, 34.96), (125.86 * T, 86_000, 42.96), (125.86 * T, 100_000, 49.95),
-    (136.0 * T, 70_000, 32.36), (136.0 * T, 86_000, 39.75), (136.0 * T, 100_000, 46.22),
-    (144.4 * T, 70_000, 30.47), (144.4 * T, 86_000, 37.44), (144.4 * T, 100_000, 43.53),
+    (125.86 * T, 70_000, 34.96),
+    (125.86 * T, 86_000, 42.96),
+    (125.86 * T, 100_000, 49.95),
+    (136.0 * T, 70_000, 32.36),
+    (136.0 * T, 86_000, 39.75),
+    (136.0 * T, 100_000, 46.22),
+    (144.4 * T, 70_000, 30.47),
+    (144.4 * T, 86_000, 37.44),
+    (144.4 * T, 100_000, 43.53),
 ]
 
 
@@ -148,8 +154,13 @@ def test_breakeven_table(eff, expected):
 
 def ctx_at(at, price_at, **kw):
     args = dict(
-        btc_usd=70_000.0, price_at=price_at, price_source="test", staleness_bound=3600,
-        difficulty=144.4 * T, height=940_000, avg_fees_sat=0,
+        btc_usd=70_000.0,
+        price_at=price_at,
+        price_source="test",
+        staleness_bound=3600,
+        difficulty=144.4 * T,
+        height=940_000,
+        avg_fees_sat=0,
     )
     args.update(kw)
     return build_context(at, **args)

@@ -47,27 +47,37 @@ def esplora(url: str, name: str = "local", interval: float = 0.3) -> dict:
 
 async def write_config(path: Path, sources: list[dict], addrs: dict[str, str], *, port: int, db: Path, **daemon) -> Path:
     """The miner's hot wallets and an exchange, every alert to Slack, the daemon on `port` (`daemon`: more keys)."""
-    await asyncio.to_thread(path.write_text, config_toml(
-        db=db,
-        sources=sources,
-        entities=[
-            entity_table("Test Miner", "miner", [a for k, a in addrs.items() if k.startswith("hot")],
-                         profile=miner_profile()),
-            entity_table("Test Exchange", "exchange", [addrs["exchange"]]),
-        ],
-        alerts={"max_age": 100000000, "dispatch_interval": 0.2, "retry_base": 0.2, "retry_cap": 1.0},
-        channels=[slack_channel("slack", "TM_SLACK_URL")],
-        rules=[rule("all", ["slack"], min_severity="info")],
-        daemon={"port": port, "shutdown_grace": 5, "unhealthy_after": 1.5, "digest_hour": -1, **daemon},
-    ))
+    await asyncio.to_thread(
+        path.write_text,
+        config_toml(
+            db=db,
+            sources=sources,
+            entities=[
+                entity_table(
+                    "Test Miner", "miner", [a for k, a in addrs.items() if k.startswith("hot")], profile=miner_profile()
+                ),
+                entity_table("Test Exchange", "exchange", [addrs["exchange"]]),
+            ],
+            alerts={"max_age": 100000000, "dispatch_interval": 0.2, "retry_base": 0.2, "retry_cap": 1.0},
+            channels=[slack_channel("slack", "TM_SLACK_URL")],
+            rules=[rule("all", ["slack"], min_severity="info")],
+            daemon={"port": port, "shutdown_grace": 5, "unhealthy_after": 1.5, "digest_hour": -1, **daemon},
+        ),
+    )
     return path
 
 
 async def start_daemon(cfg: Path, env: dict, *extra: str) -> subprocess.Popen:
     # Popen waits until the child has exec'd: off the loop
     return await asyncio.to_thread(
-        subprocess.Popen, [sys.executable, "-m", "monitor", "-c", str(cfg), "--log-level", "info", "run", *extra],
-        cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen,
+        [sys.executable, "-m", "monitor", "-c", str(cfg), "--log-level", "info", "run", *extra],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 async def wait_exit(proc: subprocess.Popen, timeout: float) -> int:
@@ -126,8 +136,16 @@ async def test_run_alerts_health_metrics_and_sigterm(tmp_path):
             proc.send_signal(signal.SIGTERM)
             code = await wait_exit(proc, 15)
             assert code == 0, await asyncio.to_thread(proc.stderr.read)
-            assert await asyncio.to_thread(lambda: sqlite3.connect(tmp_path / "d.db").execute(
-                "select count(*) from alert_channels where status != 'delivered'").fetchone()[0]) == 0
+            assert (
+                await asyncio.to_thread(
+                    lambda: (
+                        sqlite3.connect(tmp_path / "d.db")
+                        .execute("select count(*) from alert_channels where status != 'delivered'")
+                        .fetchone()[0]
+                    )
+                )
+                == 0
+            )
             assert "secret-abc" not in await asyncio.to_thread(proc.stderr.read)
         finally:
             if proc.poll() is None:
@@ -189,8 +207,17 @@ async def test_kill_9_mid_tick_then_restart_equals_an_uninterrupted_run(tmp_path
         proc = await start_daemon(cfg, env)
         await wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
         await until(lambda: asyncio.to_thread(lambda: hot_cursors(tmp_path / "k.db", addrs) == 12), timeout=40)
-        await until(lambda: asyncio.to_thread(lambda: sqlite3.connect(tmp_path / "k.db").execute(
-            "select count(*) from alert_channels where status != 'delivered'").fetchone()[0] == 0), timeout=20)
+        await until(
+            lambda: asyncio.to_thread(
+                lambda: (
+                    sqlite3.connect(tmp_path / "k.db")
+                    .execute("select count(*) from alert_channels where status != 'delivered'")
+                    .fetchone()[0]
+                    == 0
+                )
+            ),
+            timeout=20,
+        )
         proc.send_signal(signal.SIGTERM)
         assert await wait_exit(proc, 15) == 0
         assert await asyncio.to_thread(snapshot, tmp_path / "k.db") == ref
@@ -205,8 +232,7 @@ async def test_failing_source_goes_503_and_recovers_while_others_keep_polling(tm
     dead = free_port()
     async with EsploraServer(chain) as good, Receiver() as slack:
         bad = EsploraServer(chain, port=dead)
-        sources = [esplora(good.url, "good", interval=0.2),
-                   esplora(f"http://127.0.0.1:{dead}/api", "bad", interval=0.2)]
+        sources = [esplora(good.url, "good", interval=0.2), esplora(f"http://127.0.0.1:{dead}/api", "bad", interval=0.2)]
         cfg = await write_config(tmp_path / "c.toml", sources, addrs, port=port, db=tmp_path / "d.db")
         os.environ["TM_SLACK_URL"] = slack.url("/hook")
         try:
@@ -215,9 +241,11 @@ async def test_failing_source_goes_503_and_recovers_while_others_keep_polling(tm
             base = f"http://127.0.0.1:{port}"
             await wait_http(base + "/healthz")
             async with aiohttp.ClientSession() as s:
+
                 async def status():
                     async with s.get(base + "/healthz") as r:
                         return r.status, await r.json()
+
                 code, body = await until(lambda: _is(status, 503), timeout=10)
                 assert body["sources"]["bad"]["healthy"] is False and body["sources"]["good"]["healthy"] is True
                 assert body["sources"]["bad"]["last_error"]
@@ -236,6 +264,7 @@ def _is(status_coro, code):
     async def check():
         c, body = await status_coro()
         return (c, body) if c == code else None
+
     return check()
 
 
@@ -295,14 +324,28 @@ async def test_non_loopback_bind_needs_a_token_and_requests_need_it(tmp_path):
     chain, addrs = chain_with_wallet()
     async with EsploraServer(chain) as server, Receiver() as slack:
         port = free_port()
-        cfg = await write_config(tmp_path / "c.toml", [esplora(server.url)], addrs, port=port, db=tmp_path / "d.db",
-                                 host="0.0.0.0")
-        p = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "monitor", "-c", str(cfg), "run"],
-                                    cwd=ROOT, env={**os.environ, "TM_SLACK_URL": slack.url("/h")},
-                                    capture_output=True, text=True, timeout=60)
+        cfg = await write_config(
+            tmp_path / "c.toml", [esplora(server.url)], addrs, port=port, db=tmp_path / "d.db", host="0.0.0.0"
+        )
+        p = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "monitor", "-c", str(cfg), "run"],
+            cwd=ROOT,
+            env={**os.environ, "TM_SLACK_URL": slack.url("/h")},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert p.returncode == 2 and "daemon.token" in p.stderr
-        cfg = await write_config(tmp_path / "t.toml", [esplora(server.url)], addrs, port=port, db=tmp_path / "d.db",
-                                 host="0.0.0.0", token=env("TM_TOKEN"))
+        cfg = await write_config(
+            tmp_path / "t.toml",
+            [esplora(server.url)],
+            addrs,
+            port=port,
+            db=tmp_path / "d.db",
+            host="0.0.0.0",
+            token=env("TM_TOKEN"),
+        )
         proc = await start_daemon(cfg, {"TM_SLACK_URL": slack.url("/h"), "TM_TOKEN": "tok-123456"})
         try:
             base = f"http://127.0.0.1:{port}"
@@ -347,8 +390,9 @@ async def test_bitcoind_source_in_ibd_or_with_bad_auth_keeps_the_daemon_up_then_
         async with Receiver() as slack:
             monkeypatch.setenv("TM_SLACK_URL", slack.url("/hook"))
             monkeypatch.setenv("TM_RPC_PASSWORD", "wrong-password")
-            node_source = bitcoind_source("node", node.url, rpc_user="rpcuser", rpc_password=env("TM_RPC_PASSWORD"),
-                                          poll_interval=0.2, retries=1)
+            node_source = bitcoind_source(
+                "node", node.url, rpc_user="rpcuser", rpc_password=env("TM_RPC_PASSWORD"), poll_interval=0.2, retries=1
+            )
             cfg = await write_config(tmp_path / "c.toml", [node_source], addrs, port=port, db=tmp_path / "d.db")
             daemon = Daemon(await asyncio.to_thread(load_config, cfg), clock=SystemClock())
             task = asyncio.create_task(daemon.run(install_signals=False))
@@ -375,8 +419,9 @@ async def test_a_push_during_a_running_poll_is_served_right_after_it(tmp_path, m
     port = free_port()
     async with EsploraServer(chain) as server, Receiver() as slack:
         monkeypatch.setenv("TM_SLACK_URL", slack.url("/hook"))
-        cfg = await write_config(tmp_path / "c.toml", [esplora(server.url, interval=3600)], addrs, port=port,
-                                 db=tmp_path / "d.db")
+        cfg = await write_config(
+            tmp_path / "c.toml", [esplora(server.url, interval=3600)], addrs, port=port, db=tmp_path / "d.db"
+        )
         daemon = Daemon(await asyncio.to_thread(load_config, cfg), clock=SystemClock())
         task = asyncio.create_task(daemon.run(install_signals=False))
         await until(lambda: daemon.states.get("local") and daemon.states["local"].polls >= 1, timeout=15)
@@ -400,8 +445,9 @@ async def test_sigterm_mid_poll_is_a_clean_stop_and_says_what_is_true(tmp_path):
     chain, addrs = chain_with_wallet()
     port = free_port()
     async with EsploraServer(chain) as server, Receiver() as slack:
-        cfg = await write_config(tmp_path / "c.toml", [esplora(server.url, interval=0.3)], addrs, port=port,
-                                 db=tmp_path / "d.db", shutdown_grace=1)
+        cfg = await write_config(
+            tmp_path / "c.toml", [esplora(server.url, interval=0.3)], addrs, port=port, db=tmp_path / "d.db", shutdown_grace=1
+        )
         proc = await start_daemon(cfg, {"TM_SLACK_URL": slack.url("/hook")})
         try:
             await wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
@@ -425,16 +471,23 @@ async def test_a_non_utf8_authorization_header_is_a_401_not_a_500(tmp_path, monk
     async with EsploraServer(chain) as server, Receiver() as slack:
         monkeypatch.setenv("TM_SLACK_URL", slack.url("/hook"))
         monkeypatch.setenv("TM_TOKEN", "tok-123456")
-        cfg = await write_config(tmp_path / "c.toml", [esplora(server.url, interval=3600)], addrs, port=port,
-                                 db=tmp_path / "d.db", token=env("TM_TOKEN"))
+        cfg = await write_config(
+            tmp_path / "c.toml",
+            [esplora(server.url, interval=3600)],
+            addrs,
+            port=port,
+            db=tmp_path / "d.db",
+            token=env("TM_TOKEN"),
+        )
         daemon = Daemon(await asyncio.to_thread(load_config, cfg), clock=SystemClock())
         task = asyncio.create_task(daemon.run(install_signals=False))
         try:
             await until(lambda: daemon.bound_port is not None, timeout=15)
             for header in (b"Bearer \xff\xfe-not-utf8", "Bearer tok-123456".encode("latin-1") + b"\xe9"):
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.write(b"GET /api/flows HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: " + header
-                             + b"\r\nConnection: close\r\n\r\n")
+                writer.write(
+                    b"GET /api/flows HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: " + header + b"\r\nConnection: close\r\n\r\n"
+                )
                 await writer.drain()
                 answer = await reader.read()
                 writer.close()
@@ -455,9 +508,15 @@ async def test_a_second_daemon_or_dispatcher_on_one_database_is_refused_naming_t
             await wait_http(f"http://127.0.0.1:{port}/healthz", proc=first)
             for args in (["--port", str(free_port())], None):
                 cmd = ["run", *args] if args else ["alerts", "dispatch", "--forever"]
-                p = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "monitor", "-c", str(cfg), *cmd],
-                                            cwd=ROOT, env={**os.environ, **env_}, capture_output=True, text=True,
-                                            timeout=60)
+                p = await asyncio.to_thread(
+                    subprocess.run,
+                    [sys.executable, "-m", "monitor", "-c", str(cfg), *cmd],
+                    cwd=ROOT,
+                    env={**os.environ, **env_},
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
                 assert p.returncode == 1, (cmd, p.stderr)
                 assert f"is in use by `treasury-monitor run` (pid {first.pid} on " in p.stderr, p.stderr
                 assert "Traceback" not in p.stderr
@@ -472,9 +531,15 @@ async def test_a_second_daemon_or_dispatcher_on_one_database_is_refused_naming_t
         finally:
             second.kill()
             await wait_exit(second, 15)
-        p = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "monitor", "-c", str(cfg), "alerts",
-                                                     "dispatch"], cwd=ROOT, env={**os.environ, **env_},
-                                    capture_output=True, text=True, timeout=60)
+        p = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "monitor", "-c", str(cfg), "alerts", "dispatch"],
+            cwd=ROOT,
+            env={**os.environ, **env_},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert p.returncode == 0, p.stderr
 
 
@@ -497,8 +562,11 @@ async def test_a_database_deleted_or_replaced_while_running_stops_the_daemon_unh
         assert task.result() == 1
         ok, body = daemon.health()
         assert ok is False and body["status"] == "unhealthy" and how in body["database"]
-        assert any(how in r.getMessage() and "stopping (exit status 1)" in r.getMessage()
-                   for r in caplog.records if r.levelname == "ERROR")
+        assert any(
+            how in r.getMessage() and "stopping (exit status 1)" in r.getMessage()
+            for r in caplog.records
+            if r.levelname == "ERROR"
+        )
 
     async with EsploraServer(chain) as server, Receiver() as slack:
         monkeypatch.setenv("TM_SLACK_URL", slack.url("/hook"))

@@ -29,10 +29,21 @@ def _seed_candidate(db, address: str) -> None:
     store = Store(db)
     try:
         with store.batch():
-            propose_address(store, EVIL, EntityAddress("bitcoin", address, source="pool payouts (test)", learned_by="pool_payout"),
-                            status="candidate", now=MARCH_5_2026)
-            add_evidence(store, [Evidence("bitcoin", address, EVIL, "pool_payout", txid=f"{i:064x}", block_height=900_000 + i,
-                                          value=3 * COIN) for i in (1, 2)], now=MARCH_5_2026)
+            propose_address(
+                store,
+                EVIL,
+                EntityAddress("bitcoin", address, source="pool payouts (test)", learned_by="pool_payout"),
+                status="candidate",
+                now=MARCH_5_2026,
+            )
+            add_evidence(
+                store,
+                [
+                    Evidence("bitcoin", address, EVIL, "pool_payout", txid=f"{i:064x}", block_height=900_000 + i, value=3 * COIN)
+                    for i in (1, 2)
+                ],
+                now=MARCH_5_2026,
+            )
     finally:
         store.close()
 
@@ -51,13 +62,18 @@ async def test_flows_table_filters_pages_and_escapes(tmp_path):
         candidate = chain.address("dash-candidate")
         await asyncio.to_thread(_seed_candidate, tmp_path / "d.db", candidate)
         cfg = tmp_path / "c.toml"
-        await asyncio.to_thread(cfg.write_text, config_toml(
-            db=tmp_path / "d.db",
-            sources=[esplora_source("local", server.url, rate_limit=500.0, timeout=2.0, retries=1, poll_interval=0.2)],
-            entities=[entity_table(EVIL, "miner", [hot], profile=miner_profile()),
-                      entity_table("Test Exchange", "exchange", [exchange])],
-            daemon={"port": port, "digest_hour": -1},
-        ))
+        await asyncio.to_thread(
+            cfg.write_text,
+            config_toml(
+                db=tmp_path / "d.db",
+                sources=[esplora_source("local", server.url, rate_limit=500.0, timeout=2.0, retries=1, poll_interval=0.2)],
+                entities=[
+                    entity_table(EVIL, "miner", [hot], profile=miner_profile()),
+                    entity_table("Test Exchange", "exchange", [exchange]),
+                ],
+                daemon={"port": port, "digest_hour": -1},
+            ),
+        )
         proc = await start_daemon(cfg, {})
         try:
             base = f"http://127.0.0.1:{port}"
@@ -69,6 +85,7 @@ async def test_flows_table_filters_pages_and_escapes(tmp_path):
             chain.mine()
             page = f"{base}/entity/{urllib.parse.quote(EVIL, safe='')}"
             async with aiohttp.ClientSession() as s:
+
                 async def get(url: str) -> tuple[int, str, dict]:
                     async with s.get(url) as r:
                         return r.status, await r.text(), dict(r.headers)
@@ -87,10 +104,12 @@ async def test_flows_table_filters_pages_and_escapes(tmp_path):
                 assert f"{SALES + 2} matching" in html  # the funding inflow, 30 sales and the unknown transfer
                 # newest first, 25 a page: the unknown transfer, mined last, heads the table
                 assert _rows(html) == 25
-                txids = re.findall(r'<tr id="flow-[0-9a-f]+" class="[^"]*">\s*<td>[^<]*</td>\s*<td><code title="([0-9a-f]{64})"', html)
+                txids = re.findall(
+                    r'<tr id="flow-[0-9a-f]+" class="[^"]*">\s*<td>[^<]*</td>\s*<td><code title="([0-9a-f]{64})"', html
+                )
                 assert len(txids) == 25 and txids[0] == unknown.txid
                 # the candidate, with its evidence and the commands that decide it
-                cands = html[html.index('id="cand-h"'):]
+                cands = html[html.index('id="cand-h"') :]
                 assert candidate in cands and "pool_payout ×2" in cands and "2 payout(s), 6.00 BTC" in cands
                 assert f"entities accept {candidate}" in cands and f"entities reject {candidate}" in cands
                 _, html2, _ = await get(page + "?destination=exchange&page=2")

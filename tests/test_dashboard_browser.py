@@ -227,7 +227,8 @@ async def test_dashboard_in_chromium_while_the_daemon_watches_the_episode(tmp_pa
             await w.wait_for_load_state("load")
             weights[name] = await w.evaluate(
                 "performance.getEntriesByType('navigation').concat(performance.getEntriesByType('resource'))"
-                ".filter(e => !e.name.includes('/api/')).reduce((s, e) => s + e.decodedBodySize, 0)")
+                ".filter(e => !e.name.includes('/api/')).reduce((s, e) => s + e.decodedBodySize, 0)"
+            )
             await w.close()
         seen["weights"] = weights
 
@@ -242,8 +243,17 @@ async def test_dashboard_in_chromium_while_the_daemon_watches_the_episode(tmp_pa
         await report.set_viewport_size(PHONE)
         assert await _overflow(report) == 0
 
-    result = await run_demo(seed=SEED, scale=SCALE, speed=3_000_000, out=tmp_path / "report.html",
-                            db=tmp_path / "demo.db", echo=lambda *_: None, serve=True, port=0, on_serve=drive)
+    result = await run_demo(
+        seed=SEED,
+        scale=SCALE,
+        speed=3_000_000,
+        out=tmp_path / "report.html",
+        db=tmp_path / "demo.db",
+        echo=lambda *_: None,
+        serve=True,
+        port=0,
+        on_serve=drive,
+    )
     assert result.is_ok
     assert errors == []
     print(f"\nscreenshots: {shots}\n{json.dumps(seen, indent=1)}")

@@ -83,8 +83,9 @@ async def served_miner_view(tmp_path: Path) -> AsyncIterator[Served]:
                 by_kind[kind_of[dest]] = by_kind.get(kind_of[dest], 0) + value
                 if source in (FOUNDRY_PAYOUT, ANTPOOL_PAYOUT):
                     pool_by_kind[kind_of[dest]] = pool_by_kind.get(kind_of[dest], 0) + value
-    ep = await asyncio.to_thread(build_pool_episode, days=12, per_day=12, reorg_day=4, wallets={mara_hot: 50 * 10**8},
-                                 transfers=sends)
+    ep = await asyncio.to_thread(
+        build_pool_episode, days=12, per_day=12, reorg_day=4, wallets={mara_hot: 50 * 10**8}, transfers=sends
+    )
     await asyncio.to_thread(ep.apply_reorg)
     await asyncio.to_thread(ep.mine_rest)
     db = tmp_path / "m.db"
@@ -93,19 +94,27 @@ async def served_miner_view(tmp_path: Path) -> AsyncIterator[Served]:
         store = AsyncStore(await asyncio.to_thread(Store, db))
         try:
             async with aiohttp.ClientSession() as session:
-                reader = EsploraCoinbases(HttpClient("esplora", [server.url], session, clock=FrozenClock(),
-                                                     rng=random.Random(1), retries=1, rate_limit=None))
+                reader = EsploraCoinbases(
+                    HttpClient(
+                        "esplora", [server.url], session, clock=FrozenClock(), rng=random.Random(1), retries=1, rate_limit=None
+                    )
+                )
                 pools = await asyncio.to_thread(load_pools)
                 await scan_blocks(store, reader, start=ep.blocks[0].height, end=ep.chain.height, now=NOW, pools=pools)
                 await follow_tip(store, reader, now=NOW, pools=pools)
         finally:
             await store.close()
         cfg = tmp_path / "c.toml"
-        await asyncio.to_thread(cfg.write_text, config_toml(
-            db=db, sources=[esplora_source("local", server.url, rate_limit=1000.0, poll_interval=3600)],
-            prices=BUNDLED_PRICES,
-            entities=[entity_table("MARA", "miner", [mara_hot]), entity_table("CC Exchange", "exchange", [exch])],
-            daemon={"port": port, "digest_hour": -1, "token": env("TM_TOKEN")}))
+        await asyncio.to_thread(
+            cfg.write_text,
+            config_toml(
+                db=db,
+                sources=[esplora_source("local", server.url, rate_limit=1000.0, poll_interval=3600)],
+                prices=BUNDLED_PRICES,
+                entities=[entity_table("MARA", "miner", [mara_hot]), entity_table("CC Exchange", "exchange", [exch])],
+                daemon={"port": port, "digest_hour": -1, "token": env("TM_TOKEN")},
+            ),
+        )
         polled = await cli_run("-c", cfg, "poll", env={"TM_TOKEN": TOKEN})
         assert polled.exit_code == 0, polled.output
         proc = await start_daemon(cfg, {"TM_TOKEN": TOKEN})
@@ -133,6 +142,7 @@ def _cell(row: str, field: str) -> tuple[str, str | None]:
 
 async def test_miners_page_shows_the_api_view_and_the_script(tmp_path):
     async with served_miner_view(tmp_path) as srv, aiohttp.ClientSession() as s:
+
         async def get(path: str, **kw) -> tuple[int, str]:
             async with s.get(srv.base + path, **kw) as r:
                 return r.status, await r.text()
@@ -160,8 +170,10 @@ async def test_miners_page_shows_the_api_view_and_the_script(tmp_path):
         chart = page.split('aria-label="Production per day chart">', 1)[1].split("</svg>", 1)[0]
         for d in api["pool_days"]:
             if d["pool"] != "unknown":
-                assert (f"<title>{d['day']} · {html.escape(d['pool'])}: {d['blocks']:,} blocks, "
-                        f"{d['produced_sat'] / 1e8:,.2f} BTC</title>") in chart, d
+                assert (
+                    f"<title>{d['day']} · {html.escape(d['pool'])}: {d['blocks']:,} blocks, "
+                    f"{d['produced_sat'] / 1e8:,.2f} BTC</title>"
+                ) in chart, d
 
         # Measured vs reported: MARA's sentence as the API words it.
         mara = next(m for m in api["tracked_miners"] if m["entity"] == "MARA")
@@ -175,8 +187,10 @@ async def test_miners_page_shows_the_api_view_and_the_script(tmp_path):
             assert _cell(row, "pool_sat")[1] == str(srv.pool_by_kind.get(kind, 0)), kind
         assert len(re.findall(r"<tr data-kind=", page)) == len(srv.by_kind)
         assert sum(d["sat"] for d in api["miner_to_exchange"]) == srv.by_kind["exchange"]
-        assert (f'Miner-to-exchange: <strong data-sat="{srv.by_kind["exchange"]}">'
-                f'{srv.by_kind["exchange"] / 1e8:,.2f} BTC</strong> over {len(api["miner_to_exchange"])} day(s)') in page
+        assert (
+            f'Miner-to-exchange: <strong data-sat="{srv.by_kind["exchange"]}">'
+            f"{srv.by_kind['exchange'] / 1e8:,.2f} BTC</strong> over {len(api['miner_to_exchange'])} day(s)"
+        ) in page
         for d in api["miner_to_exchange"]:
             assert f'<tr data-day="{d["day"]}"><td>{d["day"]}</td><td class="num" data-sat="{d["sat"]}">' in page
 
@@ -224,6 +238,7 @@ async def test_miners_page_in_chromium(tmp_path):
     async with served_miner_view(tmp_path) as srv, async_playwright() as p:
         browser = await p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:
+
             async def new_page(viewport):
                 page = await browser.new_page(viewport=viewport)
                 page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
@@ -248,19 +263,23 @@ async def test_miners_page_in_chromium(tmp_path):
             focused = set()
             for _ in range(60):
                 await page.keyboard.press("Tab")
-                label = await page.evaluate("document.activeElement.classList.contains('scroll') ? "
-                                            "document.activeElement.getAttribute('aria-label') : null")
+                label = await page.evaluate(
+                    "document.activeElement.classList.contains('scroll') ? "
+                    "document.activeElement.getAttribute('aria-label') : null"
+                )
                 if label:
                     focused.add(label)
             assert len(focused) == regions >= 5, focused
             await page.screenshot(path=shots / "miners-1280.png", full_page=True)
             seen["weight_bytes"] = await page.evaluate(
                 "performance.getEntriesByType('navigation').concat(performance.getEntriesByType('resource'))"
-                ".reduce((s, e) => s + e.decodedBodySize, 0)")
+                ".reduce((s, e) => s + e.decodedBodySize, 0)"
+            )
             seen["html_bytes"] = await page.evaluate("performance.getEntriesByType('navigation')[0].decodedBodySize")
             seen["transfer_bytes"] = await page.evaluate(
                 "performance.getEntriesByType('navigation').concat(performance.getEntriesByType('resource'))"
-                ".reduce((s, e) => s + e.transferSize, 0)")
+                ".reduce((s, e) => s + e.transferSize, 0)"
+            )
 
             phone = await new_page({"width": 375, "height": 740})
             await phone.goto(f"{srv.base}/?token={TOKEN}")

@@ -25,11 +25,33 @@ T0 = 1_772_618_400  # 2026-03-04T10:00:00Z
 SAT = 100_000_000
 
 
-def _flow(txid: str, entity: str, out: int, *, t: int, asset: str = "BTC", decimals: int = 8, to: str = "exchange:Kraken",
-          chain: str = "bitcoin") -> EntityFlow:
+def _flow(
+    txid: str,
+    entity: str,
+    out: int,
+    *,
+    t: int,
+    asset: str = "BTC",
+    decimals: int = 8,
+    to: str = "exchange:Kraken",
+    chain: str = "bitcoin",
+) -> EntityFlow:
     att = Attribution.parse(to)
-    return EntityFlow(chain, txid, entity, 900_000, t, spent=out + 1_000, change=0, received=0, fee_share=1_000, out=out,
-                      destinations=(Destination(f"addr-{txid}", out, 0, att),), asset=asset, decimals=decimals)
+    return EntityFlow(
+        chain,
+        txid,
+        entity,
+        900_000,
+        t,
+        spent=out + 1_000,
+        change=0,
+        received=0,
+        fee_share=1_000,
+        out=out,
+        destinations=(Destination(f"addr-{txid}", out, 0, att),),
+        asset=asset,
+        decimals=decimals,
+    )
 
 
 def _fill(path: Path) -> None:
@@ -47,20 +69,55 @@ def _fill(path: Path) -> None:
             ]
             for f, usd in flows:
                 store.save_flow(f, now=T0)
-                c = Classification(f.chain, f.txid, f.entity, "unknown_transfer", "info", ("first look",), out=f.out,
-                                   asset=f.asset, usd_value=usd)
+                c = Classification(
+                    f.chain,
+                    f.txid,
+                    f.entity,
+                    "unknown_transfer",
+                    "info",
+                    ("first look",),
+                    out=f.out,
+                    asset=f.asset,
+                    usd_value=usd,
+                )
                 store.save_classification(c, context={}, now=T0)
                 # a re-classification: the views must show the newest version only
-                c2 = Classification(f.chain, f.txid, f.entity, "balance_sheet_sale", "critical", ("sold",), out=f.out,
-                                    asset=f.asset, usd_value=usd, attribution=str(f.destinations[0].attribution))
+                c2 = Classification(
+                    f.chain,
+                    f.txid,
+                    f.entity,
+                    "balance_sheet_sale",
+                    "critical",
+                    ("sold",),
+                    out=f.out,
+                    asset=f.asset,
+                    usd_value=usd,
+                    attribution=str(f.destinations[0].attribution),
+                )
                 stored, _ = store.save_classification(c2, context={}, now=T0 + 60)
-                queue_alert(store, Alert(dedup_key=f"{f.chain}:{f.txid}:{f.entity}", kind="new",
-                                         channels=("console",), payload={"flow": {}}, created_at=T0 + 120),
-                            chain=f.chain, txid=f.txid, entity=f.entity, classification_id=stored.id, now=T0 + 120)
+                queue_alert(
+                    store,
+                    Alert(
+                        dedup_key=f"{f.chain}:{f.txid}:{f.entity}",
+                        kind="new",
+                        channels=("console",),
+                        payload={"flow": {}},
+                        created_at=T0 + 120,
+                    ),
+                    chain=f.chain,
+                    txid=f.txid,
+                    entity=f.entity,
+                    classification_id=stored.id,
+                    now=T0 + 120,
+                )
             # two snapshots of one address: the balance is the newest, in BTC
             store.add_addresses("MARA", [EntityAddress("bitcoin", "bc1-test-mara", source="test fixture")], now=T0)
-            store.save_snapshots([BalanceSnapshot("bitcoin", "bc1-test-mara", T0, 5 * SAT),
-                                  BalanceSnapshot("bitcoin", "bc1-test-mara", T0 + 60, 123_456_789_000_000)])
+            store.save_snapshots(
+                [
+                    BalanceSnapshot("bitcoin", "bc1-test-mara", T0, 5 * SAT),
+                    BalanceSnapshot("bitcoin", "bc1-test-mara", T0 + 60, 123_456_789_000_000),
+                ]
+            )
     finally:
         store.close()
 
@@ -80,8 +137,11 @@ def test_views_sort_amounts_as_numbers_and_show_iso_times(tmp_path):
     as_text = [r[0] for r in _rows(db, "select txid from flows where asset = 'BTC' order by out_units desc")]
     assert as_text[0] == "a" * 64
     # The view sorts numerically, largest first.
-    rows = _rows(db, "select txid, out_btc, out_amount, block_time, verdict, classification_version, usd_value "
-                     "from flows_view where out_btc is not null order by out_btc desc")
+    rows = _rows(
+        db,
+        "select txid, out_btc, out_amount, block_time, verdict, classification_version, usd_value "
+        "from flows_view where out_btc is not null order by out_btc desc",
+    )
     assert [(r[0][0], r[1]) for r in rows] == [("b", 3045.3), ("c", 652.17), ("a", 98.52), ("d", 5.0)]
     assert rows[0][3] == "2026-03-04T11:00:00Z"
     assert {r[4] for r in rows} == {"balance_sheet_sale"} and {r[5] for r in rows} == {2}

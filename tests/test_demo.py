@@ -26,8 +26,9 @@ class _Images(HTMLParser):
 
 async def test_demo_plays_the_episode_and_the_monitor_concludes_what_was_scripted(tmp_path):
     lines: list[str] = []
-    result = await run_demo(seed=SEED, scale=SCALE, speed=3_000_000, out=tmp_path / "report.html",
-                            db=tmp_path / "demo.db", echo=lines.append)
+    result = await run_demo(
+        seed=SEED, scale=SCALE, speed=3_000_000, out=tmp_path / "report.html", db=tmp_path / "demo.db", echo=lines.append
+    )
     scenario = await asyncio.to_thread(build_scenario, seed=SEED, scale=SCALE)
     out = "\n".join(lines)
     assert out.startswith("SIMULATED DATA") and "ChainCatcher" in out
@@ -79,9 +80,10 @@ async def test_demo_plays_the_episode_and_the_monitor_concludes_what_was_scripte
 
 
 def _user_toml(path, slack_url: str, hook_url: str) -> None:
-    path.write_text(f"""
+    path.write_text(
+        f"""
 [monitor]
-storage = "{path.parent / 'user.db'}"
+storage = "{path.parent / "user.db"}"
 
 [[alerts.channels]]
 name = "my-slack"
@@ -99,7 +101,9 @@ secret = {{ env = "TM_DEMO_HOOK_SECRET" }}
 name = "mine"
 min_severity = "warning"
 channels = ["my-slack", "my-hook"]
-""", encoding="utf-8")
+""",
+        encoding="utf-8",
+    )
 
 
 async def test_demo_alerts_say_simulated_reach_user_channels_only_when_asked_and_verify(tmp_path, monkeypatch):
@@ -116,13 +120,22 @@ async def test_demo_alerts_say_simulated_reach_user_channels_only_when_asked_and
         await asyncio.to_thread(_user_toml, cfg, slack.url("/services/T0/B0/demo"), hook.url("/hook"))
         lines: list[str] = []
         # Without the option: the user's channels get nothing, and the demo says how to opt in.
-        await run_demo(seed=SEED, scale=SCALE, speed=3_000_000, out=None, db=tmp_path / "a.db",
-                       user_config=str(cfg), echo=lines.append)
+        await run_demo(
+            seed=SEED, scale=SCALE, speed=3_000_000, out=None, db=tmp_path / "a.db", user_config=str(cfg), echo=lines.append
+        )
         assert slack.requests == [] and hook.requests == []
         assert any("--to-my-channels" in line and "my-slack" in line for line in lines), lines[-12:]
         started = SystemClock().time()
-        result = await run_demo(seed=SEED, scale=SCALE, speed=3_000_000, out=None, db=tmp_path / "b.db",
-                                user_config=str(cfg), to_user_channels=True, echo=lines.append)
+        result = await run_demo(
+            seed=SEED,
+            scale=SCALE,
+            speed=3_000_000,
+            out=None,
+            db=tmp_path / "b.db",
+            user_config=str(cfg),
+            to_user_channels=True,
+            echo=lines.append,
+        )
         # (verdicts are the other test's subject; at this speed a mempool tx's first-seen time depends on load)
         assert all(c.sold_btc == c.expected_btc for c in result.checks)
         finished = SystemClock().time()

@@ -70,15 +70,13 @@ async def test_digest_summarises_the_day_and_emails_the_chart(tmp_path):
         astore = AsyncStore(await asyncio.to_thread(Store, db))
         clock = FrozenClock(now=day_end + 120)
         async with aiohttp.ClientSession():
-            channel = EmailChannel("mail", "127.0.0.1", controller.port, "tm@example.com", ["desk@example.com"],
-                                   security="none")
+            channel = EmailChannel("mail", "127.0.0.1", controller.port, "tm@example.com", ["desk@example.com"], security="none")
             d = Dispatcher(StoreQueue(astore), {"mail": channel}, clock)
             await d.dispatch_once()
         await astore.close()
     finally:
         await asyncio.to_thread(controller.stop)
-    digests = [email.message_from_bytes(e.content, policy=email.policy.default) for e in sink.envelopes
-               if b"digest" in e.content]
+    digests = [email.message_from_bytes(e.content, policy=email.policy.default) for e in sink.envelopes if b"digest" in e.content]
     assert digests, "the digest email did not arrive"
     msg = digests[-1]
     pngs = [p for p in msg.walk() if p.get_content_type() == "image/png"]

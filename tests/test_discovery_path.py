@@ -83,8 +83,18 @@ async def test_cli_and_daemon_discover_the_same_with_the_discovery_config_in_blo
         d_rows = await in_store(tmp_path / "d.db", candidate_rows)
 
         def key(rows):
-            return [(c["address"], c["entity"], c["status"], c["learned_by"], c["payouts"], c["payout_units"],
-                     sorted(e["txid"] for e in c["evidence"])) for c in rows]
+            return [
+                (
+                    c["address"],
+                    c["entity"],
+                    c["status"],
+                    c["learned_by"],
+                    c["payouts"],
+                    c["payout_units"],
+                    sorted(e["txid"] for e in c["evidence"]),
+                )
+                for c in rows
+            ]
 
         assert key(d_rows) == key(cli_rows)
 
@@ -95,12 +105,17 @@ async def test_block_mode_cli_discover_traces_a_transfer_to_an_exchange(tmp_path
     chain.fund(main, 400 * COIN)
     chain.mine()
     async with EsploraServer(chain) as server:
-        cfg = await asyncio.to_thread(write, tmp_path / "c.toml", tmp_path / "tm.db",
-                                      [esplora_source("local", server.url, rate_limit=500.0, timeout=5.0, mode="block")],
-                                      [entity_table("Test Sovereign", "sovereign", sourced([main]),
-                                                    profile={"holdings_btc": fact(5_000)}),
-                                       entity_table("Test Exchange", "exchange", sourced([exch]), watch=False)],
-                                      "\n[discovery]\npools = false\n")
+        cfg = await asyncio.to_thread(
+            write,
+            tmp_path / "c.toml",
+            tmp_path / "tm.db",
+            [esplora_source("local", server.url, rate_limit=500.0, timeout=5.0, mode="block")],
+            [
+                entity_table("Test Sovereign", "sovereign", sourced([main]), profile={"holdings_btc": fact(5_000)}),
+                entity_table("Test Exchange", "exchange", sourced([exch]), watch=False),
+            ],
+            "\n[discovery]\npools = false\n",
+        )
         assert (await cli_run("-c", cfg, "poll")).exit_code == 0
         hop1 = chain.pay([main], [(fresh, 250 * COIN)], fee=2_000)  # change back to main: not a sweep
         chain.mine()
@@ -114,15 +129,18 @@ async def test_block_mode_cli_discover_traces_a_transfer_to_an_exchange(tmp_path
         assert r.exit_code == 0, r.output
         assert "tracing: 1 flow(s) re-attributed" in r.output and "pools" not in r.output
         row = await in_store(tmp_path / "tm.db", flow_row, "bitcoin", hop1.txid, "Test Sovereign")
-        assert (row["classification"]["verdict"], row["classification"]["attribution"]) == ("sovereign_sale",
-                                                                                         "exchange:Test Exchange")
+        assert (row["classification"]["verdict"], row["classification"]["attribution"]) == (
+            "sovereign_sale",
+            "exchange:Test Exchange",
+        )
 
 
 async def test_without_a_source_that_can_follow_coins_discover_says_so_and_exits_non_zero(tmp_path):
     chain = SimChain(start_time=MARCH_5_2026)
     hot = chain.address("core-only-hot")
-    cfg = await asyncio.to_thread(write, tmp_path / "c.toml", tmp_path / "tm.db",
-                                  [bitcoind_source("core", f"http://127.0.0.1:{free_port()}")], [miner(hot)])
+    cfg = await asyncio.to_thread(
+        write, tmp_path / "c.toml", tmp_path / "tm.db", [bitcoind_source("core", f"http://127.0.0.1:{free_port()}")], [miner(hot)]
+    )
     r = await cli_run("-c", cfg, "entities", "discover")
     assert r.exit_code == 1
     assert "no configured source can follow coins" in r.output and "Bitcoin Core has no spent-output index" in r.output
@@ -134,18 +152,39 @@ async def test_without_a_source_that_can_follow_coins_discover_says_so_and_exits
 def test_tracing_and_provisional_keys_are_bounded_and_every_problem_is_reported(tmp_path):
     from monitor.config import ConfigError
 
-    cfg = write(tmp_path / "c.toml", tmp_path / "tm.db", [], [], "\n[discovery]\ntrace_max_hops = 500\n"
-                "trace_max_branches = 0\ntrace_floor_share = 1.5\ntrace_significant_share = 0\n"
-                "trace_max_age_days = -1\nprovisional = \"yes\"\nprovisional_settle_days = 0\n")
+    cfg = write(
+        tmp_path / "c.toml",
+        tmp_path / "tm.db",
+        [],
+        [],
+        "\n[discovery]\ntrace_max_hops = 500\n"
+        "trace_max_branches = 0\ntrace_floor_share = 1.5\ntrace_significant_share = 0\n"
+        'trace_max_age_days = -1\nprovisional = "yes"\nprovisional_settle_days = 0\n',
+    )
     try:
         load_config(cfg)
     except ConfigError as exc:
         problems = "\n".join(exc.problems)
     else:
         raise AssertionError("accepted")
-    for key in ("trace_max_hops: must be at most 200", "trace_max_branches", "trace_floor_share: must be at most 1",
-                "trace_significant_share", "trace_max_age_days", "discovery.provisional:", "provisional_settle_days"):
+    for key in (
+        "trace_max_hops: must be at most 200",
+        "trace_max_branches",
+        "trace_floor_share: must be at most 1",
+        "trace_significant_share",
+        "trace_max_age_days",
+        "discovery.provisional:",
+        "provisional_settle_days",
+    ):
         assert f"discovery.{key}" in problems if not key.startswith("discovery.") else key in problems, problems
     d = load_config(write(tmp_path / "ok.toml", tmp_path / "tm.db", [], [], "")).discovery
-    assert (d.trace_max_hops, d.trace_value_floor_btc, d.trace_floor_share, d.trace_max_branches, d.trace_max_age_days,
-            d.trace_significant_share, d.provisional, d.provisional_settle_days) == (20, 0.1, 0.01, 16, 180.0, 0.10, True, 30.0)
+    assert (
+        d.trace_max_hops,
+        d.trace_value_floor_btc,
+        d.trace_floor_share,
+        d.trace_max_branches,
+        d.trace_max_age_days,
+        d.trace_significant_share,
+        d.provisional,
+        d.provisional_settle_days,
+    ) == (20, 0.1, 0.01, 16, 180.0, 0.10, True, 30.0)

@@ -27,7 +27,7 @@ def section(text: str, heading: str) -> str:
     m = re.search(rf"^(#+) {re.escape(heading)}\s*$", text, flags=re.M)
     assert m, f"README has no heading {heading!r}"
     level = len(m.group(1))
-    rest = text[m.end():]
+    rest = text[m.end() :]
     end = re.search(rf"^#{{1,{level}}} ", rest, flags=re.M)
     return rest[: end.start()] if end else rest
 
@@ -179,7 +179,10 @@ def test_classification_object_lists_exactly_its_fields():
     first = code_spans(export_rows(README)["classification"])
     braces = next(s for s in first if s.startswith("{"))
     named = {n.strip().rstrip("?") for n in braces.strip("{}").split(",")}
-    assert named == set(CLASSIFICATION_FIELDS), (sorted(set(CLASSIFICATION_FIELDS) - named), sorted(named - set(CLASSIFICATION_FIELDS)))
+    assert named == set(CLASSIFICATION_FIELDS), (
+        sorted(set(CLASSIFICATION_FIELDS) - named),
+        sorted(named - set(CLASSIFICATION_FIELDS)),
+    )
 
 
 def test_csv_columns_beyond_the_record_are_documented():

@@ -31,22 +31,29 @@ from monitor.sim.chain import SimChain
 from monitor.sim.esplora_server import EsploraServer
 
 
-def write_config(tmp_path: Path, url: str, addrs: dict[str, str], *, mode: str | None = None,
-                 more_hot: Sequence[str] = ()) -> Path:
+def write_config(
+    tmp_path: Path, url: str, addrs: dict[str, str], *, mode: str | None = None, more_hot: Sequence[str] = ()
+) -> Path:
     """The miner (hot and cold wallets, `more_hot` between them) and an unwatched exchange; Slack for sales."""
     cfg = tmp_path / "config.toml"
-    cfg.write_text(config_toml(
-        db=tmp_path / "tm.db",
-        sources=[esplora_source("local", url, rate_limit=200.0, timeout=5.0, mode=mode)],
-        entities=[
-            entity_table("Test Miner", "miner", [*sourced([addrs["hot"]]), *more_hot, *sourced([addrs["cold"]])],
-                         profile=miner_profile(strategy_tags=["convertible_repurchase"])),
-            entity_table("Test Exchange", "exchange", sourced([addrs["exchange"]]), watch=False),
-        ],
-        alerts={"max_age": 100000000},
-        channels=[slack_channel("slack", "TM_TEST_SLACK_URL")],
-        rules=[rule("sales", ["slack"], min_severity="notice")],
-    ))
+    cfg.write_text(
+        config_toml(
+            db=tmp_path / "tm.db",
+            sources=[esplora_source("local", url, rate_limit=200.0, timeout=5.0, mode=mode)],
+            entities=[
+                entity_table(
+                    "Test Miner",
+                    "miner",
+                    [*sourced([addrs["hot"]]), *more_hot, *sourced([addrs["cold"]])],
+                    profile=miner_profile(strategy_tags=["convertible_repurchase"]),
+                ),
+                entity_table("Test Exchange", "exchange", sourced([addrs["exchange"]]), watch=False),
+            ],
+            alerts={"max_age": 100000000},
+            channels=[slack_channel("slack", "TM_TEST_SLACK_URL")],
+            rules=[rule("sales", ["slack"], min_severity="notice")],
+        )
+    )
     return cfg
 
 
@@ -93,11 +100,20 @@ async def test_backfill_poll_classify_alert_export(tmp_path, chain, monkeypatch)
         assert tuple(rec) == FLOW_FIELDS
         assert rec["txid"] == sale.txid and rec["out_units"] == 120 * COIN and rec["out_amount"] == "120.00000000"
         assert rec["fee_share_units"] == 5_000 and rec["spent_units"] - rec["change_units"] - 5_000 == 120 * COIN
-        assert rec["destinations"] == [{"address": addrs["exchange"], "n": 0, "value_units": 120 * COIN,
-                                        "value_amount": "120.00000000", "attribution": "exchange:Test Exchange"}]
+        assert rec["destinations"] == [
+            {
+                "address": addrs["exchange"],
+                "n": 0,
+                "value_units": 120 * COIN,
+                "value_amount": "120.00000000",
+                "attribution": "exchange:Test Exchange",
+            }
+        ]
         c = rec["classification"]
         assert tuple(c) == CLASSIFICATION_FIELDS
-        assert c["verdict"] in ("balance_sheet_sale", "distress_sale") and c["price_source"] == "simulated"  # the bundled series, labelled as invented
+        assert (
+            c["verdict"] in ("balance_sheet_sale", "distress_sale") and c["price_source"] == "simulated"
+        )  # the bundled series, labelled as invented
         assert c["btc_usd"] and c["usd_value"] == pytest.approx(120 * c["btc_usd"])
         assert c["hashprice_usd"] and 20 < c["hashprice_usd"] < 60
         assert any("cash cost" in reason for reason in c["reasons"])

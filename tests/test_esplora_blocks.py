@@ -45,13 +45,26 @@ class Harness:
         self.extra: list[EsploraServer] = []
 
     def http(self, retries: int = 2, server: EsploraServer | None = None) -> HttpClient:
-        return HttpClient("esplora", [(server or self.server).url], self.session, clock=self.clock,
-                          rng=random.Random(1), retries=retries, rate_limit=None)
+        return HttpClient(
+            "esplora",
+            [(server or self.server).url],
+            self.session,
+            clock=self.clock,
+            rng=random.Random(1),
+            retries=retries,
+            rate_limit=None,
+        )
 
     async def blocks(self, addresses, *, retries: int = 2, server: EsploraServer | None = None, **kw) -> EsploraBlockSource:
         """A block-mode source given the stored UTXO set, as the runtime builds it."""
-        return EsploraBlockSource("blocks", self.http(retries, server), addresses, clock=self.clock,
-                                  utxos=await self.store.run(load_utxos, "bitcoin"), **kw)
+        return EsploraBlockSource(
+            "blocks",
+            self.http(retries, server),
+            addresses,
+            clock=self.clock,
+            utxos=await self.store.run(load_utxos, "bitcoin"),
+            **kw,
+        )
 
     async def server_with(self, middleware) -> EsploraServer:
         """A second server over the same chain with an aiohttp middleware in front (stopped by the fixture)."""
@@ -129,8 +142,19 @@ def flow_set(txs, registry: Registry) -> set:
     out = set()
     for tx in txs:
         for f in entity_flows(tx, registry):
-            out.add((f.txid, f.entity, f.block_height, f.spent, f.change, f.received, f.fee_share, f.out,
-                     tuple((d.address, d.value, d.n) for d in f.destinations)))
+            out.add(
+                (
+                    f.txid,
+                    f.entity,
+                    f.block_height,
+                    f.spent,
+                    f.change,
+                    f.received,
+                    f.fee_share,
+                    f.out,
+                    tuple((d.address, d.value, d.n) for d in f.destinations),
+                )
+            )
     return out
 
 
@@ -141,8 +165,15 @@ def _entity(name: str, kind: str, addresses) -> Entity:
 # --- identical flows ----------------------------------------------------------------------------------
 
 
-def build_history(chain: SimChain, rng: random.Random, blocks: int, ents: dict[str, list[str]], noise: list[str],
-                  exchange: str, after_block=None) -> None:
+def build_history(
+    chain: SimChain,
+    rng: random.Random,
+    blocks: int,
+    ents: dict[str, list[str]],
+    noise: list[str],
+    exchange: str,
+    after_block=None,
+) -> None:
     """`blocks` blocks of receipts, spends with change, consolidations, cross-entity payments, coinbases and noise."""
     miners = ents["MinerA"] + ents["MinerB"]
     own = [a for v in ents.values() for a in v]
@@ -161,8 +192,12 @@ def build_history(chain: SimChain, rng: random.Random, blocks: int, ents: dict[s
             kind = rng.choice(["sale", "consolidate", "cross", "two_out", "chain"])
             try:
                 if kind == "sale":  # spend with change back to another own address
-                    chain.pay([rng.choice(addrs)], [(exchange, rng.randint(1, 5) * 1_000_000)], fee=rng.randint(200, 2_000),
-                              change_address=rng.choice(addrs))
+                    chain.pay(
+                        [rng.choice(addrs)],
+                        [(exchange, rng.randint(1, 5) * 1_000_000)],
+                        fee=rng.randint(200, 2_000),
+                        change_address=rng.choice(addrs),
+                    )
                 elif kind == "consolidate":
                     chain.pay(addrs, [(rng.choice(addrs), 1_000_000)], fee=1_500, change_address=addrs[0])
                 elif kind == "cross":  # touches two watched entities
@@ -191,8 +226,10 @@ async def test_block_mode_and_address_mode_give_identical_flows_on_300_blocks(h)
     }
     exchange = h.chain.address("exchange", "p2pkh")
     noise = [h.chain.address(f"n{i}", KINDS[i % 5]) for i in range(15)]
-    registry = Registry([_entity(n, "sovereign" if n == "Sovereign" else "miner", a) for n, a in ents.items()]
-                        + [_entity("Exchange", "exchange", [exchange])])
+    registry = Registry(
+        [_entity(n, "sovereign" if n == "Sovereign" else "miner", a) for n, a in ents.items()]
+        + [_entity("Exchange", "exchange", [exchange])]
+    )
     watched = registry.watched_addresses("bitcoin")
     assert len(watched) == 6
     before = h.chain.fund(ents["MinerA"][0], 10 * COIN)  # history before the block source starts: seeded from /utxo
@@ -202,7 +239,8 @@ async def test_block_mode_and_address_mode_give_identical_flows_on_300_blocks(h)
     assert isinstance(src, Source)
     first = await h.poll(src)  # starts at the tip, seeds every address
     assert first.txs == () and {(u.txid, u.vout) for u in first.utxos_added} == {
-        (t, v) for t, v, _, _ in confirmed_utxos(h.chain, watched)}
+        (t, v) for t, v, _, _ in confirmed_utxos(h.chain, watched)
+    }
     block_txs = {}
     polls_per_catch_up = []
 
@@ -230,7 +268,8 @@ async def test_block_mode_and_address_mode_give_identical_flows_on_300_blocks(h)
     assert seeded_history == {before.txid} and early.txid in block_txs  # spend of a seeded outpoint, mined later
     assert {t: address_txs[t] for t in block_txs} == block_txs  # same ChainTx, field for field
     assert flow_set(block_txs.values(), registry) == flow_set(
-        [t for t in address_txs.values() if t.txid not in seeded_history], registry)
+        [t for t in address_txs.values() if t.txid not in seeded_history], registry
+    )
     flows = flow_set(block_txs.values(), registry)
     assert len(block_txs) > 300 and len(flows) > 400
     assert {f[1] for f in flows} == {"MinerA", "MinerB", "Sovereign"}
@@ -349,6 +388,7 @@ async def test_one_new_block_costs_three_requests_plus_one_per_tx_with_a_foreign
     stranger = h.chain.address("stranger")
     h.chain.fund_many([(a, 2 * COIN), (stranger, 2 * COIN)])
     src = await h.blocks(watched)
+
     # Start at the tip as already seeded (as if from storage): seeding 10,000 addresses is a separate, one-time cost.
     def seed(store: Store) -> None:
         with store.batch():
@@ -371,8 +411,9 @@ async def test_one_new_block_costs_three_requests_plus_one_per_tx_with_a_foreign
     assert {(u.address, u.value) for u in batch.utxos_added} == {(a, COIN), (b, COIN // 2)}
     # A sale spending only watched outputs (their values are stored) is built from the raw block: no /tx.
     received = next(u for u in batch.utxos_added if u.address == a)
-    sale = h.chain.pay([], [(h.chain.address("exchange"), COIN // 4)], inputs=[(received.txid, received.vout)], fee=700,
-                       change_address=b)
+    sale = h.chain.pay(
+        [], [(h.chain.address("exchange"), COIN // 4)], inputs=[(received.txid, received.vout)], fee=700, change_address=b
+    )
     block = h.chain.mine()[0]
     n = len(h.server.requests)
     batch = await h.poll(src)
@@ -616,9 +657,17 @@ def test_address_script_agrees_with_the_validating_codec():
 def test_given_utxos_of_other_chains_or_unwatched_addresses_are_ignored():
     chain = SimChain()
     a, b = chain.address("a"), chain.address("b")
-    src = EsploraBlockSource("blocks", None, [a], clock=FrozenClock(), utxos=[  # type: ignore[arg-type]
-        WatchedUtxo("bitcoin", "11" * 32, 0, a, 5), WatchedUtxo("bitcoin", "22" * 32, 0, b, 5),
-        WatchedUtxo("testnet", "33" * 32, 0, a, 5)])
+    src = EsploraBlockSource(
+        "blocks",
+        None,
+        [a],
+        clock=FrozenClock(),
+        utxos=[  # type: ignore[arg-type]
+            WatchedUtxo("bitcoin", "11" * 32, 0, a, 5),
+            WatchedUtxo("bitcoin", "22" * 32, 0, b, 5),
+            WatchedUtxo("testnet", "33" * 32, 0, a, 5),
+        ],
+    )
     assert src.utxo_count == 1 and src.watched_addresses == (a,)
 
 

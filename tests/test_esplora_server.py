@@ -144,7 +144,11 @@ async def test_tx_objects_have_the_fixture_shapes(env):
         assert vin["prevout"]["scriptpubkey_address"] == v["srcs"][kind]
         assert got["fee"] == 1_500 == vin["prevout"]["value"] - sum(o["value"] for o in got["vout"])
         assert got["size"] == tx.size and got["weight"] == tx.weight
-        assert [o["scriptpubkey_type"] for o in got["vout"]] == ["v0_p2wpkh", "op_return", got["vin"][0]["prevout"]["scriptpubkey_type"]]
+        assert [o["scriptpubkey_type"] for o in got["vout"]] == [
+            "v0_p2wpkh",
+            "op_return",
+            got["vin"][0]["prevout"]["scriptpubkey_type"],
+        ]
         assert "scriptpubkey_address" not in got["vout"][1]
     by_kind = {k: (await c.json(f"/tx/{t.txid}"))["vin"][0] for k, t in v["confirmed"].items()}
     assert by_kind["p2sh"]["inner_redeemscript_asm"].startswith("OP_0 OP_PUSHBYTES_20 ")

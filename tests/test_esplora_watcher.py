@@ -332,10 +332,14 @@ async def test_one_malformed_tx_is_skipped_and_retried_not_the_whole_page(h, cap
     batch = await h.poll(src)
     assert batch.failed == ()
     assert {t.txid for t in batch.txs} == set(h.chain.address_chain_txids(a) + h.chain.address_mempool_txids(a)) - {
-        bad, bad_mempool}
+        bad,
+        bad_mempool,
+    }
     assert len(batch.txs) == 30
-    assert any("esplora tx skipped" in r.getMessage() and bad in r.getMessage() and "vout[0].value" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "esplora tx skipped" in r.getMessage() and bad in r.getMessage() and "vout[0].value" in r.getMessage()
+        for r in caplog.records
+    )
     assert json.loads(h.cursors[a])["retry"] == sorted([bad, bad_mempool])
 
     # unchanged stats, still malformed: only the two txs are read again, nothing is lost or returned

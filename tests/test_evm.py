@@ -131,9 +131,15 @@ def native_txid(receipt: dict) -> str:
 REFUSALS = {
     "geth": (200, {"code": -32005, "message": "query returned more than 10000 results"}),
     "infura": (200, {"code": -32602, "message": "range {range} exceeds limit of {limit}"}),
-    "alchemy": (200, {"code": -32600, "message": "You can make eth_getLogs requests with up to a {limit} "
-                                                 "block range. Based on your parameters, this block range "
-                                                 "should work: [{lo_hex}, {hi_hex}]"}),
+    "alchemy": (
+        200,
+        {
+            "code": -32600,
+            "message": "You can make eth_getLogs requests with up to a {limit} "
+            "block range. Based on your parameters, this block range "
+            "should work: [{lo_hex}, {hi_hex}]",
+        },
+    ),
     "quicknode": (413, {"code": -32614, "message": "eth_getLogs is limited to a {limit} range"}),
     "bsc": (200, {"code": -32000, "message": "exceed maximum block range: {limit}"}),
 }
@@ -187,16 +193,15 @@ class RpcProxy:
             if self.max_log_range is not None and hi - lo + 1 > self.max_log_range:
                 self.refused += 1
                 status, error = REFUSALS[self.refusal]
-                message = error["message"].format(range=hi - lo + 1, limit=self.max_log_range,
-                                                  lo_hex=hex(lo), hi_hex=hex(lo + self.max_log_range - 1))
+                message = error["message"].format(
+                    range=hi - lo + 1, limit=self.max_log_range, lo_hex=hex(lo), hi_hex=hex(lo + self.max_log_range - 1)
+                )
                 return web.json_response(
-                    {"jsonrpc": "2.0", "id": payload.get("id"), "error": {**error, "message": message}},
-                    status=status)
+                    {"jsonrpc": "2.0", "id": payload.get("id"), "error": {**error, "message": message}}, status=status
+                )
             self.accepted_log_queries.append((lo, hi))
-        async with self._session.post(self.upstream, data=body,
-                                      headers={"Content-Type": "application/json"}) as upstream:
-            return web.Response(status=upstream.status, body=await upstream.read(),
-                                content_type="application/json")
+        async with self._session.post(self.upstream, data=body, headers={"Content-Type": "application/json"}) as upstream:
+            return web.Response(status=upstream.status, body=await upstream.read(), content_type="application/json")
 
 
 @pytest.fixture
@@ -250,11 +255,13 @@ def test_range_refusals_of_real_providers_are_recognised():
         message = error["message"].format(range=30, limit=4, lo_hex="0x1", hi_hex="0x4")
         exc = Web3RPCError(message, rpc_response={"jsonrpc": "2.0", "id": 1, "error": {**error, "message": message}})
         assert is_range_too_large(exc), message
-    for message in ("Log response size exceeded. Please reduce query block range.",
-                    "maximum [from, to] blocks distance: 10000",
-                    "range 9009594 is bigger than range limit 2000",
-                    "block range too large, max range: 1000",
-                    "query exceeds max results 20000, retry with the range 1-2"):
+    for message in (
+        "Log response size exceeded. Please reduce query block range.",
+        "maximum [from, to] blocks distance: 10000",
+        "range 9009594 is bigger than range limit 2000",
+        "block range too large, max range: 1000",
+        "query exceeds max results 20000, retry with the range 1-2",
+    ):
         exc = Web3RPCError(message, rpc_response={"error": {"code": -32000, "message": message}})
         assert is_range_too_large(exc), message
     for message in ("header not found", "execution reverted", "daily request count exceeded, request rate limited"):
@@ -265,8 +272,14 @@ def test_range_refusals_of_real_providers_are_recognised():
 def test_token_artifact_matches_a_fresh_compile_of_the_source():
     """contracts/TestToken.json is what contracts/build.js (npm solc 0.8.28) makes of TestToken.sol."""
     _anvil.ensure_anvil()  # runs `npm ci` on a fresh clone: solc comes with the same install
-    fresh = subprocess.run(["node", str(REPO / "contracts" / "build.js"), "--stdout"], cwd=REPO,
-                           capture_output=True, text=True, check=True, timeout=120)
+    fresh = subprocess.run(
+        ["node", str(REPO / "contracts" / "build.js"), "--stdout"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
     compiled = json.loads(fresh.stdout)
     assert compiled["compiler"]["version"].startswith("0.8.28+")
     assert compiled["bytecode"] == ARTIFACT["bytecode"]
@@ -320,8 +333,10 @@ async def test_native_transfer_to_exchange_has_exact_wei_and_fee(anvil, w3, sour
     assert batch.tip_height == failed["blockNumber"]
     state = json.loads(batch.cursors[0].state)
     assert state["height"] == failed["blockNumber"]
-    assert state["txids"] == {str(sent["blockNumber"]): [native_txid(sent)],
-                              str(received["blockNumber"]): [native_txid(received)]}
+    assert state["txids"] == {
+        str(sent["blockNumber"]): [native_txid(sent)],
+        str(received["blockNumber"]): [native_txid(received)],
+    }
 
     again = await source.poll({c.key: c.state for c in batch.cursors})
     assert again.txs == () and again.gone == ()
@@ -337,15 +352,19 @@ async def test_erc20_transfers_from_or_to_watched_accounts_only(anvil, w3, sourc
     await token_transfer(token, FUNDER, STRANGER, 77)  # neither side watched
     await token_transfer(unlisted, FUNDER, WATCHED, 10**18)  # token not configured
 
-    source = sources(anvil.url, watched=[WATCHED, second_watched.lower()],
-                     tokens=[Token("TST", token.address, 6)])
+    source = sources(anvil.url, watched=[WATCHED, second_watched.lower()], tokens=[Token("TST", token.address, 6)])
     batch = await source.poll({})
 
     tokens = [t for t in batch.txs if t.asset == "TST"]
     assert [t.txid for t in tokens] == [log_txid(incoming), log_txid(outgoing), log_txid(between_watched)]
     first = tokens[0]
     assert (first.inputs, first.outputs, first.fee, first.decimals, first.block_height) == (
-        (TxInput(FUNDER, 5_000_000),), (TxOutput(WATCHED, 5_000_000, 0),), 0, 6, incoming["blockNumber"])
+        (TxInput(FUNDER, 5_000_000),),
+        (TxOutput(WATCHED, 5_000_000, 0),),
+        0,
+        6,
+        incoming["blockNumber"],
+    )
     assert tokens[1].inputs == (TxInput(WATCHED, 1_234_567),)
     assert tokens[1].outputs == (TxOutput(EXCHANGE, 1_234_567, 0),)
     # The watched sender paid gas for its token transfers: those are reported as zero-value ETH txs.
@@ -407,10 +426,17 @@ async def test_reorg_puts_the_orphaned_transfer_in_gone_once(anvil, w3, sources)
 async def test_reorg_keeps_a_transfer_that_the_new_branch_includes_again(anvil, w3, sources):
     snapshot = await rpc(w3, "evm_snapshot")
     account = Account.from_key(DEV_KEYS[0])
-    signed = account.sign_transaction({
-        "to": EXCHANGE, "value": 7 * 10**17, "gas": 21_000, "nonce": 0, "chainId": 31337,
-        "maxFeePerGas": 3 * 10**9, "maxPriorityFeePerGas": 10**9,
-    })
+    signed = account.sign_transaction(
+        {
+            "to": EXCHANGE,
+            "value": 7 * 10**17,
+            "gas": 21_000,
+            "nonce": 0,
+            "chainId": 31337,
+            "maxFeePerGas": 3 * 10**9,
+            "maxPriorityFeePerGas": 10**9,
+        }
+    )
     tx_hash = await w3.eth.send_raw_transaction(signed.raw_transaction)
     first_receipt = await mined(w3, tx_hash)
     source = sources(anvil.url)
@@ -423,14 +449,12 @@ async def test_reorg_keeps_a_transfer_that_the_new_branch_includes_again(anvil, 
     after = await source.poll({c.key: c.state for c in before.cursors})
 
     assert after.gone == ()
-    assert [(t.txid, t.block_height) for t in after.txs] == [(native_txid(first_receipt),
-                                                              first_receipt["blockNumber"] + 1)]
+    assert [(t.txid, t.block_height) for t in after.txs] == [(native_txid(first_receipt), first_receipt["blockNumber"] + 1)]
 
 
 async def test_reorg_deeper_than_the_stored_hashes_fails_the_poll_clearly(anvil, w3, sources):
     await rpc(w3, "anvil_mine", hex(HASH_WINDOW + 5))
-    forged = {"height": HASH_WINDOW, "hashes": {str(h): "0x" + "ab" * 32 for h in range(1, HASH_WINDOW + 1)},
-              "txids": {}}
+    forged = {"height": HASH_WINDOW, "hashes": {str(h): "0x" + "ab" * 32 for h in range(1, HASH_WINDOW + 1)}, "txids": {}}
     source = sources(anvil.url)
     batch = await source.poll({"tip": json.dumps(forged)})
     assert batch.failed == ("tip",) and batch.cursors == ()

@@ -39,19 +39,20 @@ ARTIFACT = json.loads((ROOT / "contracts" / "TestToken.json").read_text())
 def write_config(tmp_path: Path, url: str, token: str | None) -> Path:
     tokens = [{"symbol": "TST", "address": token, "decimals": 6}] if token else []
     cfg = tmp_path / "evm.toml"
-    cfg.write_text(config_toml(
-        db=tmp_path / "evm.db",
-        sources=[evm_source("anvil", url, chain_id=31337, confirmations=0, start_block=0, tokens=tokens)],
-        prices=BUNDLED_PRICES,
-        entities=[
-            entity_table("Test Sovereign", "sovereign",
-                         ethereum=sourced([WATCHED], "anvil dev account 0 (test fixture)")),
-            entity_table("Test Exchange", "exchange", ethereum=[EXCHANGE]),
-        ],
-        alerts={"max_age": 100000000},
-        channels=[slack_channel("slack", "TM_EVM_SLACK")],
-        rules=[rule("all", ["slack"])],
-    ))
+    cfg.write_text(
+        config_toml(
+            db=tmp_path / "evm.db",
+            sources=[evm_source("anvil", url, chain_id=31337, confirmations=0, start_block=0, tokens=tokens)],
+            prices=BUNDLED_PRICES,
+            entities=[
+                entity_table("Test Sovereign", "sovereign", ethereum=sourced([WATCHED], "anvil dev account 0 (test fixture)")),
+                entity_table("Test Exchange", "exchange", ethereum=[EXCHANGE]),
+            ],
+            alerts={"max_age": 100000000},
+            channels=[slack_channel("slack", "TM_EVM_SLACK")],
+            rules=[rule("all", ["slack"])],
+        )
+    )
     return cfg
 
 
@@ -66,7 +67,8 @@ async def test_eth_and_token_outflows_are_classified_alerted_and_a_reorg_retract
     try:
         factory = w3.eth.contract(abi=ARTIFACT["abi"], bytecode=ARTIFACT["bytecode"])
         receipt = await w3.eth.wait_for_transaction_receipt(
-            await factory.constructor("Test TST", "TST", 6, 10**15).transact({"from": WATCHED}), timeout=10)
+            await factory.constructor("Test TST", "TST", 6, 10**15).transact({"from": WATCHED}), timeout=10
+        )
         token = w3.eth.contract(address=receipt["contractAddress"], abi=ARTIFACT["abi"])
         async with Receiver() as slack:
             monkeypatch.setenv("TM_EVM_SLACK", slack.url("/hook"))
@@ -74,10 +76,12 @@ async def test_eth_and_token_outflows_are_classified_alerted_and_a_reorg_retract
             r = await cli_run("-c", cfg, "poll")
             assert r.exit_code == 0, r.output
             await w3.eth.wait_for_transaction_receipt(
-                await token.functions.transfer(EXCHANGE, 2_500_000_000).transact({"from": WATCHED}), timeout=10)
+                await token.functions.transfer(EXCHANGE, 2_500_000_000).transact({"from": WATCHED}), timeout=10
+            )
             snapshot = await rpc(w3, "evm_snapshot")
             sent = await w3.eth.wait_for_transaction_receipt(
-                await w3.eth.send_transaction({"from": WATCHED, "to": EXCHANGE, "value": 3 * 10**18}), timeout=10)
+                await w3.eth.send_transaction({"from": WATCHED, "to": EXCHANGE, "value": 3 * 10**18}), timeout=10
+            )
             eth_txid = "0x" + bytes(sent["transactionHash"]).hex()
             r = await cli_run("-c", cfg, "poll")
             assert r.exit_code == 0, r.output
@@ -103,6 +107,7 @@ async def test_eth_and_token_outflows_are_classified_alerted_and_a_reorg_retract
             await rpc(w3, "anvil_mine", "0x3")
             r = await cli_run("-c", cfg, "poll")
             assert r.exit_code == 0, r.output
+
             def check_stored(store):
                 assert store.tx_status("ethereum", eth_txid) == "orphaned"
                 assert store.latest_classification("ethereum", eth_txid, "Test Sovereign").status == "retracted"

@@ -15,8 +15,9 @@ async def test_new_heads_wake_and_reconnect(anvil):
     woken: list[str] = []
     stop = asyncio.Event()
     async with aiohttp.ClientSession() as session:
-        push = EvmHeadsPush(anvil.url.replace("http://", "ws://"), session=session, clock=SystemClock(),
-                            backoff_base=0.05, backoff_cap=0.1)
+        push = EvmHeadsPush(
+            anvil.url.replace("http://", "ws://"), session=session, clock=SystemClock(), backoff_base=0.05, backoff_cap=0.1
+        )
         task = asyncio.create_task(push.run(woken.append, stop))
         for _ in range(100):
             if push.connections:
@@ -37,8 +38,9 @@ async def test_new_heads_wake_and_reconnect(anvil):
 async def test_unreachable_node_is_retried_quietly_until_stopped():
     stop = asyncio.Event()
     async with aiohttp.ClientSession() as session:
-        push = EvmHeadsPush(f"ws://127.0.0.1:{_anvil.free_port()}", session=session, clock=SystemClock(),
-                            backoff_base=0.01, backoff_cap=0.02)
+        push = EvmHeadsPush(
+            f"ws://127.0.0.1:{_anvil.free_port()}", session=session, clock=SystemClock(), backoff_base=0.01, backoff_cap=0.02
+        )
         task = asyncio.create_task(push.run(lambda r: None, stop))
         await asyncio.sleep(0.2)
         assert not task.done() and push.connections == 0

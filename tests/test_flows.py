@@ -28,7 +28,13 @@ def test_spend_with_change_back_to_own_address():
     [flow] = [attribute(f, registry()) for f in entity_flows(tx, registry())]
     assert tx.fee == 10_000
     assert (flow.entity, flow.spent, flow.change, flow.fee_share, flow.out, flow.received) == (
-        "MARA", 15_0000_0000, 2_9999_0000, 10_000, 12_0000_0000, 0)
+        "MARA",
+        15_0000_0000,
+        2_9999_0000,
+        10_000,
+        12_0000_0000,
+        0,
+    )
     assert flow.direction == "out"
     assert [(d.address, d.value, str(d.attribution)) for d in flow.destinations] == [(BINANCE, 12_0000_0000, "exchange:Binance")]
     assert flow.net == -(12_0000_0000 + 10_000)
@@ -49,7 +55,9 @@ def test_tx_touching_two_entities_gives_a_flow_for_each():
     mara, riot = flows["MARA"], flows["Riot"]
     assert (mara.spent, mara.change, mara.fee_share, mara.out) == (3_0000_0000, 4999_8000, 2000, 2_5000_0000)
     assert {(d.address, d.value, str(d.attribution)) for d in mara.destinations} == {
-        (RIOT, 1_0000_0000, "entity:Riot"), (STRANGER, 1_5000_0000, "unknown")}
+        (RIOT, 1_0000_0000, "entity:Riot"),
+        (STRANGER, 1_5000_0000, "unknown"),
+    }
     assert (riot.spent, riot.received, riot.out, riot.direction) == (0, 1_0000_0000, 0, "in")
 
 

@@ -26,8 +26,14 @@ class Script:
         self.default = (200, b'{"ok": true}', {"Content-Type": "application/json"}, 0.0)
         self.seen: list[tuple[str, dict]] = []
 
-    def then(self, status: int = 200, body: bytes | str = b'{"ok": true}', headers: dict | None = None,
-             delay: float = 0.0, times: int = 1) -> Script:
+    def then(
+        self,
+        status: int = 200,
+        body: bytes | str = b'{"ok": true}',
+        headers: dict | None = None,
+        delay: float = 0.0,
+        times: int = 1,
+    ) -> Script:
         raw = body.encode() if isinstance(body, str) else body
         self.answers.extend([(status, raw, headers or {}, delay)] * times)
         return self
@@ -355,7 +361,9 @@ async def test_a_redirect_to_another_host_is_refused_and_gets_no_configured_head
         assert "another host" in str(info.value) and "key-0123456789" not in str(info.value)
     assert elsewhere_seen == []
     refused = [r.getMessage() for r in caplog.records if "redirect refused" in r.getMessage()]
-    assert refused == [f"http redirect refused source=esplora-test url={server.make_url('/api')} to=http://127.0.0.2:{other.port}"]
+    assert refused == [
+        f"http redirect refused source=esplora-test url={server.make_url('/api')} to=http://127.0.0.2:{other.port}"
+    ]
     assert "leak" not in caplog.text and "key-0123456789" not in caplog.text
 
 
@@ -399,8 +407,13 @@ async def test_retry_gives_up_after_the_budget_and_never_retries_a_permanent_err
     failures: list[int] = []
     spent = Flaky(*[TransientError("timeout")] * 3)
     with pytest.raises(TransientError):
-        await retry(spent, RetryPolicy(retries=2), sleep=sleep, rng=random.Random(1),
-                    on_failure=lambda exc, attempt: failures.append(attempt))
+        await retry(
+            spent,
+            RetryPolicy(retries=2),
+            sleep=sleep,
+            rng=random.Random(1),
+            on_failure=lambda exc, attempt: failures.append(attempt),
+        )
     assert spent.calls == 3 and len(slept) == 2 and failures == [0, 1, 2]
 
     refused = Flaky(SourceError("HTTP 404"))
@@ -410,8 +423,13 @@ async def test_retry_gives_up_after_the_budget_and_never_retries_a_permanent_err
 
     garbled = Flaky(MalformedError("not JSON"))
     with pytest.raises(MalformedError):  # a caller may narrow what is retryable
-        await retry(garbled, RetryPolicy(retries=5), sleep=sleep, rng=random.Random(1),
-                    retryable=lambda exc: isinstance(exc, TransientError))
+        await retry(
+            garbled,
+            RetryPolicy(retries=5),
+            sleep=sleep,
+            rng=random.Random(1),
+            retryable=lambda exc: isinstance(exc, TransientError),
+        )
     assert garbled.calls == 1
 
 
@@ -423,8 +441,10 @@ async def test_retry_delay_hook_replaces_the_wait_or_skips_it():
 
     call = Flaky(RateLimitedError("429", 7.0), TransientError("503"))
     delays = iter([None, 0.5])
-    assert await retry(call, RetryPolicy(retries=3), sleep=sleep, rng=random.Random(1),
-                       delay=lambda exc, attempt: next(delays)) == "ok"
+    assert (
+        await retry(call, RetryPolicy(retries=3), sleep=sleep, rng=random.Random(1), delay=lambda exc, attempt: next(delays))
+        == "ok"
+    )
     assert slept == [0.5]  # None: the caller waits elsewhere (HttpClient blocks the URL instead)
 
 
@@ -445,8 +465,7 @@ def test_failure_log_logs_the_first_failure_and_the_recovery_per_key(caplog):
     assert failures.recovered("up key=%s", "a", key="a") == "boom"
     assert failures.recovered("up key=%s", "a", key="a") is None  # not failing: nothing logged
     got = [(r.levelname, r.getMessage()) for r in caplog.records]
-    assert got == [("WARNING", "down key=a"), ("DEBUG", "still down key=a"), ("WARNING", "down key=b"),
-                   ("INFO", "up key=a")]
+    assert got == [("WARNING", "down key=a"), ("DEBUG", "still down key=a"), ("WARNING", "down key=b"), ("INFO", "up key=a")]
 
 
 def test_failure_log_with_changes_warns_when_the_reason_changes(caplog):
@@ -455,4 +474,7 @@ def test_failure_log_with_changes_warns_when_the_reason_changes(caplog):
     for reason in ("ibd", "ibd", "auth"):
         failures.failed(reason, "failed %s", "still failing %s", reason)
     assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
-        ("WARNING", "failed ibd"), ("DEBUG", "still failing ibd"), ("WARNING", "still failing auth")]
+        ("WARNING", "failed ibd"),
+        ("DEBUG", "still failing ibd"),
+        ("WARNING", "still failing auth"),
+    ]

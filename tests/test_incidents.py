@@ -103,8 +103,17 @@ def slack_api(req):
     if req.headers.get("Authorization") != f"Bearer {SLACK_TOKEN}":
         return Reply(200, json.dumps({"ok": False, "error": "invalid_auth"}))
     slack_api.n = getattr(slack_api, "n", 0) + 1
-    return Reply(200, json.dumps({"ok": True, "channel": req.json["channel"], "ts": f"1772600000.{slack_api.n:06d}",
-                                  "message": {"text": req.json.get("text", "")}}))
+    return Reply(
+        200,
+        json.dumps(
+            {
+                "ok": True,
+                "channel": req.json["channel"],
+                "ts": f"1772600000.{slack_api.n:06d}",
+                "message": {"text": req.json.get("text", "")},
+            }
+        ),
+    )
 
 
 def signed_bodies(rx: Receiver) -> list[dict]:
@@ -129,14 +138,20 @@ async def test_the_mara_campaign_is_one_incident_that_grows(tmp_path, monkeypatc
     smtp = Controller(sink, hostname="127.0.0.1", port=free_port())
     await asyncio.to_thread(smtp.start)
     try:
-        async with EsploraServer(run.chain) as server, Receiver() as hook, Receiver() as flows, \
-                Receiver(on_request=slack_api) as slack:
+        async with (
+            EsploraServer(run.chain) as server,
+            Receiver() as hook,
+            Receiver() as flows,
+            Receiver(on_request=slack_api) as slack,
+        ):
             monkeypatch.setenv("TM_INC_SLACK_TOKEN", SLACK_TOKEN)
             monkeypatch.setenv("TM_INC_HOOK", hook.url("/incidents"))
             monkeypatch.setenv("TM_INC_FLOWS", flows.url("/flows"))
             monkeypatch.setenv("TM_INC_SECRET", HOOK_SECRET)
             path = tmp_path / "demo.toml"
-            text = sc.config_toml(server.url, db, alert_max_age=400 * 86_400, extra_toml=extra_toml(smtp.port, slack.url("/api/chat.postMessage")))
+            text = sc.config_toml(
+                server.url, db, alert_max_age=400 * 86_400, extra_toml=extra_toml(smtp.port, slack.url("/api/chat.postMessage"))
+            )
             await asyncio.to_thread(path.write_text, text)
             clock = FrozenClock(now=sc.start_time)
             async with runtime(await asyncio.to_thread(load_config, path), clock=clock) as rt:
@@ -184,7 +199,8 @@ async def test_the_mara_campaign_is_one_incident_that_grows(tmp_path, monkeypatc
     assert all(b["amends"] == opening["message_id"] for b in updates)
     assert len({b["message_id"] for b in incident_msgs}) == len(incident_msgs)
     assert [r.headers["webhook-id"] for r in hook.requests if r.json.get("incident_id")] == [
-        b["message_id"] for b in incident_msgs]
+        b["message_id"] for b in incident_msgs
+    ]
 
     def stored(store):
         recs = {(r["txid"]): r for r in flow_rows(store, entity="MARA")}
@@ -195,7 +211,8 @@ async def test_the_mara_campaign_is_one_incident_that_grows(tmp_path, monkeypatc
     [api_incident] = api
     assert api_incident["totals"] == final and api_incident["status"] == "closed"
     assert [a["payload"]["message_id"] for a in alerts if a["id"] in api_incident["messages"]] == [
-        b["message_id"] for b in incident_msgs]
+        b["message_id"] for b in incident_msgs
+    ]
     [incident] = incidents
     assert incident["status"] == "closed" and len(incident["flows"]) == len(sales)
     usd = sum(recs[s.txid]["classification"]["usd_value"] for s in sales)
@@ -221,7 +238,9 @@ async def test_the_mara_campaign_is_one_incident_that_grows(tmp_path, monkeypatc
     for prev, (i, m) in zip(mails, enumerate(mails[1:], start=1)):
         assert m["In-Reply-To"] == prev["Message-ID"]
         assert m["References"].split() == [x["Message-ID"] for x in mails[:i]]
-    assert "14,269.67 BTC ($982M) over 21.2 days" in mails[-1]["Subject"] and mails[-1]["Subject"].startswith("[CRITICAL] CLOSED: MARA selling")
+    assert "14,269.67 BTC ($982M) over 21.2 days" in mails[-1]["Subject"] and mails[-1]["Subject"].startswith(
+        "[CRITICAL] CLOSED: MARA selling"
+    )
     text = mails[-1].get_body(preferencelist=("plain",)).get_content()
     assert "Share of holdings:" in text and "monthly production" in text
 
@@ -233,8 +252,15 @@ async def test_the_mara_campaign_is_one_incident_that_grows(tmp_path, monkeypatc
     assert {p.get("thread_ts") for p in posts[1:]} == {"1772600000.000001"}
 
 
-async def play_incident_rule(tmp_path, monkeypatch, alerts_lines: str, *, until: int | None = None,
-                             entity: str = "MARA", verdicts: str = '["balance_sheet_sale"]') -> Receiver:
+async def play_incident_rule(
+    tmp_path,
+    monkeypatch,
+    alerts_lines: str,
+    *,
+    until: int | None = None,
+    entity: str = "MARA",
+    verdicts: str = '["balance_sheet_sale"]',
+) -> Receiver:
     """Play the scenario (dispatching between polls, as the daemon does) with an incident rule for an
     entity's sales on a webhook; `alerts_lines` go into [alerts]. Returns the receiver."""
     sc = await asyncio.to_thread(scenario)
@@ -314,8 +340,9 @@ async def test_a_reorged_out_tranche_and_an_rbf_replacement_update_the_incident_
         exp = sc.expected[entity]
         [gone] = exp.retracted_txids
         await asyncio.to_thread((tmp_path / entity).mkdir)
-        hook = await play_incident_rule(tmp_path / entity, monkeypatch, "", entity=entity,
-                                        verdicts=json.dumps(sorted(SALE_VERDICTS)))
+        hook = await play_incident_rule(
+            tmp_path / entity, monkeypatch, "", entity=entity, verdicts=json.dumps(sorted(SALE_VERDICTS))
+        )
         bodies = signed_bodies(hook)
         told = [c for b in bodies for c in b["changes"] if gone[:10] in c]
         final = bodies[-1]["incident"]
@@ -339,9 +366,14 @@ def test_an_incident_rule_on_a_slack_incoming_webhook_warns_that_it_cannot_threa
     from monitor.config import parse_config
 
     monkeypatch.setenv("TM_SLACK_URL", "https://hooks.slack.com/services/T0/B0/x")
-    cfg = parse_config({
-        "monitor": {"storage": str(tmp_path / "x.db")},
-        "alerts": {"channels": [{"name": "s", "type": "slack", "webhook_url": {"env": "TM_SLACK_URL"}}],
-                   "rules": [{"name": "campaigns", "mode": "incident", "channels": ["s"]}]},
-    }, base_dir=tmp_path)
+    cfg = parse_config(
+        {
+            "monitor": {"storage": str(tmp_path / "x.db")},
+            "alerts": {
+                "channels": [{"name": "s", "type": "slack", "webhook_url": {"env": "TM_SLACK_URL"}}],
+                "rules": [{"name": "campaigns", "mode": "incident", "channels": ["s"]}],
+            },
+        },
+        base_dir=tmp_path,
+    )
     assert any("cannot thread" in w and "bot_token" in w for w in cfg.warnings)

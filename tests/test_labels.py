@@ -23,17 +23,18 @@ def bad_checksum(a: str) -> str:
 
 @pytest.fixture
 def reg():
-    return Registry([
-        entity("MARA", "miner", [addr("mara-known")]),
-        entity("Riot", "miner", [addr("riot-known")]),
-        entity("Binance", "exchange", [addr("binance-1")], watch=False),
-    ])
+    return Registry(
+        [
+            entity("MARA", "miner", [addr("mara-known")]),
+            entity("Riot", "miner", [addr("riot-known")]),
+            entity("Binance", "exchange", [addr("binance-1")], watch=False),
+        ]
+    )
 
 
 def plan(rows, reg, store, **kw):
     kw.setdefault("entity", "MARA")
-    return plan_import(rows, registry=reg, store=store, network="mainnet", source=kw.pop("source", None),
-                       file="labels.csv", **kw)
+    return plan_import(rows, registry=reg, store=store, network="mainnet", source=kw.pop("source", None), file="labels.csv", **kw)
 
 
 def test_csv_with_a_bad_checksum_row_fails_whole_naming_the_row(reg, db_path):
@@ -84,13 +85,15 @@ def test_conflicts_with_other_owners_fail_unless_skipped(reg, db_path):
     store = Store(db_path)
     store.add_addresses("Riot", [entity("x", addresses=[addr("riot-learned")]).addresses[0]], now=1, status="candidate")
     a_ok = addr("fresh-ok")
-    text = json.dumps([
-        {"address": addr("binance-1"), "label": "said to be MARA"},  # bundled/config owner: Binance
-        {"address": addr("riot-learned")},  # a candidate of Riot in storage
-        {"address": a_ok, "source": "court filing"},
-        {"address": addr("twice"), "entity": "MARA"},
-        {"address": addr("twice"), "entity": "Riot"},  # one address, two entities in the file
-    ])
+    text = json.dumps(
+        [
+            {"address": addr("binance-1"), "label": "said to be MARA"},  # bundled/config owner: Binance
+            {"address": addr("riot-learned")},  # a candidate of Riot in storage
+            {"address": a_ok, "source": "court filing"},
+            {"address": addr("twice"), "entity": "MARA"},
+            {"address": addr("twice"), "entity": "Riot"},  # one address, two entities in the file
+        ]
+    )
     p = plan(parse_label_text(text, fmt="json"), reg, store)
     assert not p.ok
     assert len(p.conflicts) == 3
@@ -111,8 +114,13 @@ def test_json_shapes(shape, reg, db_path):
         "plain": [a, b],
         "objects": [{"address": a, "label": "x"}, {"address": b, "source": "s"}],
         "arkham": [
-            {"address": a, "chain": "bitcoin", "arkhamEntity": {"name": "Marathon Digital", "id": "marathon", "type": "miner"},
-             "arkhamLabel": {"name": "Hot Wallet", "address": a, "chainType": "bitcoin"}, "isUserAddress": False},
+            {
+                "address": a,
+                "chain": "bitcoin",
+                "arkhamEntity": {"name": "Marathon Digital", "id": "marathon", "type": "miner"},
+                "arkhamLabel": {"name": "Hot Wallet", "address": a, "chainType": "bitcoin"},
+                "isUserAddress": False,
+            },
             {"address": b, "chain": "bitcoin", "arkhamEntity": {"name": "Marathon Digital"}},
         ],
         "wrapped": {"addresses": [a, {"address": b}]},
@@ -133,7 +141,9 @@ def test_shape_errors_name_rows_and_other_chains_are_refused(reg, db_path):
         parse_label_text("[1,", fmt="json")
     with pytest.raises(LabelImportError, match="no address column"):
         parse_label_text("wallet_name,label\nx,y\n", fmt="csv")
-    rows = parse_label_text(f"address,chain\n{addr('e')},ethereum\n{'tb1qw508d6qejxtdg4y5r3zarvary0c5xw7kxpjzsx'},bitcoin\n", fmt="csv")
+    rows = parse_label_text(
+        f"address,chain\n{addr('e')},ethereum\n{'tb1qw508d6qejxtdg4y5r3zarvary0c5xw7kxpjzsx'},bitcoin\n", fmt="csv"
+    )
     p = plan(rows, reg, Store(db_path))
     assert p.errors[0].startswith("row 1 (line 2): chain 'ethereum'")
     assert p.errors[1].startswith("row 2 (line 3):") and "mainnet" in p.errors[1]

@@ -40,14 +40,16 @@ BARE_MULTISIG = b"\x51" + b"\x21" + PUB_A + b"\x21" + PUB_B + b"\x52\xae"
 def write_config(directory: Path, url: str, addrs: dict[str, str], mode: str = "address") -> Path:
     directory.mkdir(exist_ok=True)
     cfg = directory / "config.toml"
-    cfg.write_text(config_toml(
-        db=directory / "tm.db",
-        sources=[esplora_source("local", url, rate_limit=200.0, timeout=5.0, mode=mode)],
-        entities=[
-            entity_table("Test Miner", "miner", sourced([addrs["hot"]]), profile=miner_profile()),
-            entity_table("Test Exchange", "exchange", sourced([addrs["exchange"]]), watch=False),
-        ],
-    ))
+    cfg.write_text(
+        config_toml(
+            db=directory / "tm.db",
+            sources=[esplora_source("local", url, rate_limit=200.0, timeout=5.0, mode=mode)],
+            entities=[
+                entity_table("Test Miner", "miner", sourced([addrs["hot"]]), profile=miner_profile()),
+                entity_table("Test Exchange", "exchange", sourced([addrs["exchange"]]), watch=False),
+            ],
+        )
+    )
     return cfg
 
 
@@ -148,8 +150,10 @@ async def test_block_mode_reads_payouts_and_odd_outputs_through_mempool_on_core(
     chain.fund(addrs["hot"], 20 * COIN)
     chain.mine()
     async with EsploraServer(chain, dialect="mempool-core") as mempool, EsploraServer(chain) as electrs:
-        cfgs = [await asyncio.to_thread(write_config, tmp_path / name, srv.url, addrs, "block")
-                for name, srv in (("mempool", mempool), ("electrs", electrs))]
+        cfgs = [
+            await asyncio.to_thread(write_config, tmp_path / name, srv.url, addrs, "block")
+            for name, srv in (("mempool", mempool), ("electrs", electrs))
+        ]
         for cfg in cfgs:
             assert (await cli_run("-c", cfg, "poll")).exit_code == 0  # starts at the tip
         [payout] = chain.mine(coinbase_to=addrs["hot"])
@@ -161,8 +165,7 @@ async def test_block_mode_reads_payouts_and_odd_outputs_through_mempool_on_core(
         got, reference = [await flows(cfg) for cfg in cfgs]
     assert _chain_facts(got) == _chain_facts(reference)
     assert {payout.coinbase.txid, odd.txid} <= set(got)
-    assert got[payout.coinbase.txid]["received_units"] == sum(
-        o.value for o in payout.coinbase.vout if o.address == addrs["hot"])
+    assert got[payout.coinbase.txid]["received_units"] == sum(o.value for o in payout.coinbase.vout if o.address == addrs["hot"])
     assert got[odd.txid]["out_units"] == 5 * COIN + 1_000
 
 
@@ -174,8 +177,10 @@ async def test_block_mode_seeds_through_mempool_electrum_without_txs_mempool_rou
     chain.fund(addrs["hot"], 20 * COIN)
     chain.mine()
     async with EsploraServer(chain, dialect="mempool-electrum") as mempool, EsploraServer(chain) as electrs:
-        cfgs = [await asyncio.to_thread(write_config, tmp_path / name, srv.url, addrs, "block")
-                for name, srv in (("mempool", mempool), ("electrs", electrs))]
+        cfgs = [
+            await asyncio.to_thread(write_config, tmp_path / name, srv.url, addrs, "block")
+            for name, srv in (("mempool", mempool), ("electrs", electrs))
+        ]
         for cfg in cfgs:
             r = await cli_run("-c", cfg, "--log-level", "info", "poll")
             assert r.exit_code == 0 and "seeding failed" not in r.output and "block mode seeded" in r.output, r.output
@@ -222,8 +227,10 @@ async def test_mempool_electrum_backend_history_pages_by_after_txid():
         assert sorted(got.txs, key=lambda t: t.txid) == sorted(ref.txs, key=lambda t: t.txid)
         [snap], [ref_snap] = got.snapshots, ref.snapshots
         assert (snap.confirmed, snap.mempool_delta) == (ref_snap.confirmed, ref_snap.mempool_delta)
-        assert (snap.confirmed, snap.mempool_delta) == (chain.balance(a), chain.balance(a, include_mempool=True)
-                                                        - chain.balance(a))
+        assert (snap.confirmed, snap.mempool_delta) == (
+            chain.balance(a),
+            chain.balance(a, include_mempool=True) - chain.balance(a),
+        )
         paths = [p for p in mempool.requests if "/txs" in p]
         assert not any("/txs/chain" in p for p in paths)
         assert len(paths) == 4 and all("?after_txid=" in p for p in paths[1:])  # 35 txs: 10 + 10 + 10 + 5

@@ -63,8 +63,7 @@ async def env(tmp_path, episode):
     ep = episode
     store = AsyncStore(await asyncio.to_thread(Store, tmp_path / "m.db"))
     async with EsploraServer(ep.chain) as server, aiohttp.ClientSession() as session:
-        http = HttpClient("esplora", [server.url], session, clock=FrozenClock(), rng=random.Random(1), retries=1,
-                          rate_limit=None)
+        http = HttpClient("esplora", [server.url], session, clock=FrozenClock(), rng=random.Random(1), retries=1, rate_limit=None)
         yield ep, server, store, EsploraCoinbases(http)
     await store.close()
 
@@ -144,8 +143,7 @@ async def test_scan_resumes_after_interruption(env, pools):
 async def test_backfill_days_and_no_attribution(env):
     ep, server, store, reader = env
     seen: list[tuple[int, int]] = []
-    res = await backfill(store, reader, days=2, now=NOW, pools=None, progress=lambda d, t: seen.append((d, t)),
-                         blocks_per_day=12)
+    res = await backfill(store, reader, days=2, now=NOW, pools=None, progress=lambda d, t: seen.append((d, t)), blocks_per_day=12)
     assert (res.start, res.end, res.scanned, res.error) == (ep.chain.height - 23, ep.chain.height, 24, "")
     assert res.end - res.start + 1 < BLOCKS_PER_DAY
     assert seen[-1][0] == seen[-1][1]
@@ -219,19 +217,26 @@ async def test_cli_backfill_and_miners_view_with_flows(tmp_path):
         11: [(hot, ((exch, 40 * 10**8), (stranger, 3 * 10**8)))],
         12: [(hot, ((exch, 25 * 10**8), (other_miner, 2 * 10**8)))],
     }
-    ep = await asyncio.to_thread(build_pool_episode, days=14, per_day=12, reorg_day=5, wallets={hot: 100 * 10**8},
-                                 transfers=sends)
+    ep = await asyncio.to_thread(
+        build_pool_episode, days=14, per_day=12, reorg_day=5, wallets={hot: 100 * 10**8}, transfers=sends
+    )
     await asyncio.to_thread(ep.apply_reorg)
     await asyncio.to_thread(ep.mine_rest)
     async with EsploraServer(ep.chain) as server:
         cfg = tmp_path / "c.toml"
-        await asyncio.to_thread(cfg.write_text, config_toml(
-            db=tmp_path / "m.db",
-            sources=[esplora_source("local", server.url, rate_limit=1000.0)],
-            prices=BUNDLED_PRICES,
-            entities=[entity_table("MARA", "miner", [hot]), entity_table("CC Exchange", "exchange", [exch]),
-                      entity_table("CC Other Miner", "miner", [other_miner])],
-        ))
+        await asyncio.to_thread(
+            cfg.write_text,
+            config_toml(
+                db=tmp_path / "m.db",
+                sources=[esplora_source("local", server.url, rate_limit=1000.0)],
+                prices=BUNDLED_PRICES,
+                entities=[
+                    entity_table("MARA", "miner", [hot]),
+                    entity_table("CC Exchange", "exchange", [exch]),
+                    entity_table("CC Other Miner", "miner", [other_miner]),
+                ],
+            ),
+        )
         r = await cli_run("-c", cfg, "miners", "backfill", "--days", "1", "--no-progress")
         assert r.exit_code == 0, r.output
         assert "144 blocks scanned" in r.output
@@ -265,10 +270,12 @@ async def test_cli_backfill_and_miners_view_with_flows(tmp_path):
     # the classifier used MARA Pool's measured production (fresher than the Sep 2025 report) and says so
     import sqlite3
 
-    reasons = await asyncio.to_thread(lambda: [r for (r,) in sqlite3.connect(tmp_path / "m.db").execute(
-        "select reasons from classifications where entity = 'MARA'")])
-    assert reasons and all("monthly production" in r and "measured on chain" in r and "MARA Pool blocks" in r
-                           for r in reasons)
+    reasons = await asyncio.to_thread(
+        lambda: [
+            r for (r,) in sqlite3.connect(tmp_path / "m.db").execute("select reasons from classifications where entity = 'MARA'")
+        ]
+    )
+    assert reasons and all("monthly production" in r and "measured on chain" in r and "MARA Pool blocks" in r for r in reasons)
 
 
 async def test_daemon_keeps_the_miner_view_current_through_a_reorg(tmp_path, pools):
@@ -279,15 +286,21 @@ async def test_daemon_keeps_the_miner_view_current_through_a_reorg(tmp_path, poo
         # the view is started by a backfill of what is there (the first half, up to the reorg day)
         store = AsyncStore(await asyncio.to_thread(Store, db))
         async with aiohttp.ClientSession() as session:
-            http = HttpClient("esplora", [server.url], session, clock=FrozenClock(), rng=random.Random(1), retries=1,
-                              rate_limit=None)
-            await scan_blocks(store, EsploraCoinbases(http), start=first_height(ep), end=ep.chain.height, now=NOW,
-                              pools=pools)
+            http = HttpClient(
+                "esplora", [server.url], session, clock=FrozenClock(), rng=random.Random(1), retries=1, rate_limit=None
+            )
+            await scan_blocks(store, EsploraCoinbases(http), start=first_height(ep), end=ep.chain.height, now=NOW, pools=pools)
         await store.close()
         cfg = tmp_path / "c.toml"
-        await asyncio.to_thread(cfg.write_text, config_toml(
-            db=db, sources=[esplora_source("local", server.url, rate_limit=1000.0, poll_interval=3600)],
-            daemon={"port": free_port(), "digest_hour": -1}, extra="[miners]\ninterval = 0.2\n"))
+        await asyncio.to_thread(
+            cfg.write_text,
+            config_toml(
+                db=db,
+                sources=[esplora_source("local", server.url, rate_limit=1000.0, poll_interval=3600)],
+                daemon={"port": free_port(), "digest_hour": -1},
+                extra="[miners]\ninterval = 0.2\n",
+            ),
+        )
         daemon = Daemon(await asyncio.to_thread(load_config, cfg), clock=SystemClock())
         task = asyncio.create_task(daemon.run(install_signals=False))
         try:
@@ -315,9 +328,15 @@ async def test_no_miner_job_without_a_bitcoin_source_or_when_off(tmp_path):
     chain = SimChain()
     async with EsploraServer(chain) as server:
         cfg = tmp_path / "c.toml"
-        await asyncio.to_thread(cfg.write_text, config_toml(
-            db=tmp_path / "d.db", sources=[esplora_source("local", server.url, poll_interval=3600)],
-            daemon={"port": free_port(), "digest_hour": -1}, extra="[miners]\nfollow = false\n"))
+        await asyncio.to_thread(
+            cfg.write_text,
+            config_toml(
+                db=tmp_path / "d.db",
+                sources=[esplora_source("local", server.url, poll_interval=3600)],
+                daemon={"port": free_port(), "digest_hour": -1},
+                extra="[miners]\nfollow = false\n",
+            ),
+        )
         daemon = Daemon(await asyncio.to_thread(load_config, cfg), clock=SystemClock())
         await daemon.start()
         try:
@@ -331,13 +350,14 @@ async def test_core_node_gives_the_same_per_pool_totals_as_esplora_through_a_reo
     ep = await asyncio.to_thread(build_pool_episode, days=10, per_day=12)
     core_store = AsyncStore(await asyncio.to_thread(Store, tmp_path / "core.db"))
     esplora_store = AsyncStore(await asyncio.to_thread(Store, tmp_path / "esplora.db"))
-    async with BitcoindServer(ep.chain) as node, EsploraServer(ep.chain) as server, \
-            aiohttp.ClientSession() as session:
-        rpc = BitcoindRpc(node.url, session, clock=FrozenClock(), user="rpcuser", password="rpcpassword",
-                          rng=random.Random(1), retries=1)
+    async with BitcoindServer(ep.chain) as node, EsploraServer(ep.chain) as server, aiohttp.ClientSession() as session:
+        rpc = BitcoindRpc(
+            node.url, session, clock=FrozenClock(), user="rpcuser", password="rpcpassword", rng=random.Random(1), retries=1
+        )
         core = BitcoindCoinbases(rpc)
-        esplora = EsploraCoinbases(HttpClient("esplora", [server.url], session, clock=FrozenClock(),
-                                              rng=random.Random(1), retries=1, rate_limit=None))
+        esplora = EsploraCoinbases(
+            HttpClient("esplora", [server.url], session, clock=FrozenClock(), rng=random.Random(1), retries=1, rate_limit=None)
+        )
         for store, reader in ((core_store, core), (esplora_store, esplora)):
             first = await scan_blocks(store, reader, start=first_height(ep), end=ep.chain.height, now=NOW, pools=pools)
             assert first.error == "" and first.scanned == ep.chain.height - first_height(ep) + 1
@@ -352,14 +372,12 @@ async def test_core_node_gives_the_same_per_pool_totals_as_esplora_through_a_reo
         assert got == ep.expected_by_pool()
         assert got == await by_pool(esplora_store)
         core_rows, esplora_rows = await core_store.run(miner_block_rows), await esplora_store.run(miner_block_rows)
-        keep = ("height", "hash", "prev_hash", "time", "pool", "matched_by", "tag", "address_pool", "subsidy_units",
-                "fees_units")
+        keep = ("height", "hash", "prev_hash", "time", "pool", "matched_by", "tag", "address_pool", "subsidy_units", "fees_units")
         assert [{k: r[k] for k in keep} for r in core_rows] == [{k: r[k] for k in keep} for r in esplora_rows]
         # Core prints a difficulty with 16 significant digits, electrs with 17
         assert [r["difficulty"] for r in core_rows] == pytest.approx([r["difficulty"] for r in esplora_rows], rel=1e-14)
         # Core without txindex: the coinbase is read with its block hash
-        assert "getrawtransaction" in methods and methods <= {"getblockcount", "getblockhash", "getblock",
-                                                              "getrawtransaction"}
+        assert "getrawtransaction" in methods and methods <= {"getblockcount", "getblockhash", "getblock", "getrawtransaction"}
     finally:
         await core_store.close()
         await esplora_store.close()
@@ -371,10 +389,22 @@ async def test_cli_backfill_from_a_core_source(tmp_path):
     await asyncio.to_thread(ep.mine_rest)
     async with BitcoindServer(ep.chain) as node:
         cfg = tmp_path / "c.toml"
-        await asyncio.to_thread(cfg.write_text, config_toml(
-            db=tmp_path / "m.db", prices=BUNDLED_PRICES,
-            sources=[{"name": "node", "type": "bitcoind", "url": node.url, "rpc_user": "rpcuser",
-                      "rpc_password": {"env": "TM_TEST_RPC_PASSWORD"}}]))
+        await asyncio.to_thread(
+            cfg.write_text,
+            config_toml(
+                db=tmp_path / "m.db",
+                prices=BUNDLED_PRICES,
+                sources=[
+                    {
+                        "name": "node",
+                        "type": "bitcoind",
+                        "url": node.url,
+                        "rpc_user": "rpcuser",
+                        "rpc_password": {"env": "TM_TEST_RPC_PASSWORD"},
+                    }
+                ],
+            ),
+        )
         env = {"TM_TEST_RPC_PASSWORD": "rpcpassword"}
         r = await cli_run("-c", cfg, "miners", "backfill", "--days", "1", "--no-progress", env=env)
         assert r.exit_code == 0, r.output
@@ -404,24 +434,34 @@ async def test_pool_payout_outflows_count_by_kind_into_miner_to_exchange(tmp_pat
         10: [(FOUNDRY_PAYOUT, ((exch, 4 * 10**8), (stranger, 10**8))), (mara_hot, ((exch, 3 * 10**8),))],
         11: [(ANTPOOL_PAYOUT, ((exch, 2 * 10**8), (mara_hot, 15 * 10**7)))],
     }
-    ep = await asyncio.to_thread(build_pool_episode, days=12, per_day=12, reorg_day=4, wallets={mara_hot: 50 * 10**8},
-                                 transfers=sends)
+    ep = await asyncio.to_thread(
+        build_pool_episode, days=12, per_day=12, reorg_day=4, wallets={mara_hot: 50 * 10**8}, transfers=sends
+    )
     await asyncio.to_thread(ep.apply_reorg)
     await asyncio.to_thread(ep.mine_rest)
     db = tmp_path / "m.db"
     async with EsploraServer(ep.chain) as server:
         store = AsyncStore(await asyncio.to_thread(Store, db))
         async with aiohttp.ClientSession() as session:
-            reader = EsploraCoinbases(HttpClient("esplora", [server.url], session, clock=FrozenClock(),
-                                                 rng=random.Random(1), retries=1, rate_limit=None))
+            reader = EsploraCoinbases(
+                HttpClient(
+                    "esplora", [server.url], session, clock=FrozenClock(), rng=random.Random(1), retries=1, rate_limit=None
+                )
+            )
             await scan_blocks(store, reader, start=first_height(ep), end=ep.chain.height, now=NOW, pools=pools)
             res = await follow_tip(store, reader, now=NOW, pools=pools)
             again = await follow_tip(store, reader, now=NOW, pools=pools)
         await store.close()
         cfg = tmp_path / "c.toml"
-        await asyncio.to_thread(cfg.write_text, config_toml(
-            db=db, sources=[esplora_source("local", server.url, rate_limit=1000.0)], prices=BUNDLED_PRICES,
-            entities=[entity_table("MARA", "miner", [mara_hot]), entity_table("CC Exchange", "exchange", [exch])]))
+        await asyncio.to_thread(
+            cfg.write_text,
+            config_toml(
+                db=db,
+                sources=[esplora_source("local", server.url, rate_limit=1000.0)],
+                prices=BUNDLED_PRICES,
+                entities=[entity_table("MARA", "miner", [mara_hot]), entity_table("CC Exchange", "exchange", [exch])],
+            ),
+        )
         assert (await cli_run("-c", cfg, "poll")).exit_code == 0
         r = await cli_run("-c", cfg, "miners", "--json")
         page_path = tmp_path / "report.html"
@@ -451,16 +491,20 @@ async def test_pool_payout_outflows_count_by_kind_into_miner_to_exchange(tmp_pat
     assert by_kind(view["flows"]) == all_expected  # MARA's own sale and the pools' payouts together
     assert sum(d["sat"] for d in view["miner_to_exchange"]) == all_expected["exchange"]
     # the pool spends' change went back to the pool addresses: not an outflow, a coin followed further
-    rows = await asyncio.to_thread(lambda: sqlite3.connect(db).execute(
-        "select pool, count(*) from pool_coins where coinbase = 0 group by pool").fetchall())
+    rows = await asyncio.to_thread(
+        lambda: sqlite3.connect(db).execute("select pool, count(*) from pool_coins where coinbase = 0 group by pool").fetchall()
+    )
     assert dict(rows) == {"Foundry USA": 1, "AntPool": 1}
 
     # the static report's miner view: production by pool as scripted, the outflow kinds, the MPI line
     page = await asyncio.to_thread(page_path.read_text)
     section = page.split("<section id='miners'>", 1)[1].split("</section>", 1)[0]
     for pool, (blocks, reward) in ep.expected_by_pool().items():
-        assert re.search(rf"<tr><td>{re.escape(pool)}</td><td>{blocks:,}</td><td>[\d.]+%</td>"
-                         rf"<td>[\d,.]+</td><td>[\d,.]+</td><td>{reward / 1e8:,.2f}</td>", section), pool
+        assert re.search(
+            rf"<tr><td>{re.escape(pool)}</td><td>{blocks:,}</td><td>[\d.]+%</td>"
+            rf"<td>[\d,.]+</td><td>[\d,.]+</td><td>{reward / 1e8:,.2f}</td>",
+            section,
+        ), pool
     exch_btc = all_expected["exchange"] / 1e8
     assert f"<tr><td>exchange</td><td>{exch_btc:,.2f}</td><td>{pool_expected['exchange'] / 1e8:,.2f}</td></tr>" in section
     assert f"Miner-to-exchange: {exch_btc:,.2f} BTC" in section and "Miner Position Index" in section
@@ -476,15 +520,21 @@ async def test_a_reorg_undoes_a_pool_spend_it_orphans(env, pools):
     await scan_blocks(store, reader, start=first_height(ep), end=chain.height, now=NOW, pools=pools)
     first = await follow_tip(store, reader, now=NOW, pools=pools)
     assert first.spends == 1
-    assert [(r["txid"], r["address"], r["value_units"]) for r in await store.run(pool_outflow_rows)] == \
-        [(spend.txid, dest, 2 * 10**8)]
+    assert [(r["txid"], r["address"], r["value_units"]) for r in await store.run(pool_outflow_rows)] == [
+        (spend.txid, dest, 2 * 10**8)
+    ]
 
     chain.reorg(1, drop_txids=[spend.txid])  # the spend's block is orphaned and the spend is gone
     res = await follow_tip(store, reader, now=NOW, pools=pools)
     assert res.orphaned == 1 and res.spends == 0
     assert await store.run(pool_outflow_rows) == []
-    spent = await asyncio.to_thread(lambda: sqlite3.connect(store_path(store)).execute(
-        "select count(*) from pool_coins where spent_by is not null or coinbase = 0").fetchone()[0])
+    spent = await asyncio.to_thread(
+        lambda: (
+            sqlite3.connect(store_path(store))
+            .execute("select count(*) from pool_coins where spent_by is not null or coinbase = 0")
+            .fetchone()[0]
+        )
+    )
     assert spent == 0  # the coins it spent are unspent again, its change is gone
 
 
@@ -510,13 +560,24 @@ async def test_core_follows_pool_spends_block_by_block_like_esplora_per_coin(tmp
         return sorted((dest, value) for d in days for _, outs in sends[d] for dest, value in outs)
 
     try:
-        async with BitcoindServer(ep.chain) as node, EsploraServer(ep.chain) as server, \
-                aiohttp.ClientSession() as session:
+        async with BitcoindServer(ep.chain) as node, EsploraServer(ep.chain) as server, aiohttp.ClientSession() as session:
             readers = {
-                "core": BitcoindCoinbases(BitcoindRpc(node.url, session, clock=FrozenClock(), user="rpcuser",
-                                                      password="rpcpassword", rng=random.Random(1), retries=1)),
-                "esplora": EsploraCoinbases(HttpClient("esplora", [server.url], session, clock=FrozenClock(),
-                                                       rng=random.Random(1), retries=1, rate_limit=None)),
+                "core": BitcoindCoinbases(
+                    BitcoindRpc(
+                        node.url,
+                        session,
+                        clock=FrozenClock(),
+                        user="rpcuser",
+                        password="rpcpassword",
+                        rng=random.Random(1),
+                        retries=1,
+                    )
+                ),
+                "esplora": EsploraCoinbases(
+                    HttpClient(
+                        "esplora", [server.url], session, clock=FrozenClock(), rng=random.Random(1), retries=1, rate_limit=None
+                    )
+                ),
             }
             got = {}
             for k, reader in readers.items():
@@ -547,16 +608,29 @@ async def test_a_malformed_core_answer_stops_the_scan_clearly_and_loses_nothing(
     broken = {"on": True}
 
     def mutate(method, params, result):
-        if broken["on"] and method == "getrawtransaction" and len(params) == 3 and \
-                ep.chain.block_by_hash(params[2]).height == bad_height:
+        if (
+            broken["on"]
+            and method == "getrawtransaction"
+            and len(params) == 3
+            and ep.chain.block_by_hash(params[2]).height == bad_height
+        ):
             return {**result, "vout": [{**result["vout"][0], "value": 1.5e-9}]}  # not a whole number of sats
         return result
 
     store = AsyncStore(await asyncio.to_thread(Store, tmp_path / "m.db"))
     try:
         async with BitcoindServer(ep.chain, mutate=mutate) as node, aiohttp.ClientSession() as session:
-            reader = BitcoindCoinbases(BitcoindRpc(node.url, session, clock=FrozenClock(), user="rpcuser",
-                                                   password="rpcpassword", rng=random.Random(1), retries=1))
+            reader = BitcoindCoinbases(
+                BitcoindRpc(
+                    node.url,
+                    session,
+                    clock=FrozenClock(),
+                    user="rpcuser",
+                    password="rpcpassword",
+                    rng=random.Random(1),
+                    retries=1,
+                )
+            )
             end = ep.chain.height
             stopped = await scan_blocks(store, reader, start=first_height(ep), end=end, now=NOW, pools=pools)
             assert "vout[0].value" in stopped.error and stopped.scanned == 20  # the two pages before it are kept

@@ -147,10 +147,12 @@ async def test_permanent_error_fails_at_once_and_other_channels_still_deliver(h,
     async with Receiver() as slack, Receiver() as hook:
         slack.script(*[__import__("fakes.receiver", fromlist=["Reply"]).Reply(400, "invalid_payload")])
         [aid] = await h.queue(("slack", "hook"))
-        d = h.dispatcher({
-            "slack": SlackChannel("slack", slack.url("/hook"), session),
-            "hook": WebhookChannel("hook", hook.url("/in"), SECRET, session, clock=h.clock),
-        })
+        d = h.dispatcher(
+            {
+                "slack": SlackChannel("slack", slack.url("/hook"), session),
+                "hook": WebhookChannel("hook", hook.url("/in"), SECRET, session, clock=h.clock),
+            }
+        )
         await h.drain(d)
         [row] = await h.astore.run(ob.alert_rows)
         states = {c["channel"]: c["status"] for c in row["channels"]}
@@ -186,7 +188,9 @@ async def test_a_failing_channel_does_not_delay_the_others(h, session):
     async with Receiver() as slow, Receiver() as fast:
         slow.fail(1000)
         await h.queue(("slow", "fast"), n=5)
-        d = h.dispatcher({"slow": SlackChannel("slow", slow.url("/"), session), "fast": SlackChannel("fast", fast.url("/"), session)})
+        d = h.dispatcher(
+            {"slow": SlackChannel("slow", slow.url("/"), session), "fast": SlackChannel("fast", fast.url("/"), session)}
+        )
         await d.dispatch_once()
         assert len(fast.requests) == 5
         assert len(slow.requests) == 1  # after the first failure the rest wait for the next pass

@@ -58,10 +58,14 @@ def world() -> tuple[SimChain, list[str], str]:
 
 
 def write(path: Path, url: str, db: Path, hot: list[str], exch: str, mode: str) -> Path:
-    path.write_text(config_toml(
-        db=db, sources=[esplora_source("local", url, rate_limit=100000.0, mode=mode)], prices={"sources": ["csv"]},
-        entities=[entity_table("Test Miner", "miner", hot), entity_table("Test Exchange", "exchange", [exch])],
-    ))
+    path.write_text(
+        config_toml(
+            db=db,
+            sources=[esplora_source("local", url, rate_limit=100000.0, mode=mode)],
+            prices={"sources": ["csv"]},
+            entities=[entity_table("Test Miner", "miner", hot), entity_table("Test Exchange", "exchange", [exch])],
+        )
+    )
     return path
 
 
@@ -109,12 +113,18 @@ async def test_cli_poll_and_a_daemon_tick_make_the_same_requests_and_store_the_s
 async def test_check_config_says_what_each_source_sees(tmp_path):
     chain, hot, exch = world()
     cfg = tmp_path / "c.toml"
-    await asyncio.to_thread(cfg.write_text, config_toml(
-        db=tmp_path / "c.db", prices={"sources": ["csv"]},
-        sources=[esplora_source("auto-source", "http://127.0.0.1:1/api", mode="auto", mempool_checks=50),
-                 esplora_source("small", "http://127.0.0.1:1/api", mode="address")],
-        entities=[entity_table("Test Miner", "miner", hot), entity_table("Test Exchange", "exchange", [exch])],
-    ))
+    await asyncio.to_thread(
+        cfg.write_text,
+        config_toml(
+            db=tmp_path / "c.db",
+            prices={"sources": ["csv"]},
+            sources=[
+                esplora_source("auto-source", "http://127.0.0.1:1/api", mode="auto", mempool_checks=50),
+                esplora_source("small", "http://127.0.0.1:1/api", mode="address"),
+            ],
+            entities=[entity_table("Test Miner", "miner", hot), entity_table("Test Exchange", "exchange", [exch])],
+        ),
+    )
     r = await cli_run("-c", cfg, "check-config")
     assert r.exit_code == 0, r.output
     auto = next(line for line in r.output.splitlines() if "source auto-source" in line)

@@ -65,8 +65,10 @@ def test_payouts_are_the_non_pool_outputs_of_a_tx_spending_from_a_pool_address()
     assert [(p.address, p.value, p.pool) for p in pays] == [(w1, 6 * COIN, "MARA Pool"), (w2, 3 * COIN, "MARA Pool")]
     assert payouts_of(tx, POOLS, followed=["Foundry USA"]) == []
     assert payouts_of(make_tx([(w1, 5 * COIN)], [(MARA_POOL, 5 * COIN - 100)]), POOLS) == []  # paying IN is not a payout
-    ev = {w1: [{"txid": "a", "block_height": 5, "value_units": 10}, {"txid": "b", "block_height": 7, "value_units": 5}],
-          w2: [{"txid": "a", "block_height": 5, "value_units": 3}]}
+    ev = {
+        w1: [{"txid": "a", "block_height": 5, "value_units": 10}, {"txid": "b", "block_height": 7, "value_units": 5}],
+        w2: [{"txid": "a", "block_height": 5, "value_units": 3}],
+    }
     [p] = proposals(ev, entity="MARA", min_payouts=2)
     assert (p.address, p.payouts, p.total, p.first_height, p.last_height, p.status) == (w1, 2, 15, 5, 7, "candidate")
     assert proposals(ev, entity="MARA", min_payouts=2, auto_accept_payouts=2)[0].status == "active"
@@ -96,11 +98,15 @@ async def test_mara_pool_payouts_become_candidates_then_wallets_whose_sale_is_cl
     exchange = chain.address("test-exchange")
     blocks, paid = mine_mara_pool(chain, wallets, 30, extra=(one_off, 5_000_000))
     async with EsploraServer(chain) as server:
-        cfg = await asyncio.to_thread(write_config, tmp_path, server.url,
-                                      entity_toml("Test Exchange", "exchange", [exchange], watch=False))
+        cfg = await asyncio.to_thread(
+            write_config, tmp_path, server.url, entity_toml("Test Exchange", "exchange", [exchange], watch=False)
+        )
         r = await cli_run("-c", cfg, "entities", "discover", "--no-cospend", "--no-trace")
         assert r.exit_code == 0, r.output
-        assert "pools (MARA Pool): 60 txs read, 30 new pool block(s), 31 payout output(s); 3 candidate(s) proposed, 0 accepted" in r.output
+        assert (
+            "pools (MARA Pool): 60 txs read, 30 new pool block(s), 31 payout output(s); 3 candidate(s) proposed, 0 accepted"
+            in r.output
+        )
 
         r = await cli_run("-c", cfg, "entities", "candidates", "--json")
         cands = {c["address"]: c for c in json.loads(r.output)}
@@ -118,6 +124,7 @@ async def test_mara_pool_payouts_become_candidates_then_wallets_whose_sale_is_cl
             spent = {t for e in c["evidence"] for t in e["detail"]["spent_from"]}
             assert spent == {blocks[k].coinbase.txid for k in range(i, 30, 3)}
             assert "10 MARA Pool payouts" in c["evidence"] or "10 MARA Pool payouts" in c["source"]
+
         def check_stored(store):
             pb = pool_block_rows(store)
             assert [b["block_height"] for b in pb] == heights
@@ -174,6 +181,7 @@ async def test_auto_accept_threshold_and_rejected_recipients_never_return(tmp_pa
         mine_mara_pool(chain, wallets, 4)
         r = await cli_run("-c", cfg, "entities", "discover", "--no-cospend", "--no-trace", "--auto-accept", "3")
         assert r.exit_code == 0 and "4 new pool block(s)" in r.output and "0 accepted" in r.output, r.output
+
         def check_stored(store):
             rows = {a["address"]: a for a in store.address_rows(entity="MARA")}
             assert rows[wallets[0]]["status"] == "active" and rows[wallets[1]]["status"] == "rejected"

@@ -139,11 +139,17 @@ def test_samples_parse_with_documented_column_orders():
 @pytest.mark.parametrize(
     "path, name",
     [
-        ("/products/BTC-USD/candles?granularity=3600&start=2026-03-10T09:00:00Z&end=2026-03-10T14:00:00Z", "coinbase_candles.json"),
+        (
+            "/products/BTC-USD/candles?granularity=3600&start=2026-03-10T09:00:00Z&end=2026-03-10T14:00:00Z",
+            "coinbase_candles.json",
+        ),
         ("/products/BTC-USD/ticker", "coinbase_ticker.json"),
         ("/0/public/OHLC?pair=XBTUSD&interval=60&since=1773133199", "kraken_ohlc.json"),
         ("/0/public/Ticker?pair=XBTUSD", "kraken_ticker.json"),
-        ("/api/v3/coins/bitcoin/market_chart/range?vs_currency=usd&from=1773133200&to=1773154800", "coingecko_market_chart_range.json"),
+        (
+            "/api/v3/coins/bitcoin/market_chart/range?vs_currency=usd&from=1773133200&to=1773154800",
+            "coingecko_market_chart_range.json",
+        ),
         ("/api/v3/simple/price?ids=bitcoin&vs_currencies=usd&include_last_updated_at=true", "coingecko_simple_price.json"),
     ],
 )
@@ -548,8 +554,9 @@ def test_bundled_csv_is_what_the_documented_generator_makes(tmp_path):
 
 async def test_csv_formats_and_errors(tmp_path):
     hourly = tmp_path / "h.csv"
-    await asyncio.to_thread(hourly.write_text, "# comment\ntime,open,high,low,close\n"
-                            f"{NOW - 2 * H},1,2,0.5,1.5\n2026-03-10T15:00:00Z,1.5,2,1,1.8\n")
+    await asyncio.to_thread(
+        hourly.write_text, f"# comment\ntime,open,high,low,close\n{NOW - 2 * H},1,2,0.5,1.5\n2026-03-10T15:00:00Z,1.5,2,1,1.8\n"
+    )
     src = CsvPriceSource(hourly, clock=FrozenClock(now=NOW + 10))
     got = await src.candles("BTC-USD", NOW - 3 * H, NOW, H)
     assert src.granularity == H and [c.close for c in got] == [1.5, 1.8]

@@ -9,7 +9,9 @@ from monitor.core.registry import Registry
 from monitor.discovery.provisional import apply_provisional, find_sweeps, judge_spends
 from monitor.model import Attribution
 
-MAIN, COLD, COLD2, KRAKEN, STRANGER, FRESH = (addr(x) for x in ("p-main", "p-cold", "p-cold2", "p-kraken", "p-stranger", "p-fresh"))
+MAIN, COLD, COLD2, KRAKEN, STRANGER, FRESH = (
+    addr(x) for x in ("p-main", "p-cold", "p-cold2", "p-kraken", "p-stranger", "p-fresh")
+)
 BASE = Registry([entity("Miner", "miner", [MAIN]), entity("Kraken", "exchange", [KRAKEN], watch=False)])
 
 
@@ -50,9 +52,11 @@ def test_what_a_spend_from_a_provisional_address_decides():
     assert decide(make_tx([(COLD, 10 * COIN)], [(KRAKEN, 4 * COIN), (MAIN, 6 * COIN - 500)])) == [("confirmed", None)]
     # collected with other people's deposits: a deposit, to the exchange it went to (or an unidentified one)
     assert decide(make_tx([(COLD, 10 * COIN), (STRANGER, COIN)], [(KRAKEN, 11 * COIN - 500)])) == [
-        ("deposit", Attribution("exchange", "Kraken"))]
+        ("deposit", Attribution("exchange", "Kraken"))
+    ]
     assert decide(make_tx([(COLD, 10 * COIN), (STRANGER, COIN)], [(FRESH, 11 * COIN - 500)])) == [
-        ("deposit", Attribution("exchange", "unidentified"))]
+        ("deposit", Attribution("exchange", "unidentified"))
+    ]
     # emptied into an exchange's wallet without change: a deposit swept by its exchange
     assert decide(make_tx([(COLD, 10 * COIN)], [(KRAKEN, 10 * COIN - 500)])) == [("deposit", Attribution("exchange", "Kraken"))]
     # paying an unattributed address (or part to an exchange, the rest to one) decides nothing yet

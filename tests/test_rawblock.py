@@ -77,12 +77,22 @@ def test_sim_blocks_match_simchain_serialization(chain):
         assert block.header.hash == sim.hash and block.header.prev_hash == sim.prev_hash
         assert block.header.merkle_root == sim.merkle_root
         assert (block.header.time, block.header.bits, block.header.nonce, block.header.version) == (
-            sim.time, sim.bits, sim.nonce, sim.version)
+            sim.time,
+            sim.bits,
+            sim.nonce,
+            sim.version,
+        )
         assert block.txids == sim.txids
         for tx, st in zip(block.txs, sim.txs):
-            assert (tx.size, tx.base_size, tx.is_coinbase, tx.has_witness) == (st.size, st.base_size, st.is_coinbase, st.has_witness)
+            assert (tx.size, tx.base_size, tx.is_coinbase, tx.has_witness) == (
+                st.size,
+                st.base_size,
+                st.is_coinbase,
+                st.has_witness,
+            )
             assert [(i.prev_txid, i.prev_vout, i.script_sig, i.sequence, i.witness) for i in tx.inputs] == [
-                (i.txid, i.vout, i.script_sig, i.sequence, i.witness) for i in st.vin]
+                (i.txid, i.vout, i.script_sig, i.sequence, i.witness) for i in st.vin
+            ]
             assert [(o.value, o.script) for o in tx.outputs] == [(o.value, o.script) for o in st.vout]
             assert parse_tx(st.raw) == tx
 
@@ -91,7 +101,8 @@ def test_sim_blocks_match_bitcoinlib(chain):
     from bitcoinlib.blocks import Block
 
     assert any(t.has_witness for b in chain.blocks for t in b.txs) and any(
-        not t.has_witness for b in chain.blocks for t in b.txs[1:])
+        not t.has_witness for b in chain.blocks for t in b.txs[1:]
+    )
     for sim in chain.blocks:
         raw = sim.raw()
         ours = parse_block(raw)
@@ -108,10 +119,12 @@ def test_sim_blocks_match_bitcoinlib(chain):
             assert tx.is_coinbase == bt.coinbase
             assert tx.locktime == bt.locktime
             assert [(i.prev_txid, i.prev_vout, i.sequence) for i in tx.inputs] == [
-                (i.prev_txid.hex(), int.from_bytes(i.output_n, "big"), i.sequence) for i in bt.inputs]
+                (i.prev_txid.hex(), int.from_bytes(i.output_n, "big"), i.sequence) for i in bt.inputs
+            ]
             if tx.has_witness and not tx.is_coinbase:  # bitcoinlib lists a legacy input's scriptSig pushes as "witnesses"
                 assert [list(i.witness) for i in tx.inputs if i.witness] == [
-                    list(b.witnesses) for i, b in zip(tx.inputs, bt.inputs) if i.witness]
+                    list(b.witnesses) for i, b in zip(tx.inputs, bt.inputs) if i.witness
+                ]
             assert [(o.value, o.script) for o in tx.outputs] == [(o.value, o.lock_script) for o in bt.outputs]
 
 
@@ -120,18 +133,32 @@ def _hand_made_segwit_tx() -> tuple[bytes, bytes]:
     version = (2).to_bytes(4, "little")
     prev1 = bytes(range(32))  # wire order
     prev2 = bytes(range(32, 64))
-    ins = b"".join([
-        b"\x02",
-        prev1, (1).to_bytes(4, "little"), b"\x00", (0xFFFFFFFD).to_bytes(4, "little"),  # native segwit: empty scriptSig
-        prev2, (0).to_bytes(4, "little"), b"\x03\x51\x52\x53", (0xFFFFFFFF).to_bytes(4, "little"),  # legacy input
-    ])
+    ins = b"".join(
+        [
+            b"\x02",
+            prev1,
+            (1).to_bytes(4, "little"),
+            b"\x00",
+            (0xFFFFFFFD).to_bytes(4, "little"),  # native segwit: empty scriptSig
+            prev2,
+            (0).to_bytes(4, "little"),
+            b"\x03\x51\x52\x53",
+            (0xFFFFFFFF).to_bytes(4, "little"),  # legacy input
+        ]
+    )
     p2wpkh = b"\x00\x14" + b"\x11" * 20
     p2pkh = b"\x76\xa9\x14" + b"\x22" * 20 + b"\x88\xac"
-    outs = b"".join([
-        b"\x02",
-        (123_456).to_bytes(8, "little"), bytes([len(p2wpkh)]), p2wpkh,
-        (7_000_000).to_bytes(8, "little"), bytes([len(p2pkh)]), p2pkh,
-    ])
+    outs = b"".join(
+        [
+            b"\x02",
+            (123_456).to_bytes(8, "little"),
+            bytes([len(p2wpkh)]),
+            p2wpkh,
+            (7_000_000).to_bytes(8, "little"),
+            bytes([len(p2pkh)]),
+            p2pkh,
+        ]
+    )
     wit = b"\x02" + b"\x47" + b"\x30" * 71 + b"\x21" + b"\x02" * 33 + b"\x00"  # input 0: sig + pubkey; input 1: none
     locktime = (880_000).to_bytes(4, "little")
     return version + b"\x00\x01" + ins + outs + wit + locktime, version + ins + outs + locktime
@@ -174,16 +201,32 @@ def test_scan_matches_what_a_full_parse_would_find(chain):
             expected = []
             created: dict[bytes, str] = {}
             for index, tx in enumerate(parse_block(sim.raw()).txs):
-                spends = [(k, i.prev_txid, i.prev_vout, outpoints.get(outpoint_key(i.prev_txid, i.prev_vout)) or created.get(outpoint_key(i.prev_txid, i.prev_vout)))
-                          for k, i in enumerate(tx.inputs)
-                          if outpoint_key(i.prev_txid, i.prev_vout) in outpoints or outpoint_key(i.prev_txid, i.prev_vout) in created]
+                spends = [
+                    (
+                        k,
+                        i.prev_txid,
+                        i.prev_vout,
+                        outpoints.get(outpoint_key(i.prev_txid, i.prev_vout))
+                        or created.get(outpoint_key(i.prev_txid, i.prev_vout)),
+                    )
+                    for k, i in enumerate(tx.inputs)
+                    if outpoint_key(i.prev_txid, i.prev_vout) in outpoints or outpoint_key(i.prev_txid, i.prev_vout) in created
+                ]
                 receipts = [(n, o.value, o.script, watched[o.script]) for n, o in enumerate(tx.outputs) if o.script in watched]
                 for n, _, _, label in receipts:
                     created[outpoint_key(tx.txid, n)] = label
                 if spends or receipts:
                     expected.append((index, tx.txid, tx.is_coinbase, spends, receipts))
-            got = [(m.index, m.txid, m.is_coinbase, [(s.vin, s.prev_txid, s.prev_vout, s.label) for s in m.spends],
-                    [(r.n, r.value, r.script, r.label) for r in m.receipts]) for m in scan.matches]
+            got = [
+                (
+                    m.index,
+                    m.txid,
+                    m.is_coinbase,
+                    [(s.vin, s.prev_txid, s.prev_vout, s.label) for s in m.spends],
+                    [(r.n, r.value, r.script, r.label) for r in m.receipts],
+                )
+                for m in scan.matches
+            ]
             assert got == expected, trial
 
 

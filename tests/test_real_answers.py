@@ -73,7 +73,8 @@ def test_esplora_rest_answers():
         assert [o.value for o in tx.outputs] == [o["value"] for o in raw["vout"]], name
         assert [o.address for o in tx.outputs] == [o.get("scriptpubkey_address") or None for o in raw["vout"]], name
         assert [(i.prev_txid, i.prev_vout, i.value) for i in tx.inputs] == [
-            (i["txid"], i["vout"], i["prevout"]["value"]) for i in raw["vin"]], name
+            (i["txid"], i["vout"], i["prevout"]["value"]) for i in raw["vin"]
+        ], name
         assert tx.fee == raw["fee"] and tx.fee == tx.total_in - tx.total_out, name
         assert tx.is_confirmed == raw["status"]["confirmed"], name
         if tx.is_confirmed:
@@ -107,8 +108,9 @@ async def test_mempool_websocket_messages(aiohttp_server):
         for name, text in recorded:
             await ws.send_str(text)
             sent.append(name)
-        await ws.send_str(json.dumps({"multi-address-transactions": {
-            address: {"mempool": [real_tx], "confirmed": [], "removed": []}}}))
+        await ws.send_str(
+            json.dumps({"multi-address-transactions": {address: {"mempool": [real_tx], "confirmed": [], "removed": []}}})
+        )
         async for _ in ws:
             pass
         return ws
@@ -125,8 +127,9 @@ async def test_mempool_websocket_messages(aiohttp_server):
 
     stop = asyncio.Event()
     async with aiohttp.ClientSession() as session:
-        push = MempoolPush(str(server.make_url("/api/v1/ws")).replace("http", "ws", 1), [address], session=session,
-                           clock=FrozenClock())
+        push = MempoolPush(
+            str(server.make_url("/api/v1/ws")).replace("http", "ws", 1), [address], session=session, clock=FrozenClock()
+        )
         task = asyncio.create_task(push.run(wake, stop))
         await asyncio.wait_for(woken.wait(), 5.0)
         stop.set()
@@ -179,13 +182,19 @@ def test_price_answers():
     candles = parse_kraken_ohlc(ohlc, 3600)
     rows = ohlc["result"]["XBTUSDT"]
     assert [(c.start, c.open, c.high, c.low, c.close) for c in candles] == [
-        (r[0], float(r[1]), float(r[2]), float(r[3]), float(r[4])) for r in rows]
+        (r[0], float(r[1]), float(r[2]), float(r[3]), float(r[4])) for r in rows
+    ]
     assert isinstance(ohlc["result"]["last"], str)  # documented as an integer, sent as a string: ignored
     assert parse_kraken_ticker(load(p / "kraken_ticker_XBTUSDT.json")) == 73380.6
 
     [candle] = parse_coinbase_candles(load(p / "coinbase_candles_BTC-USDT_1h.json"), 3600)
     assert (candle.start, candle.low, candle.high, candle.open, candle.close) == (
-        1710327600, 73241.5, 73402.47, 73243.33, 73370.65)
+        1710327600,
+        73241.5,
+        73402.47,
+        73243.33,
+        73370.65,
+    )
     assert parse_coinbase_ticker(load(p / "coinbase_ticker_BTC-USDT.json")) == (73367.8, 1710328241)
 
     chart = load(p / "coingecko_market_chart_bitcoin_usd_days1.json")
@@ -209,13 +218,27 @@ def _varint(n: int) -> bytes:
 def _serialize(tx: RawTx) -> bytes:
     """The full (witness) serialization rebuilt from the parsed fields: it hashes to the wtxid only if every
     field was read exactly."""
-    ins = b"".join(bytes.fromhex(i.prev_txid)[::-1] + i.prev_vout.to_bytes(4, "little") + _varint(len(i.script_sig))
-                   + i.script_sig + i.sequence.to_bytes(4, "little") for i in tx.inputs)
+    ins = b"".join(
+        bytes.fromhex(i.prev_txid)[::-1]
+        + i.prev_vout.to_bytes(4, "little")
+        + _varint(len(i.script_sig))
+        + i.script_sig
+        + i.sequence.to_bytes(4, "little")
+        for i in tx.inputs
+    )
     outs = b"".join(o.value.to_bytes(8, "little") + _varint(len(o.script)) + o.script for o in tx.outputs)
     wit = b"".join(_varint(len(i.witness)) + b"".join(_varint(len(w)) + w for w in i.witness) for i in tx.inputs)
     marker = b"\x00\x01" if tx.has_witness else b""
-    return (tx.version.to_bytes(4, "little", signed=True) + marker + _varint(len(tx.inputs)) + ins
-            + _varint(len(tx.outputs)) + outs + (wit if tx.has_witness else b"") + tx.locktime.to_bytes(4, "little"))
+    return (
+        tx.version.to_bytes(4, "little", signed=True)
+        + marker
+        + _varint(len(tx.inputs))
+        + ins
+        + _varint(len(tx.outputs))
+        + outs
+        + (wit if tx.has_witness else b"")
+        + tx.locktime.to_bytes(4, "little")
+    )
 
 
 def _wtxid(tx: RawTx) -> str:

@@ -24,7 +24,10 @@ def test_reconcile_is_arithmetic_on_snapshots():
     assert r.share == 0.425 and r.gap_sat == 5_750_000_000
     assert r.sentence() == "we see 42% of R's reported 100 BTC (as of 2026-01-31, filing): 42.50 BTC on 2 of 3 known address(es)"
     none = reconcile(entity("N", "miner", [a]), {a: (COIN, 1)})
-    assert none.share is None and none.sentence() == "we see 1.00 BTC on 1 of 1 known address(es); no reported holdings figure to compare"
+    assert (
+        none.share is None
+        and none.sentence() == "we see 1.00 BTC on 1 of 1 known address(es); no reported holdings figure to compare"
+    )
     assert format_btc_amount(1_638_350_000_000) == "16,383.50" and format_btc_amount(12_345) == "0.00012345"
 
 
@@ -36,23 +39,30 @@ async def test_scripted_balances_against_reported_holdings(tmp_path):
         chain.fund(w, int(btc * COIN))
     chain.fund(cand, 500 * COIN)
     async with EsploraServer(chain) as server:
-        cfg = await asyncio.to_thread(write_config, tmp_path, server.url,
-                                      entity_toml("Recon Miner", "miner", wallets, holdings=52850)
-                                      + entity_toml("Recon Exchange", "exchange", [exch], watch=False))
+        cfg = await asyncio.to_thread(
+            write_config,
+            tmp_path,
+            server.url,
+            entity_toml("Recon Miner", "miner", wallets, holdings=52850)
+            + entity_toml("Recon Exchange", "exchange", [exch], watch=False),
+        )
         assert (await cli_run("-c", cfg, "backfill", "--no-progress")).exit_code == 0
         from monitor.model import EntityAddress
 
         def reconcile_with_a_candidate(store):
             # a candidate's balance does not count until it is accepted
-            store.add_addresses("Recon Miner", [EntityAddress("bitcoin", cand, "test", learned_by="pool_payout")], now=1,
-                                status="candidate")
+            store.add_addresses(
+                "Recon Miner", [EntityAddress("bitcoin", cand, "test", learned_by="pool_payout")], now=1, status="candidate"
+            )
             return reconcile_store(store, build_registry(load_config(cfg), store), ["Recon Miner"])
 
         [r] = await in_store(tmp_path / "tm.db", reconcile_with_a_candidate)
         assert (r.seen_sat, r.reported_sat, r.addresses, r.addresses_seen) == (1_638_350_000_000, 5_285_000_000_000, 3, 3)
         assert round(r.share, 4) == 0.31
-        expected = ("we see 31% of Recon Miner's reported 52,850 BTC (as of 2026-03-01, test fixture holdings): "
-                    "16,383.50 BTC on 3 of 3 known address(es)")
+        expected = (
+            "we see 31% of Recon Miner's reported 52,850 BTC (as of 2026-03-01, test fixture holdings): "
+            "16,383.50 BTC on 3 of 3 known address(es)"
+        )
         assert r.sentence() == expected
 
         r = await cli_run("-c", cfg, "entities")

@@ -147,11 +147,13 @@ def test_title_is_built_when_absent():
 
 
 def test_built_title_for_non_sale_and_many_destinations():
-    flow = make_flow(destinations=[
-        {"address": "a1", "n": 0, "value_units": 5, "value_amount": "0.00000005", "attribution": "unknown"},
-        {"address": "a2", "n": 1, "value_units": 9, "value_amount": "0.00000009", "attribution": "custodian:Coinbase"},
-        {"address": "a3", "n": 2, "value_units": 1, "value_amount": "0.00000001", "attribution": "otc:Cumberland"},
-    ])
+    flow = make_flow(
+        destinations=[
+            {"address": "a1", "n": 0, "value_units": 5, "value_amount": "0.00000005", "attribution": "unknown"},
+            {"address": "a2", "n": 1, "value_units": 9, "value_amount": "0.00000009", "attribution": "custodian:Coinbase"},
+            {"address": "a3", "n": 2, "value_units": 1, "value_amount": "0.00000001", "attribution": "otc:Cumberland"},
+        ]
+    )
     flow["classification"]["verdict"] = "custody_move"
     title = build_title(make_payload(flow=flow, title=None))
     assert title.startswith("MARA moved 1,250.00000000 BTC ($85.5M) to custodian:Coinbase and 2 others")
@@ -193,8 +195,7 @@ def test_slack_limits_are_respected_by_truncation():
     flow = make_flow()
     flow["classification"]["reasons"] = [f"reason {i} " + "x&y " * 300 for i in range(300)]
     flow["destinations"] = [
-        {"address": f"bc1q{i:040d}", "n": i, "value_units": 1000 + i, "value_amount": "0.00001000",
-         "attribution": "unknown"}
+        {"address": f"bc1q{i:040d}", "n": i, "value_units": 1000 + i, "value_amount": "0.00001000", "attribution": "unknown"}
         for i in range(400)
     ]
     payload = make_payload(title="T" * 400, flow=flow, changes=["c" * 5000] * 40)
@@ -209,8 +210,12 @@ def test_slack_limits_are_respected_by_truncation():
 
 def test_slack_digest_with_many_entities_stays_within_50_blocks():
     entities = [
-        {"entity": f"Miner{i}", "out_amount": f"{i}.50000000", "balance_change_amount": f"-{i}.50000000",
-         "verdicts": {"production_sale": i % 4 + 1}}
+        {
+            "entity": f"Miner{i}",
+            "out_amount": f"{i}.50000000",
+            "balance_change_amount": f"-{i}.50000000",
+            "verdicts": {"production_sale": i % 4 + 1},
+        }
         for i in range(2000)
     ]
     payload = {
@@ -312,8 +317,7 @@ def test_webhook_is_the_flow_record_plus_kind_dedup_key_changes():
     original = copy.deepcopy(payload)
     body = render_webhook(payload)
     assert payload == original  # the payload is not mutated
-    extra = {"kind": "update", "dedup_key": DEDUP, "changes": ["severity notice → warning"], "message_id": None,
-             "amends": None}
+    extra = {"kind": "update", "dedup_key": DEDUP, "changes": ["severity notice → warning"], "message_id": None, "amends": None}
     assert body == {**make_flow(), **extra}
     assert json.loads(json.dumps(body)) == body
 
@@ -321,8 +325,15 @@ def test_webhook_is_the_flow_record_plus_kind_dedup_key_changes():
 def test_webhook_digest_body():
     digest = {"period_start": "a", "period_end": "b", "entities": [{"entity": "MARA", "out_amount": "1.0"}]}
     body = render_webhook({"kind": "digest", "dedup_key": "digest:a", "flow": None, "digest": digest})
-    assert body == {"schema": "treasury-monitor.digest/1", "kind": "digest", "dedup_key": "digest:a",
-                    "changes": [], "digest": digest, "message_id": None, "amends": None}
+    assert body == {
+        "schema": "treasury-monitor.digest/1",
+        "kind": "digest",
+        "dedup_key": "digest:a",
+        "changes": [],
+        "digest": digest,
+        "message_id": None,
+        "amends": None,
+    }
 
 
 def test_console_strips_control_characters():
@@ -330,9 +341,7 @@ def test_console_strips_control_characters():
     flow["classification"]["reasons"] = ["\x1b[2J\x1b[31mred\x07 and \u202eevil"]
     out = render_console(make_payload(flow=flow))
     assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
-    assert out.splitlines()[0] == (
-        "[CRITICAL] MARA sold 1,250.00000000 BTC ($85.5M) to exchange:Binance — balance_sheet_sale"
-    )
+    assert out.splitlines()[0] == ("[CRITICAL] MARA sold 1,250.00000000 BTC ($85.5M) to exchange:Binance — balance_sheet_sale")
     assert f"https://mempool.space/tx/{TXID}" in out
 
 

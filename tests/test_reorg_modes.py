@@ -63,14 +63,20 @@ class Route:
         else:
             source = esplora_source("local", self.server.url, rate_limit=500.0, mode=self.mode)
         self.cfg = self.tmp_path / "c.toml"
-        self.cfg.write_text(config_toml(
-            db=self.db, sources=[source], prices=BUNDLED_PRICES,
-            entities=[entity_table("Test Miner", "miner", [self.hot], profile={"holdings_btc": fact(1000)}),
-                      entity_table("Test Exchange", "exchange", [self.exch])],
-            alerts={"max_age": 100000000},
-            channels=[slack_channel("slack", "TM_RM_SLACK")],
-            rules=[rule("all", ["slack"])],
-        ))
+        self.cfg.write_text(
+            config_toml(
+                db=self.db,
+                sources=[source],
+                prices=BUNDLED_PRICES,
+                entities=[
+                    entity_table("Test Miner", "miner", [self.hot], profile={"holdings_btc": fact(1000)}),
+                    entity_table("Test Exchange", "exchange", [self.exch]),
+                ],
+                alerts={"max_age": 100000000},
+                channels=[slack_channel("slack", "TM_RM_SLACK")],
+                rules=[rule("all", ["slack"])],
+            )
+        )
 
     async def poll(self) -> None:
         r = await cli_run("-c", self.cfg, "poll")
@@ -90,6 +96,7 @@ class Route:
 
     async def stored(self, txid: str) -> tuple[str | None, str | None, str | None]:
         """(tx status, classification status, verdict) of the miner's flow in `txid`."""
+
         def read(store):
             c = store.latest_classification("bitcoin", txid, "Test Miner")
             return store.tx_status("bitcoin", txid), c.status if c else None, c.verdict if c else None

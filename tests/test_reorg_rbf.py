@@ -28,16 +28,20 @@ from storage.alerts import alert_rows
 
 def config(tmp_path: Path, url: str, hot: str, exchange: str, *, confirmations: bool = False) -> Path:
     p = tmp_path / "c.toml"
-    p.write_text(config_toml(
-        db=tmp_path / "r.db",
-        sources=[esplora_source("local", url, rate_limit=500.0)],
-        prices=BUNDLED_PRICES,
-        entities=[entity_table("Test Miner", "miner", [hot], profile={"holdings_btc": fact(1000)}),
-                  entity_table("Test Exchange", "exchange", [exchange])],
-        alerts={"max_age": 100000000, "notify_confirmations": confirmations},
-        channels=[slack_channel("slack", "TM_RR_SLACK"), webhook_channel("hook", "TM_RR_HOOK", "TM_RR_HOOK_SECRET")],
-        rules=[rule("all", ["slack", "hook"])],
-    ))
+    p.write_text(
+        config_toml(
+            db=tmp_path / "r.db",
+            sources=[esplora_source("local", url, rate_limit=500.0)],
+            prices=BUNDLED_PRICES,
+            entities=[
+                entity_table("Test Miner", "miner", [hot], profile={"holdings_btc": fact(1000)}),
+                entity_table("Test Exchange", "exchange", [exchange]),
+            ],
+            alerts={"max_age": 100000000, "notify_confirmations": confirmations},
+            channels=[slack_channel("slack", "TM_RR_SLACK"), webhook_channel("hook", "TM_RR_HOOK", "TM_RR_HOOK_SECRET")],
+            rules=[rule("all", ["slack", "hook"])],
+        )
+    )
     return p
 
 
@@ -84,6 +88,7 @@ async def test_rbf_of_an_alerted_mempool_outflow_is_one_update(tmp_path, monkeyp
         assert await alerts_of(tmp_path) == [("new", first.txid), ("update", second.txid)]
         body = json.dumps(slack.requests[-1].json)
         assert "replaced (RBF)" in body and first.txid in body and second.txid in body
+
         def check_stored(store):
             assert store.tx_status("bitcoin", first.txid) == "replaced"
             assert store.latest_classification("bitcoin", first.txid, "Test Miner").status == "retracted"
@@ -142,6 +147,7 @@ async def test_two_block_reorg_retracts_the_alerted_outflow_and_alerts_the_new_b
         assert retraction["amends"] == alerted["message_id"] == hook.requests[0].headers["webhook-id"]
         assert retraction["dedup_key"] == alerted["dedup_key"]
         assert other_new["amends"] is None
+
         def check_stored(store):
             assert store.tx_status("bitcoin", doomed.txid) == "orphaned"
 

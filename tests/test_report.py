@@ -46,11 +46,25 @@ def entities():
         return (EntityAddress("bitcoin", a, source="test fixture"),)
 
     return [
-        Entity("Alpha Mining", "miner", ea(A_HOT) + ea(A_COLD), Profile(
-            holdings_btc=fact(1000), monthly_production_btc=fact(100), cash_cost_usd=fact(80_000),
-            efficiency_j_th=fact(20), strategy_tags=("ai_hpc_pivot",), strategy_source="<b>test</b> source")),
-        Entity(EVIL, "miner", ea(E_HOT), Profile(
-            holdings_btc=fact(200), monthly_production_btc=fact(10, EVIL_SOURCE), cash_cost_usd=fact(90_000))),
+        Entity(
+            "Alpha Mining",
+            "miner",
+            ea(A_HOT) + ea(A_COLD),
+            Profile(
+                holdings_btc=fact(1000),
+                monthly_production_btc=fact(100),
+                cash_cost_usd=fact(80_000),
+                efficiency_j_th=fact(20),
+                strategy_tags=("ai_hpc_pivot",),
+                strategy_source="<b>test</b> source",
+            ),
+        ),
+        Entity(
+            EVIL,
+            "miner",
+            ea(E_HOT),
+            Profile(holdings_btc=fact(200), monthly_production_btc=fact(10, EVIL_SOURCE), cash_cost_usd=fact(90_000)),
+        ),
         Entity("Sov", "sovereign", ea(S_MAIN), Profile(holdings_btc=fact(5000))),
         Entity("Ex", "exchange", ea(X_DEP), watch=False),
         Entity("Cust", "custodian", ea(C_DEP), watch=False),
@@ -61,9 +75,17 @@ def commit(store, registry, planner, txs, *, now, gone=()):
     flows = [attribute(f, registry) for tx in txs for f in entity_flows(tx, registry)]
     contexts = {
         (f.chain, f.txid, f.entity): build_context(
-            f.block_time or now, btc_usd=69_000.0, price_at=f.block_time or now, price_source="test",
-            staleness_bound=7200, difficulty=150.5e12, height=929_100, avg_fees_sat=2_000_000)
-        for f in flows if f.direction != "in"
+            f.block_time or now,
+            btc_usd=69_000.0,
+            price_at=f.block_time or now,
+            price_source="test",
+            staleness_bound=7200,
+            difficulty=150.5e12,
+            height=929_100,
+            avg_fees_sat=2_000_000,
+        )
+        for f in flows
+        if f.direction != "in"
     }
     batch = Batch(source="test", txs=tuple(txs), gone=tuple(gone))
     return commit_batch(store, batch, flows, contexts, registry, now=now, alert_hook=planner)
@@ -80,7 +102,13 @@ def store(tmp_path_factory):
     planner = AlertPlanner(registry, AlertSettings(rules=(Rule("all", ("console",)),), explorer_url=None, max_age=10**9))
     at = [MARCH_2 + d * DAY + 3600 * 10 for d in range(12)]
     txs = [
-        make_tx([(FAUCET, 900 * COIN)], [(A_HOT, 600 * COIN), (E_HOT, 100 * COIN), (S_MAIN, 200 * COIN)], fee=0, time=at[0], height=929_000),
+        make_tx(
+            [(FAUCET, 900 * COIN)],
+            [(A_HOT, 600 * COIN), (E_HOT, 100 * COIN), (S_MAIN, 200 * COIN)],
+            fee=0,
+            time=at[0],
+            height=929_000,
+        ),
         make_tx([(FAUCET, 1000 * COIN)], [(S_MAIN, 1000 * COIN)], fee=0, time=at[0] + 60, height=929_000),
         make_tx([(A_HOT, 600 * COIN)], [(A_COLD, 200 * COIN), (A_HOT, 400 * COIN - 2_000)], time=at[1], height=929_010),
         make_tx([(A_HOT, 400 * COIN - 2_000)], [(X_DEP, 250 * COIN), (A_HOT, 150 * COIN - 7_000)], time=at[2], height=929_020),
@@ -96,16 +124,26 @@ def store(tmp_path_factory):
     commit(store, registry, planner, txs + [gone], now=at[9] + 600)
     pending = make_tx([(E_HOT, 50 * COIN - 1_000)], [(X_DEP, 20 * COIN), (E_HOT, 30 * COIN - 2_000)], height=None)
     commit(store, registry, planner, [pending], now=at[10], gone=[gone.txid])
-    save_candles(store, "BTC-USD", DAY, [(MARCH_2 + d * DAY, 69_000.0, 70_000.0, 68_000.0, 68_500.0 + 100 * d) for d in range(12)],
-                 "test", now=at[11])
-    store.save_snapshots([BalanceSnapshot("bitcoin", A_HOT, at[11], 4_321 * COIN), BalanceSnapshot("bitcoin", A_COLD, at[11], 100 * COIN)])
+    save_candles(
+        store,
+        "BTC-USD",
+        DAY,
+        [(MARCH_2 + d * DAY, 69_000.0, 70_000.0, 68_000.0, 68_500.0 + 100 * d) for d in range(12)],
+        "test",
+        now=at[11],
+    )
+    store.save_snapshots(
+        [BalanceSnapshot("bitcoin", A_HOT, at[11], 4_321 * COIN), BalanceSnapshot("bitcoin", A_COLD, at[11], 100 * COIN)]
+    )
     yield store
     store.close()
 
 
 @pytest.fixture(scope="module")
 def page(store):
-    return build_report(store, simulated=True, sources=["MARA: sold 15,133 BTC (ChainCatcher <2026-04-03>)"], now=MARCH_2 + 12 * DAY)
+    return build_report(
+        store, simulated=True, sources=["MARA: sold 15,133 BTC (ChainCatcher <2026-04-03>)"], now=MARCH_2 + 12 * DAY
+    )
 
 
 class Page(HTMLParser):
@@ -191,7 +229,9 @@ def test_report_is_valid_self_contained_html_with_decodable_charts(page):
 def test_report_has_each_entity_and_every_alert_with_its_reasons(store, page):
     p = Page(page)
     assert [h for h in p.h2 if h.endswith(("(miner)", "(sovereign)"))] == [
-        "Alpha Mining (miner)", f"{EVIL} (miner)", "Sov (sovereign)"
+        "Alpha Mining (miner)",
+        f"{EVIL} (miner)",
+        "Sov (sovereign)",
     ]
     assert "Ex (exchange)" not in p.h2  # counterparties are labels, not report sections
     alerts = alert_rows(store)
@@ -314,4 +354,6 @@ def test_report_is_short_by_default_and_full_opens_everything(store, page):
     full = _Details(build_report(store, simulated=True, full=True))
     assert len(full.details) == len(short.details) and all(d["open"] for d in full.details)
     # nothing is left out of the short page, only folded
-    assert Page(page).all_text.count("reason(s)") == Page(build_report(store, simulated=True, full=True)).all_text.count("reason(s)")
+    assert Page(page).all_text.count("reason(s)") == Page(build_report(store, simulated=True, full=True)).all_text.count(
+        "reason(s)"
+    )

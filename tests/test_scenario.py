@@ -181,8 +181,14 @@ def test_hashprice_at_the_scenario_difficulty_is_within_coinshares_march_range()
 def test_config_toml_is_valid_and_every_invented_address_says_simulated(tmp_path):
     sc = scenario(SMALL)
     path = tmp_path / "demo.toml"
-    path.write_text(sc.config_toml("http://127.0.0.1:9/api", tmp_path / "demo.db", poll_interval=5.0,
-                                   extra_toml='[[alerts.channels]]\nname = "second"\ntype = "console"'))
+    path.write_text(
+        sc.config_toml(
+            "http://127.0.0.1:9/api",
+            tmp_path / "demo.db",
+            poll_interval=5.0,
+            extra_toml='[[alerts.channels]]\nname = "second"\ntype = "console"',
+        )
+    )
     cfg = load_config(path)
     assert cfg.sources[0].urls == ("http://127.0.0.1:9/api",) and cfg.sources[0].poll_interval == 5.0
     assert cfg.prices.sources == ("csv",) and cfg.prices.csv.is_file()

@@ -22,7 +22,8 @@ def test_schema_is_migrated_once_and_wal(db_path):
     s2 = Store(db_path)  # reopening applies nothing twice
     assert s2.applied_migrations().count("001_foundation") == 1
     assert {"entities", "addresses", "transactions", "flows", "destinations", "cursors", "balance_snapshots"} <= set(
-        r[0] for r in sql(s2, "select name from sqlite_master where type = 'table'"))
+        r[0] for r in sql(s2, "select name from sqlite_master where type = 'table'")
+    )
     s2.close()
 
 

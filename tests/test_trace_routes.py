@@ -43,15 +43,17 @@ SOV = "Test Sovereign"
 def write_config(tmp_path: Path, url: str, entities: list[dict], mode: str, discovery: str = "") -> Path:
     """One local Esplora source in `mode`, the entities, every alert to Slack, `[discovery]` as given."""
     cfg = tmp_path / "config.toml"
-    cfg.write_text(config_toml(
-        db=tmp_path / "tm.db",
-        sources=[esplora_source("local", url, rate_limit=500.0, timeout=5.0, mode=mode)],
-        entities=entities,
-        alerts={"max_age": 100000000},
-        channels=[slack_channel("slack", "TM_ROUTES_SLACK_URL")],
-        rules=[rule("all", ["slack"], min_severity="info")],
-        extra=discovery,
-    ))
+    cfg.write_text(
+        config_toml(
+            db=tmp_path / "tm.db",
+            sources=[esplora_source("local", url, rate_limit=500.0, timeout=5.0, mode=mode)],
+            entities=entities,
+            alerts={"max_age": 100000000},
+            channels=[slack_channel("slack", "TM_ROUTES_SLACK_URL")],
+            rules=[rule("all", ["slack"], min_severity="info")],
+            extra=discovery,
+        )
+    )
     return cfg
 
 
@@ -90,8 +92,13 @@ async def test_split_hop_gives_a_breakdown_with_shares_and_one_update_alert(tmp_
     db = tmp_path / "tm.db"
     async with EsploraServer(chain) as server, Receiver() as slack:
         monkeypatch.setenv("TM_ROUTES_SLACK_URL", slack.url("/hook"))
-        cfg = await asyncio.to_thread(write_config, tmp_path, server.url, [
-            sovereign([main], 13_000), exchange("Kraken", [kraken]), exchange("Coinbase", [coinbase])], mode)
+        cfg = await asyncio.to_thread(
+            write_config,
+            tmp_path,
+            server.url,
+            [sovereign([main], 13_000), exchange("Kraken", [kraken]), exchange("Coinbase", [coinbase])],
+            mode,
+        )
         async with daemon_jobs(cfg, clock) as d:
             await d.poll_source("local")
             hop1 = chain.pay([main], [(fresh1, 6_500 * COIN)], fee=5_000)
@@ -102,8 +109,17 @@ async def test_split_hop_gives_a_breakdown_with_shares_and_one_update_alert(tmp_
             assert await kinds(db) == ["new"]
 
             # the next tx from the fresh address splits: two exchanges, two unknown addresses, the rest onward
-            hop2 = chain.pay([fresh1], [(kraken, 600 * COIN), (coinbase, 400 * COIN), (u1, 700 * COIN),
-                                        (u2, 300 * COIN), (fresh2, 4_500 * COIN - 4_000)], fee=4_000)
+            hop2 = chain.pay(
+                [fresh1],
+                [
+                    (kraken, 600 * COIN),
+                    (coinbase, 400 * COIN),
+                    (u1, 700 * COIN),
+                    (u2, 300 * COIN),
+                    (fresh2, 4_500 * COIN - 4_000),
+                ],
+                fee=4_000,
+            )
             chain.mine()
             await d.discover()
             row = await in_store(db, flow_row, "bitcoin", hop1.txid, SOV)
@@ -113,11 +129,17 @@ async def test_split_hop_gives_a_breakdown_with_shares_and_one_update_alert(tmp_
             assert dest["attribution"] == "exchange:Kraken" and dest["path"] == [hop1.txid, hop2.txid]
             shares = sorted((s["attribution"], s["note"], s["value_units"], s["hops"]) for s in dest["shares"])
             # each output carries its own value (fresh-1 held only the traced coins); the hop's fee is lost
-            assert shares == [("exchange:Coinbase", "", 400 * COIN, 2), ("exchange:Kraken", "", 600 * COIN, 2),
-                              ("unknown", "waiting", 300 * COIN, 2), ("unknown", "waiting", 700 * COIN, 2),
-                              ("unknown", "waiting", 4_500 * COIN - 4_000, 2)]
-            breakdown = ("1,000.00 of 6,500.00 BTC (15%) reached exchange:Kraken and exchange:Coinbase within 2 hops; "
-                         "5,500.00 BTC (85%) wait at 3 unattributed addresses")
+            assert shares == [
+                ("exchange:Coinbase", "", 400 * COIN, 2),
+                ("exchange:Kraken", "", 600 * COIN, 2),
+                ("unknown", "waiting", 300 * COIN, 2),
+                ("unknown", "waiting", 700 * COIN, 2),
+                ("unknown", "waiting", 4_500 * COIN - 4_000, 2),
+            ]
+            breakdown = (
+                "1,000.00 of 6,500.00 BTC (15%) reached exchange:Kraken and exchange:Coinbase within 2 hops; "
+                "5,500.00 BTC (85%) wait at 3 unattributed addresses"
+            )
             assert any(breakdown in r for r in c["reasons"]), c["reasons"]
             assert await kinds(db) == ["new", "update"]
             reqs = await slack.wait_for(2)
@@ -126,7 +148,9 @@ async def test_split_hop_gives_a_breakdown_with_shares_and_one_update_alert(tmp_
             assert body["text"].startswith("UPDATE: Test Sovereign sold 1,000.00000000 of 6,500.00000000 BTC moved")
             assert "reached exchange:Kraken and exchange:Coinbase within 2 hops" in json.dumps(body)
             assert "(traced: 1000.00000000 BTC reached counterparties)" in json.dumps(body)
-            assert f"(largest part to exchange:Kraken via {hop1.txid[:12]}… → {hop2.txid[:12]}…)" in json.dumps(body, ensure_ascii=False)
+            assert f"(largest part to exchange:Kraken via {hop1.txid[:12]}… → {hop2.txid[:12]}…)" in json.dumps(
+                body, ensure_ascii=False
+            )
 
             # the rest moves on: the trace follows it (state kept), but the flow is not re-alerted
             hop3 = chain.pay([fresh2], [(chain.address("split-fresh-3"), 4_500 * COIN - 8_000)], fee=4_000)
@@ -155,8 +179,13 @@ async def test_peeling_chain_of_14_hops_is_followed_with_one_update_alert(tmp_pa
     db = tmp_path / "tm.db"
     async with EsploraServer(chain) as server, Receiver() as slack:
         monkeypatch.setenv("TM_ROUTES_SLACK_URL", slack.url("/hook"))
-        cfg = await asyncio.to_thread(write_config, tmp_path, server.url, [
-            sovereign([main], 5_000), exchange("Kraken", [kraken]), exchange("Binance", [binance])], mode)
+        cfg = await asyncio.to_thread(
+            write_config,
+            tmp_path,
+            server.url,
+            [sovereign([main], 5_000), exchange("Kraken", [kraken]), exchange("Binance", [binance])],
+            mode,
+        )
         async with daemon_jobs(cfg, clock) as d:
             await d.poll_source("local")
             head = chain.address("peel-0")
@@ -171,8 +200,7 @@ async def test_peeling_chain_of_14_hops_is_followed_with_one_update_alert(tmp_pa
                 for k in range(start, start + hops):
                     nxt = chain.address(f"peel-{k + 1}")
                     value = chain.utxos(head)[0].value
-                    tx = chain.pay([head], [((kraken, binance)[k % 2], 20 * COIN), (nxt, value - 20 * COIN - 1_000)],
-                                   fee=1_000)
+                    tx = chain.pay([head], [((kraken, binance)[k % 2], 20 * COIN), (nxt, value - 20 * COIN - 1_000)], fee=1_000)
                     chain.mine()
                     txids.append(tx.txid)
                     head = nxt
@@ -199,8 +227,11 @@ async def test_peeling_chain_of_14_hops_is_followed_with_one_update_alert(tmp_pa
             peeled = [s for s in dest["shares"] if s["attribution"] != "unknown"]
             assert len(peeled) == 14 and max(s["hops"] for s in peeled) == 15
             assert [s["path"][-1] for s in sorted(peeled, key=lambda s: s["hops"])] == path
-            assert any("280.00 of 1,000.00 BTC (28%) reached exchange:Kraken and exchange:Binance within 15 hops" in r
-                       and f"via {first.txid[:12]}… → {path[0][:12]}…)" in r for r in c["reasons"]), c["reasons"]
+            assert any(
+                "280.00 of 1,000.00 BTC (28%) reached exchange:Kraken and exchange:Binance within 15 hops" in r
+                and f"via {first.txid[:12]}… → {path[0][:12]}…)" in r
+                for r in c["reasons"]
+            ), c["reasons"]
             [t] = await in_store(db, trace_rows)
             assert t.hops == 15 and t.reported and t.status == "pending" and t.tip_address == head
 
@@ -226,8 +257,9 @@ async def test_sweep_to_cold_storage_then_a_sale_from_an_older_coin_of_the_swept
     db = tmp_path / "tm.db"
     async with EsploraServer(chain) as server, Receiver() as slack:
         monkeypatch.setenv("TM_ROUTES_SLACK_URL", slack.url("/hook"))
-        cfg = await asyncio.to_thread(write_config, tmp_path, server.url, [
-            sovereign([main], 5_000), exchange("Kraken", [kraken])], mode)
+        cfg = await asyncio.to_thread(
+            write_config, tmp_path, server.url, [sovereign([main], 5_000), exchange("Kraken", [kraken])], mode
+        )
         async with daemon_jobs(cfg, clock) as d:
             await d.poll_source("local")
             sweep = chain.pay([main], [(cold, 300 * COIN - 2_000)], fee=2_000)  # every coin, one output, no change
@@ -236,8 +268,9 @@ async def test_sweep_to_cold_storage_then_a_sale_from_an_older_coin_of_the_swept
             row = await in_store(db, flow_row, "bitcoin", sweep.txid, SOV)
             c = row["classification"]
             assert (row["out_units"], c["verdict"], c["attribution"]) == (300 * COIN - 2_000, "internal", "self")
-            assert any(r.startswith("probable consolidation; watching the destination") and cold in r
-                       for r in c["reasons"]), c["reasons"]
+            assert any(r.startswith("probable consolidation; watching the destination") and cold in r for r in c["reasons"]), c[
+                "reasons"
+            ]
             addr = await in_store(db, address_row, "bitcoin", cold)
             assert (addr["entity"], addr["status"], addr["learned_by"]) == (SOV, "provisional", "sweep")
             [ev] = await in_store(db, evidence_rows, address=cold)
@@ -286,8 +319,9 @@ async def test_sweep_to_what_turns_out_to_be_an_exchange_deposit_becomes_a_sale(
     db = tmp_path / "tm.db"
     async with EsploraServer(chain) as server, Receiver() as slack:
         monkeypatch.setenv("TM_ROUTES_SLACK_URL", slack.url("/hook"))
-        cfg = await asyncio.to_thread(write_config, tmp_path, server.url, [
-            sovereign([main], 5_000), exchange("Kraken", [kraken_hot])], mode)
+        cfg = await asyncio.to_thread(
+            write_config, tmp_path, server.url, [sovereign([main], 5_000), exchange("Kraken", [kraken_hot])], mode
+        )
         async with daemon_jobs(cfg, clock) as d:
             await d.poll_source("local")
             sweep = chain.pay([main], [(deposit, 200 * COIN - 2_000)], fee=2_000)

@@ -33,8 +33,7 @@ T0 = MARCH_5_2026 + 10 * 86_400
 async def run_traces(cfg, now: int) -> int:
     """One tracing job as the daemon runs it: a fresh runtime (a restart each time), the first source."""
     async with runtime(await asyncio.to_thread(load_config, cfg), clock=FrozenClock(now)) as rt:
-        return await trace_pending(rt.pipeline, rt.sources[0], rt.store, rt.registry, now=now,
-                                   limits=TraceLimits(max_hops=5))
+        return await trace_pending(rt.pipeline, rt.sources[0], rt.store, rt.registry, now=now, limits=TraceLimits(max_hops=5))
 
 
 async def test_bhutan_route_becomes_sovereign_sale_with_the_path_and_one_update_alert(tmp_path):
@@ -42,16 +41,25 @@ async def test_bhutan_route_becomes_sovereign_sale_with_the_path_and_one_update_
     main, fresh1, fresh2, exchange = (chain.address(x) for x in ("dhi-main", "fresh-1", "fresh-2", "qcp-deposit"))
     chain.fund(main, 500 * COIN)
     async with EsploraServer(chain) as server:
-        cfg = await asyncio.to_thread(write_config, tmp_path, server.url, alerts=True, entities=(
-            entity_toml("Test Sovereign", "sovereign", [main], holdings=5400)
-            + entity_toml("Test OTC", "otc", [exchange], watch=False)))
+        cfg = await asyncio.to_thread(
+            write_config,
+            tmp_path,
+            server.url,
+            alerts=True,
+            entities=(
+                entity_toml("Test Sovereign", "sovereign", [main], holdings=5400)
+                + entity_toml("Test OTC", "otc", [exchange], watch=False)
+            ),
+        )
         assert (await cli_run("-c", cfg, "backfill", "--no-progress")).exit_code == 0
         hop1 = chain.pay([main], [(fresh1, 300 * COIN)], fee=2_000)
         chain.mine()
         r = await cli_run("-c", cfg, "poll")
         assert "1 outflows" in r.output, r.output
         db = tmp_path / "tm.db"
-        assert (await in_store(db, flow_row, "bitcoin", hop1.txid, "Test Sovereign"))["classification"]["verdict"] == "unknown_transfer"
+        assert (await in_store(db, flow_row, "bitcoin", hop1.txid, "Test Sovereign"))["classification"][
+            "verdict"
+        ] == "unknown_transfer"
         assert [a["kind"] for a in await in_store(db, alert_rows)] == ["new"]
 
         hop2 = chain.pay([fresh1], [(fresh2, 300 * COIN - 1_500)], fee=1_500)
@@ -86,7 +94,9 @@ async def test_bhutan_route_becomes_sovereign_sale_with_the_path_and_one_update_
         assert len(server.requests) == before
         assert [a["kind"] for a in await in_store(db, alert_rows)] == ["new", "update"]
         r = await cli_run("-c", cfg, "entities", "show", "Test Sovereign")
-        assert f"{hop1.txid}:0 attributed after 3 hop(s): 300.00 of 300.00 BTC (100%) reached otc:Test OTC within 3 hops" in r.output, r.output
+        assert (
+            f"{hop1.txid}:0 attributed after 3 hop(s): 300.00 of 300.00 BTC (100%) reached otc:Test OTC within 3 hops" in r.output
+        ), r.output
 
 
 @pytest.fixture
@@ -101,8 +111,24 @@ async def traced():
 
 def start(tx, n: int, entity_name: str = "Sov") -> TraceState:
     o = tx.vout[n]
-    return TraceState("bitcoin", tx.txid, entity_name, n, o.address, o.value, "pending", 1, (tx.txid,), tx.txid, n,
-                      o.value, o.address, 0, T0, created_at=T0)
+    return TraceState(
+        "bitcoin",
+        tx.txid,
+        entity_name,
+        n,
+        o.address,
+        o.value,
+        "pending",
+        1,
+        (tx.txid,),
+        tx.txid,
+        n,
+        o.value,
+        o.address,
+        0,
+        T0,
+        created_at=T0,
+    )
 
 
 async def test_floor_hop_limit_return_and_unconfirmed(traced):
@@ -181,8 +207,12 @@ async def test_queued_only_for_confirmed_unknown_destinations_above_the_floor(tm
     small, big, known = chain.address("q-small"), chain.address("q-big"), chain.address("q-known")
     chain.fund(main, 100 * COIN)
     async with EsploraServer(chain) as server:
-        cfg = await asyncio.to_thread(write_config, tmp_path, server.url, entity_toml("Q Sov", "sovereign", [main])
-                                      + entity_toml("Q Exchange", "exchange", [known], watch=False))
+        cfg = await asyncio.to_thread(
+            write_config,
+            tmp_path,
+            server.url,
+            entity_toml("Q Sov", "sovereign", [main]) + entity_toml("Q Exchange", "exchange", [known], watch=False),
+        )
         assert (await cli_run("-c", cfg, "backfill", "--no-progress")).exit_code == 0
         chain.pay([main], [(small, 1_000_000), (big, 20 * COIN), (known, 5 * COIN)], fee=1_000)
         chain.mine()

@@ -105,9 +105,7 @@ def test_cypress_fixtures_unconfirmed(name, txid, fee, value):
 
 def test_coinbase_input_has_no_prevout():
     tx = load(CONFIRMED)
-    tx["vin"] = [
-        {"txid": "0" * 64, "vout": 4294967295, "prevout": None, "scriptsig": "03", "is_coinbase": True, "sequence": 0}
-    ]
+    tx["vin"] = [{"txid": "0" * 64, "vout": 4294967295, "prevout": None, "scriptsig": "03", "is_coinbase": True, "sequence": 0}]
     tx["fee"] = 0
     parsed = parse_tx(tx)
     assert parsed.is_coinbase
@@ -228,8 +226,12 @@ def test_docs_tx_with_emptied_vin_is_rejected():
 def test_utxos_and_outspends():
     utxos = parse_utxos(
         [
-            {"txid": "12f96289f8f9cd51ccfe390879a46d7eeb0435d9e0af9297776e6bdf249414ff", "vout": 0,
-             "status": load("mempool_docs_mainnet_tx_status.json"), "value": 644951084},
+            {
+                "txid": "12f96289f8f9cd51ccfe390879a46d7eeb0435d9e0af9297776e6bdf249414ff",
+                "vout": 0,
+                "status": load("mempool_docs_mainnet_tx_status.json"),
+                "value": 644951084,
+            },
             {"txid": "aa" * 32, "vout": 3, "status": {"confirmed": False}, "value": 1},
         ]
     )
@@ -259,13 +261,20 @@ def test_empty_address_on_outputs_and_prevouts_is_no_address():
     assert parsed.fee == tx["fee"]
 
 
-@pytest.mark.parametrize("vin0", [
-    {"txid": "", "vout": 0, "prevout": None, "is_coinbase": True, "scriptsig": "03", "sequence": 0},
-    {"txid": "0" * 64, "vout": 4294967295, "prevout": None, "scriptsig": "03", "sequence": 0},  # no is_coinbase
-    {"txid": "", "vout": 0, "prevout": None, "scriptsig": "03", "sequence": 0},
-    {"txid": "0" * 64, "vout": 4294967295, "is_coinbase": True,
-     "prevout": {"scriptpubkey_address": "", "value": 0}},  # a proxy that fills a dummy prevout
-])
+@pytest.mark.parametrize(
+    "vin0",
+    [
+        {"txid": "", "vout": 0, "prevout": None, "is_coinbase": True, "scriptsig": "03", "sequence": 0},
+        {"txid": "0" * 64, "vout": 4294967295, "prevout": None, "scriptsig": "03", "sequence": 0},  # no is_coinbase
+        {"txid": "", "vout": 0, "prevout": None, "scriptsig": "03", "sequence": 0},
+        {
+            "txid": "0" * 64,
+            "vout": 4294967295,
+            "is_coinbase": True,
+            "prevout": {"scriptpubkey_address": "", "value": 0},
+        },  # a proxy that fills a dummy prevout
+    ],
+)
 def test_coinbase_input_shapes_normalise_to_the_null_outpoint(vin0):
     tx = load(CONFIRMED)
     tx["vin"] = [vin0]
@@ -293,15 +302,22 @@ def test_fee_absent_or_null_is_derived_and_negative_rejected():
         parse_tx(tx)
 
 
-@pytest.mark.parametrize("status, message", [
-    ({"confirmed": True}, "status.block_height: missing"),
-    ({"confirmed": True, "block_height": 848136, "block_hash": "00" * 32}, "status.block_time: missing"),
-    ({"confirmed": True, "block_height": 2**64, "block_hash": "00" * 32, "block_time": 1},
-     "status.block_height: expected an integer <= 2147483647"),  # would overflow what is stored
-    ({"confirmed": True, "block_height": 1, "block_hash": "00" * 32, "block_time": 1e9},
-     "status.block_time: expected a non-negative integer, got 1000000000.0"),
-    ({"confirmed": False, "block_height": 0}, None),  # block fields of an unconfirmed tx are ignored
-])
+@pytest.mark.parametrize(
+    "status, message",
+    [
+        ({"confirmed": True}, "status.block_height: missing"),
+        ({"confirmed": True, "block_height": 848136, "block_hash": "00" * 32}, "status.block_time: missing"),
+        (
+            {"confirmed": True, "block_height": 2**64, "block_hash": "00" * 32, "block_time": 1},
+            "status.block_height: expected an integer <= 2147483647",
+        ),  # would overflow what is stored
+        (
+            {"confirmed": True, "block_height": 1, "block_hash": "00" * 32, "block_time": 1e9},
+            "status.block_time: expected a non-negative integer, got 1000000000.0",
+        ),
+        ({"confirmed": False, "block_height": 0}, None),  # block fields of an unconfirmed tx are ignored
+    ],
+)
 def test_status_shapes(status, message):
     tx = load(CONFIRMED)
     tx["status"] = status
@@ -323,12 +339,14 @@ def test_address_of_another_type_is_rejected(value):
 
 def test_outspends_from_mempool_on_core():
     spender = "ab" * 32
-    got = parse_outspends([
-        {"spent": False},
-        {"spent": True},  # getTxOut said spent, no spender known
-        {"spent": True, "txid": spender, "vin": 1, "status": {"confirmed": True}},
-        {"spent": True, "txid": spender, "vin": 0, "status": {"confirmed": False}},
-    ])
+    got = parse_outspends(
+        [
+            {"spent": False},
+            {"spent": True},  # getTxOut said spent, no spender known
+            {"spent": True, "txid": spender, "vin": 1, "status": {"confirmed": True}},
+            {"spent": True, "txid": spender, "vin": 0, "status": {"confirmed": False}},
+        ]
+    )
     assert [(o.spent, o.txid, o.vin, o.block_height, o.confirmed) for o in got] == [
         (False, None, None, None, False),
         (True, None, None, None, False),
@@ -348,10 +366,13 @@ def test_page_keeps_good_txs_and_names_the_bad_one():
     assert entries[0].tx == parse_tx(txs[0], prefix="txs[0]")
 
 
-@pytest.mark.parametrize("path, value, message", [
-    (["txid"], "", r"^txs\[2\]\.txid: expected 64 lower-case hex digits"),
-    (["status"], None, r"^txs\[2\]\.status: expected an object"),
-])
+@pytest.mark.parametrize(
+    "path, value, message",
+    [
+        (["txid"], "", r"^txs\[2\]\.txid: expected 64 lower-case hex digits"),
+        (["status"], None, r"^txs\[2\]\.status: expected an object"),
+    ],
+)
 def test_page_fails_whole_when_a_txid_or_status_is_unreadable(path, value, message):
     txs = load(ARRAY)
     txs[2][path[0]] = value

@@ -39,17 +39,23 @@ def ts(*args) -> int:
 
 def dormancy_config(tmp_path: Path, url: str, hot: str, exchange: str) -> Path:
     p = tmp_path / "d.toml"
-    p.write_text(config_toml(
-        db=tmp_path / "d.db",
-        sources=[esplora_source("local", url, rate_limit=500.0)],
-        prices=BUNDLED_PRICES,
-        entities=[entity_table("Old Miner", "miner", [hot], profile={"holdings_btc": fact(1000)}),
-                  entity_table("Test Exchange", "exchange", [exchange])],
-        alerts={"max_age": 100_000_000, "dormancy": [{"name": "sleepers", "min_years": 5, "min_btc": 10,
-                                                      "channels": ["hook"]}]},
-        channels=[webhook_channel("hook", "TM_W_HOOK", "TM_W_SECRET")],
-        rules=[],
-    ))
+    p.write_text(
+        config_toml(
+            db=tmp_path / "d.db",
+            sources=[esplora_source("local", url, rate_limit=500.0)],
+            prices=BUNDLED_PRICES,
+            entities=[
+                entity_table("Old Miner", "miner", [hot], profile={"holdings_btc": fact(1000)}),
+                entity_table("Test Exchange", "exchange", [exchange]),
+            ],
+            alerts={
+                "max_age": 100_000_000,
+                "dormancy": [{"name": "sleepers", "min_years": 5, "min_btc": 10, "channels": ["hook"]}],
+            },
+            channels=[webhook_channel("hook", "TM_W_HOOK", "TM_W_SECRET")],
+            rules=[],
+        )
+    )
     return p
 
 

@@ -93,8 +93,17 @@ class EsploraCoinbases:
                     b = parse_block(item)
                 except MalformedError as exc:
                     raise MalformedError(f"blocks[{i}].{exc}") from exc
-                out.append(BlockHeaderInfo(b["height"], b["id"], b["previousblockhash"], b["timestamp"], b["bits"],
-                                           float(b["difficulty"]), b["tx_count"]))
+                out.append(
+                    BlockHeaderInfo(
+                        b["height"],
+                        b["id"],
+                        b["previousblockhash"],
+                        b["timestamp"],
+                        b["bits"],
+                        float(b["difficulty"]),
+                        b["tx_count"],
+                    )
+                )
             if out[0].height != top:
                 raise MalformedError(f"blocks[0].height: expected {top}, got {out[0].height}")
             for a, b2 in zip(out, out[1:]):
@@ -131,8 +140,9 @@ class EsploraCoinbases:
 
     async def tx(self, txid: str, *, tally: RequestTally | None = None) -> ChainTx:
         """One tx with its inputs' prevouts (`/tx/:txid`). :raises SourceError:"""
-        return await self.http.get_json(f"/tx/{assert_hex(txid, 'txid')}", parse=lambda d: parse_tx(d, chain=self.chain),
-                                        tally=tally)
+        return await self.http.get_json(
+            f"/tx/{assert_hex(txid, 'txid')}", parse=lambda d: parse_tx(d, chain=self.chain), tally=tally
+        )
 
 
 def _check_page(out: list[BlockHeaderInfo], top: int) -> list[BlockHeaderInfo]:
@@ -166,8 +176,10 @@ class BitcoindCoinbases:
     async def headers(self, top: int, *, tally: RequestTally | None = None) -> list[BlockHeaderInfo]:
         """Headers of the blocks `top`, `top-1`, ... (up to 10), highest first, as one page of EsploraCoinbases."""
         heights = list(range(int(top), max(-1, int(top) - HEADERS_PER_PAGE), -1))
-        hashes = [assert_hex(h, f"getblockhash {n}")
-                  for n, h in zip(heights, await self._batch([("getblockhash", [n]) for n in heights], tally))]
+        hashes = [
+            assert_hex(h, f"getblockhash {n}")
+            for n, h in zip(heights, await self._batch([("getblockhash", [n]) for n in heights], tally))
+        ]
         blocks = await self._batch([("getblock", [h, 1]) for h in hashes], tally)
         out = []
         for n, h, d in zip(heights, hashes, blocks):
@@ -187,13 +199,19 @@ class BitcoindCoinbases:
             txids = assert_list(require(d, "tx", p), f"{p}.tx", non_empty=True)
             prev = d.get("previousblockhash")
             self._coinbase_txid[h] = assert_hex(txids[0], f"{p}.tx[0]")
-            out.append(BlockHeaderInfo(
-                n, h, None if prev is None else assert_hex(prev, f"{p}.previousblockhash"),
-                assert_int(require(d, "time", p), f"{p}.time", minimum=0), bits_int,
-                float(assert_number(difficulty, f"{p}.difficulty", minimum=0)),
-                assert_int(require(d, "nTx", p), f"{p}.nTx", minimum=1)))
+            out.append(
+                BlockHeaderInfo(
+                    n,
+                    h,
+                    None if prev is None else assert_hex(prev, f"{p}.previousblockhash"),
+                    assert_int(require(d, "time", p), f"{p}.time", minimum=0),
+                    bits_int,
+                    float(assert_number(difficulty, f"{p}.difficulty", minimum=0)),
+                    assert_int(require(d, "nTx", p), f"{p}.nTx", minimum=1),
+                )
+            )
         if len(self._coinbase_txid) > 4 * HEADERS_PER_PAGE:  # only the page being scanned is needed
-            for k in list(self._coinbase_txid)[: -HEADERS_PER_PAGE]:
+            for k in list(self._coinbase_txid)[:-HEADERS_PER_PAGE]:
                 del self._coinbase_txid[k]
         return _check_page(out, int(top))
 
@@ -203,8 +221,9 @@ class BitcoindCoinbases:
         txid = self._coinbase_txid.get(block_hash)
         if txid is None:
             d = assert_dict(await self.rpc.call("getblock", block_hash, 1, tally=tally), f"getblock {block_hash}")
-            txid = assert_hex(assert_list(require(d, "tx"), f"getblock {block_hash}.tx", non_empty=True)[0],
-                              f"getblock {block_hash}.tx[0]")
+            txid = assert_hex(
+                assert_list(require(d, "tx"), f"getblock {block_hash}.tx", non_empty=True)[0], f"getblock {block_hash}.tx[0]"
+            )
         p = f"getrawtransaction {txid}"
         raw = assert_dict(await self.rpc.call("getrawtransaction", txid, 1, block_hash, tally=tally), p)
         tx = parse_core_tx(raw, chain=self.chain, prefix=p, block=(header.height, block_hash, header.time))
@@ -217,8 +236,9 @@ class BitcoindCoinbases:
             raise MalformedError(f"{p}.vin[0].coinbase: expected hex, got {script!r:.40}") from exc
         return BlockCoinbase(header, tx, scriptsig)
 
-    async def spends(self, header: BlockHeaderInfo, outpoints: Container[tuple[str, int]], *,
-                     tally: RequestTally | None = None) -> list[ChainTx]:
+    async def spends(
+        self, header: BlockHeaderInfo, outpoints: Container[tuple[str, int]], *, tally: RequestTally | None = None
+    ) -> list[ChainTx]:
         """The txs of a block spending any of `outpoints`, with their prevouts (`getblock <hash> 3`, Core 23+).
 
         Only the matching txs are parsed (and validated); the others are looked at for their outpoints only.
@@ -233,6 +253,7 @@ class BitcoindCoinbases:
             if not isinstance(vin, list):
                 raise MalformedError(f"{p}.tx[{i}].vin: expected an array (verbosity 3 needs Core 23.0 or newer)")
             if any(isinstance(x, dict) and (x.get("txid"), x.get("vout")) in outpoints for x in vin):
-                out.append(parse_core_tx(t, chain=self.chain, prefix=f"{p}.tx[{i}]",
-                                         block=(header.height, block_hash, header.time)))
+                out.append(
+                    parse_core_tx(t, chain=self.chain, prefix=f"{p}.tx[{i}]", block=(header.height, block_hash, header.time))
+                )
         return out

@@ -222,9 +222,16 @@ class EsploraSource:
                 continue
             except Exception:  # a bug must not stop the other addresses; CancelledError passes through
                 failed.append(address)
-                self._failures.failed("unexpected error", "esplora address skipped (bug) source=%s address=%s",
-                                      "esplora address still failing (bug) source=%s address=%s", self.name, address,
-                                      key=address, level=logging.ERROR, exc_info=True)
+                self._failures.failed(
+                    "unexpected error",
+                    "esplora address skipped (bug) source=%s address=%s",
+                    "esplora address still failing (bug) source=%s address=%s",
+                    self.name,
+                    address,
+                    key=address,
+                    level=logging.ERROR,
+                    exc_info=True,
+                )
                 continue
             self._note_success(address)
             for tx in reversed(result.txs):  # oldest first
@@ -262,8 +269,9 @@ class EsploraSource:
         try:
             return _State.loads(text)
         except (ValueError, KeyError, TypeError, MalformedError) as exc:
-            self._log.warning("esplora cursor unreadable, re-reading history source=%s address=%s error=%s",
-                              self.name, address, exc)
+            self._log.warning(
+                "esplora cursor unreadable, re-reading history source=%s address=%s error=%s", self.name, address, exc
+            )
             return None
 
     async def _poll_address(self, address: str, cursor: str | None, tally: RequestTally, progress) -> _Result:
@@ -277,8 +285,13 @@ class EsploraSource:
 
         backfilling = old is None or old.tail is not None
         total = stats.chain_tx_count
-        state = _State(key, list(old.top) if old else [], list(old.mempool) if old else [],
-                       old.tail if old else None, old.fetched if old else 0)
+        state = _State(
+            key,
+            list(old.top) if old else [],
+            list(old.mempool) if old else [],
+            old.tail if old else None,
+            old.fetched if old else 0,
+        )
         skipped: dict[str, str] = {}  # txid → why, this poll
 
         def report(fetched: int) -> None:
@@ -298,8 +311,9 @@ class EsploraSource:
             if old is None:
                 state.tail = head.tail
         if old is not None and old.tail is not None:
-            older, state.tail, older_skipped = await self._walk_tail(address, q, old.tail, tally, state.fetched, report,
-                                                                     stats.electrum)
+            older, state.tail, older_skipped = await self._walk_tail(
+                address, q, old.tail, tally, state.fetched, report, stats.electrum
+            )
             new_txs.extend(older)
             skipped.update(older_skipped)
             state.fetched += len(older) + len(older_skipped)
@@ -308,24 +322,23 @@ class EsploraSource:
                 state.fetched = max(state.fetched, total)
                 report(state.fetched)
         for txid, reason in skipped.items():
-            self._log.warning("esplora tx skipped, retried next poll source=%s address=%s txid=%s reason=%s",
-                              self.name, address, txid, reason)
+            self._log.warning(
+                "esplora tx skipped, retried next poll source=%s address=%s txid=%s reason=%s", self.name, address, txid, reason
+            )
         seen_now = {t.txid for t in new_txs} | skipped.keys()
         still = [t for t in (old.retry if old else []) if t not in seen_now]
         kept = await self._retry(address, still, tally, new_txs, gone)
         state.retry = sorted(set(kept) | skipped.keys())
         return _Result(new_txs, snapshot, gone, state)
 
-    async def _retry(self, address: str, txids: list[str], tally: RequestTally, txs: list[ChainTx],
-                     gone: set[str]) -> list[str]:
+    async def _retry(self, address: str, txids: list[str], tally: RequestTally, txs: list[ChainTx], gone: set[str]) -> list[str]:
         """Read skipped txs again by id: parsed → appended to `txs`; 404 → `gone`; still malformed → kept."""
         kept: list[str] = []
         for txid in txids:
             try:
                 tx = await self.get_tx(txid, tally=tally)
             except MalformedError as exc:
-                self._log.debug("esplora tx still malformed source=%s address=%s txid=%s error=%s",
-                                self.name, address, txid, exc)
+                self._log.debug("esplora tx still malformed source=%s address=%s txid=%s error=%s", self.name, address, txid, exc)
                 kept.append(txid)
                 continue
             except SourceError as exc:
@@ -337,8 +350,12 @@ class EsploraSource:
                 self._log.info("esplora skipped tx now read source=%s address=%s txid=%s", self.name, address, txid)
                 txs.append(tx)
             else:
-                self._log.warning("esplora skipped tx does not touch the address, dropped source=%s address=%s txid=%s",
-                                  self.name, address, txid)
+                self._log.warning(
+                    "esplora skipped tx does not touch the address, dropped source=%s address=%s txid=%s",
+                    self.name,
+                    address,
+                    txid,
+                )
         return kept
 
     async def _page(self, address: str, path: str, tally: RequestTally, prefix: str) -> list[PageEntry]:
@@ -356,8 +373,9 @@ class EsploraSource:
             return await self._page(address, f"/address/{q}/txs?after_txid={last}", tally, "txs")
         return await self._page(address, f"/address/{q}/txs/chain/{last}", tally, "txs/chain")
 
-    async def _walk_head(self, address: str, q: str, old: _State | None, tally: RequestTally, report,
-                         electrum: bool = False) -> _Head:
+    async def _walk_head(
+        self, address: str, q: str, old: _State | None, tally: RequestTally, report, electrum: bool = False
+    ) -> _Head:
         first = await self._page(address, f"/address/{q}/txs", tally, "txs")
         mempool_entries = [e for e in first if not e.status.confirmed]
         page = [e for e in first if e.status.confirmed]
@@ -432,8 +450,9 @@ class EsploraSource:
                 mempool_ids.append(txid)
         return _Head(txs, gone, top, mempool_ids, tail, len(walked), skipped)
 
-    async def _walk_tail(self, address: str, q: str, after: str, tally: RequestTally, fetched: int,
-                         report, electrum: bool = False) -> tuple[list[ChainTx], str | None, dict[str, str]]:
+    async def _walk_tail(
+        self, address: str, q: str, after: str, tally: RequestTally, fetched: int, report, electrum: bool = False
+    ) -> tuple[list[ChainTx], str | None, dict[str, str]]:
         older: list[ChainTx] = []
         skipped: dict[str, str] = {}
         seen: set[str] = set()
@@ -455,9 +474,15 @@ class EsploraSource:
 
     def _note_failure(self, address: str, exc: SourceError) -> None:
         reason = f"{type(exc).__name__}: {exc}"
-        self._failures.failed(reason, "esplora address skipped source=%s address=%s error=%s",
-                              "esplora address still failing source=%s address=%s error=%s",
-                              self.name, address, reason, key=address)
+        self._failures.failed(
+            reason,
+            "esplora address skipped source=%s address=%s error=%s",
+            "esplora address still failing source=%s address=%s error=%s",
+            self.name,
+            address,
+            reason,
+            key=address,
+        )
 
     def _note_success(self, address: str) -> None:
         self._failures.recovered("esplora address recovered source=%s address=%s", self.name, address, key=address)
@@ -474,12 +499,12 @@ class EsploraSource:
 
     async def block_hash(self, height: int, *, tally: RequestTally | None = None) -> str:
         """Hash of the block at `height` on the current chain (`/block-height/:h`). :raises SourceError:"""
-        return await self.http.get_text(f"/block-height/{int(height)}", parse=lambda t: parse_hash(t, "block hash"),
-                                        tally=tally)
+        return await self.http.get_text(f"/block-height/{int(height)}", parse=lambda t: parse_hash(t, "block hash"), tally=tally)
 
     async def get_tx(self, txid: str, *, tally: RequestTally | None = None) -> ChainTx:
         """One tx by txid (`/tx/:txid`); a 404 means unknown to the chain and the mempool. :raises SourceError:"""
         _check_hex(txid)
+
         def parse(data: Any) -> ChainTx:
             tx = parse_tx(data, chain=self.chain)
             if tx.txid != txid:
@@ -491,6 +516,7 @@ class EsploraSource:
     async def get_block(self, block_hash: str, *, tally: RequestTally | None = None) -> dict[str, Any]:
         """Validated header fields of a block (`/block/:hash`): id, height, timestamp, difficulty, ... :raises SourceError:"""
         _check_hex(block_hash)
+
         def parse(data: Any) -> dict[str, Any]:
             block = parse_block(data)
             if block["id"] != block_hash:

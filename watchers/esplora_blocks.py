@@ -182,18 +182,24 @@ def choose_mode(mode: str, n_addresses: int, threshold: int = AUTO_THRESHOLD) ->
 def mode_sees(mode: str, n_addresses: int, mempool_checks: int) -> str:
     """What an Esplora source in `mode` (`address` or `block`) sees, in one sentence for `check-config`."""
     if mode == "address":
-        return (f"confirmed and unconfirmed txs of all {n_addresses} addresses at every poll ({n_addresses + 1} "
-                f"requests per quiet poll, the tip included); balances from Esplora's address stats")
+        return (
+            f"confirmed and unconfirmed txs of all {n_addresses} addresses at every poll ({n_addresses + 1} "
+            f"requests per quiet poll, the tip included); balances from Esplora's address stats"
+        )
     if not mempool_checks:
         mempool = "no unconfirmed txs (mempool_checks = 0): pending sales are seen when they confirm"
     elif mempool_checks >= n_addresses:
         mempool = f"unconfirmed txs of every address at every poll ({n_addresses} requests)"
     else:
         polls = -(-n_addresses // mempool_checks)
-        mempool = (f"unconfirmed txs of {mempool_checks} addresses per poll, round robin over the addresses holding "
-                   f"coins (each one at least every {polls} polls; an address with a pending tx every poll)")
-    return (f"confirmed txs of all {n_addresses} addresses from each new block (1 request per quiet poll, plus "
-            f"the mempool checks); {mempool}; balances from the watched UTXO set")
+        mempool = (
+            f"unconfirmed txs of {mempool_checks} addresses per poll, round robin over the addresses holding "
+            f"coins (each one at least every {polls} polls; an address with a pending tx every poll)"
+        )
+    return (
+        f"confirmed txs of all {n_addresses} addresses from each new block (1 request per quiet poll, plus "
+        f"the mempool checks); {mempool}; balances from the watched UTXO set"
+    )
 
 
 def address_script(address: str) -> bytes:
@@ -235,18 +241,27 @@ class _Delta:
         return list(dict.fromkeys([u.txid for u in self.added] + [s for _, s in self.spent]))
 
     def dump(self) -> list[Any]:
-        return [self.height, self.hash,
-                [[u.txid, u.vout, u.address, u.value] for u in self.added],
-                [[u.txid, u.vout, u.address, u.value, u.height, s] for u, s in self.spent]]
+        return [
+            self.height,
+            self.hash,
+            [[u.txid, u.vout, u.address, u.value] for u in self.added],
+            [[u.txid, u.vout, u.address, u.value, u.height, s] for u, s in self.spent],
+        ]
 
     @classmethod
     def load(cls, item: Any, chain: str) -> _Delta:
         height, h, added, spent = item
         return cls(
-            int(height), assert_hex(h, "blocks.hash"),
+            int(height),
+            assert_hex(h, "blocks.hash"),
             [WatchedUtxo(chain, assert_hex(t, "added.txid"), int(v), str(a), int(val), int(height)) for t, v, a, val in added],
-            [(WatchedUtxo(chain, assert_hex(t, "spent.txid"), int(v), str(a), int(val), None if uh is None else int(uh)),
-              assert_hex(s, "spent.spender")) for t, v, a, val, uh, s in spent],
+            [
+                (
+                    WatchedUtxo(chain, assert_hex(t, "spent.txid"), int(v), str(a), int(val), None if uh is None else int(uh)),
+                    assert_hex(s, "spent.spender"),
+                )
+                for t, v, a, val, uh, s in spent
+            ],
         )
 
 
@@ -262,9 +277,18 @@ class _Tip:
     seq: int = 0
 
     def dumps(self) -> str:
-        return json.dumps({"v": CURSOR_VERSION, "seq": self.seq, "height": self.height, "hash": self.hash,
-                           "blocks": [d.dump() for d in self.blocks[-KEEP_BLOCKS:]], "pending": self.pending,
-                           "orphaned": self.orphaned}, separators=(",", ":"))
+        return json.dumps(
+            {
+                "v": CURSOR_VERSION,
+                "seq": self.seq,
+                "height": self.height,
+                "hash": self.hash,
+                "blocks": [d.dump() for d in self.blocks[-KEEP_BLOCKS:]],
+                "pending": self.pending,
+                "orphaned": self.orphaned,
+            },
+            separators=(",", ":"),
+        )
 
     @classmethod
     def loads(cls, text: str, chain: str) -> _Tip:
@@ -272,9 +296,14 @@ class _Tip:
         if not isinstance(d, dict) or d.get("v") != CURSOR_VERSION:
             raise ValueError("unknown cursor version")
         blocks = [_Delta.load(x, chain) for x in d["blocks"]]
-        tip = cls(int(d["height"]), assert_hex(d["hash"], "hash"), blocks,
-                  [assert_hex(t, "pending") for t in d.get("pending", [])],
-                  [assert_hex(t, "orphaned") for t in d.get("orphaned", [])], int(d.get("seq", 0)))
+        tip = cls(
+            int(d["height"]),
+            assert_hex(d["hash"], "hash"),
+            blocks,
+            [assert_hex(t, "pending") for t in d.get("pending", [])],
+            [assert_hex(t, "orphaned") for t in d.get("orphaned", [])],
+            int(d.get("seq", 0)),
+        )
         if not blocks or (blocks[-1].height, blocks[-1].hash) != (tip.height, tip.hash):
             raise ValueError("the last stored block is not the tip")
         return tip
@@ -443,8 +472,11 @@ class EsploraBlockSource:
 
     def _begin(self, cursors: Mapping[str, str]) -> None:
         if self._journal and cursors.get("tip") != self._returned:
-            self._log.warning("block mode: the last batch was not stored; rolling back %d in-memory UTXO changes "
-                              "source=%s", len(self._journal), self.name)
+            self._log.warning(
+                "block mode: the last batch was not stored; rolling back %d in-memory UTXO changes source=%s",
+                len(self._journal),
+                self.name,
+            )
             self._rollback()
         self._journal.clear()
         self._returned = None
@@ -517,7 +549,8 @@ class EsploraBlockSource:
         unfinished: tuple[str, ...] = ()
         if run.error is None:
             unfinished = (("tip",) if tip_state.hash != tip else ()) + tuple(
-                a for a in self._to_seed.values() if a not in self._seed_failures)
+                a for a in self._to_seed.values() if a not in self._seed_failures
+            )
         return Batch(
             source=self.name,
             chain=self.chain,
@@ -557,8 +590,9 @@ class EsploraBlockSource:
         try:
             return _Tip.loads(text, self.chain)
         except (ValueError, KeyError, TypeError, IndexError, MalformedError) as exc:
-            self._log.error("block mode cursor unreadable; restarting from the tip and re-seeding source=%s error=%s",
-                            self.name, exc)
+            self._log.error(
+                "block mode cursor unreadable; restarting from the tip and re-seeding source=%s error=%s", self.name, exc
+            )
             self._set_seeded(set())
             self._seeded_dirty = True
             return None
@@ -571,8 +605,7 @@ class EsploraBlockSource:
         else:
             # The parent of the start block, read from the start block itself: works for height 0 and for
             # servers whose history begins at the start height.
-            first = await self._api.get_block(await self._api.block_hash(self._start_height, tally=run.tally),
-                                              tally=run.tally)
+            first = await self._api.get_block(await self._api.block_hash(self._start_height, tally=run.tally), tally=run.tally)
             height, h = self._start_height - 1, first["previousblockhash"] or "00" * 32
             where = f"height {self._start_height}"
         self._log.info("block mode starts at %s source=%s height=%d hash=%s", where, self.name, height, h)
@@ -636,16 +669,24 @@ class EsploraBlockSource:
                 run.orphaned[t] = None
                 run.txs.pop(t, None)
             undone.append(d)
-        self._log.warning("block mode reorg source=%s depth=%d fork_height=%d orphaned=%s", self.name, len(undone),
-                          fork, ",".join(d.hash for d in reversed(undone)))
+        self._log.warning(
+            "block mode reorg source=%s depth=%d fork_height=%d orphaned=%s",
+            self.name,
+            len(undone),
+            fork,
+            ",".join(d.hash for d in reversed(undone)),
+        )
         if st.blocks:
             st.height, st.hash = st.blocks[-1].height, st.blocks[-1].hash
         run.changed = True
 
     async def _deep_reorg(self, st: _Tip, run: _Run) -> None:
-        self._log.error("block mode reorg deeper than the %d blocks remembered source=%s: restarting from the tip "
-                        "and re-seeding every address; blocks in between are not read (use an address-mode backfill)",
-                        KEEP_BLOCKS, self.name)
+        self._log.error(
+            "block mode reorg deeper than the %d blocks remembered source=%s: restarting from the tip "
+            "and re-seeding every address; blocks in between are not read (use an address-mode backfill)",
+            KEEP_BLOCKS,
+            self.name,
+        )
         self._undo_to(st, st.blocks[0].height - 1, run)
         tip = await self._api.tip_hash(tally=run.tally)
         fresh = await self._start(tip, run, at_tip=True)
@@ -668,9 +709,13 @@ class EsploraBlockSource:
                         raise _Stop() from exc2  # the block itself is gone: a reorg under our feet
                     raise
                 self._raw_ok = False
-                self._log.warning("block mode: %s has no /block/:hash/raw (HTTP %s); reading blocks as 25-tx "
-                                  "pages from now on (about tx_count/25 requests per block) source=%s",
-                                  self.http.active_url, http_status(exc), self.name)
+                self._log.warning(
+                    "block mode: %s has no /block/:hash/raw (HTTP %s); reading blocks as 25-tx "
+                    "pages from now on (about tx_count/25 requests per block) source=%s",
+                    self.http.active_url,
+                    http_status(exc),
+                    self.name,
+                )
             else:
                 header = parse_header(raw)
                 if header.hash != block_hash:
@@ -688,8 +733,15 @@ class EsploraBlockSource:
             raise
         if info["height"] != height:
             raise _Stop()
-        header = BlockHeader(block_hash, info["version"], info["previousblockhash"] or "00" * 32,
-                             info["merkle_root"], info["timestamp"], info["bits"], info["nonce"])
+        header = BlockHeader(
+            block_hash,
+            info["version"],
+            info["previousblockhash"] or "00" * 32,
+            info["merkle_root"],
+            info["timestamp"],
+            info["bits"],
+            info["nonce"],
+        )
         txs: list[ChainTx] = []
         for start in range(0, info["tx_count"], _BLOCK_PAGE):
             path = f"/block/{block_hash}/txs/{start}"
@@ -707,11 +759,20 @@ class EsploraBlockSource:
         matches: list[Any] = []
         known: dict[str, ChainTx] = {}
         for index, tx in enumerate(blk.txs or ()):
-            spends = [] if tx.is_coinbase else [
-                (i.prev_txid, i.prev_vout) for i in tx.inputs
-                if (k := outpoint_key(i.prev_txid, i.prev_vout)) in self._utxos or k in created]
-            receipts = [(o.n, o.value, self._by_norm[_norm(o.address)]) for o in tx.outputs
-                        if o.address is not None and _norm(o.address) in self._by_norm]
+            spends = (
+                []
+                if tx.is_coinbase
+                else [
+                    (i.prev_txid, i.prev_vout)
+                    for i in tx.inputs
+                    if (k := outpoint_key(i.prev_txid, i.prev_vout)) in self._utxos or k in created
+                ]
+            )
+            receipts = [
+                (o.n, o.value, self._by_norm[_norm(o.address)])
+                for o in tx.outputs
+                if o.address is not None and _norm(o.address) in self._by_norm
+            ]
             if spends or receipts:
                 matches.append(_PageMatch(index, tx.txid, spends, receipts))
                 known[tx.txid] = tx
@@ -776,8 +837,11 @@ class EsploraBlockSource:
         if raw.txid != m.txid:
             raise MalformedError(f"block {blk.header.hash}: tx {m.index} does not hash to {m.txid}")
         by_outpoint = {(u.txid, u.vout): u for u in owned if u is not None}
-        inputs = tuple(TxInput(_norm(u.address), u.value, i.prev_txid, i.prev_vout)
-                       for i in raw.inputs for u in (by_outpoint[(i.prev_txid, i.prev_vout)],))
+        inputs = tuple(
+            TxInput(_norm(u.address), u.value, i.prev_txid, i.prev_vout)
+            for i in raw.inputs
+            for u in (by_outpoint[(i.prev_txid, i.prev_vout)],)
+        )
         outputs = tuple(TxOutput(script_to_address(o.script, self._network), o.value, n) for n, o in enumerate(raw.outputs))
         fee = sum(i.value for i in inputs) - sum(o.value for o in outputs)
         if fee < 0:
@@ -848,8 +912,7 @@ class EsploraBlockSource:
         if not todo:
             return
         hist = EsploraSource(self.name, self.http, todo, clock=self._clock, chain=self.chain, max_pages=self._max_pages)
-        batch = await hist.poll({a: cursors[f"history:{a}"] for a in todo if f"history:{a}" in cursors},
-                                progress=progress)
+        batch = await hist.poll({a: cursors[f"history:{a}"] for a in todo if f"history:{a}" in cursors}, progress=progress)
         run.tally.requests += batch.requests
         for tx in batch.txs:
             if tx.txid not in run.txs:
@@ -906,8 +969,13 @@ class EsploraBlockSource:
         # the same addresses again next time.
         self._seeded_dirty = True
         run.changed = True
-        self._log.info("block mode seeded source=%s addresses=%d utxos=%d unseeded_left=%d", self.name, len(answers),
-                       count, len(self._to_seed))
+        self._log.info(
+            "block mode seeded source=%s addresses=%d utxos=%d unseeded_left=%d",
+            self.name,
+            len(answers),
+            count,
+            len(self._to_seed),
+        )
 
     async def _seed_one(self, address: str, run: _Run) -> dict[bytes, WatchedUtxo]:
         """The confirmed UTXO set of one address now (see the module docstring for the mempool correction)."""
@@ -923,15 +991,17 @@ class EsploraBlockSource:
             for i in t.inputs:
                 if i.address is not None and _norm(i.address) == me and i.prev_txid not in unconfirmed:
                     out[outpoint_key(i.prev_txid, i.prev_vout)] = WatchedUtxo(
-                        self.chain, i.prev_txid, i.prev_vout, address, i.value, None)
+                        self.chain, i.prev_txid, i.prev_vout, address, i.value, None
+                    )
         return out
 
     async def _mempool_of(self, address: str, run: _Run) -> list[ChainTx]:
         """Unconfirmed txs of an address: `/address/:a/txs/mempool`, or its history's first pages without it."""
         q = quote(address, safe="")
         try:
-            txs = await self.http.get_json(f"/address/{q}/txs/mempool", parse=lambda d: parse_txs(d, chain=self.chain),
-                                           tally=run.tally)
+            txs = await self.http.get_json(
+                f"/address/{q}/txs/mempool", parse=lambda d: parse_txs(d, chain=self.chain), tally=run.tally
+            )
         except SourceError as exc:
             if http_status(exc) != 404:
                 raise
@@ -951,10 +1021,10 @@ class EsploraBlockSource:
         for _ in range(_MAX_MEMPOOL_PAGES):
             if len(page) < ELECTRUM_PAGE or any(t.is_confirmed for t in page):
                 break
-            page = await self.http.get_json(f"/address/{q}/txs?after_txid={page[-1].txid}", parse=parse,
-                                            tally=run.tally)
+            page = await self.http.get_json(f"/address/{q}/txs?after_txid={page[-1].txid}", parse=parse, tally=run.tally)
             found += [t for t in page if not t.is_confirmed]
         return found
+
     # --- mempool ------------------------------------------------------------------------------------
 
     def _funded_addresses(self, run: _Run) -> list[str]:
@@ -1015,8 +1085,13 @@ class EsploraBlockSource:
 
     def _note_failure(self, exc: SourceError) -> None:
         reason = f"{type(exc).__name__}: {exc}"
-        self._failures.failed(reason, "block mode poll stopped, retried next poll source=%s error=%s",
-                              "block mode still failing source=%s error=%s", self.name, reason)
+        self._failures.failed(
+            reason,
+            "block mode poll stopped, retried next poll source=%s error=%s",
+            "block mode still failing source=%s error=%s",
+            self.name,
+            reason,
+        )
 
     def _note_success(self) -> None:
         self._failures.recovered("block mode recovered source=%s", self.name)

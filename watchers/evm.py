@@ -173,8 +173,7 @@ _RANGE_TOO_LARGE = re.compile(
     r"|block range too",
     re.IGNORECASE,
 )
-_RATE_LIMITED = re.compile(r"rate limit|too many requests|request count exceeded|capacity exceeded",
-                           re.IGNORECASE)
+_RATE_LIMITED = re.compile(r"rate limit|too many requests|request count exceeded|capacity exceeded", re.IGNORECASE)
 
 
 class _RangeTooLarge(SourceError):
@@ -484,8 +483,9 @@ class EvmSource:
             batch = await self._poll(cursors.get(CURSOR_KEY), progress)
         except SourceError as exc:
             message = f"{type(exc).__name__}: {exc}"
-            self._failures.failed(message, "evm poll failed source=%s error=%s",
-                                  "evm poll failed again source=%s error=%s", self.name, message)
+            self._failures.failed(
+                message, "evm poll failed source=%s error=%s", "evm poll failed again source=%s error=%s", self.name, message
+            )
             return Batch(source=self.name, chain=self.chain, failed=(CURSOR_KEY,), requests=self._requests)
         self._failures.recovered("evm poll recovered source=%s after=%s", self.name, self.last_error)
         return batch
@@ -530,8 +530,9 @@ class EvmSource:
         reported = {t.txid for t in txs}
         gone = tuple(sorted(t for t in orphaned if t not in reported))
         if orphaned:
-            self.log.warning("evm reorg source=%s fork_height=%d orphaned_txs=%d gone=%d",
-                             self.name, fork, len(orphaned), len(gone))
+            self.log.warning(
+                "evm reorg source=%s fork_height=%d orphaned_txs=%d gone=%d", self.name, fork, len(orphaned), len(gone)
+            )
         return self._batch(tuple(txs), gone, state, head)
 
     def _batch(self, txs: tuple[ChainTx, ...], gone: tuple[str, ...], state: _State, head: int) -> Batch:
@@ -624,7 +625,7 @@ class EvmSource:
         hashes = [_as_hex(_get(tx, "hash", "tx"), "tx.hash", 32) for _, tx in candidates]
         receipts: list[Any] = []
         for low in range(0, len(hashes), 100):
-            chunk = hashes[low:low + 100]
+            chunk = hashes[low : low + 100]
             receipts.extend(await self._raw_batch("eth_getTransactionReceipt", [[h] for h in chunk]))
         out: list[ChainTx] = []
         for (block, tx), txid, receipt in zip(candidates, hashes, receipts):
@@ -636,7 +637,8 @@ class EvmSource:
             sender = _as_address(_get(tx, "from", f"tx[{txid}]"), f"tx[{txid}].from")
             to = tx.get("to")
             receiver = (
-                _as_address(to, f"tx[{txid}].to") if to is not None
+                _as_address(to, f"tx[{txid}].to")
+                if to is not None
                 else _as_address(_get(receipt, "contractAddress", where), f"{where}.contractAddress")
             )
             value = _as_int(_get(tx, "value", f"tx[{txid}]"), f"tx[{txid}].value")
@@ -650,19 +652,22 @@ class EvmSource:
             fee = gas_used * _as_int(price, f"{where}.effectiveGasPrice")
             if receipt.get("blobGasUsed") is not None and receipt.get("blobGasPrice") is not None:
                 fee += _as_int(receipt["blobGasUsed"], f"{where}.blobGasUsed") * _as_int(
-                    receipt["blobGasPrice"], f"{where}.blobGasPrice")
-            out.append(ChainTx(
-                chain=self.chain,
-                txid=txid,
-                block_height=block.height,
-                block_time=block.time,
-                inputs=(TxInput(sender, value + fee),),
-                outputs=(TxOutput(receiver, value, 0),),
-                fee=fee,
-                block_hash=block.hash,
-                asset="ETH",
-                decimals=NATIVE_DECIMALS,
-            ))
+                    receipt["blobGasPrice"], f"{where}.blobGasPrice"
+                )
+            out.append(
+                ChainTx(
+                    chain=self.chain,
+                    txid=txid,
+                    block_height=block.height,
+                    block_time=block.time,
+                    inputs=(TxInput(sender, value + fee),),
+                    outputs=(TxOutput(receiver, value, 0),),
+                    fee=fee,
+                    block_hash=block.hash,
+                    asset="ETH",
+                    decimals=NATIVE_DECIMALS,
+                )
+            )
         return out
 
     # --- ERC-20 transfers --------------------------------------------------------------------------
@@ -672,7 +677,7 @@ class EvmSource:
         first, last = blocks[0].height, blocks[-1].height
         token_addresses = [t.address for t in self.tokens]
         topics = [_pad_topic(a) for a in self.watched]
-        groups = [topics[i:i + self.max_topic_addresses] for i in range(0, len(topics), self.max_topic_addresses)]
+        groups = [topics[i : i + self.max_topic_addresses] for i in range(0, len(topics), self.max_topic_addresses)]
         seen: dict[str, ChainTx] = {}
         low = first
         while low <= last:
@@ -701,8 +706,7 @@ class EvmSource:
                     raise SourceError(f"eth_getLogs refused even the single block {lo}: {exc}") from exc
                 mid = (lo + hi) // 2
                 self.log_range = max(1, min(self.log_range, mid - lo + 1))
-                self.log.info("evm log range split source=%s range=%d-%d next_range=%d",
-                              self.name, lo, hi, self.log_range)
+                self.log.info("evm log range split source=%s range=%d-%d next_range=%d", self.name, lo, hi, self.log_range)
                 pending.extend([(mid + 1, hi), (lo, mid)])
         return found
 
@@ -719,16 +723,14 @@ class EvmSource:
             raise MalformedError(f"{where}.blockNumber: {height} is outside the range asked for")
         if _as_hex(_get(raw, "blockHash", where), f"{where}.blockHash", 32) != block.hash:
             raise TransientError(f"{where}: log is from another block than {block.hash}: chain moved")
-        token = self._tokens_by_address.get(
-            _as_address(_get(raw, "address", where), f"{where}.address").lower())
+        token = self._tokens_by_address.get(_as_address(_get(raw, "address", where), f"{where}.address").lower())
         if token is None:
             raise MalformedError(f"{where}.address: not a token that was asked for")
         topics = [_as_hex(t, f"{where}.topics", 32) for t in _get(raw, "topics", where)]
         data = _as_hex(_get(raw, "data", where), f"{where}.data")
         if len(topics) != 3 or topics[0] != TRANSFER_TOPIC or len(data) != 66:
             # ERC-721-style Transfer (tokenId indexed) or a non-standard token: not an amount.
-            self.log.warning("evm skipped non-ERC-20 Transfer log source=%s token=%s log=%s",
-                             self.name, token.symbol, where)
+            self.log.warning("evm skipped non-ERC-20 Transfer log source=%s token=%s log=%s", self.name, token.symbol, where)
             return None
         sender = _topic_address(topics[1], f"{where}.topics[1]")
         receiver = _topic_address(topics[2], f"{where}.topics[2]")
@@ -751,7 +753,7 @@ class EvmSource:
     async def _blocks(self, heights: list[int], *, full: bool) -> list[_Block]:
         raws = []
         for low in range(0, len(heights), self.blocks_per_request):
-            raws.extend(await self._raw_blocks(heights[low:low + self.blocks_per_request], full=full))
+            raws.extend(await self._raw_blocks(heights[low : low + self.blocks_per_request], full=full))
         return [self._parse_block(raw, h) for h, raw in zip(heights, raws)]
 
     async def _raw_blocks(self, heights: list[int], *, full: bool) -> list[Any]:
@@ -815,5 +817,11 @@ class EvmSource:
             return delay
 
         policy = RetryPolicy(self.retries, self.backoff_base, self.backoff_cap)
-        return await retry(once, policy, sleep=self.clock.sleep, rng=self._random, delay=before_retry,
-                           retryable=lambda exc: is_retryable(exc) and not isinstance(exc, _RangeTooLarge))
+        return await retry(
+            once,
+            policy,
+            sleep=self.clock.sleep,
+            rng=self._random,
+            delay=before_retry,
+            retryable=lambda exc: is_retryable(exc) and not isinstance(exc, _RangeTooLarge),
+        )

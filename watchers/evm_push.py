@@ -28,9 +28,19 @@ __all__ = ["EvmHeadsPush"]
 class EvmHeadsPush:
     """Wake on every new block head a node announces over its websocket."""
 
-    def __init__(self, url: str, *, session: aiohttp.ClientSession, clock: Clock, name: str = "evm-heads",
-                 heartbeat: float = 30.0, backoff_base: float = 1.0, backoff_cap: float = 60.0,
-                 rng: random.Random | None = None, log: logging.Logger | None = None):
+    def __init__(
+        self,
+        url: str,
+        *,
+        session: aiohttp.ClientSession,
+        clock: Clock,
+        name: str = "evm-heads",
+        heartbeat: float = 30.0,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 60.0,
+        rng: random.Random | None = None,
+        log: logging.Logger | None = None,
+    ):
         self.url = url
         self.name = name
         self._session = session
@@ -50,8 +60,7 @@ class EvmHeadsPush:
         while not stop.is_set():
             try:
                 async with self._session.ws_connect(self.url, heartbeat=self._heartbeat) as ws:
-                    await ws.send_str(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_subscribe",
-                                                  "params": ["newHeads"]}))
+                    await ws.send_str(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_subscribe", "params": ["newHeads"]}))
                     self.connections += 1
                     self._backoff.reset()
                     failures.recovered("push %s recovered", self.name)
@@ -64,8 +73,9 @@ class EvmHeadsPush:
                 raise
             except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
                 reason = f"{type(exc).__name__}: {exc}"
-            failures.failed(reason, "push %s disconnected (%s); reconnecting", "push %s still disconnected (%s)",
-                            self.name, reason)
+            failures.failed(
+                reason, "push %s disconnected (%s); reconnecting", "push %s still disconnected (%s)", self.name, reason
+            )
             await _sleep_or_stop(self._clock, self._backoff.next(), stop)
 
     async def _wake(self, wake: Wake, reason: str) -> None:

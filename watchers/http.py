@@ -254,8 +254,16 @@ class FailureLog:
         """The last failure reason of `key` while it fails, else None."""
         return self._reasons.get(key)
 
-    def failed(self, reason: str, first: str, again: str, *args: Any, key: Hashable = None,
-               level: int = logging.WARNING, exc_info: bool = False) -> bool:
+    def failed(
+        self,
+        reason: str,
+        first: str,
+        again: str,
+        *args: Any,
+        key: Hashable = None,
+        level: int = logging.WARNING,
+        exc_info: bool = False,
+    ) -> bool:
         """Record a failure; log `first % args` (at `level`) if `key` was not failing, else `again % args`. True if first."""
         previous = self._reasons.get(key)
         self._reasons[key] = reason
@@ -332,8 +340,7 @@ class HttpClient:
         """The base URL the next call starts with (credentials and query removed)."""
         return self._shown[self.base_urls[self._active]]
 
-    async def get_json(self, path: str, *, parse: Callable[[Any], T] | None = None,
-                       tally: RequestTally | None = None) -> Any:
+    async def get_json(self, path: str, *, parse: Callable[[Any], T] | None = None, tally: RequestTally | None = None) -> Any:
         """GET `path`, decode JSON and apply `parse` (a validator raising MalformedError) inside the retry loop.
 
         A shape error from `parse` is retried and fails over like a garbled body: another attempt or
@@ -343,8 +350,7 @@ class HttpClient:
             return await self._call(path, _decode_json, tally)
         return await self._call(path, lambda body: parse(_decode_json(body)), tally)
 
-    async def get_text(self, path: str, *, parse: Callable[[str], T] | None = None,
-                       tally: RequestTally | None = None) -> Any:
+    async def get_text(self, path: str, *, parse: Callable[[str], T] | None = None, tally: RequestTally | None = None) -> Any:
         """GET `path` as UTF-8 text, then `parse` it inside the retry loop (see get_json). :raises SourceError:"""
         if parse is None:
             return await self._call(path, _decode_text, tally)
@@ -366,7 +372,10 @@ class HttpClient:
                 self.stats.failovers += 1
                 self._log.warning(
                     "http failover source=%s from=%s to=%s path=%s reason=%s",
-                    self.name, self._shown[order[position - 1]], self._shown[base], path,
+                    self.name,
+                    self._shown[order[position - 1]],
+                    self._shown[base],
+                    path,
                     _kind(last) if last else "?",
                 )
             try:
@@ -376,8 +385,7 @@ class HttpClient:
                 continue
             except SourceError as exc:  # permanent: the server answered, and the answer is "no"
                 self._count_error(exc)
-                self._log.debug("http permanent error source=%s url=%s path=%s error=%s",
-                                self.name, self._shown[base], path, exc)
+                self._log.debug("http permanent error source=%s url=%s path=%s error=%s", self.name, self._shown[base], path, exc)
                 raise
             self._note_success(base, path)
             return value
@@ -389,8 +397,10 @@ class HttpClient:
             return decode(await self._attempt(base, path, tally))
 
         return await retry(
-            once, RetryPolicy(self.retries, self._backoff_base, self._backoff_cap),
-            sleep=self._clock.sleep, rng=self._rng,
+            once,
+            RetryPolicy(self.retries, self._backoff_base, self._backoff_cap),
+            sleep=self._clock.sleep,
+            rng=self._rng,
             on_failure=lambda exc, _attempt: self._note_failure(base, path, exc),
             delay=lambda exc, attempt: self._delay_before_retry(base, attempt, exc),
         )
@@ -398,10 +408,11 @@ class HttpClient:
     def _url_order(self) -> list[str]:
         now = self._clock.time()
         if self._active and now - self._active_since >= self._failback_after:
-            self._log.info("http failback source=%s to=%s after=%.0fs", self.name,
-                           self._shown[self.base_urls[0]], now - self._active_since)
+            self._log.info(
+                "http failback source=%s to=%s after=%.0fs", self.name, self._shown[self.base_urls[0]], now - self._active_since
+            )
             self._active = 0
-        return list(self.base_urls[self._active:] + self.base_urls[: self._active])
+        return list(self.base_urls[self._active :] + self.base_urls[: self._active])
 
     def _delay_before_retry(self, base: str, attempt: int, exc: SourceError) -> float | None:
         self.stats.retries += 1
@@ -439,8 +450,7 @@ class HttpClient:
             for _hop in range(_MAX_REDIRECTS + 1):
                 # Redirects are followed here, not by aiohttp: it would send the configured headers (API
                 # keys) to whatever host the Location names, and take that host's answer as our data.
-                async with self._session.get(url, headers=self._headers, timeout=self._timeout,
-                                             allow_redirects=False) as resp:
+                async with self._session.get(url, headers=self._headers, timeout=self._timeout, allow_redirects=False) as resp:
                     status = resp.status
                     if status in _REDIRECTS and "Location" in resp.headers:
                         url = self._redirect_target(base, url, resp.headers["Location"], where)
@@ -454,8 +464,9 @@ class HttpClient:
         except aiohttp.ClientPayloadError as exc:
             raise _error(TransientError, "payload", self._scrub(f"{where} incomplete body: {exc}")) from exc
         except (aiohttp.ClientConnectionError, OSError) as exc:
-            raise _error(TransientError, "connection",
-                         self._scrub(f"{where} connection error: {type(exc).__name__}: {exc}")) from exc
+            raise _error(
+                TransientError, "connection", self._scrub(f"{where} connection error: {type(exc).__name__}: {exc}")
+            ) from exc
         except aiohttp.ClientError as exc:
             raise _error(TransientError, "client", self._scrub(f"{where} {type(exc).__name__}: {exc}")) from exc
 
@@ -472,8 +483,10 @@ class HttpClient:
         if target.is_absolute() and target.origin() == origin:
             return target
         shown = str(target.origin()) if target.is_absolute() else "?"
-        message = (f"{where} redirects to another host ({shown}); refused: the source's headers are not sent "
-                   f"there and its answer is not taken as this source's data (fix the source's url)")
+        message = (
+            f"{where} redirects to another host ({shown}); refused: the source's headers are not sent "
+            f"there and its answer is not taken as this source's data (fix the source's url)"
+        )
         if (base, shown) not in self._refused:
             self._refused.add((base, shown))
             self._log.warning("http redirect refused source=%s url=%s to=%s", self.name, self._shown[base], shown)
@@ -485,14 +498,16 @@ class HttpClient:
         excerpt = _excerpt(await resp.content.read(_EXCERPT_BYTES))
         if status == 429:
             retry_after = parse_retry_after(resp.headers.get("Retry-After"), self._clock.time())
-            raise _error(RateLimitedError, "rate_limited",
-                         self._scrub(f"{where} status=429 retry_after={retry_after} body={excerpt!r}"),
-                         status=429, retry_after=retry_after)
+            raise _error(
+                RateLimitedError,
+                "rate_limited",
+                self._scrub(f"{where} status=429 retry_after={retry_after} body={excerpt!r}"),
+                status=429,
+                retry_after=retry_after,
+            )
         if status >= 500:
-            raise _error(TransientError, "http_5xx", self._scrub(f"{where} status={status} body={excerpt!r}"),
-                         status=status)
-        raise _error(SourceError, "http_4xx", self._scrub(f"{where} status={status} body={excerpt!r}"),
-                     status=status)
+            raise _error(TransientError, "http_5xx", self._scrub(f"{where} status={status} body={excerpt!r}"), status=status)
+        raise _error(SourceError, "http_4xx", self._scrub(f"{where} status={status} body={excerpt!r}"), status=status)
 
     async def _read(self, resp: aiohttp.ClientResponse, where: str) -> bytes:
         chunks: list[bytes] = []
@@ -520,9 +535,16 @@ class HttpClient:
     def _note_failure(self, base: str, path: str, exc: SourceError) -> None:
         self._count_error(exc)
         self._failed_attempts += 1
-        self._failures.failed(_kind(exc), "http failing source=%s url=%s%s kind=%s error=%s",
-                              "http still failing source=%s url=%s%s kind=%s error=%s",
-                              self.name, self._shown[base], path, _kind(exc), self.stats.last_error)
+        self._failures.failed(
+            _kind(exc),
+            "http failing source=%s url=%s%s kind=%s error=%s",
+            "http still failing source=%s url=%s%s kind=%s error=%s",
+            self.name,
+            self._shown[base],
+            path,
+            _kind(exc),
+            self.stats.last_error,
+        )
 
     def _note_success(self, base: str, path: str) -> None:
         now = self._clock.time()
@@ -531,6 +553,7 @@ class HttpClient:
         if index != self._active:
             self._active = index
             self._active_since = now
-        self._failures.recovered("http recovered source=%s url=%s%s failed_attempts=%d",
-                                 self.name, self._shown[base], path, self._failed_attempts)
+        self._failures.recovered(
+            "http recovered source=%s url=%s%s failed_attempts=%d", self.name, self._shown[base], path, self._failed_attempts
+        )
         self._failed_attempts = 0

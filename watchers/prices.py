@@ -155,8 +155,15 @@ class PriceSource(Protocol):
     async def spot(self, pair: str) -> tuple[float, int]: ...
 
 
-def make_http(name: str, session: aiohttp.ClientSession, *, clock: Clock, base_urls: Sequence[str] | None = None,
-              headers: dict[str, str] | None = None, **kwargs: Any) -> HttpClient:
+def make_http(
+    name: str,
+    session: aiohttp.ClientSession,
+    *,
+    clock: Clock,
+    base_urls: Sequence[str] | None = None,
+    headers: dict[str, str] | None = None,
+    **kwargs: Any,
+) -> HttpClient:
     """An HttpClient for `coinbase`, `kraken` or `coingecko` with its public rate limit and default URL.
 
     `headers` may carry e.g. CoinGecko's `x-cg-demo-api-key`; other keyword arguments go to HttpClient.
@@ -475,8 +482,15 @@ class CsvPriceSource:
     the last row when no clock is given.
     """
 
-    def __init__(self, path: str | Path, *, pair: str = "BTC-USD", name: str = "csv",
-                 granularity: int | None = None, clock: Clock | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        pair: str = "BTC-USD",
+        name: str = "csv",
+        granularity: int | None = None,
+        clock: Clock | None = None,
+    ):
         self.path = Path(path)
         self.pair = pair
         self.name = name
@@ -506,7 +520,9 @@ class CsvPriceSource:
         elif header == ["time", "open", "high", "low", "close"]:
             daily = False
         else:
-            raise MalformedError(f"{self.path}:{lines[0][0]}: header must be 'date,close' or 'time,open,high,low,close', got {header}")
+            raise MalformedError(
+                f"{self.path}:{lines[0][0]}: header must be 'date,close' or 'time,open,high,low,close', got {header}"
+            )
         rows: list[tuple[int, int, float, float, float, float]] = []
         for n, line in lines[1:]:
             cells = [c.strip() for c in next(csv.reader([line]))]
@@ -596,9 +612,16 @@ class FailoverPrices:
         return tuple(s.name for s in self.sources)
 
     def _failed(self, source: PriceSource, what: str, exc: SourceError) -> None:
-        self._failures.failed(str(exc), "price source failing source=%s call=%s kind=%s error=%s",
-                              "price source still failing source=%s call=%s kind=%s error=%s",
-                              source.name, what, type(exc).__name__, exc, key=source.name)
+        self._failures.failed(
+            str(exc),
+            "price source failing source=%s call=%s kind=%s error=%s",
+            "price source still failing source=%s call=%s kind=%s error=%s",
+            source.name,
+            what,
+            type(exc).__name__,
+            exc,
+            key=source.name,
+        )
 
     def _answered(self, source: PriceSource, what: str) -> None:
         self._failures.recovered("price source recovered source=%s call=%s", source.name, what, key=source.name)

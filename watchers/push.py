@@ -152,8 +152,9 @@ class MempoolPush:
     def set_addresses(self, addresses: Iterable[str]) -> None:
         """Track another address list (e.g. a grown cluster); a live connection sends it at once."""
         if self._split(addresses):
-            self._log.info("push %s now tracks %d addresses (%d more rely on polling)",
-                           self.name, len(self.tracked), len(self.untracked))
+            self._log.info(
+                "push %s now tracks %d addresses (%d more rely on polling)", self.name, len(self.tracked), len(self.untracked)
+            )
             self._changed.set()
 
     async def run(self, wake: Wake, stop: asyncio.Event) -> None:
@@ -161,7 +162,11 @@ class MempoolPush:
         if self.untracked:
             self._log.warning(
                 "push %s tracks %d of %d addresses (cap %d); the other %d rely on polling",
-                self.name, len(self.tracked), len(self.tracked) + len(self.untracked), self.cap, len(self.untracked),
+                self.name,
+                len(self.tracked),
+                len(self.tracked) + len(self.untracked),
+                self.cap,
+                len(self.untracked),
             )
         if not self.tracked:
             self._log.info("push %s has no address to track; not connecting", self.name)
@@ -185,8 +190,14 @@ class MempoolPush:
                 raise
             except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
                 reason = f"{type(exc).__name__}: {exc}"
-            failures.failed(reason, "push %s disconnected url=%s reason=%s; reconnecting",
-                            "push %s still disconnected url=%s reason=%s", self.name, self.url, reason)
+            failures.failed(
+                reason,
+                "push %s disconnected url=%s reason=%s; reconnecting",
+                "push %s still disconnected url=%s reason=%s",
+                self.name,
+                self.url,
+                reason,
+            )
             await _sleep_or_stop(self._clock, self._backoff.next(), stop)
 
     async def _wake(self, wake: Wake, reason: str) -> None:
@@ -249,8 +260,11 @@ class MempoolPush:
                     txs = events.get(kind)
                     if isinstance(txs, list) and txs:
                         found.append(f"{len(txs)} {kind} tx for {address} ({_txid_of(txs[0])})")
-        for key, kind in (("address-transactions", "mempool"), ("block-transactions", "confirmed"),
-                          ("address-removed-transactions", "removed")):
+        for key, kind in (
+            ("address-transactions", "mempool"),
+            ("block-transactions", "confirmed"),
+            ("address-removed-transactions", "removed"),
+        ):
             txs = data.get(key)
             if isinstance(txs, list) and txs:
                 found.append(f"{len(txs)} {kind} tx ({_txid_of(txs[0])})")
@@ -266,12 +280,18 @@ class MempoolPush:
             self.tracked = self.tracked[:limit]
             self.untracked = dropped + self.untracked
             self.cap = limit
-            self._log.warning("push %s refused the address list (%s): tracking the first %d, the other %d rely on polling",
-                              self.name, message, limit, len(self.untracked))
+            self._log.warning(
+                "push %s refused the address list (%s): tracking the first %d, the other %d rely on polling",
+                self.name,
+                message,
+                limit,
+                len(self.untracked),
+            )
             await ws.send_str(json.dumps({"track-addresses": list(self.tracked)}))
         else:
-            self._log.warning("push %s refused the address list (%s); push is idle, polling covers all addresses",
-                              self.name, message)
+            self._log.warning(
+                "push %s refused the address list (%s); push is idle, polling covers all addresses", self.name, message
+            )
 
 
 def _txid_of(tx: Any) -> str:
@@ -384,8 +404,9 @@ class ZmqPush:
             except InvalidAddress as exc:
                 bad.append(f"{a} ({exc})")
         if bad:
-            self._log.warning("push %s ignores %d address(es) not valid on %s: %s",
-                              self.name, len(bad), self.network, "; ".join(bad[:5]))
+            self._log.warning(
+                "push %s ignores %d address(es) not valid on %s: %s", self.name, len(bad), self.network, "; ".join(bad[:5])
+            )
         self._scripts = scripts
 
     def _match(self, tx: RawTx) -> str | None:
@@ -430,8 +451,9 @@ class ZmqPush:
         self._seq[key] = seq
         if last is not None and seq != (last + 1) & 0xFFFFFFFF:
             missed = (seq - last - 1) & 0xFFFFFFFF
-            self._log.warning("push %s missed %d %s message(s) from %s (sequence %d after %d)",
-                              self.name, missed, topic, url, seq, last)
+            self._log.warning(
+                "push %s missed %d %s message(s) from %s (sequence %d after %d)", self.name, missed, topic, url, seq, last
+            )
             return f"{self.name} missed {missed} {topic} message(s)"
         return None
 

@@ -446,8 +446,7 @@ def parse_outspends(obj: Any) -> list[Outspend]:
         if not assert_bool(require(d, "spent", p), f"{p}.spent"):
             out.append(Outspend(False))
             continue
-        status = parse_tx_status(d["status"], f"{p}.status", need_block=False) if d.get("status") is not None \
-            else TxStatus(False)
+        status = parse_tx_status(d["status"], f"{p}.status", need_block=False) if d.get("status") is not None else TxStatus(False)
         # mempool.space on Core without txospenderindex answers `{"spent": true}` alone: spent, spender unknown.
         txid = d.get("txid")
         out.append(

@@ -103,8 +103,7 @@ class AppriseChannel:
 
     type = "apprise"
 
-    def __init__(self, name: str, url: str, *, format: str = "markdown", timeout: float = 10.0,
-                 clock: Clock | None = None):
+    def __init__(self, name: str, url: str, *, format: str = "markdown", timeout: float = 10.0, clock: Clock | None = None):
         if format not in APPRISE_FORMATS:
             raise ValueError(f"format must be one of {', '.join(APPRISE_FORMATS)}")
         self.name = name
@@ -146,14 +145,16 @@ class AppriseChannel:
         lib = _lib()  # imported by the build above
         m = _SEVERITY.match(title)
         severity = m.group(1).lower() if m else ""
-        notify_type = {"critical": lib.NotifyType.FAILURE, "warning": lib.NotifyType.WARNING}.get(
-            severity, lib.NotifyType.INFO)
+        notify_type = {"critical": lib.NotifyType.FAILURE, "warning": lib.NotifyType.WARNING}.get(severity, lib.NotifyType.INFO)
         formats = {"markdown": lib.NotifyFormat.MARKDOWN, "text": lib.NotifyFormat.TEXT, "html": lib.NotifyFormat.HTML}
         box: list[tuple[int, str | None]] = []
         token = _responses.set(box)
         try:
             result = await self._apprise.async_notify(
-                body=body, title=title, notify_type=notify_type, body_format=formats[self._format],
+                body=body,
+                title=title,
+                notify_type=notify_type,
+                body_format=formats[self._format],
                 timeout=self._timeout,
             )
         finally:
@@ -168,8 +169,7 @@ class AppriseChannel:
         if not failed:
             # No HTTP answer at all (refused, timeout, DNS) or a failure apprise found before sending.
             detail = scrub(_last_log(result), self._secrets)[:200]
-            return DeliveryError(f"{self.name}: apprise could not deliver" + (f": {detail}" if detail else ""),
-                                 retryable=True)
+            return DeliveryError(f"{self.name}: apprise could not deliver" + (f": {detail}" if detail else ""), retryable=True)
         status, retry_after = failed[-1]
         message = f"{self.name}: HTTP {status} through apprise"
         if status == 429 or status >= 500:

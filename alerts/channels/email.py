@@ -134,8 +134,7 @@ class EmailChannel:
                 filename = _header_text(att.get("filename")) or f"attachment-{i + 1}"
             except (KeyError, TypeError, binascii.Error) as exc:
                 raise DeliveryError(f"{self.name}: attachment {i} is not valid base64 data", retryable=False) from exc
-            msg.add_attachment(data, maintype=maintype or "application", subtype=subtype or "octet-stream",
-                               filename=filename)
+            msg.add_attachment(data, maintype=maintype or "application", subtype=subtype or "octet-stream", filename=filename)
         return msg
 
     def _message_id(self, message_id: object) -> str:
@@ -216,8 +215,7 @@ class EmailChannel:
         except (OSError, TimeoutError) as exc:
             # Connection refused, resets, timeouts: try again later.
             err = DeliveryError(
-                f"{self.name}: SMTP delivery to {where} failed: {type(exc).__name__}: "
-                f"{scrub(_header_text(exc), secrets)[:200]}",
+                f"{self.name}: SMTP delivery to {where} failed: {type(exc).__name__}: {scrub(_header_text(exc), secrets)[:200]}",
                 retryable=True,
             )
             raise err from safe_cause(exc, secrets)

@@ -70,9 +70,7 @@ def _mentions(exc: BaseException, secrets: Iterable[str | bytes]) -> bool:
         texts.append(f"{e!s} {e!r}")
         e = e.__cause__ or e.__context__
     blob = " ".join(texts)
-    return any(
-        (s.decode(errors="replace") if isinstance(s, bytes) else s) in blob for s in secrets if s
-    )
+    return any((s.decode(errors="replace") if isinstance(s, bytes) else s) in blob for s in secrets if s)
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:

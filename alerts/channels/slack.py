@@ -95,9 +95,15 @@ class SlackChannel:
         if self._token is None:
             assert self._url is not None
             body = json.dumps(message, ensure_ascii=False).encode()
-            await post(self._session, channel=self.name, url=self._url, body=body,
-                       headers={"Content-Type": "application/json; charset=utf-8"}, timeout=self._timeout,
-                       clock=self._clock)
+            await post(
+                self._session,
+                channel=self.name,
+                url=self._url,
+                body=body,
+                headers={"Content-Type": "application/json; charset=utf-8"},
+                timeout=self._timeout,
+                clock=self._clock,
+            )
             return
         await self._post_message(payload, message)
 
@@ -110,10 +116,14 @@ class SlackChannel:
         if root_ts:
             body["thread_ts"] = root_ts
         raw = await post(
-            self._session, channel=self.name, url=self._api_url,
+            self._session,
+            channel=self.name,
+            url=self._api_url,
             body=json.dumps(body, ensure_ascii=False).encode(),
             headers={"Content-Type": "application/json; charset=utf-8", "Authorization": f"Bearer {self._token}"},
-            timeout=self._timeout, secrets=(self._token or "",), clock=self._clock,
+            timeout=self._timeout,
+            secrets=(self._token or "",),
+            clock=self._clock,
         )
         try:
             answer = json.loads(raw)

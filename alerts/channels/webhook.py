@@ -108,7 +108,7 @@ def signing_keys(secret: str | bytes) -> tuple[bytes, ...]:
     for i, part in enumerate(secret.split()):
         if part.startswith("whsec_"):
             try:
-                key = base64.b64decode(part[len("whsec_"):] + "==", validate=False)
+                key = base64.b64decode(part[len("whsec_") :] + "==", validate=False)
             except (binascii.Error, ValueError):
                 raise ValueError(f"secret: part {i + 1} starts with whsec_ but is not base64") from None
             if not key:
@@ -149,9 +149,7 @@ def verify_standard(
     except ValueError:
         return False
     offered = [s.encode() for s in str(sig).split(" ") if s.startswith("v1,")]
-    return any(
-        hmac.compare_digest(standard_signature((k,), msg_id, when, body).encode(), o) for k in keys for o in offered
-    )
+    return any(hmac.compare_digest(standard_signature((k,), msg_id, when, body).encode(), o) for k in keys for o in offered)
 
 
 class WebhookChannel:

@@ -99,8 +99,12 @@ def _with_user_channels(demo: Config, user: Config | None) -> Config:
     """The demo config plus the user's alert channels and rules (Slack/email), when they defined any."""
     if user is None or not user.alerts.channels:
         return demo
-    channels = demo.alerts.channels + tuple(c for c in user.alerts.channels if c.name not in {d.name for d in demo.alerts.channels})
-    return dataclasses.replace(demo, alerts=dataclasses.replace(demo.alerts, channels=channels, rules=demo.alerts.rules + user.alerts.rules))
+    channels = demo.alerts.channels + tuple(
+        c for c in user.alerts.channels if c.name not in {d.name for d in demo.alerts.channels}
+    )
+    return dataclasses.replace(
+        demo, alerts=dataclasses.replace(demo.alerts, channels=channels, rules=demo.alerts.rules + user.alerts.rules)
+    )
 
 
 def _user_config(path: str | None) -> Config | None:
@@ -144,11 +148,14 @@ async def run_demo(
     run = scenario.start()
     clock = AcceleratedClock(scenario.start_time, speed)
     async with EsploraServer(run.chain) as server:
-        cfg, skipped = await asyncio.to_thread(_demo_config, scenario, server.url, db_path, workdir, user_config,
-                                               to_user_channels)
+        cfg, skipped = await asyncio.to_thread(
+            _demo_config, scenario, server.url, db_path, workdir, user_config, to_user_channels
+        )
         if skipped:
-            echo(f"\nYour config's channels ({', '.join(skipped)}) are not used: pass --to-my-channels to send "
-                 "them the demo's SIMULATED alerts.")
+            echo(
+                f"\nYour config's channels ({', '.join(skipped)}) are not used: pass --to-my-channels to send "
+                "them the demo's SIMULATED alerts."
+            )
         daemon = Daemon(cfg, clock=clock, port=port if serve else 0, send_clock=SystemClock(), alert_label=ALERT_LABEL)
         task = asyncio.create_task(daemon.run(install_signals=False))
         while daemon.bound_port is None:
@@ -156,8 +163,10 @@ async def run_demo(
                 await task  # raises what stopped the daemon
             await asyncio.sleep(0.01)
         url = f"http://127.0.0.1:{daemon.bound_port}/"
-        echo(f"\nThe daemon is running (dashboard at {url}, API at {url}api/flows); "
-             f"simulated time runs {speed:,.0f}x faster than real time. Alerts:\n")
+        echo(
+            f"\nThe daemon is running (dashboard at {url}, API at {url}api/flows); "
+            f"simulated time runs {speed:,.0f}x faster than real time. Alerts:\n"
+        )
         source = cfg.sources[0].name
         for step in scenario.steps:
             await asyncio.sleep(clock.wall_until(step.at))
@@ -197,15 +206,20 @@ async def _conclude(db_path: Path, scenario: Scenario, out: Path | None, echo, w
     for c in checks:
         verdicts = ", ".join(f"{v} {n}" for v, n in sorted(c.verdicts.items()))
         mark = "ok" if c.is_ok else "MISMATCH"
-        echo(f"{c.name:<12} {c.sold_btc:>15} {c.expected_btc:>15} {c.custody_btc:>13} {c.usd:>15,.0f}  "
-             f"{c.severity or '-':<9} {verdicts}{'; retracted ' + str(c.retracted) if c.retracted else ''}  [{mark}]")
+        echo(
+            f"{c.name:<12} {c.sold_btc:>15} {c.expected_btc:>15} {c.custody_btc:>13} {c.usd:>15,.0f}  "
+            f"{c.severity or '-':<9} {verdicts}{'; retracted ' + str(c.retracted) if c.retracted else ''}  [{mark}]"
+        )
     for c in checks:
         for m in c.mismatched:
             echo(f"  MISMATCH {c.name}: {m}")
     scripted = any(f.verdict is not None for e in scenario.expected.values() for f in e.flows)
-    echo("[ok] means: the sold total and every sale's verdict are what the scenario's hand-written script expects"
-         if scripted else "[ok] means: the sold total is what the scenario scripted (verdicts are hand-written only "
-         "for the default seed and reduced scales)")
+    echo(
+        "[ok] means: the sold total and every sale's verdict are what the scenario's hand-written script expects"
+        if scripted
+        else "[ok] means: the sold total is what the scenario scripted (verdicts are hand-written only "
+        "for the default seed and reduced scales)"
+    )
     echo(f"\nalerts: {', '.join(f'{k} {v}' for k, v in sorted(alerts.items()))}")
     report = None
     if out is not None:
@@ -217,8 +231,9 @@ async def _conclude(db_path: Path, scenario: Scenario, out: Path | None, echo, w
     return DemoResult(tuple(checks), alerts, report, db_path, seconds)
 
 
-def _demo_config(scenario: Scenario, url: str, db_path: Path, workdir: Path, user_config: str | None,
-                 to_user_channels: bool = False) -> tuple[Config, tuple[str, ...]]:
+def _demo_config(
+    scenario: Scenario, url: str, db_path: Path, workdir: Path, user_config: str | None, to_user_channels: bool = False
+) -> tuple[Config, tuple[str, ...]]:
     """The demo's config against the local server, plus the user's channels when asked (reads files:
     worker thread); also the names of the user's channels left out."""
     text = scenario.config_toml(url, db_path, poll_interval=POLL_INTERVAL)
@@ -234,8 +249,13 @@ def _write_report(db_path: Path, scenario: Scenario, out: Path) -> int:
     """Write the HTML report of the demo database to `out`; returns its length (worker thread)."""
     store = Store(db_path)
     try:
-        html = build_report(store, sources=scenario.sources, simulated=True, now=int(scenario.end_time),
-                            title="treasury-monitor demo: the simulated 2026 sell-off")
+        html = build_report(
+            store,
+            sources=scenario.sources,
+            simulated=True,
+            now=int(scenario.end_time),
+            title="treasury-monitor demo: the simulated 2026 sell-off",
+        )
     finally:
         store.close()
     out.write_text(html, encoding="utf-8")
@@ -267,17 +287,20 @@ def _check(db_path: Path, scenario: Scenario) -> tuple[list[EntityCheck], dict[s
         sold = s.sold_units if s else 0
         # Each scripted verdict (EXPECTED_SALES, written by hand) against the newest stored classification.
         mismatched = [f for f in exp.flows if f.verdict is not None and verdicts.get((f.txid, name)) != f.verdict]
-        checks.append(EntityCheck(
-            name=name,
-            sold_btc=format_btc(sold),
-            expected_btc=format_btc(exp.sold_sat),
-            custody_btc=format_btc(s.custody_units if s else 0),
-            usd=s.sold_usd if s else 0.0,
-            verdicts=dict(s.verdicts) if s else {},
-            severity=s.max_severity if s else None,
-            retracted=s.retracted if s else 0,
-            is_ok=sold == exp.sold_sat and not mismatched,
-            mismatched=tuple(f"{f.description}: expected {f.verdict}, got {verdicts.get((f.txid, name))}" for f in mismatched),
-        ))
+        checks.append(
+            EntityCheck(
+                name=name,
+                sold_btc=format_btc(sold),
+                expected_btc=format_btc(exp.sold_sat),
+                custody_btc=format_btc(s.custody_units if s else 0),
+                usd=s.sold_usd if s else 0.0,
+                verdicts=dict(s.verdicts) if s else {},
+                severity=s.max_severity if s else None,
+                retracted=s.retracted if s else 0,
+                is_ok=sold == exp.sold_sat and not mismatched,
+                mismatched=tuple(
+                    f"{f.description}: expected {f.verdict}, got {verdicts.get((f.txid, name))}" for f in mismatched
+                ),
+            )
+        )
     return checks, alerts
-

@@ -56,7 +56,6 @@ class _Ctx:
         return self.registry.get(name)
 
 
-
 def _pct(share: float | None) -> str:
     return "-" if share is None else f"{share:.0%}"
 
@@ -77,28 +76,36 @@ def entities(ctx: click.Context, as_json: bool) -> None:
         recs = {r.entity: r for r in reconcile_store(c.store, c.registry, [r["name"] for r in rows if r["name"] in c.registry])}
     for r in rows:
         rec = recs.get(r["name"])
-        r["reconciliation"] = None if rec is None else {
-            "seen_units": rec.seen_sat,
-            "reported_btc": rec.reported.value if rec.reported else None,
-            "reported_source": rec.reported.source if rec.reported else None,
-            "reported_as_of": rec.reported.as_of if rec.reported else None,
-            "share_seen": rec.share,
-            "gap_units": rec.gap_sat,
-            "text": rec.sentence(),
-        }
+        r["reconciliation"] = (
+            None
+            if rec is None
+            else {
+                "seen_units": rec.seen_sat,
+                "reported_btc": rec.reported.value if rec.reported else None,
+                "reported_source": rec.reported.source if rec.reported else None,
+                "reported_as_of": rec.reported.as_of if rec.reported else None,
+                "share_seen": rec.share,
+                "gap_units": rec.gap_sat,
+                "text": rec.sentence(),
+            }
+        )
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    click.echo(f"{'entity':<38} {'kind':<10} {'addrs':>5} {'cand':>4} {'balance BTC':>18} {'reported BTC':>13} {'seen':>5}"
-               "  flows out/in/internal")
+    click.echo(
+        f"{'entity':<38} {'kind':<10} {'addrs':>5} {'cand':>4} {'balance BTC':>18} {'reported BTC':>13} {'seen':>5}"
+        "  flows out/in/internal"
+    )
     for r in rows:
         f = r["flows"]
         bal = format_btc(r["balance_units"]) if r["addresses_with_balance"] else "-"
         rec = r["reconciliation"]
         rep = f"{rec['reported_btc']:,.0f}" if rec and rec["reported_btc"] is not None else "-"
         seen = _pct(rec["share_seen"]) if rec and r["addresses_with_balance"] else "-"
-        click.echo(f"{r['name'][:38]:<38} {r['kind']:<10} {r['addresses']:>5} {r['candidates']:>4} {bal:>18} {rep:>13} "
-                   f"{seen:>5}  {f.get('out', 0)}/{f.get('in', 0)}/{f.get('internal', 0)}")
+        click.echo(
+            f"{r['name'][:38]:<38} {r['kind']:<10} {r['addresses']:>5} {r['candidates']:>4} {bal:>18} {rep:>13} "
+            f"{seen:>5}  {f.get('out', 0)}/{f.get('in', 0)}/{f.get('internal', 0)}"
+        )
     gaps = [recs[r["name"]] for r in rows if r["name"] in recs and r["addresses_with_balance"] and recs[r["name"]].reported]
     for rec in gaps:
         click.echo(f"  {rec.entity}: {rec.sentence()}")
@@ -109,8 +116,12 @@ def entities(ctx: click.Context, as_json: bool) -> None:
 
 @entities.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--entity", "entity_name", default=None,
-              help="Give every address to this entity (else each row's entity column must name one).")
+@click.option(
+    "--entity",
+    "entity_name",
+    default=None,
+    help="Give every address to this entity (else each row's entity column must name one).",
+)
 @click.option("--source", default=None, help="Source of rows that name none (default: the file name).")
 @click.option("--skip-conflicts", is_flag=True, help="Import the other rows when some conflict with another owner.")
 @click.option("--dry-run", is_flag=True, help="Check and report; write nothing.")
@@ -129,8 +140,16 @@ def import_(state: State, file: str, entity_name: str | None, source: str | None
             rows = parse_label_file(file)
         except LabelImportError as exc:
             raise click.ClickException(f"{file}: nothing imported:\n  " + "\n  ".join(exc.problems)) from exc
-        plan = plan_import(rows, registry=c.registry, store=c.store, network=c.cfg.network, entity=entity_name,
-                           source=source, file=file, skip_conflicts=skip_conflicts)
+        plan = plan_import(
+            rows,
+            registry=c.registry,
+            store=c.store,
+            network=c.cfg.network,
+            entity=entity_name,
+            source=source,
+            file=file,
+            skip_conflicts=skip_conflicts,
+        )
         for line in plan.duplicates:
             click.echo(f"duplicate: {line}", err=True)
         for line in plan.rejected:
@@ -147,8 +166,10 @@ def import_(state: State, file: str, entity_name: str | None, source: str | None
     for ent, _, _ in plan.to_add:
         by[ent] = by.get(ent, 0) + 1
     per = ", ".join(f"{k}: {v}" for k, v in sorted(by.items())) or "none"
-    click.echo(f"{file}: imported {n} address(es) ({per}); {len(plan.duplicates)} duplicate(s), "
-               f"{len(plan.conflicts)} conflict(s) skipped, {len(plan.rejected)} rejected earlier")
+    click.echo(
+        f"{file}: imported {n} address(es) ({per}); {len(plan.duplicates)} duplicate(s), "
+        f"{len(plan.conflicts)} conflict(s) skipped, {len(plan.rejected)} rejected earlier"
+    )
 
 
 @entities.command("add")
@@ -163,8 +184,9 @@ def add(state: State, address: str, entity_name: str, source: str, label: str) -
 
     with _Ctx(state) as c:
         c.entity(entity_name)
-        msg = addressbook.add(c.store, c.registry, entity=entity_name, address=c.canonical(address), source=source,
-                              label=label, now=_now())
+        msg = addressbook.add(
+            c.store, c.registry, entity=entity_name, address=c.canonical(address), source=source, label=label, now=_now()
+        )
     click.echo(msg)
 
 
@@ -211,7 +233,7 @@ def candidates(state: State, entity_name: str | None, as_json: bool) -> None:
 
 def _summary(r: dict) -> str:
     if r["payouts"]:
-        return (f"{r['payouts']} payouts, {format_btc(r['payout_units'])} BTC, blocks {r['first_height']}-{r['last_height']}")
+        return f"{r['payouts']} payouts, {format_btc(r['payout_units'])} BTC, blocks {r['first_height']}-{r['last_height']}"
     return f"{r['evidence_count']} evidence row(s)"
 
 
@@ -219,7 +241,12 @@ def _evidence_line(e: dict) -> str:
     where = f"block {e['block_height']}" if e["block_height"] is not None else ""
     value = f" {format_btc(e['value_units'])} BTC" if e["value_units"] is not None else ""
     d = e["detail"]
-    extra = d.get("pool") or d.get("reason") or (f"{d.get('file')} row {d.get('row')}" if d.get("file") else "") or d.get("source", "")
+    extra = (
+        d.get("pool")
+        or d.get("reason")
+        or (f"{d.get('file')} row {d.get('row')}" if d.get("file") else "")
+        or d.get("source", "")
+    )
     txid = f" tx {e['txid']}" if e["txid"] else ""
     return f"{e['kind']}: {where}{txid}{value} {extra}".strip()
 
@@ -271,13 +298,21 @@ def show_data(store, registry, name: str) -> dict:
     for r in store.address_rows(entity=name):
         bal = balances.get(r["address"])
         ev = evidence_rows(store, chain=r["chain"], address=r["address"])
-        addrs.append({**{k: r[k] for k in ("chain", "address", "status", "learned_by", "source", "label", "as_of", "evidence")},
-                      "balance_units": bal[0] if bal else None, "evidence_rows": len(ev)})
+        addrs.append(
+            {
+                **{k: r[k] for k in ("chain", "address", "status", "learned_by", "source", "label", "as_of", "evidence")},
+                "balance_units": bal[0] if bal else None,
+                "evidence_rows": len(ev),
+            }
+        )
     rec = reconcile_store(store, registry, [name])[0] if registry.is_tracked(e) else None
     prod = production_check(store, registry, name)
     p = e.profile
-    facts = {k: getattr(p, k).__dict__ for k in ("holdings_btc", "monthly_production_btc", "cash_cost_usd", "efficiency_j_th")
-             if getattr(p, k) is not None}
+    facts = {
+        k: getattr(p, k).__dict__
+        for k in ("holdings_btc", "monthly_production_btc", "cash_cost_usd", "efficiency_j_th")
+        if getattr(p, k) is not None
+    }
     return {
         "name": e.name,
         "kind": e.kind,
@@ -286,14 +321,35 @@ def show_data(store, registry, name: str) -> dict:
         "profile": {**facts, "strategy_tags": list(p.strategy_tags), "strategy_source": p.strategy_source},
         "addresses": addrs,
         "candidates": len(candidate_rows(store, entity=name)),
-        "reconciliation": None if rec is None else {"seen_units": rec.seen_sat, "share_seen": rec.share,
-                                                    "gap_units": rec.gap_sat, "text": rec.sentence()},
-        "production": None if prod is None else {"blocks": prod.blocks, "block_reward_units": prod.block_reward_sat,
-                                                 "payouts": prod.payouts, "payout_units": prod.payout_sat,
-                                                 "wallets": prod.wallets, "since": iso(prod.since), "until": iso(prod.until),
-                                                 "ratio": prod.ratio, "text": prod.sentence(), "source": prod.source},
-        "traces": [{"txid": t.txid, "n": t.n, "status": t.status, "hops": t.hops, "path": list(t.path),
-                    "result": t.result, "attribution": t.attribution} for t in trace_rows(store, entity=name)],
+        "reconciliation": None
+        if rec is None
+        else {"seen_units": rec.seen_sat, "share_seen": rec.share, "gap_units": rec.gap_sat, "text": rec.sentence()},
+        "production": None
+        if prod is None
+        else {
+            "blocks": prod.blocks,
+            "block_reward_units": prod.block_reward_sat,
+            "payouts": prod.payouts,
+            "payout_units": prod.payout_sat,
+            "wallets": prod.wallets,
+            "since": iso(prod.since),
+            "until": iso(prod.until),
+            "ratio": prod.ratio,
+            "text": prod.sentence(),
+            "source": prod.source,
+        },
+        "traces": [
+            {
+                "txid": t.txid,
+                "n": t.n,
+                "status": t.status,
+                "hops": t.hops,
+                "path": list(t.path),
+                "result": t.result,
+                "attribution": t.attribution,
+            }
+            for t in trace_rows(store, entity=name)
+        ],
         "flags": [{"txid": f["txid"], "kind": f["kind"], "detail": f["detail"]} for f in flag_rows(store, entity=name)],
     }
 
@@ -359,10 +415,16 @@ def show(state: State, name: str, as_json: bool) -> None:
 
 @entities.command("discover")
 @click.option("--cospend/--no-cospend", default=None, help="Co-spend learning over stored txs [default: [discovery] cospend].")
-@click.option("--pools/--no-pools", "pools", default=None, help="Follow pool payouts to miners' wallets [default: [discovery] pools].")
+@click.option(
+    "--pools/--no-pools", "pools", default=None, help="Follow pool payouts to miners' wallets [default: [discovery] pools]."
+)
 @click.option("--trace/--no-trace", default=None, help="Hop-trace unknown destinations [default: [discovery] trace].")
-@click.option("--auto-accept", type=int, default=None,
-              help="Accept pool-payout recipients at once from this many payouts [default: [discovery] pool_auto_accept_payouts].")
+@click.option(
+    "--auto-accept",
+    type=int,
+    default=None,
+    help="Accept pool-payout recipients at once from this many payouts [default: [discovery] pool_auto_accept_payouts].",
+)
 @click.pass_obj
 def discover(state: State, cospend: bool | None, pools: bool | None, trace: bool | None, auto_accept: int | None) -> None:
     """One pass of discovery: the daemon's discovery job, with the `[discovery]` config, in every source mode."""
@@ -380,25 +442,40 @@ def discover(state: State, cospend: bool | None, pools: bool | None, trace: bool
             source = discovery_source(rt.sources, rt.clock)
             if source is None and (pools or trace):
                 raise click.ClickException(NO_DISCOVERY_SOURCE)
-            return await discover_once(store=rt.store, registry=rt.registry, pipeline=rt.pipeline, source=source,
-                                       now=int(rt.clock.time()), config=d, cospend=cospend, pools=pools, trace=trace,
-                                       auto_accept_payouts=auto_accept)
+            return await discover_once(
+                store=rt.store,
+                registry=rt.registry,
+                pipeline=rt.pipeline,
+                source=source,
+                now=int(rt.clock.time()),
+                config=d,
+                cospend=cospend,
+                pools=pools,
+                trace=trace,
+                auto_accept_payouts=auto_accept,
+            )
 
     r = run_async(go())
     if r.cospend is not None:
         res = r.cospend.result
-        click.echo(f"co-spend: {len(r.cospend.added)} address(es) learned, {len(res.flags)} tx(s) flagged "
-                   f"({', '.join(sorted({f.kind for f in res.flags})) or 'none'}), {len(r.cospend.proposed)} change candidate(s)")
+        click.echo(
+            f"co-spend: {len(r.cospend.added)} address(es) learned, {len(res.flags)} tx(s) flagged "
+            f"({', '.join(sorted({f.kind for f in res.flags})) or 'none'}), {len(r.cospend.proposed)} change candidate(s)"
+        )
         for item in r.cospend.added:
             click.echo(f"  + {item.address.address} → {item.entity}: {item.reason}")
     if r.pools is not None:
         f = r.pools
-        click.echo(f"pools ({', '.join(f.pools) or 'none followed'}): {f.txs} txs read, {f.new_blocks} new pool block(s), "
-                   f"{f.payouts} payout output(s); {len(f.proposed)} candidate(s) proposed, {len(f.accepted)} accepted"
-                   + (f"; {len(f.failed)} address(es) failed" if f.failed else ""))
+        click.echo(
+            f"pools ({', '.join(f.pools) or 'none followed'}): {f.txs} txs read, {f.new_blocks} new pool block(s), "
+            f"{f.payouts} payout output(s); {len(f.proposed)} candidate(s) proposed, {len(f.accepted)} accepted"
+            + (f"; {len(f.failed)} address(es) failed" if f.failed else "")
+        )
         for p in f.proposed + f.accepted:
             click.echo(f"  {p.status}: {p.address} → {p.entity} ({p.payouts} payouts, {format_btc(p.total)} BTC)")
     for a in r.settled:
-        click.echo(f"provisional: {a} confirmed (its swept coins sat unspent for {state.config().discovery.provisional_settle_days:g} days)")
+        click.echo(
+            f"provisional: {a} confirmed (its swept coins sat unspent for {state.config().discovery.provisional_settle_days:g} days)"
+        )
     if r.traced is not None:
         click.echo(f"tracing: {r.traced} flow(s) re-attributed")

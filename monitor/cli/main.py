@@ -37,12 +37,24 @@ def _setup_logging(level: str, fmt: str) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="treasury-monitor")
-@click.option("-c", "--config", "config_path", envvar=CONFIG_ENV, default=DEFAULT_CONFIG, show_default=True,
-              help=f"Config file (or ${CONFIG_ENV}).")
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    envvar=CONFIG_ENV,
+    default=DEFAULT_CONFIG,
+    show_default=True,
+    help=f"Config file (or ${CONFIG_ENV}).",
+)
 @click.option("--db", type=click.Path(dir_okay=False), default=None, help="SQLite file; overrides [monitor].storage.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="warning", show_default=True)
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="Readable lines or JSON lines on stderr.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Readable lines or JSON lines on stderr.",
+)
 @click.pass_context
 def cli(ctx: click.Context, config_path: str, db: str | None, log_level: str, log_format: str) -> None:
     """Watch miner and sovereign Bitcoin treasuries and explain their sales."""
@@ -85,13 +97,17 @@ def check_config(state: State, schema: bool) -> None:
     watched = sum(len(e.addresses) for e in tracked)
     n_addr = sum(len(e.addresses) for e in reg.entities.values())
     unwatched = [e.name for e in tracked if not e.addresses]
-    click.echo(f"{state.config_path}: OK — network {cfg.network}, {len(cfg.sources)} source(s), "
-               f"{len(reg.entities)} entities ({len(cfg.entities)} from this file, the rest bundled): "
-               f"{len(tracked)} tracked treasuries with {watched} watched address(es), {n_addr} address(es) in "
-               f"all; storage {cfg.storage}")
+    click.echo(
+        f"{state.config_path}: OK — network {cfg.network}, {len(cfg.sources)} source(s), "
+        f"{len(reg.entities)} entities ({len(cfg.entities)} from this file, the rest bundled): "
+        f"{len(tracked)} tracked treasuries with {watched} watched address(es), {n_addr} address(es) in "
+        f"all; storage {cfg.storage}"
+    )
     if unwatched:
-        click.echo(f"  {len(unwatched)} tracked treasuries have no address yet, so nothing of theirs is watched: "
-                   f"{', '.join(unwatched)} (add addresses in the config or with `entities import`)")
+        click.echo(
+            f"  {len(unwatched)} tracked treasuries have no address yet, so nothing of theirs is watched: "
+            f"{', '.join(unwatched)} (add addresses in the config or with `entities import`)"
+        )
     for s in cfg.sources:
         click.echo(f"  source {s.name}: {describe_source(s, len(reg.watched_addresses(s.chain)))}")
 
@@ -139,8 +155,11 @@ def _poll_all(cfg: Config, db: str | None, *, progress: _Progress | None, whole:
                 if r.failed and keys is not None and len(r.failed) >= len(keys):
                     outcomes.append(PassOutcome(src.name, "failed", f"every key failed: {', '.join(r.failed[:3])}"))
                 elif r.failed:
-                    outcomes.append(PassOutcome(src.name, "partial", f"{len(r.failed)} key(s) failed: "
-                                                f"{', '.join(r.failed[:3])}", r.tip_height))
+                    outcomes.append(
+                        PassOutcome(
+                            src.name, "partial", f"{len(r.failed)} key(s) failed: {', '.join(r.failed[:3])}", r.tip_height
+                        )
+                    )
                 else:
                     outcomes.append(PassOutcome(src.name, "ok", tip_height=r.tip_height))
             now = int(rt.clock.time())
@@ -163,8 +182,10 @@ def _print_results(results: list, outcomes: list) -> None:
 
     for r in results:
         failed = f", {len(r.failed)} failed (retried next time): {', '.join(r.failed[:3])}" if r.failed else ""
-        click.echo(f"{r.source}: {r.txs} txs ({r.new_txs} new), {r.flows} entity flows ({r.outflows} outflows), "
-                   f"{r.requests} requests{failed}")
+        click.echo(
+            f"{r.source}: {r.txs} txs ({r.new_txs} new), {r.flows} entity flows ({r.outflows} outflows), "
+            f"{r.requests} requests{failed}"
+        )
     for o in outcomes:
         if o.state == "failed":
             click.echo(f"{o.source}: FAILED: {o.error}", err=True)
@@ -197,11 +218,17 @@ def poll(state: State) -> None:
 @click.option("--until", default=None, help="Only flows before this ISO date/time (UTC).")
 @click.option("--entity", default=None, help="Only this entity's flows.")
 @click.option("--direction", type=click.Choice(["out", "in", "internal"]), default=None)
-@click.option("--out", "out_path", type=click.Path(dir_okay=False, writable=True), default=None,
-              help="Write to this file instead of stdout.")
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Write to this file instead of stdout.",
+)
 @click.pass_obj
-def export(state: State, fmt: str, since: str | None, until: str | None, entity: str | None,
-           direction: str | None, out_path: str | None) -> None:
+def export(
+    state: State, fmt: str, since: str | None, until: str | None, entity: str | None, direction: str | None, out_path: str | None
+) -> None:
     """Export stored entity flows as JSON, JSON lines or CSV (schema in README)."""
     from monitor.output.export import export_flows
 
@@ -219,8 +246,6 @@ def export(state: State, fmt: str, since: str | None, until: str | None, entity:
         n = export_flows(db, out, fmt=fmt, since=since_ts, until=until_ts, entity=entity, direction=direction)
     if out_path:
         click.echo(f"wrote {n} flow record(s) to {out_path}", err=True)
-
-
 
 
 # --- alerts -----------------------------------------------------------------------------------------
@@ -275,17 +300,25 @@ def alerts_list(state: State, status: str | None, as_json: bool) -> None:
     finally:
         store.close()
     if as_json:
-        click.echo(json.dumps([
-            {k: r[k] for k in ("id", "dedup_key", "kind", "entity", "txid", "status", "created_at", "channels")} for r in rows
-        ], indent=2))
+        click.echo(
+            json.dumps(
+                [
+                    {k: r[k] for k in ("id", "dedup_key", "kind", "entity", "txid", "status", "created_at", "channels")}
+                    for r in rows
+                ],
+                indent=2,
+            )
+        )
         return
     if not rows:
         click.echo("no alerts" + (f" with status {status}" if status else ""))
         return
     for r in rows:
         c = (r["payload"].get("flow") or {}).get("classification") or {}
-        click.echo(f"#{r['id']:<5} {r['status']:<9} {r['kind']:<10} {iso(r['created_at'])}  {r['entity']}  "
-                   f"{c.get('verdict', '-')}/{c.get('severity', '-')}  {r['dedup_key']}")
+        click.echo(
+            f"#{r['id']:<5} {r['status']:<9} {r['kind']:<10} {iso(r['created_at'])}  {r['entity']}  "
+            f"{c.get('verdict', '-')}/{c.get('severity', '-')}  {r['dedup_key']}"
+        )
         for ch in r["channels"]:
             err = f" — {ch['last_error']}" if ch["last_error"] and ch["status"] != "delivered" else ""
             click.echo(f"        {ch['channel']}: {ch['status']} after {ch['attempts']} attempt(s){err}")
@@ -309,8 +342,12 @@ def alerts_retry(state: State, alert_id: int) -> None:
 
 
 @alerts.command("dispatch")
-@click.option("--until-empty/--forever", default=True, show_default=True,
-              help="Stop when nothing is left to deliver now, or keep dispatching until interrupted.")
+@click.option(
+    "--until-empty/--forever",
+    default=True,
+    show_default=True,
+    help="Stop when nothing is left to deliver now, or keep dispatching until interrupted.",
+)
 @click.pass_obj
 def alerts_dispatch(state: State, until_empty: bool) -> None:
     """Deliver queued alerts (what the daemon does in the background)."""
@@ -395,15 +432,17 @@ def status(state: State, as_json: bool) -> None:
         for s in cfg.sources:
             h = health.get(s.name, {})
             cursors = store.cursors(s.name)
-            sources.append({
-                "source": s.name,
-                "cursor_keys": len(cursors),
-                "last_success": iso(h.get("last_success_at")),
-                "lag_seconds": round(now - h["last_success_at"]) if h.get("last_success_at") else None,
-                "failing_since": iso(h.get("failing_since")),
-                "last_error": h.get("last_error") or None,
-                "tip_height": h.get("tip_height"),
-            })
+            sources.append(
+                {
+                    "source": s.name,
+                    "cursor_keys": len(cursors),
+                    "last_success": iso(h.get("last_success_at")),
+                    "lag_seconds": round(now - h["last_success_at"]) if h.get("last_success_at") else None,
+                    "failing_since": iso(h.get("failing_since")),
+                    "last_error": h.get("last_error") or None,
+                    "tip_height": h.get("tip_height"),
+                }
+            )
         alerts_by_status = status_counts(store)
     finally:
         store.close()
@@ -411,12 +450,19 @@ def status(state: State, as_json: bool) -> None:
         click.echo(json.dumps({"sources": sources, "alerts": alerts_by_status}, indent=2))
         return
     for s in sources:
-        err = f"; failing since {s['failing_since']}: {s['last_error']}" if s["failing_since"] else (
-            f"; last error: {s['last_error']}" if s["last_error"] else "")
+        err = (
+            f"; failing since {s['failing_since']}: {s['last_error']}"
+            if s["failing_since"]
+            else (f"; last error: {s['last_error']}" if s["last_error"] else "")
+        )
         lag = f"{s['lag_seconds']} s ago" if s["lag_seconds"] is not None else "never"
-        click.echo(f"{s['source']}: {s['cursor_keys']} cursor(s), last success {lag}"
-                   f"{', tip ' + str(s['tip_height']) if s['tip_height'] else ''}{err}")
-    click.echo("alerts: " + ", ".join(f"{k} {v}" for k, v in sorted(alerts_by_status.items())) if alerts_by_status else "alerts: none")
+        click.echo(
+            f"{s['source']}: {s['cursor_keys']} cursor(s), last success {lag}"
+            f"{', tip ' + str(s['tip_height']) if s['tip_height'] else ''}{err}"
+        )
+    click.echo(
+        "alerts: " + ", ".join(f"{k} {v}" for k, v in sorted(alerts_by_status.items())) if alerts_by_status else "alerts: none"
+    )
 
 
 @cli.command()
@@ -437,55 +483,92 @@ def scenarios(state: State, as_json: bool) -> None:
         click.echo(json.dumps(doc, indent=2))
         return
     i = doc["inputs"]
-    click.echo(f"difficulty {i['difficulty'] / 1e12:.2f} T at height {i['height']} ({i['chain_source']}); "
-               f"today ${i['today_usd']:,.0f} ({i['today_source']})")
+    click.echo(
+        f"difficulty {i['difficulty'] / 1e12:.2f} T at height {i['height']} ({i['chain_source']}); "
+        f"today ${i['today_usd']:,.0f} ({i['today_source']})"
+    )
     for s in doc["scenarios"]:
         q = s["quoted_hashprice"]
         quoted = f" (CoinShares quoted ~${q['value']:.0f})" if q else ""
         click.echo(f"\n{s['label']}: BTC ${s['btc_usd']:,.0f} → hashprice ${s['hashprice_usd_per_ph_day']:.2f}/PH/day{quoted}")
-        click.echo("  breakeven power: " + ", ".join(
-            f"{b['j_per_th']:g} J/TH ${b['usd_per_kwh']:.3f}/kWh" for b in s["breakeven_usd_per_kwh"]))
-        click.echo("  difficulty: " + ", ".join(
-            f"{d['change']} ({d['difficulty'] / 1e12:.1f} T) → ${d['hashprice_usd_per_ph_day']:.2f}/PH/day"
-            for d in s["difficulty_cases"]))
+        click.echo(
+            "  breakeven power: "
+            + ", ".join(f"{b['j_per_th']:g} J/TH ${b['usd_per_kwh']:.3f}/kWh" for b in s["breakeven_usd_per_kwh"])
+        )
+        click.echo(
+            "  difficulty: "
+            + ", ".join(
+                f"{d['change']} ({d['difficulty'] / 1e12:.1f} T) → ${d['hashprice_usd_per_ph_day']:.2f}/PH/day"
+                for d in s["difficulty_cases"]
+            )
+        )
         below = s["below_cash_cost"]
-        click.echo("  below cash cost: " + (", ".join(
-            f"{b['miner']} (cost ${b['cash_cost_usd']:,.0f}, {b['gap_pct']:.1f}% under)" for b in below) or "none"))
+        click.echo(
+            "  below cash cost: "
+            + (", ".join(f"{b['miner']} (cost ${b['cash_cost_usd']:,.0f}, {b['gap_pct']:.1f}% under)" for b in below) or "none")
+        )
 
 
 @cli.command()
-@click.option("--speed", type=float, default=None,
-              help="Simulated seconds per real second (default: the ~90-day episode in about 30 s).")
+@click.option(
+    "--speed", type=float, default=None, help="Simulated seconds per real second (default: the ~90-day episode in about 30 s)."
+)
 @click.option("--seed", type=int, default=None, help="Scenario seed (tranche sizes, fees, addresses; not the figures).")
-@click.option("--scale", type=click.FloatRange(0.05, 1.0), default=1.0, show_default=True,
-              help="Shrink the number of payouts and tranches (totals stay the published ones).")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False), default="report.html", show_default=True,
-              help="Where to write the HTML report.")
-@click.option("--to-my-channels", is_flag=True, default=False,
-              help="Also send the SIMULATED alerts to the channels of your config (Slack, email, webhook).")
-@click.option("--serve", is_flag=True,
-              help="Keep the daemon and its dashboard up on the demo's database after the episode (Ctrl-C to stop).")
-@click.option("--port", type=click.IntRange(0, 65535), default=8787, show_default=True,
-              help="Dashboard port on 127.0.0.1 with --serve (0: any free port).")
+@click.option(
+    "--scale",
+    type=click.FloatRange(0.05, 1.0),
+    default=1.0,
+    show_default=True,
+    help="Shrink the number of payouts and tranches (totals stay the published ones).",
+)
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False),
+    default="report.html",
+    show_default=True,
+    help="Where to write the HTML report.",
+)
+@click.option(
+    "--to-my-channels",
+    is_flag=True,
+    default=False,
+    help="Also send the SIMULATED alerts to the channels of your config (Slack, email, webhook).",
+)
+@click.option(
+    "--serve",
+    is_flag=True,
+    help="Keep the daemon and its dashboard up on the demo's database after the episode (Ctrl-C to stop).",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8787,
+    show_default=True,
+    help="Dashboard port on 127.0.0.1 with --serve (0: any free port).",
+)
 @click.pass_obj
-def demo(state: State, speed: float | None, seed: int | None, scale: float, out_path: str, to_my_channels: bool,
-         serve: bool, port: int) -> None:
+def demo(
+    state: State, speed: float | None, seed: int | None, scale: float, out_path: str, to_my_channels: bool, serve: bool, port: int
+) -> None:
     """Offline demo: a SIMULATED chain of the 2026 sell-off, watched by the real daemon, then a report."""
     from monitor.cli.demo import DEFAULT_SEED, DEFAULT_SPEED, run_demo
 
     try:
-        result = run_async(run_demo(
-            seed=DEFAULT_SEED if seed is None else seed,
-            speed=DEFAULT_SPEED if speed is None else speed,
-            scale=scale,
-            out=Path(out_path),
-            db=Path(state.db) if state.db else None,
-            user_config=state.config_path,
-            to_user_channels=to_my_channels,
-            echo=click.echo,
-            serve=serve,
-            port=port,
-        ))
+        result = run_async(
+            run_demo(
+                seed=DEFAULT_SEED if seed is None else seed,
+                speed=DEFAULT_SPEED if speed is None else speed,
+                scale=scale,
+                out=Path(out_path),
+                db=Path(state.db) if state.db else None,
+                user_config=state.config_path,
+                to_user_channels=to_my_channels,
+                echo=click.echo,
+                serve=serve,
+                port=port,
+            )
+        )
     except KeyboardInterrupt:  # how a served demo ends
         click.echo("\nstopped")
         return
@@ -494,16 +577,22 @@ def demo(state: State, speed: float | None, seed: int | None, scale: float, out_
 
 
 @cli.command()
-@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
-              help="Output file (default report.html, or report.png with --format png).")
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Output file (default report.html, or report.png with --format png).",
+)
 @click.option("--format", "fmt", type=click.Choice(["html", "png"]), default="html", show_default=True)
 @click.option("--since", default=None, help="Only flows at or after this ISO date/time (UTC).")
 @click.option("--until", default=None, help="Only flows before this ISO date/time (UTC).")
 @click.option("--entity", default=None, help="Only this entity.")
 @click.option("--full", is_flag=True, help="Open every collapsed section (alerts, flow tables, 30-day bars).")
 @click.pass_obj
-def report(state: State, out_path: str | None, fmt: str, since: str | None, until: str | None, entity: str | None,
-           full: bool) -> None:
+def report(
+    state: State, out_path: str | None, fmt: str, since: str | None, until: str | None, entity: str | None, full: bool
+) -> None:
     """A self-contained HTML report with charts (or one PNG chart) from the stored flows and alerts."""
     from monitor.output.report import write_report
 

@@ -27,15 +27,21 @@ def render_view(v: dict) -> list[str]:
     """The `miners` table as lines (from `monitor.discovery.miners.miners_view`)."""
     if not v["blocks_scanned"]:
         return ["no blocks scanned yet: run `treasury-monitor miners backfill --days N`"]
-    lines = [f"{v['blocks_scanned']:,} blocks scanned, heights {v['first_height']:,}-{v['last_height']:,}, "
-             f"{v['days'][0]} .. {v['days'][-1]} ({len(v['days'])} days)"]
+    lines = [
+        f"{v['blocks_scanned']:,} blocks scanned, heights {v['first_height']:,}-{v['last_height']:,}, "
+        f"{v['days'][0]} .. {v['days'][-1]} ({len(v['days'])} days)"
+    ]
     if not v["attributed"]:
         lines.append("(scanned without pool attribution)")
     lines.append("")
-    lines.append(f"{'pool':<18} {'blocks':>7} {'share':>7} {'subsidy BTC':>12} {'fees BTC':>9} {'produced BTC':>13} {'days':>5}  owner")
+    lines.append(
+        f"{'pool':<18} {'blocks':>7} {'share':>7} {'subsidy BTC':>12} {'fees BTC':>9} {'produced BTC':>13} {'days':>5}  owner"
+    )
     for p in v["pools"]:
-        lines.append(f"{p['pool'][:18]:<18} {p['blocks']:>7,} {p['share']:>7.1%} {_btc(p['subsidy_sat']):>12} "
-                     f"{_btc(p['fees_sat']):>9} {_btc(p['produced_sat']):>13} {p['days']:>5}  {p['owner'] or ''}")
+        lines.append(
+            f"{p['pool'][:18]:<18} {p['blocks']:>7,} {p['share']:>7.1%} {_btc(p['subsidy_sat']):>12} "
+            f"{_btc(p['fees_sat']):>9} {_btc(p['produced_sat']):>13} {p['days']:>5}  {p['owner'] or ''}"
+        )
     lines.append("")
     lines.append("tracked miners (production measured from their pool's coinbases):")
     for r in v["tracked_miners"]:
@@ -59,9 +65,14 @@ def render_view(v: dict) -> list[str]:
         last = next((p for p in reversed(v["mpi"]) if p["mpi"] is not None), None)
         peak = max((p for p in v["mpi"] if p["mpi"] is not None), key=lambda p: p["mpi"], default=None)
         if last is not None and peak is not None:
-            note = "" if v["mpi_days_used"] >= v["mpi_window"] else f" (average over {v['mpi_days_used']} days: fewer than 365 covered)"
-            lines.append(f"  Miner Position Index: {last['mpi']:.2f} on {last['day']}, peak {peak['mpi']:.2f} on "
-                         f"{peak['day']}{note}")
+            note = (
+                ""
+                if v["mpi_days_used"] >= v["mpi_window"]
+                else f" (average over {v['mpi_days_used']} days: fewer than 365 covered)"
+            )
+            lines.append(
+                f"  Miner Position Index: {last['mpi']:.2f} on {last['day']}, peak {peak['mpi']:.2f} on {peak['day']}{note}"
+            )
     else:
         lines.append("no miner outflows stored yet")
     return lines
@@ -113,10 +124,15 @@ def miners_backfill(state: State, days: int, no_attribution: bool, progress: boo
                 click.echo("", err=True)
 
     cfg = state.config()
-    res = run_async(backfill_configured(cfg, db=state.db, days=days, now=int(SystemClock().time()),
-                                        attribute=not no_attribution, progress=bar))
-    click.echo(f"heights {res.start:,}-{res.end:,}: {res.scanned:,} blocks scanned, {res.skipped:,} already stored, "
-               f"{res.orphaned} orphaned block(s) undone, {res.spends:,} pool payout spend(s) read, "
-               f"{res.requests:,} requests")
+    res = run_async(
+        backfill_configured(
+            cfg, db=state.db, days=days, now=int(SystemClock().time()), attribute=not no_attribution, progress=bar
+        )
+    )
+    click.echo(
+        f"heights {res.start:,}-{res.end:,}: {res.scanned:,} blocks scanned, {res.skipped:,} already stored, "
+        f"{res.orphaned} orphaned block(s) undone, {res.spends:,} pool payout spend(s) read, "
+        f"{res.requests:,} requests"
+    )
     if res.error:
         raise click.ClickException(f"stopped early ({res.error}); run the same command again to resume")

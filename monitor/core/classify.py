@@ -220,10 +220,18 @@ def _hops(shares: list[TraceShare]) -> str:
     return f"{n} hop" if n == 1 else f"{n} hops"
 
 
-def trace_breakdown(total: int, shares: tuple[TraceShare, ...], *, entity: str = "", floor_sat: int | None = None,
-                    decimals: int = 8, asset: str = "BTC") -> str:
+def trace_breakdown(
+    total: int,
+    shares: tuple[TraceShare, ...],
+    *,
+    entity: str = "",
+    floor_sat: int | None = None,
+    decimals: int = 8,
+    asset: str = "BTC",
+) -> str:
     """Where a traced amount went, in words: "1,000.00 of 6,500.00 BTC (15%) reached exchange:Kraken and
     exchange:Coinbase within 2 hops; 4,500.00 BTC (69%) wait at an unattributed address; ..."."""
+
     def amount(v: int) -> str:
         return _amount(v, decimals, asset)
 
@@ -233,7 +241,13 @@ def trace_breakdown(total: int, shares: tuple[TraceShare, ...], *, entity: str =
     groups: dict[str, list[TraceShare]] = {}
     for s in shares:
         kind = s.attribution.partition(":")[0]
-        key = "counterparty" if kind in ("exchange", "otc", "custodian") else kind if kind in ("self", "entity") else s.note or "unknown"
+        key = (
+            "counterparty"
+            if kind in ("exchange", "otc", "custodian")
+            else kind
+            if kind in ("self", "entity")
+            else s.note or "unknown"
+        )
         groups.setdefault(key, []).append(s)
     parts: list[str] = []
     if "counterparty" in groups:
@@ -250,8 +264,11 @@ def trace_breakdown(total: int, shares: tuple[TraceShare, ...], *, entity: str =
         parts.append(f"{amount(v)} ({pct(v)}) reached tracked {_and(list(dict.fromkeys(s.attribution for s in g)))}")
     texts: dict[str, Callable[[int], str]] = {
         "waiting": lambda n: f"wait at {'an unattributed address' if n == 1 else f'{n} unattributed addresses'}",
-        "below_floor": lambda n: (f"went on in {n} branch(es) below the {floor_sat} sat floor" if floor_sat is not None
-                                  else f"went on in {n} branch(es) below the value floor"),
+        "below_floor": lambda n: (
+            f"went on in {n} branch(es) below the {floor_sat} sat floor"
+            if floor_sat is not None
+            else f"went on in {n} branch(es) below the value floor"
+        ),
         "max_hops": lambda n: f"were still unattributed at the hop limit ({n} branch(es))",
         "fan_out": lambda n: f"went on in {n} branch(es) beyond the fan-out limit",
         "gave_up": lambda n: f"did not move before the trace gave up ({n} branch(es))",
@@ -379,8 +396,9 @@ def _internal_reason(flow: EntityFlow, entity: Entity) -> str:
         return (
             f"probable consolidation; watching the destination: {_amount(sum(d.value for d in swept), dec, asset)} "
             f"went to {_and([d.address or '' for d in swept])}, paid by {name}'s inputs alone without change; "
-            "watched provisionally as {name}'s: an exchange deposit address looks the same until its coins move"
-            .replace("{name}", name)
+            "watched provisionally as {name}'s: an exchange deposit address looks the same until its coins move".replace(
+                "{name}", name
+            )
         )
     if flow.out == 0:
         return (
@@ -424,11 +442,18 @@ def _destinations(flow: EntityFlow, moved: int, name: str) -> _Destinations:
             add("unknown", d.value - sum(s.value for s in d.shares))
             traced_sale = traced_sale or d.attribution.kind in _SALE_KINDS
             path = d.attribution.path
-            via = (f" (largest part to {d.attribution} via {' → '.join(t[:12] + '…' for t in path)})" if 0 < len(path) <= 4
-                   else f" (largest part to {d.attribution} via {path[0][:12]}… → … → {path[-1][:12]}…, {len(path)} txs)"
-                   if path else "")
-            traced.append(f"hop tracing of {d.address} ({_amount(d.value, dec, asset)}): "
-                          + trace_breakdown(d.value, d.shares, entity=name, decimals=dec, asset=asset) + via)
+            via = (
+                f" (largest part to {d.attribution} via {' → '.join(t[:12] + '…' for t in path)})"
+                if 0 < len(path) <= 4
+                else f" (largest part to {d.attribution} via {path[0][:12]}… → … → {path[-1][:12]}…, {len(path)} txs)"
+                if path
+                else ""
+            )
+            traced.append(
+                f"hop tracing of {d.address} ({_amount(d.value, dec, asset)}): "
+                + trace_breakdown(d.value, d.shares, entity=name, decimals=dec, asset=asset)
+                + via
+            )
         else:
             add(str(d.attribution), d.value)
     if not by_attr:
@@ -439,9 +464,7 @@ def _destinations(flow: EntityFlow, moved: int, name: str) -> _Destinations:
         main_group = "sale"
     main_attr = max((a for a, (g, _) in by_attr.items() if g == main_group), key=lambda a: by_attr[a][1])
     total_dest = sum(groups.values()) or 1
-    split = ", ".join(
-        f"{v / total_dest:.0%} to {a}" for a, (_, v) in sorted(by_attr.items(), key=lambda kv: -kv[1][1])
-    )
+    split = ", ".join(f"{v / total_dest:.0%} to {a}" for a, (_, v) in sorted(by_attr.items(), key=lambda kv: -kv[1][1]))
     return _Destinations(main_group, main_attr, split, tuple(traced))
 
 
@@ -452,8 +475,7 @@ def _price_reasons(ctx: MarketContext, price_ok: bool) -> list[str]:
         out.append(f"BTC price {_price(ctx.btc_usd)}: {price_basis(ctx)}")
     if ctx.btc_usd is None:
         out.append(
-            "no BTC price for the transaction time: the USD value, the cost comparison and the USD "
-            "severity step are skipped"
+            "no BTC price for the transaction time: the USD value, the cost comparison and the USD severity step are skipped"
         )
     elif ctx.is_price_stale:
         age = _age(ctx.at - ctx.price_at) if ctx.price_at is not None else "an unknown time"
@@ -475,8 +497,18 @@ class _Measures:
     below: bool | None  # price below cash cost (None: not comparable)
 
 
-def _measure(flow: EntityFlow, entity: Entity, ctx: MarketContext, history: FlowHistory, moved: int, *,
-             price_ok: bool, is_btc: bool, reasons: list[str], used: list[FactUsed]) -> _Measures:
+def _measure(
+    flow: EntityFlow,
+    entity: Entity,
+    ctx: MarketContext,
+    history: FlowHistory,
+    moved: int,
+    *,
+    price_ok: bool,
+    is_btc: bool,
+    reasons: list[str],
+    used: list[FactUsed],
+) -> _Measures:
     """Each figure is the profile point in force on the flow's day; appends its sentences and the facts used."""
     name, asset, dec, profile = entity.name, flow.asset, flow.decimals, entity.profile
     day = day_of(flow.block_time if flow.block_time is not None else ctx.at)
@@ -488,10 +520,20 @@ def _measure(flow: EntityFlow, entity: Entity, ctx: MarketContext, history: Flow
     multiple = total_coins / prod.fact.value if is_btc and prod is not None and prod.fact.value > 0 else None
     share = total_coins / hold.btc if is_btc and hold is not None and hold.btc > 0 else None
     if prod is not None:
-        used.append(FactUsed("monthly_production_btc", prod.fact.value, prod.fact.as_of, prod.fact.source, is_later=prod.is_later))
+        used.append(
+            FactUsed("monthly_production_btc", prod.fact.value, prod.fact.as_of, prod.fact.source, is_later=prod.is_later)
+        )
     if hold is not None:
-        used.append(FactUsed("holdings_btc", hold.btc, hold.use.fact.as_of, hold.use.fact.source,
-                             reported=hold.reported_btc, is_later=hold.use.is_later))
+        used.append(
+            FactUsed(
+                "holdings_btc",
+                hold.btc,
+                hold.use.fact.as_of,
+                hold.use.fact.source,
+                reported=hold.reported_btc,
+                is_later=hold.use.is_later,
+            )
+        )
     if multiple is not None and prod is not None:
         reasons.append(
             f"{_amount(total_30d, dec, asset)} in 30 days is {multiple:.1f}× {name}'s monthly production of "
@@ -523,15 +565,16 @@ def _measure(flow: EntityFlow, entity: Entity, ctx: MarketContext, history: Flow
     return _Measures(multiple, share, below)
 
 
-def _acceleration(history: FlowHistory, usd_value: float | None, moved: int, t: Thresholds, flow: EntityFlow,
-                  reasons: list[str]) -> bool:
+def _acceleration(
+    history: FlowHistory, usd_value: float | None, moved: int, t: Thresholds, flow: EntityFlow, reasons: list[str]
+) -> bool:
     """Whether selling accelerates: in USD when this flow and enough earlier ones have dollar sizes, else in coins."""
-    recent_usd = history.recent_usd[-t.acceleration_window:]
+    recent_usd = history.recent_usd[-t.acceleration_window :]
     fmt: Callable[[float], str]
     if usd_value is not None and len(recent_usd) >= t.acceleration_min_count:
         prev_sizes, this_size, fmt = recent_usd, usd_value, _money
     else:
-        prev_sizes, this_size = history.recent_out[-t.acceleration_window:], moved
+        prev_sizes, this_size = history.recent_out[-t.acceleration_window :], moved
         fmt = lambda units: _amount(int(units), flow.decimals, flow.asset)  # noqa: E731
     if len(prev_sizes) >= t.acceleration_min_count:
         med = statistics.median(prev_sizes)
@@ -544,8 +587,17 @@ def _acceleration(history: FlowHistory, usd_value: float | None, moved: int, t: 
     return False
 
 
-def _verdict(entity: Entity, dest: _Destinations, m: _Measures, severity: int, usd_value: float | None,
-             t: Thresholds, *, is_btc: bool, asset: str) -> tuple[str, int, str]:
+def _verdict(
+    entity: Entity,
+    dest: _Destinations,
+    m: _Measures,
+    severity: int,
+    usd_value: float | None,
+    t: Thresholds,
+    *,
+    is_btc: bool,
+    asset: str,
+) -> tuple[str, int, str]:
     """(verdict, severity, the sentence that explains it) by precedence: non-sale groups, sovereign, miner sale."""
     name, profile, main_attr = entity.name, entity.profile, dest.main_attr
     multiple, share, below = m.multiple, m.share, m.below
@@ -554,16 +606,25 @@ def _verdict(entity: Entity, dest: _Destinations, m: _Measures, severity: int, u
         return "custody_move", min(severity, 2), f"to {main_attr}, a custodian: custody, a sale is not implied"
     if dest.main_group == "entity":
         other = main_attr.partition(":")[2]
-        return ("unknown_transfer", severity,
-                f"to {other}, another tracked entity: not a sale by itself; {other}'s own flows are classified separately")
+        return (
+            "unknown_transfer",
+            severity,
+            f"to {other}, another tracked entity: not a sale by itself; {other}'s own flows are classified separately",
+        )
     if dest.main_group == "unknown":
-        return ("unknown_transfer", severity,
-                "destination not attributed yet (unknown): hop tracing may attribute it and update this verdict")
+        return (
+            "unknown_transfer",
+            severity,
+            "destination not attributed yet (unknown): hop tracing may attribute it and update this verdict",
+        )
 
     # sovereign sale
     if entity.kind == "sovereign":
-        return ("sovereign_sale", severity,
-                f"{name} is a sovereign sending to {main_attr}: coins sent to an exchange or OTC desk are usually sold")
+        return (
+            "sovereign_sale",
+            severity,
+            f"{name} is a sovereign sending to {main_attr}: coins sent to an exchange or OTC desk are usually sold",
+        )
 
     # miner (or other tracked treasury) sale
     tags = set(profile.strategy_tags)
@@ -585,46 +646,71 @@ def _verdict(entity: Entity, dest: _Destinations, m: _Measures, severity: int, u
         return f"{name} is tagged {tag} ({profile.strategy_source})" if profile.strategy_source else f"{name} is tagged {tag}"
 
     if routine:
-        return ("production_sale", 1 if below else 0,
-                f"within {t.production_multiple:g}× monthly production over 30 days: a routine sale of production")
+        return (
+            "production_sale",
+            1 if below else 0,
+            f"within {t.production_multiple:g}× monthly production over 30 days: a routine sale of production",
+        )
     conv = sorted(tags & CONVERTIBLE_TAGS)
     basis = "at or above cost" if below is False else "below cost" if below else "cost not comparable"
     if large and conv:
-        return ("balance_sheet_sale", severity,
-                f"a large sale ({why_large}) by a miner that sells BTC to buy back debt: {tag_reason(conv[0])}")
+        return (
+            "balance_sheet_sale",
+            severity,
+            f"a large sale ({why_large}) by a miner that sells BTC to buy back debt: {tag_reason(conv[0])}",
+        )
     if large and tags & AI_SHIFT_TAGS:
-        return ("reallocation_sale", severity,
-                f"a large sale ({why_large}), {basis}, by a miner on the 'complete shift to AI' path, for which BTC is "
-                f"no longer a core asset: an expected reallocation, not distress; {tag_reason('ai_shift')}")
+        return (
+            "reallocation_sale",
+            severity,
+            f"a large sale ({why_large}), {basis}, by a miner on the 'complete shift to AI' path, for which BTC is "
+            f"no longer a core asset: an expected reallocation, not distress; {tag_reason('ai_shift')}",
+        )
     if below:
         what = f"selling {'beyond production ' if multiple is not None else ''}below cash cost: distress"
         if tags & MINING_FOCUS_TAGS:
             # A miner that bets on mining through the cycle sells its stack only when it must.
-            return ("distress_sale", min(3, max(1, severity) + 1),
-                    f"{what}, and a stronger signal for a miner on the 'stick to mining' path, which "
-                    f"sells beyond production only under pressure; {tag_reason('mining_focus')}")
+            return (
+                "distress_sale",
+                min(3, max(1, severity) + 1),
+                f"{what}, and a stronger signal for a miner on the 'stick to mining' path, which "
+                f"sells beyond production only under pressure; {tag_reason('mining_focus')}",
+            )
         if tags & DUAL_TRACK_TAGS:
-            what += (f", though a miner on the 'walk on two legs' path may also be funding AI/HPC; "
-                     f"{tag_reason('dual_track')}")
+            what += f", though a miner on the 'walk on two legs' path may also be funding AI/HPC; {tag_reason('dual_track')}"
         return "distress_sale", max(1, severity), what
     if large and tags & DUAL_TRACK_TAGS:
-        return ("reallocation_sale", severity,
-                f"a large sale ({why_large}), {basis}, by a miner on the 'walk on two legs' path (keeps BTC, funds "
-                f"AI/HPC): a reallocation; {tag_reason('dual_track')}")
+        return (
+            "reallocation_sale",
+            severity,
+            f"a large sale ({why_large}), {basis}, by a miner on the 'walk on two legs' path (keeps BTC, funds "
+            f"AI/HPC): a reallocation; {tag_reason('dual_track')}",
+        )
     if large and tags & AI_HPC_TAGS:
-        return ("reallocation_sale", severity,
-                f"a large sale ({why_large}), {basis}, by a miner pivoting to AI/HPC: {tag_reason('ai_hpc_pivot')}")
+        return (
+            "reallocation_sale",
+            severity,
+            f"a large sale ({why_large}), {basis}, by a miner pivoting to AI/HPC: {tag_reason('ai_hpc_pivot')}",
+        )
     if large and tags & MINING_FOCUS_TAGS:
-        return ("strategic_sale", severity,
-                f"a large sale ({why_large}), {basis}, by a miner on the 'stick to mining' path, which does not usually "
-                f"sell its holdings: a treasury reallocation worth watching; {tag_reason('mining_focus')}")
+        return (
+            "strategic_sale",
+            severity,
+            f"a large sale ({why_large}), {basis}, by a miner on the 'stick to mining' path, which does not usually "
+            f"sell its holdings: a treasury reallocation worth watching; {tag_reason('mining_focus')}",
+        )
     if large:
-        return ("strategic_sale", severity,
-                f"a large sale ({why_large}), {basis}, with no known strategy tag: a treasury reallocation")
+        return (
+            "strategic_sale",
+            severity,
+            f"a large sale ({why_large}), {basis}, with no known strategy tag: a treasury reallocation",
+        )
     if not is_btc:
         presumed = f"a {asset} transfer worth less than {_money(t.large_usd_fallback)}"
     elif share is not None:
-        presumed = f"no monthly production figure; {share:.1%} of holdings is under the {t.large_share_of_holdings:.0%} large-sale bar"
+        presumed = (
+            f"no monthly production figure; {share:.1%} of holdings is under the {t.large_share_of_holdings:.0%} large-sale bar"
+        )
     else:
         presumed = f"no production or holdings figure and the value is under {_money(t.large_usd_fallback)}"
     return "production_sale", 1 if below else 0, f"{presumed}: treated as a routine sale of production"

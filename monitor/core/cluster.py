@@ -106,7 +106,7 @@ def address_type(address: str | None) -> str | None:
     a = address.lower()
     for hrp in ("bc1", "tb1", "bcrt1"):
         if a.startswith(hrp):
-            body = a[len(hrp):]
+            body = a[len(hrp) :]
             if body.startswith("q"):
                 return "p2wpkh" if len(a) == len(hrp) + 39 else "p2wsh"
             if body.startswith("p"):
@@ -178,8 +178,7 @@ def change_marks(
 
     by_n = {o.n: o for o in outs}
     return [
-        ChangeMark(tx.chain, tx.txid, entity, n, by_n[n].address or "", by_n[n].value, tuple(h))
-        for n, h in sorted(votes.items())
+        ChangeMark(tx.chain, tx.txid, entity, n, by_n[n].address or "", by_n[n].value, tuple(h)) for n, h in sorted(votes.items())
     ]
 
 
@@ -211,24 +210,35 @@ def learn_from_txs(
         tracked = [n for n in known if registry.is_tracked(registry.get(n))]
         if not tracked:
             continue
-        unknown = [
-            i.address for i, o in zip(tx.inputs, owners)
-            if o is None and i.address is not None
-        ]
+        unknown = [i.address for i, o in zip(tx.inputs, owners) if o is None and i.address is not None]
         unknown = list(dict.fromkeys(normalise_address(tx.chain, a) for a in unknown))
         when = day_of(tx.block_time) if tx.block_time else ""
         if len(known) > 1:
-            flags.append(Flag(tx.chain, tx.txid, ", ".join(tracked), "mixed_entities",
-                              f"inputs of {len(known)} known entities ({', '.join(known)}) in one tx; "
-                              f"{len(unknown)} unknown input address(es) not merged"))
+            flags.append(
+                Flag(
+                    tx.chain,
+                    tx.txid,
+                    ", ".join(tracked),
+                    "mixed_entities",
+                    f"inputs of {len(known)} known entities ({', '.join(known)}) in one tx; "
+                    f"{len(unknown)} unknown input address(es) not merged",
+                )
+            )
             continue
         entity = tracked[0]
         shape = coinjoin_shape(tx, min_equal)
         if unknown and shape is not None:
             value, count = shape
-            flags.append(Flag(tx.chain, tx.txid, entity, "coinjoin",
-                              f"CoinJoin-shaped: {count} outputs of {value} sat, {len(tx.inputs)} inputs; "
-                              f"{len(unknown)} co-spent unknown input address(es) not merged"))
+            flags.append(
+                Flag(
+                    tx.chain,
+                    tx.txid,
+                    entity,
+                    "coinjoin",
+                    f"CoinJoin-shaped: {count} outputs of {value} sat, {len(tx.inputs)} inputs; "
+                    f"{len(unknown)} co-spent unknown input address(es) not merged",
+                )
+            )
             continue
         for a in unknown:
             key = (tx.chain, a)
@@ -238,10 +248,15 @@ def learn_from_txs(
             learned.append(
                 Learned(
                     entity,
-                    EntityAddress(tx.chain, a, source=f"co-spent with {entity} inputs in tx {tx.txid}",
-                                  learned_by="cospend", as_of=when, evidence=tx.txid),
-                    f"spent together with {entity}'s inputs in {tx.txid} (block {tx.block_height}): "
-                    "common-input-ownership",
+                    EntityAddress(
+                        tx.chain,
+                        a,
+                        source=f"co-spent with {entity} inputs in tx {tx.txid}",
+                        learned_by="cospend",
+                        as_of=when,
+                        evidence=tx.txid,
+                    ),
+                    f"spent together with {entity}'s inputs in {tx.txid} (block {tx.block_height}): common-input-ownership",
                 )
             )
         if shape is None:
@@ -254,8 +269,14 @@ def learn_from_txs(
                     candidates.append(
                         Learned(
                             entity,
-                            EntityAddress(tx.chain, key[1], source=f"likely change of {entity}'s tx {tx.txid}",
-                                          learned_by="change", as_of=when, evidence=tx.txid),
+                            EntityAddress(
+                                tx.chain,
+                                key[1],
+                                source=f"likely change of {entity}'s tx {tx.txid}",
+                                learned_by="change",
+                                as_of=when,
+                                evidence=tx.txid,
+                            ),
                             f"output {m.n} of {tx.txid} looks like change ({', '.join(m.heuristics)})",
                         )
                     )

@@ -35,8 +35,9 @@ def entity_flows(tx: ChainTx, registry: Registry) -> list[EntityFlow]:
 
     total_in = tx.total_in
     flows: list[EntityFlow] = []
-    provisional = [registry.is_provisional(tx.chain, o.address) if w is not None else False
-                   for o, w in zip(tx.outputs, owners_out)]
+    provisional = [
+        registry.is_provisional(tx.chain, o.address) if w is not None else False for o, w in zip(tx.outputs, owners_out)
+    ]
     for name in order:
         spent = sum(i.value for i, o in zip(tx.inputs, owners_in) if o == name)
         # a spend by E: its outputs to provisional addresses are destinations, not change
@@ -51,11 +52,15 @@ def entity_flows(tx: ChainTx, registry: Registry) -> list[EntityFlow]:
             change = min(own_out, spent - fee_share)
             received = own_out - change
             out = spent - fee_share - change
-            destinations = tuple(
-                Destination(address=o.address, value=o.value, n=o.n)
-                for o, m in zip(tx.outputs, mine)
-                if not m and o.value > 0
-            ) if out > 0 else ()
+            destinations = (
+                tuple(
+                    Destination(address=o.address, value=o.value, n=o.n)
+                    for o, m in zip(tx.outputs, mine)
+                    if not m and o.value > 0
+                )
+                if out > 0
+                else ()
+            )
         if out == 0 and received == 0 and change == 0:
             continue  # only paid a fee (e.g. the gas of an EVM token transfer, reported on its own)
         flows.append(

@@ -194,7 +194,9 @@ def scenarios(
         label, price = item if isinstance(item, tuple) else (f"${item:,.0f}", item)
         hp = hashprice_usd_per_ph_day(difficulty, price, subsidy, avg_fees_sat)
         below = [
-            MinerBelowCost(m.name, m.profile.cash_cost_usd, (m.profile.cash_cost_usd.value - price) / m.profile.cash_cost_usd.value * 100)
+            MinerBelowCost(
+                m.name, m.profile.cash_cost_usd, (m.profile.cash_cost_usd.value - price) / m.profile.cash_cost_usd.value * 100
+            )
             for m in miners
             if m.kind == "miner" and m.profile.cash_cost_usd is not None and price < m.profile.cash_cost_usd.value
         ]

@@ -118,9 +118,7 @@ def merge_entities(base: Iterable[Entity], overrides: Iterable[Entity]) -> list[
             merged[o.name] = o
             continue
         have = {(a.chain, normalise_address(a.chain, a.address)) for a in b.addresses}
-        addrs = b.addresses + tuple(
-            a for a in o.addresses if (a.chain, normalise_address(a.chain, a.address)) not in have
-        )
+        addrs = b.addresses + tuple(a for a in o.addresses if (a.chain, normalise_address(a.chain, a.address)) not in have)
         bp, op = b.profile, o.profile
         newest: dict[str, Fact | None] = {}
         earlier: list[tuple[str, Fact]] = []

@@ -204,8 +204,10 @@ def plan_import(
         row = address_row(store, "bitcoin", canonical)
         known = registry.entity_of("bitcoin", canonical)
         if row is not None and row["status"] == "rejected":
-            rejected.append(f"{r.where}: {canonical} was rejected for {row['entity']!r} earlier (skipped; "
-                            "`entities add` re-adds it on purpose)")
+            rejected.append(
+                f"{r.where}: {canonical} was rejected for {row['entity']!r} earlier (skipped; "
+                "`entities add` re-adds it on purpose)"
+            )
             continue
         if (row is not None and row["status"] == "active") or (known is not None and known.name == target):
             how = row["learned_by"] if row is not None else "config"
@@ -215,8 +217,21 @@ def plan_import(
         if entity is not None and r.entity and r.entity != entity:
             label = f"{label} (file entity: {r.entity})" if label else f"file entity: {r.entity}"
         src = r.source or source or f"label file {Path(file).name}"
-        to_add.append((target, EntityAddress("bitcoin", canonical, source=src, learned_by="import", label=label,
-                                             as_of=as_of, evidence=f"{Path(file).name} {r.where}"), r.row))
+        to_add.append(
+            (
+                target,
+                EntityAddress(
+                    "bitcoin",
+                    canonical,
+                    source=src,
+                    learned_by="import",
+                    label=label,
+                    as_of=as_of,
+                    evidence=f"{Path(file).name} {r.where}",
+                ),
+                r.row,
+            )
+        )
     if conflicts and not skip_conflicts:
         errors.append(f"{len(conflicts)} conflict(s): nothing imported (use --skip-conflicts to import the rest)")
     # A conflict found later in the file also removes the first row of that address.
@@ -237,13 +252,32 @@ def apply_import(store: Store, plan: ImportPlan, *, now: int) -> int:
             # A candidate row of the same entity becomes an imported, active address.
             existing = address_row(store, a.chain, a.address)
             if existing is not None:
-                update_address(store, a.chain, a.address, status="active", learned_by="import", source=a.source,
-                               label=a.label, as_of=a.as_of, evidence=a.evidence)
+                update_address(
+                    store,
+                    a.chain,
+                    a.address,
+                    status="active",
+                    learned_by="import",
+                    source=a.source,
+                    label=a.label,
+                    as_of=a.as_of,
+                    evidence=a.evidence,
+                )
             else:
                 store.add_addresses(entity, [a], now=now)
-            add_evidence(store, [Evidence(a.chain, a.address, entity, "import",
-                                          detail={"file": plan.file, "row": row, "source": a.source,
-                                                  "imported_at": iso(now)})], now=now)
+            add_evidence(
+                store,
+                [
+                    Evidence(
+                        a.chain,
+                        a.address,
+                        entity,
+                        "import",
+                        detail={"file": plan.file, "row": row, "source": a.source, "imported_at": iso(now)},
+                    )
+                ],
+                now=now,
+            )
             added += 1
     return added
 
@@ -262,10 +296,14 @@ def add(store: Store, registry: Registry, *, entity: str, address: str, source: 
     if registry.entity_of("bitcoin", address) is not None:
         return f"{address} is already {entity}'s (config)"
     with store.batch():
-        upsert_address(store, entity, EntityAddress("bitcoin", address, source=source, learned_by="manual",
-                                                    label=label, as_of=iso(now)[:10]), status="active", now=now)
-        add_evidence(store, [Evidence("bitcoin", address, entity, "manual", detail={"source": source, "at": iso(now)})],
-                     now=now)
+        upsert_address(
+            store,
+            entity,
+            EntityAddress("bitcoin", address, source=source, learned_by="manual", label=label, as_of=iso(now)[:10]),
+            status="active",
+            now=now,
+        )
+        add_evidence(store, [Evidence("bitcoin", address, entity, "manual", detail={"source": source, "at": iso(now)})], now=now)
     was = f" (was {row['status']}, {row['learned_by']})" if row is not None else ""
     return f"added {address} to {entity}{was}; source: {source}"
 
@@ -296,8 +334,9 @@ def accept(store: Store, registry: Registry, address: str) -> str:
     if row["status"] == "active":
         return f"{address} is already active for {row['entity']}"
     if row["status"] == "rejected":
-        raise AddressBookError(f"{address} was rejected; add it on purpose with `entities add {address} --entity "
-                               f"{row['entity']!r} --source ...`")
+        raise AddressBookError(
+            f"{address} was rejected; add it on purpose with `entities add {address} --entity {row['entity']!r} --source ...`"
+        )
     why = check_new_address(store, registry, row["entity"], "bitcoin", address)
     if why is not None:
         raise AddressBookError(f"{address} {why}")
@@ -333,8 +372,9 @@ def propose(store: Store, entity: str, a: EntityAddress, *, status: str, now: in
     return outcome
 
 
-def commit_provisional(store: Store, sweeps: Iterable[Sweep], judgements: Iterable[Judgement], *,
-                       now: int) -> list[tuple[str, str, str, int, Attribution]]:
+def commit_provisional(
+    store: Store, sweeps: Iterable[Sweep], judgements: Iterable[Judgement], *, now: int
+) -> list[tuple[str, str, str, int, Attribution]]:
     """Store new provisional addresses and decisions (store thread, in the caller's transaction).
 
     Returns the sweep flows to re-attribute, (chain, txid, entity, n, attribution), one per deposit.
@@ -342,23 +382,53 @@ def commit_provisional(store: Store, sweeps: Iterable[Sweep], judgements: Iterab
     for s in sweeps:
         stored = replace(s.entity_address(), learned_by="sweep")  # the status says provisional
         if propose_address(store, s.entity, stored, status="provisional", now=now) == "added":
-            add_evidence(store, [Evidence(s.chain, s.address, s.entity, "sweep", s.txid, s.block_height, s.block_time,
-                                          s.value, {"n": s.n, "reason": f"every input {s.entity}'s, every output to an "
-                                                    "unattributed address, no change: a consolidation or an exchange deposit"})],
-                         now=now)
+            add_evidence(
+                store,
+                [
+                    Evidence(
+                        s.chain,
+                        s.address,
+                        s.entity,
+                        "sweep",
+                        s.txid,
+                        s.block_height,
+                        s.block_time,
+                        s.value,
+                        {
+                            "n": s.n,
+                            "reason": f"every input {s.entity}'s, every output to an "
+                            "unattributed address, no change: a consolidation or an exchange deposit",
+                        },
+                    )
+                ],
+                now=now,
+            )
     redo: list[tuple[str, str, str, int, Attribution]] = []
     for j in judgements:
         row = address_row(store, j.chain, j.address)
         if row is None or row["status"] != "provisional":
             continue
         store.set_address_status(j.chain, j.address, "active" if j.outcome == "confirmed" else "rejected")
-        add_evidence(store, [Evidence(j.chain, j.address, j.entity, f"sweep_{j.outcome}", j.txid,
-                                      detail={"reason": j.reason, "attribution": str(j.attribution or "")})], now=now)
+        add_evidence(
+            store,
+            [
+                Evidence(
+                    j.chain,
+                    j.address,
+                    j.entity,
+                    f"sweep_{j.outcome}",
+                    j.txid,
+                    detail={"reason": j.reason, "attribution": str(j.attribution or "")},
+                )
+            ],
+            now=now,
+        )
         if j.outcome == "deposit" and j.attribution is not None:
             for e in evidence_rows(store, chain=j.chain, address=j.address, kind="sweep"):
                 path = (e["txid"], j.txid)
-                redo.append((j.chain, e["txid"], j.entity, e["detail"]["n"],
-                             Attribution(j.attribution.kind, j.attribution.name, path)))
+                redo.append(
+                    (j.chain, e["txid"], j.entity, e["detail"]["n"], Attribution(j.attribution.kind, j.attribution.name, path))
+                )
     return redo
 
 
@@ -371,7 +441,18 @@ def settle_provisional(store: Store, *, now: int, settle_days: float) -> list[st
             if not sweeps or any(is_outpoint_spent(store, r["chain"], e["txid"], e["detail"]["n"]) for e in sweeps):
                 continue
             store.set_address_status(r["chain"], r["address"], "active")
-            add_evidence(store, [Evidence(r["chain"], r["address"], r["entity"], "sweep_confirmed",
-                                          detail={"reason": f"sat unspent for {settle_days:g} days"})], now=now)
+            add_evidence(
+                store,
+                [
+                    Evidence(
+                        r["chain"],
+                        r["address"],
+                        r["entity"],
+                        "sweep_confirmed",
+                        detail={"reason": f"sat unspent for {settle_days:g} days"},
+                    )
+                ],
+                now=now,
+            )
             settled.append(r["address"])
     return settled

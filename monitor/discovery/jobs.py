@@ -29,13 +29,24 @@ from monitor.model import SATS_PER_BTC, ChainTx
 from storage import Store
 from storage.discovery import get_state, rejected_addresses, save_learned, set_state, transactions_after
 
-__all__ = ["Committed", "commit_learned", "learn_and_commit", "learn_from_stored", "DiscoveryResult", "discover_once",
-           "discovery_source", "trace_limits", "NO_DISCOVERY_SOURCE"]
+__all__ = [
+    "Committed",
+    "commit_learned",
+    "learn_and_commit",
+    "learn_from_stored",
+    "DiscoveryResult",
+    "discover_once",
+    "discovery_source",
+    "trace_limits",
+    "NO_DISCOVERY_SOURCE",
+]
 
 #: What the CLI says (and the daemon logs) when no configured source can follow coins.
-NO_DISCOVERY_SOURCE = ("no configured source can follow coins: pool following and hop tracing need an Esplora "
-                       "source (address or block mode); Bitcoin Core has no spent-output index and EVM sources "
-                       "have no UTXOs (use --no-pools --no-trace for co-spend learning alone)")
+NO_DISCOVERY_SOURCE = (
+    "no configured source can follow coins: pool following and hop tracing need an Esplora "
+    "source (address or block mode); Bitcoin Core has no spent-output index and EVM sources "
+    "have no UTXOs (use --no-pools --no-trace for co-spend learning alone)"
+)
 
 log = logging.getLogger("treasury_monitor.discovery")
 
@@ -60,21 +71,37 @@ def commit_learned(store: Store, result: LearnResult, *, now: int) -> Committed:
     evidence row, change candidates as candidates, flags in `discovery_flags`.
     """
     added = tuple(item for item, outcome in save_learned(store, result.learned, result.flags, now=now) if outcome == "added")
-    proposed = tuple(item for item, outcome in save_learned(store, result.candidates, now=now, status="candidate")
-                     if outcome == "added")
+    proposed = tuple(
+        item for item, outcome in save_learned(store, result.candidates, now=now, status="candidate") if outcome == "added"
+    )
     return Committed(result, added, proposed)
 
 
-def learn_and_commit(store: Store, txs: Iterable[ChainTx], registry: Registry, *, now: int,
-                     min_equal: int = COINJOIN_MIN_EQUAL, change_min_votes: int = CHANGE_MIN_VOTES) -> Committed:
+def learn_and_commit(
+    store: Store,
+    txs: Iterable[ChainTx],
+    registry: Registry,
+    *,
+    now: int,
+    min_equal: int = COINJOIN_MIN_EQUAL,
+    change_min_votes: int = CHANGE_MIN_VOTES,
+) -> Committed:
     """Learn from `txs` (co-spend, flags, change; rejected addresses skipped) and store it (store thread)."""
-    result = learn_from_txs(txs, registry, rejected=rejected_addresses(store), min_equal=min_equal,
-                            change_min_votes=change_min_votes)
+    result = learn_from_txs(
+        txs, registry, rejected=rejected_addresses(store), min_equal=min_equal, change_min_votes=change_min_votes
+    )
     return commit_learned(store, result, now=now)
 
 
-def learn_from_stored(store: Store, registry: Registry, *, now: int, limit: int = 2_000,
-                      min_equal: int = COINJOIN_MIN_EQUAL, change_min_votes: int = CHANGE_MIN_VOTES) -> Committed:
+def learn_from_stored(
+    store: Store,
+    registry: Registry,
+    *,
+    now: int,
+    limit: int = 2_000,
+    min_equal: int = COINJOIN_MIN_EQUAL,
+    change_min_votes: int = CHANGE_MIN_VOTES,
+) -> Committed:
     """Co-spend learning over stored txs not scanned yet (position kept in `discovery_state`).
 
     The scan waits at a mempool tx (it may confirm) unless that tx is older than two weeks.
@@ -127,10 +154,14 @@ def discovery_source(sources: Iterable[Any], clock: Any) -> Any:
 
 def trace_limits(config: Any) -> TraceLimits:
     """Tracing bounds from a `[discovery]` config (DiscoveryConfig)."""
-    return TraceLimits(max_hops=config.trace_max_hops, value_floor_sat=int(config.trace_value_floor_btc * SATS_PER_BTC),
-                       floor_share=config.trace_floor_share, max_branches=config.trace_max_branches,
-                       significant_share=config.trace_significant_share,
-                       give_up_after=int(config.trace_max_age_days * 86400))
+    return TraceLimits(
+        max_hops=config.trace_max_hops,
+        value_floor_sat=int(config.trace_value_floor_btc * SATS_PER_BTC),
+        floor_share=config.trace_floor_share,
+        max_branches=config.trace_max_branches,
+        significant_share=config.trace_significant_share,
+        give_up_after=int(config.trace_max_age_days * 86400),
+    )
 
 
 async def discover_once(
@@ -168,8 +199,16 @@ async def discover_once(
             pipeline.registry = registry
     f = None
     if pools and source is not None:
-        f = await follow_pool_payouts(store, source, registry, now=now, pools=pool_index, owners=owners,
-                                      min_payouts=config.pool_min_payouts, auto_accept_payouts=auto_accept_payouts)
+        f = await follow_pool_payouts(
+            store,
+            source,
+            registry,
+            now=now,
+            pools=pool_index,
+            owners=owners,
+            min_payouts=config.pool_min_payouts,
+            auto_accept_payouts=auto_accept_payouts,
+        )
     settled: list[str] = []
     if config.provisional:
         settled = await store.run(settle_provisional, now=now, settle_days=config.provisional_settle_days)

@@ -99,8 +99,10 @@ def _csv_rows(text: str) -> list[LabelRow]:
                 index[key] = cols[n]
                 break
     if "address" not in index:
-        raise LabelImportError([f"line 1: no address column in the header {header!r} (expected one of "
-                                f"{', '.join(_ALIASES['address'])})"])
+        raise LabelImportError(
+            [f"line 1: no address column in the header {header!r} (expected one of {', '.join(_ALIASES['address'])})"]
+        )
+
     def get(fields: list[str], key: str) -> str:
         return _text(fields[index[key]]) if key in index and index[key] < len(fields) else ""
 
@@ -110,8 +112,11 @@ def _csv_rows(text: str) -> list[LabelRow]:
         if not any(f.strip() for f in fields):
             continue
         row += 1
-        out.append(LabelRow(row, *(get(fields, k) for k in ("address", "label", "entity", "source", "chain", "as_of")),
-                            line=reader.line_num))
+        out.append(
+            LabelRow(
+                row, *(get(fields, k) for k in ("address", "label", "entity", "source", "chain", "as_of")), line=reader.line_num
+            )
+        )
     return out
 
 
@@ -201,6 +206,11 @@ def parse_label_file(path: str | Path) -> list[LabelRow]:
     except (OSError, UnicodeDecodeError) as exc:
         raise LabelImportError([f"cannot read {p}: {exc}"]) from exc
     ext = p.suffix.lower()
-    fmt = "json" if ext == ".json" else "csv" if ext in (".csv", ".tsv", ".txt") else (
-        "json" if text.lstrip()[:1] in "[{" else "csv")
+    fmt = (
+        "json"
+        if ext == ".json"
+        else "csv"
+        if ext in (".csv", ".tsv", ".txt")
+        else ("json" if text.lstrip()[:1] in "[{" else "csv")
+    )
     return parse_label_text(text, fmt=fmt)

@@ -146,10 +146,20 @@ class BlockProduction:
 
     def row(self) -> dict[str, Any]:
         return {
-            "chain": self.chain, "height": self.height, "hash": self.hash, "prev_hash": self.prev_hash,
-            "time": self.time, "day": self.day, "difficulty": self.difficulty, "pool": self.pool,
-            "matched_by": self.matched_by, "tag": self.tag, "address_pool": self.address_pool,
-            "subsidy_units": self.subsidy, "fees_units": self.fees, "reward_units": self.reward,
+            "chain": self.chain,
+            "height": self.height,
+            "hash": self.hash,
+            "prev_hash": self.prev_hash,
+            "time": self.time,
+            "day": self.day,
+            "difficulty": self.difficulty,
+            "pool": self.pool,
+            "matched_by": self.matched_by,
+            "tag": self.tag,
+            "address_pool": self.address_pool,
+            "subsidy_units": self.subsidy,
+            "fees_units": self.fees,
+            "reward_units": self.reward,
         }
 
 
@@ -172,8 +182,20 @@ def measure_block(block: BlockCoinbase, pools: PoolIndex | None) -> BlockProduct
         else:
             pool, tag = att.pool.name, att.tag
             matched_by = {"address+tag": "tag+address"}.get(att.matched_by, att.matched_by)
-    return BlockProduction(cb.chain, h.height, h.hash, h.prev_hash or "", h.time, h.difficulty, pool, matched_by, tag,
-                           address_pool, subsidy, reward - subsidy)
+    return BlockProduction(
+        cb.chain,
+        h.height,
+        h.hash,
+        h.prev_hash or "",
+        h.time,
+        h.difficulty,
+        pool,
+        matched_by,
+        tag,
+        address_pool,
+        subsidy,
+        reward - subsidy,
+    )
 
 
 # --- PoolDays ---------------------------------------------------------------------------------------
@@ -210,10 +232,18 @@ class PoolDay:
         return self.share * network_hashrate(self.difficulty)
 
     def record(self) -> dict[str, Any]:
-        return {"day": self.day, "pool": self.pool, "blocks": self.blocks, "subsidy_sat": self.subsidy,
-                "fees_sat": self.fees, "produced_sat": self.produced, "day_blocks": self.day_blocks,
-                "share": round(self.share, 6), "difficulty": self.difficulty,
-                "est_hashrate_eh_s": round(self.hashrate / 1e18, 3)}
+        return {
+            "day": self.day,
+            "pool": self.pool,
+            "blocks": self.blocks,
+            "subsidy_sat": self.subsidy,
+            "fees_sat": self.fees,
+            "produced_sat": self.produced,
+            "day_blocks": self.day_blocks,
+            "share": round(self.share, 6),
+            "difficulty": self.difficulty,
+            "est_hashrate_eh_s": round(self.hashrate / 1e18, 3),
+        }
 
 
 def pool_days(rows: Iterable[Mapping[str, Any]]) -> list[PoolDay]:
@@ -255,8 +285,16 @@ class PoolTotal:
         return self.blocks / self.window_blocks if self.window_blocks else 0.0
 
     def record(self) -> dict[str, Any]:
-        return {"pool": self.pool, "owner": self.owner or None, "blocks": self.blocks, "subsidy_sat": self.subsidy,
-                "fees_sat": self.fees, "produced_sat": self.produced, "share": round(self.share, 6), "days": self.days}
+        return {
+            "pool": self.pool,
+            "owner": self.owner or None,
+            "blocks": self.blocks,
+            "subsidy_sat": self.subsidy,
+            "fees_sat": self.fees,
+            "produced_sat": self.produced,
+            "share": round(self.share, 6),
+            "days": self.days,
+        }
 
 
 def pool_totals(days: Sequence[PoolDay], owners: Mapping[str, str] = DEFAULT_POOL_OWNERS) -> list[PoolTotal]:
@@ -330,9 +368,13 @@ def flow_days(flows: Iterable[Mapping[str, Any]], kind_of: Mapping[str, str]) ->
     return [FlowDay(day, kind, s, u, n, p) for (day, kind), (s, u, n, p) in sorted(acc.items())]
 
 
-def pool_flow_days(rows: Iterable[Mapping[str, Any]], address_kind: Callable[[str], str],
-                   price_at: Callable[[int], float | None] = lambda t: None, *,
-                   skip_txids: frozenset[str] = frozenset()) -> list[FlowDay]:
+def pool_flow_days(
+    rows: Iterable[Mapping[str, Any]],
+    address_kind: Callable[[str], str],
+    price_at: Callable[[int], float | None] = lambda t: None,
+    *,
+    skip_txids: frozenset[str] = frozenset(),
+) -> list[FlowDay]:
     """Daily outflows from pool payout addresses by destination kind, from stored pool outflow rows.
 
     `address_kind` gives exchange | otc | custodian | miner | other | unknown for a destination address;
@@ -385,8 +427,13 @@ class MpiPoint:
 
     def record(self) -> dict[str, Any]:
         v = self.value
-        return {"day": self.day, "outflow_usd": round(self.outflow_usd, 2), "average_usd": round(self.average_usd, 2),
-                "days_used": self.days_used, "mpi": None if v is None else round(v, 4)}
+        return {
+            "day": self.day,
+            "outflow_usd": round(self.outflow_usd, 2),
+            "average_usd": round(self.average_usd, 2),
+            "days_used": self.days_used,
+            "mpi": None if v is None else round(v, 4),
+        }
 
 
 def _days_between(first: str, last: str) -> list[str]:
@@ -394,8 +441,9 @@ def _days_between(first: str, last: str) -> list[str]:
     return [(a + _dt.timedelta(days=i)).isoformat() for i in range((b - a).days + 1)]
 
 
-def miner_position_index(daily_usd: Mapping[str, float], *, first: str | None = None, last: str | None = None,
-                         window: int = MPI_WINDOW) -> list[MpiPoint]:
+def miner_position_index(
+    daily_usd: Mapping[str, float], *, first: str | None = None, last: str | None = None, window: int = MPI_WINDOW
+) -> list[MpiPoint]:
     """MPI for every day of the covered span (`first`..`last`, default the series' own): outflow / its trailing mean.
 
     A day missing from `daily_usd` inside the span is a day without outflow (0). The mean of day d is over
@@ -444,33 +492,49 @@ class Reconciliation:
         return None if self.reported is None or not self.reported.value else self.measured_monthly_btc / self.reported.value
 
     def sentence(self) -> str:
-        seen = (f"{self.pool} mined {self.blocks:,} of {self.window_blocks:,} blocks scanned {self.since}..{self.until} "
-                f"({self.days} days): {self.produced / SATS_PER_BTC:,.2f} BTC, {self.measured_monthly_btc:,.1f} BTC per 30 days")
+        seen = (
+            f"{self.pool} mined {self.blocks:,} of {self.window_blocks:,} blocks scanned {self.since}..{self.until} "
+            f"({self.days} days): {self.produced / SATS_PER_BTC:,.2f} BTC, {self.measured_monthly_btc:,.1f} BTC per 30 days"
+        )
         if self.reported is None:
             return f"{self.entity}: {seen}; no reported monthly production"
-        return (f"{self.entity}: {seen}; reported {self.reported.value:,.0f} BTC/month (as of {self.reported.as_of}, "
-                f"{self.reported.source.split(' (via ', 1)[0]}): measured is {self.ratio:.0%} of reported")
+        return (
+            f"{self.entity}: {seen}; reported {self.reported.value:,.0f} BTC/month (as of {self.reported.as_of}, "
+            f"{self.reported.source.split(' (via ', 1)[0]}): measured is {self.ratio:.0%} of reported"
+        )
 
     def record(self) -> dict[str, Any]:
         r = self.reported
-        return {"entity": self.entity, "pool": self.pool, "since": self.since, "until": self.until, "days": self.days,
-                "blocks": self.blocks, "window_blocks": self.window_blocks, "produced_sat": self.produced,
-                "measured_monthly_btc": round(self.measured_monthly_btc, 4),
-                "reported_monthly_btc": None if r is None else r.value, "reported_as_of": None if r is None else r.as_of,
-                "reported_source": None if r is None else r.source,
-                "ratio": None if self.ratio is None else round(self.ratio, 4), "sentence": self.sentence()}
+        return {
+            "entity": self.entity,
+            "pool": self.pool,
+            "since": self.since,
+            "until": self.until,
+            "days": self.days,
+            "blocks": self.blocks,
+            "window_blocks": self.window_blocks,
+            "produced_sat": self.produced,
+            "measured_monthly_btc": round(self.measured_monthly_btc, 4),
+            "reported_monthly_btc": None if r is None else r.value,
+            "reported_as_of": None if r is None else r.as_of,
+            "reported_source": None if r is None else r.source,
+            "ratio": None if self.ratio is None else round(self.ratio, 4),
+            "sentence": self.sentence(),
+        }
 
 
-def reconcile_production(days: Sequence[PoolDay], entity: str, pool: str, reported: Fact | None, *,
-                         since: str | None = None, until: str | None = None) -> Reconciliation:
+def reconcile_production(
+    days: Sequence[PoolDay], entity: str, pool: str, reported: Fact | None, *, since: str | None = None, until: str | None = None
+) -> Reconciliation:
     """The pool's production over the scanned days in [since, until] (default: all) beside the reported figure."""
     covered = sorted({d.day for d in days if (since is None or d.day >= since) and (until is None or d.day <= until)})
     mine = [d for d in days if d.pool == pool and d.day in covered]
     window_blocks = sum({d.day: d.day_blocks for d in days if d.day in covered}.values())
     first, last = (covered[0], covered[-1]) if covered else (since or "", until or "")
     n_days = len(_days_between(first, last)) if covered else 0
-    return Reconciliation(entity, pool, first, last, n_days, sum(d.blocks for d in mine), sum(d.produced for d in mine),
-                          reported, window_blocks)
+    return Reconciliation(
+        entity, pool, first, last, n_days, sum(d.blocks for d in mine), sum(d.produced for d in mine), reported, window_blocks
+    )
 
 
 def measured_production_fact(rec: Reconciliation, *, min_days: int = 7) -> Fact | None:
@@ -606,8 +670,16 @@ async def scan_blocks(
     return ScanResult(start, end, scanned, skipped, orphaned, tally.requests, "", spends, outflows_n)
 
 
-async def backfill(store: AsyncStore, reader: CoinbaseReader, *, days: int, now: int, pools: PoolIndex | None,
-                   progress: Callable[[int, int], Any] | None = None, blocks_per_day: int = BLOCKS_PER_DAY) -> ScanResult:
+async def backfill(
+    store: AsyncStore,
+    reader: CoinbaseReader,
+    *,
+    days: int,
+    now: int,
+    pools: PoolIndex | None,
+    progress: Callable[[int, int], Any] | None = None,
+    blocks_per_day: int = BLOCKS_PER_DAY,
+) -> ScanResult:
     """Scan the last `days` × 144 blocks up to the tip (resumable: stored blocks are skipped), then follow
     every pool payout coin seen to its spend."""
     tip = await reader.tip_height()
@@ -616,8 +688,14 @@ async def backfill(store: AsyncStore, reader: CoinbaseReader, *, days: int, now:
     return await _with_spends(store, reader, res, pools, tip, None)
 
 
-async def follow_tip(store: AsyncStore, reader: CoinbaseReader, *, now: int, pools: PoolIndex | None,
-                     max_coin_checks: int | None = DEFAULT_MAX_COIN_CHECKS) -> ScanResult:
+async def follow_tip(
+    store: AsyncStore,
+    reader: CoinbaseReader,
+    *,
+    now: int,
+    pools: PoolIndex | None,
+    max_coin_checks: int | None = DEFAULT_MAX_COIN_CHECKS,
+) -> ScanResult:
     """Scan from the last stored block (re-checking it, for reorgs) to the tip, then follow pool coins to their
     spends (at most `max_coin_checks` coins); nothing when nothing is stored."""
     span = await store.run(miner_block_span, reader.chain)
@@ -628,13 +706,19 @@ async def follow_tip(store: AsyncStore, reader: CoinbaseReader, *, now: int, poo
     return await _with_spends(store, reader, res, pools, tip, max_coin_checks)
 
 
-async def _with_spends(store: AsyncStore, reader: CoinbaseReader, res: ScanResult, pools: PoolIndex | None, tip: int,
-                       max_checks: int | None) -> ScanResult:
+async def _with_spends(
+    store: AsyncStore, reader: CoinbaseReader, res: ScanResult, pools: PoolIndex | None, tip: int, max_checks: int | None
+) -> ScanResult:
     if res.error or pools is None:
         return res
     spent = await follow_pool_spends(store, reader, pools=pools, tip=tip, max_checks=max_checks)
-    return replace(res, requests=res.requests + spent.requests, error=spent.error, spends=res.spends + spent.spends,
-                   pool_outflows=res.pool_outflows + spent.outflows)
+    return replace(
+        res,
+        requests=res.requests + spent.requests,
+        error=spent.error,
+        spends=res.spends + spent.spends,
+        pool_outflows=res.pool_outflows + spent.outflows,
+    )
 
 
 # --- pool payout coins and their spends ---------------------------------------------------------------
@@ -652,8 +736,18 @@ def pool_coins_of(block: BlockCoinbase, pool: str | None, pools: PoolIndex) -> l
         p = pools.pool_of_address(o.address)
         if p is None or o.value <= 0 or not o.address:
             continue
-        out.append({"chain": cb.chain, "txid": cb.txid, "n": o.n, "pool": pool if pool and pool != _UNKNOWN else p.name,
-                    "address": o.address, "value_units": o.value, "height": block.header.height, "coinbase": 1})
+        out.append(
+            {
+                "chain": cb.chain,
+                "txid": cb.txid,
+                "n": o.n,
+                "pool": pool if pool and pool != _UNKNOWN else p.name,
+                "address": o.address,
+                "value_units": o.value,
+                "height": block.header.height,
+                "coinbase": 1,
+            }
+        )
     return out
 
 
@@ -672,12 +766,32 @@ def pool_spend(tx: ChainTx, pools: PoolIndex, pool: str) -> tuple[list[dict[str,
             continue
         p = pools.pool_of_address(o.address)
         if p is not None:
-            change.append({"chain": tx.chain, "txid": tx.txid, "n": o.n, "pool": pool, "address": o.address,
-                           "value_units": o.value, "height": tx.block_height, "coinbase": 0})
+            change.append(
+                {
+                    "chain": tx.chain,
+                    "txid": tx.txid,
+                    "n": o.n,
+                    "pool": pool,
+                    "address": o.address,
+                    "value_units": o.value,
+                    "height": tx.block_height,
+                    "coinbase": 0,
+                }
+            )
         elif total_in:
-            outflows.append({"chain": tx.chain, "txid": tx.txid, "n": o.n, "pool": pool,
-                             "block_height": tx.block_height, "block_time": tx.block_time, "day": _day(tx.block_time),
-                             "address": o.address, "value_units": o.value * pool_in // total_in})
+            outflows.append(
+                {
+                    "chain": tx.chain,
+                    "txid": tx.txid,
+                    "n": o.n,
+                    "pool": pool,
+                    "block_height": tx.block_height,
+                    "block_time": tx.block_time,
+                    "day": _day(tx.block_time),
+                    "address": o.address,
+                    "value_units": o.value * pool_in // total_in,
+                }
+            )
     return outflows, change
 
 
@@ -692,8 +806,9 @@ class SpendResult:
     error: str = ""
 
 
-async def follow_pool_spends(store: AsyncStore, reader: CoinbaseReader, *, pools: PoolIndex, tip: int,
-                             max_checks: int | None = DEFAULT_MAX_COIN_CHECKS) -> SpendResult:
+async def follow_pool_spends(
+    store: AsyncStore, reader: CoinbaseReader, *, pools: PoolIndex, tip: int, max_checks: int | None = DEFAULT_MAX_COIN_CHECKS
+) -> SpendResult:
     """Check unspent pool coins for a confirmed spend at or below `tip`; store each spend's outflows and change.
 
     One `/tx/:txid/outspends` per tx holding coins to check (coinbase coins once mature; each coin at most
@@ -804,10 +919,7 @@ def miners_view(
     for f in flows:
         if f.kind == "exchange":
             to_exchange[f.day] = to_exchange.get(f.day, 0) + f.sat
-    recs = [
-        reconcile_production(days, entity, pool, reported.get(entity)).record()
-        for pool, entity in sorted(owners.items())
-    ]
+    recs = [reconcile_production(days, entity, pool, reported.get(entity)).record() for pool, entity in sorted(owners.items())]
     return {
         "schema": "treasury-monitor.miners/1",
         "blocks_scanned": len(rows),
@@ -819,8 +931,9 @@ def miners_view(
         "pool_days": [d.record() for d in days],
         "tracked_miners": recs,
         "flows": [{"day": f.day, "kind": f.kind, "sat": f.sat, "usd": round(f.usd, 2), "flows": f.flows} for f in flows],
-        "pool_flows": [{"day": f.day, "kind": f.kind, "sat": f.sat, "usd": round(f.usd, 2), "flows": f.flows}
-                       for f in pool_flows],
+        "pool_flows": [
+            {"day": f.day, "kind": f.kind, "sat": f.sat, "usd": round(f.usd, 2), "flows": f.flows} for f in pool_flows
+        ],
         "miner_to_exchange": [{"day": d, "sat": s} for d, s in sorted(to_exchange.items())],
         "mpi": [p.record() for p in mpi],
         "mpi_days_used": mpi[-1].days_used if mpi else 0,
@@ -830,8 +943,9 @@ def miners_view(
     }
 
 
-def view_for_registry(store: Store, registry: Any, *, since: int | None = None,
-                      owners: Mapping[str, str] = DEFAULT_POOL_OWNERS) -> dict[str, Any]:
+def view_for_registry(
+    store: Store, registry: Any, *, since: int | None = None, owners: Mapping[str, str] = DEFAULT_POOL_OWNERS
+) -> dict[str, Any]:
     """`miners_view` with entity kinds and reported monthly production taken from a Registry (store thread)."""
     kind_of = {e.name: e.kind for e in registry.entities.values()}
     reported = {e.name: e.profile.monthly_production_btc for e in registry.entities.values()}
@@ -844,12 +958,10 @@ def view_for_registry(store: Store, registry: Any, *, since: int | None = None,
             return owner.kind
         return "other"
 
-    return miners_view(store, kind_of=kind_of, reported=reported, owners=owners, since=since,
-                       address_kind=address_kind)
+    return miners_view(store, kind_of=kind_of, reported=reported, owners=owners, since=since, address_kind=address_kind)
 
 
-def view_from_store(store: Store, *, since: int | None = None,
-                    owners: Mapping[str, str] = DEFAULT_POOL_OWNERS) -> dict[str, Any]:
+def view_from_store(store: Store, *, since: int | None = None, owners: Mapping[str, str] = DEFAULT_POOL_OWNERS) -> dict[str, Any]:
     """`miners_view` with entity kinds, reported production and address owners read from storage alone (the
     entities and addresses the last run synced), for readers without a config: the report (store thread)."""
     from monitor.core.registry import normalise_address
@@ -863,8 +975,7 @@ def view_from_store(store: Store, *, since: int | None = None,
         k = kind_of.get(owner.get(("bitcoin", normalise_address("bitcoin", address)), ""), "")
         return k if k in ("exchange", "otc", "custodian", "miner") else "other" if k else "unknown"
 
-    return miners_view(store, kind_of=kind_of, reported=reported, owners=owners, since=since,
-                       address_kind=address_kind)
+    return miners_view(store, kind_of=kind_of, reported=reported, owners=owners, since=since, address_kind=address_kind)
 
 
 def coinbase_reader(sources: Sequence[Any], name: str | None = None) -> CoinbaseReader | None:
@@ -883,8 +994,9 @@ def coinbase_reader(sources: Sequence[Any], name: str | None = None) -> Coinbase
     return None
 
 
-def with_measured_production(store: Store, entity: Any, *, at: int, owners: Mapping[str, str] = DEFAULT_POOL_OWNERS,
-                             days: int = 30, chain: str = "bitcoin") -> Any:
+def with_measured_production(
+    store: Store, entity: Any, *, at: int, owners: Mapping[str, str] = DEFAULT_POOL_OWNERS, days: int = 30, chain: str = "bitcoin"
+) -> Any:
     """The entity, its monthly production replaced by its own pool's measured one when that is fresher (store thread).
 
     The measured figure is the pool's coinbases over the `days` before `at` (at least 7 scanned days),

@@ -213,8 +213,9 @@ def payouts_of(tx: ChainTx, pools: PoolIndex, followed: Iterable[str] | None = N
         return []
     spent_from = tuple(dict.fromkeys(i.prev_txid for i, p in zip(tx.inputs, spending) if p is pool and i.prev_txid))
     return [
-        Payout(pool.name, tx.txid, o.n, normalise_address("bitcoin", o.address), o.value, tx.block_height, tx.block_time,
-               spent_from)
+        Payout(
+            pool.name, tx.txid, o.n, normalise_address("bitcoin", o.address), o.value, tx.block_height, tx.block_time, spent_from
+        )
         for o in tx.outputs
         if o.address and o.value > 0 and pools.pool_of_address(o.address) is None
     ]
@@ -253,8 +254,17 @@ def proposals(
             continue
         heights = [r["block_height"] for r in rows if r["block_height"] is not None]
         status = "active" if auto_accept_payouts is not None and n >= auto_accept_payouts else "candidate"
-        out.append(Proposal(entity, address, n, sum(r["value_units"] or 0 for r in rows),
-                            min(heights, default=None), max(heights, default=None), status))
+        out.append(
+            Proposal(
+                entity,
+                address,
+                n,
+                sum(r["value_units"] or 0 for r in rows),
+                min(heights, default=None),
+                max(heights, default=None),
+                status,
+            )
+        )
     return out
 
 
@@ -331,9 +341,17 @@ def _commit_follow(
             save_pool_block(
                 store,
                 {
-                    "chain": cb.chain, "txid": cb.txid, "pool": att.pool.name, "pool_address": att.pool_address,
-                    "block_height": cb.block_height, "block_hash": cb.block_hash, "block_time": cb.block_time,
-                    "reward_units": att.reward, "matched_by": att.matched_by, "tag": att.tag, "tag_pool": att.tag_pool,
+                    "chain": cb.chain,
+                    "txid": cb.txid,
+                    "pool": att.pool.name,
+                    "pool_address": att.pool_address,
+                    "block_height": cb.block_height,
+                    "block_hash": cb.block_hash,
+                    "block_time": cb.block_time,
+                    "reward_units": att.reward,
+                    "matched_by": att.matched_by,
+                    "tag": att.tag,
+                    "tag_pool": att.tag_pool,
                 },
                 now=now,
             )
@@ -348,8 +366,19 @@ def _commit_follow(
                 continue
             add_evidence(
                 store,
-                [Evidence("bitcoin", p.address, entity, "pool_payout", p.txid, p.block_height, p.block_time, p.value,
-                          {"pool": p.pool, "n": p.n, "spent_from": list(p.spent_from)})],
+                [
+                    Evidence(
+                        "bitcoin",
+                        p.address,
+                        entity,
+                        "pool_payout",
+                        p.txid,
+                        p.block_height,
+                        p.block_time,
+                        p.value,
+                        {"pool": p.pool, "n": p.n, "spent_from": list(p.spent_from)},
+                    )
+                ],
                 now=now,
             )
             touched.setdefault(entity, set()).add(p.address)
@@ -359,7 +388,8 @@ def _commit_follow(
             for prop in proposals(ev, entity=entity, min_payouts=min_payouts, auto_accept_payouts=auto_accept_payouts):
                 summary = prop.summary("/".join(pool_names))
                 a = EntityAddress(
-                    "bitcoin", prop.address,
+                    "bitcoin",
+                    prop.address,
                     source=f"recipient of {summary} (1-hop from coinbase; pools from {POOLS_SOURCE})",
                     learned_by="pool_payout",
                     as_of=(iso(max(r["block_time"] or 0 for r in ev[prop.address])) or "")[:10],
@@ -424,16 +454,29 @@ async def follow_pool_payouts(
             continue
         if att.tag_pool:
             mismatches += 1
-            log.warning("coinbase %s pays %s but its tag %r names %s; attributed by address", cb.txid,
-                        att.pool.name, att.tag, att.tag_pool)
+            log.warning(
+                "coinbase %s pays %s but its tag %r names %s; attributed by address",
+                cb.txid,
+                att.pool.name,
+                att.tag,
+                att.tag_pool,
+            )
         blocks.append((cb, att))
     payouts = [p for t in batch.txs if t.is_confirmed for p in payouts_of(t, pools, owner_of)]
     props = await store.run(
-        _commit_follow, blocks, payouts, owner_of, registry, batch.cursors, now=now,
-        min_payouts=min_payouts, auto_accept_payouts=auto_accept_payouts,
+        _commit_follow,
+        blocks,
+        payouts,
+        owner_of,
+        registry,
+        batch.cursors,
+        now=now,
+        min_payouts=min_payouts,
+        auto_accept_payouts=auto_accept_payouts,
     )
-    return FollowResult(tuple(owner_of), len(batch.txs), len(blocks), mismatches, len(payouts), tuple(props),
-                        batch.failed, requests)
+    return FollowResult(
+        tuple(owner_of), len(batch.txs), len(blocks), mismatches, len(payouts), tuple(props), batch.failed, requests
+    )
 
 
 class _FixedClock:
@@ -492,8 +535,10 @@ class ProductionCheck:
     def sentence(self) -> str:
         """One line with both figures and their sources."""
         window = f"{self.days:.0f} days to {(iso(self.until) or '')[:10]}"
-        seen = (f"{self.blocks} {'/'.join(self.pools)} blocks ({format_btc_amount(self.block_reward_sat)} BTC in coinbases), "
-                f"{self.payouts} payouts ({format_btc_amount(self.payout_sat)} BTC) to {self.wallets} accepted wallet(s)")
+        seen = (
+            f"{self.blocks} {'/'.join(self.pools)} blocks ({format_btc_amount(self.block_reward_sat)} BTC in coinbases), "
+            f"{self.payouts} payouts ({format_btc_amount(self.payout_sat)} BTC) to {self.wallets} accepted wallet(s)"
+        )
         if self.reported is None:
             return f"on-chain production, {window}: {seen}; no reported monthly figure"
         rep = f"{self.reported.value:,.0f} BTC/month ({short_source(self.reported)}, as of {self.reported.as_of})"

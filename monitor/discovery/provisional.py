@@ -63,9 +63,14 @@ class Sweep:
 
     def entity_address(self) -> EntityAddress:
         """The address as the registry holds it while undecided."""
-        return EntityAddress(self.chain, self.address, source=f"swept to by {self.entity}'s tx {self.txid}",
-                             learned_by="provisional", as_of=iso(self.block_time)[:10] if self.block_time else "",
-                             evidence=self.txid)
+        return EntityAddress(
+            self.chain,
+            self.address,
+            source=f"swept to by {self.entity}'s tx {self.txid}",
+            learned_by="provisional",
+            as_of=iso(self.block_time)[:10] if self.block_time else "",
+            evidence=self.txid,
+        )
 
 
 @dataclass(frozen=True)
@@ -118,21 +123,40 @@ def _judge(tx: ChainTx, address: str, entity: str, registry: Registry) -> Judgem
     targets = list(dict.fromkeys((e.kind, e.name) for e in owners if e is not None and e.kind in _SALE))
     if strangers:
         att = Attribution(*targets[0]) if len(targets) == 1 else Attribution("exchange", "unidentified")
-        return Judgement(entity, chain, address, "deposit", tx.txid,
-                         f"spent in {tx.txid} together with {len(strangers)} unrelated input(s): an exchange sweeping "
-                         "deposits, so it was a deposit address", att)
+        return Judgement(
+            entity,
+            chain,
+            address,
+            "deposit",
+            tx.txid,
+            f"spent in {tx.txid} together with {len(strangers)} unrelated input(s): an exchange sweeping "
+            "deposits, so it was a deposit address",
+            att,
+        )
     if others and any(not registry.is_provisional(chain, a) for a in others):
-        return Judgement(entity, chain, address, "confirmed", tx.txid,
-                         f"co-spent with {entity}'s own inputs in {tx.txid}")
-    back = [o for o, e in zip(outs, owners) if e is not None and e.name == entity
-            and (normalise_address(chain, o.address or "") == key or not registry.is_provisional(chain, o.address))]
+        return Judgement(entity, chain, address, "confirmed", tx.txid, f"co-spent with {entity}'s own inputs in {tx.txid}")
+    back = [
+        o
+        for o, e in zip(outs, owners)
+        if e is not None
+        and e.name == entity
+        and (normalise_address(chain, o.address or "") == key or not registry.is_provisional(chain, o.address))
+    ]
     if back:
-        return Judgement(entity, chain, address, "confirmed", tx.txid,
-                         f"spent in {tx.txid} with change back to {entity} ({back[0].address})")
+        return Judgement(
+            entity, chain, address, "confirmed", tx.txid, f"spent in {tx.txid} with change back to {entity} ({back[0].address})"
+        )
     if len(targets) == 1 and all(e is not None and (e.kind, e.name) == targets[0] for e in owners):
-        return Judgement(entity, chain, address, "deposit", tx.txid,
-                         f"emptied into {targets[0][0]}:{targets[0][1]}'s wallet in {tx.txid} without change: "
-                         "a deposit address swept by its exchange", Attribution(*targets[0]))
+        return Judgement(
+            entity,
+            chain,
+            address,
+            "deposit",
+            tx.txid,
+            f"emptied into {targets[0][0]}:{targets[0][1]}'s wallet in {tx.txid} without change: "
+            "a deposit address swept by its exchange",
+            Attribution(*targets[0]),
+        )
     return None
 
 
@@ -162,8 +186,7 @@ def apply_provisional(registry: Registry, sweeps: Iterable[Sweep] = (), judgemen
         rec = registry.address_record(j.chain, j.address)
         if rec is None:
             continue
-        registry = registry.replacing(j.chain, j.address,
-                                      replace(rec, learned_by="sweep") if j.outcome == "confirmed" else None)
+        registry = registry.replacing(j.chain, j.address, replace(rec, learned_by="sweep") if j.outcome == "confirmed" else None)
     return registry
 
 

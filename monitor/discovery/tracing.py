@@ -136,7 +136,9 @@ def _share(att: Attribution | str, b: TraceBranch, note: str = "") -> TraceShare
     return TraceShare(str(att), b.value, b.hops, b.path, note)
 
 
-def report_of(t: TraceState, significant_share: float = DEFAULT_SIGNIFICANT_SHARE) -> tuple[Attribution, tuple[TraceShare, ...]] | None:
+def report_of(
+    t: TraceState, significant_share: float = DEFAULT_SIGNIFICANT_SHARE
+) -> tuple[Attribution, tuple[TraceShare, ...]] | None:
     """The attribution and breakdown to re-classify the flow with, when the trace found enough; else None.
 
     Enough: exchanges + OTC reached at least `significant_share` of the traced value, or counterparties
@@ -181,12 +183,29 @@ def _summary(t: TraceState, shares: list[TraceShare], waiting: list[TraceBranch]
     hops = max([s.hops for s in shares] + [b.hops for b in waiting] + [t.hops])
     if waiting:
         tip = max(waiting, key=lambda b: (b.value, -b.hops))
-        return replace(t, hops=hops, path=tip.path, tip_txid=tip.txid, tip_vout=tip.vout, tip_value=tip.value,
-                       tip_address=tip.address, result=result, branches=tuple(waiting), shares=tuple(shares))
+        return replace(
+            t,
+            hops=hops,
+            path=tip.path,
+            tip_txid=tip.txid,
+            tip_vout=tip.vout,
+            tip_value=tip.value,
+            tip_address=tip.address,
+            result=result,
+            branches=tuple(waiting),
+            shares=tuple(shares),
+        )
     counter = [s for s in shares if _kind(s.attribution) in _COUNTERPARTY]
     main = max(counter or shares or [TraceShare("unknown", t.value, t.hops, t.path)], key=lambda s: (s.value, -s.hops))
-    return replace(t, hops=hops, path=main.path, result=result, branches=(), shares=tuple(shares),
-                   attribution=main.attribution if counter else t.attribution)
+    return replace(
+        t,
+        hops=hops,
+        path=main.path,
+        result=result,
+        branches=(),
+        shares=tuple(shares),
+        attribution=main.attribution if counter else t.attribution,
+    )
 
 
 async def advance_trace(
@@ -247,8 +266,15 @@ async def advance_trace(
             s = spends[b.vout]
             # a spender not named (mempool.space on Core without txospenderindex says only "spent") or
             # not confirmed yet: wait, the next check may know more
-            why = ("coins unspent" if not s.spent else "spender not named by the source" if s.txid is None
-                   else "spend unconfirmed" if s.block_height is None and not s.confirmed else "")
+            why = (
+                "coins unspent"
+                if not s.spent
+                else "spender not named by the source"
+                if s.txid is None
+                else "spend unconfirmed"
+                if s.block_height is None and not s.confirmed
+                else ""
+            )
             if why:
                 waiting.append(b)
                 whys.append(why)
@@ -264,8 +290,11 @@ async def advance_trace(
             continue
         progressed = True
         total_in = tx.total_in or tx.total_out
-        children = [TraceBranch(tx.txid, o.n, b.value * o.value // total_in, o.address, b.hops + 1, b.path + (tx.txid,))
-                    for o in tx.outputs if o.address is not None and o.value > 0 and total_in > 0]
+        children = [
+            TraceBranch(tx.txid, o.n, b.value * o.value // total_in, o.address, b.hops + 1, b.path + (tx.txid,))
+            for o in tx.outputs
+            if o.address is not None and o.value > 0 and total_in > 0
+        ]
         for c in sorted((c for c in children if c.value > 0), key=lambda c: (-c.value, c.vout)):
             if judge(c):
                 continue
@@ -292,8 +321,9 @@ async def advance_trace(
         return outcome(replace(state, status="gave_up"))
     attempts = 0 if progressed else t.attempts
     delay = min(retry_cap, retry_base * (2 ** min(attempts, 20)))
-    state = _summary(replace(t, attempts=attempts + 1, next_at=now + delay), shares, waiting,
-                     f"{why}; next check in {delay // 60} min", floor)
+    state = _summary(
+        replace(t, attempts=attempts + 1, next_at=now + delay), shares, waiting, f"{why}; next check in {delay // 60} min", floor
+    )
     return outcome(state)
 
 
@@ -344,11 +374,20 @@ async def trace_pending(
         if stale is not None:
             await store.run(_save, replace(t, status="ended", result=stale, branches=()), now=now)
             continue
-        outcome = await advance_trace(t, source, registry, now=now, max_hops=limits.max_hops,
-                                      value_floor_sat=limits.value_floor_sat, floor_share=limits.floor_share,
-                                      max_branches=limits.max_branches, significant_share=limits.significant_share,
-                                      retry_base=limits.retry_base, retry_cap=limits.retry_cap,
-                                      give_up_after=limits.give_up_after)
+        outcome = await advance_trace(
+            t,
+            source,
+            registry,
+            now=now,
+            max_hops=limits.max_hops,
+            value_floor_sat=limits.value_floor_sat,
+            floor_share=limits.floor_share,
+            max_branches=limits.max_branches,
+            significant_share=limits.significant_share,
+            retry_base=limits.retry_base,
+            retry_cap=limits.retry_cap,
+            give_up_after=limits.give_up_after,
+        )
         state = outcome.state
         if outcome.attribution is not None:
             att = outcome.attribution
@@ -356,7 +395,8 @@ async def trace_pending(
             state = replace(state, reported=True)
             if decision is not None:
                 attributed += 1
-                log.info("trace %s:%d (%s) %s; verdict now %s", t.txid, t.n, t.entity, state.result,
-                         decision.classification.verdict)
+                log.info(
+                    "trace %s:%d (%s) %s; verdict now %s", t.txid, t.n, t.entity, state.result, decision.classification.verdict
+                )
         await store.run(_save, state, now=now)
     return attributed

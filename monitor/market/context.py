@@ -129,8 +129,15 @@ class Market:
                 log.warning("block=%s chain facts unavailable, hashprice left out: %s", block_hash, exc)
                 return None
             if self.store is not None:
-                await self.store.run(save_block_facts, "bitcoin", block_hash, height=facts.height,
-                                     difficulty=facts.difficulty, time=facts.time, coinbase_total=facts.coinbase_total_sat)
+                await self.store.run(
+                    save_block_facts,
+                    "bitcoin",
+                    block_hash,
+                    height=facts.height,
+                    difficulty=facts.difficulty,
+                    time=facts.time,
+                    coinbase_total=facts.coinbase_total_sat,
+                )
         self._facts[block_hash] = facts
         while len(self._facts) > 4 * FEE_WINDOW:
             self._facts.popitem(last=False)
@@ -156,8 +163,14 @@ class Market:
                 quotes[(pair, at)] = q
         return q
 
-    async def context_for(self, flow: EntityFlow, *, block_hash: str | None, tip: list[str | None] | None = None,
-                          quotes: dict[tuple[str, int], Any] | None = None) -> MarketContext:
+    async def context_for(
+        self,
+        flow: EntityFlow,
+        *,
+        block_hash: str | None,
+        tip: list[str | None] | None = None,
+        quotes: dict[tuple[str, int], Any] | None = None,
+    ) -> MarketContext:
         """MarketContext at a flow's time (block time, or now for an unconfirmed flow).
 
         `tip` is a one-slot cache shared by the flows of one batch: unconfirmed flows use the tip's
@@ -223,7 +236,7 @@ class Market:
         tip: list[str | None] = []
         quotes: dict[tuple[str, int], Any] = {}
         for flow, block_hash in flows:
-            out[(flow.chain, flow.txid, flow.entity)] = await self.context_for(flow, block_hash=block_hash, tip=tip,
-                                                                               quotes=quotes)
+            out[(flow.chain, flow.txid, flow.entity)] = await self.context_for(
+                flow, block_hash=block_hash, tip=tip, quotes=quotes
+            )
         return out
-

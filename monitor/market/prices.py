@@ -87,8 +87,9 @@ def build_price_sources(
             continue
         if name not in SOURCE_NAMES:
             raise ValueError(f"unknown price source {name!r}; expected some of {SOURCE_NAMES}")
-        http = make_http(name, session, clock=clock, base_urls=(base_urls or {}).get(name),
-                         headers=dict((headers or {}).get(name, {})) or None)
+        http = make_http(
+            name, session, clock=clock, base_urls=(base_urls or {}).get(name), headers=dict((headers or {}).get(name, {})) or None
+        )
         if name == "coinbase":
             sources.append(CoinbasePrices(http))
         elif name == "kraken":

@@ -90,16 +90,21 @@ def as_json(inp: ScenarioInputs, table) -> dict:
                 "label": s.label,
                 "btc_usd": s.price,
                 "hashprice_usd_per_ph_day": round(s.hashprice, 2),
-                "quoted_hashprice": ({"value": quoted[s.label].value, "source": quoted[s.label].source}
-                                     if quoted.get(s.label) else None),
+                "quoted_hashprice": (
+                    {"value": quoted[s.label].value, "source": quoted[s.label].source} if quoted.get(s.label) else None
+                ),
                 "breakeven_usd_per_kwh": [{"j_per_th": e, "usd_per_kwh": round(b, 4)} for e, b in s.breakeven],
                 "difficulty_cases": [
                     {"change": f"{c:+.0%}", "difficulty": d, "hashprice_usd_per_ph_day": round(h, 2)}
                     for c, d, h in s.difficulty_cases
                 ],
                 "below_cash_cost": [
-                    {"miner": b.name, "cash_cost_usd": b.cash_cost.value, "gap_pct": round(b.gap_pct, 1),
-                     "source": b.cash_cost.source}
+                    {
+                        "miner": b.name,
+                        "cash_cost_usd": b.cash_cost.value,
+                        "gap_pct": round(b.gap_pct, 1),
+                        "source": b.cash_cost.source,
+                    }
                     for b in s.below_cost
                 ],
             }

@@ -64,8 +64,7 @@ _FEED_SIZE = 40
 _TEMPLATES = {p.name: p.read_text(encoding="utf-8") for p in sorted(TEMPLATE_DIR.glob("*.html"))}
 _STATIC_TYPES = {".css": "text/css", ".js": "text/javascript"}
 _STATIC = {p.name: (p.read_bytes(), _STATIC_TYPES[p.suffix]) for p in sorted(STATIC_DIR.iterdir()) if p.suffix in _STATIC_TYPES}
-_env = Environment(loader=DictLoader(_TEMPLATES), autoescape=select_autoescape(["html"]),
-                   trim_blocks=True, lstrip_blocks=True)
+_env = Environment(loader=DictLoader(_TEMPLATES), autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
 
 
 def _btc(units: int | float | None) -> str:
@@ -112,11 +111,28 @@ def entity_facts(store: Store, name: str) -> list[dict[str, Any]]:
     ):
         # Every dated point, newest first: the first of a label is the last reported figure.
         for fact in reversed(p.series(figure)):
-            out.append({"label": label, "value": fact.value, "unit": unit, "as_of": fact.as_of,
-                        "source": fact.source, "note": fact.note, "quote": fact.quote})
+            out.append(
+                {
+                    "label": label,
+                    "value": fact.value,
+                    "unit": unit,
+                    "as_of": fact.as_of,
+                    "source": fact.source,
+                    "note": fact.note,
+                    "quote": fact.quote,
+                }
+            )
     if p.strategy_tags:
-        out.append({"label": "strategy", "value": ", ".join(p.strategy_tags), "unit": "", "as_of": "",
-                    "source": p.strategy_source, "note": ""})
+        out.append(
+            {
+                "label": "strategy",
+                "value": ", ".join(p.strategy_tags),
+                "unit": "",
+                "as_of": "",
+                "source": p.strategy_source,
+                "note": "",
+            }
+        )
     return out
 
 
@@ -139,18 +155,37 @@ def flow_traces(store: Store, entity: str) -> dict[tuple[str, str], list[Branch]
             flows_out[key] = (row or {}).get("out_units") or t.value or 1
         whole = flows_out[key]
         parts = [
-            Branch(n=t.n, value_units=sh.value, share=sh.value / whole, path=tuple(sh.path),
-                   status="attributed" if sh.attribution != "unknown" else (sh.note or "unknown"),
-                   end=sh.attribution if not sh.note else f"{sh.attribution} ({sh.note})")
+            Branch(
+                n=t.n,
+                value_units=sh.value,
+                share=sh.value / whole,
+                path=tuple(sh.path),
+                status="attributed" if sh.attribution != "unknown" else (sh.note or "unknown"),
+                end=sh.attribution if not sh.note else f"{sh.attribution} ({sh.note})",
+            )
             for sh in getattr(t, "shares", ())
         ] + [
-            Branch(n=t.n, value_units=b.value, share=b.value / whole, path=tuple(b.path), status="pending",
-                   end=f"following {b.address or b.txid[:12]}")
+            Branch(
+                n=t.n,
+                value_units=b.value,
+                share=b.value / whole,
+                path=tuple(b.path),
+                status="pending",
+                end=f"following {b.address or b.txid[:12]}",
+            )
             for b in getattr(t, "branches", ())
         ]
         if not parts:
-            parts = [Branch(n=t.n, value_units=t.value, share=t.value / whole, path=tuple(t.path), status=t.status,
-                            end=t.attribution or t.result or t.status)]
+            parts = [
+                Branch(
+                    n=t.n,
+                    value_units=t.value,
+                    share=t.value / whole,
+                    path=tuple(t.path),
+                    status=t.status,
+                    end=t.attribution or t.result or t.status,
+                )
+            ]
         out.setdefault(key, []).extend(parts)
     for branches in out.values():
         branches.sort(key=lambda b: (b.n, -b.value_units))
@@ -180,30 +215,43 @@ def overview(store: Store, now: int) -> dict[str, Any]:
         facts = entity_facts(store, name)
         rows = d.rows if d else []
         live = [r for r in rows if not is_retracted(r) and r["classification"] is not None]
-        recent = [r for r in live if d is not None and d.at(r) >= now - 30 * DAY and r["direction"] == "out"
-                  and r["classification"]["verdict"] != "internal"]
+        recent = [
+            r
+            for r in live
+            if d is not None
+            and d.at(r) >= now - 30 * DAY
+            and r["direction"] == "out"
+            and r["classification"]["verdict"] != "internal"
+        ]
         series, basis = d.balance_series() if d else ([], "flows")
         worst = _worst([r["classification"] for r in live if r["classification"]["verdict"] != "internal"])
         last = max(rows, key=lambda r: d.at(r)) if rows and d else None
         has_all = s.get("addresses", 0) > 0 and s.get("addresses_with_balance") == s.get("addresses")
-        cards.append({
-            "name": name,
-            "kind": e["kind"],
-            "addresses": s.get("addresses", 0),
-            "balance_units": s.get("balance_units") if has_all else (series[-1][1] if series else None),
-            "balance_basis": "snapshot" if has_all else ("flows" if series else "none"),
-            "holdings": _fact(facts, "holdings"),
-            "production": _fact(facts, "monthly production"),
-            "out30_units": sum(r["out_units"] for r in recent),
-            "sold30_units": sum(r["out_units"] for r in recent if r["classification"]["verdict"] in SALE_VERDICTS),
-            "worst": worst,
-            "last": last and {"at": d.at(last), "direction": last["direction"], "out_units": last["out_units"],
-                              "received_units": last["received_units"],
-                              "verdict": (last["classification"] or {}).get("verdict"),
-                              "retracted": is_retracted(last)},
-            "flows": len(rows),
-            "spark": sparkline(series, label=f"{name}: balance over time") if series else "",
-        })
+        cards.append(
+            {
+                "name": name,
+                "kind": e["kind"],
+                "addresses": s.get("addresses", 0),
+                "balance_units": s.get("balance_units") if has_all else (series[-1][1] if series else None),
+                "balance_basis": "snapshot" if has_all else ("flows" if series else "none"),
+                "holdings": _fact(facts, "holdings"),
+                "production": _fact(facts, "monthly production"),
+                "out30_units": sum(r["out_units"] for r in recent),
+                "sold30_units": sum(r["out_units"] for r in recent if r["classification"]["verdict"] in SALE_VERDICTS),
+                "worst": worst,
+                "last": last
+                and {
+                    "at": d.at(last),
+                    "direction": last["direction"],
+                    "out_units": last["out_units"],
+                    "received_units": last["received_units"],
+                    "verdict": (last["classification"] or {}).get("verdict"),
+                    "retracted": is_retracted(last),
+                },
+                "flows": len(rows),
+                "spark": sparkline(series, label=f"{name}: balance over time") if series else "",
+            }
+        )
     raw = recent_events(store, _FEED_SIZE)
     events = [_feed_item(store, ev) for ev in raw]
     feed: dict[str, dict[str, Any]] = {}
@@ -265,8 +313,16 @@ def entity_page(store: Store, name: str, f: FlowFilters) -> dict[str, Any] | Non
         return None
     hist = entity_histories(store, name)
     d = hist[0] if hist else None
-    rows, total = flow_page(store, name, verdict=f.verdict, destination=f.destination, since=f.since, until=f.until,
-                            limit=PAGE_SIZE, offset=(f.page - 1) * PAGE_SIZE)
+    rows, total = flow_page(
+        store,
+        name,
+        verdict=f.verdict,
+        destination=f.destination,
+        since=f.since,
+        until=f.until,
+        limit=PAGE_SIZE,
+        offset=(f.page - 1) * PAGE_SIZE,
+    )
     chart = ""
     counts: Counter[str] = Counter()
     if d is not None and d.rows:
@@ -285,22 +341,41 @@ def entity_page(store: Store, name: str, f: FlowFilters) -> dict[str, Any] | Non
                 prior = [v for s, v in series if s <= t]
                 b = prior[-1] if prior else 0
             counts["retracted" if is_retracted(r) else (c.get("verdict") or "not classified")] += 1
-            markers.append(Marker(
-                at=t, balance_units=b, out_units=r["out_units"], verdict=c.get("verdict"), retracted=is_retracted(r),
-                unconfirmed=r["status"] == "mempool",
-                label=f"{_when(t)} · {_btc(r['out_units'])} BTC · {c.get('verdict') or 'not classified'}"
-                      + (" (retracted)" if is_retracted(r) else "") + f" · {r['txid'][:12]}…",
-            ))
+            markers.append(
+                Marker(
+                    at=t,
+                    balance_units=b,
+                    out_units=r["out_units"],
+                    verdict=c.get("verdict"),
+                    retracted=is_retracted(r),
+                    unconfirmed=r["status"] == "mempool",
+                    label=f"{_when(t)} · {_btc(r['out_units'])} BTC · {c.get('verdict') or 'not classified'}"
+                    + (" (retracted)" if is_retracted(r) else "")
+                    + f" · {r['txid'][:12]}…",
+                )
+            )
         how = "anchored at the latest balance snapshot" if basis == "snapshot" else "cumulative from zero over the stored flows"
-        chart = balance_chart(series, price_series(store, lo, hi, hist), markers, lo=lo, hi=hi,
-                              title=f"{name}: on-chain balance (BTC, {how}) and BTC/USD, outflows by verdict")
+        chart = balance_chart(
+            series,
+            price_series(store, lo, hi, hist),
+            markers,
+            lo=lo,
+            hi=hi,
+            title=f"{name}: on-chain balance (BTC, {how}) and BTC/USD, outflows by verdict",
+        )
     traces = flow_traces(store, name)
     trace_views = []
     for (chain, txid), branches in sorted(traces.items(), key=lambda kv: kv[0][1]):
         fr = flow_row(store, chain, txid, name)
         out_units = (fr or {}).get("out_units") or sum(b.value_units for b in branches)
-        trace_views.append({"txid": txid, "svg": trace_graph(name, txid, out_units, branches), "branches": branches,
-                            "verdict": ((fr or {}).get("classification") or {}).get("verdict")})
+        trace_views.append(
+            {
+                "txid": txid,
+                "svg": trace_graph(name, txid, out_units, branches),
+                "branches": branches,
+                "verdict": ((fr or {}).get("classification") or {}).get("verdict"),
+            }
+        )
     pages = max(1, -(-total // PAGE_SIZE))
     return {
         "name": name,
@@ -315,9 +390,14 @@ def entity_page(store: Store, name: str, f: FlowFilters) -> dict[str, Any] | Non
         "pages": pages,
         "filters": f,
         "traces": trace_views,
-        "candidates": [{**c, "kinds": Counter(e["kind"] for e in c["evidence"]).most_common(),
-                        "txids": [e["txid"] for e in c["evidence"] if e["txid"]][:3]}
-                       for c in candidate_rows(store, entity=name)],
+        "candidates": [
+            {
+                **c,
+                "kinds": Counter(e["kind"] for e in c["evidence"]).most_common(),
+                "txids": [e["txid"] for e in c["evidence"] if e["txid"]][:3],
+            }
+            for c in candidate_rows(store, entity=name)
+        ],
     }
 
 
@@ -327,8 +407,13 @@ def _legend(counts: Counter[str]) -> list[dict[str, Any]]:
         st = RETRACTED_STYLE if v == "retracted" else VERDICT_STYLES.get(v)
         if st is None:
             continue
-        out.append({"verdict": v, "n": n, "svg": f'<svg width="16" height="16" viewBox="0 0 16 16" aria-hidden="true">'
-                                                  f'{marker_shape(st, 8, 8, 6)}</svg>'})
+        out.append(
+            {
+                "verdict": v,
+                "n": n,
+                "svg": f'<svg width="16" height="16" viewBox="0 0 16 16" aria-hidden="true">{marker_shape(st, 8, 8, 6)}</svg>',
+            }
+        )
     return out
 
 
@@ -356,10 +441,17 @@ def _flow_view(r: dict[str, Any], traces: dict[tuple[str, str], list[Branch]]) -
 
 def _render(template: str, **ctx: Any) -> web.Response:
     body = _env.get_template(template).render(**ctx)
-    resp = web.Response(text=body, content_type="text/html", charset="utf-8",
-                        headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store",
-                                 "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
-                                                            "img-src 'self' data:; script-src 'self'"})
+    resp = web.Response(
+        text=body,
+        content_type="text/html",
+        charset="utf-8",
+        headers={
+            "X-Content-Type-Options": "nosniff",
+            "Cache-Control": "no-store",
+            "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data:; script-src 'self'",
+        },
+    )
     resp.enable_compression()  # gzip/deflate when the browser accepts it: the feed's reasons compress well
     return resp
 
@@ -425,12 +517,15 @@ def add_routes(app: web.Application, daemon_key: web.AppKey) -> None:
         if found is None:
             raise web.HTTPNotFound()
         body, ctype = found
-        return web.Response(body=body, content_type=ctype, charset="utf-8",
-                            headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "max-age=300"})
+        return web.Response(
+            body=body,
+            content_type=ctype,
+            charset="utf-8",
+            headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "max-age=300"},
+        )
 
     app.router.add_get("/", index)
     app.router.add_get("/entity/{name:.+}", entity)
     app.router.add_get("/scenarios", scenarios)
     app.router.add_get("/miners", miners)
     app.router.add_get("/static/{name}", static)
-

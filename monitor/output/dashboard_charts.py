@@ -67,8 +67,10 @@ def marker_shape(style: VerdictStyle, x: float, y: float, r: float, *, hollow: b
     if m == "s":
         return f'<rect x="{_f(x - r)}" y="{_f(y - r)}" width="{_f(2 * r)}" height="{_f(2 * r)}" {common}/>'
     if m == "x":
-        return (f'<path d="M{_f(x - r)} {_f(y - r)}L{_f(x + r)} {_f(y + r)}M{_f(x - r)} {_f(y + r)}L{_f(x + r)} {_f(y - r)}" '
-                f'stroke="{style.colour}" stroke-width="2" fill="none"/>')
+        return (
+            f'<path d="M{_f(x - r)} {_f(y - r)}L{_f(x + r)} {_f(y + r)}M{_f(x - r)} {_f(y + r)}L{_f(x + r)} {_f(y - r)}" '
+            f'stroke="{style.colour}" stroke-width="2" fill="none"/>'
+        )
     if m == "P":
         w = r * 0.45
         pts = [(-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w), (-r, w), (-r, -w), (-w, -w)]
@@ -81,8 +83,13 @@ def marker_shape(style: VerdictStyle, x: float, y: float, r: float, *, hollow: b
     elif m == "h":
         pts = [(r * math.cos(a), r * math.sin(a)) for a in (math.pi / 6 + k * math.pi / 3 for k in range(6))]
     else:  # '*' star
-        pts = [((r if k % 2 == 0 else r * 0.45) * math.sin(k * math.pi / 5), -(r if k % 2 == 0 else r * 0.45) * math.cos(k * math.pi / 5))
-               for k in range(10)]
+        pts = [
+            (
+                (r if k % 2 == 0 else r * 0.45) * math.sin(k * math.pi / 5),
+                -(r if k % 2 == 0 else r * 0.45) * math.cos(k * math.pi / 5),
+            )
+            for k in range(10)
+        ]
     return f'<polygon points="{" ".join(f"{_f(x + dx)},{_f(y + dy)}" for dx, dy in pts)}" {common}/>'
 
 
@@ -104,8 +111,10 @@ def sparkline(points: Sequence[tuple[int, int]], *, label: str, width: int = 160
             xy.append(f"{_f(x)},{_f(prev_y)}")
         xy.append(f"{_f(x)},{_f(y)}")
         prev_y = y
-    return (f'<svg class="spark" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
-            f'aria-label="{_e(label)}"><polyline points="{" ".join(xy)}" fill="none" stroke="#222" stroke-width="1.5"/></svg>')
+    return (
+        f'<svg class="spark" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
+        f'aria-label="{_e(label)}"><polyline points="{" ".join(xy)}" fill="none" stroke="#222" stroke-width="1.5"/></svg>'
+    )
 
 
 def _ticks(lo: float, hi: float, n: int = 4) -> list[float]:
@@ -151,8 +160,7 @@ def balance_chart(
     def y_of(units: float) -> float:
         return top + ph - ph * (units / SATS_PER_BTC) / top_v
 
-    parts = [f'<svg class="chart" viewBox="0 0 {w} {h}" role="img" aria-label="{_e(title)}">',
-             f"<title>{_e(title)}</title>"]
+    parts = [f'<svg class="chart" viewBox="0 0 {w} {h}" role="img" aria-label="{_e(title)}">', f"<title>{_e(title)}</title>"]
     for v in ticks:  # grid and left axis
         y = top + ph - ph * v / top_v
         parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{_f(y)}" y2="{_f(y)}" stroke="#E5E5E5"/>')
@@ -196,8 +204,10 @@ def trace_graph(entity: str, txid: str, out_units: int, branches: Sequence[Branc
     w = 20 + col * (hops + 1)
     h = 24 + row * max(1, len(branches))
     label = f"hop trace of {entity}'s transaction {txid[:12]}…"
-    parts = [f'<svg class="trace" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="{_e(label)}">',
-             f"<title>{_e(label)}</title>"]
+    parts = [
+        f'<svg class="trace" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="{_e(label)}">',
+        f"<title>{_e(label)}</title>",
+    ]
     y0 = h / 2 - box_h / 2
     parts.append(_box(10, y0, box_w, box_h, f"{entity}", f"{out_units / SATS_PER_BTC:,.2f} BTC out", "#F4F4F4", f"tx {txid}"))
     for i, b in enumerate(branches):
@@ -205,7 +215,9 @@ def trace_graph(entity: str, txid: str, out_units: int, branches: Sequence[Branc
         px, py = 10 + box_w, y0 + box_h / 2
         for k, hop in enumerate(b.path[1:], start=1):
             x = 10 + col * k
-            parts.append(_edge(px, py, x, y + box_h / 2, f"{b.value_units / SATS_PER_BTC:,.2f} BTC · {b.share:.0%}" if k == 1 else ""))
+            parts.append(
+                _edge(px, py, x, y + box_h / 2, f"{b.value_units / SATS_PER_BTC:,.2f} BTC · {b.share:.0%}" if k == 1 else "")
+            )
             parts.append(_box(x, y, box_w, box_h, f"hop {k}", f"{hop[:10]}…", "#FFFFFF", f"tx {hop}"))
             px, py = x + box_w, y + box_h / 2
         x = 10 + col * len(b.path)
@@ -218,9 +230,11 @@ def trace_graph(entity: str, txid: str, out_units: int, branches: Sequence[Branc
 
 
 def _box(x: float, y: float, w: float, h: float, line1: str, line2: str, fill: str, tip: str) -> str:
-    return (f'<g><title>{_e(tip)}</title><rect x="{_f(x)}" y="{_f(y)}" width="{w}" height="{h}" rx="5" fill="{fill}" '
-            f'stroke="#555"/><text x="{_f(x + 7)}" y="{_f(y + 16)}" class="b">{_e(line1)}</text>'
-            f'<text x="{_f(x + 7)}" y="{_f(y + 32)}" class="ax">{_e(line2)}</text></g>')
+    return (
+        f'<g><title>{_e(tip)}</title><rect x="{_f(x)}" y="{_f(y)}" width="{w}" height="{h}" rx="5" fill="{fill}" '
+        f'stroke="#555"/><text x="{_f(x + 7)}" y="{_f(y + 16)}" class="b">{_e(line1)}</text>'
+        f'<text x="{_f(x + 7)}" y="{_f(y + 32)}" class="ax">{_e(line2)}</text></g>'
+    )
 
 
 def _edge(x1: float, y1: float, x2: float, y2: float, text: str) -> str:

@@ -51,8 +51,7 @@ def _stack_key(pool: str, colours: Mapping[str, str]) -> str:
     return pool if colours.get(pool, OTHER_COLOUR) != OTHER_COLOUR else _OTHERS
 
 
-def bar_chart(days: Sequence[str], stacks: Mapping[str, Sequence[tuple[str, float, str, str]]], *, title: str,
-              unit: str) -> str:
+def bar_chart(days: Sequence[str], stacks: Mapping[str, Sequence[tuple[str, float, str, str]]], *, title: str, unit: str) -> str:
     """A per-day (stacked) bar chart: `stacks[day]` is [(segment, value, colour, tooltip)], bottom first."""
     w, h = 800, 240
     left, right, top, bottom = 58, 14, 14, 34
@@ -79,8 +78,10 @@ def bar_chart(days: Sequence[str], stacks: Mapping[str, Sequence[tuple[str, floa
                 continue
             hgt = ph * v / top_v
             y -= hgt
-            parts.append(f'<rect x="{_f(x0 + band * 0.12)}" y="{_f(y)}" width="{_f(band * 0.76)}" height="{_f(hgt)}" '
-                         f'fill="{colour}" stroke="#fff" stroke-width="0.5"><title>{_e(tip)}</title></rect>')
+            parts.append(
+                f'<rect x="{_f(x0 + band * 0.12)}" y="{_f(y)}" width="{_f(band * 0.76)}" height="{_f(hgt)}" '
+                f'fill="{colour}" stroke="#fff" stroke-width="0.5"><title>{_e(tip)}</title></rect>'
+            )
     parts.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#BBB"/></svg>')
     return "".join(parts)
 
@@ -110,8 +111,9 @@ def mpi_chart(points: Sequence[Mapping[str, Any]], *, title: str) -> str:
     for v in ticks:
         parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{_f(y_of(v))}" y2="{_f(y_of(v))}" stroke="#E5E5E5"/>')
         parts.append(f'<text x="{left - 6}" y="{_f(y_of(v) + 4)}" text-anchor="end" class="ax">{v:g}</text>')
-    parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{_f(y_of(1.0))}" y2="{_f(y_of(1.0))}" stroke="#6F6F6F" '
-                 f'stroke-dasharray="5 3"/>')
+    parts.append(
+        f'<line x1="{left}" x2="{left + pw}" y1="{_f(y_of(1.0))}" y2="{_f(y_of(1.0))}" stroke="#6F6F6F" stroke-dasharray="5 3"/>'
+    )
     every = max(1, -(-len(days) // 6))
     for i, d in enumerate(days):
         if i % every == 0:
@@ -119,10 +121,13 @@ def mpi_chart(points: Sequence[Mapping[str, Any]], *, title: str) -> str:
     line = " ".join(f"{_f(x_of(p['day']))},{_f(y_of(p['mpi']))}" for p in pts)
     parts.append(f'<polyline points="{line}" fill="none" stroke="#0072B2" stroke-width="2"/>')
     for p in pts:
-        tip = (f"{p['day']}: MPI {p['mpi']:.2f} (outflow ${p['outflow_usd']:,.0f} / average ${p['average_usd']:,.0f} "
-               f"over {p['days_used']} days)")
-        parts.append(f'<circle cx="{_f(x_of(p["day"]))}" cy="{_f(y_of(p["mpi"]))}" r="3" fill="#0072B2">'
-                     f"<title>{_e(tip)}</title></circle>")
+        tip = (
+            f"{p['day']}: MPI {p['mpi']:.2f} (outflow ${p['outflow_usd']:,.0f} / average ${p['average_usd']:,.0f} "
+            f"over {p['days_used']} days)"
+        )
+        parts.append(
+            f'<circle cx="{_f(x_of(p["day"]))}" cy="{_f(y_of(p["mpi"]))}" r="3" fill="#0072B2"><title>{_e(tip)}</title></circle>'
+        )
     parts.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#BBB"/></svg>')
     return "".join(parts)
 
@@ -144,8 +149,9 @@ def miners_page(view: Mapping[str, Any]) -> dict[str, Any]:
         acc[1] += d["produced_sat"]
     order = {p["pool"]: i for i, p in enumerate(view["pools"])}
     for (day, seg), (blocks, sat) in sorted(merged.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], len(order)))):
-        stacks.setdefault(day, []).append((seg, sat / SATS_PER_BTC, colours.get(seg, OTHER_COLOUR),
-                                           f"{day} · {seg}: {blocks:,} blocks, {_btc(sat)} BTC"))
+        stacks.setdefault(day, []).append(
+            (seg, sat / SATS_PER_BTC, colours.get(seg, OTHER_COLOUR), f"{day} · {seg}: {blocks:,} blocks, {_btc(sat)} BTC")
+        )
     legend = [{"name": p["pool"], "colour": p["colour"]} for p in pools if _stack_key(p["pool"], colours) == p["pool"]]
     if any(_stack_key(p["pool"], colours) == _OTHERS for p in pools):
         legend.append({"name": f"{_OTHERS} and unknown (grey)", "colour": OTHER_COLOUR})
@@ -162,13 +168,20 @@ def miners_page(view: Mapping[str, Any]) -> dict[str, Any]:
         kinds.setdefault(f["kind"], {"kind": f["kind"], "sat": 0, "pool_sat": 0, "usd": 0.0, "flows": 0})["pool_sat"] += f["sat"]
     to_x = list(view["miner_to_exchange"])
     span = [p["day"] for p in view["mpi"]] or [d["day"] for d in to_x]
-    x_stacks = {d["day"]: [("exchange", d["sat"] / SATS_PER_BTC, _EXCHANGE_COLOUR,
-                            f"{d['day']}: {_btc(d['sat'])} BTC from miners to exchanges")] for d in to_x}
+    x_stacks = {
+        d["day"]: [
+            ("exchange", d["sat"] / SATS_PER_BTC, _EXCHANGE_COLOUR, f"{d['day']}: {_btc(d['sat'])} BTC from miners to exchanges")
+        ]
+        for d in to_x
+    }
     exchange = bar_chart(span, x_stacks, title="Miner-to-exchange BTC per day", unit="BTC") if to_x else ""
     used, window = view["mpi_days_used"], view["mpi_window"]
-    caveat = (f"The average uses the {used} day(s) the data covers, fewer than the {window} of the definition: "
-              f"early days compare against a short history." if used < window else
-              f"The average uses the full {window} days.")
+    caveat = (
+        f"The average uses the {used} day(s) the data covers, fewer than the {window} of the definition: "
+        f"early days compare against a short history."
+        if used < window
+        else f"The average uses the full {window} days."
+    )
     return {
         "view": view,
         "pools": pools,

@@ -26,7 +26,9 @@ def digest_payload(store: Store, *, now: int, period: int = DAY, chart: bool = T
     for r in flow_rows(store, since=now - period, until=now):
         if r["status"] in ("orphaned", "replaced"):
             continue
-        e = per.setdefault(r["entity"], {"out": 0, "net": 0, "verdicts": Counter(), "decimals": r["decimals"], "asset": r["asset"]})
+        e = per.setdefault(
+            r["entity"], {"out": 0, "net": 0, "verdicts": Counter(), "decimals": r["decimals"], "asset": r["asset"]}
+        )
         if r["asset"] != e["asset"]:
             continue  # one asset per line; EVM tokens are summarised by their own flows
         e["out"] += r["out_units"]
@@ -50,8 +52,13 @@ def digest_payload(store: Store, *, now: int, period: int = DAY, chart: bool = T
         from monitor.output.report import render_png
 
         png = render_png(store, since=now - period, until=now)
-        attachments.append({"filename": f"treasury-monitor-{day}.png", "content_type": "image/png",
-                            "data_base64": base64.b64encode(png).decode("ascii")})
+        attachments.append(
+            {
+                "filename": f"treasury-monitor-{day}.png",
+                "content_type": "image/png",
+                "data_base64": base64.b64encode(png).decode("ascii"),
+            }
+        )
     return {
         "kind": "digest",
         "dedup_key": f"digest:{day}",

@@ -20,7 +20,20 @@ from monitor.model import format_btc
 from storage import Store
 from storage.reads import flow_rows
 
-__all__ = ["SCHEMA", "FLOW_FIELDS", "CSV_FIELDS", "flow_record", "write_json", "write_jsonl", "write_csv", "FORMATS", "CLASSIFICATION_FIELDS", "classification_record", "flow_records", "export_flows"]
+__all__ = [
+    "SCHEMA",
+    "FLOW_FIELDS",
+    "CSV_FIELDS",
+    "flow_record",
+    "write_json",
+    "write_jsonl",
+    "write_csv",
+    "FORMATS",
+    "CLASSIFICATION_FIELDS",
+    "classification_record",
+    "flow_records",
+    "export_flows",
+]
 
 SCHEMA = "treasury-monitor.flow/1"
 
@@ -92,8 +105,11 @@ def flow_record(row: dict[str, Any], classification: dict[str, Any] | None = Non
             "value_amount": format_btc(int(d["value_units"]), dec),
             "attribution": d["attribution"],
             **({"path": list(d["path"])} if d.get("path") else {}),
-            **({"shares": [{**x, "value_amount": format_btc(int(x["value_units"]), dec)} for x in d["shares"]]}
-               if d.get("shares") else {}),
+            **(
+                {"shares": [{**x, "value_amount": format_btc(int(x["value_units"]), dec)} for x in d["shares"]]}
+                if d.get("shares")
+                else {}
+            ),
         }
         for d in row.get("destinations", [])
     ]
@@ -170,9 +186,7 @@ def write_jsonl(records: Iterable[dict[str, Any]], out: io.TextIOBase) -> int:
 def _csv_rows(records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     for rec in records:
         row = {k: rec[k] for k in CSV_FIELDS if k in rec and k != "destinations"}
-        row["destinations"] = ";".join(
-            f"{d['address']}={d['value_amount']}@{d['attribution']}" for d in rec["destinations"]
-        )
+        row["destinations"] = ";".join(f"{d['address']}={d['value_amount']}@{d['attribution']}" for d in rec["destinations"])
         c = rec.get("classification") or {}
         row["verdict"] = c.get("verdict", "")
         row["severity"] = c.get("severity", "")

@@ -241,8 +241,16 @@ def _load(store: Store, entity: str | None) -> list[_EntityData]:
             continue
         s = summaries.get(name, {})
         anchored = s.get("addresses", 0) > 0 and s.get("addresses_with_balance") == s.get("addresses")
-        out.append(_EntityData(name, e["kind"], e["note"] or "", store.entity_profile(name), rows_by[name],
-                               s.get("balance_units") if anchored else None))
+        out.append(
+            _EntityData(
+                name,
+                e["kind"],
+                e["note"] or "",
+                store.entity_profile(name),
+                rows_by[name],
+                s.get("balance_units") if anchored else None,
+            )
+        )
     return out
 
 
@@ -284,20 +292,33 @@ def _summary(d: _EntityData, since: int | None, until: int | None) -> EntitySumm
         elif c["verdict"] == "custody_move":
             custody += r["out_units"]
     return EntitySummary(
-        name=d.name, kind=d.kind, balance_units=series[-1][1] if series else (d.anchored_end or 0), balance_basis=basis,
-        out_units=out, sold_units=sold, sold_usd=sold_usd, custody_units=custody, internal=internal,
-        received_units=received, verdicts=dict(verdicts), max_severity=worst, retracted=retracted, flows=len(period),
+        name=d.name,
+        kind=d.kind,
+        balance_units=series[-1][1] if series else (d.anchored_end or 0),
+        balance_basis=basis,
+        out_units=out,
+        sold_units=sold,
+        sold_usd=sold_usd,
+        custody_units=custody,
+        internal=internal,
+        received_units=received,
+        verdicts=dict(verdicts),
+        max_severity=worst,
+        retracted=retracted,
+        flows=len(period),
     )
 
 
-def summarize_entities(store: Store, *, since: int | None = None, until: int | None = None,
-                       entity: str | None = None) -> list[EntitySummary]:
+def summarize_entities(
+    store: Store, *, since: int | None = None, until: int | None = None, entity: str | None = None
+) -> list[EntitySummary]:
     """Per tracked entity with flows: balance, sold/custody/internal over [since, until), verdict counts."""
     return [_summary(d, since, until) for d in _load(store, entity)]
 
 
-def _price_series(store: Store, lo: int, hi: int, data: Sequence[_EntityData],
-                  prices: Sequence[tuple[int, float]] | None) -> list[tuple[int, float]]:
+def _price_series(
+    store: Store, lo: int, hi: int, data: Sequence[_EntityData], prices: Sequence[tuple[int, float]] | None
+) -> list[tuple[int, float]]:
     if prices is not None:
         return sorted((int(t), float(p)) for t, p in prices if lo - DAY <= t <= hi + DAY)
     for granularity in (DAY, 3600):
@@ -387,15 +408,33 @@ def _balance_chart(d: _EntityData, lo: int, hi: int, prices: list[tuple[int, flo
         else:
             st = _style(c["verdict"] if c else None)
             hollow = r["status"] == "mempool"
-            ax.scatter([_dt_of(t)], [y / SATS_PER_BTC], s=size, marker=st.marker, zorder=6, linewidths=0.8,
-                       facecolors="none" if hollow else st.colour, edgecolors=st.colour if hollow else st.edge)
+            ax.scatter(
+                [_dt_of(t)],
+                [y / SATS_PER_BTC],
+                s=size,
+                marker=st.marker,
+                zorder=6,
+                linewidths=0.8,
+                facecolors="none" if hollow else st.colour,
+                edgecolors=st.colour if hollow else st.edge,
+            )
         seen[st.label] = st
     for st in seen.values():
         if st is RETRACTED_STYLE:
             handles.append(Line2D([], [], ls="", marker="x", color=st.colour, markersize=7, label=st.label))
         else:
-            handles.append(Line2D([], [], ls="", marker=st.marker, markerfacecolor=st.colour,
-                                  markeredgecolor=st.edge, markersize=7, label=st.label))
+            handles.append(
+                Line2D(
+                    [],
+                    [],
+                    ls="",
+                    marker=st.marker,
+                    markerfacecolor=st.colour,
+                    markeredgecolor=st.edge,
+                    markersize=7,
+                    label=st.label,
+                )
+            )
     ax.set_xlim(_dt_of(lo), _dt_of(end))
     locator = AutoDateLocator(maxticks=9)
     ax.xaxis.set_major_locator(locator)
@@ -405,10 +444,12 @@ def _balance_chart(d: _EntityData, lo: int, hi: int, prices: list[tuple[int, flo
     ax.grid(axis="y", color="#E5E5E5", lw=0.6)
     ax.set_ylim(bottom=0)
     how = "anchored at the latest balance snapshot" if basis == "snapshot" else "cumulative from zero (sum of stored flows)"
-    ax.set_title(_mpl(f"{d.name}: on-chain balance and BTC price; outflows marked by verdict (balance {how})"),
-                 fontsize=9.5, loc="left")
-    fig.legend(handles=handles, loc="lower center", ncol=min(5, len(handles)), fontsize=7.5, frameon=False,
-               bbox_to_anchor=(0.5, 0.0))
+    ax.set_title(
+        _mpl(f"{d.name}: on-chain balance and BTC price; outflows marked by verdict (balance {how})"), fontsize=9.5, loc="left"
+    )
+    fig.legend(
+        handles=handles, loc="lower center", ncol=min(5, len(handles)), fontsize=7.5, frameon=False, bbox_to_anchor=(0.5, 0.0)
+    )
     return _png(fig)
 
 
@@ -567,9 +608,11 @@ def _fact(label: str, fact: Any) -> str:
 
 
 def _summary_table(summaries: Sequence[EntitySummary], ids: dict[str, str]) -> str:
-    head = ("<tr><th>Entity</th><th>Kind</th><th class='num'>Balance, BTC</th><th class='num'>Sold, BTC</th>"
-            "<th class='num'>Sold, USD</th><th class='num'>Custody, BTC</th><th class='num'>Internal</th>"
-            "<th>Verdicts</th><th>Worst</th><th class='num'>Retracted</th></tr>")
+    head = (
+        "<tr><th>Entity</th><th>Kind</th><th class='num'>Balance, BTC</th><th class='num'>Sold, BTC</th>"
+        "<th class='num'>Sold, USD</th><th class='num'>Custody, BTC</th><th class='num'>Internal</th>"
+        "<th>Verdicts</th><th>Worst</th><th class='num'>Retracted</th></tr>"
+    )
     body = []
     for s in summaries:
         chips = " ".join(f"{_chip(v)}&nbsp;×{n}" for v, n in sorted(s.verdicts.items(), key=lambda kv: -kv[1]))
@@ -598,22 +641,26 @@ def _flow_table(d: _EntityData, rows: list[dict[str, Any]], max_rows: int, *, fu
     inflows = [r for r in rows if r["direction"] == "in" and not _is_retracted(r)]
     parts = []
     if inflows:
-        parts.append(f"<p class='muted small'>{len(inflows)} incoming transaction(s) in the period, "
-                     f"{_btc(sum(r['received_units'] for r in inflows))} BTC received (not classified: only "
-                     "outflows and internal moves are).</p>")
+        parts.append(
+            f"<p class='muted small'>{len(inflows)} incoming transaction(s) in the period, "
+            f"{_btc(sum(r['received_units'] for r in inflows))} BTC received (not classified: only "
+            "outflows and internal moves are).</p>"
+        )
     if not shown:
         return "".join(parts) + "<p class='muted'>No outflows or internal moves in the period.</p>"
     cut = len(shown) > max_rows
     shown = shown[-max_rows:] if cut else shown
-    head = ("<tr><th>Time (UTC)</th><th>Transaction</th><th>Verdict</th><th>Severity</th><th class='num'>Out, BTC</th>"
-            "<th class='num'>USD</th><th>Destinations</th><th>Status</th><th>Reasons</th></tr>")
+    head = (
+        "<tr><th>Time (UTC)</th><th>Transaction</th><th>Verdict</th><th>Severity</th><th class='num'>Out, BTC</th>"
+        "<th class='num'>USD</th><th>Destinations</th><th>Status</th><th>Reasons</th></tr>"
+    )
     body = []
     for r in shown:
         c = r["classification"] or {}
         retracted = _is_retracted(r)
-        dests = "<br>".join(
-            f"{_e(x['attribution'])}: {_btc(x['value_units'])}" for x in r["destinations"]
-        ) or ("own addresses" if c.get("verdict") == "internal" else "–")
+        dests = "<br>".join(f"{_e(x['attribution'])}: {_btc(x['value_units'])}" for x in r["destinations"]) or (
+            "own addresses" if c.get("verdict") == "internal" else "–"
+        )
         status = r["status"] + (f", classification v{c['version']} {c['status']}" if c else "")
         body.append(
             f"<tr class='{'retracted' if retracted else ''}'><td>{_e(_when(d.at(r)))}</td>"
@@ -641,8 +688,12 @@ def _latest_context(data: Sequence[_EntityData]) -> tuple[dict[str, Any], dict[s
     return (best[1], best[2]) if best else None
 
 
-def _scenario_section(store: Store, data: Sequence[_EntityData], scenario_prices: Sequence[tuple[str, float]] | None,
-                      today: tuple[int, float] | None) -> str:
+def _scenario_section(
+    store: Store,
+    data: Sequence[_EntityData],
+    scenario_prices: Sequence[tuple[str, float]] | None,
+    today: tuple[int, float] | None,
+) -> str:
     found = _latest_context(data)
     if found is None:
         return "<p class='muted'>No stored classification carries a difficulty yet, so the scenario table cannot be computed.</p>"
@@ -661,25 +712,33 @@ def _scenario_section(store: Store, data: Sequence[_EntityData], scenario_prices
         latest = [(f"latest price in the data (${today[1]:,.0f}, {_date(today[0])})", today[1])] if today else []
         prices = fixed[:2] + latest + fixed[2:]
     effs = [(label, f.value) for label, f in ASIC_EFFICIENCIES if f.value in (13.5, 16.0, 21.5)]
-    result = price_scenarios(prices, ctx["difficulty"], ctx["height"], ctx.get("avg_fees_sat") or 0,
-                             [v for _, v in effs], tracked)
+    result = price_scenarios(
+        prices, ctx["difficulty"], ctx["height"], ctx.get("avg_fees_sat") or 0, [v for _, v in effs], tracked
+    )
     quoted = {s.label: s.quoted_hashprice for s in SCENARIO_PRICES}
-    head = ("<tr><th>Scenario</th><th class='num'>BTC/USD</th><th class='num'>Hashprice, $/PH/day</th>"
-            + "".join(f"<th class='num'>Breakeven power at {v:g} J/TH ({_e(label)})</th>" for label, v in effs)
-            + "<th>Tracked miners below cash cost</th></tr>")
+    head = (
+        "<tr><th>Scenario</th><th class='num'>BTC/USD</th><th class='num'>Hashprice, $/PH/day</th>"
+        + "".join(f"<th class='num'>Breakeven power at {v:g} J/TH ({_e(label)})</th>" for label, v in effs)
+        + "<th>Tracked miners below cash cost</th></tr>"
+    )
     body = []
     for s in result:
         q = quoted.get(s.label)
         qtext = f"<br><span class='muted small'>quoted: ${q.value:,.0f} ({_e(short_source(q))})</span>" if q else ""
-        below = ", ".join(f"{_e(b.name)} (cost ${b.cash_cost.value:,.0f}, {b.gap_pct:.0f}% above the price)" for b in s.below_cost)
+        below = ", ".join(
+            f"{_e(b.name)} (cost ${b.cash_cost.value:,.0f}, {b.gap_pct:.0f}% above the price)" for b in s.below_cost
+        )
         body.append(
             f"<tr><td>{_e(s.label)}</td><td class='num'>${s.price:,.0f}</td><td class='num'>${s.hashprice:,.2f}{qtext}</td>"
             + "".join(f"<td class='num'>${kwh:.3f}/kWh</td>" for _, kwh in s.breakeven)
             + f"<td class='small'>{below or 'none'}</td></tr>"
         )
     sources = "; ".join(f"{_e(s.label)}: {_e(short_source(s.price))}" for s in SCENARIO_PRICES)
-    costs = "; ".join(f"{_e(m.name)} ${m.profile.cash_cost_usd.value:,.0f} ({_e(short_source(m.profile.cash_cost_usd))})"
-                      for m in tracked if m.profile.cash_cost_usd is not None)
+    costs = "; ".join(
+        f"{_e(m.name)} ${m.profile.cash_cost_usd.value:,.0f} ({_e(short_source(m.profile.cash_cost_usd))})"
+        for m in tracked
+        if m.profile.cash_cost_usd is not None
+    )
     return (
         f"<p>Hashprice at difficulty <strong>{ctx['difficulty'] / 1e12:,.2f} T</strong> (height {_e(ctx['height'])}, "
         f"average fees {(ctx.get('avg_fees_sat') or 0) / SATS_PER_BTC:.4f} BTC per block), from the newest stored "
@@ -692,14 +751,18 @@ def _scenario_section(store: Store, data: Sequence[_EntityData], scenario_prices
 
 def _alerts_section(store: Store, entity: str | None, since: int | None, until: int | None, *, full: bool = False) -> str:
     rows = [
-        a for a in alert_rows(store)
+        a
+        for a in alert_rows(store)
         if (entity is None or a["entity"] == entity)
-        and (since is None or a["created_at"] >= since) and (until is None or a["created_at"] < until)
+        and (since is None or a["created_at"] >= since)
+        and (until is None or a["created_at"] < until)
     ]
     if not rows:
         return "<p class='muted'>No alerts stored for this period.</p>"
-    head = ("<tr><th>#</th><th>Created (UTC)</th><th>Kind</th><th>Verdict</th><th>Severity</th>"
-            "<th class='num'>BTC</th><th class='num'>USD</th><th>Delivery</th><th>Reasons</th></tr>")
+    head = (
+        "<tr><th>#</th><th>Created (UTC)</th><th>Kind</th><th>Verdict</th><th>Severity</th>"
+        "<th class='num'>BTC</th><th class='num'>USD</th><th>Delivery</th><th>Reasons</th></tr>"
+    )
     by_entity: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for a in rows:
         by_entity[a["entity"] or "(none)"].append(a)
@@ -733,18 +796,22 @@ def _alerts_section(store: Store, entity: str | None, since: int | None, until: 
             )
         sev = ", ".join(f"{_sev(k)}&nbsp;×{severities[k]}" for k in sorted(severities, key=severity_rank, reverse=True))
         kind = ", ".join(f"{_e(k)} {n}" for k, n in sorted(kinds.items()))
-        summary = (f"<strong>{_e(name)}</strong>: {len(alerts)} alert(s) ({kind}); {sev}"
-                   + (f"; new alerts worth {format_usd(usd)}" if usd else ""))
+        summary = f"<strong>{_e(name)}</strong>: {len(alerts)} alert(s) ({kind}); {sev}" + (
+            f"; new alerts worth {format_usd(usd)}" if usd else ""
+        )
         groups.append(_details(summary, _table(head, body), is_open=full))
-    return (f"<p>{len(rows)} alert(s), per entity, oldest first within each; open an entity to see them.</p>"
-            + "".join(groups))
+    return f"<p>{len(rows)} alert(s), per entity, oldest first within each; open an entity to see them.</p>" + "".join(groups)
 
 
 def _legend() -> str:
-    items = "".join(f"<span>{_chip(v)} {_e(st.colour)}, marker <code>{_e(st.marker)}</code></span>" for v, st in VERDICT_STYLES.items())
-    return (f"<p class='legend small'>{items}<span>{_chip('retracted', True)} grey cross</span></p>"
-            "<p class='muted small'>Okabe-Ito colours, each with its own marker shape; hollow markers are unconfirmed "
-            "transactions.</p>")
+    items = "".join(
+        f"<span>{_chip(v)} {_e(st.colour)}, marker <code>{_e(st.marker)}</code></span>" for v, st in VERDICT_STYLES.items()
+    )
+    return (
+        f"<p class='legend small'>{items}<span>{_chip('retracted', True)} grey cross</span></p>"
+        "<p class='muted small'>Okabe-Ito colours, each with its own marker shape; hollow markers are unconfirmed "
+        "transactions.</p>"
+    )
 
 
 def build_report(
@@ -801,13 +868,15 @@ def build_report(
         out.append(
             "<div class='banner' role='note'><strong>SIMULATED DATA.</strong> The transactions, blocks and addresses "
             "in this report are invented (a simulated chain); none is a real address of the entity it is attached to. "
-            "The simulation follows published figures" + (f":<ul>{items}</ul>" if items else
-                                                            " (listed by the scenario that made it).")
+            "The simulation follows published figures"
+            + (f":<ul>{items}</ul>" if items else " (listed by the scenario that made it).")
             + "</div>"
         )
     nav = "".join(f"<a href='#{ids[d.name]}'>{_e(d.name)}</a>" for d in data)
-    out.append(f"<nav class='small'><a href='#summary'>Summary</a><a href='#scenarios'>Scenarios</a>"
-               f"<a href='#alerts'>Alerts</a>{nav}<a href='#legend'>Legend</a></nav>")
+    out.append(
+        f"<nav class='small'><a href='#summary'>Summary</a><a href='#scenarios'>Scenarios</a>"
+        f"<a href='#alerts'>Alerts</a>{nav}<a href='#legend'>Legend</a></nav>"
+    )
     out.append("<section id='summary'><h2>Summary</h2>")
     if data:
         out.append(_summary_table(summaries, ids))
@@ -820,15 +889,24 @@ def build_report(
     out.append(f"<section id='alerts'><h2>Alerts</h2>{_alerts_section(store, entity, since, until, full=full)}</section>")
     for d, s in zip(data, summaries):
         p = d.profile
-        facts = "".join([
-            _fact("holdings, BTC", p.holdings_btc),
-            _fact("monthly production, BTC", p.monthly_production_btc),
-            _fact("cash cost per BTC, USD", p.cash_cost_usd),
-            _fact("fleet efficiency, J/TH", p.efficiency_j_th),
-        ])
-        tags = f"<li>strategy: {_e(', '.join(p.strategy_tags))} <span class='muted small'>({_e(p.strategy_source)})</span></li>" if p.strategy_tags else ""
-        basis = ("anchored at the latest balance snapshot of every address" if s.balance_basis == "snapshot"
-                 else "cumulative from zero over the stored flows (not every address has a balance snapshot)")
+        facts = "".join(
+            [
+                _fact("holdings, BTC", p.holdings_btc),
+                _fact("monthly production, BTC", p.monthly_production_btc),
+                _fact("cash cost per BTC, USD", p.cash_cost_usd),
+                _fact("fleet efficiency, J/TH", p.efficiency_j_th),
+            ]
+        )
+        tags = (
+            f"<li>strategy: {_e(', '.join(p.strategy_tags))} <span class='muted small'>({_e(p.strategy_source)})</span></li>"
+            if p.strategy_tags
+            else ""
+        )
+        basis = (
+            "anchored at the latest balance snapshot of every address"
+            if s.balance_basis == "snapshot"
+            else "cumulative from zero over the stored flows (not every address has a balance snapshot)"
+        )
         out.append(
             f"<section class='entity' id='{ids[d.name]}'><h2>{_e(d.name)} <span class='muted small'>({_e(d.kind)})</span></h2>"
             + (f"<p class='muted small'>{_e(d.note)}</p>" if d.note else "")
@@ -837,16 +915,23 @@ def build_report(
             f"({format_usd(s.sold_usd)}), custody moves {_btc(s.custody_units)} BTC, {s.internal} internal move(s), "
             f"received {_btc(s.received_units)} BTC.</p>"
             + _img(_balance_chart(d, lo, hi, series), f"{d.name}: balance and BTC price with outflows by verdict")
-            + _details("Outflows per 30 days against monthly production",
-                       _img(_outflow_bars(d, lo, hi, multiple), f"{d.name}: outflows per 30 days against monthly production"),
-                       is_open=full)
-            + _details(f"Outflows and internal moves ({s.flows} in the period)",
-                       _flow_table(d, d.in_period(since, until), max_rows, full=full), is_open=full)
+            + _details(
+                "Outflows per 30 days against monthly production",
+                _img(_outflow_bars(d, lo, hi, multiple), f"{d.name}: outflows per 30 days against monthly production"),
+                is_open=full,
+            )
+            + _details(
+                f"Outflows and internal moves ({s.flows} in the period)",
+                _flow_table(d, d.in_period(since, until), max_rows, full=full),
+                is_open=full,
+            )
             + "</section>"
         )
     out.append(f"<section id='legend'><h2>Legend</h2>{_legend()}</section>")
-    out.append("<footer class='muted small'><p>Made by treasury-monitor from its database only; charts are PNG images "
-               "drawn with matplotlib and embedded in this file, so it opens offline.</p></footer>")
+    out.append(
+        "<footer class='muted small'><p>Made by treasury-monitor from its database only; charts are PNG images "
+        "drawn with matplotlib and embedded in this file, so it opens offline.</p></footer>"
+    )
     out.append("</body></html>")
     return "\n".join(out)
 
@@ -862,16 +947,22 @@ def miner_view_section(view: dict[str, Any]) -> str:
     if not view.get("blocks_scanned"):
         return ""
     days = view["days"]
-    out = [f"<section id='miners'><h2>Miner view</h2><p>{view['blocks_scanned']:,} blocks scanned "
-           f"(heights {view['first_height']:,}-{view['last_height']:,}, {_e(days[0])} to {_e(days[-1])}, "
-           f"{len(days)} days). <span class='muted small'>Source: {_e(view['source'])}.</span></p>"]
-    out.append("<h3>Production by pool</h3><table><thead><tr><th>pool</th><th>blocks</th><th>share</th>"
-               "<th>subsidy, BTC</th><th>fees, BTC</th><th>produced, BTC</th><th>days</th><th>tracked miner</th>"
-               "</tr></thead><tbody>")
+    out = [
+        f"<section id='miners'><h2>Miner view</h2><p>{view['blocks_scanned']:,} blocks scanned "
+        f"(heights {view['first_height']:,}-{view['last_height']:,}, {_e(days[0])} to {_e(days[-1])}, "
+        f"{len(days)} days). <span class='muted small'>Source: {_e(view['source'])}.</span></p>"
+    ]
+    out.append(
+        "<h3>Production by pool</h3><table><thead><tr><th>pool</th><th>blocks</th><th>share</th>"
+        "<th>subsidy, BTC</th><th>fees, BTC</th><th>produced, BTC</th><th>days</th><th>tracked miner</th>"
+        "</tr></thead><tbody>"
+    )
     for p in view["pools"]:
-        out.append(f"<tr><td>{_e(p['pool'])}</td><td>{p['blocks']:,}</td><td>{p['share']:.1%}</td>"
-                   f"<td>{_btc(p['subsidy_sat'])}</td><td>{_btc(p['fees_sat'])}</td><td>{_btc(p['produced_sat'])}</td>"
-                   f"<td>{p['days']}</td><td>{_e(p['owner'] or '')}</td></tr>")
+        out.append(
+            f"<tr><td>{_e(p['pool'])}</td><td>{p['blocks']:,}</td><td>{p['share']:.1%}</td>"
+            f"<td>{_btc(p['subsidy_sat'])}</td><td>{_btc(p['fees_sat'])}</td><td>{_btc(p['produced_sat'])}</td>"
+            f"<td>{p['days']}</td><td>{_e(p['owner'] or '')}</td></tr>"
+        )
     out.append("</tbody></table>")
     recs = [r for r in view["tracked_miners"] if r["blocks"] or r["reported_monthly_btc"] is not None]
     if recs:
@@ -882,8 +973,10 @@ def miner_view_section(view: dict[str, Any]) -> str:
     for f in view.get("pool_flows", ()):
         kinds.setdefault(f["kind"], [0, 0])[1] += f["sat"]
     if kinds:
-        out.append("<h3>Miners' outflows by destination kind</h3><table><thead><tr><th>kind</th><th>BTC</th>"
-                   "<th>of which from pool payout addresses</th></tr></thead><tbody>")
+        out.append(
+            "<h3>Miners' outflows by destination kind</h3><table><thead><tr><th>kind</th><th>BTC</th>"
+            "<th>of which from pool payout addresses</th></tr></thead><tbody>"
+        )
         for kind, (sat, pool_sat) in sorted(kinds.items(), key=lambda kv: -kv[1][0]):
             out.append(f"<tr><td>{_e(kind)}</td><td>{_btc(sat)}</td><td>{_btc(pool_sat)}</td></tr>")
         out.append("</tbody></table>")
@@ -904,8 +997,10 @@ def mpi_summary(view: dict[str, Any]) -> str:
         return "Miner Position Index: no priced miner outflow yet."
     used = view["mpi_days_used"]
     note = "" if used >= view["mpi_window"] else f", average over the {used} days covered (fewer than 365)"
-    return (f"Miner Position Index (outflow USD / its {view['mpi_window']}-day average): {last['mpi']:.2f} on "
-            f"{last['day']}, peak {peak['mpi']:.2f} on {peak['day']}{note}.")
+    return (
+        f"Miner Position Index (outflow USD / its {view['mpi_window']}-day average): {last['mpi']:.2f} on "
+        f"{last['day']}, peak {peak['mpi']:.2f} on {peak['day']}{note}."
+    )
 
 
 def _mpi_png(view: dict[str, Any]) -> bytes:
@@ -922,8 +1017,7 @@ def _mpi_png(view: dict[str, Any]) -> bytes:
     ax.set_ylim(bottom=0)
     # the whole covered span, not just the priced days: how long the index has been flat at no outflow shows
     pad = _dt.timedelta(hours=12)
-    ax.set_xlim(_dt.datetime.fromisoformat(view["mpi"][0]["day"]) - pad,
-                _dt.datetime.fromisoformat(view["mpi"][-1]["day"]) + pad)
+    ax.set_xlim(_dt.datetime.fromisoformat(view["mpi"][0]["day"]) - pad, _dt.datetime.fromisoformat(view["mpi"][-1]["day"]) + pad)
     loc = AutoDateLocator()
     ax.xaxis.set_major_locator(loc)
     ax.xaxis.set_major_formatter(ConciseDateFormatter(loc))

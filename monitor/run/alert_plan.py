@@ -80,8 +80,7 @@ class AlertPlanner:
         row = flow_row(store, c.chain, c.txid, c.entity)
         if row is None:
             return 0
-        payload = alert_payload(route, flow_record(row), explorer_url=self.settings.explorer_url,
-                                label=self.settings.label)
+        payload = alert_payload(route, flow_record(row), explorer_url=self.settings.explorer_url, label=self.settings.label)
         # An RBF replacement amends what was said about the tx it replaced.
         earlier = outbox_store.flow_messages(store, c.chain, amends_txid or c.txid, c.entity)
         payload.update(thread_fields(store, route, earlier, now=now))
@@ -101,22 +100,51 @@ class AlertPlanner:
         queued = 0
         replacing = {new: old for old, new in events.replaced_by.items()}
         # read → decide (alerts.router.plan, pure) → write
-        flows = [FlowDecision(d.classification, d.previous, d.is_new, d.is_changed, d.flow.block_time, d.flow.block_height)
-                 for d in decisions]
+        flows = [
+            FlowDecision(d.classification, d.previous, d.is_new, d.is_changed, d.flow.block_time, d.flow.block_height)
+            for d in decisions
+        ]
         keys = {(c.chain, c.txid, c.entity) for c in [*retracted, *(d.classification for d in decisions)]}
         heard = {k: outbox_store.alerted_channels(store, *k) for k in keys}
         statuses = {(c.chain, c.txid): store.tx_status(c.chain, c.txid) or "gone" for c in retracted}
         kinds = {c.entity: self.registry.get(c.entity).kind for c in (d.classification for d in decisions)}
-        for p in plan(self.settings.rules, flows, retracted, heard=heard, statuses=statuses, kinds=kinds,
-                      replacing=replacing, confirmed=events.confirmed, notify_confirmations=self.settings.notify_confirmations,
-                      max_age=self.settings.max_age, now=now):
+        for p in plan(
+            self.settings.rules,
+            flows,
+            retracted,
+            heard=heard,
+            statuses=statuses,
+            kinds=kinds,
+            replacing=replacing,
+            confirmed=events.confirmed,
+            notify_confirmations=self.settings.notify_confirmations,
+            max_age=self.settings.max_age,
+            now=now,
+        ):
             queued += self._queue(store, p.route, p.classification, now=now, amends_txid=p.amends_txid)
         label = self.settings.label
         incidents = dataclasses.replace(self.settings.incidents, label=label)
-        queued += plan_incidents(store, self.registry, self.settings.rules, incidents, decisions, retracted,
-                                 replacing=replacing, is_live=self._is_live, now=now)
-        queued += plan_dormancy(store, self.registry, self.settings.dormancy, decisions, is_live=self._is_live,
-                                explorer_url=self.settings.explorer_url, now=now, label=label)
+        queued += plan_incidents(
+            store,
+            self.registry,
+            self.settings.rules,
+            incidents,
+            decisions,
+            retracted,
+            replacing=replacing,
+            is_live=self._is_live,
+            now=now,
+        )
+        queued += plan_dormancy(
+            store,
+            self.registry,
+            self.settings.dormancy,
+            decisions,
+            is_live=self._is_live,
+            explorer_url=self.settings.explorer_url,
+            now=now,
+            label=label,
+        )
         if self.settings.balance:
             queued += plan_balances(store, self.registry, self.settings.balance, now=now, label=label)
         return queued
@@ -177,10 +205,34 @@ def sample_alert(now: int, channels: tuple[str, ...]) -> Alert:
         "seen_at": None,
         "asset": "BTC",
         "decimals": 8,
-        **{f"{k}_units": v for k, v in (("spent", 125_000_100_000), ("change", 0), ("received", 0), ("fee_share", 100_000), ("out", 125_000_000_000))},
-        **{f"{k}_amount": v for k, v in (("spent", "1250.00100000"), ("change", "0.00000000"), ("received", "0.00000000"), ("fee_share", "0.00100000"), ("out", "1250.00000000"))},
+        **{
+            f"{k}_units": v
+            for k, v in (
+                ("spent", 125_000_100_000),
+                ("change", 0),
+                ("received", 0),
+                ("fee_share", 100_000),
+                ("out", 125_000_000_000),
+            )
+        },
+        **{
+            f"{k}_amount": v
+            for k, v in (
+                ("spent", "1250.00100000"),
+                ("change", "0.00000000"),
+                ("received", "0.00000000"),
+                ("fee_share", "0.00100000"),
+                ("out", "1250.00000000"),
+            )
+        },
         "destinations": [
-            {"address": None, "n": 0, "value_units": 125_000_000_000, "value_amount": "1250.00000000", "attribution": "exchange:Example"}
+            {
+                "address": None,
+                "n": 0,
+                "value_units": 125_000_000_000,
+                "value_amount": "1250.00000000",
+                "attribution": "exchange:Example",
+            }
         ],
         "classification": {
             "verdict": "distress_sale",

@@ -178,12 +178,27 @@ class Daemon:
         # One daemon per database: a second one would poll and alert everything twice.
         self._lock = ProcessLock(self.db if self.db is not None else self.config.storage)
         holder = await asyncio.to_thread(self._lock.acquire, "treasury-monitor run", now=int(self._wall.time()))
-        self.rt = await self._stack.enter_async_context(runtime(
-            self.config, db=self.db, clock=self.clock, send_clock=self._send_clock, alert_label=self._alert_label,
-            owner=holder.owner))
+        self.rt = await self._stack.enter_async_context(
+            runtime(
+                self.config,
+                db=self.db,
+                clock=self.clock,
+                send_clock=self._send_clock,
+                alert_label=self._alert_label,
+                owner=holder.owner,
+            )
+        )
         for row in await self.rt.store.run(source_health_rows):
-            st = SourceState(row["source"], row["last_success_at"], row["last_error"] or None, row["last_error_at"],
-                             row["failing_since"], row["polls"] or 0, row["errors"] or 0, row["tip_height"])
+            st = SourceState(
+                row["source"],
+                row["last_success_at"],
+                row["last_error"] or None,
+                row["last_error_at"],
+                row["failing_since"],
+                row["polls"] or 0,
+                row["errors"] or 0,
+                row["tip_height"],
+            )
             self.states[st.name] = st
         for src in self.rt.sources:
             self.states.setdefault(src.name, SourceState(src.name))
@@ -197,40 +212,88 @@ class Daemon:
                     raise ConfigError(f"sources: {src.name}: {exc}") from exc
         await self.rt.dispatcher.recover()
         self._http, self.bound_port = await start_http(self, self.host, self.port)
-        log.warning("treasury-monitor listening on http://%s:%s (sources: %s)", self.host, self.bound_port,
-                    ", ".join(s.name for s in self.rt.sources) or "none")
+        log.warning(
+            "treasury-monitor listening on http://%s:%s (sources: %s)",
+            self.host,
+            self.bound_port,
+            ", ".join(s.name for s in self.rt.sources) or "none",
+        )
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         now = self._now_dt()
         for cfg, src in zip(self.config.sources, self.rt.sources):
             self.scheduler.add_job(
-                self._guarded, "interval", args=("poll", self.poll_source, src.name), id=f"poll:{src.name}",
-                seconds=cfg.poll_interval, jitter=cfg.poll_interval * 0.1, max_instances=1, coalesce=True,
+                self._guarded,
+                "interval",
+                args=("poll", self.poll_source, src.name),
+                id=f"poll:{src.name}",
+                seconds=cfg.poll_interval,
+                jitter=cfg.poll_interval * 0.1,
+                max_instances=1,
+                coalesce=True,
                 next_run_time=now,
             )
         a = self.config.alerts
-        self.scheduler.add_job(self._guarded, "interval", args=("dispatch", self.dispatch), id="dispatch",
-                               seconds=a.dispatch_interval, max_instances=1, coalesce=True, next_run_time=now)
+        self.scheduler.add_job(
+            self._guarded,
+            "interval",
+            args=("dispatch", self.dispatch),
+            id="dispatch",
+            seconds=a.dispatch_interval,
+            max_instances=1,
+            coalesce=True,
+            next_run_time=now,
+        )
         if self.config.prices.sources and self.config.prices.sources != ("csv",):
-            self.scheduler.add_job(self._guarded, "interval", args=("prices", self.refresh_prices), id="prices",
-                                   seconds=self.config.prices.refresh_interval, max_instances=1, coalesce=True,
-                                   next_run_time=now)
+            self.scheduler.add_job(
+                self._guarded,
+                "interval",
+                args=("prices", self.refresh_prices),
+                id="prices",
+                seconds=self.config.prices.refresh_interval,
+                max_instances=1,
+                coalesce=True,
+                next_run_time=now,
+            )
         disc = self.config.discovery
         if (disc.pools or disc.trace) and self._discovery_source() is not None:
-            self.scheduler.add_job(self._guarded, "interval", args=("discovery", self.discover), id="discovery",
-                                   seconds=disc.interval, max_instances=1, coalesce=True)
+            self.scheduler.add_job(
+                self._guarded,
+                "interval",
+                args=("discovery", self.discover),
+                id="discovery",
+                seconds=disc.interval,
+                max_instances=1,
+                coalesce=True,
+            )
         elif disc.pools or disc.trace:
             from monitor.discovery.jobs import NO_DISCOVERY_SOURCE
 
             log.warning("discovery job not scheduled: %s", NO_DISCOVERY_SOURCE)
         miners = self.config.miners
         if miners.follow and self._miner_reader() is not None:
-            self.scheduler.add_job(self._guarded, "interval", args=("miners", self.follow_miners), id="miners",
-                                   seconds=miners.interval, max_instances=1, coalesce=True, next_run_time=now)
+            self.scheduler.add_job(
+                self._guarded,
+                "interval",
+                args=("miners", self.follow_miners),
+                id="miners",
+                seconds=miners.interval,
+                max_instances=1,
+                coalesce=True,
+                next_run_time=now,
+            )
         elif miners.follow:
             log.info("miner view not kept current: no esplora or bitcoind source on chain bitcoin")
         if self.config.daemon.digest_hour >= 0:
-            self.scheduler.add_job(self._guarded, "cron", args=("digest", self.digest), id="digest",
-                                   hour=self.config.daemon.digest_hour, minute=0, max_instances=1, coalesce=True)
+            self.scheduler.add_job(
+                self._guarded,
+                "cron",
+                args=("digest", self.digest),
+                id="digest",
+                hour=self.config.daemon.digest_hour,
+                minute=0,
+                max_instances=1,
+                coalesce=True,
+            )
         self.scheduler.start()
         self._start_pushes()
 
@@ -242,6 +305,7 @@ class Daemon:
         self._push_stop = asyncio.Event()
         self.pushes = make_pushes(self.config, self.rt.registry, self.rt.session, self.clock)
         for name, push in self.pushes:
+
             def wake(reason: str = "", _name: str = name) -> None:
                 self.wake(_name, reason)
 
@@ -285,8 +349,11 @@ class Daemon:
         if self._stopping:
             log.warning("second %s: exiting at once", sig.name)
             os._exit(130)
-        log.warning("%s received: finishing the tick in progress and flushing alerts (up to %.0f s)",
-                    sig.name, self.config.daemon.shutdown_grace)
+        log.warning(
+            "%s received: finishing the tick in progress and flushing alerts (up to %.0f s)",
+            sig.name,
+            self.config.daemon.shutdown_grace,
+        )
         self.request_stop()
 
     @property
@@ -321,8 +388,11 @@ class Daemon:
         if late:
             # A tick still waiting on a slow source after the grace period: stop it. Nothing of it was
             # committed (data and cursor commit together), so the next start repeats it.
-            log.warning("shutdown: %d job(s) still running after %.0f s; stopped, their work is repeated at the "
-                        "next start", len(late), grace)
+            log.warning(
+                "shutdown: %d job(s) still running after %.0f s; stopped, their work is repeated at the next start",
+                len(late),
+                grace,
+            )
             for t in late:
                 t.cancel()
             await asyncio.gather(*late, return_exceptions=True)
@@ -475,7 +545,7 @@ class Daemon:
         self.metrics.deliveries.inc("delivered", by=d.delivered - before[0])
         self.metrics.deliveries.inc("failed", by=d.failed - before[1])
         self.metrics.deliveries.inc("retry", by=(d.attempts - before[2]) - (d.delivered - before[0]) - (d.failed - before[1]))
-        for lat in d.latencies[before[3]:]:
+        for lat in d.latencies[before[3] :]:
             self.metrics.latency.observe(lat)
         if len(d.latencies) > 1000:
             del d.latencies[:-1000]
@@ -497,8 +567,15 @@ class Daemon:
         d = self.config.discovery
         pipeline = self.rt.pipeline
         result = await discover_once(
-            store=self.rt.store, registry=pipeline.registry, pipeline=pipeline, source=self._discovery_source(),
-            now=int(self.clock.time()), config=d, cospend=False, pools=d.pools, trace=d.trace,
+            store=self.rt.store,
+            registry=pipeline.registry,
+            pipeline=pipeline,
+            source=self._discovery_source(),
+            now=int(self.clock.time()),
+            config=d,
+            cospend=False,
+            pools=d.pools,
+            trace=d.trace,
         )
         if d.pool_auto_accept_payouts:
             # auto-accepted pool payout wallets are watched from now on
@@ -532,8 +609,7 @@ class Daemon:
         result = await follow_tip(self.rt.store, self._miner_reader(), now=int(self.clock.time()), pools=self._pools)
         self.miner_scans += 1
         if result.scanned or result.orphaned:
-            log.info("miner view: %d block(s) scanned to height %d, %d orphaned", result.scanned, result.end,
-                     result.orphaned)
+            log.info("miner view: %d block(s) scanned to height %d, %d orphaned", result.scanned, result.end, result.orphaned)
 
     async def refresh_prices(self) -> None:
         """Fetch recent BTC/USD candles into the cache."""
@@ -579,8 +655,11 @@ class Daemon:
                 "polls": st.polls,
                 "errors": st.errors,
             }
-        body: dict[str, Any] = {"status": "ok" if ok else "unhealthy", "uptime_seconds": round(now - self.started_at, 1),
-                                "sources": sources}
+        body: dict[str, Any] = {
+            "status": "ok" if ok else "unhealthy",
+            "uptime_seconds": round(now - self.started_at, 1),
+            "sources": sources,
+        }
         if self.fatal is not None:
             ok = False
             body.update(status="unhealthy", database=self.fatal)
@@ -606,4 +685,3 @@ class Daemon:
                 if st.name in chains:
                     # behind the best tip seen on its chain (0 for the leader; a lagging fallback shows)
                     self.metrics.tip_lag.set(st.name, value=best[chains[st.name]] - st.tip_height)
-

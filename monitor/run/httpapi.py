@@ -121,8 +121,11 @@ async def _auth(request: web.Request, handler):
         expected = f"Bearer {token.reveal()}".encode()
         cookie = request.cookies.get(TOKEN_COOKIE, "").encode("utf-8", "surrogateescape")
         if not (hmac.compare_digest(given, expected) or hmac.compare_digest(cookie, secret)):
-            return web.json_response({"error": "missing or wrong bearer token"}, status=401,
-                                     headers={"WWW-Authenticate": 'Bearer realm="treasury-monitor"'})
+            return web.json_response(
+                {"error": "missing or wrong bearer token"},
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="treasury-monitor"'},
+            )
     return await handler(request)
 
 
@@ -135,8 +138,9 @@ async def healthz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     daemon: ApiHost = request.app[DAEMON_KEY]  # type: ignore[assignment]
     await daemon.refresh_gauges()
-    return web.Response(text=daemon.metrics.render(), content_type="text/plain", charset="utf-8",
-                        headers={"X-Content-Type-Options": "nosniff"})
+    return web.Response(
+        text=daemon.metrics.render(), content_type="text/plain", charset="utf-8", headers={"X-Content-Type-Options": "nosniff"}
+    )
 
 
 async def api_entities(request: web.Request) -> web.Response:
@@ -179,8 +183,13 @@ def _alert_record(r: dict[str, Any]) -> dict[str, Any]:
         "created_at": iso(r["created_at"]),
         "changes": p.get("changes", []),
         "channels": [
-            {"channel": c["channel"], "status": c["status"], "attempts": c["attempts"],
-             "last_error": c["last_error"] or None, "delivered_at": iso(c["delivered_at"])}
+            {
+                "channel": c["channel"],
+                "status": c["status"],
+                "attempts": c["attempts"],
+                "last_error": c["last_error"] or None,
+                "delivered_at": iso(c["delivered_at"]),
+            }
             for c in r["channels"]
         ],
         "flow": p.get("flow"),
@@ -209,11 +218,21 @@ def incident_records(store, status: str | None, entity: str | None) -> list[dict
     for r in inc_store.incident_rows(store, status=status, entity=entity):
         messages = inc_store.incident_messages(store, r["id"])
         totals = messages[-1].payload.get("incident") if messages else None
-        out.append({
-            "id": r["id"], "chain": r["chain"], "entity": r["entity"], "status": r["status"],
-            "opened_at": iso(r["opened_at"]), "last_flow_at": iso(r["last_flow_at"]), "closed_at": iso(r["closed_at"]),
-            "flows": r["flows"], "channels": r["channels"], "messages": [m.id for m in messages], "totals": totals,
-        })
+        out.append(
+            {
+                "id": r["id"],
+                "chain": r["chain"],
+                "entity": r["entity"],
+                "status": r["status"],
+                "opened_at": iso(r["opened_at"]),
+                "last_flow_at": iso(r["last_flow_at"]),
+                "closed_at": iso(r["closed_at"]),
+                "flows": r["flows"],
+                "channels": r["channels"],
+                "messages": [m.id for m in messages],
+                "totals": totals,
+            }
+        )
     return out
 
 

@@ -58,8 +58,9 @@ def _describe(c: Classification, record: dict) -> str:
     return f"new transfer {_short(c.txid)}: {record['out_amount']} {record['asset']}{usd} to {dest or 'unknown'} — {c.verdict}"
 
 
-def incident_payload(store: Store, registry: Registry, inc: inc_store.IncidentRow, kind: str,
-                     changes: Sequence[str], *, now: int) -> dict:
+def incident_payload(
+    store: Store, registry: Registry, inc: inc_store.IncidentRow, kind: str, changes: Sequence[str], *, now: int
+) -> dict:
     """The message model of an incident message, totals recomputed from the stored flows."""
     records = []
     for chain, txid, entity in inc_store.flow_keys(store, inc.id):
@@ -67,14 +68,37 @@ def incident_payload(store: Store, registry: Registry, inc: inc_store.IncidentRo
         if row is not None:
             records.append(flow_record(row))
     records.sort(key=lambda r: (r.get("block_time") or r.get("seen_at") or "", r["txid"]))
-    summary = summarize(inc.id, inc.status, registry.get(inc.entity), records, opened_at=inc.opened_at,
-                        last_flow_at=inc.last_flow_at, closed_at=inc.closed_at)
-    return {"kind": kind, "dedup_key": incident_dedup_key(inc.chain, inc.entity, inc.id), "changes": list(changes),
-            "explorer_url": None, "flow": None, "incident": summary}
+    summary = summarize(
+        inc.id,
+        inc.status,
+        registry.get(inc.entity),
+        records,
+        opened_at=inc.opened_at,
+        last_flow_at=inc.last_flow_at,
+        closed_at=inc.closed_at,
+    )
+    return {
+        "kind": kind,
+        "dedup_key": incident_dedup_key(inc.chain, inc.entity, inc.id),
+        "changes": list(changes),
+        "explorer_url": None,
+        "flow": None,
+        "incident": summary,
+    }
 
 
-def _queue(store: Store, registry: Registry, inc: inc_store.IncidentRow, kind: str, changes: Sequence[str],
-           channels: tuple[str, ...], *, now: int, settings: IncidentSettings, fold: bool = True) -> int:
+def _queue(
+    store: Store,
+    registry: Registry,
+    inc: inc_store.IncidentRow,
+    kind: str,
+    changes: Sequence[str],
+    channels: tuple[str, ...],
+    *,
+    now: int,
+    settings: IncidentSettings,
+    fold: bool = True,
+) -> int:
     payload = incident_payload(store, registry, inc, kind, changes, now=now)
     if settings.label:
         payload["label"] = settings.label
@@ -98,8 +122,7 @@ def _queue(store: Store, registry: Registry, inc: inc_store.IncidentRow, kind: s
         not_before = max(now, sent + settings.group_interval)
     else:
         not_before = now
-    outbox_store.queue_alert(store, alert, chain=inc.chain, entity=inc.entity, incident_id=inc.id, now=now,
-                             not_before=not_before)
+    outbox_store.queue_alert(store, alert, chain=inc.chain, entity=inc.entity, incident_id=inc.id, now=now, not_before=not_before)
     return 1
 
 
@@ -143,8 +166,7 @@ def plan_incidents(
         if iid is not None:
             if not channels:
                 inc_store.remove_flow(store, c.chain, c.txid, c.entity)
-                changes.setdefault(iid, []).append(
-                    f"transfer {_short(c.txid)} no longer counted: now {c.verdict} ({c.severity})")
+                changes.setdefault(iid, []).append(f"transfer {_short(c.txid)} no longer counted: now {c.verdict} ({c.severity})")
             elif d.previous is not None:
                 said = changes_between(d.previous, c)
                 if said:
@@ -180,8 +202,9 @@ def plan_incidents(
             continue
         kind = "new" if iid in opened else "update"
         channels = union(inc.channels, extra_channels.get(iid, ()))
-        queued += _queue(store, registry, inc, kind, changes.get(iid, ()) if kind == "update" else (), channels,
-                         now=now, settings=settings)
+        queued += _queue(
+            store, registry, inc, kind, changes.get(iid, ()) if kind == "update" else (), channels, now=now, settings=settings
+        )
 
     touched = opened | set(changes)
     for inc in inc_store.open_incidents(store):

@@ -35,7 +35,14 @@ from typing import Any
 from monitor.clock import iso
 from monitor.model import SALE_VERDICTS, SATS_PER_BTC, Entity, format_btc, severity_rank
 
-__all__ = ["DEFAULT_INCIDENT_WINDOW", "DEFAULT_GROUP_WAIT", "DEFAULT_GROUP_INTERVAL", "counts_in_incident", "summarize", "incident_dedup_key"]
+__all__ = [
+    "DEFAULT_INCIDENT_WINDOW",
+    "DEFAULT_GROUP_WAIT",
+    "DEFAULT_GROUP_INTERVAL",
+    "counts_in_incident",
+    "summarize",
+    "incident_dedup_key",
+]
 
 #: Seconds without a new sale after which an incident closes (MARA paused over weekends: 3 days).
 DEFAULT_INCIDENT_WINDOW = 7 * 86_400

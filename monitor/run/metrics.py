@@ -103,7 +103,9 @@ class Metrics:
         self.deliveries = Counter(f"{p}_deliveries", "Alert delivery attempts by outcome.", ("outcome",))
         self.latency = Histogram(f"{p}_delivery_latency_seconds", "Seconds from an alert being queued to its delivery.")
         self.tip_height = Gauge(f"{p}_tip_height", "Latest chain tip height a source reported.", ("source",))
-        self.tip_lag = Gauge(f"{p}_tip_lag_blocks", "Blocks a source is behind the best tip any source of its chain reported.", ("source",))
+        self.tip_lag = Gauge(
+            f"{p}_tip_lag_blocks", "Blocks a source is behind the best tip any source of its chain reported.", ("source",)
+        )
         self.last_success_age = Gauge(
             f"{p}_source_last_success_age_seconds", "Seconds since a source last polled successfully.", ("source",)
         )

@@ -76,7 +76,12 @@ class AlertHook(Protocol):
     """Queues alerts inside the tick's transaction (the alert router implements it)."""
 
     def __call__(
-        self, store: Store, decisions: list[Decision], retracted: list[Classification], *, now: int,
+        self,
+        store: Store,
+        decisions: list[Decision],
+        retracted: list[Classification],
+        *,
+        now: int,
         events: TickEvents = ...,
     ) -> int: ...
 
@@ -115,8 +120,9 @@ def flow_history(
     if entity is not None:
         for fact in entity.profile.series("holdings_btc"):
             if fact.as_of and day_end(fact.as_of) <= at:
-                received, left = store.flow_totals(flow.entity, asset=flow.asset, since=day_end(fact.as_of),
-                                                   before=(at, flow.txid))
+                received, left = store.flow_totals(
+                    flow.entity, asset=flow.asset, since=day_end(fact.as_of), before=(at, flow.txid)
+                )
                 since.append((fact.as_of, received, left))
     rows = [
         r
@@ -166,11 +172,15 @@ def _keep_traced(store: Store, flow: EntityFlow) -> EntityFlow:
     traced = {d.n: d for d in (old.destinations if old else ()) if d.attribution.path}
     if not traced:
         return flow
-    return replace(flow, destinations=tuple(
-        replace(d, attribution=traced[d.n].attribution, shares=traced[d.n].shares)
-        if d.attribution.kind == "unknown" and d.n in traced else d
-        for d in flow.destinations
-    ))
+    return replace(
+        flow,
+        destinations=tuple(
+            replace(d, attribution=traced[d.n].attribution, shares=traced[d.n].shares)
+            if d.attribution.kind == "unknown" and d.n in traced
+            else d
+            for d in flow.destinations
+        ),
+    )
 
 
 def _missing_context(flow: EntityFlow, now: int) -> MarketContext:
@@ -211,9 +221,17 @@ def commit_batch(
             for chain, txid, entity_name, n, att in commit_provisional(store, provisional[0], provisional[1], now=now):
                 redo.setdefault((chain, txid, entity_name), {})[n] = att
         flows = [_keep_traced(store, f) for f in flows]
-        flows = [replace(f, destinations=tuple(replace(d, attribution=redo[(f.chain, f.txid, f.entity)].get(d.n, d.attribution))
-                                               for d in f.destinations))
-                 if (f.chain, f.txid, f.entity) in redo else f for f in flows]
+        flows = [
+            replace(
+                f,
+                destinations=tuple(
+                    replace(d, attribution=redo[(f.chain, f.txid, f.entity)].get(d.n, d.attribution)) for d in f.destinations
+                ),
+            )
+            if (f.chain, f.txid, f.entity) in redo
+            else f
+            for f in flows
+        ]
         in_batch = {(f.txid, f.entity) for f in flows}
         new_flows = store.save_flows(flows, now=now)  # one batched write: a backfill step has thousands
         # Retract first: a replacement in this same batch must not count the tx it replaced in its history.
@@ -229,8 +247,15 @@ def commit_batch(
             # the miner view's measured production replaces a staler reported figure (monitor.discovery.miners)
             entity = with_measured_production(store, registry.get(f.entity), at=_at(f, now))
             ctx = contexts.get((f.chain, f.txid, f.entity)) or _missing_context(f, now)
-            c = classify(f, entity, ctx, flow_history(store, f, now=now, entity=entity), thresholds, now=now,
-                         provisional=provisional_inputs(txs.get(f.txid), f.entity, registry))
+            c = classify(
+                f,
+                entity,
+                ctx,
+                flow_history(store, f, now=now, entity=entity),
+                thresholds,
+                now=now,
+                provisional=provisional_inputs(txs.get(f.txid), f.entity, registry),
+            )
             stored, prev = store.save_classification(c, context=context_json(ctx), now=now)
             decisions.append(Decision(f, stored, prev, ctx))
         # Balances before alerts: balance alerts read the state this batch leaves (same transaction).
@@ -238,13 +263,13 @@ def commit_batch(
         if batch.utxos_added or batch.utxos_spent:
             apply_utxo_changes(store, batch.chain, batch.utxos_added, batch.utxos_spent)
         if alert_hook is not None:
-            alerts = alert_hook(store, decisions, retracted, now=now,
-                                events=TickEvents(replaced_by, frozenset(confirmed)))
+            alerts = alert_hook(store, decisions, retracted, now=now, events=TickEvents(replaced_by, frozenset(confirmed)))
         for (chain, txid, entity_name), atts in redo.items():
             if (txid, entity_name) in in_batch:
                 continue  # re-attributed above, before it was classified
-            d = reattribute_flow(store, chain, txid, entity_name, atts, registry, now=now, thresholds=thresholds,
-                                 alert_hook=alert_hook)
+            d = reattribute_flow(
+                store, chain, txid, entity_name, atts, registry, now=now, thresholds=thresholds, alert_hook=alert_hook
+            )
             if d is not None:
                 decisions.append(d)
                 alerts += int(d.is_changed)
@@ -291,16 +316,25 @@ def reattribute_flow(
         flow = store.get_flow(chain, txid, entity)
         if flow is None:
             return None
-        dests = tuple(replace(d, attribution=attributions.get(d.n, d.attribution), shares=shares.get(d.n, d.shares))
-                      for d in flow.destinations)
+        dests = tuple(
+            replace(d, attribution=attributions.get(d.n, d.attribution), shares=shares.get(d.n, d.shares))
+            for d in flow.destinations
+        )
         flow = replace(flow, destinations=dests)
         store.save_flow(flow, now=now, status=store.tx_status(chain, txid))
         prev = store.latest_classification(chain, txid, entity)
         ctx_data = store.classification_context(prev.id) if prev is not None and prev.id is not None else {}
         ctx = MarketContext(**ctx_data) if ctx_data else _missing_context(flow, now)
         ent = with_measured_production(store, registry.get(entity), at=_at(flow, now))
-        c = classify(flow, ent, ctx, flow_history(store, flow, now=now, entity=ent), thresholds, now=now,
-                     provisional=provisional_inputs(store.get_tx(chain, txid), entity, registry))
+        c = classify(
+            flow,
+            ent,
+            ctx,
+            flow_history(store, flow, now=now, entity=ent),
+            thresholds,
+            now=now,
+            provisional=provisional_inputs(store.get_tx(chain, txid), entity, registry),
+        )
         stored, previous = store.save_classification(c, context=context_json(ctx), now=now)
         decision = Decision(flow, stored, previous, ctx)
         if alert_hook is not None:
@@ -381,8 +415,15 @@ class Pipeline:
             provisional=(sweeps, judgements),
         )
 
-    async def reattribute(self, chain: str, txid: str, entity: str, attributions: dict[int, Attribution], *,
-                          shares: dict[int, tuple[TraceShare, ...]] | None = None) -> Decision | None:
+    async def reattribute(
+        self,
+        chain: str,
+        txid: str,
+        entity: str,
+        attributions: dict[int, Attribution],
+        *,
+        shares: dict[int, tuple[TraceShare, ...]] | None = None,
+    ) -> Decision | None:
         """Re-attribute a stored flow's destinations (e.g. after hop tracing) and re-classify it."""
         return await self.store.run(
             reattribute_flow,
@@ -406,7 +447,10 @@ class Pipeline:
         if result.failed:
             log.warning(
                 "source=%s tick stored %d txs; %d keys failed and will be retried: %s",
-                source.name, result.txs, len(result.failed), ", ".join(result.failed[:5]),
+                source.name,
+                result.txs,
+                len(result.failed),
+                ", ".join(result.failed[:5]),
             )
         return result
 
@@ -436,8 +480,16 @@ class Pipeline:
 def _add(a: TickResult, b: TickResult) -> TickResult:
     """Two ticks of one source as one: counts summed, the later tick's state."""
     return replace(
-        b, txs=a.txs + b.txs, new_txs=a.new_txs + b.new_txs, flows=a.flows + b.flows, new_flows=a.new_flows + b.new_flows,
-        outflows=a.outflows + b.outflows, classified=a.classified + b.classified, retracted=a.retracted + b.retracted,
-        alerts=a.alerts + b.alerts, requests=a.requests + b.requests, decisions=a.decisions + b.decisions,
+        b,
+        txs=a.txs + b.txs,
+        new_txs=a.new_txs + b.new_txs,
+        flows=a.flows + b.flows,
+        new_flows=a.new_flows + b.new_flows,
+        outflows=a.outflows + b.outflows,
+        classified=a.classified + b.classified,
+        retracted=a.retracted + b.retracted,
+        alerts=a.alerts + b.alerts,
+        requests=a.requests + b.requests,
+        decisions=a.decisions + b.decisions,
         failed=tuple(dict.fromkeys(a.failed + b.failed)),
     )

@@ -34,8 +34,19 @@ from watchers.esplora import EsploraSource
 from watchers.esplora_blocks import EsploraBlockSource, choose_mode, mode_sees
 from watchers.http import HttpClient
 
-__all__ = ["describe_source", "make_pushes", "build_registry", "open_store", "Runtime", "runtime", "make_source", "build_channels", "make_dispatcher", "make_planner",
-           "backfill_configured"]
+__all__ = [
+    "describe_source",
+    "make_pushes",
+    "build_registry",
+    "open_store",
+    "Runtime",
+    "runtime",
+    "make_source",
+    "build_channels",
+    "make_dispatcher",
+    "make_planner",
+    "backfill_configured",
+]
 
 log = logging.getLogger("treasury_monitor")
 
@@ -56,8 +67,14 @@ def open_store(config: Config, db: str | Path | None = None) -> Store:
     return Store(Path(db) if db is not None else config.storage)
 
 
-def make_source(source: SourceConfig, registry: Registry, session: aiohttp.ClientSession, clock: Clock,
-                network: str = "mainnet", store: Store | None = None):
+def make_source(
+    source: SourceConfig,
+    registry: Registry,
+    session: aiohttp.ClientSession,
+    clock: Clock,
+    network: str = "mainnet",
+    store: Store | None = None,
+):
     """A watcher for one configured source, watching the registry's tracked addresses on its chain.
 
     An Esplora source in `block` mode (or `auto` with many addresses) reads each block once and needs
@@ -83,8 +100,17 @@ def make_source(source: SourceConfig, registry: Registry, session: aiohttp.Clien
         if mode == "block":
             utxos = load_utxos(store, source.chain) if store is not None else ()
             # history=True: a newly watched address is backfilled once in address mode, then followed by blocks
-            return EsploraBlockSource(source.name, http, addresses, clock=clock, chain=source.chain, utxos=utxos,
-                                      history=True, network=network, mempool_checks=source.mempool_checks)
+            return EsploraBlockSource(
+                source.name,
+                http,
+                addresses,
+                clock=clock,
+                chain=source.chain,
+                utxos=utxos,
+                history=True,
+                network=network,
+                mempool_checks=source.mempool_checks,
+            )
         # fetch_tip: one request per poll buys the tip height for /healthz, /metrics and `status`
         return EsploraSource(source.name, http, addresses, clock=clock, chain=source.chain, fetch_tip=True)
     if source.type == "bitcoind":
@@ -145,12 +171,16 @@ def describe_source(source: SourceConfig, n_addresses: int) -> str:
         return f"{why}. Sees: {mode_sees(mode, n_addresses, source.mempool_checks)}"
     if source.type == "bitcoind":
         mempool = "the whole mempool" if source.mempool else "no unconfirmed txs (mempool = false)"
-        return (f"Bitcoin Core node: confirmed txs of all {n_addresses} addresses from each new block, {mempool}; "
-                f"no balances (a node keeps no address index)")
+        return (
+            f"Bitcoin Core node: confirmed txs of all {n_addresses} addresses from each new block, {mempool}; "
+            f"no balances (a node keeps no address index)"
+        )
     return f"{source.type}: transfers of {n_addresses} addresses from blocks ({source.confirmations} confirmations)"
 
 
-def build_channels(config: Config, session: aiohttp.ClientSession, clock: Clock, threads: object | None = None) -> dict[str, object]:
+def build_channels(
+    config: Config, session: aiohttp.ClientSession, clock: Clock, threads: object | None = None
+) -> dict[str, object]:
     """Every configured alert channel, ready to send; their secrets are registered for log redaction."""
     from alerts.channels import build_channel
     from monitor.run.logs import redact
@@ -158,8 +188,7 @@ def build_channels(config: Config, session: aiohttp.ClientSession, clock: Clock,
     out = {}
     for c in config.alerts.channels:
         redact(*c.secret_values())
-        out[c.name] = build_channel(c.type, c.name, c.revealed_settings(), session=session, clock=clock,
-                                    threads=threads)
+        out[c.name] = build_channel(c.type, c.name, c.revealed_settings(), session=session, clock=clock, threads=threads)
     return out
 
 
@@ -184,8 +213,9 @@ def make_market(config: Config, store: AsyncStore, session: aiohttp.ClientSessio
     from monitor.market.context import Market, SourceChainInfo
 
     chain = next((SourceChainInfo(s) for s in sources if hasattr(s, "coinbase_total")), None)
-    return Market(clock, prices=make_prices(config, store, session, clock), chain=chain, staleness=config.prices.staleness,
-                  store=store)
+    return Market(
+        clock, prices=make_prices(config, store, session, clock), chain=chain, staleness=config.prices.staleness, store=store
+    )
 
 
 def make_planner(config: Config, registry: Registry, *, label: str = ""):
@@ -197,10 +227,19 @@ def make_planner(config: Config, registry: Registry, *, label: str = ""):
     a = config.alerts
     if not (a.rules or a.dormancy or a.balance):
         return None
-    return AlertPlanner(registry, AlertSettings(rules=a.rules, explorer_url=a.explorer_url, max_age=a.max_age,
-                                                notify_confirmations=a.notify_confirmations, label=label,
-                                                incidents=IncidentSettings(a.incident_window, a.group_wait, a.group_interval),
-                                                dormancy=a.dormancy, balance=a.balance))
+    return AlertPlanner(
+        registry,
+        AlertSettings(
+            rules=a.rules,
+            explorer_url=a.explorer_url,
+            max_age=a.max_age,
+            notify_confirmations=a.notify_confirmations,
+            label=label,
+            incidents=IncidentSettings(a.incident_window, a.group_wait, a.group_interval),
+            dormancy=a.dormancy,
+            balance=a.balance,
+        ),
+    )
 
 
 def make_pushes(config: Config, registry: Registry, session: aiohttp.ClientSession, clock: Clock) -> list[tuple[str, object]]:
@@ -221,8 +260,9 @@ def make_pushes(config: Config, registry: Registry, session: aiohttp.ClientSessi
         if s.type == "esplora" and s.push_url:
             from watchers.push import MempoolPush
 
-            out.append((s.name, MempoolPush(s.push_url, addrs, session=session, clock=clock, cap=s.push_cap,
-                                            name=f"{s.name}-push")))
+            out.append(
+                (s.name, MempoolPush(s.push_url, addrs, session=session, clock=clock, cap=s.push_cap, name=f"{s.name}-push"))
+            )
     return out
 
 
@@ -320,8 +360,9 @@ async def runtime(
         await astore.close()
 
 
-async def backfill_configured(config: Any, *, db: Any, days: int, now: int, attribute: bool = True,
-                              progress: Callable[[int, int], Any] | None = None) -> ScanResult:
+async def backfill_configured(
+    config: Any, *, db: Any, days: int, now: int, attribute: bool = True, progress: Callable[[int, int], Any] | None = None
+) -> ScanResult:
     """`miners backfill`: scan the last `days` of blocks through `[miners].source` or the first Bitcoin source."""
     async with runtime(config, db=db) as rt:
         reader = coinbase_reader(rt.sources, config.miners.source)

@@ -49,12 +49,30 @@ def _message_id(key: str, now: int) -> str:
     return "msg_" + hashlib.sha256(f"{key}\nnew\n{now}".encode()).hexdigest()[:32]
 
 
-def _queue(store: Store, key: str, channels: tuple[str, ...], payload: dict, *, entity: str, chain: str,
-           txid: str = "", now: int, label: str = "") -> int:
+def _queue(
+    store: Store,
+    key: str,
+    channels: tuple[str, ...],
+    payload: dict,
+    *,
+    entity: str,
+    chain: str,
+    txid: str = "",
+    now: int,
+    label: str = "",
+) -> int:
     if label:
         payload = {**payload, "label": label}
-    payload = {"kind": "new", "dedup_key": key, "changes": [], "explorer_url": None, "message_id": _message_id(key, now),
-               "amends": None, "thread": [], **payload}
+    payload = {
+        "kind": "new",
+        "dedup_key": key,
+        "changes": [],
+        "explorer_url": None,
+        "message_id": _message_id(key, now),
+        "amends": None,
+        "thread": [],
+        **payload,
+    }
     alert = Alert(key, "new", channels, payload, created_at=now)
     # txid stays "" so flow updates and retractions never count these channels as having heard of the flow
     outbox_store.queue_alert(store, alert, chain=chain, entity=entity, now=now)
@@ -64,8 +82,17 @@ def _queue(store: Store, key: str, channels: tuple[str, ...], payload: dict, *, 
 # --- dormancy -------------------------------------------------------------------------------------
 
 
-def plan_dormancy(store: Store, registry: Registry, rules: Sequence[DormancyRule], decisions: Sequence[Decision], *,
-                  is_live: Callable, explorer_url: str | None, now: int, label: str = "") -> int:
+def plan_dormancy(
+    store: Store,
+    registry: Registry,
+    rules: Sequence[DormancyRule],
+    decisions: Sequence[Decision],
+    *,
+    is_live: Callable,
+    explorer_url: str | None,
+    now: int,
+    label: str = "",
+) -> int:
     """Queue a dormancy alert for each new outflow that spends coins older than a rule's `min_years`."""
     if not rules:
         return 0
@@ -109,8 +136,10 @@ def plan_dormancy(store: Store, registry: Registry, rules: Sequence[DormancyRule
                 + ("a sale" if c.verdict.endswith("_sale") else "not classified as a sale"),
             ]
             if unknown:
-                reasons.append(f"{len(unknown)} other input{'s' if len(unknown) != 1 else ''} "
-                               f"({_btc(sum(i.value for i in unknown))} BTC) of unknown age: funding tx not stored")
+                reasons.append(
+                    f"{len(unknown)} other input{'s' if len(unknown) != 1 else ''} "
+                    f"({_btc(sum(i.value for i in unknown))} BTC) of unknown age: funding tx not stored"
+                )
             facts = [
                 ["Entity", f"{c.entity} ({registry.get(c.entity).kind})"],
                 ["Dormant coins", f"{_btc(old_units)} BTC, oldest {years:.1f} years"],
@@ -126,10 +155,18 @@ def plan_dormancy(store: Store, registry: Registry, rules: Sequence[DormancyRule
                 "reasons": reasons,
                 "explorer_url": url,
                 "flow": flow_record(row) if row is not None else None,
-                "watch": {"type": "dormancy", "rule": rule.name, "entity": c.entity, "txid": c.txid,
-                          "dormant_units": old_units, "dormant_amount": format_btc(old_units),
-                          "oldest_years": round(years, 3), "oldest_funding_txid": oldest_in.prev_txid,
-                          "oldest_funding_height": oldest_height, "unknown_age_inputs": len(unknown)},
+                "watch": {
+                    "type": "dormancy",
+                    "rule": rule.name,
+                    "entity": c.entity,
+                    "txid": c.txid,
+                    "dormant_units": old_units,
+                    "dormant_amount": format_btc(old_units),
+                    "oldest_years": round(years, 3),
+                    "oldest_funding_txid": oldest_in.prev_txid,
+                    "oldest_funding_height": oldest_height,
+                    "unknown_age_inputs": len(unknown),
+                },
             }
             queued += _queue(store, key, rule.channels, payload, entity=c.entity, chain=c.chain, now=now, label=label)
     return queued
@@ -198,14 +235,22 @@ def _level(store: Store, rule: BalanceRule, entity, current: int, history, flows
     payload = {
         "title": f"{entity.name} balance fell below {_btc(level)} BTC: now {_btc(current)} BTC",
         "severity": "warning",
-        "facts": [["Entity", f"{entity.name} ({entity.kind})"], ["Balance", f"{_btc(current)} BTC"],
-                  ["Level", f"{_btc(level)} BTC"]],
+        "facts": [
+            ["Entity", f"{entity.name} ({entity.kind})"],
+            ["Balance", f"{_btc(current)} BTC"],
+            ["Level", f"{_btc(level)} BTC"],
+        ],
         "reasons": reasons,
-        "watch": {"type": "balance_below", "rule": rule.name, "entity": entity.name, "balance_units": current,
-                  "as_of": iso(history[0][0]), "level_units": level},
+        "watch": {
+            "type": "balance_below",
+            "rule": rule.name,
+            "entity": entity.name,
+            "balance_units": current,
+            "as_of": iso(history[0][0]),
+            "level_units": level,
+        },
     }
-    return _queue(store, f"{key}:{now}", rule.channels, payload, entity=entity.name, chain="bitcoin", now=now,
-                  label=label)
+    return _queue(store, f"{key}:{now}", rule.channels, payload, entity=entity.name, chain="bitcoin", now=now, label=label)
 
 
 def _drop(store: Store, rule: BalanceRule, entity, current: int, history, flows, *, now: int, label: str = "") -> int:
@@ -228,16 +273,29 @@ def _drop(store: Store, rule: BalanceRule, entity, current: int, history, flows,
         _outflows_line(flows, peak_at, history[0][0]),
     ]
     if holdings is not None:
-        reasons.append(f"the drop is {(peak - current) / SATS_PER_BTC / holdings.value * 100:.1f}% of the "
-                       f"{holdings.value:,.0f} BTC holdings reported by {holdings.source} ({holdings.as_of})")
+        reasons.append(
+            f"the drop is {(peak - current) / SATS_PER_BTC / holdings.value * 100:.1f}% of the "
+            f"{holdings.value:,.0f} BTC holdings reported by {holdings.source} ({holdings.as_of})"
+        )
     payload = {
         "title": f"{entity.name} balance down {pct:.1f}% in {days:.1f} days: {_btc(peak)} → {_btc(current)} BTC",
         "severity": "warning",
-        "facts": [["Entity", f"{entity.name} ({entity.kind})"], ["Balance", f"{_btc(current)} BTC"],
-                  ["Peak", f"{_btc(peak)} BTC on {iso(peak_at)}"], ["Drop", f"{pct:.1f}% in {days:.1f} days"]],
+        "facts": [
+            ["Entity", f"{entity.name} ({entity.kind})"],
+            ["Balance", f"{_btc(current)} BTC"],
+            ["Peak", f"{_btc(peak)} BTC on {iso(peak_at)}"],
+            ["Drop", f"{pct:.1f}% in {days:.1f} days"],
+        ],
         "reasons": reasons,
-        "watch": {"type": "balance_drop", "rule": rule.name, "entity": entity.name, "balance_units": current,
-                  "as_of": iso(history[0][0]), "peak_units": peak, "peak_at": iso(peak_at), "drop_pct": round(pct, 3)},
+        "watch": {
+            "type": "balance_drop",
+            "rule": rule.name,
+            "entity": entity.name,
+            "balance_units": current,
+            "as_of": iso(history[0][0]),
+            "peak_units": peak,
+            "peak_at": iso(peak_at),
+            "drop_pct": round(pct, 3),
+        },
     }
-    return _queue(store, f"{key}:{now}", rule.channels, payload, entity=entity.name, chain="bitcoin", now=now,
-                  label=label)
+    return _queue(store, f"{key}:{now}", rule.channels, payload, entity=entity.name, chain="bitcoin", now=now, label=label)

@@ -162,8 +162,14 @@ def format_version(version: int) -> str:
 
 # --- scripts as Core renders them -------------------------------------------------------------------
 
-_OP_NAMES: dict[int, str] = {0x00: "0", 0x4C: "OP_PUSHDATA1", 0x4D: "OP_PUSHDATA2", 0x4E: "OP_PUSHDATA4",
-                             0x4F: "-1", 0x50: "OP_RESERVED"}
+_OP_NAMES: dict[int, str] = {
+    0x00: "0",
+    0x4C: "OP_PUSHDATA1",
+    0x4D: "OP_PUSHDATA2",
+    0x4E: "OP_PUSHDATA4",
+    0x4F: "-1",
+    0x50: "OP_RESERVED",
+}
 for _n in range(1, 17):
     _OP_NAMES[0x50 + _n] = str(_n)
 for _i, _name in enumerate(
@@ -180,8 +186,14 @@ for _i, _name in enumerate(
 ):
     _OP_NAMES[0x61 + _i] = _name
 _OP_NAMES[0xFF] = "OP_INVALIDOPCODE"
-_SIGHASH_NAMES = {0x01: "ALL", 0x81: "ALL|ANYONECANPAY", 0x02: "NONE", 0x82: "NONE|ANYONECANPAY",
-                  0x03: "SINGLE", 0x83: "SINGLE|ANYONECANPAY"}
+_SIGHASH_NAMES = {
+    0x01: "ALL",
+    0x81: "ALL|ANYONECANPAY",
+    0x02: "NONE",
+    0x82: "NONE|ANYONECANPAY",
+    0x03: "SINGLE",
+    0x83: "SINGLE|ANYONECANPAY",
+}
 
 
 def _script_num(data: bytes) -> int:
@@ -509,7 +521,9 @@ class BitcoindServer:
             replies = []
             for item in req:
                 if not isinstance(item, dict):
-                    replies.append({"result": None, "error": {"code": RPC_INVALID_REQUEST, "message": "Invalid Request object"}, "id": None})
+                    replies.append(
+                        {"result": None, "error": {"code": RPC_INVALID_REQUEST, "message": "Invalid Request object"}, "id": None}
+                    )
                     continue
                 result, fault = self._call(item)
                 replies.append(self._reply_obj(item, result, fault))
@@ -532,8 +546,9 @@ class BitcoindServer:
         status = 200
         if fault is not None and not self._json2(req):
             status = {RPC_INVALID_REQUEST: 400, RPC_METHOD_NOT_FOUND: 404}.get(fault.code, 500)
-        return web.Response(status=status, body=_dump(self._reply_obj(req, result, fault)) + "\n",
-                            content_type="application/json")
+        return web.Response(
+            status=status, body=_dump(self._reply_obj(req, result, fault)) + "\n", content_type="application/json"
+        )
 
     def _call(self, req: dict) -> tuple[Any, RpcFault | None]:
         method = req.get("method")
@@ -843,8 +858,10 @@ class BitcoindServer:
                 raise RpcFault(RPC_INVALID_ADDRESS_OR_KEY, "Block hash not found")
             tx = next((x for x in block.txs if x.txid == t), None)
             if tx is None:
-                raise RpcFault(RPC_INVALID_ADDRESS_OR_KEY,
-                               "No such transaction found in the provided block. Use gettransaction for wallet transactions.")
+                raise RpcFault(
+                    RPC_INVALID_ADDRESS_OR_KEY,
+                    "No such transaction found in the provided block. Use gettransaction for wallet transactions.",
+                )
         else:
             tx = self.chain.tx(t)
             if tx is not None and not self.chain.in_mempool(t):
@@ -854,8 +871,11 @@ class BitcoindServer:
                     pos = self.chain.tx_position(t)
                     block = pos[0] if pos else None
             if tx is None:
-                msg = ("No such mempool or blockchain transaction" if self.txindex else
-                       "No such mempool transaction. Use -txindex or provide a block hash to enable blockchain transaction queries")
+                msg = (
+                    "No such mempool or blockchain transaction"
+                    if self.txindex
+                    else "No such mempool transaction. Use -txindex or provide a block hash to enable blockchain transaction queries"
+                )
                 raise RpcFault(RPC_INVALID_ADDRESS_OR_KEY, msg + ". Use gettransaction for wallet transactions.")
         if level <= 0:
             return tx.hex

@@ -509,9 +509,7 @@ class SimChain:
         return b"", ()
 
     @staticmethod
-    def _serialize(
-        version: int, vin: Sequence[SimTxIn], vout: Sequence[SimTxOut], locktime: int
-    ) -> tuple[bytes, bytes]:
+    def _serialize(version: int, vin: Sequence[SimTxIn], vout: Sequence[SimTxOut], locktime: int) -> tuple[bytes, bytes]:
         """(full serialization, non-witness serialization)."""
         ins = [varint(len(vin))]
         for i in vin:
@@ -860,9 +858,7 @@ class SimChain:
     ) -> SimTx:
         self._counter += 1
         tag = coinbase_tag.encode("ascii")
-        script_sig = _bip34_height(height) + push_data(self._counter.to_bytes(8, "little")) + (
-            push_data(tag) if tag else b""
-        )
+        script_sig = _bip34_height(height) + push_data(self._counter.to_bytes(8, "little")) + (push_data(tag) if tag else b"")
         if len(script_sig) > 100:
             raise ValueError("coinbase tag too long: the coinbase scriptSig is limited to 100 bytes")
         outs = [self._output(a, v) for a, v in (coinbase_outputs or ())]
@@ -997,9 +993,7 @@ class SimChain:
                 t = self._chain[-1].time + self.block_interval
             else:
                 t = self.start_time
-            blocks.append(
-                self._connect(first if k == 0 else [], t, coinbase_to, coinbase_tag, coinbase_outputs)
-            )
+            blocks.append(self._connect(first if k == 0 else [], t, coinbase_to, coinbase_tag, coinbase_outputs))
         return blocks
 
     def reorg(

@@ -97,10 +97,10 @@ BLOCKSTREAM_429_BODY = json.dumps(
 #: mempool.space answers 429 with an HTML page advertising Mempool Enterprise (sbounmy/hongbao_bitcoin#340);
 #: this is a stand-in with that shape, not a capture.
 MEMPOOL_429_BODY = (
-    b"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+    b'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
     b"<title>429 Too Many Requests - mempool.space</title>\n</head>\n<body>\n"
     b"<h1>Too Many Requests</h1>\n<p>You have exceeded the rate limits of the mempool.space public API.</p>\n"
-    b"<p>Need higher API limits? Consider <a href=\"https://mempool.space/enterprise\">Mempool Enterprise</a>.</p>\n"
+    b'<p>Need higher API limits? Consider <a href="https://mempool.space/enterprise">Mempool Enterprise</a>.</p>\n'
     b"</body>\n</html>\n"
 )
 
@@ -277,8 +277,12 @@ def _mempool_core(core: dict[str, Any]) -> dict[str, Any]:
 
     vin = []
     for i in core["vin"]:
-        d = {**i, "prevout": out(i["prevout"]), "inner_redeemscript_asm": i.get("inner_redeemscript_asm", ""),
-             "inner_witnessscript_asm": i.get("inner_witnessscript_asm", "")}
+        d = {
+            **i,
+            "prevout": out(i["prevout"]),
+            "inner_redeemscript_asm": i.get("inner_redeemscript_asm", ""),
+            "inner_witnessscript_asm": i.get("inner_witnessscript_asm", ""),
+        }
         if i["is_coinbase"]:
             d.update(txid="", vout=0, prevout=None)
         vin.append(d)
@@ -406,9 +410,7 @@ def _json(value: Any, ttl: int = TTL_SHORT) -> web.Response:
 
 
 def _binary(data: bytes, ttl: int = TTL_LONG) -> web.Response:
-    return web.Response(
-        body=data, content_type="application/octet-stream", headers={"Cache-Control": f"public, max-age={ttl}"}
-    )
+    return web.Response(body=data, content_type="application/octet-stream", headers={"Cache-Control": f"public, max-age={ttl}"})
 
 
 class _Api:
@@ -566,14 +568,26 @@ class _Api:
             c, m = chain.address_stats(addr)
             balance = c["funded_txo_sum"] - c["spent_txo_sum"]
             pending = m["funded_txo_sum"] - m["spent_txo_sum"]
-            return _json({
-                "address": a,
-                "chain_stats": {"funded_txo_count": 0, "funded_txo_sum": balance, "spent_txo_count": 0,
-                                "spent_txo_sum": 0, "tx_count": c["tx_count"]},
-                "mempool_stats": {"funded_txo_count": 0, "funded_txo_sum": max(pending, 0), "spent_txo_count": 0,
-                                  "spent_txo_sum": max(-pending, 0), "tx_count": m["tx_count"]},
-                "electrum": True,
-            })
+            return _json(
+                {
+                    "address": a,
+                    "chain_stats": {
+                        "funded_txo_count": 0,
+                        "funded_txo_sum": balance,
+                        "spent_txo_count": 0,
+                        "spent_txo_sum": 0,
+                        "tx_count": c["tx_count"],
+                    },
+                    "mempool_stats": {
+                        "funded_txo_count": 0,
+                        "funded_txo_sum": max(pending, 0),
+                        "spent_txo_count": 0,
+                        "spent_txo_sum": max(-pending, 0),
+                        "tx_count": m["tx_count"],
+                    },
+                    "electrum": True,
+                }
+            )
         if sub == "txs" and n == 3:
             history = chain.address_mempool_txids(addr) + chain.address_chain_txids(addr)
             start = 0
@@ -611,10 +625,7 @@ class _Api:
             return _json([self._live_tx(chain.tx(t)) for t in mem])  # type: ignore[arg-type]
         if sub == "utxo" and n == 3:
             return _json(
-                [
-                    {"txid": u.txid, "vout": u.vout, "status": status_json(u.status), "value": u.value}
-                    for u in chain.utxos(addr)
-                ]
+                [{"txid": u.txid, "vout": u.vout, "status": status_json(u.status), "value": u.value} for u in chain.utxos(addr)]
             )
         raise _HttpError(404, f"endpoint does not exist {json.dumps(f'/address/{a}/{sub}')}")
 
@@ -720,8 +731,9 @@ def make_app(chain: SimChain, faults: Faults | None = None, *, dialect: str = "e
 class EsploraServer:
     """Run `make_app(chain)` on a real socket: `async with EsploraServer(chain) as srv: srv.url`."""
 
-    def __init__(self, chain: SimChain, host: str = "127.0.0.1", port: int = 0, faults: Faults | None = None,
-                 *, dialect: str = "electrs"):
+    def __init__(
+        self, chain: SimChain, host: str = "127.0.0.1", port: int = 0, faults: Faults | None = None, *, dialect: str = "electrs"
+    ):
         self.chain = chain
         self.host = host
         self.port = port

@@ -103,6 +103,7 @@ class MempoolWsServer:
 
     async def wait_tracking(self, n: int = 1, timeout: float = 5.0) -> None:
         """Wait until `n` connected clients have sent their address list (test helper)."""
+
         async def ready() -> None:
             while sum(1 for c in self.clients if c.tracked or c.single) < n:
                 await asyncio.sleep(0.005)
@@ -227,8 +228,11 @@ class MempoolWsServer:
                 for address, key in c.tracked.items():
                     new = [tx_json(self.chain, t, None) for t in new_cache.get(key, [])]
                     if new:
-                        amap[address] = {"mempool": new, "confirmed": [],
-                                         "removed": [tx_json(self.chain, t, None) for t in removed_cache.get(key, [])]}
+                        amap[address] = {
+                            "mempool": new,
+                            "confirmed": [],
+                            "removed": [tx_json(self.chain, t, None) for t in removed_cache.get(key, [])],
+                        }
                 if amap:
                     response["multi-address-transactions"] = amap
             if response:
@@ -244,8 +248,11 @@ class MempoolWsServer:
             if c.single and cache.get(c.single):
                 response["block-transactions"] = [tx_json(self.chain, t, status) for t in cache[c.single]]
             if c.tracked:
-                amap = {address: {"mempool": [], "confirmed": [tx_json(self.chain, t, status) for t in cache[key]], "removed": []}
-                        for address, key in c.tracked.items() if cache.get(key)}
+                amap = {
+                    address: {"mempool": [], "confirmed": [tx_json(self.chain, t, status) for t in cache[key]], "removed": []}
+                    for address, key in c.tracked.items()
+                    if cache.get(key)
+                }
                 if amap:
                     response["multi-address-transactions"] = amap
             if response:

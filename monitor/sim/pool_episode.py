@@ -51,8 +51,10 @@ _FIRST_HALF: tuple[tuple[str, str, str, int], ...] = (
     ("unknown", "", "sim:solo miner", 5),
 )
 _SECOND_HALF: tuple[tuple[str, str, str, int], ...] = tuple(
-    ("Luxor", "Luxor Tech", "sim:luxor new payout", w) if p == "Luxor"
-    else ("Poolin", "/poolin/", addr, w) if p == "BTC.com"
+    ("Luxor", "Luxor Tech", "sim:luxor new payout", w)
+    if p == "Luxor"
+    else ("Poolin", "/poolin/", addr, w)
+    if p == "BTC.com"
     else (p, tag, addr, w)
     for p, tag, addr, w in _FIRST_HALF
 )
@@ -116,8 +118,7 @@ class PoolEpisode:
         fees = sum(b.fees for b in orphaned)
         self.blocks = [b if b not in orphaned else _orphan(b) for b in self.blocks]
         pool, tag, addr = _REORG_POOL
-        new = self.chain.reorg(PRE_REORG_BLOCKS, coinbase_to=addr, coinbase_tag=tag,
-                               time=orphaned[0].time)
+        new = self.chain.reorg(PRE_REORG_BLOCKS, coinbase_to=addr, coinbase_tag=tag, time=orphaned[0].time)
         for i, blk in enumerate(new):
             self.blocks.append(ScriptedBlock(blk.height, blk.time, pool, tag, addr, fees if i == 0 else 0))
         self._reorg_done = True
@@ -154,11 +155,18 @@ def _mine_days(ep: PoolEpisode, first: int, last: int) -> None:
             ep.blocks.append(ScriptedBlock(blk.height, blk.time, pool, tag, addr, fee))
 
 
-def build_pool_episode(*, days: int = 10, per_day: int = 12, reorg_day: int | None = None, seed: int = 7,
-                       start: tuple[int, int, int] = (2026, 3, 1), start_height: int = 938_000,
-                       difficulty: float = 150.5e12, wallets: Mapping[str, int] | None = None,
-                       transfers: Mapping[int, Sequence[tuple[str, Sequence[tuple[str, int]]]]] | None = None,
-                       ) -> PoolEpisode:
+def build_pool_episode(
+    *,
+    days: int = 10,
+    per_day: int = 12,
+    reorg_day: int | None = None,
+    seed: int = 7,
+    start: tuple[int, int, int] = (2026, 3, 1),
+    start_height: int = 938_000,
+    difficulty: float = 150.5e12,
+    wallets: Mapping[str, int] | None = None,
+    transfers: Mapping[int, Sequence[tuple[str, Sequence[tuple[str, int]]]]] | None = None,
+) -> PoolEpisode:
     """Mine days 0..reorg_day of the episode (the reorg and the rest wait for `apply_reorg`, `mine_rest`).
 
     `wallets` (address → sats) are funded in the opening block; `transfers` (day → [(source address,
@@ -174,8 +182,15 @@ def build_pool_episode(*, days: int = 10, per_day: int = 12, reorg_day: int | No
         chain.fund(address, value, confirmed=False)
     # One opening block (the day before) confirms the funding; it belongs to no pool and is not scanned.
     chain.mine(time=start_time - 600, coinbase_to=chain.address("opening miner"))
-    ep = PoolEpisode(chain, [], reorg_day, start_time, days, per_day,
-                     {d: [(src, tuple(outs)) for src, outs in ts] for d, ts in (transfers or {}).items()})
+    ep = PoolEpisode(
+        chain,
+        [],
+        reorg_day,
+        start_time,
+        days,
+        per_day,
+        {d: [(src, tuple(outs)) for src, outs in ts] for d, ts in (transfers or {}).items()},
+    )
     ep._rng = random.Random(seed)  # type: ignore[attr-defined]
     ep._payer, ep._payee = payer, payee  # type: ignore[attr-defined]
     _mine_days(ep, 0, reorg_day + 1)

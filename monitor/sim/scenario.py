@@ -147,44 +147,60 @@ class Figure:
 
 
 FIGURES: tuple[Figure, ...] = (
-    Figure("Bitdeer", "liquidated its entire bitcoin inventory (January); treasury ~2,000 (end Dec 2025) → "
-           "1,900.9 (early Jan) → 1,530 (end Jan) → 943.1 (Feb 14) → 0 (Feb 20, selling 189.8 BTC weekly "
-           "production plus the 943.1 BTC reserve)",
-           "opening balance 2,000 BTC, weekly production in, sales that hit each balance exactly; 0 after Feb 20",
-           f"{_CHAINCATCHER}; yellow.com/it/news/bitdeer-hits-zero-bitcoin-holdings; htx.com (via economics.md §4)"),
-    Figure("Cango", "held 7,528.3 BTC (Dec 2025) and 7,474.67 (Jan 31 2026) after mining 496.35 and selling "
-           "550.0 in January; sold ~60% of its holdings, 4,451 BTC, in February",
-           "opening 7,528.30 BTC; 496.35 BTC/month production; January sales of 550.00 and February tranches "
-           "of exactly 4,451 BTC",
-           f"{_CHAINCATCHER}; Cango Jan 2026 update (mining-provider.com); Dec 2025 update (ainvest.com) "
-           "(via economics.md §4)"),
-    Figure("Riot", "sold 3,778 BTC in Q1 2026; held ~18,000 (Feb 2026); mined 463 BTC a month (Apr 2025)",
-           "opening 19,000 BTC; 463 BTC/month production; weekly sales of exactly 3,778 BTC over Q1 "
-           "(900 Jan, 1,000 Feb, 1,878 Mar), leaving ~18,000 at the end of February",
-           f"{_CHAINCATCHER}; yellow.com (Feb 2026); Riot Apr 2025 update (metablockx.com) (via economics.md §4)"),
-    Figure("MARA", "sold 15,133 BTC between March 4 and March 25 2026 ('cashing out over $1 billion'); "
-           "~53,000 BTC held (Feb 2026); 736 BTC mined a month (Sep 2025)",
-           "opening 51,528 BTC + 736 BTC/month production = 53,000 at the end of February; tranches of "
-           "exactly 15,133 BTC on Mar 4-25 to exchange, OTC and custodian deposit addresses",
-           f"{_CHAINCATCHER}; yellow.com (Feb 2026); MARA Sep 2025 update (mexc.co/en-IN/news/119109) "
-           "(via economics.md §4)"),
-    Figure("Bhutan", "early Feb 2026: 100.82 BTC ($8.31M) and 184.03 BTC ($14.09M) to QCP Capital, ~5,700 BTC "
-           "left; a $7M sale via QCP before 2026-03-09, when 175 BTC moved and ~5,400 BTC remained; single "
-           "transactions in March rising to $35-45M",
-           "opening 5,984.85 BTC (5,700 + the two QCP transfers); transfers of 100.82 and 184.03 BTC, $7M, "
-           "175 BTC, then $24M, $35M and $45M at the day's price, main wallet → exchange/OTC; it ends March "
-           "at ~3,916 BTC, -71% from the 13,295 BTC peak (the article says 'about 66%' at its date)",
-           f"{_CHAINCATCHER}; Arkham via grafa.com, 24newslatest.com, businesshonor.com (2026-02-05) and "
-           "gadgets360.com (2026-03-09) (via economics.md §5)"),
-    Figure("CleanSpark", "sticks to mining; treasury 13,011 BTC and 629 BTC mined (Sep 2025)",
-           "opening 13,011 BTC, pool payouts of 629 BTC a month, monthly sweeps to cold storage, no sales",
-           f"{_CHAINCATCHER}; CleanSpark Sep 2025 update (decrypto.news/news/8081) (via economics.md §4)"),
-    Figure("market", "BTC 'hovers between $68,000 and $70,000' in March; hashprice $28-30 per PH/s per day in "
-           "early March 2026",
-           "prices from the bundled simulated daily series (monitor/data/PRICES.md, anchored on published "
-           "prices); difficulty 150.5 T (chosen) and ~0.02 BTC fees per block give $28.2-29.9 in March",
-           f"{_CHAINCATCHER}; CoinShares Q1-2026 mining report (via tokenpost.com/news/insights/19340; "
-           "t.signalplus.com)"),
+    Figure(
+        "Bitdeer",
+        "liquidated its entire bitcoin inventory (January); treasury ~2,000 (end Dec 2025) → "
+        "1,900.9 (early Jan) → 1,530 (end Jan) → 943.1 (Feb 14) → 0 (Feb 20, selling 189.8 BTC weekly "
+        "production plus the 943.1 BTC reserve)",
+        "opening balance 2,000 BTC, weekly production in, sales that hit each balance exactly; 0 after Feb 20",
+        f"{_CHAINCATCHER}; yellow.com/it/news/bitdeer-hits-zero-bitcoin-holdings; htx.com (via economics.md §4)",
+    ),
+    Figure(
+        "Cango",
+        "held 7,528.3 BTC (Dec 2025) and 7,474.67 (Jan 31 2026) after mining 496.35 and selling "
+        "550.0 in January; sold ~60% of its holdings, 4,451 BTC, in February",
+        "opening 7,528.30 BTC; 496.35 BTC/month production; January sales of 550.00 and February tranches of exactly 4,451 BTC",
+        f"{_CHAINCATCHER}; Cango Jan 2026 update (mining-provider.com); Dec 2025 update (ainvest.com) (via economics.md §4)",
+    ),
+    Figure(
+        "Riot",
+        "sold 3,778 BTC in Q1 2026; held ~18,000 (Feb 2026); mined 463 BTC a month (Apr 2025)",
+        "opening 19,000 BTC; 463 BTC/month production; weekly sales of exactly 3,778 BTC over Q1 "
+        "(900 Jan, 1,000 Feb, 1,878 Mar), leaving ~18,000 at the end of February",
+        f"{_CHAINCATCHER}; yellow.com (Feb 2026); Riot Apr 2025 update (metablockx.com) (via economics.md §4)",
+    ),
+    Figure(
+        "MARA",
+        "sold 15,133 BTC between March 4 and March 25 2026 ('cashing out over $1 billion'); "
+        "~53,000 BTC held (Feb 2026); 736 BTC mined a month (Sep 2025)",
+        "opening 51,528 BTC + 736 BTC/month production = 53,000 at the end of February; tranches of "
+        "exactly 15,133 BTC on Mar 4-25 to exchange, OTC and custodian deposit addresses",
+        f"{_CHAINCATCHER}; yellow.com (Feb 2026); MARA Sep 2025 update (mexc.co/en-IN/news/119109) (via economics.md §4)",
+    ),
+    Figure(
+        "Bhutan",
+        "early Feb 2026: 100.82 BTC ($8.31M) and 184.03 BTC ($14.09M) to QCP Capital, ~5,700 BTC "
+        "left; a $7M sale via QCP before 2026-03-09, when 175 BTC moved and ~5,400 BTC remained; single "
+        "transactions in March rising to $35-45M",
+        "opening 5,984.85 BTC (5,700 + the two QCP transfers); transfers of 100.82 and 184.03 BTC, $7M, "
+        "175 BTC, then $24M, $35M and $45M at the day's price, main wallet → exchange/OTC; it ends March "
+        "at ~3,916 BTC, -71% from the 13,295 BTC peak (the article says 'about 66%' at its date)",
+        f"{_CHAINCATCHER}; Arkham via grafa.com, 24newslatest.com, businesshonor.com (2026-02-05) and "
+        "gadgets360.com (2026-03-09) (via economics.md §5)",
+    ),
+    Figure(
+        "CleanSpark",
+        "sticks to mining; treasury 13,011 BTC and 629 BTC mined (Sep 2025)",
+        "opening 13,011 BTC, pool payouts of 629 BTC a month, monthly sweeps to cold storage, no sales",
+        f"{_CHAINCATCHER}; CleanSpark Sep 2025 update (decrypto.news/news/8081) (via economics.md §4)",
+    ),
+    Figure(
+        "market",
+        "BTC 'hovers between $68,000 and $70,000' in March; hashprice $28-30 per PH/s per day in early March 2026",
+        "prices from the bundled simulated daily series (monitor/data/PRICES.md, anchored on published "
+        "prices); difficulty 150.5 T (chosen) and ~0.02 BTC fees per block give $28.2-29.9 in March",
+        f"{_CHAINCATCHER}; CoinShares Q1-2026 mining report (via tokenpost.com/news/insights/19340; t.signalplus.com)",
+    ),
 )
 
 
@@ -683,7 +699,9 @@ class _Builder:
         """Scripted balance of an address after everything scripted at or before `at`."""
         return sum(d for t, d in self.ledger[address] if t <= at)
 
-    def split(self, total: int, parts: int, *, first: int | None = None, unit: int = 1_000_000, spread: float = 0.35) -> list[int]:
+    def split(
+        self, total: int, parts: int, *, first: int | None = None, unit: int = 1_000_000, spread: float = 0.35
+    ) -> list[int]:
         """`parts` positive amounts summing exactly to `total` (multiples of `unit` but the last).
 
         `first`, when given, is the first amount; the rest is split among the others.
@@ -700,12 +718,14 @@ class _Builder:
             raise ValueError(f"cannot split {total} sat into {parts} positive parts")
         return out
 
-    def event(self, at: int, kind: str, entity: str, description: str, ops: Sequence[Op], *, mine: bool = True,
-              observe: bool = False) -> None:
+    def event(
+        self, at: int, kind: str, entity: str, description: str, ops: Sequence[Op], *, mine: bool = True, observe: bool = False
+    ) -> None:
         self.events.append(_Event(at, kind, entity, description, list(ops), mine, observe))
 
-    def pay(self, at: int, source: str, outputs: Sequence[tuple[str, int]], name: str, *, fee: int | None = None,
-            record: bool = True) -> Pay:
+    def pay(
+        self, at: int, source: str, outputs: Sequence[tuple[str, int]], name: str, *, fee: int | None = None, record: bool = True
+    ) -> Pay:
         """A Pay op; `record=False` for a tx that will vanish (replaced or reorged out)."""
         fee = self.fee() if fee is None else fee
         if record:
@@ -715,8 +735,19 @@ class _Builder:
                     self.ledger[dest].append((at, v))
         return Pay(self.key(name), source, tuple(outputs), fee)
 
-    def outflow(self, at: int, entity: str, source: str, outputs: Sequence[tuple[str, int]], name: str, what: str,
-                *, fee: int | None = None, retracted: bool = False, accelerating: bool = False) -> Pay:
+    def outflow(
+        self,
+        at: int,
+        entity: str,
+        source: str,
+        outputs: Sequence[tuple[str, int]],
+        name: str,
+        what: str,
+        *,
+        fee: int | None = None,
+        retracted: bool = False,
+        accelerating: bool = False,
+    ) -> Pay:
         """A Pay from a treasury, with the flow the monitor should see (sale, custody move or internal)."""
         op = self.pay(at, source, outputs, name, fee=fee, record=not retracted)
         dests, kinds = [], set()
@@ -799,9 +830,15 @@ def _opening(b: _Builder) -> None:
     b.ledger[pool].append((_OPENING, _POOL_FUNDS))
     ops.append(Fund(b.key("opening pool"), ((pool, _POOL_FUNDS // 2), (pool, _POOL_FUNDS - _POOL_FUNDS // 2))))
     ops.append(Fund(b.key("opening other users"), ((b.a("other users", "wallet"), _BACKGROUND_FUNDS),)))
-    b.event(_OPENING, "opening", "", "opening balances (the simulated chain starts here; the coins come from "
-            "pre-history outputs): MARA 51,528, Riot 19,000, Cango 7,528.30, Bitdeer 2,000, Bhutan 5,984.85, "
-            "CleanSpark 13,011 BTC", ops)
+    b.event(
+        _OPENING,
+        "opening",
+        "",
+        "opening balances (the simulated chain starts here; the coins come from "
+        "pre-history outputs): MARA 51,528, Riot 19,000, Cango 7,528.30, Bitdeer 2,000, Bhutan 5,984.85, "
+        "CleanSpark 13,011 BTC",
+        ops,
+    )
 
 
 def _payouts(b: _Builder, ent: str, dest: str, monthly: str, per_month: int, hour: int, offset: int = 0) -> None:
@@ -811,8 +848,13 @@ def _payouts(b: _Builder, ent: str, dest: str, monthly: str, per_month: int, hou
         days = _spread_days(month, b.n(per_month), offset)
         for day, v in zip(days, b.split(_sat(monthly), len(days), unit=1)):
             at = _t(month, day, hour)
-            b.event(at, "payout", ent, f"pool payout of {_btc(v)} BTC to {ent} (production)",
-                    [b.pay(at, pool, [(dest, v)], f"payout {ent}")])
+            b.event(
+                at,
+                "payout",
+                ent,
+                f"pool payout of {_btc(v)} BTC to {ent} (production)",
+                [b.pay(at, pool, [(dest, v)], f"payout {ent}")],
+            )
             b.received[ent] = b.received.get(ent, 0) + v
 
 
@@ -831,11 +873,24 @@ def _bitdeer(b: _Builder) -> None:
     weekly = [(_t(1, d, 3), "156.4") for d in (2, 9, 16, 23, 30)] + [(_t(2, d, 3), "156.4") for d in (6, 13)]
     weekly.append((_t(2, 20, 3), "189.8"))  # "sold 189.8 BTC weekly production plus the 943.1 BTC reserve"
     for at, btc in weekly:
-        b.event(at, "payout", "Bitdeer", f"pool payout of {btc} BTC to Bitdeer (weekly production)",
-                [b.pay(at, pool, [(hot, _sat(btc))], "payout Bitdeer")])
+        b.event(
+            at,
+            "payout",
+            "Bitdeer",
+            f"pool payout of {btc} BTC to Bitdeer (weekly production)",
+            [b.pay(at, pool, [(hot, _sat(btc))], "payout Bitdeer")],
+        )
         b.received["Bitdeer"] = b.received.get("Bitdeer", 0) + _sat(btc)
-    plan = [(_t(1, 3, 14), "1900.9"), (_t(1, 10, 14), None), (_t(1, 17, 14), None), (_t(1, 24, 14), None),
-            (_t(1, 31, 14), "1530"), (_t(2, 7, 14), None), (_t(2, 14, 14), "943.1"), (_t(2, 20, 14), "0")]
+    plan = [
+        (_t(1, 3, 14), "1900.9"),
+        (_t(1, 10, 14), None),
+        (_t(1, 17, 14), None),
+        (_t(1, 24, 14), None),
+        (_t(1, 31, 14), "1530"),
+        (_t(2, 7, 14), None),
+        (_t(2, 14, 14), "943.1"),
+        (_t(2, 20, 14), "0"),
+    ]
     if b.scale < 0.5:
         plan = [p for p in plan if p[1] is not None]
     dests = [b.a("Binance", "deposit"), b.a("OKX", "deposit"), b.a("Cumberland DRW", "deposit")]
@@ -854,8 +909,9 @@ def _bitdeer(b: _Builder) -> None:
             op = b.outflow(t, "Bitdeer", hot, [(dest, v)], "sale Bitdeer", f"Bitdeer sells {_btc(v)} BTC", fee=f)
             left = b.balance(hot, t)
             note = f" (reported: {target} BTC)" if t == group[-1] else ""
-            b.event(t, "sale", "Bitdeer", f"Bitdeer sells {_btc(v)} BTC to {b.who(dest).entity}; "
-                    f"{_btc(left)} BTC left{note}", [op])
+            b.event(
+                t, "sale", "Bitdeer", f"Bitdeer sells {_btc(v)} BTC to {b.who(dest).entity}; {_btc(left)} BTC left{note}", [op]
+            )
         group = []
     if b.balance(hot, _END) != 0:
         raise AssertionError("Bitdeer must end at zero")
@@ -870,8 +926,13 @@ def _cango(b: _Builder) -> None:
     for i, (day, v) in enumerate(zip(jan_days, b.split(_sat("550"), len(jan_days)))):
         at, dest = _t(1, day, 11), b.a("OKX" if i % 2 else "Binance", "deposit")
         op = b.outflow(at, "Cango", treasury, [(dest, v)], "sale Cango", f"Cango January sale {i + 1}/{len(jan_days)}")
-        b.event(at, "sale", "Cango", f"Cango sells {_btc(v)} BTC to {b.who(dest).entity} (550.0 BTC sold in "
-                "January, Cango's Jan 2026 update)", [op])
+        b.event(
+            at,
+            "sale",
+            "Cango",
+            f"Cango sells {_btc(v)} BTC to {b.who(dest).entity} (550.0 BTC sold in January, Cango's Jan 2026 update)",
+            [op],
+        )
     n = b.n(8, 3)
     days = [3 + (i * 21) // (n - 1) for i in range(n)]  # Feb 3 .. Feb 24 (the price is below Cango's cost by then)
     reorged = n // 2
@@ -884,17 +945,24 @@ def _cango(b: _Builder) -> None:
         if i != reorged:
             b.event(at, "sale", "Cango", text, [b.outflow(at, "Cango", treasury, [(dest, v)], "sale Cango", what)])
             continue
-        gone = b.outflow(at, "Cango", treasury, [(dest, v)], "sale Cango (reorged out)", what + ", removed by a reorg",
-                         retracted=True)
+        gone = b.outflow(
+            at, "Cango", treasury, [(dest, v)], "sale Cango (reorged out)", what + ", removed by a reorg", retracted=True
+        )
         b.event(at, "sale", "Cango", text + "; its block is about to be orphaned", [gone], observe=True)
         b.event(at + 1200, "mine", "", "a block with no tracked activity", [])
-        b.event(at + 2400, "reorg", "Cango", f"a 2-block reorg orphans the block holding Cango's {_btc(v)} BTC "
-                "tranche; the new branch does not contain it, so the tx vanishes and its classification is retracted",
-                [Reorg(2, (gone.key,), at + 2400, coinbase)], mine=False, observe=True)
+        b.event(
+            at + 2400,
+            "reorg",
+            "Cango",
+            f"a 2-block reorg orphans the block holding Cango's {_btc(v)} BTC "
+            "tranche; the new branch does not contain it, so the tx vanishes and its classification is retracted",
+            [Reorg(2, (gone.key,), at + 2400, coinbase)],
+            mine=False,
+            observe=True,
+        )
         again = at + DAY
         op = b.outflow(again, "Cango", treasury, [(dest, v)], "sale Cango (re-sent)", what + ", re-sent after the reorg")
-        b.event(again, "sale", "Cango", f"Cango re-sends the {_btc(v)} BTC tranche to {b.who(dest).entity} after "
-                "the reorg", [op])
+        b.event(again, "sale", "Cango", f"Cango re-sends the {_btc(v)} BTC tranche to {b.who(dest).entity} after the reorg", [op])
 
 
 def _riot(b: _Builder) -> None:
@@ -906,20 +974,40 @@ def _riot(b: _Builder) -> None:
         days = days[: b.n(len(days), 2 if month == 3 else 1)]
         refill, at = _sat(total) + 10 * COIN, _t(month, 1 if month > 1 else 2, 9)
         op = b.outflow(at, "Riot", cold, [(hot, refill)], "internal Riot", "moves coins from cold storage to its hot wallet")
-        b.event(at, "internal", "Riot", f"Riot moves {_btc(refill)} BTC from cold storage to its hot wallet, change "
-                "back (internal)", [op])
+        b.event(
+            at,
+            "internal",
+            "Riot",
+            f"Riot moves {_btc(refill)} BTC from cold storage to its hot wallet, change back (internal)",
+            [op],
+        )
         for i, (day, v) in enumerate(zip(days, b.split(_sat(total), len(days)))):
             at, dest = _t(month, day, 14), dests[(i + month) % 2]
             what = f"Riot sale {i + 1}/{len(days)} of {_btc(_sat(total))} BTC in 2026-{month:02d} (3,778 BTC over Q1)"
             if month == 3 and i == len(days) // 2:
-                orig = b.outflow(at, "Riot", hot, [(dest, v)], "sale Riot (replaced)", what + ", replaced by RBF",
-                                 fee=5_000, retracted=True)
+                orig = b.outflow(
+                    at, "Riot", hot, [(dest, v)], "sale Riot (replaced)", what + ", replaced by RBF", fee=5_000, retracted=True
+                )
                 bump = b.outflow(at + 1800, "Riot", hot, [(dest, v)], "sale Riot (RBF replacement)", what, fee=25_000)
-                b.event(at, "broadcast", "Riot", f"Riot broadcasts a {_btc(v)} BTC sale to {b.who(dest).entity} with a "
-                        "low fee (unconfirmed, signals RBF)", [orig], mine=False, observe=True)
-                b.event(at + 1800, "replace", "Riot", "Riot replaces it (RBF): same outputs, a higher fee; the first tx "
-                        "vanishes and its classification is retracted", [Replace(bump.key, orig.key, bump.fee)],
-                        mine=False, observe=True)
+                b.event(
+                    at,
+                    "broadcast",
+                    "Riot",
+                    f"Riot broadcasts a {_btc(v)} BTC sale to {b.who(dest).entity} with a low fee (unconfirmed, signals RBF)",
+                    [orig],
+                    mine=False,
+                    observe=True,
+                )
+                b.event(
+                    at + 1800,
+                    "replace",
+                    "Riot",
+                    "Riot replaces it (RBF): same outputs, a higher fee; the first tx "
+                    "vanishes and its classification is retracted",
+                    [Replace(bump.key, orig.key, bump.fee)],
+                    mine=False,
+                    observe=True,
+                )
                 b.event(at + 2400, "mine", "Riot", f"the replacement confirms: {what}", [])
                 continue
             op = b.outflow(at, "Riot", hot, [(dest, v)], "sale Riot", what)
@@ -970,17 +1058,27 @@ def _bhutan(b: _Builder, prices: Mapping[str, float]) -> None:
     qcp, binance, kraken = b.a("QCP Capital", "deposit"), b.a("Binance", "deposit-2"), b.a("Kraken", "deposit")
     at = _t(3, 12, 8)
     op = b.outflow(at, "Bhutan", reserve, [(main, 1_500 * COIN)], "internal Bhutan", "moves 1,500 BTC to its main wallet")
-    b.event(at, "internal", "Bhutan", "Bhutan moves 1,500 BTC from its reserve wallet to the main wallet, change "
-            "back (internal)", [op])
+    b.event(
+        at,
+        "internal",
+        "Bhutan",
+        "Bhutan moves 1,500 BTC from its reserve wallet to the main wallet, change back (internal)",
+        [op],
+    )
     plan = [
         (_t(2, 2, 9), qcp, "100.82", None, "100.82 BTC ($8.31M) to QCP Capital (Arkham, early Feb 2026)"),
         (_t(2, 5, 9), qcp, "184.03", None, "184.03 BTC ($14.09M) to QCP Capital (Arkham, early Feb 2026)"),
-        (_t(2, 26, 9), qcp, None, 7e6, "a $7M sale via QCP Capital ('the previous sale', Arkham via gadgets360 "
-                                       "2026-03-09)"),
+        (_t(2, 26, 9), qcp, None, 7e6, "a $7M sale via QCP Capital ('the previous sale', Arkham via gadgets360 2026-03-09)"),
         (_t(3, 9, 9), binance, "175", None, "175 BTC moved (Arkham via gadgets360, 2026-03-09)"),
         (_t(3, 16, 9), kraken, None, 24e6, "a $24M transfer, sizes rising in March (ChainCatcher 2026-04-03)"),
-        (_t(3, 20, 9), binance, None, 35e6, "a $35M transfer: 'single transaction sizes in March rising to between "
-                                           "$35 million and $45 million' (ChainCatcher 2026-04-03)"),
+        (
+            _t(3, 20, 9),
+            binance,
+            None,
+            35e6,
+            "a $35M transfer: 'single transaction sizes in March rising to between "
+            "$35 million and $45 million' (ChainCatcher 2026-04-03)",
+        ),
         (_t(3, 25, 9), kraken, None, 45e6, "a $45M transfer, the top of the reported $35-45M range (ChainCatcher)"),
     ]
     for at, dest, btc, usd, what in plan:
@@ -1008,8 +1106,14 @@ def _script(b: _Builder, prices: Mapping[str, float]) -> None:
     _payouts(b, "Cango", b.a("Cango", "payout"), "496.35", 10, 5, offset=2)
     _payouts(b, "CleanSpark", b.a("CleanSpark", "payout"), "629", 15, 5)
     for month in (1, 2, 3):  # CleanSpark holds: monthly sweeps of its payouts to cold storage
-        _sweep(b, "CleanSpark", b.a("CleanSpark", "payout"), b.a("CleanSpark", "cold"),
-               _t(month, _month_days(month), 18), "sweeps pool payouts to cold storage")
+        _sweep(
+            b,
+            "CleanSpark",
+            b.a("CleanSpark", "payout"),
+            b.a("CleanSpark", "cold"),
+            _t(month, _month_days(month), 18),
+            "sweeps pool payouts to cold storage",
+        )
     _bitdeer(b)
     _cango(b)
     _riot(b)
@@ -1055,8 +1159,9 @@ def _steps(b: _Builder) -> list[Step]:
     return steps
 
 
-def _expect(b: _Builder, steps: Sequence[Step], chain: SimChain, txids: Mapping[str, str],
-            prices: Mapping[str, float]) -> dict[str, ExpectedEntity]:
+def _expect(
+    b: _Builder, steps: Sequence[Step], chain: SimChain, txids: Mapping[str, str], prices: Mapping[str, float]
+) -> dict[str, ExpectedEntity]:
     """Expected outcome: destinations decide internal / custody / sale; a sale's verdict is the hand-written
     one of `EXPECTED_SALES` (never a copy of the classifier's rules).
 
@@ -1089,8 +1194,20 @@ def _expect(b: _Builder, steps: Sequence[Step], chain: SimChain, txids: Mapping[
             verdict = script.next(f.entity)
         accelerating = f.accelerating
         flows.setdefault(f.entity, []).append(
-            ExpectedFlow(f.key, txid, f.entity, f.kind, at, out, f.destinations, price, verdict,
-                         "retracted" if f.retracted else "active", accelerating, f.description)
+            ExpectedFlow(
+                f.key,
+                txid,
+                f.entity,
+                f.kind,
+                at,
+                out,
+                f.destinations,
+                price,
+                verdict,
+                "retracted" if f.retracted else "active",
+                accelerating,
+                f.description,
+            )
         )
         if not f.retracted and f.kind == "sale":
             history.setdefault(f.entity, []).append((at, out, usd))

@@ -123,8 +123,7 @@ def start_anvil(*, chain_id: int = DEFAULT_CHAIN_ID, extra_args: tuple[str, ...]
         err_file = tempfile.TemporaryFile()  # a file, not a pipe: an unread pipe could block anvil
         started = time.monotonic()
         proc = subprocess.Popen(
-            [str(binary), "--host", "127.0.0.1", "--port", str(port), "--silent",
-             "--chain-id", str(chain_id), *extra_args],
+            [str(binary), "--host", "127.0.0.1", "--port", str(port), "--silent", "--chain-id", str(chain_id), *extra_args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=err_file,

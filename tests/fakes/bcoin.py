@@ -88,7 +88,10 @@ def ensure_bcoin() -> Path:
                 (root / "package.json").write_text(json.dumps(_PACKAGE_JSON, indent=2) + "\n")
                 subprocess.run(
                     ["npm", "install", "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=error"],
-                    cwd=root, check=True, timeout=INSTALL_TIMEOUT_S, stdin=subprocess.DEVNULL,
+                    cwd=root,
+                    check=True,
+                    timeout=INSTALL_TIMEOUT_S,
+                    stdin=subprocess.DEVNULL,
                 )
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
@@ -146,10 +149,25 @@ def start_bcoin(api_key: str = "test-api-key") -> BcoinNode:
         prefix = tempfile.TemporaryDirectory(prefix="tm-bcoin-")
         started = time.monotonic()
         proc = subprocess.Popen(
-            ["node", str(launcher), "--network=regtest", "--memory=true", "--no-wallet", "--http-host=127.0.0.1",
-             f"--http-port={port}", f"--api-key={api_key}", "--listen=false", "--max-outbound=1",
-             "--workers=false", f"--prefix={prefix.name}", "--log-level=error", "--log-console=false"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                "node",
+                str(launcher),
+                "--network=regtest",
+                "--memory=true",
+                "--no-wallet",
+                "--http-host=127.0.0.1",
+                f"--http-port={port}",
+                f"--api-key={api_key}",
+                "--listen=false",
+                "--max-outbound=1",
+                "--workers=false",
+                f"--prefix={prefix.name}",
+                "--log-level=error",
+                "--log-console=false",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
             env={**os.environ, "NODE_BACKEND": "js"},  # pure-JS crypto and hashing: no native addon needed
         )
         node = BcoinNode(f"http://127.0.0.1:{port}", port, api_key, proc, prefix)

@@ -151,8 +151,10 @@ class PriceApis:
             return self._json({"message": "Unsupported granularity"}, 400)
         start, end = _parse_time(request.query["start"]), _parse_time(request.query["end"])
         if (end - start) / g > 300:
-            return self._json({"message": "granularity too small for the requested time range. "
-                                          "Count of aggregations requested exceeds 300"}, 400)
+            return self._json(
+                {"message": "granularity too small for the requested time range. Count of aggregations requested exceeds 300"},
+                400,
+            )
         # Buckets from one before `start` (the docs: "some of those candles may precede your declared
         # start") to the bucket at `end` inclusive, never past the currently open bucket.
         first = start - start % g - g
@@ -171,9 +173,18 @@ class PriceApis:
             return fault
         pair = request.match_info["pair"]
         p = price(pair, self.now)
-        return self._json({"ask": f"{p + 0.01:.2f}", "bid": f"{p:.2f}", "volume": "8123.45678901",
-                           "trade_id": 912345678, "price": f"{p:.2f}", "size": "0.00150000",
-                           "time": _iso(self.now - 2), "rfq_volume": "12.345678"})
+        return self._json(
+            {
+                "ask": f"{p + 0.01:.2f}",
+                "bid": f"{p:.2f}",
+                "volume": "8123.45678901",
+                "trade_id": 912345678,
+                "price": f"{p:.2f}",
+                "size": "0.00150000",
+                "time": _iso(self.now - 2),
+                "rfq_volume": "12.345678",
+            }
+        )
 
     # --- Kraken -----------------------------------------------------------------------------------
 
@@ -196,7 +207,9 @@ class PriceApis:
             if t <= since or t in self.gaps:
                 continue
             o, h, lo, c = _ohlc(pair, t, g)
-            rows.append([t, f"{o:.1f}", f"{h:.1f}", f"{lo:.1f}", f"{c:.1f}", f"{(o + c) / 2:.1f}", "12.34567890", 1500 + t // g % 700])
+            rows.append(
+                [t, f"{o:.1f}", f"{h:.1f}", f"{lo:.1f}", f"{c:.1f}", f"{(o + c) / 2:.1f}", "12.34567890", 1500 + t // g % 700]
+            )
         return self._json({"error": [], "result": {key: rows, "last": current - g}})
 
     async def _kraken_ticker(self, request: web.Request) -> web.Response:
@@ -207,10 +220,24 @@ class PriceApis:
             return self._json({"error": ["EQuery:Unknown asset pair"]})
         pair, key = known
         p = price(pair, self.now)
-        return self._json({"error": [], "result": {key: {
-            "a": [f"{p + 0.1:.5f}", "1", "1.000"], "b": [f"{p:.5f}", "2", "2.000"], "c": [f"{p:.5f}", "0.00150000"],
-            "v": ["1234.56789012", "2345.67890123"], "p": [f"{p - 50:.5f}", f"{p - 80:.5f}"], "t": [23456, 45678],
-            "l": [f"{p - 900:.5f}", f"{p - 1200:.5f}"], "h": [f"{p + 500:.5f}", f"{p + 700:.5f}"], "o": f"{p - 300:.5f}"}}})
+        return self._json(
+            {
+                "error": [],
+                "result": {
+                    key: {
+                        "a": [f"{p + 0.1:.5f}", "1", "1.000"],
+                        "b": [f"{p:.5f}", "2", "2.000"],
+                        "c": [f"{p:.5f}", "0.00150000"],
+                        "v": ["1234.56789012", "2345.67890123"],
+                        "p": [f"{p - 50:.5f}", f"{p - 80:.5f}"],
+                        "t": [23456, 45678],
+                        "l": [f"{p - 900:.5f}", f"{p - 1200:.5f}"],
+                        "h": [f"{p + 500:.5f}", f"{p + 700:.5f}"],
+                        "o": f"{p - 300:.5f}",
+                    }
+                },
+            }
+        )
 
     # --- CoinGecko --------------------------------------------------------------------------------
 
@@ -223,9 +250,18 @@ class PriceApis:
         start, end = int(request.query["from"]), int(request.query["to"])
         if start < self.now - 365 * 86400:
             # Keyless/demo plans: history limited to the past 365 days (error text approximated).
-            return self._json({"error": {"status": {"error_code": 10012, "error_message":
-                               "Your request exceeds the allowed time range. Public API users are limited to "
-                               "querying historical data within the past 365 days."}}}, 401)
+            return self._json(
+                {
+                    "error": {
+                        "status": {
+                            "error_code": 10012,
+                            "error_message": "Your request exceeds the allowed time range. Public API users are limited to "
+                            "querying historical data within the past 365 days.",
+                        }
+                    }
+                },
+                401,
+            )
         end = min(end, self.now)
         step, offset = (3600, 181) if end - start <= 90 * 86400 else (86400, 0)
         points = []
@@ -235,9 +271,13 @@ class PriceApis:
                 points.append((t, price(pair, t)))
             t += step
         ms = [(t * 1000 + 17, p) for t, p in points]
-        return self._json({"prices": [[t, p] for t, p in ms],
-                           "market_caps": [[t, round(p * _SUPPLY[pair], 3)] for t, p in ms],
-                           "total_volumes": [[t, 31_000_000_000.5] for t, _ in ms]})
+        return self._json(
+            {
+                "prices": [[t, p] for t, p in ms],
+                "market_caps": [[t, round(p * _SUPPLY[pair], 3)] for t, p in ms],
+                "total_volumes": [[t, 31_000_000_000.5] for t, _ in ms],
+            }
+        )
 
     async def _gecko_price(self, request: web.Request) -> web.Response:
         if (fault := self._record("coingecko", request)) is not None:

@@ -207,14 +207,21 @@ class Receiver:
         except ValueError:
             parsed = None
         provisional = RecordedRequest(
-            request.method, request.path, dict(request.query), CIMultiDictProxy(CIMultiDict(request.headers)),
-            body, parsed, None,
+            request.method,
+            request.path,
+            dict(request.query),
+            CIMultiDictProxy(CIMultiDict(request.headers)),
+            body,
+            parsed,
+            None,
         )
         reply = self.on_request(provisional) if self.on_request else None
         if reply is None:
             reply = self._script.popleft() if self._script else self.default
-        recorded = RecordedRequest(*[getattr(provisional, f) for f in (
-            "method", "path", "query", "headers", "body", "json")], None if reply.drop else reply.status)
+        recorded = RecordedRequest(
+            *[getattr(provisional, f) for f in ("method", "path", "query", "headers", "body", "json")],
+            None if reply.drop else reply.status,
+        )
         async with self._arrived:
             self.requests.append(recorded)
             self._arrived.notify_all()

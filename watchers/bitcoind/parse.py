@@ -46,7 +46,6 @@ def show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-
 def format_core_version(version: int) -> str:
     """Core's integer version as released: 240100 → '24.1', 220000 → '22.0', 210100 → '0.21.1'."""
     major, minor, patch = version // 10000, version // 100 % 100, version % 100
@@ -147,11 +146,15 @@ def parse_core_tx(
         total_in = sum(i.value for i in inputs)
         fee = total_in - total_out
         if fee < 0:
-            raise MalformedError(f"{field_path(prefix, 'vin')}: inputs hold {total_in} sat, less than the outputs' {total_out} sat (txid {txid})")
+            raise MalformedError(
+                f"{field_path(prefix, 'vin')}: inputs hold {total_in} sat, less than the outputs' {total_out} sat (txid {txid})"
+            )
         if "fee" in d:
             stated = btc_to_sats(d["fee"], field_path(prefix, "fee"))
             if stated != fee:
-                raise MalformedError(f"{field_path(prefix, 'fee')}: expected inputs - outputs = {fee} sat, got {stated} sat (txid {txid})")
+                raise MalformedError(
+                    f"{field_path(prefix, 'fee')}: expected inputs - outputs = {fee} sat, got {stated} sat (txid {txid})"
+                )
     height, block_hash, block_time = block if block is not None else (None, None, None)
     return ChainTx(
         chain=chain,

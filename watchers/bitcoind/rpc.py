@@ -48,8 +48,9 @@ RPC_IN_WARMUP = -28
 RPC_CLIENT_IN_INITIAL_DOWNLOAD = -10
 
 
-def source_error(cls: type[SourceError], message: str, *, kind: str, code: int | None = None,
-                 status: int | None = None, rpc_message: str = "") -> SourceError:
+def source_error(
+    cls: type[SourceError], message: str, *, kind: str, code: int | None = None, status: int | None = None, rpc_message: str = ""
+) -> SourceError:
     """An error of the model's tree carrying `kind` (for counters), the RPC code and message, the HTTP status."""
     exc = cls(message)
     exc.kind = kind  # type: ignore[attr-defined]
@@ -130,12 +131,17 @@ class BitcoindRpc:
             try:
                 text = (await asyncio.to_thread(self._cookie_file.read_text)).strip()
             except OSError as exc:
-                raise source_error(SourceError, f"cannot read the bitcoind cookie file {self._cookie_file} ({exc.strerror}); "
-                             f"is bitcoind at {self.where} running with that datadir?", kind="auth") from exc
+                raise source_error(
+                    SourceError,
+                    f"cannot read the bitcoind cookie file {self._cookie_file} ({exc.strerror}); "
+                    f"is bitcoind at {self.where} running with that datadir?",
+                    kind="auth",
+                ) from exc
             user, sep, password = text.partition(":")
             if not sep:
-                raise source_error(SourceError, f"the bitcoind cookie file {self._cookie_file} is not of the form user:password",
-                             kind="auth")
+                raise source_error(
+                    SourceError, f"the bitcoind cookie file {self._cookie_file} is not of the form user:password", kind="auth"
+                )
             self._cookie_auth = _basic(user, password)
         return self._cookie_auth
 
@@ -143,12 +149,12 @@ class BitcoindRpc:
 
     async def call(self, method: str, *params: Any, tally: RequestTally | None = None) -> Any:
         """One RPC; returns its `result`. :raises SourceError: (rpc_code() tells JSON-RPC errors apart)"""
-        reply = await self._post({"jsonrpc": "1.0", "id": next(self._ids), "method": method, "params": list(params)},
-                                 method, tally)
+        reply = await self._post(
+            {"jsonrpc": "1.0", "id": next(self._ids), "method": method, "params": list(params)}, method, tally
+        )
         return self._unwrap(reply, method)
 
-    async def batch(self, calls: Sequence[tuple[str, Sequence[Any]]], *,
-                    tally: RequestTally | None = None) -> list[Any]:
+    async def batch(self, calls: Sequence[tuple[str, Sequence[Any]]], *, tally: RequestTally | None = None) -> list[Any]:
         """Several RPCs in one HTTP request; each item is the result or the SourceError of that call.
 
         :raises SourceError: when the request as a whole fails (transport, auth, malformed reply).
@@ -156,13 +162,15 @@ class BitcoindRpc:
         if not calls:
             return []
         ids = [next(self._ids) for _ in calls]
-        payload = [{"jsonrpc": "1.0", "id": i, "method": m, "params": list(p)}
-                   for i, (m, p) in zip(ids, calls, strict=True)]
+        payload = [{"jsonrpc": "1.0", "id": i, "method": m, "params": list(p)} for i, (m, p) in zip(ids, calls, strict=True)]
         label = f"batch of {len(calls)} ({calls[0][0]}...)"
         replies = await self._post(payload, label, tally)
         if not isinstance(replies, list):
-            raise source_error(MalformedError, f"bitcoind at {self.where}: {label}: expected an array of replies, got {show(replies)}",
-                         kind="malformed")
+            raise source_error(
+                MalformedError,
+                f"bitcoind at {self.where}: {label}: expected an array of replies, got {show(replies)}",
+                kind="malformed",
+            )
         by_id: dict[Any, Any] = {}
         for r in replies:
             if isinstance(r, dict) and "id" in r:
@@ -171,8 +179,9 @@ class BitcoindRpc:
         for i, (method, _) in zip(ids, calls, strict=True):
             reply = by_id.get(i)
             if reply is None:
-                raise source_error(MalformedError, f"bitcoind at {self.where}: {label}: no reply for {method} (id {i})",
-                             kind="malformed")
+                raise source_error(
+                    MalformedError, f"bitcoind at {self.where}: {label}: no reply for {method} (id {i})", kind="malformed"
+                )
             try:
                 out.append(self._unwrap(reply, method))
             except SourceError as exc:
@@ -183,27 +192,44 @@ class BitcoindRpc:
 
     def _unwrap(self, reply: Any, method: str) -> Any:
         if not isinstance(reply, dict):
-            raise source_error(MalformedError, f"bitcoind at {self.where}: {method}: expected a JSON-RPC reply object, got {show(reply)}",
-                         kind="malformed")
+            raise source_error(
+                MalformedError,
+                f"bitcoind at {self.where}: {method}: expected a JSON-RPC reply object, got {show(reply)}",
+                kind="malformed",
+            )
         err = reply.get("error")
         if err is not None:
             if not isinstance(err, dict):
-                raise source_error(MalformedError, f"bitcoind at {self.where}: {method}: error: expected an object, got {show(err)}",
-                             kind="malformed")
+                raise source_error(
+                    MalformedError,
+                    f"bitcoind at {self.where}: {method}: error: expected an object, got {show(err)}",
+                    kind="malformed",
+                )
             code = err.get("code")
             code = code if isinstance(code, int) and not isinstance(code, bool) else None
             message = str(err.get("message", ""))[:300]
             if code == RPC_IN_WARMUP:
-                raise source_error(TransientError, f"bitcoind at {self.where} is starting ({message}); waiting",
-                             kind="warmup", code=code)
+                raise source_error(
+                    TransientError, f"bitcoind at {self.where} is starting ({message}); waiting", kind="warmup", code=code
+                )
             if code == RPC_CLIENT_IN_INITIAL_DOWNLOAD:
-                raise source_error(TransientError, f"bitcoind at {self.where} is in initial block download ({message}); waiting",
-                             kind="ibd", code=code)
-            raise source_error(SourceError, f"bitcoind at {self.where}: {method} failed with error {code}: {message}",
-                         kind="rpc", code=code, rpc_message=message)
+                raise source_error(
+                    TransientError,
+                    f"bitcoind at {self.where} is in initial block download ({message}); waiting",
+                    kind="ibd",
+                    code=code,
+                )
+            raise source_error(
+                SourceError,
+                f"bitcoind at {self.where}: {method} failed with error {code}: {message}",
+                kind="rpc",
+                code=code,
+                rpc_message=message,
+            )
         if "result" not in reply:
-            raise source_error(MalformedError, f"bitcoind at {self.where}: {method}: reply has neither result nor error",
-                         kind="malformed")
+            raise source_error(
+                MalformedError, f"bitcoind at {self.where}: {method}: reply has neither result nor error", kind="malformed"
+            )
         return reply["result"]
 
     async def _post(self, payload: Any, label: str, tally: RequestTally | None) -> Any:
@@ -226,12 +252,17 @@ class BitcoindRpc:
 
         # Only transport trouble is retried: a malformed reply from one node would be malformed again.
         policy = RetryPolicy(self.retries, self._backoff_base, self._backoff_cap)
-        return await retry(once, policy, sleep=self._clock.sleep, rng=self._rng,
-                           retryable=lambda exc: isinstance(exc, TransientError), delay=before_retry)
+        return await retry(
+            once,
+            policy,
+            sleep=self._clock.sleep,
+            rng=self._rng,
+            retryable=lambda exc: isinstance(exc, TransientError),
+            delay=before_retry,
+        )
 
     def _auth_message(self) -> str:
-        return (f"bitcoind at {self.where} rejected the RPC credentials "
-                f"(check rpcuser/rpcpassword or the cookie file)")
+        return f"bitcoind at {self.where} rejected the RPC credentials (check rpcuser/rpcpassword or the cookie file)"
 
     async def _attempt(self, body: bytes, label: str, tally: RequestTally | None, *, reload_cookie: bool) -> Any:
         auth = await self._auth(reload=reload_cookie)
@@ -243,16 +274,21 @@ class BitcoindRpc:
         where = f"bitcoind at {self.where}: {label}"
         try:
             # A JSON-RPC server never redirects; following one would send the credentials elsewhere.
-            async with self._session.post(self._url, data=body, timeout=self._timeout, headers=headers,
-                                          allow_redirects=False) as resp:
+            async with self._session.post(
+                self._url, data=body, timeout=self._timeout, headers=headers, allow_redirects=False
+            ) as resp:
                 status = resp.status
                 if status == 401:
                     if self._cookie_file is not None and self._user is None:
                         raise _CookieStale()
                     raise source_error(SourceError, self._auth_message(), kind="auth", status=401)
                 if status == 403:
-                    raise source_error(SourceError, f"bitcoind at {self.where} refused the RPC connection "
-                                 f"(HTTP 403: allow this machine with rpcallowip=)", kind="http_4xx", status=403)
+                    raise source_error(
+                        SourceError,
+                        f"bitcoind at {self.where} refused the RPC connection (HTTP 403: allow this machine with rpcallowip=)",
+                        kind="http_4xx",
+                        status=403,
+                    )
                 raw = await self._read(resp, where)
         except SourceError:
             raise
@@ -261,8 +297,9 @@ class BitcoindRpc:
         except TimeoutError as exc:
             raise source_error(TransientError, f"{where}: timeout after {self._timeout.total}s", kind="timeout") from exc
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
-            raise source_error(TransientError, f"{where}: connection error: {type(exc).__name__}: {exc}",
-                         kind="connection") from exc
+            raise source_error(
+                TransientError, f"{where}: connection error: {type(exc).__name__}: {exc}", kind="connection"
+            ) from exc
         except aiohttp.ClientError as exc:
             raise source_error(TransientError, f"{where}: {type(exc).__name__}: {exc}", kind="client") from exc
         try:
@@ -272,7 +309,9 @@ class BitcoindRpc:
             excerpt = " ".join(raw[:200].decode("utf-8", "replace").split())[:120]
             if status >= 500:
                 # Core answers 503 "Work queue depth exceeded" when -rpcworkqueue is full: try again.
-                raise source_error(TransientError, f"{where}: HTTP {status}: {excerpt!r}", kind="http_5xx", status=status) from exc
+                raise source_error(
+                    TransientError, f"{where}: HTTP {status}: {excerpt!r}", kind="http_5xx", status=status
+                ) from exc
             if status == 200:
                 raise source_error(MalformedError, f"{where}: reply is not JSON ({exc}): {excerpt!r}", kind="malformed") from exc
             raise source_error(SourceError, f"{where}: HTTP {status}: {excerpt!r}", kind="http_4xx", status=status) from exc

@@ -127,8 +127,14 @@ class _State:
 
     def dumps(self) -> str:
         return json.dumps(
-            {"v": CURSOR_VERSION, "height": self.height, "hash": self.hash,
-             "blocks": [[h, b, list(t)] for h, b, t in self.blocks], "mempool": self.mempool, "orphans": self.orphans},
+            {
+                "v": CURSOR_VERSION,
+                "height": self.height,
+                "hash": self.hash,
+                "blocks": [[h, b, list(t)] for h, b, t in self.blocks],
+                "mempool": self.mempool,
+                "orphans": self.orphans,
+            },
             separators=(",", ":"),
         )
 
@@ -140,10 +146,17 @@ class _State:
             raise ValueError("unknown cursor version")
         height = assert_int(d["height"], "height", minimum=-1)
         h = d["hash"]
-        blocks = [(assert_int(x, "blocks.height", minimum=0), assert_hex(b, "blocks.hash"), [assert_hex(t, "blocks.txid") for t in ts])
-                  for x, b, ts in d["blocks"]]
-        return cls(height, None if h is None else assert_hex(h, "hash"), blocks,
-                   [assert_hex(t, "mempool") for t in d["mempool"]], [assert_hex(t, "orphans") for t in d["orphans"]])
+        blocks = [
+            (assert_int(x, "blocks.height", minimum=0), assert_hex(b, "blocks.hash"), [assert_hex(t, "blocks.txid") for t in ts])
+            for x, b, ts in d["blocks"]
+        ]
+        return cls(
+            height,
+            None if h is None else assert_hex(h, "hash"),
+            blocks,
+            [assert_hex(t, "mempool") for t in d["mempool"]],
+            [assert_hex(t, "orphans") for t in d["orphans"]],
+        )
 
     def push(self, height: int, block_hash: str, txids: list[str]) -> None:
         self.blocks.append((height, block_hash, txids))
@@ -237,8 +250,9 @@ class BitcoindSource:
 
     def _note_failure(self, exc: SourceError) -> None:
         reason = f"{type(exc).__name__}: {exc}"
-        self._failures.failed(reason, "bitcoind poll failed source=%s error=%s",
-                              "bitcoind poll still failing source=%s error=%s", self.name, reason)
+        self._failures.failed(
+            reason, "bitcoind poll failed source=%s error=%s", "bitcoind poll still failing source=%s error=%s", self.name, reason
+        )
 
     def _load(self, text: str | None) -> _State | None:
         if text is None:
@@ -257,8 +271,12 @@ class BitcoindSource:
         self._subversion = str(info.get("subversion", ""))[:60]
         if isinstance(version, int) and not isinstance(version, bool):
             if version < MIN_CORE_VERSION:
-                raise source_error(SourceError, f"{_NEED_CORE}; bitcoind at {self.rpc.where} is {format_core_version(version)} "
-                             f"({self._subversion or version})", kind="version")
+                raise source_error(
+                    SourceError,
+                    f"{_NEED_CORE}; bitcoind at {self.rpc.where} is {format_core_version(version)} "
+                    f"({self._subversion or version})",
+                    kind="version",
+                )
             self._version = version
         else:
             self._version = 0  # not Core's integer: the getblock verbosity-3 answer has to prove itself
@@ -349,8 +367,9 @@ class BitcoindSource:
         todo = forced + fresh
         if len(todo) > max(self._max_mempool, len(forced)):
             limit = max(self._max_mempool, len(forced))
-            self._log.info("bitcoind mempool backlog source=%s examined=%d left_for_next_polls=%d",
-                           self.name, limit, len(todo) - limit)
+            self._log.info(
+                "bitcoind mempool backlog source=%s examined=%d left_for_next_polls=%d", self.name, limit, len(todo) - limit
+            )
             todo = todo[:limit]
         relevant, irrelevant, _ = await self._fetch_mempool(todo, snapshot, tally)
         self._irrelevant |= irrelevant
@@ -391,13 +410,21 @@ class BitcoindSource:
         ibd = assert_bool(info.get("initialblockdownload", False), f"{p}.initialblockdownload")
         if ibd:
             progress = info.get("verificationprogress")
-            pct = f"{float(progress) * 100:.1f}% verified" if isinstance(progress, (int, Decimal)) and not isinstance(progress, bool) else "progress unknown"
-            raise source_error(TransientError, f"bitcoind at {self.rpc.where} is in initial block download ({pct}); waiting",
-                         kind="ibd")
+            pct = (
+                f"{float(progress) * 100:.1f}% verified"
+                if isinstance(progress, (int, Decimal)) and not isinstance(progress, bool)
+                else "progress unknown"
+            )
+            raise source_error(
+                TransientError, f"bitcoind at {self.rpc.where} is in initial block download ({pct}); waiting", kind="ibd"
+            )
         chain = require(info, "chain", p)
         if self.network is not None and chain not in _CHAIN_NAMES[self.network]:
-            raise source_error(SourceError, f"bitcoind at {self.rpc.where} is on chain {chain!r}, but this source is configured "
-                         f"for {self.network}", kind="chain")
+            raise source_error(
+                SourceError,
+                f"bitcoind at {self.rpc.where} is on chain {chain!r}, but this source is configured for {self.network}",
+                kind="chain",
+            )
         height = assert_int(require(info, "blocks", p), f"{p}.blocks", minimum=0)
         return height, assert_hex(require(info, "bestblockhash", p), f"{p}.bestblockhash")
 
@@ -410,15 +437,27 @@ class BitcoindSource:
                 raise
             message = getattr(exc, "rpc_message", "") or str(exc)
             if code == RPC_INVALID_ADDRESS_OR_KEY:
-                raise source_error(TransientError, f"bitcoind at {self.rpc.where}: block {block_hash} at height {height} "
-                             f"is gone (reorg under way?)", kind="rpc", code=code) from exc
+                raise source_error(
+                    TransientError,
+                    f"bitcoind at {self.rpc.where}: block {block_hash} at height {height} is gone (reorg under way?)",
+                    kind="rpc",
+                    code=code,
+                ) from exc
             if "prune" in message.lower():
-                raise source_error(SourceError, f"bitcoind at {self.rpc.where} has pruned block {height} ({block_hash}); the "
-                             f"Bitcoin Core source reads every new block: keep them (prune= large enough, or no pruning)",
-                             kind="pruned", code=code) from exc
-            raise source_error(SourceError, f"{_NEED_CORE}; bitcoind at {self.rpc.where} ({self._node_name()}) answered "
-                         f"getblock verbosity 3 with error {code}: {message}",
-                         kind="version", code=code) from exc
+                raise source_error(
+                    SourceError,
+                    f"bitcoind at {self.rpc.where} has pruned block {height} ({block_hash}); the "
+                    f"Bitcoin Core source reads every new block: keep them (prune= large enough, or no pruning)",
+                    kind="pruned",
+                    code=code,
+                ) from exc
+            raise source_error(
+                SourceError,
+                f"{_NEED_CORE}; bitcoind at {self.rpc.where} ({self._node_name()}) answered "
+                f"getblock verbosity 3 with error {code}: {message}",
+                kind="version",
+                code=code,
+            ) from exc
         return assert_dict(data, f"getblock {block_hash}")
 
     def _node_name(self) -> str:
@@ -436,8 +475,12 @@ class BitcoindSource:
         for i, t in enumerate(txs):
             p = f"tx[{i}]"
             if not isinstance(t, dict):
-                raise source_error(SourceError, f"{_NEED_CORE}; bitcoind at {self.rpc.where} ({self._node_name()}) answered "
-                             f"getblock verbosity 3 with txids only", kind="version")
+                raise source_error(
+                    SourceError,
+                    f"{_NEED_CORE}; bitcoind at {self.rpc.where} ({self._node_name()}) answered "
+                    f"getblock verbosity 3 with txids only",
+                    kind="version",
+                )
             vin = t.get("vin")
             vout = t.get("vout")
             if not isinstance(vin, list) or not isinstance(vout, list):
@@ -451,10 +494,15 @@ class BitcoindSource:
                 prev = x.get("prevout")
                 if prev is None:
                     if not self._version:
-                        raise source_error(SourceError, f"{_NEED_CORE}; bitcoind at {self.rpc.where} ({self._node_name()}) "
-                                     f"answered getblock verbosity 3 without prevouts", kind="version")
-                    raise MalformedError(f"{p}.vin[{j}].prevout: missing in {where} verbosity 3 (no undo data for "
-                                         f"this block: pruned?)")
+                        raise source_error(
+                            SourceError,
+                            f"{_NEED_CORE}; bitcoind at {self.rpc.where} ({self._node_name()}) "
+                            f"answered getblock verbosity 3 without prevouts",
+                            kind="version",
+                        )
+                    raise MalformedError(
+                        f"{p}.vin[{j}].prevout: missing in {where} verbosity 3 (no undo data for this block: pruned?)"
+                    )
                 if not hit and address_of(prev) in watched:
                     hit = True
             if not hit:
@@ -484,12 +532,18 @@ class BitcoindSource:
         else:
             # Deeper than the remembered blocks: re-read from the oldest one we know, without a parent check.
             oldest = state.blocks[0][0] if state.blocks else state.height
-            self._log.error("bitcoind reorg deeper than the %d remembered blocks source=%s from_height=%d",
-                            KEEP_BLOCKS, self.name, oldest)
+            self._log.error(
+                "bitcoind reorg deeper than the %d remembered blocks source=%s from_height=%d", KEEP_BLOCKS, self.name, oldest
+            )
             state.height, state.hash = oldest - 1, None
         del state.blocks[keep:]
-        self._log.warning("bitcoind reorg source=%s fork_height=%d orphaned_blocks=%d watched_txs=%d",
-                          self.name, state.height, len(orphaned_blocks), len(orphaned))
+        self._log.warning(
+            "bitcoind reorg source=%s fork_height=%d orphaned_blocks=%d watched_txs=%d",
+            self.name,
+            state.height,
+            len(orphaned_blocks),
+            len(orphaned),
+        )
         return orphaned
 
     async def _lookup_vanished(self, txids: list[str], tally: RequestTally) -> tuple[set[str], set[str]]:
@@ -510,8 +564,9 @@ class BitcoindSource:
                 # with a blockhash: confirmed (txindex) in a block we read or will read; not gone
         return gone, again
 
-    async def _fetch_mempool(self, txids: list[str], snapshot: set[str],
-                             tally: RequestTally) -> tuple[list[ChainTx], set[str], set[str]]:
+    async def _fetch_mempool(
+        self, txids: list[str], snapshot: set[str], tally: RequestTally
+    ) -> tuple[list[ChainTx], set[str], set[str]]:
         """(watched ChainTx, irrelevant txids, unresolved txids) of mempool txs (see module docstring, step 5)."""
         verbosity: int | bool = 2 if (self._version or 0) >= _RAWTX_VERBOSITY2_VERSION else True
         raw: dict[str, dict] = {}
@@ -532,8 +587,10 @@ class BitcoindSource:
             for j, x in enumerate(assert_list(require(d, "vin", t), f"getrawtransaction {t}.vin", non_empty=True)):
                 x = assert_dict(x, f"getrawtransaction {t}.vin[{j}]")
                 if "coinbase" not in x and x.get("prevout") is None:
-                    key = (assert_hex(require(x, "txid"), f"{t}.vin[{j}].txid"),
-                           assert_int(require(x, "vout"), f"{t}.vin[{j}].vout", minimum=0, maximum=MAX_U32))
+                    key = (
+                        assert_hex(require(x, "txid"), f"{t}.vin[{j}].txid"),
+                        assert_int(require(x, "vout"), f"{t}.vin[{j}].vout", minimum=0, maximum=MAX_U32),
+                    )
                     need[key] = None
         prevouts: dict[tuple[str, int], Any] = {}
         parents: dict[str, dict] = dict(raw)
@@ -577,8 +634,9 @@ class BitcoindSource:
                     complete = False
                 else:
                     ins.append(prev)
-            hit = any(address_of(x) in watched for x in ins) or any(address_of(x) in watched for x in assert_list(
-                require(d, "vout", t), f"getrawtransaction {t}.vout"))
+            hit = any(address_of(x) in watched for x in ins) or any(
+                address_of(x) in watched for x in assert_list(require(d, "vout", t), f"getrawtransaction {t}.vout")
+            )
             if not complete:
                 unresolved.add(t)
                 self._log.debug("bitcoind mempool tx not resolved yet source=%s txid=%s", self.name, t)
