@@ -4,9 +4,10 @@
 test:
     .venv/bin/python -m pytest
 
-# lint (ruff) and type-check (mypy: strict on monitor/core/, basic elsewhere but pyproject's baseline), as CI does
+# lint and format check (ruff) and type-check (mypy: strict on monitor/core/, basic elsewhere but pyproject's baseline), as CI does
 lint:
     .venv/bin/ruff check .
+    .venv/bin/ruff format --check .
     .venv/bin/mypy
 
 # the benchmarks (figures and ratios against a baseline measured in the same run; never part of `test`)
@@ -15,3 +16,7 @@ bench:
     .venv/bin/python bench/bench_backfill.py
     .venv/bin/python bench/bench_miners.py
     .venv/bin/python bench/bench_latency.py
+
+# format the tree (ruff format), as CI checks it
+fmt:
+    .venv/bin/ruff format .
