@@ -221,66 +221,26 @@ class Daemon:
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         now = self._now_dt()
         for cfg, src in zip(self.config.sources, self.rt.sources):
-            self.scheduler.add_job(
-                self._guarded,
-                "interval",
-                args=("poll", self.poll_source, src.name),
-                id=f"poll:{src.name}",
-                seconds=cfg.poll_interval,
+            self._every(
+                f"poll:{src.name}",
+                cfg.poll_interval,
+                ("poll", self.poll_source, src.name),
                 jitter=cfg.poll_interval * 0.1,
-                max_instances=1,
-                coalesce=True,
                 next_run_time=now,
             )
-        a = self.config.alerts
-        self.scheduler.add_job(
-            self._guarded,
-            "interval",
-            args=("dispatch", self.dispatch),
-            id="dispatch",
-            seconds=a.dispatch_interval,
-            max_instances=1,
-            coalesce=True,
-            next_run_time=now,
-        )
+        self._every("dispatch", self.config.alerts.dispatch_interval, ("dispatch", self.dispatch), next_run_time=now)
         if self.config.prices.sources and self.config.prices.sources != ("csv",):
-            self.scheduler.add_job(
-                self._guarded,
-                "interval",
-                args=("prices", self.refresh_prices),
-                id="prices",
-                seconds=self.config.prices.refresh_interval,
-                max_instances=1,
-                coalesce=True,
-                next_run_time=now,
-            )
+            self._every("prices", self.config.prices.refresh_interval, ("prices", self.refresh_prices), next_run_time=now)
         disc = self.config.discovery
         if (disc.pools or disc.trace) and self._discovery_source() is not None:
-            self.scheduler.add_job(
-                self._guarded,
-                "interval",
-                args=("discovery", self.discover),
-                id="discovery",
-                seconds=disc.interval,
-                max_instances=1,
-                coalesce=True,
-            )
+            self._every("discovery", disc.interval, ("discovery", self.discover))
         elif disc.pools or disc.trace:
             from monitor.discovery.jobs import NO_DISCOVERY_SOURCE
 
             log.warning("discovery job not scheduled: %s", NO_DISCOVERY_SOURCE)
         miners = self.config.miners
         if miners.follow and self._miner_reader() is not None:
-            self.scheduler.add_job(
-                self._guarded,
-                "interval",
-                args=("miners", self.follow_miners),
-                id="miners",
-                seconds=miners.interval,
-                max_instances=1,
-                coalesce=True,
-                next_run_time=now,
-            )
+            self._every("miners", miners.interval, ("miners", self.follow_miners), next_run_time=now)
         elif miners.follow:
             log.info("miner view not kept current: no esplora or bitcoind source on chain bitcoin")
         if self.config.daemon.digest_hour >= 0:
@@ -326,6 +286,12 @@ class Daemon:
         if job is not None:
             log.info("source=%s woken by push: %s", source, reason)
             job.modify(next_run_time=self._now_dt())
+
+    def _every(self, job_id: str, seconds: float, args: tuple[Any, ...], **options: Any) -> None:
+        """Schedule one guarded interval job: never two runs of it at once, missed runs coalesced."""
+        self.scheduler.add_job(
+            self._guarded, "interval", args=args, id=job_id, seconds=seconds, max_instances=1, coalesce=True, **options
+        )
 
     def _now_dt(self) -> datetime:
         # The scheduler runs on wall time even when decisions use another clock (the demo's
