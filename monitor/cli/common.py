@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from monitor.clock import parse_iso
 from monitor.config import Config, load_config
 from monitor.model import ConfigError, MonitorError
 
@@ -33,6 +34,14 @@ class State:
             for w in self._config.warnings:
                 click.echo(f"warning: {w}", err=True)
         return self._config
+
+
+def parse_time_option(text: str | None, param_hint: str | None = None) -> int | None:
+    """An ISO date/time option as Unix seconds (None when not given); a bad value is a usage error."""
+    try:
+        return parse_iso(text) if text else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=param_hint) from exc
 
 
 def run_async(coro):

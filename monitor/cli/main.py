@@ -16,8 +16,8 @@ from pathlib import Path
 import click
 
 from monitor import __version__
-from monitor.cli.common import State, open_existing_store, run_async
-from monitor.clock import SystemClock, parse_iso
+from monitor.cli.common import State, open_existing_store, parse_time_option, run_async
+from monitor.clock import SystemClock
 from monitor.config import Config
 from monitor.model import ConfigError, MonitorError
 
@@ -232,11 +232,8 @@ def export(
     """Export stored entity flows as JSON, JSON lines or CSV (schema in README)."""
     from monitor.output.export import export_flows
 
-    try:
-        since_ts = parse_iso(since) if since else None
-        until_ts = parse_iso(until) if until else None
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
+    since_ts = parse_time_option(since)
+    until_ts = parse_time_option(until)
     cfg = state.config()
     db = Path(state.db) if state.db else cfg.storage
     if not db.exists():
@@ -596,11 +593,8 @@ def report(
     """A self-contained HTML report with charts (or one PNG chart) from the stored flows and alerts."""
     from monitor.output.report import write_report
 
-    try:
-        since_ts = parse_iso(since) if since else None
-        until_ts = parse_iso(until) if until else None
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
+    since_ts = parse_time_option(since)
+    until_ts = parse_time_option(until)
     store = open_existing_store(state)
     db = store.path
     store.close()

@@ -12,8 +12,8 @@ import sys
 
 import click
 
-from monitor.cli.common import State, run_async
-from monitor.clock import SystemClock, parse_iso
+from monitor.cli.common import State, parse_time_option, run_async
+from monitor.clock import SystemClock
 from monitor.model import format_btc
 
 __all__ = ["miners", "render_view"]
@@ -90,10 +90,7 @@ def miners(ctx: click.Context, as_json: bool, since: str | None) -> None:
     from monitor.discovery.miners import view_for_registry
 
     state: State = ctx.obj
-    try:
-        since_ts = parse_iso(since) if since else None
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--since") from exc
+    since_ts = parse_time_option(since, "--since")
     with _Ctx(state) as c:
         view = view_for_registry(c.store, c.registry, since=since_ts)
     if as_json:
